@@ -1,0 +1,1323 @@
+/* mod_mpm_peruser: the C half of the Peruser MPM for Apache httpd 2.4.
+ *
+ * Only what must be C lives here: the module struct and directive table, Apache hooks, fork and
+ * privilege changes, fd passing (CMSG_* macros) and variadic logging. Decisions (whom to spawn,
+ * how to read a request head, message validation) are Swift, behind peruser_swift.h.
+ *
+ * Processes: the root parent supervises only. Multiplexers (User/Group) accept, peek at the
+ * request head, find the vhost with Apache's own rules and pass the socket over the vhost's
+ * environment channel. Workers (the environment's user) serve it with ap_process_connection and
+ * hand a kept-alive connection back when its next request belongs to another environment. */
+
+#include "httpd.h"
+#include "http_main.h"
+#include "http_log.h"
+#include "http_config.h"
+#include "http_core.h"
+#include "http_connection.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "http_vhost.h"
+#include "http_ssl.h"
+#include "scoreboard.h"
+#include "ap_mpm.h"
+#include "ap_listen.h"
+#include "mpm_common.h"
+#include "unixd.h"
+#include "util_filter.h"
+#include "apr_strings.h"
+#include "apr_uri.h"
+#include "apr_portable.h"
+#include "apr_signal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "peruser_shim.h"
+#include "peruser_swift.h"
+
+module AP_MODULE_DECLARE_DATA mpm_peruser_module;
+
+#define DEFAULT_SERVER_LIMIT 256
+#define MOST_SERVER_LIMIT 20000
+#define DEFAULT_MULTIPLEXERS 3
+#define DEFAULT_HEAD_TIMEOUT_MS 10000
+/* How long a stop waits for children before SIGKILL. */
+#define STOP_GRACE_MS 5000
+
+/* ---- Retained across restarts (the module itself is unloaded and reloaded) ---- */
+
+typedef struct {
+    ap_unixd_mpm_retained_data *mpm;
+} peruser_retained_data;
+
+static peruser_retained_data *retained;
+
+/* ---- Configuration of this pass ---- */
+
+typedef struct {
+    int environment; /* index into the Swift environment table, or -1: none */
+} peruser_server_conf;
+
+static int server_limit = DEFAULT_SERVER_LIMIT;
+static int multiplexer_count = DEFAULT_MULTIPLEXERS;
+static int global_min_processors = 0;
+static int one_process;
+static apr_pool_t *pconf;
+
+/* ---- Channels of this generation (created by the parent in the run hook) ---- */
+
+/* channels[2*e] is written by multiplexers, channels[2*e+1] read by environment e's workers.
+ * handback[0] is written by workers, handback[1] read by multiplexers. */
+static int *channels;
+static int channel_env_count;
+static int handback[2] = { -1, -1 };
+
+/* ---- Child state ---- */
+
+static apr_pool_t *pchild;
+static int my_slot = -1;
+static int my_environment = -1;
+static int is_worker;
+
+/* Multiplexer: a pool cleared for every routing decision. */
+static apr_pool_t *route_pool;
+
+/* Worker: the connection being served. */
+typedef struct {
+    ap_filter_t *filter;
+    int recording;
+    int overflow;
+    unsigned char *buf;
+    apr_size_t len;
+} head_record;
+
+static struct {
+    apr_socket_t *socket;
+    int fd;
+    const unsigned char *pending;    /* bytes to put in front of the socket */
+    apr_size_t pending_len;
+    int received_hops;
+    int requests_served;
+    int handed_back;
+    head_record *record;
+} current;
+
+static ap_filter_rec_t *record_filter_handle;
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ===================================================================== */
+/* Shim functions called from Swift (peruser_shim.h)                      */
+/* ===================================================================== */
+
+void peruser_shim_log(int level, const char *message)
+{
+    ap_log_error(APLOG_MARK, level, 0, ap_server_conf, "%s", message);
+}
+
+int peruser_shim_send_fd(int channel, int fd, const void *buf, size_t len)
+{
+    struct msghdr msg;
+    struct iovec iov;
+    union {
+        char space[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct cmsghdr *cmsg;
+
+    memset(&msg, 0, sizeof msg);
+    memset(&control, 0, sizeof control);
+    iov.iov_base = (void *)buf;
+    iov.iov_len = len;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.space;
+    msg.msg_controllen = sizeof control.space;
+    cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+
+    for (;;) {
+        ssize_t n = sendmsg(channel, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n == (ssize_t)len) {
+            return 0;
+        }
+        if (n >= 0) {
+            return -EMSGSIZE; /* a seqpacket send is all or nothing */
+        }
+        if (errno != EINTR) {
+            return -errno;
+        }
+    }
+}
+
+ssize_t peruser_shim_recv_fd(int channel, void *buf, size_t cap, int nonblocking, int *fd)
+{
+    struct msghdr msg;
+    struct iovec iov;
+    union {
+        /* Room for more fds than we accept, so that extras are received and closed rather than
+         * silently left in flight. */
+        char space[CMSG_SPACE(sizeof(int) * 8)];
+        struct cmsghdr align;
+    } control;
+    struct cmsghdr *cmsg;
+    ssize_t n;
+    int received = -1, fds_seen = 0, bad = 0;
+
+    *fd = -1;
+    memset(&msg, 0, sizeof msg);
+    iov.iov_base = buf;
+    iov.iov_len = cap;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.space;
+    msg.msg_controllen = sizeof control.space;
+
+    n = recvmsg(channel, &msg, MSG_CMSG_CLOEXEC | (nonblocking ? MSG_DONTWAIT : 0));
+    if (n < 0) {
+        return -errno;
+    }
+    for (cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+        if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS
+            && cmsg->cmsg_len >= CMSG_LEN(0)) {
+            size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            size_t i;
+            for (i = 0; i < count; i++) {
+                int one;
+                memcpy(&one, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+                if (fds_seen++ == 0) {
+                    received = one;
+                }
+                else {
+                    close(one);
+                }
+            }
+        }
+        else {
+            bad = 1;
+        }
+    }
+    if (bad || fds_seen != 1 || (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) || n == 0) {
+        if (received >= 0) {
+            close(received);
+        }
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, ap_server_conf,
+                     "peruser: dropped an invalid message on channel %d (%ld bytes, %d fds, "
+                     "flags 0x%x)", channel, (long)n, fds_seen, msg.msg_flags);
+        return -EBADMSG;
+    }
+    *fd = received;
+    return n;
+}
+
+/* Fills an apr_sockaddr_t from a kernel address, as apr does for its own sockets. */
+static apr_sockaddr_t *make_sockaddr(apr_pool_t *p, const struct sockaddr_storage *ss)
+{
+    apr_sockaddr_t *sa = apr_pcalloc(p, sizeof *sa);
+    sa->pool = p;
+    sa->family = ss->ss_family;
+    if (ss->ss_family == AF_INET6) {
+        memcpy(&sa->sa.sin6, ss, sizeof(struct sockaddr_in6));
+        sa->port = ntohs(sa->sa.sin6.sin6_port);
+        sa->salen = sizeof(struct sockaddr_in6);
+        sa->addr_str_len = INET6_ADDRSTRLEN;
+        sa->ipaddr_ptr = &sa->sa.sin6.sin6_addr;
+        sa->ipaddr_len = sizeof(struct in6_addr);
+    }
+    else {
+        memcpy(&sa->sa.sin, ss, sizeof(struct sockaddr_in));
+        sa->port = ntohs(sa->sa.sin.sin_port);
+        sa->salen = sizeof(struct sockaddr_in);
+        sa->addr_str_len = INET_ADDRSTRLEN;
+        sa->ipaddr_ptr = &sa->sa.sin.sin_addr;
+        sa->ipaddr_len = sizeof(struct in_addr);
+    }
+    return sa;
+}
+
+static int server_environment(const server_rec *s)
+{
+    const peruser_server_conf *conf = ap_get_module_config(s->module_config, &mpm_peruser_module);
+    return conf ? conf->environment : -1;
+}
+
+static const char *vhost_description(apr_pool_t *p, const server_rec *s)
+{
+    return apr_psprintf(p, "%s:%u (defined on line %u of %s)",
+                        s->server_hostname ? s->server_hostname : "(no ServerName)",
+                        (unsigned)s->port, s->defn_line_number,
+                        s->defn_name ? s->defn_name : "(main config)");
+}
+
+int peruser_shim_route(int fd, const char *host, const char *target)
+{
+    struct sockaddr_storage local, peer;
+    socklen_t local_len = sizeof local, peer_len = sizeof peer;
+    conn_rec *c;
+    request_rec *r;
+    char ip[INET6_ADDRSTRLEN];
+    int environment;
+
+    apr_pool_clear(route_pool);
+    if (getsockname(fd, (struct sockaddr *)&local, &local_len) != 0
+        || getpeername(fd, (struct sockaddr *)&peer, &peer_len) != 0
+        || (local.ss_family != AF_INET && local.ss_family != AF_INET6)) {
+        return PERUSER_ROUTE_NO_ENVIRONMENT;
+    }
+
+    /* A minimal connection and request: just what Apache's vhost matching reads. */
+    c = apr_pcalloc(route_pool, sizeof *c);
+    c->pool = route_pool;
+    c->base_server = ap_server_conf;
+    c->local_addr = make_sockaddr(route_pool, &local);
+    c->client_addr = make_sockaddr(route_pool, &peer);
+    if (peer.ss_family == AF_INET6) {
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&peer)->sin6_addr, ip, sizeof ip);
+    }
+    else {
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&peer)->sin_addr, ip, sizeof ip);
+    }
+    c->client_ip = apr_pstrdup(route_pool, ip);
+    c->notes = apr_table_make(route_pool, 1);
+    ap_update_vhost_given_ip(c);
+
+    r = apr_pcalloc(route_pool, sizeof *r);
+    r->pool = route_pool;
+    r->connection = c;
+    r->server = c->base_server;
+    r->status = HTTP_OK;
+    r->headers_in = apr_table_make(route_pool, 1);
+    r->notes = apr_table_make(route_pool, 1);
+    r->useragent_addr = c->client_addr;
+    r->useragent_ip = c->client_ip;
+    r->uri = "/";
+    if (target && target[0] != '/' && strcmp(target, "*") != 0) {
+        /* absolute-form: the host in the request line wins over Host (RFC 9112 3.2.2) */
+        apr_uri_t uri;
+        if (apr_uri_parse(route_pool, target, &uri) == APR_SUCCESS) {
+            if (uri.hostname) {
+                r->hostname = uri.hostname;
+            }
+            if (uri.path) {
+                r->uri = uri.path;
+            }
+        }
+    }
+    else if (target && target[0] == '/') {
+        r->uri = apr_pstrndup(route_pool, target, strcspn(target, "?"));
+    }
+    if (host) {
+        apr_table_setn(r->headers_in, "Host", host);
+    }
+    ap_update_vhost_from_headers(r);
+
+    environment = server_environment(r->server);
+    if (environment < 0) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, ap_server_conf,
+                     "peruser: virtual host %s has no ServerEnvironment; answered 503 to %s "
+                     "(Host: %s)", vhost_description(route_pool, r->server), c->client_ip,
+                     host ? host : "-");
+        return PERUSER_ROUTE_NO_ENVIRONMENT;
+    }
+    return environment;
+}
+
+/* ===================================================================== */
+/* Configuration                                                          */
+/* ===================================================================== */
+
+static void *create_server_config(apr_pool_t *p, server_rec *s)
+{
+    peruser_server_conf *conf = apr_pcalloc(p, sizeof *conf);
+    conf->environment = -1;
+    return conf;
+}
+
+static const char *parse_count(cmd_parms *cmd, const char *directive, const char *arg,
+                               int low, int high, int *out)
+{
+    char error[256];
+    if (peruser_config_parse_count(directive, arg, low, high, out, error, sizeof error) != 0) {
+        return apr_pstrdup(cmd->pool, error);
+    }
+    return NULL;
+}
+
+static const char *set_global_count(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    const char *name = cmd->cmd->name;
+    if (err) {
+        return err;
+    }
+    if (!strcasecmp(name, "ServerLimit")) {
+        return parse_count(cmd, name, arg, 1, MOST_SERVER_LIMIT, &server_limit);
+    }
+    if (!strcasecmp(name, "MinMultiplexers")) {
+        return parse_count(cmd, name, arg, 1, MOST_SERVER_LIMIT, &multiplexer_count);
+    }
+    if (!strcasecmp(name, "MinProcessors")) {
+        return parse_count(cmd, name, arg, 0, MOST_SERVER_LIMIT, &global_min_processors);
+    }
+    return apr_psprintf(cmd->pool, "%s: unknown directive", name);
+}
+
+/* <Processor name> ... </Processor>: the block's own directives are read here from the
+ * parsed tree, so that User and Group inside it never reach mod_unixd. */
+static const char *processor_section(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    const char *endp, *user = NULL, *group = NULL;
+    const ap_directive_t *user_line = NULL, *group_line = NULL, *d;
+    char *name, *args;
+    int min_processors = -1;
+    char error[512];
+
+    if (err) {
+        return err;
+    }
+    endp = ap_strrchr_c(arg, '>');
+    if (!endp) {
+        return "<Processor> directive missing closing '>'";
+    }
+    args = apr_pstrndup(cmd->temp_pool, arg, endp - arg);
+    name = ap_getword_conf(cmd->pool, (const char **)&args);
+    if (!*name || *args) {
+        return "<Processor> takes exactly one name, as in <Processor alice>";
+    }
+
+    for (d = cmd->directive->first_child; d; d = d->next) {
+        const char *rest = d->args;
+        const char *value = ap_getword_conf(cmd->pool, &rest);
+        if (!*value || *rest) {
+            return apr_psprintf(cmd->pool, "%s inside <Processor %s> takes one argument "
+                                "(line %d of %s)", d->directive, name, d->line_num, d->filename);
+        }
+        if (!strcasecmp(d->directive, "User")) {
+            if (user) {
+                return apr_psprintf(cmd->pool, "User is given twice in <Processor %s> (line %d of %s)",
+                                    name, d->line_num, d->filename);
+            }
+            user = value;
+            user_line = d;
+        }
+        else if (!strcasecmp(d->directive, "Group")) {
+            if (group) {
+                return apr_psprintf(cmd->pool, "Group is given twice in <Processor %s> (line %d of %s)",
+                                    name, d->line_num, d->filename);
+            }
+            group = value;
+            group_line = d;
+        }
+        else if (!strcasecmp(d->directive, "MinProcessors")) {
+            const char *bad = parse_count(cmd, "MinProcessors", value, 0, MOST_SERVER_LIMIT,
+                                          &min_processors);
+            if (bad) {
+                return apr_psprintf(cmd->pool, "%s (line %d of %s)", bad, d->line_num, d->filename);
+            }
+        }
+        else {
+            return apr_psprintf(cmd->pool, "%s is not allowed inside <Processor %s> (line %d of %s); "
+                                "allowed are User, Group and MinProcessors",
+                                d->directive, name, d->line_num, d->filename);
+        }
+    }
+
+    if (peruser_config_add_environment(name, user, group, min_processors, error, sizeof error) < 0) {
+        const char *where = "";
+        if (user_line && group_line) {
+            where = apr_psprintf(cmd->pool, " (User on line %d, Group on line %d of %s)",
+                                 user_line->line_num, group_line->line_num, user_line->filename);
+        }
+        return apr_psprintf(cmd->pool, "<Processor %s>: %s%s", name, error, where);
+    }
+    return NULL;
+}
+
+static const char *set_server_environment(cmd_parms *cmd, void *dummy, const char *name)
+{
+    peruser_server_conf *conf = ap_get_module_config(cmd->server->module_config, &mpm_peruser_module);
+    const char *err = ap_check_cmd_context(cmd, NOT_IN_DIR_CONTEXT);
+    char error[512];
+    int environment;
+
+    if (err) {
+        return err;
+    }
+    if (!cmd->server->is_virtual) {
+        return "ServerEnvironment must be inside a <VirtualHost> section";
+    }
+    if (conf->environment >= 0) {
+        return "ServerEnvironment is given twice for this virtual host";
+    }
+    environment = peruser_config_find_environment(name, error, sizeof error);
+    if (environment < 0) {
+        return apr_psprintf(cmd->pool, "ServerEnvironment %s: %s", name, error);
+    }
+    conf->environment = environment;
+    return NULL;
+}
+
+static const char *stray_processor_directive(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    return apr_psprintf(cmd->pool, "%s without matching <Processor> section", cmd->cmd->name);
+}
+
+static const command_rec peruser_cmds[] = {
+    LISTEN_COMMANDS,
+    AP_INIT_TAKE1("ServerLimit", set_global_count, NULL, RSRC_CONF,
+                  "Number of child slots (multiplexers and workers together)"),
+    AP_INIT_TAKE1("MinMultiplexers", set_global_count, NULL, RSRC_CONF,
+                  "Number of multiplexer processes"),
+    AP_INIT_TAKE1("MinProcessors", set_global_count, NULL, RSRC_CONF,
+                  "Workers kept alive per server environment (at least one)"),
+    AP_INIT_RAW_ARGS("<Processor", processor_section, NULL, RSRC_CONF,
+                     "Declares a server environment: <Processor name> User u, Group g </Processor>"),
+    AP_INIT_RAW_ARGS("</Processor>", stray_processor_directive, NULL, RSRC_CONF,
+                     "Ends a <Processor> section"),
+    AP_INIT_TAKE1("ServerEnvironment", set_server_environment, NULL, RSRC_CONF,
+                  "The server environment (<Processor> name) that serves this virtual host"),
+    AP_GRACEFUL_SHUTDOWN_TIMEOUT_COMMAND,
+    { NULL }
+};
+
+/* ===================================================================== */
+/* Worker: hand-back of a kept-alive connection                           */
+/* ===================================================================== */
+
+/* Keeps a copy of the raw bytes of the request head being read, so that a request for
+ * another environment can be given back exactly as the client sent it. */
+static apr_status_t record_filter(ap_filter_t *f, apr_bucket_brigade *bb, ap_input_mode_t mode,
+                                  apr_read_type_e block, apr_off_t readbytes)
+{
+    head_record *record = f->ctx;
+    apr_status_t rv = ap_get_brigade(f->next, bb, mode, block, readbytes);
+    apr_bucket *b;
+
+    if (rv != APR_SUCCESS || !record->recording || mode == AP_MODE_SPECULATIVE) {
+        return rv;
+    }
+    for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
+        const char *data;
+        apr_size_t len;
+        if (APR_BUCKET_IS_METADATA(b)) {
+            continue;
+        }
+        if (apr_bucket_read(b, &data, &len, APR_BLOCK_READ) != APR_SUCCESS) {
+            record->overflow = 1;
+            continue;
+        }
+        if (record->len + len > PERUSER_MESSAGE_MAX - PERUSER_MESSAGE_HEADER) {
+            record->overflow = 1;
+            continue;
+        }
+        memcpy(record->buf + record->len, data, len);
+        record->len += len;
+    }
+    return rv;
+}
+
+static int worker_pre_connection(conn_rec *c, void *csd)
+{
+    head_record *record;
+    if (!is_worker || c->master) {
+        return DECLINED;
+    }
+    record = apr_pcalloc(c->pool, sizeof *record);
+    record->buf = apr_palloc(c->pool, PERUSER_MESSAGE_MAX);
+    record->filter = ap_add_input_filter_handle(record_filter_handle, record, NULL, c);
+    current.record = record;
+    return DECLINED;
+}
+
+static void worker_pre_read_request(request_rec *r, conn_rec *c)
+{
+    if (is_worker && current.record && !c->master) {
+        current.record->recording = 1;
+        current.record->overflow = 0;
+        current.record->len = 0;
+    }
+}
+
+/* Gives the connection back to the multiplexers: the head read so far, whatever the core
+ * input filter has buffered, and what the socket holds right now travel with the fd. */
+static int hand_back(request_rec *r)
+{
+    conn_rec *c = r->connection;
+    head_record *record = current.record;
+    apr_bucket_brigade *bb = apr_brigade_create(r->pool, c->bucket_alloc);
+    static unsigned char message[PERUSER_MESSAGE_MAX];
+    apr_size_t room = PERUSER_MESSAGE_MAX - PERUSER_MESSAGE_HEADER;
+    long length;
+    int hops = current.requests_served > 0 ? 1 : current.received_hops + 1;
+    int rv, tries;
+
+    while (record->len < room) {
+        apr_bucket *b;
+        int eof = 0;
+        if (ap_get_brigade(record->filter->next, bb, AP_MODE_READBYTES, APR_NONBLOCK_READ,
+                           room - record->len) != APR_SUCCESS || APR_BRIGADE_EMPTY(bb)) {
+            break;
+        }
+        for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
+            const char *data;
+            apr_size_t len;
+            if (APR_BUCKET_IS_EOS(b)) {
+                eof = 1;
+            }
+            if (APR_BUCKET_IS_METADATA(b)
+                || apr_bucket_read(b, &data, &len, APR_NONBLOCK_READ) != APR_SUCCESS) {
+                continue;
+            }
+            if (len > room - record->len) {
+                len = room - record->len; /* cannot happen: we asked for at most this much */
+            }
+            memcpy(record->buf + record->len, data, len);
+            record->len += len;
+        }
+        apr_brigade_cleanup(bb);
+        if (eof) {
+            break;
+        }
+    }
+
+    /* Earlier responses on this connection may still sit in the core output filter (it holds
+     * small responses back while pipelined requests wait): write them before anyone else can
+     * answer on this socket, so the client gets its answers in order. */
+    {
+        apr_bucket_brigade *fb = apr_brigade_create(r->pool, c->bucket_alloc);
+        APR_BRIGADE_INSERT_TAIL(fb, apr_bucket_flush_create(c->bucket_alloc));
+        if (ap_pass_brigade(c->output_filters, fb) != APR_SUCCESS || c->aborted) {
+            ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                          "peruser: client went away before the hand-back");
+            c->keepalive = AP_CONN_CLOSE;
+            c->aborted = 1;
+            apr_table_setn(r->notes, "peruser-handed-back", "1");
+            return DONE;
+        }
+    }
+
+    length = peruser_message_encode(message, sizeof message, hops, record->buf, record->len);
+    if (length < 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "peruser: cannot encode hand-back");
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
+    /* The multiplexers drain this channel in their event loops; a full one is brief. */
+    for (tries = 0; tries < 100; tries++) {
+        rv = peruser_shim_send_fd(handback[0], current.fd, message, (size_t)length);
+        if (rv != -EAGAIN) {
+            break;
+        }
+        poll(NULL, 0, 10);
+    }
+    if (rv != 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, -rv, r,
+                      "peruser: could not hand the connection back to a multiplexer");
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                  "peruser: handed connection back (%lu bytes consumed) for %s",
+                  (unsigned long)record->len, vhost_description(r->pool, r->server));
+    /* Nothing more may be read from or written to this socket here: the client's next
+     * answer comes from another worker. Closing our fd does not close the connection. */
+    current.handed_back = 1;
+    apr_table_setn(r->notes, "peruser-handed-back", "1");
+    c->keepalive = AP_CONN_CLOSE;
+    c->aborted = 1;
+    return DONE;
+}
+
+static int worker_post_read_request(request_rec *r)
+{
+    int environment;
+    if (!is_worker || r->main || r->prev || !current.record || r->connection->master) {
+        return DECLINED;
+    }
+    current.record->recording = 0;
+    environment = server_environment(r->server);
+    if (environment == my_environment) {
+        current.requests_served++;
+        return DECLINED;
+    }
+    if (ap_ssl_conn_is_ssl(r->connection)) {
+        /* A TLS session cannot move to another process. */
+        return HTTP_MISDIRECTED_REQUEST;
+    }
+    if (current.record->overflow) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "peruser: request head too large to hand to another environment");
+        return HTTP_MISDIRECTED_REQUEST;
+    }
+    return hand_back(r);
+}
+
+/* A handed-back request is logged by the worker that serves it, not here. */
+static int worker_log_transaction(request_rec *r)
+{
+    return (is_worker && apr_table_get(r->notes, "peruser-handed-back")) ? DONE : DECLINED;
+}
+
+static apr_status_t worker_insert_network_bucket(conn_rec *c, apr_bucket_brigade *bb,
+                                                 apr_socket_t *socket)
+{
+    apr_bucket *e;
+    if (!is_worker || socket != current.socket || current.pending_len == 0) {
+        return AP_DECLINED;
+    }
+    e = apr_bucket_heap_create((const char *)current.pending, current.pending_len, NULL,
+                               c->bucket_alloc);
+    APR_BRIGADE_INSERT_TAIL(bb, e);
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_socket_create(socket, c->bucket_alloc));
+    current.pending_len = 0;
+    return APR_SUCCESS;
+}
+
+/* ===================================================================== */
+/* Children                                                               */
+/* ===================================================================== */
+
+static void child_common_setup(void)
+{
+    apr_allocator_t *allocator;
+#if AP_HAS_THREAD_LOCAL
+    apr_thread_t *thd = NULL;
+#endif
+
+    retained->mpm->mpm_state = AP_MPMQ_STARTING;
+    apr_signal(SIGHUP, SIG_DFL);
+    apr_signal(SIGTERM, SIG_DFL);
+    apr_signal(AP_SIG_GRACEFUL, SIG_DFL);
+    apr_signal(AP_SIG_GRACEFUL_STOP, SIG_DFL);
+    apr_signal(SIGINT, SIG_IGN);
+    ap_fatal_signal_child_setup(ap_server_conf);
+
+    apr_allocator_create(&allocator);
+    apr_allocator_max_free_set(allocator, ap_max_mem_free);
+    apr_pool_create_ex(&pchild, pconf, NULL, allocator);
+    apr_allocator_owner_set(allocator, pchild);
+    apr_pool_tag(pchild, "pchild");
+#if AP_HAS_THREAD_LOCAL
+    if (ap_thread_main_create(&thd, pchild) != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, ap_server_conf,
+                     "peruser: could not initialize the child's main thread");
+        exit(APEXIT_CHILDFATAL);
+    }
+#endif
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+/* Drops to the environment's user and group for good, and proves it. */
+static int drop_to_environment(int environment)
+{
+    unsigned uid, gid;
+    char user[256], name[256];
+    uid_t ruid, euid, suid;
+    gid_t rgid, egid, sgid;
+    int rc;
+
+    if (peruser_config_environment_identity(environment, &uid, &gid, user, sizeof user) != 0
+        || peruser_config_environment_name(environment, name, sizeof name) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, ap_server_conf,
+                     "peruser: worker started for unknown environment %d", environment);
+        return -1;
+    }
+    if (uid == 0 || gid == 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, ap_server_conf,
+                     "peruser: environment %s resolves to root; refusing to serve", name);
+        return -1;
+    }
+    rc = (user[0] == '#') ? setgroups(1, (gid_t *)&gid) : initgroups(user, (gid_t)gid);
+    if (rc != 0 || setgid((gid_t)gid) != 0 || setuid((uid_t)uid) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
+                     "peruser: worker for environment %s could not switch to uid %u gid %u",
+                     name, uid, gid);
+        return -1;
+    }
+    if (getresuid(&ruid, &euid, &suid) != 0 || getresgid(&rgid, &egid, &sgid) != 0
+        || ruid != uid || euid != uid || suid != uid || rgid != gid || egid != gid || sgid != gid
+        || setuid(0) == 0 || setgid(0) == 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, ap_server_conf,
+                     "peruser: worker for environment %s still holds other ids after the "
+                     "switch to uid %u gid %u; exiting", name, uid, gid);
+        return -1;
+    }
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
+                     "peruser: worker for environment %s: PR_SET_NO_NEW_PRIVS failed", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* Builds the connection from the socket alone: addresses come from the kernel, never from
+ * the message, so a tenant cannot forge the client address another tenant's vhost sees. */
+static void serve_connection(apr_pool_t *ptrans, ap_sb_handle_t *sbh, apr_bucket_alloc_t *ba,
+                             int fd, const unsigned char *consumed, apr_size_t consumed_len,
+                             int hops, long conn_id)
+{
+    struct sockaddr_storage local, remote;
+    socklen_t local_len = sizeof local, remote_len = sizeof remote;
+    int type = 0, flags;
+    socklen_t type_len = sizeof type;
+    apr_os_sock_info_t info;
+    apr_socket_t *csd = NULL;
+    conn_rec *c;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_STREAM
+        || getsockname(fd, (struct sockaddr *)&local, &local_len) != 0
+        || getpeername(fd, (struct sockaddr *)&remote, &remote_len) != 0
+        || (local.ss_family != AF_INET && local.ss_family != AF_INET6)) {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, errno, ap_server_conf,
+                     "peruser: received an fd that is not a connected TCP socket; dropped");
+        close(fd);
+        return;
+    }
+    /* The multiplexer used the socket non-blocking; apr expects to be told. */
+    flags = fcntl(fd, F_GETFL);
+    if (flags >= 0) {
+        fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    }
+
+    memset(&info, 0, sizeof info);
+    info.os_sock = &fd;
+    info.local = (struct sockaddr *)&local;
+    info.remote = (struct sockaddr *)&remote;
+    info.family = local.ss_family;
+    info.type = SOCK_STREAM;
+    info.protocol = IPPROTO_TCP;
+    if (apr_os_sock_make(&csd, &info, ptrans) != APR_SUCCESS) {
+        close(fd);
+        return;
+    }
+
+    memset(&current, 0, sizeof current);
+    current.socket = csd;
+    current.fd = fd;
+    current.pending = consumed;
+    current.pending_len = consumed_len;
+    current.received_hops = hops;
+
+    c = ap_run_create_connection(ptrans, ap_server_conf, csd, conn_id, sbh, ba);
+    if (c) {
+        ap_process_connection(c, csd);
+        if (!current.handed_back) {
+            ap_lingering_close(c);
+        }
+    }
+    memset(&current, 0, sizeof current);
+}
+
+static void worker_main(int environment)
+{
+    static unsigned char message[PERUSER_MESSAGE_MAX];
+    apr_pool_t *ptrans;
+    ap_sb_handle_t *sbh;
+    apr_bucket_alloc_t *bucket_alloc;
+    long conn_id = 0;
+    int e, channel;
+
+    child_common_setup();
+    is_worker = 1;
+    my_environment = environment;
+
+    /* A worker holds no listener and no other environment's channel. */
+    ap_close_listeners();
+    for (e = 0; e < channel_env_count; e++) {
+        close_fd(&channels[2 * e]);
+        if (e != environment) {
+            close_fd(&channels[2 * e + 1]);
+        }
+    }
+    close_fd(&handback[1]);
+    channel = channels[2 * environment + 1];
+
+    ap_reopen_scoreboard(pchild, NULL, 0);
+    if (drop_to_environment(environment) != 0) {
+        exit(APEXIT_CHILDSICK);
+    }
+    ap_run_child_init(pchild, ap_server_conf);
+    ap_create_sb_handle(&sbh, pchild, my_slot, 0);
+    bucket_alloc = apr_bucket_alloc_create(pchild);
+    apr_pool_create(&ptrans, pchild);
+    apr_pool_tag(ptrans, "transaction");
+    retained->mpm->mpm_state = AP_MPMQ_RUNNING;
+
+    for (;;) {
+        int fd = -1, hops = 0;
+        ssize_t n;
+        long consumed;
+
+        ap_update_child_status(sbh, SERVER_READY, NULL);
+        n = peruser_shim_recv_fd(channel, message, sizeof message, 0, &fd);
+        if (n == -EINTR || n == -EBADMSG) {
+            continue;
+        }
+        if (n < 0) {
+            ap_log_error(APLOG_MARK, APLOG_ERR, (apr_status_t)-n, ap_server_conf,
+                         "peruser: worker lost its channel; exiting");
+            exit(APEXIT_CHILDSICK);
+        }
+        consumed = peruser_message_decode(message, (size_t)n, &hops);
+        if (consumed < 0) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, ap_server_conf,
+                         "peruser: worker dropped an invalid hand-off message (%ld bytes)", (long)n);
+            close(fd);
+            continue;
+        }
+        apr_pool_clear(ptrans);
+        serve_connection(ptrans, sbh, bucket_alloc, fd, message + PERUSER_MESSAGE_HEADER,
+                         (apr_size_t)consumed, hops, conn_id++);
+    }
+}
+
+static void multiplexer_main(void)
+{
+    ap_listen_rec *lr;
+    int *listeners, count = 0, e, rc;
+
+    child_common_setup();
+    for (e = 0; e < channel_env_count; e++) {
+        close_fd(&channels[2 * e + 1]);
+    }
+    close_fd(&handback[0]);
+
+    ap_reopen_scoreboard(pchild, NULL, 0);
+    if (ap_run_drop_privileges(pchild, ap_server_conf)) {
+        exit(APEXIT_CHILDFATAL);
+    }
+    if (getuid() == 0 || geteuid() == 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, ap_server_conf,
+                     "peruser: a multiplexer must not run as root; set User and Group");
+        exit(APEXIT_CHILDFATAL);
+    }
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    apr_pool_create(&route_pool, pchild);
+    apr_pool_tag(route_pool, "route");
+
+    for (lr = ap_listeners; lr; lr = lr->next) {
+        count++;
+    }
+    listeners = apr_pcalloc(pchild, sizeof(int) * (count ? count : 1));
+    count = 0;
+    for (lr = ap_listeners; lr; lr = lr->next) {
+        apr_os_sock_t fd;
+        if (apr_os_sock_get(&fd, lr->sd) == APR_SUCCESS) {
+            listeners[count++] = fd;
+        }
+    }
+    {
+        int *mux_channels = apr_pcalloc(pchild, sizeof(int) * (channel_env_count ? channel_env_count : 1));
+        for (e = 0; e < channel_env_count; e++) {
+            mux_channels[e] = channels[2 * e];
+        }
+        retained->mpm->mpm_state = AP_MPMQ_RUNNING;
+        ap_update_child_status_from_indexes(my_slot, 0, SERVER_READY, NULL);
+        rc = peruser_multiplexer_run(listeners, count, handback[1], mux_channels, channel_env_count,
+                                     DEFAULT_HEAD_TIMEOUT_MS);
+    }
+    exit(rc);
+}
+
+/* ===================================================================== */
+/* Parent                                                                 */
+/* ===================================================================== */
+
+static void close_channels(void)
+{
+    int i;
+    for (i = 0; channels && i < 2 * channel_env_count; i++) {
+        close_fd(&channels[i]);
+    }
+    close_fd(&handback[0]);
+    close_fd(&handback[1]);
+    channels = NULL;
+    channel_env_count = 0;
+}
+
+static int open_channels(apr_pool_t *p)
+{
+    int e;
+    channel_env_count = peruser_config_environment_count();
+    channels = apr_pcalloc(p, sizeof(int) * 2 * (channel_env_count ? channel_env_count : 1));
+    for (e = 0; e < 2 * channel_env_count; e++) {
+        channels[e] = -1;
+    }
+    for (e = 0; e < channel_env_count; e++) {
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, &channels[2 * e]) != 0) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
+                         "peruser: cannot create the hand-off channel of environment %d", e);
+            return !OK;
+        }
+    }
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, handback) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
+                     "peruser: cannot create the hand-back channel");
+        return !OK;
+    }
+    return OK;
+}
+
+static pid_t make_child(int slot, int environment)
+{
+    pid_t pid;
+
+    (void)ap_update_child_status_from_indexes(slot, 0, SERVER_STARTING, NULL);
+    pid = fork();
+    if (pid < 0) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, errno, ap_server_conf, "peruser: fork failed");
+        (void)ap_update_child_status_from_indexes(slot, 0, SERVER_DEAD, NULL);
+        return -1;
+    }
+    if (pid == 0) {
+#if AP_HAS_THREAD_LOCAL
+        ap_thread_current_after_fork();
+#endif
+        my_slot = slot;
+        if (environment < 0) {
+            multiplexer_main();
+        }
+        else {
+            worker_main(environment);
+        }
+        exit(0); /* not reached */
+    }
+    ap_scoreboard_image->parent[slot].pid = pid;
+    ap_scoreboard_image->parent[slot].generation = retained->mpm->my_generation;
+    return pid;
+}
+
+static const char *environment_label(int environment, char *buf, size_t cap)
+{
+    if (environment < 0) {
+        return "multiplexer";
+    }
+    if (peruser_config_environment_name(environment, buf, cap) != 0) {
+        return "?";
+    }
+    return buf;
+}
+
+static void reap_children(int quiet)
+{
+    int status, environment, slot;
+    pid_t pid;
+    char name[256];
+
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        slot = peruser_supervisor_exited(pid, now_ms(), &environment);
+        if (slot < 0) {
+            continue; /* not a child of ours (e.g. a piped logger's) */
+        }
+        ap_scoreboard_image->parent[slot].pid = 0;
+        (void)ap_update_child_status_from_indexes(slot, 0, SERVER_DEAD, NULL);
+        if (quiet) {
+            continue;
+        }
+        if (WIFSIGNALED(status)) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, ap_server_conf,
+                         "peruser: %s %s (pid %d, slot %d) was killed by signal %d",
+                         environment < 0 ? "" : "worker of", environment_label(environment, name, sizeof name),
+                         (int)pid, slot, WTERMSIG(status));
+        }
+        else if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, ap_server_conf,
+                         "peruser: %s %s (pid %d, slot %d) exited with status %d",
+                         environment < 0 ? "" : "worker of", environment_label(environment, name, sizeof name),
+                         (int)pid, slot, WEXITSTATUS(status));
+        }
+    }
+}
+
+static void spawn_children(void)
+{
+    int slot, environment, kind;
+    long long now = now_ms();
+    while ((kind = peruser_supervisor_next_spawn(now, &slot, &environment)) != PERUSER_SPAWN_NONE) {
+        int env = (kind == PERUSER_SPAWN_MULTIPLEXER) ? -1 : environment;
+        pid_t pid = make_child(slot, env);
+        if (pid < 0) {
+            return;
+        }
+        peruser_supervisor_started(slot, env, (int)pid, now);
+    }
+}
+
+/* Signals only pids from the parent's private table, never pids read from shared memory. */
+static void signal_children(int sig)
+{
+    int pids[MOST_SERVER_LIMIT];
+    int count = peruser_supervisor_pids(pids, MOST_SERVER_LIMIT), i;
+    for (i = 0; i < count && i < MOST_SERVER_LIMIT; i++) {
+        kill(pids[i], sig);
+    }
+}
+
+static void stop_children(void)
+{
+    long long deadline = now_ms() + STOP_GRACE_MS;
+    signal_children(SIGTERM);
+    while (peruser_supervisor_pids(NULL, 0) > 0 && now_ms() < deadline) {
+        poll(NULL, 0, 20);
+        reap_children(1);
+    }
+    if (peruser_supervisor_pids(NULL, 0) > 0) {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, ap_server_conf,
+                     "peruser: children still alive %d ms after SIGTERM; sending SIGKILL", STOP_GRACE_MS);
+        signal_children(SIGKILL);
+        while (peruser_supervisor_pids(NULL, 0) > 0) {
+            poll(NULL, 0, 20);
+            reap_children(1);
+        }
+    }
+}
+
+static int peruser_run(apr_pool_t *_pconf, apr_pool_t *plog, server_rec *s)
+{
+    char error[512];
+
+    ap_log_pid(pconf, ap_pid_fname);
+    if (!retained->mpm->was_graceful) {
+        if (ap_run_pre_mpm(s->process->pool, SB_SHARED) != OK) {
+            retained->mpm->mpm_state = AP_MPMQ_STOPPING;
+            return !OK;
+        }
+        ap_scoreboard_image->global->running_generation = retained->mpm->my_generation;
+    }
+    ap_unixd_mpm_set_signals(pconf, one_process);
+
+    if (peruser_supervisor_begin(multiplexer_count, global_min_processors, server_limit,
+                                 error, sizeof error) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "peruser: %s", error);
+        retained->mpm->mpm_state = AP_MPMQ_STOPPING;
+        return !OK;
+    }
+    if (open_channels(pconf) != OK) {
+        close_channels();
+        retained->mpm->mpm_state = AP_MPMQ_STOPPING;
+        return !OK;
+    }
+
+    ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, ap_server_conf,
+                 "%s configured -- resuming normal operations", ap_get_server_description());
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, ap_server_conf, "Server built: %s", ap_get_server_built());
+    ap_log_command_line(plog, s);
+    ap_log_mpm_common(s);
+    ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, ap_server_conf,
+                 "peruser: %d environment(s), %d multiplexer(s)", channel_env_count, multiplexer_count);
+
+    retained->mpm->mpm_state = AP_MPMQ_RUNNING;
+    while (!retained->mpm->restart_pending && !retained->mpm->shutdown_pending) {
+        reap_children(0);
+        spawn_children();
+        poll(NULL, 0, 100); /* a signal cuts this short */
+    }
+
+    retained->mpm->mpm_state = AP_MPMQ_STOPPING;
+    stop_children();
+    close_channels();
+
+    if (retained->mpm->shutdown_pending) {
+        ap_remove_pid(pconf, ap_pid_fname);
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, ap_server_conf, "caught SIGTERM, shutting down");
+        return DONE;
+    }
+
+    /* Restart. Every child was stopped, so the next generation starts from a fresh
+     * scoreboard whatever the signal was (graceful restarts come with process management). */
+    retained->mpm->is_ungraceful = 1;
+    ++retained->mpm->my_generation;
+    ap_scoreboard_image->global->running_generation = retained->mpm->my_generation;
+    ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, ap_server_conf,
+                 "peruser: restarting (generation %d)", (int)retained->mpm->my_generation);
+    return OK;
+}
+
+/* ===================================================================== */
+/* Hooks                                                                  */
+/* ===================================================================== */
+
+static int peruser_query(int query_code, int *result, apr_status_t *rv)
+{
+    *rv = APR_SUCCESS;
+    switch (query_code) {
+    case AP_MPMQ_MAX_DAEMON_USED:
+        *result = peruser_supervisor_slots_in_use();
+        break;
+    case AP_MPMQ_IS_THREADED:
+        *result = AP_MPMQ_NOT_SUPPORTED;
+        break;
+    case AP_MPMQ_IS_FORKED:
+        *result = AP_MPMQ_DYNAMIC;
+        break;
+    case AP_MPMQ_HARD_LIMIT_DAEMONS:
+    case AP_MPMQ_MAX_DAEMONS:
+        *result = server_limit;
+        break;
+    case AP_MPMQ_HARD_LIMIT_THREADS:
+    case AP_MPMQ_MAX_THREADS:
+        *result = 1;
+        break;
+    case AP_MPMQ_MIN_SPARE_DAEMONS:
+    case AP_MPMQ_MIN_SPARE_THREADS:
+    case AP_MPMQ_MAX_SPARE_DAEMONS:
+    case AP_MPMQ_MAX_SPARE_THREADS:
+    case AP_MPMQ_MAX_REQUESTS_DAEMON:
+        *result = 0;
+        break;
+    case AP_MPMQ_MPM_STATE:
+        *result = retained->mpm->mpm_state;
+        break;
+    case AP_MPMQ_GENERATION:
+        *result = retained->mpm->my_generation;
+        break;
+    default:
+        *rv = APR_ENOTIMPL;
+        break;
+    }
+    return OK;
+}
+
+static const char *peruser_get_name(void)
+{
+    return "peruser";
+}
+
+static int peruser_open_logs(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
+{
+    int startup = retained->mpm->module_loads == 1;
+    pconf = p;
+    if (ap_setup_listeners(ap_server_conf) < 1) {
+        ap_log_error(APLOG_MARK, APLOG_ALERT | (startup ? APLOG_STARTUP : 0), 0,
+                     startup ? NULL : s, "no listening sockets available, shutting down");
+        return !OK;
+    }
+    return OK;
+}
+
+static int peruser_pre_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp)
+{
+    const char *userdata_key = "mpm_peruser_module";
+    int foreground, no_detach;
+
+    one_process = ap_exists_config_define("ONE_PROCESS") || ap_exists_config_define("DEBUG");
+    foreground = one_process || ap_exists_config_define("FOREGROUND");
+    no_detach = ap_exists_config_define("NO_DETACH");
+
+    retained = ap_retained_data_get(userdata_key);
+    if (!retained) {
+        retained = ap_retained_data_create(userdata_key, sizeof(*retained));
+        retained->mpm = ap_unixd_mpm_get_retained_data();
+    }
+    retained->mpm->mpm_state = AP_MPMQ_STARTING;
+    if (retained->mpm->baton != retained) {
+        retained->mpm->was_graceful = 0;
+        retained->mpm->baton = retained;
+    }
+    ++retained->mpm->module_loads;
+
+    if (retained->mpm->module_loads == 2 && !foreground) {
+        apr_status_t rv;
+        ap_fatal_signal_setup(ap_server_conf, p);
+        rv = apr_proc_detach(no_detach ? APR_PROC_DETACH_FOREGROUND : APR_PROC_DETACH_DAEMONIZE);
+        if (rv != APR_SUCCESS) {
+            ap_log_error(APLOG_MARK, APLOG_CRIT, rv, NULL, "apr_proc_detach failed");
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    ap_listen_pre_config();
+    server_limit = DEFAULT_SERVER_LIMIT;
+    multiplexer_count = DEFAULT_MULTIPLEXERS;
+    global_min_processors = 0;
+    peruser_config_reset();
+    return OK;
+}
+
+static int peruser_check_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
+{
+    int startup = retained->mpm->module_loads == 1;
+    char error[512];
+    server_rec *vh;
+
+    if (one_process) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT | (startup ? APLOG_STARTUP : 0), 0, NULL,
+                     "peruser: ONE_PROCESS/DEBUG mode is not supported: a root process "
+                     "must never serve connections");
+        return !OK;
+    }
+    if (peruser_supervisor_begin(multiplexer_count, global_min_processors, server_limit,
+                                 error, sizeof error) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT | (startup ? APLOG_STARTUP : 0), 0, NULL,
+                     "peruser: %s; raise ServerLimit or lower MinMultiplexers/MinProcessors", error);
+        return !OK;
+    }
+    if (startup) {
+        for (vh = s->next; vh; vh = vh->next) {
+            if (server_environment(vh) < 0) {
+                ap_log_error(APLOG_MARK, APLOG_WARNING | APLOG_STARTUP, 0, NULL,
+                             "peruser: virtual host %s has no ServerEnvironment; its requests "
+                             "will be answered with 503", vhost_description(ptemp, vh));
+            }
+        }
+    }
+    return OK;
+}
+
+static void peruser_hooks(apr_pool_t *p)
+{
+    static const char *const aszSucc[] = { "core.c", NULL };
+
+    ap_hook_open_logs(peruser_open_logs, NULL, aszSucc, APR_HOOK_REALLY_FIRST);
+    ap_hook_pre_config(peruser_pre_config, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_check_config(peruser_check_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_mpm(peruser_run, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_mpm_query(peruser_query, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_mpm_get_name(peruser_get_name, NULL, NULL, APR_HOOK_MIDDLE);
+
+    ap_hook_pre_connection(worker_pre_connection, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_pre_read_request(worker_pre_read_request, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_post_read_request(worker_post_read_request, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_log_transaction(worker_log_transaction, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_insert_network_bucket(worker_insert_network_bucket, NULL, NULL, APR_HOOK_MIDDLE);
+    record_filter_handle = ap_register_input_filter("PERUSER_RECORD", record_filter, NULL,
+                                                    AP_FTYPE_CONNECTION);
+}
+
+AP_DECLARE_MODULE(mpm_peruser) = {
+    MPM20_MODULE_STUFF,
+    NULL,                   /* hook to run before apache parses args */
+    NULL,                   /* create per-directory config structure */
+    NULL,                   /* merge per-directory config structures */
+    create_server_config,   /* create per-server config structure */
+    NULL,                   /* merge per-server config structures */
+    peruser_cmds,           /* command table */
+    peruser_hooks           /* register hooks */
+};

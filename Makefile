@@ -1,0 +1,49 @@
+# make          builds build/mod_mpm_peruser.so (Swift release build + apxs link)
+# make test     unit tests (swift test) and the integration suite against Debian's apache2
+# make demo     builds and starts a demo server on 127.0.0.1:8080 (see README)
+SWIFT       ?= swift
+APXS        ?= apxs
+SWIFT_LIB   := /opt/swift/usr/lib/swift_static/linux
+SWIFT_DIR   ?= $(shell dirname $$(dirname $$(readlink -f $$(command -v $(SWIFT)))))/lib/swift_static/linux
+SWIFT_BUILD := .build/release/libPeruserSwift.a
+MODULE      := build/mod_mpm_peruser.so
+
+SWIFT_SOURCES := Package.swift $(shell find Sources -type f)
+C_SOURCES     := CShim/mod_mpm_peruser.c CShim/peruser_swift.h Sources/CPeruserShim/peruser_shim.h
+
+.PHONY: all test unit integration demo clean deb
+
+all: $(MODULE)
+
+$(SWIFT_BUILD): $(SWIFT_SOURCES)
+	$(SWIFT) build -c release --product PeruserSwift
+
+# apxs compiles the shim; the link adds the Swift library, the static Swift runtime
+# (swiftrt.o registers the Swift metadata sections and is mandatory), and a version script
+# that exports the module struct alone.
+$(MODULE): $(SWIFT_BUILD) $(C_SOURCES) apxs/peruser.map apxs/check-symbols.sh
+	@mkdir -p build/obj
+	cp CShim/mod_mpm_peruser.c CShim/peruser_swift.h Sources/CPeruserShim/peruser_shim.h build/obj/
+	cd build/obj && $(APXS) -c -Wc,-Wall -Wc,-Werror=implicit-function-declaration \
+	    -Wc,-std=gnu99 -o mod_mpm_peruser.la mod_mpm_peruser.c \
+	    $(CURDIR)/$(SWIFT_BUILD) $(SWIFT_DIR)/x86_64/swiftrt.o \
+	    -L$(SWIFT_DIR) -lswiftCore -lswiftGlibc -lswift_StringProcessing -lswift_RegexParser \
+	    -lswiftSynchronization -lstdc++ -lm -ldl -lpthread \
+	    -Wl,--version-script=$(CURDIR)/apxs/peruser.map -Wl,--gc-sections -Wl,-s \
+	    >build.log 2>&1 || { cat build.log; exit 1; }
+	cp build/obj/.libs/mod_mpm_peruser.so $(MODULE)
+	sh apxs/check-symbols.sh $(MODULE)
+
+unit:
+	$(SWIFT) test
+
+integration: $(MODULE)
+	python3 -m pytest -q tests/integration
+
+test: unit integration
+
+demo: $(MODULE)
+	sh demo/run.sh
+
+clean:
+	rm -rf build .build

@@ -1,0 +1,45 @@
+/* Functions of the C shim (CShim/) that the Swift code calls. Defined in C because they need
+ * Apache's API, variadic logging, or the CMSG_* macros. The C shim includes this header too,
+ * so both sides are checked against one declaration. */
+#ifndef PERUSER_SHIM_H
+#define PERUSER_SHIM_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/epoll.h> /* not part of Swift's Glibc module; the multiplexer needs it */
+#include <sys/socket.h>
+
+/* glibc declares accept4 only under _GNU_SOURCE, which Swift's Glibc module is built without. */
+extern int accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags);
+
+/* Log levels (the APLOG_* values of http_log.h). */
+enum {
+    PERUSER_LOG_ERR = 3,
+    PERUSER_LOG_WARNING = 4,
+    PERUSER_LOG_NOTICE = 5,
+    PERUSER_LOG_INFO = 6,
+    PERUSER_LOG_DEBUG = 7
+};
+
+/* Writes one line to the error log of the main server. */
+void peruser_shim_log(int level, const char *message);
+
+/* Result of routing a connection whose vhost has no ServerEnvironment. */
+#define PERUSER_ROUTE_NO_ENVIRONMENT (-1)
+
+/* Finds the vhost that Apache's own rules give for a connection on socket `fd` (local address
+ * read from the socket) with request target `target` and Host header `host` (either may be
+ * NULL), and returns its environment index, or PERUSER_ROUTE_NO_ENVIRONMENT (logged, naming
+ * the vhost). */
+int peruser_shim_route(int fd, const char *host, const char *target);
+
+/* Sends `len` bytes with `fd` in SCM_RIGHTS over a SOCK_SEQPACKET channel, never blocking.
+ * Returns 0, or -errno (-EAGAIN when the channel is full). */
+int peruser_shim_send_fd(int channel, int fd, const void *buf, size_t len);
+
+/* Receives one message with exactly one fd. Returns the message length with *fd set, or
+ * -errno: -EAGAIN when nothing is queued (if nonblocking), -EBADMSG for a message that was
+ * truncated or did not carry exactly one fd (any fds it carried are closed; logged). */
+ssize_t peruser_shim_recv_fd(int channel, void *buf, size_t cap, int nonblocking, int *fd);
+
+#endif

@@ -1,0 +1,84 @@
+// The payload that travels with a connection's fd over a hand-off or hand-back channel.
+//
+// Layout (little endian): magic "PRU1", hops (UInt16), reserved (UInt16, zero),
+// length of the consumed bytes (UInt32), then exactly that many bytes. The fd itself travels in
+// SCM_RIGHTS; addresses never travel: the receiver reads them from the socket.
+// Messages come from other processes, some of them run by tenants, so decoding trusts nothing.
+
+public struct HandoffMessage: Equatable {
+    /// How many times this connection has been handed back without a request being served.
+    /// Bounds routing loops.
+    public var hops: UInt16
+    /// Bytes of the connection that the sender already read from the socket; the receiver
+    /// must see them before anything still in the socket.
+    public var consumed: [UInt8]
+
+    public init(hops: UInt16, consumed: [UInt8]) {
+        self.hops = hops
+        self.consumed = consumed
+    }
+
+    public static let magic: [UInt8] = Array("PRU1".utf8)
+    public static let headerSize = 12
+    /// Fits one SOCK_SEQPACKET message with room to spare under the default socket buffer.
+    public static let largestConsumed = 64 * 1024
+    public static let largestMessage = headerSize + largestConsumed
+
+    public enum DecodeError: Error, Equatable {
+        case tooShort(Int)
+        case badMagic
+        case reservedNotZero
+        case lengthMismatch(declared: Int, actual: Int)
+        case tooLong(Int)
+    }
+
+    public enum EncodeError: Error, Equatable {
+        case consumedTooLong(Int)
+        case bufferTooSmall(needed: Int)
+    }
+
+    /// Encoded size of a message carrying `consumedCount` bytes.
+    public static func encodedSize(consumedCount: Int) -> Int { headerSize + consumedCount }
+
+    /// Writes the message into `out`; returns the number of bytes written.
+    public static func encode(hops: UInt16, consumed: UnsafeRawBufferPointer,
+                              into out: UnsafeMutableRawBufferPointer) throws(EncodeError) -> Int {
+        guard consumed.count <= largestConsumed else { throw .consumedTooLong(consumed.count) }
+        let size = encodedSize(consumedCount: consumed.count)
+        guard out.count >= size else { throw .bufferTooSmall(needed: size) }
+        for (i, byte) in magic.enumerated() { out[i] = byte }
+        out[4] = UInt8(truncatingIfNeeded: hops)
+        out[5] = UInt8(truncatingIfNeeded: hops >> 8)
+        out[6] = 0
+        out[7] = 0
+        let length = UInt32(consumed.count)
+        for i in 0..<4 { out[8 + i] = UInt8(truncatingIfNeeded: length >> (8 * UInt32(i))) }
+        if consumed.count > 0, let base = consumed.baseAddress, let dest = out.baseAddress {
+            (dest + headerSize).copyMemory(from: base, byteCount: consumed.count)
+        }
+        return size
+    }
+
+    /// Validates a received message; the consumed bytes are `message[headerSize ..< headerSize+count]`.
+    public static func decodeHeader(_ message: UnsafeRawBufferPointer) throws(DecodeError)
+        -> (hops: UInt16, consumedCount: Int)
+    {
+        guard message.count >= headerSize else { throw .tooShort(message.count) }
+        guard message.count <= largestMessage else { throw .tooLong(message.count) }
+        for (i, byte) in magic.enumerated() where message[i] != byte { throw .badMagic }
+        guard message[6] == 0, message[7] == 0 else { throw .reservedNotZero }
+        let hops = UInt16(message[4]) | UInt16(message[5]) << 8
+        var length = 0
+        for i in 0..<4 { length |= Int(message[8 + i]) << (8 * i) }
+        guard length == message.count - headerSize else {
+            throw .lengthMismatch(declared: length, actual: message.count - headerSize)
+        }
+        return (hops, length)
+    }
+
+    public static func decode(_ message: UnsafeRawBufferPointer) throws(DecodeError) -> HandoffMessage {
+        let header = try decodeHeader(message)
+        return HandoffMessage(hops: header.hops,
+                              consumed: Array(message[headerSize..<(headerSize + header.consumedCount)]))
+    }
+}

@@ -1,0 +1,151 @@
+// Reading just enough of an HTTP/1.x request head to route it.
+//
+// The multiplexer peeks at the bytes a client sent and needs only the request target and the
+// Host header; Apache's own vhost code (called from the C shim) does the matching. The scanner
+// never trusts lengths from the input and never allocates more than the two strings it returns.
+
+/// What the multiplexer learned about a request from the bytes seen so far.
+public struct RouteHint: Equatable {
+    /// The request target of the request line (`/path`, or `http://host/path` in absolute form).
+    public var target: String?
+    /// The value of the first `Host` header, trimmed of optional whitespace.
+    public var host: String?
+
+    public init(target: String? = nil, host: String? = nil) {
+        self.target = target
+        self.host = host
+    }
+}
+
+public enum HeadScan: Equatable {
+    /// The head is not complete yet; `hint` holds what was found so far.
+    case needMore(RouteHint)
+    /// The head ends after `length` bytes (including the blank line).
+    case complete(RouteHint, length: Int)
+    /// Not an HTTP/1.x request line; Apache in the default vhost answers it with a 4xx.
+    case malformed
+}
+
+public enum RequestHead {
+    /// Apache skips this many empty lines before a request line (core's DEFAULT_LIMIT_BLANK_LINES).
+    static let blankLinesAllowed = 10
+    /// A header value longer than this is not kept (Apache will reject it anyway).
+    static let longestKeptValue = 8192
+
+    public static func scan(_ bytes: UnsafeRawBufferPointer) -> HeadScan {
+        var lines = LineReader(bytes)
+        var hint = RouteHint()
+
+        // Request line, after optional blank lines.
+        var requestLine: Slice<UnsafeRawBufferPointer>?
+        var blanks = 0
+        while requestLine == nil {
+            guard let line = lines.next() else {
+                return looksLikeRequestStart(lines.rest) ? .needMore(hint) : .malformed
+            }
+            if line.isEmpty {
+                blanks += 1
+                if blanks > blankLinesAllowed { return .malformed }
+                continue
+            }
+            requestLine = line
+        }
+        guard let line = requestLine, let target = requestTarget(of: line) else { return .malformed }
+        hint.target = target.value
+        if target.isHTTP09 {
+            // HTTP/0.9 has no headers: the request line is the whole head.
+            return .complete(hint, length: lines.offset)
+        }
+
+        // Header lines up to the blank line.
+        while let header = lines.next() {
+            if header.isEmpty { return .complete(hint, length: lines.offset) }
+            if hint.host == nil, let value = value(of: "host", in: header) { hint.host = value }
+        }
+        return .needMore(hint)
+    }
+
+    /// Whether bytes that hold no complete line yet may still become a request line.
+    static func looksLikeRequestStart(_ rest: Slice<UnsafeRawBufferPointer>) -> Bool {
+        for byte in rest.prefix(32) {
+            if byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\r") { return true }
+            if !isTokenChar(byte) { return false }
+        }
+        return true
+    }
+
+    struct Target {
+        var value: String
+        var isHTTP09: Bool
+    }
+
+    /// `METHOD SP target SP HTTP/x.y`, or `GET SP target` (HTTP/0.9).
+    static func requestTarget(of line: Slice<UnsafeRawBufferPointer>) -> Target? {
+        let parts = line.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: true)
+        guard parts.count == 2 || parts.count == 3 else { return nil }
+        guard parts[0].allSatisfy(isTokenChar) else { return nil }
+        guard parts[1].allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { return nil }
+        let target = String(decoding: parts[1], as: UTF8.self)
+        if parts.count == 2 { return Target(value: target, isHTTP09: true) }
+        guard parts[2].starts(with: "HTTP/".utf8) else { return nil }
+        return Target(value: target, isHTTP09: false)
+    }
+
+    /// The value of header `name` (lower case) in `line`, or nil when the line is another header.
+    static func value(of name: String, in line: Slice<UnsafeRawBufferPointer>) -> String? {
+        guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return nil }
+        let field = line[line.startIndex..<colon]
+        guard field.count == name.utf8.count,
+              zip(field, name.utf8).allSatisfy({ lowercased($0) == $1 }) else { return nil }
+        var value = line[(colon + 1)...]
+        while let first = value.first, first == UInt8(ascii: " ") || first == UInt8(ascii: "\t") {
+            value = value.dropFirst()
+        }
+        while let last = value.last, last == UInt8(ascii: " ") || last == UInt8(ascii: "\t") {
+            value = value.dropLast()
+        }
+        guard value.count <= longestKeptValue, value.allSatisfy({ $0 >= 0x20 && $0 != 0x7f }) else {
+            return nil
+        }
+        return String(decoding: value, as: UTF8.self)
+    }
+
+    static func lowercased(_ byte: UInt8) -> UInt8 {
+        (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z")) ? byte + 32 : byte
+    }
+
+    /// RFC 9110 tchar.
+    static func isTokenChar(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+             UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"),
+             UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"),
+             UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+             UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            return true
+        default:
+            return false
+        }
+    }
+}
+
+/// Splits bytes into lines ending in LF (an optional CR before it is dropped).
+struct LineReader {
+    let bytes: UnsafeRawBufferPointer
+    private(set) var offset = 0
+
+    init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    var rest: Slice<UnsafeRawBufferPointer> { bytes[offset...] }
+
+    mutating func next() -> Slice<UnsafeRawBufferPointer>? {
+        guard let lf = bytes[offset...].firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+        var end = lf
+        if end > offset && bytes[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+        let line = bytes[offset..<end]
+        offset = lf + 1
+        return line
+    }
+}

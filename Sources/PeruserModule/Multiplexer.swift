@@ -1,0 +1,350 @@
+// The multiplexer: accept on every listener, peek at each request head, find its environment,
+// and pass the socket to that environment's workers. Single-threaded, non-blocking, epoll.
+//
+// Heads are read with MSG_PEEK (edge-triggered, so new bytes wake us although old ones stay
+// unread): the worker then reads the client's original bytes from the socket itself. Only
+// connections handed back by a worker arrive with bytes already consumed; those travel on.
+import CPeruserShim
+import Glibc
+import PeruserCore
+
+struct PendingConnection {
+    enum Stage {
+        case readingHead
+        /// Routed to `environment`, whose channel was full at the last try.
+        case waitingForChannel(environment: Int)
+    }
+
+    var stage: Stage = .readingHead
+    /// Bytes of this connection already read from the socket (by a worker that handed it back).
+    var consumed: [UInt8]
+    var hops: UInt16
+    var deadline: Int64
+}
+
+struct Multiplexer {
+    let listeners: [Int32]
+    let handback: Int32
+    let channels: [Int32]
+    let headTimeout: Int64
+    /// How long a routed connection may wait for room in its environment's channel.
+    let channelWait: Int64 = 5000
+    /// A connection handed back this many times without a request served is a routing loop.
+    static let mostHops: UInt16 = 4
+    static let largestHead = HandoffMessage.largestConsumed
+
+    private let epoll: Int32
+    private var pending: [Int32: PendingConnection] = [:]
+    /// Scratch space: consumed bytes followed by peeked ones; and one encoded message.
+    private let head: UnsafeMutableRawBufferPointer
+    private let message: UnsafeMutableRawBufferPointer
+
+    private static let listenerTag: UInt64 = 1 << 32
+    private static let handbackTag: UInt64 = 2 << 32
+
+    init?(listeners: [Int32], handback: Int32, channels: [Int32], headTimeout: Int64) {
+        self.listeners = listeners
+        self.handback = handback
+        self.channels = channels
+        self.headTimeout = max(headTimeout, 100)
+        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
+        head = .allocate(byteCount: Self.largestHead, alignment: 8)
+        message = .allocate(byteCount: HandoffMessage.largestMessage, alignment: 8)
+        guard epoll >= 0 else {
+            log(PERUSER_LOG_ERR, "multiplexer: epoll_create1 failed: \(errnoText())")
+            return nil
+        }
+        for fd in listeners {
+            setNonBlocking(fd)
+            // EPOLLEXCLUSIVE: one multiplexer, not all of them, wakes for a new connection.
+            guard watch(fd, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue, tag: Self.listenerTag) else {
+                return nil
+            }
+        }
+        setNonBlocking(handback)
+        guard watch(handback, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue, tag: Self.handbackTag) else {
+            return nil
+        }
+    }
+
+    private func watch(_ fd: Int32, events: UInt32, tag: UInt64) -> Bool {
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = tag | UInt64(UInt32(bitPattern: fd))
+        guard epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0 else {
+            log(PERUSER_LOG_ERR, "multiplexer: epoll_ctl(\(fd)) failed: \(errnoText())")
+            return false
+        }
+        return true
+    }
+
+    mutating func run() -> Int32 {
+        let capacity = 64
+        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
+        defer { events.deallocate() }
+        while true {
+            // Wake periodically while connections wait, to retry full channels and enforce deadlines.
+            let timeout: Int32 = pending.isEmpty ? -1 : 50
+            let count = epoll_wait(epoll, events, Int32(capacity), timeout)
+            if count < 0 {
+                if errno == EINTR { continue }
+                log(PERUSER_LOG_ERR, "multiplexer: epoll_wait failed: \(errnoText())")
+                return 1
+            }
+            for i in 0..<Int(count) {
+                let data = events[i].data.u64
+                let fd = Int32(bitPattern: UInt32(truncatingIfNeeded: data))
+                switch data & ~0xffff_ffff {
+                case Self.listenerTag: acceptAll(on: fd)
+                case Self.handbackTag: receiveHandbacks()
+                default: advance(fd)
+                }
+            }
+            expireAndRetry(now: monotonicMilliseconds())
+        }
+    }
+
+    // MARK: New connections
+
+    private mutating func acceptAll(on listener: Int32) {
+        for _ in 0..<64 {
+            let fd = accept4(listener, nil, nil, Int32(SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue))
+            if fd < 0 {
+                switch errno {
+                case EAGAIN, EWOULDBLOCK: return
+                case EINTR, ECONNABORTED, EPROTO: continue
+                default:
+                    log(PERUSER_LOG_ERR, "multiplexer: accept on fd \(listener) failed: \(errnoText())")
+                    return
+                }
+            }
+            adopt(fd, consumed: [], hops: 0)
+        }
+    }
+
+    /// Connections a worker gave back because the next request is for another environment.
+    /// The message is untrusted: it is validated, and the fd must be a TCP stream socket.
+    private mutating func receiveHandbacks() {
+        for _ in 0..<64 {
+            var fd: Int32 = -1
+            let length = peruser_shim_recv_fd(handback, message.baseAddress, message.count, 1, &fd)
+            if length == -Int(EAGAIN) || length == -Int(EWOULDBLOCK) { return }
+            if length == -Int(EBADMSG) || length == -Int(EINTR) { continue }
+            if length < 0 {
+                log(PERUSER_LOG_ERR, "multiplexer: hand-back receive failed: \(errnoText(Int32(-length)))")
+                return
+            }
+            let received = UnsafeRawBufferPointer(rebasing: message[0..<length])
+            let decoded: HandoffMessage
+            do {
+                decoded = try HandoffMessage.decode(received)
+            } catch {
+                log(PERUSER_LOG_WARNING, "multiplexer: dropped an invalid hand-back message (\(error))")
+                close(fd)
+                continue
+            }
+            guard isTCPStream(fd) else {
+                log(PERUSER_LOG_WARNING, "multiplexer: dropped a hand-back whose fd is not a TCP socket")
+                close(fd)
+                continue
+            }
+            setNonBlocking(fd)
+            adopt(fd, consumed: decoded.consumed, hops: decoded.hops)
+        }
+    }
+
+    private mutating func adopt(_ fd: Int32, consumed: [UInt8], hops: UInt16) {
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+        event.data.u64 = UInt64(UInt32(bitPattern: fd))
+        guard epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0 else {
+            log(PERUSER_LOG_ERR, "multiplexer: epoll_ctl(\(fd)) failed: \(errnoText())")
+            close(fd)
+            return
+        }
+        pending[fd] = PendingConnection(consumed: consumed, hops: hops,
+                                        deadline: monotonicMilliseconds() + headTimeout)
+        advance(fd)
+    }
+
+    // MARK: Reading the head
+
+    private mutating func advance(_ fd: Int32) {
+        guard let connection = pending[fd], case .readingHead = connection.stage,
+              let base = head.baseAddress else { return }
+        let carried = min(connection.consumed.count, head.count)
+        connection.consumed.withUnsafeBytes { consumed in
+            if let source = consumed.baseAddress { base.copyMemory(from: source, byteCount: carried) }
+        }
+        let room = head.count - carried
+        var peeked = 0
+        var clientDone = false
+        if room > 0 {
+            let n = recv(fd, base + carried, room, Int32(MSG_PEEK | MSG_DONTWAIT))
+            if n > 0 {
+                peeked = n
+            } else if n == 0 {
+                clientDone = true
+            } else if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
+                drop(fd)
+                return
+            }
+        }
+        let total = carried + peeked
+        switch RequestHead.scan(UnsafeRawBufferPointer(rebasing: head[0..<total])) {
+        case .complete(let hint, _):
+            route(fd, hint)
+        case .malformed:
+            // Apache, in the default vhost of the address, answers it with its own 400.
+            route(fd, RouteHint())
+        case .needMore(let hint):
+            if total == 0 && clientDone {
+                drop(fd)
+            } else if total >= head.count || clientDone {
+                // As much as we will ever look at: route on what we found.
+                route(fd, hint)
+            }
+        }
+    }
+
+    private mutating func route(_ fd: Int32, _ hint: RouteHint) {
+        let environment = withOptionalCString(hint.host) { host in
+            withOptionalCString(hint.target) { target in peruser_shim_route(fd, host, target) }
+        }
+        guard environment != PERUSER_ROUTE_NO_ENVIRONMENT else {
+            respond(fd, .serviceUnavailable)
+            return
+        }
+        guard channels.indices.contains(Int(environment)) else {
+            log(PERUSER_LOG_ERR, "multiplexer: route gave unknown environment \(environment)")
+            respond(fd, .serviceUnavailable)
+            return
+        }
+        guard var connection = pending[fd] else { return }
+        if connection.hops >= Self.mostHops {
+            log(PERUSER_LOG_ERR, "multiplexer: connection handed back \(connection.hops) times without "
+                + "a request served (routing loop); answering 503")
+            respond(fd, .serviceUnavailable)
+            return
+        }
+        connection.stage = .waitingForChannel(environment: Int(environment))
+        connection.deadline = monotonicMilliseconds() + channelWait
+        pending[fd] = connection
+        trySend(fd)
+    }
+
+    // MARK: Hand-off
+
+    private mutating func trySend(_ fd: Int32) {
+        guard let connection = pending[fd], case .waitingForChannel(let environment) = connection.stage else {
+            return
+        }
+        let length: Int
+        do {
+            length = try connection.consumed.withUnsafeBytes { consumed in
+                try HandoffMessage.encode(hops: connection.hops, consumed: consumed, into: message)
+            }
+        } catch {
+            log(PERUSER_LOG_ERR, "multiplexer: cannot encode hand-off (\(error))")
+            respond(fd, .serviceUnavailable)
+            return
+        }
+        let result = peruser_shim_send_fd(channels[environment], fd, message.baseAddress, length)
+        if result == 0 {
+            forget(fd)
+            close(fd)
+        } else if result == -EAGAIN || result == -EWOULDBLOCK {
+            return  // Full channel: every worker is busy and the queue is long. Retry on the tick.
+        } else {
+            log(PERUSER_LOG_ERR, "multiplexer: hand-off to environment \(environment) failed: "
+                + errnoText(-result))
+            respond(fd, .serviceUnavailable)
+        }
+    }
+
+    private mutating func expireAndRetry(now: Int64) {
+        for (fd, connection) in pending {
+            switch connection.stage {
+            case .readingHead where now >= connection.deadline:
+                respond(fd, .requestTimeout)
+            case .readingHead:
+                break
+            case .waitingForChannel(let environment):
+                trySend(fd)
+                if pending[fd] != nil && now >= connection.deadline {
+                    log(PERUSER_LOG_WARNING, "multiplexer: environment \(environment) took no connection "
+                        + "within \(channelWait) ms; answering 503")
+                    respond(fd, .serviceUnavailable)
+                }
+            }
+        }
+    }
+
+    // MARK: Answers and closing
+
+    /// Reads what the client sent (so that closing does not reset the connection), writes the
+    /// answer without blocking, and closes.
+    private mutating func respond(_ fd: Int32, _ response: CannedResponse) {
+        for _ in 0..<4 {
+            if recv(fd, head.baseAddress, head.count, Int32(MSG_DONTWAIT)) <= 0 { break }
+        }
+        let bytes = response.bytes
+        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+        shutdown(fd, Int32(SHUT_WR))
+        drop(fd)
+    }
+
+    private mutating func drop(_ fd: Int32) {
+        forget(fd)
+        close(fd)
+    }
+
+    private mutating func forget(_ fd: Int32) {
+        pending[fd] = nil
+        epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil)
+    }
+}
+
+// MARK: - Small syscall helpers
+
+func log(_ level: Int, _ text: String) {
+    peruser_shim_log(Int32(level), text)
+}
+
+func errnoText(_ code: Int32 = errno) -> String {
+    String(cString: strerror(code))
+}
+
+func setNonBlocking(_ fd: Int32) {
+    let flags = fcntl(fd, F_GETFL)
+    if flags >= 0 { _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+}
+
+func monotonicMilliseconds() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+}
+
+/// Whether `fd` is a connected TCP stream socket (IPv4 or IPv6).
+func isTCPStream(_ fd: Int32) -> Bool {
+    var type: Int32 = 0
+    var length = socklen_t(MemoryLayout<Int32>.size)
+    guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0, type == Int32(SOCK_STREAM.rawValue) else {
+        return false
+    }
+    var address = sockaddr_storage()
+    var addressLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    let family = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
+            guard getpeername(fd, pointer, &addressLength) == 0 else { return -1 }
+            return Int32(pointer.pointee.sa_family)
+        }
+    }
+    return family == AF_INET || family == AF_INET6
+}
+
+func withOptionalCString<R>(_ text: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
+    guard let text else { return body(nil) }
+    return text.withCString { body($0) }
+}

@@ -1,0 +1,70 @@
+import XCTest
+@testable import PeruserCore
+
+final class HandoffMessageTests: XCTestCase {
+    private func encode(hops: UInt16, _ consumed: [UInt8]) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: HandoffMessage.encodedSize(consumedCount: consumed.count))
+        let written = try consumed.withUnsafeBytes { source in
+            try out.withUnsafeMutableBytes { try HandoffMessage.encode(hops: hops, consumed: source, into: $0) }
+        }
+        XCTAssertEqual(written, out.count)
+        return out
+    }
+
+    private func decode(_ bytes: [UInt8]) throws -> HandoffMessage {
+        try bytes.withUnsafeBytes { try HandoffMessage.decode($0) }
+    }
+
+    func testRoundTrip() throws {
+        let consumed = Array("GET / HTTP/1.1\r\nHost: b\r\n\r\n".utf8)
+        XCTAssertEqual(try decode(try encode(hops: 3, consumed)), HandoffMessage(hops: 3, consumed: consumed))
+        XCTAssertEqual(try decode(try encode(hops: 0, [])), HandoffMessage(hops: 0, consumed: []))
+    }
+
+    func testRejectsShortMessages() {
+        XCTAssertThrowsError(try decode([])) { XCTAssertEqual($0 as? HandoffMessage.DecodeError, .tooShort(0)) }
+        XCTAssertThrowsError(try decode(Array("PRU1".utf8))) {
+            XCTAssertEqual($0 as? HandoffMessage.DecodeError, .tooShort(4))
+        }
+    }
+
+    func testRejectsBadMagicAndReservedBits() throws {
+        var message = try encode(hops: 0, [1, 2, 3])
+        message[0] = UInt8(ascii: "X")
+        XCTAssertThrowsError(try decode(message)) { XCTAssertEqual($0 as? HandoffMessage.DecodeError, .badMagic) }
+        message = try encode(hops: 0, [1, 2, 3])
+        message[7] = 1
+        XCTAssertThrowsError(try decode(message)) {
+            XCTAssertEqual($0 as? HandoffMessage.DecodeError, .reservedNotZero)
+        }
+    }
+
+    func testRejectsLengthsThatDisagreeWithTheMessage() throws {
+        var message = try encode(hops: 0, [1, 2, 3])
+        message[8] = 200
+        XCTAssertThrowsError(try decode(message)) {
+            XCTAssertEqual($0 as? HandoffMessage.DecodeError, .lengthMismatch(declared: 200, actual: 3))
+        }
+        message = try encode(hops: 0, [1, 2, 3])
+        message[11] = 0xff  // a length near 4 GiB must not be believed
+        XCTAssertThrowsError(try decode(message))
+        message = try encode(hops: 0, [1, 2, 3]) + [9]
+        XCTAssertThrowsError(try decode(message))
+    }
+
+    func testRejectsOversizedMessages() {
+        let huge = [UInt8](repeating: 0, count: HandoffMessage.largestMessage + 1)
+        XCTAssertThrowsError(try decode(huge)) {
+            XCTAssertEqual($0 as? HandoffMessage.DecodeError, .tooLong(HandoffMessage.largestMessage + 1))
+        }
+        let consumed = [UInt8](repeating: 0, count: HandoffMessage.largestConsumed + 1)
+        XCTAssertThrowsError(try encode(hops: 0, consumed))
+    }
+
+    func testEncodeRefusesASmallBuffer() {
+        var out = [UInt8](repeating: 0, count: 13)
+        XCTAssertThrowsError(try [UInt8](repeating: 1, count: 2).withUnsafeBytes { source in
+            try out.withUnsafeMutableBytes { try HandoffMessage.encode(hops: 0, consumed: source, into: $0) }
+        }) { XCTAssertEqual($0 as? HandoffMessage.EncodeError, .bufferTooSmall(needed: 14)) }
+    }
+}

@@ -1,0 +1,111 @@
+import os
+import subprocess
+
+import pytest
+
+from harness import Apache, MODULE, ensure_account, free_port
+
+USERS = ("peruser-a", "peruser-b")
+
+ID_CGI = """#!/bin/sh
+# Reports who serves this request and what arrived.
+printf 'Content-Type: text/plain\\r\\n\\r\\n'
+echo "uid=$(id -u) gid=$(id -g) groups=$(id -G | tr ' ' ',')"
+echo "server=$SERVER_NAME remote=$REMOTE_ADDR port=$SERVER_PORT"
+if [ -n "$CONTENT_LENGTH" ]; then
+  echo "length=$CONTENT_LENGTH sha256=$(head -c "$CONTENT_LENGTH" | sha256sum | cut -d' ' -f1)"
+fi
+"""
+
+
+@pytest.fixture(scope="session")
+def module():
+    if not os.path.exists(MODULE):
+        subprocess.run(["make", "-C", os.path.dirname(os.path.dirname(os.path.dirname(MODULE)))],
+                       check=True)
+    return MODULE
+
+
+@pytest.fixture(scope="session")
+def accounts():
+    return {name: ensure_account(name) for name in USERS}
+
+
+def make_site(root, owner_uid, owner_gid, name):
+    """A document root owned by the environment's user, with a private file and the id CGI."""
+    site = os.path.join(root, name)
+    os.makedirs(os.path.join(site, "cgi-bin"))
+    with open(os.path.join(site, "index.html"), "w") as f:
+        f.write(f"site {name}\n")
+    secret = os.path.join(site, "secret.txt")
+    with open(secret, "w") as f:
+        f.write(f"secret of {name}\n")
+    cgi = os.path.join(site, "cgi-bin", "id.cgi")
+    with open(cgi, "w") as f:
+        f.write(ID_CGI)
+    for path, mode in ((site, 0o755), (os.path.join(site, "cgi-bin"), 0o755),
+                       (os.path.join(site, "index.html"), 0o644), (secret, 0o600), (cgi, 0o755)):
+        os.chown(path, owner_uid, owner_gid)
+        os.chmod(path, mode)
+    return site
+
+
+@pytest.fixture(scope="session")
+def server(module, accounts):
+    """Two name-based vhosts on one port (own environments), one vhost without environment,
+    and an address-based vhost on a second port."""
+    port, ip_port = free_port(), free_port()
+    apache = Apache("")
+    (a_uid, a_gid), (b_uid, b_gid) = accounts["peruser-a"], accounts["peruser-b"]
+    a_site = make_site(apache.root, a_uid, a_gid, "a")
+    b_site = make_site(apache.root, b_uid, b_gid, "b")
+    apache.write_config(f"""
+Listen 127.0.0.1:{port}
+Listen 127.0.0.1:{ip_port}
+MinMultiplexers 2
+<Directory {apache.root}>
+    Require all granted
+    Options +ExecCGI
+</Directory>
+<Processor env-a>
+    User peruser-a
+    Group peruser-a
+</Processor>
+<Processor env-b>
+    User peruser-b
+    Group peruser-b
+    MinProcessors 2
+</Processor>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName a.test
+    ServerAlias *.wild-a.test
+    DocumentRoot {a_site}
+    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
+    ServerEnvironment env-a
+</VirtualHost>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName b.test
+    ServerAlias www.b.test
+    DocumentRoot {b_site}
+    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
+    Alias /a-files/ {a_site}/
+    ServerEnvironment env-b
+</VirtualHost>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName noenv.test
+    DocumentRoot {b_site}
+</VirtualHost>
+<VirtualHost 127.0.0.1:{ip_port}>
+    ServerName ip.test
+    DocumentRoot {b_site}
+    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
+    ServerEnvironment env-b
+</VirtualHost>
+""")
+    apache.port, apache.ip_port = port, ip_port
+    apache.uids = {"a": (a_uid, a_gid), "b": (b_uid, b_gid)}
+    apache.start(ports=(port, ip_port))
+    yield apache
+    apache.stop()
+    print(apache.read_error_log()[-3000:])
+    apache.cleanup()

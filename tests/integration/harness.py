@@ -1,0 +1,205 @@
+"""A real Debian apache2 running this MPM, for the integration tests.
+
+Each server gets its own ServerRoot, PidFile, ErrorLog and 127.0.0.1 ports, is started in its
+own session (setsid), and is stopped by the PID from its PidFile, never by name.
+"""
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODULE = os.path.join(REPO, "build", "mod_mpm_peruser.so")
+MODULES_DIR = "/usr/lib/apache2/modules"
+
+
+def ensure_account(name, uid_hint=None):
+    """Creates a system group and user `name` (no login, no home) unless they exist."""
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        subprocess.run(["groupadd", "--system", name], check=True)
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--gid", name, "--no-create-home",
+                        "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+                       check=True)
+    return pwd.getpwnam(name).pw_uid, grp.getgrnam(name).gr_gid
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_modules(*names):
+    return "\n".join(f"LoadModule {n}_module {MODULES_DIR}/mod_{n}.so" for n in names)
+
+
+class Apache:
+    def __init__(self, body, name="peruser"):
+        self.root = tempfile.mkdtemp(prefix=f"{name}-it-")
+        os.chmod(self.root, 0o755)
+        for sub in ("logs", "run", "conf"):
+            os.makedirs(os.path.join(self.root, sub))
+        self.pidfile = os.path.join(self.root, "run", "httpd.pid")
+        self.error_log = os.path.join(self.root, "logs", "error.log")
+        self.access_log = os.path.join(self.root, "logs", "access.log")
+        self.config = os.path.join(self.root, "conf", "httpd.conf")
+        self.body = body
+
+    def write_config(self, body=None, module=MODULE):
+        if body is not None:
+            self.body = body
+        text = f"""
+ServerRoot {self.root}
+PidFile {self.pidfile}
+ErrorLog {self.error_log}
+DefaultRuntimeDir {self.root}/run
+LogLevel info
+ServerName localhost
+LoadModule mpm_peruser_module {module}
+{load_modules("authz_core", "authz_host", "mime", "alias", "cgi", "dir", "env")}
+TypesConfig /etc/mime.types
+LogFormat "%v %a %>s \\"%r\\"" vhost
+CustomLog {self.access_log} vhost
+User www-data
+Group www-data
+Timeout 20
+KeepAlive On
+MaxKeepAliveRequests 100
+KeepAliveTimeout 5
+"""
+        with open(self.config, "w") as f:
+            f.write(text + self.body)
+
+    def configtest(self):
+        return subprocess.run(["apache2", "-t", "-f", self.config], capture_output=True, text=True,
+                              env=self.env())
+
+    def env(self):
+        env = dict(os.environ)
+        env.update({"APACHE_RUN_DIR": os.path.join(self.root, "run"),
+                    "APACHE_LOCK_DIR": os.path.join(self.root, "run"),
+                    "APACHE_LOG_DIR": os.path.join(self.root, "logs")})
+        return env
+
+    def start(self, ports=(), timeout=20):
+        """Starts apache2 (it daemonizes) in a new session and waits until every port answers."""
+        result = subprocess.run(["setsid", "apache2", "-f", self.config, "-k", "start"],
+                                capture_output=True, text=True, env=self.env(), timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"apache2 failed to start: {result.stdout}{result.stderr}\n"
+                               f"{self.read_error_log()}")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.pid() and all(self._port_open(p) for p in ports):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"apache2 did not come up:\n{self.read_error_log()}")
+
+    @staticmethod
+    def _port_open(port):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def pid(self):
+        try:
+            with open(self.pidfile) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, timeout=20):
+        """SIGTERM to the PID in the PidFile; waits until that process is gone."""
+        pid = self.pid()
+        if not pid:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"apache2 pid {pid} did not stop")
+
+    def children(self):
+        """(pid, uid, gid, cmdline) of the parent's direct children, from /proc."""
+        parent = self.pid()
+        out = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid != parent:
+                    continue
+                uid, gid = proc_ids(int(entry))
+                out.append((int(entry), uid, gid))
+            except (OSError, IndexError, ValueError):
+                continue
+        return out
+
+    def read_error_log(self):
+        try:
+            with open(self.error_log) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def read_access_log(self):
+        try:
+            with open(self.access_log) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def cleanup(self):
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def proc_ids(pid):
+    """(real uid, real gid) of a process, from /proc/PID/status."""
+    uid = gid = None
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                uid = int(line.split()[1])
+            elif line.startswith("Gid:"):
+                gid = int(line.split()[1])
+    return uid, gid
+
+
+def raw_request(port, data, read_timeout=10, shutdown_write=False):
+    """Sends raw bytes and returns everything the server sends until it closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as s:
+        s.sendall(data)
+        if shutdown_write:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
