@@ -54,6 +54,8 @@ module AP_MODULE_DECLARE_DATA mpm_peruser_module;
 #define MOST_SERVER_LIMIT 20000
 #define DEFAULT_MULTIPLEXERS 3
 #define DEFAULT_HEAD_TIMEOUT_MS 10000
+/* A kept-alive request head longer than this cannot be handed to another environment. */
+#define HEAD_RECORD_MAX (64 * 1024)
 /* How long a stop waits for children before SIGKILL. */
 #define STOP_GRACE_MS 5000
 
@@ -112,6 +114,7 @@ static struct {
     int received_hops;
     int requests_served;
     int handed_back;
+    int socket_reads_paused;  /* while handing back: take only what filters already buffered */
     head_record *record;
 } current;
 
@@ -264,10 +267,12 @@ static int server_environment(const server_rec *s)
 
 static const char *vhost_description(apr_pool_t *p, const server_rec *s)
 {
-    return apr_psprintf(p, "%s:%u (defined on line %u of %s)",
+    const server_addr_rec *addr = s->addrs;
+    return apr_psprintf(p, "%s (<VirtualHost %s:%u> on line %u of %s)",
                         s->server_hostname ? s->server_hostname : "(no ServerName)",
-                        (unsigned)s->port, s->defn_line_number,
-                        s->defn_name ? s->defn_name : "(main config)");
+                        addr && addr->virthost ? addr->virthost : "*",
+                        addr ? (unsigned)addr->host_port : (unsigned)s->port,
+                        s->defn_line_number, s->defn_name ? s->defn_name : "(main config)");
 }
 
 int peruser_shim_route(int fd, const char *host, const char *target)
@@ -528,7 +533,7 @@ static apr_status_t record_filter(ap_filter_t *f, apr_bucket_brigade *bb, ap_inp
             record->overflow = 1;
             continue;
         }
-        if (record->len + len > PERUSER_MESSAGE_MAX - PERUSER_MESSAGE_HEADER) {
+        if (record->len + len > HEAD_RECORD_MAX) {
             record->overflow = 1;
             continue;
         }
@@ -573,9 +578,17 @@ static int hand_back(request_rec *r)
     int hops = current.requests_served > 0 ? 1 : current.received_hops + 1;
     int rv, tries;
 
-    while (record->len < room) {
+    /* Socket reads are paused, so this drains exactly what the input filters buffered past
+     * the head; the rest stays in the socket for the next worker to read. */
+    current.socket_reads_paused = 1;
+    for (;;) {
         apr_bucket *b;
-        int eof = 0;
+        if (record->len >= room) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                          "peruser: more buffered input than a hand-back carries; refused");
+            c->keepalive = AP_CONN_CLOSE;
+            return HTTP_MISDIRECTED_REQUEST;
+        }
         if (ap_get_brigade(record->filter->next, bb, AP_MODE_READBYTES, APR_NONBLOCK_READ,
                            room - record->len) != APR_SUCCESS || APR_BRIGADE_EMPTY(bb)) {
             break;
@@ -583,9 +596,6 @@ static int hand_back(request_rec *r)
         for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
             const char *data;
             apr_size_t len;
-            if (APR_BUCKET_IS_EOS(b)) {
-                eof = 1;
-            }
             if (APR_BUCKET_IS_METADATA(b)
                 || apr_bucket_read(b, &data, &len, APR_NONBLOCK_READ) != APR_SUCCESS) {
                 continue;
@@ -597,9 +607,6 @@ static int hand_back(request_rec *r)
             record->len += len;
         }
         apr_brigade_cleanup(bb);
-        if (eof) {
-            break;
-        }
     }
 
     /* Earlier responses on this connection may still sit in the core output filter (it holds
@@ -678,18 +685,95 @@ static int worker_log_transaction(request_rec *r)
     return (is_worker && apr_table_get(r->notes, "peruser-handed-back")) ? DONE : DECLINED;
 }
 
+/* The worker's socket bucket: apr's socket bucket, except that its reads can be paused
+ * (they then report "no data yet"), so a hand-back takes what httpd's filters buffered and
+ * leaves the rest in the socket. */
+static apr_status_t handoff_socket_read(apr_bucket *a, const char **str, apr_size_t *len,
+                                        apr_read_type_e block);
+
+static const apr_bucket_type_t handoff_socket_type = {
+    "PERUSER_SOCKET", 5, APR_BUCKET_DATA,
+    apr_bucket_destroy_noop,
+    handoff_socket_read,
+    apr_bucket_setaside_notimpl,
+    apr_bucket_split_notimpl,
+    apr_bucket_copy_notimpl
+};
+
+static apr_bucket *handoff_socket_create(apr_socket_t *sock, apr_bucket_alloc_t *list)
+{
+    apr_bucket *b = apr_bucket_alloc(sizeof(*b), list);
+    APR_BUCKET_INIT(b);
+    b->free = apr_bucket_free;
+    b->list = list;
+    b->type = &handoff_socket_type;
+    b->length = (apr_size_t)(-1);
+    b->start = -1;
+    b->data = sock;
+    return b;
+}
+
+static apr_status_t handoff_socket_read(apr_bucket *a, const char **str, apr_size_t *len,
+                                        apr_read_type_e block)
+{
+    apr_socket_t *sock = a->data;
+    apr_interval_time_t timeout = 0;
+    apr_status_t rv;
+    char *buf;
+
+    *str = NULL;
+    *len = 0;
+    if (current.socket_reads_paused) {
+        return APR_EAGAIN;
+    }
+    if (block == APR_NONBLOCK_READ) {
+        apr_socket_timeout_get(sock, &timeout);
+        apr_socket_timeout_set(sock, 0);
+    }
+    *len = APR_BUCKET_BUFF_SIZE;
+    buf = apr_bucket_alloc(*len, a->list);
+    rv = apr_socket_recv(sock, buf, len);
+    if (block == APR_NONBLOCK_READ) {
+        apr_socket_timeout_set(sock, timeout);
+    }
+    if (rv != APR_SUCCESS && rv != APR_EOF) {
+        apr_bucket_free(buf);
+        *len = 0;
+        return rv;
+    }
+    if (*len > 0) {
+        /* This bucket becomes the data; a fresh socket bucket follows it. */
+        apr_bucket_heap *h;
+        a = apr_bucket_heap_make(a, buf, *len, apr_bucket_free);
+        h = a->data;
+        h->alloc_len = APR_BUCKET_BUFF_SIZE;
+        *str = buf;
+        APR_BUCKET_INSERT_AFTER(a, handoff_socket_create(sock, a->list));
+    }
+    else {
+        /* End of stream: an empty bucket, as apr's socket bucket does. */
+        apr_bucket_free(buf);
+        a = apr_bucket_immortal_make(a, "", 0);
+        *str = a->data;
+    }
+    return APR_SUCCESS;
+}
+
+/* Seeds the core input filter of a worker's connection: bytes a multiplexer or another
+ * worker already consumed, then the socket. */
 static apr_status_t worker_insert_network_bucket(conn_rec *c, apr_bucket_brigade *bb,
                                                  apr_socket_t *socket)
 {
-    apr_bucket *e;
-    if (!is_worker || socket != current.socket || current.pending_len == 0) {
+    if (!is_worker || socket != current.socket) {
         return AP_DECLINED;
     }
-    e = apr_bucket_heap_create((const char *)current.pending, current.pending_len, NULL,
-                               c->bucket_alloc);
-    APR_BRIGADE_INSERT_TAIL(bb, e);
-    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_socket_create(socket, c->bucket_alloc));
-    current.pending_len = 0;
+    if (current.pending_len > 0) {
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_heap_create((const char *)current.pending,
+                                                           current.pending_len, NULL,
+                                                           c->bucket_alloc));
+        current.pending_len = 0;
+    }
+    APR_BRIGADE_INSERT_TAIL(bb, handoff_socket_create(socket, c->bucket_alloc));
     return APR_SUCCESS;
 }
 

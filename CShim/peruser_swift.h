@@ -68,7 +68,7 @@ int peruser_multiplexer_run(const int *listeners, int listener_count, int handba
 /* ---- Hand-off messages (workers) ---- */
 
 #define PERUSER_MESSAGE_HEADER 12
-#define PERUSER_MESSAGE_MAX (PERUSER_MESSAGE_HEADER + 65536)
+#define PERUSER_MESSAGE_MAX (PERUSER_MESSAGE_HEADER + 96 * 1024)
 
 /* Encodes a message carrying `len` consumed bytes into `out`; its length, or -1. */
 long peruser_message_encode(unsigned char *out, size_t cap, int hops,

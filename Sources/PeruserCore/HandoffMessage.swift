@@ -20,8 +20,10 @@ public struct HandoffMessage: Equatable {
 
     public static let magic: [UInt8] = Array("PRU1".utf8)
     public static let headerSize = 12
-    /// Fits one SOCK_SEQPACKET message with room to spare under the default socket buffer.
-    public static let largestConsumed = 64 * 1024
+    /// A request head of up to 64 KiB plus what the worker's input filters had buffered past
+    /// it (one socket read, at most 8000 bytes in httpd), with margin; one SOCK_SEQPACKET
+    /// message this size fits well under the default socket buffer (208 KiB).
+    public static let largestConsumed = 96 * 1024
     public static let largestMessage = headerSize + largestConsumed
 
     public enum DecodeError: Error, Equatable {

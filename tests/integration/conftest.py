@@ -105,6 +105,7 @@ MinMultiplexers 2
     apache.port, apache.ip_port = port, ip_port
     apache.uids = {"a": (a_uid, a_gid), "b": (b_uid, b_gid)}
     apache.start(ports=(port, ip_port))
+    apache.wait_children(5)  # 2 multiplexers, 1 worker of env-a, 2 of env-b
     yield apache
     apache.stop()
     print(apache.read_error_log()[-3000:])

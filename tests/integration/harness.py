@@ -157,6 +157,16 @@ KeepAliveTimeout 5
                 continue
         return out
 
+    def wait_children(self, count, timeout=20):
+        """Waits until `count` children run, all of them past their privilege drop."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            kids = self.children()
+            if len(kids) == count and all(uid != 0 for _, uid, _ in kids):
+                return kids
+            time.sleep(0.05)
+        raise RuntimeError(f"expected {count} children, have {self.children()}")
+
     def read_error_log(self):
         try:
             with open(self.error_log) as f:

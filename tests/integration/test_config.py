@@ -1,0 +1,79 @@
+"""Configuration errors are caught by `apache2 -t` and name the directive, the place and the problem."""
+import re
+
+import pytest
+
+from harness import Apache, free_port
+
+
+def configtest(body):
+    apache = Apache(body, name="cfg")
+    try:
+        apache.write_config(f"Listen 127.0.0.1:{free_port()}\n" + body)
+        result = apache.configtest()
+        return result.returncode, result.stdout + result.stderr
+    finally:
+        apache.cleanup()
+
+
+GOOD_ENV = """<Processor good>
+    User peruser-a
+    Group peruser-a
+</Processor>
+"""
+
+
+def test_valid_configuration_passes(module, accounts):
+    rc, out = configtest(GOOD_ENV + "<VirtualHost *:80>\n ServerName x\n ServerEnvironment good\n</VirtualHost>\n")
+    assert rc == 0, out
+    assert "Syntax OK" in out
+
+
+@pytest.mark.parametrize("body,needle", [
+    # unknown environment, and one used before it is declared
+    ("<VirtualHost *:80>\n ServerEnvironment nosuch\n</VirtualHost>\n",
+     r"line \d+ of .*\s+ServerEnvironment nosuch: no <Processor nosuch> is declared"),
+    ("<VirtualHost *:80>\n ServerEnvironment good\n</VirtualHost>\n" + GOOD_ENV,
+     r"ServerEnvironment good: no <Processor good> is declared before this line"),
+    # wrong places
+    (GOOD_ENV + "ServerEnvironment good\n", r"ServerEnvironment must be inside a <VirtualHost>"),
+    (GOOD_ENV + "<VirtualHost *:80>\n<Directory /tmp>\nServerEnvironment good\n</Directory>\n</VirtualHost>\n",
+     r"ServerEnvironment not allowed in <Directory> context"),
+    ("<VirtualHost *:80>\n<Processor inner>\nUser peruser-a\nGroup peruser-a\n</Processor>\n</VirtualHost>\n",
+     r"<Processor> cannot occur within <VirtualHost> section"),
+    (GOOD_ENV + "<VirtualHost *:80>\n ServerEnvironment good\n ServerEnvironment good\n</VirtualHost>\n",
+     r"ServerEnvironment is given twice"),
+    # missing and wrong accounts
+    ("<Processor p>\n Group peruser-a\n</Processor>\n", r"<Processor p>: <Processor p> has no User directive"),
+    ("<Processor p>\n User peruser-a\n</Processor>\n", r"<Processor p> has no Group directive"),
+    ("<Processor p>\n User no-such-user-xyz\n Group peruser-a\n</Processor>\n",
+     r"User 'no-such-user-xyz' does not exist on this system \(User on line \d+, Group on line \d+"),
+    ("<Processor p>\n User peruser-a\n Group no-such-group-xyz\n</Processor>\n",
+     r"Group 'no-such-group-xyz' does not exist"),
+    ("<Processor p>\n User root\n Group peruser-a\n</Processor>\n", r"User 'root' is root \(uid 0\)"),
+    ("<Processor p>\n User peruser-a\n Group root\n</Processor>\n", r"Group 'root' is root \(gid 0\)"),
+    ("<Processor p>\n User #0\n Group peruser-a\n</Processor>\n", r"User '#0' is root"),
+    # stray and unknown directives, bad numbers, duplicates
+    ("<Processor p>\n User peruser-a\n Group peruser-a\n DocumentRoot /tmp\n</Processor>\n",
+     r"DocumentRoot is not allowed inside <Processor p> \(line \d+ of"),
+    ("<Processor p>\n User peruser-a\n User peruser-b\n Group peruser-a\n</Processor>\n", r"User is given twice"),
+    (GOOD_ENV + GOOD_ENV, r"<Processor good> is declared twice"),
+    ("<Processor>\n User peruser-a\n Group peruser-a\n</Processor>\n", r"<Processor> takes exactly one name"),
+    ("<Processor a b>\n User peruser-a\n Group peruser-a\n</Processor>\n", r"<Processor> takes exactly one name"),
+    ("MinMultiplexers zero\n", r"MinMultiplexers takes a whole number, not 'zero'"),
+    ("MinProcessors -1\n", r"MinProcessors -1 is out of range"),
+    ("ServerLimit 0\n", r"ServerLimit 0 is out of range"),
+    ("ServerLimit 2\nMinMultiplexers 2\n" + GOOD_ENV,
+     r"2 multiplexers and 1 workers do not fit in ServerLimit 2"),
+    ("<VirtualHost *:80>\n<Processor x>\n</Processor>\n</VirtualHost>\n", r"cannot occur within <VirtualHost>"),
+])
+def test_configuration_errors_name_the_problem(module, accounts, body, needle):
+    rc, out = configtest(body)
+    assert rc != 0, f"configtest accepted:\n{body}\n{out}"
+    assert re.search(needle, out), out
+
+
+def test_vhost_without_environment_is_warned_about_at_startup(module, accounts):
+    rc, out = configtest(GOOD_ENV + "<VirtualHost *:80>\n ServerName lonely.test\n</VirtualHost>\n")
+    assert rc == 0, out
+    assert re.search(r"virtual host lonely.test \(<VirtualHost \*:80> on line \d+ of \S+\) has no ServerEnvironment", out), out
