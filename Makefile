@@ -1,9 +1,9 @@
 # make          builds build/mod_mpm_peruser.so (Swift release build + apxs link)
 # make test     unit tests (swift test) and the integration suite against Debian's apache2
 # make demo     builds and starts a demo server on 127.0.0.1:8080 (see README)
+export PATH := $(PATH):/opt/swift/usr/bin
 SWIFT       ?= swift
 APXS        ?= apxs
-SWIFT_LIB   := /opt/swift/usr/lib/swift_static/linux
 SWIFT_DIR   ?= $(shell dirname $$(dirname $$(readlink -f $$(command -v $(SWIFT)))))/lib/swift_static/linux
 SWIFT_BUILD := .build/release/libPeruserSwift.a
 MODULE      := build/mod_mpm_peruser.so
@@ -11,7 +11,7 @@ MODULE      := build/mod_mpm_peruser.so
 SWIFT_SOURCES := Package.swift $(shell find Sources -type f)
 C_SOURCES     := CShim/mod_mpm_peruser.c CShim/peruser_swift.h Sources/CPeruserShim/peruser_shim.h
 
-.PHONY: all test unit integration demo clean deb
+.PHONY: all deps test unit integration demo demo-stop clean
 
 all: $(MODULE)
 
@@ -34,16 +34,22 @@ $(MODULE): $(SWIFT_BUILD) $(C_SOURCES) apxs/peruser.map apxs/check-symbols.sh
 	cp build/obj/.libs/mod_mpm_peruser.so $(MODULE)
 	sh apxs/check-symbols.sh $(MODULE)
 
-unit:
+deps:
+	sh scripts/install-deps.sh
+
+unit: deps
 	$(SWIFT) test
 
-integration: $(MODULE)
-	python3 -m pytest -q tests/integration
+integration: deps $(MODULE)
+	python3 -m pytest -q -p no:cacheprovider tests/integration
 
 test: unit integration
 
-demo: $(MODULE)
+demo: deps $(MODULE)
 	sh demo/run.sh
+
+demo-stop:
+	sh demo/stop.sh
 
 clean:
 	rm -rf build .build

@@ -1,0 +1,34 @@
+#!/bin/sh
+# Installs what building and testing need, on Debian bookworm with Swift at /opt/swift (or on
+# PATH). Idempotent: installs only what is missing. Needs root for apt-get.
+set -eu
+
+packages="apache2 apache2-dev libapr1-dev libaprutil1-dev curl procps passwd binutils gcc make"
+missing=""
+for p in $packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "install-deps: installing$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# The stock apache2 that the package starts must not hold the test ports or run our tests'
+# config; we never touch it, but a fresh install may have started it. Leave it alone.
+
+if ! python3 -m pytest --version >/dev/null 2>&1; then
+    echo "install-deps: installing pytest"
+    python3 -m pip install -q pytest 2>/dev/null \
+        || { apt-get install -y -qq python3-pytest >/dev/null; }
+fi
+
+if ! command -v swift >/dev/null 2>&1; then
+    if [ -x /opt/swift/usr/bin/swift ]; then
+        echo "install-deps: Swift is at /opt/swift/usr/bin; add it to PATH" >&2
+    else
+        echo "install-deps: no Swift toolchain found (expected on PATH or at /opt/swift)" >&2
+    fi
+    exit 1
+fi

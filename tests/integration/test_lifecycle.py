@@ -1,0 +1,113 @@
+"""Children are replaced when they die, restarts serve again, and a stop leaves nothing behind."""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from harness import Apache, free_port, proc_ids
+from test_end_to_end import CGI, get, ids_of
+from conftest import make_site
+
+
+def session_states(sid):
+    """pid -> state letter of every process in session `sid`."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) != sid:
+                    continue
+                with open(f"/proc/{entry}/stat") as f:
+                    out[int(entry)] = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, ProcessLookupError):
+                pass
+    return out
+
+
+@pytest.fixture
+def small_server(module, accounts):
+    port = free_port()
+    apache = Apache("", name="life")
+    uid, gid = accounts["peruser-a"]
+    site = make_site(apache.root, uid, gid, "a")
+    apache.write_config(f"""
+Listen 127.0.0.1:{port}
+MinMultiplexers 1
+<Directory {apache.root}>
+    Require all granted
+</Directory>
+<Processor only>
+    User peruser-a
+    Group peruser-a
+</Processor>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName only.test
+    DocumentRoot {site}
+    ScriptAlias /cgi-bin/ {site}/cgi-bin/
+    ServerEnvironment only
+</VirtualHost>
+""")
+    apache.port = port
+    apache.ids = (uid, gid)
+    apache.start(ports=(port,))
+    apache.wait_children(2)
+    yield apache
+    apache.stop()
+    apache.cleanup()
+
+
+def test_killed_worker_and_multiplexer_are_replaced_without_zombies(small_server):
+    sid = os.getsid(small_server.pid())
+    before = {pid: ids for pid, *ids in small_server.children()}
+    worker = next(pid for pid, ids in before.items() if tuple(ids) == small_server.ids)
+    mux = next(pid for pid, ids in before.items() if tuple(ids) == (33, 33))
+    os.kill(worker, signal.SIGKILL)
+    os.kill(mux, signal.SIGKILL)
+    kids = None
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        kids = {pid: tuple(ids) for pid, *ids in small_server.children()}
+        if len(kids) == 2 and worker not in kids and mux not in kids and all(u for u, _ in kids.values()):
+            break
+        time.sleep(0.05)
+    assert sorted(kids.values()) == sorted([small_server.ids, (33, 33)]), kids
+    assert "Z" not in session_states(sid).values()
+    status, body, _ = get(small_server.port, "only.test", CGI)
+    assert status == 200 and ids_of(body)[:2] == small_server.ids
+    log = small_server.read_error_log()
+    assert f"worker of only (pid {worker}" in log and "killed by signal 9" in log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1])
+def test_restart_serves_again_with_new_children(small_server, sig):
+    old = {pid for pid, *_ in small_server.children()}
+    parent = small_server.pid()
+    os.kill(parent, sig)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        kids = small_server.children()
+        if len(kids) == 2 and not old & {p for p, *_ in kids} and all(u for _, u, _ in kids):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"children not replaced after restart: {small_server.children()}")
+    assert small_server.pid() == parent
+    status, body, _ = get(small_server.port, "only.test", CGI)
+    assert status == 200 and ids_of(body)[:2] == small_server.ids
+    assert "restarting (generation 1)" in small_server.read_error_log()
+
+
+def test_apache2ctl_stop_leaves_no_process(small_server):
+    sid = os.getsid(small_server.pid())
+    assert len(session_states(sid)) == 3
+    result = subprocess.run(["apache2ctl", "-f", small_server.config, "-k", "stop"],
+                            capture_output=True, text=True, env=small_server.env(), timeout=30)
+    assert result.returncode == 0, result.stderr
+    deadline = time.time() + 10
+    while time.time() < deadline and session_states(sid):
+        time.sleep(0.05)
+    assert session_states(sid) == {}, "processes of the server outlived its stop"
+    assert not os.path.exists(small_server.pidfile)
+    assert "caught SIGTERM, shutting down" in small_server.read_error_log()
