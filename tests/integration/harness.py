@@ -66,7 +66,8 @@ DefaultRuntimeDir {self.root}/run
 LogLevel info
 ServerName localhost
 LoadModule mpm_peruser_module {module}
-{load_modules("authz_core", "authz_host", "mime", "alias", "cgi", "dir", "env")}
+{load_modules("authz_core", "authz_host", "mime", "alias", "cgi", "dir", "env",
+              "reqtimeout", "setenvif", "filter", "deflate", "negotiation")}
 TypesConfig /etc/mime.types
 LogFormat "%v %a %>s \\"%r\\"" vhost
 CustomLog {self.access_log} vhost
