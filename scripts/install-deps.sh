@@ -3,7 +3,7 @@
 # PATH). Idempotent: installs only what is missing. Needs root for apt-get.
 set -eu
 
-packages="apache2 apache2-dev libapr1-dev libaprutil1-dev curl procps passwd binutils gcc make"
+packages="apache2 apache2-dev libapr1-dev libaprutil1-dev libapache2-mod-php curl procps passwd binutils gcc make"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -14,9 +14,6 @@ if [ -n "$missing" ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
-
-# The stock apache2 that the package starts must not hold the test ports or run our tests'
-# config; we never touch it, but a fresh install may have started it. Leave it alone.
 
 if ! python3 -m pytest --version >/dev/null 2>&1; then
     echo "install-deps: installing pytest"

@@ -1,6 +1,8 @@
 import os
 import subprocess
 
+import glob
+
 import pytest
 
 from harness import Apache, MODULE, ensure_account, free_port
@@ -16,6 +18,13 @@ if [ -n "$CONTENT_LENGTH" ]; then
   echo "length=$CONTENT_LENGTH sha256=$(head -c "$CONTENT_LENGTH" | sha256sum | cut -d' ' -f1)"
 fi
 """
+
+
+def php_module():
+    """Debian's mod_php (libapache2-mod-php), whatever its PHP version."""
+    found = sorted(glob.glob("/usr/lib/apache2/modules/libphp*.so"))
+    assert found, "libapache2-mod-php is not installed (scripts/install-deps.sh installs it)"
+    return found[-1]
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +49,10 @@ def make_site(root, owner_uid, owner_gid, name):
     secret = os.path.join(site, "secret.txt")
     with open(secret, "w") as f:
         f.write(f"secret of {name}\n")
+    with open(os.path.join(site, "id.php"), "w") as f:
+        f.write('<?php echo "uid=", posix_getuid(), " gid=", posix_getgid(), " groups=", '
+                'implode(",", posix_getgroups()), "\\nsapi=", PHP_SAPI, "\\n";\n')
+    os.chmod(os.path.join(site, "id.php"), 0o644)
     cgi = os.path.join(site, "cgi-bin", "id.cgi")
     with open(cgi, "w") as f:
         f.write(ID_CGI)
@@ -63,6 +76,10 @@ def server(module, accounts):
 Listen 127.0.0.1:{port}
 Listen 127.0.0.1:{ip_port}
 MinMultiplexers 2
+LoadModule php_module {php_module()}
+<FilesMatch "\\.php$">
+    SetHandler application/x-httpd-php
+</FilesMatch>
 <Directory {apache.root}>
     Require all granted
     Options +ExecCGI

@@ -39,6 +39,36 @@ def test_each_vhost_cgi_runs_as_its_environment(server, host, env):
     assert groups == [gid], "a worker keeps no supplementary group of root or the multiplexer"
 
 
+@pytest.mark.parametrize("host,env", [("a.test", "a"), ("b.test", "b")])
+def test_mod_php_runs_in_the_environments_worker(server, host, env):
+    status, body, _ = get(server.port, host, "/id.php")
+    assert status == 200, body
+    assert "sapi=apache2handler" in body
+    assert ids_of(body)[:2] == server.uids[env]
+
+
+def test_mod_php_keepalive_alternating(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=15)
+    seen = []
+    for host in ("b.test", "a.test", "b.test"):
+        conn.request("GET", "/id.php", headers={"Host": host})
+        resp = conn.getresponse()
+        seen.append(ids_of(resp.read().decode())[:2])
+    conn.close()
+    assert seen == [server.uids["b"], server.uids["a"], server.uids["b"]]
+
+
+def test_keepalive_request_for_vhost_without_environment_gets_503(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=15)
+    conn.request("GET", "/index.html", headers={"Host": "a.test"})
+    assert conn.getresponse().read() == b"site a\n"
+    conn.request("GET", "/index.html", headers={"Host": "noenv.test"})
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == 503
+
+
 def test_address_based_vhost_is_routed_by_its_port(server):
     status, body, _ = get(server.ip_port, "whatever.test")
     assert status == 200
