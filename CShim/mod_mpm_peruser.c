@@ -93,6 +93,7 @@ static apr_pool_t *pchild;
 static int my_slot = -1;
 static int my_environment = -1;
 static int is_worker;
+static pid_t parent_pid;
 
 /* Multiplexer: a pool cleared for every routing decision. */
 static apr_pool_t *route_pool;
@@ -810,6 +811,16 @@ static void child_common_setup(void)
 #endif
 }
 
+/* Children must not outlive a parent that dies without stopping them. Called after the
+ * privilege change, which clears the parent-death signal. */
+static void die_with_parent(pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+    if (getppid() != parent) {
+        exit(0); /* the parent died before the signal was armed */
+    }
+}
+
 static void close_fd(int *fd)
 {
     if (*fd >= 0) {
@@ -947,6 +958,7 @@ static void worker_main(int environment)
     if (drop_to_environment(environment) != 0) {
         exit(APEXIT_CHILDSICK);
     }
+    die_with_parent(parent_pid);
     ap_run_child_init(pchild, ap_server_conf);
     ap_create_sb_handle(&sbh, pchild, my_slot, 0);
     bucket_alloc = apr_bucket_alloc_create(pchild);
@@ -1003,6 +1015,7 @@ static void multiplexer_main(void)
         exit(APEXIT_CHILDFATAL);
     }
     prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    die_with_parent(parent_pid);
     apr_pool_create(&route_pool, pchild);
     apr_pool_tag(route_pool, "route");
 
@@ -1074,6 +1087,7 @@ static pid_t make_child(int slot, int environment)
     pid_t pid;
 
     (void)ap_update_child_status_from_indexes(slot, 0, SERVER_STARTING, NULL);
+    parent_pid = getpid();
     pid = fork();
     if (pid < 0) {
         ap_log_error(APLOG_MARK, APLOG_ERR, errno, ap_server_conf, "peruser: fork failed");

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness import Apache, free_port, proc_ids
+from harness import Apache, free_port
 from test_end_to_end import CGI, get, ids_of
 from conftest import make_site
 
@@ -111,3 +111,12 @@ def test_apache2ctl_stop_leaves_no_process(small_server):
     assert session_states(sid) == {}, "processes of the server outlived its stop"
     assert not os.path.exists(small_server.pidfile)
     assert "caught SIGTERM, shutting down" in small_server.read_error_log()
+
+
+def test_children_do_not_outlive_a_killed_parent(small_server):
+    sid = os.getsid(small_server.pid())
+    os.kill(small_server.pid(), signal.SIGKILL)
+    deadline = time.time() + 10
+    while time.time() < deadline and session_states(sid):
+        time.sleep(0.05)
+    assert session_states(sid) == {}, "children outlived their parent"
