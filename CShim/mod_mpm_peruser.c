@@ -38,6 +38,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -50,19 +51,32 @@
 
 module AP_MODULE_DECLARE_DATA mpm_peruser_module;
 
-#define DEFAULT_SERVER_LIMIT 256
 #define MOST_SERVER_LIMIT 20000
-#define DEFAULT_MULTIPLEXERS 3
+#define DEFAULT_MAX_REQUESTS_PER_CHILD 1000
 #define DEFAULT_HEAD_TIMEOUT_MS 10000
 /* A kept-alive request head longer than this cannot be handed to another environment. */
 #define HEAD_RECORD_MAX (64 * 1024)
-/* How long a stop waits for children before SIGKILL. */
+/* How long a hard stop waits for children before SIGKILL. */
 #define STOP_GRACE_MS 5000
+/* The parent's maintenance round when nothing wakes it sooner. */
+#define MAINTENANCE_INTERVAL_MS 200
 
 /* ---- Retained across restarts (the module itself is unloaded and reloaded) ---- */
 
 typedef struct {
     ap_unixd_mpm_retained_data *mpm;
+    /* The parent's private child records, MOST_SERVER_LIMIT entries (parent memory). */
+    peruser_child_record *records;
+    /* Scoreboard slots of the current scoreboard (ServerLimit when it was created). */
+    int scoreboard_slots;
+    /* Hand-back channel (workers write [0], multiplexers read [1]) and the demand pipe
+     * (multiplexers write [1], the parent reads [0]): shared by all generations, so old
+     * workers can give connections back to new multiplexers during a graceful restart. */
+    int handback[2];
+    int demand[2];
+    /* The previous generation's shared table, kept mapped for one generation. */
+    void *previous_table;
+    size_t previous_table_size;
 } peruser_retained_data;
 
 static peruser_retained_data *retained;
@@ -73,19 +87,16 @@ typedef struct {
     int environment; /* index into the Swift environment table, or -1: none */
 } peruser_server_conf;
 
-static int server_limit = DEFAULT_SERVER_LIMIT;
-static int multiplexer_count = DEFAULT_MULTIPLEXERS;
-static int global_min_processors = 0;
 static int one_process;
 static apr_pool_t *pconf;
 
-/* ---- Channels of this generation (created by the parent in the run hook) ---- */
+/* ---- This generation ---- */
 
-/* channels[2*e] is written by multiplexers, channels[2*e+1] read by environment e's workers.
- * handback[0] is written by workers, handback[1] read by multiplexers. */
+/* channels[2*e] is written by multiplexers, channels[2*e+1] read by environment e's workers. */
 static int *channels;
 static int channel_env_count;
-static int handback[2] = { -1, -1 };
+static void *child_table;
+static size_t child_table_size;
 
 /* ---- Child state ---- */
 
@@ -94,6 +105,10 @@ static int my_slot = -1;
 static int my_environment = -1;
 static int is_worker;
 static pid_t parent_pid;
+/* Set by signals: SIGUSR1 asks a child to exit when done; SIGWINCH asks a worker to drain
+ * its channel first (its generation's multiplexers are gone). */
+static volatile sig_atomic_t retire_requested;
+static volatile sig_atomic_t drain_requested;
 
 /* Multiplexer: a pool cleared for every routing decision. */
 static apr_pool_t *route_pool;
@@ -202,6 +217,9 @@ ssize_t peruser_shim_recv_fd(int channel, void *buf, size_t cap, int nonblocking
     if (n < 0) {
         return -errno;
     }
+    if (n == 0 && msg.msg_controllen == 0) {
+        return 0; /* every writer is gone (or an empty message): nothing to take */
+    }
     for (cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
         if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS
             && cmsg->cmsg_len >= CMSG_LEN(0)) {
@@ -223,6 +241,7 @@ ssize_t peruser_shim_recv_fd(int channel, void *buf, size_t cap, int nonblocking
         }
     }
     if (bad || fds_seen != 1 || (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) || n == 0) {
+        /* n == 0 here: an empty message that carried fds */
         if (received >= 0) {
             close(received);
         }
@@ -370,23 +389,41 @@ static const char *parse_count(cmd_parms *cmd, const char *directive, const char
     return NULL;
 }
 
-static const char *set_global_count(cmd_parms *cmd, void *dummy, const char *arg)
+/* Global limits: each is a whole number; 0 disables where the spec says so. */
+static const char *set_global_limit(cmd_parms *cmd, void *dummy, const char *arg)
 {
     const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
     const char *name = cmd->cmd->name;
+    int low = (intptr_t)cmd->info, value;
+    char error[256];
     if (err) {
         return err;
     }
-    if (!strcasecmp(name, "ServerLimit")) {
-        return parse_count(cmd, name, arg, 1, MOST_SERVER_LIMIT, &server_limit);
+    if ((err = parse_count(cmd, name, arg, low, MOST_SERVER_LIMIT * 1000, &value))) {
+        return err;
     }
-    if (!strcasecmp(name, "MinMultiplexers")) {
-        return parse_count(cmd, name, arg, 1, MOST_SERVER_LIMIT, &multiplexer_count);
+    if (peruser_config_set_limit(name, value, error, sizeof error) != 0) {
+        return apr_pstrdup(cmd->pool, error);
     }
-    if (!strcasecmp(name, "MinProcessors")) {
-        return parse_count(cmd, name, arg, 0, MOST_SERVER_LIMIT, &global_min_processors);
+    return NULL;
+}
+
+static const char *set_processor_wait(cmd_parms *cmd, void *dummy, const char *seconds,
+                                      const char *levels)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    int wait, count = 10;
+    if (err) {
+        return err;
     }
-    return apr_psprintf(cmd->pool, "%s: unknown directive", name);
+    if ((err = parse_count(cmd, "ProcessorWaitTimeout", seconds, 0, 3600, &wait))) {
+        return err;
+    }
+    if (levels && (err = parse_count(cmd, "ProcessorWaitTimeout levels", levels, 1, 100, &count))) {
+        return err;
+    }
+    peruser_config_set_processor_wait(wait, count);
+    return NULL;
 }
 
 /* <Processor name> ... </Processor>: the block's own directives are read here from the
@@ -397,7 +434,10 @@ static const char *processor_section(cmd_parms *cmd, void *dummy, const char *ar
     const char *endp, *user = NULL, *group = NULL;
     const ap_directive_t *user_line = NULL, *group_line = NULL, *d;
     char *name, *args;
-    int min_processors = -1;
+    /* MinProcessors, MaxProcessors, MinSpareProcessors, MaxSpareProcessors; -1: not given */
+    static const char *const limit_names[4] = { "MinProcessors", "MaxProcessors",
+                                                 "MinSpareProcessors", "MaxSpareProcessors" };
+    int limits[4] = { -1, -1, -1, -1 }, i;
     char error[512];
 
     if (err) {
@@ -436,21 +476,28 @@ static const char *processor_section(cmd_parms *cmd, void *dummy, const char *ar
             group = value;
             group_line = d;
         }
-        else if (!strcasecmp(d->directive, "MinProcessors")) {
-            const char *bad = parse_count(cmd, "MinProcessors", value, 0, MOST_SERVER_LIMIT,
-                                          &min_processors);
-            if (bad) {
-                return apr_psprintf(cmd->pool, "%s (line %d of %s)", bad, d->line_num, d->filename);
-            }
-        }
         else {
-            return apr_psprintf(cmd->pool, "%s is not allowed inside <Processor %s> (line %d of %s); "
-                                "allowed are User, Group and MinProcessors",
-                                d->directive, name, d->line_num, d->filename);
+            for (i = 0; i < 4; i++) {
+                if (!strcasecmp(d->directive, limit_names[i])) {
+                    const char *bad = parse_count(cmd, limit_names[i], value, i == 1 ? 1 : 0,
+                                                  MOST_SERVER_LIMIT, &limits[i]);
+                    if (bad) {
+                        return apr_psprintf(cmd->pool, "%s (line %d of %s)", bad, d->line_num, d->filename);
+                    }
+                    break;
+                }
+            }
+            if (i == 4) {
+                return apr_psprintf(cmd->pool, "%s is not allowed inside <Processor %s> (line %d of %s); "
+                                    "allowed are User, Group, MinProcessors, MaxProcessors, "
+                                    "MinSpareProcessors and MaxSpareProcessors",
+                                    d->directive, name, d->line_num, d->filename);
+            }
         }
     }
 
-    if (peruser_config_add_environment(name, user, group, min_processors, error, sizeof error) < 0) {
+    if (peruser_config_add_environment(name, user, group, limits[0], limits[1], limits[2], limits[3],
+                                       error, sizeof error) < 0) {
         const char *where = "";
         if (user_line && group_line) {
             where = apr_psprintf(cmd->pool, " (User on line %d, Group on line %d of %s)",
@@ -492,12 +539,22 @@ static const char *stray_processor_directive(cmd_parms *cmd, void *dummy, const 
 
 static const command_rec peruser_cmds[] = {
     LISTEN_COMMANDS,
-    AP_INIT_TAKE1("ServerLimit", set_global_count, NULL, RSRC_CONF,
-                  "Number of child slots (multiplexers and workers together)"),
-    AP_INIT_TAKE1("MinMultiplexers", set_global_count, NULL, RSRC_CONF,
-                  "Number of multiplexer processes"),
-    AP_INIT_TAKE1("MinProcessors", set_global_count, NULL, RSRC_CONF,
-                  "Workers kept alive per server environment (at least one)"),
+#define PERUSER_LIMIT(name, low, help) \
+    AP_INIT_TAKE1(name, set_global_limit, (void *)(intptr_t)(low), RSRC_CONF, help)
+    PERUSER_LIMIT("ServerLimit", 1, "Child slots: the hard limit of MaxClients (default 256)"),
+    PERUSER_LIMIT("MaxClients", 1, "Most children alive at once (default 256)"),
+    PERUSER_LIMIT("MaxRequestWorkers", 1, "httpd 2.4's name for MaxClients"),
+    PERUSER_LIMIT("MinProcessors", 0, "Workers kept per environment (default 0)"),
+    PERUSER_LIMIT("MaxProcessors", 1, "Most workers per environment (default 10)"),
+    PERUSER_LIMIT("MinSpareProcessors", 0, "Idle workers kept per environment in use (default 2)"),
+    PERUSER_LIMIT("MaxSpareProcessors", 0, "Most idle workers per environment; 0: no limit (default 0)"),
+    PERUSER_LIMIT("MinMultiplexers", 1, "Multiplexers kept (default 3)"),
+    PERUSER_LIMIT("MaxMultiplexers", 1, "Most multiplexers (default 10)"),
+    PERUSER_LIMIT("MultiplexerIdleTimeout", 0, "Seconds before an idle extra multiplexer exits; 0: never"),
+    PERUSER_LIMIT("ExpireTimeout", 0, "Seconds a worker may spend on one request; 0: no limit (default 1800)"),
+    PERUSER_LIMIT("IdleTimeout", 0, "Seconds before an idle spare worker exits; 0: never (default 900)"),
+    AP_INIT_TAKE12("ProcessorWaitTimeout", set_processor_wait, NULL, RSRC_CONF,
+                   "Seconds a connection waits for a busy environment, and the availability levels"),
     AP_INIT_RAW_ARGS("<Processor", processor_section, NULL, RSRC_CONF,
                      "Declares a server environment: <Processor name> User u, Group g </Processor>"),
     AP_INIT_RAW_ARGS("</Processor>", stray_processor_directive, NULL, RSRC_CONF,
@@ -633,7 +690,7 @@ static int hand_back(request_rec *r)
     }
     /* The multiplexers drain this channel in their event loops; a full one is brief. */
     for (tries = 0; tries < 100; tries++) {
-        rv = peruser_shim_send_fd(handback[0], current.fd, message, (size_t)length);
+        rv = peruser_shim_send_fd(retained->handback[0], current.fd, message, (size_t)length);
         if (rv != -EAGAIN) {
             break;
         }
@@ -666,6 +723,8 @@ static int worker_post_read_request(request_rec *r)
     environment = server_environment(r->server);
     if (environment == my_environment) {
         current.requests_served++;
+        peruser_worker_started_request(my_slot, my_environment, r->the_request,
+                                       r->server->server_hostname);
         return DECLINED;
     }
     if (ap_ssl_conn_is_ssl(r->connection)) {
@@ -782,6 +841,45 @@ static apr_status_t worker_insert_network_bucket(conn_rec *c, apr_bucket_brigade
 /* Children                                                               */
 /* ===================================================================== */
 
+static void install_handler(int sig, void (*handler)(int))
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = handler;
+    sigaction(sig, &sa, NULL);
+}
+
+/* Httpd's keep-alive loop ends a connection after the current request once the MPM state
+ * says STOPPING (ap_graceful_stop_signalled). */
+static void on_retire(int sig)
+{
+    retire_requested = 1;
+    retained->mpm->mpm_state = AP_MPMQ_STOPPING;
+}
+
+static void on_drain(int sig)
+{
+    drain_requested = 1;
+    retained->mpm->mpm_state = AP_MPMQ_STOPPING;
+}
+
+int peruser_shim_stop_requested(void)
+{
+    return retire_requested || drain_requested;
+}
+
+static void clean_child_exit(int code)
+{
+    if (my_slot >= 0) {
+        peruser_child_set_status(my_slot, PERUSER_STATUS_STANDBY);
+    }
+    if (pchild) {
+        apr_pool_destroy(pchild); /* runs the modules' child cleanups */
+    }
+    exit(code);
+}
+
 static void child_common_setup(void)
 {
     apr_allocator_t *allocator;
@@ -792,9 +890,11 @@ static void child_common_setup(void)
     retained->mpm->mpm_state = AP_MPMQ_STARTING;
     apr_signal(SIGHUP, SIG_DFL);
     apr_signal(SIGTERM, SIG_DFL);
-    apr_signal(AP_SIG_GRACEFUL, SIG_DFL);
-    apr_signal(AP_SIG_GRACEFUL_STOP, SIG_DFL);
+    apr_signal(SIGCHLD, SIG_DFL);
     apr_signal(SIGINT, SIG_IGN);
+    /* No SA_RESTART: a worker blocked on its channel must wake up to these. */
+    install_handler(AP_SIG_GRACEFUL, on_retire);
+    install_handler(AP_SIG_GRACEFUL_STOP, on_drain);
     ap_fatal_signal_child_setup(ap_server_conf);
 
     apr_allocator_create(&allocator);
@@ -943,7 +1043,7 @@ static void worker_main(int environment)
     is_worker = 1;
     my_environment = environment;
 
-    /* A worker holds no listener and no other environment's channel. */
+    /* A worker holds no listener, no other environment's channel, no demand pipe. */
     ap_close_listeners();
     for (e = 0; e < channel_env_count; e++) {
         close_fd(&channels[2 * e]);
@@ -951,12 +1051,14 @@ static void worker_main(int environment)
             close_fd(&channels[2 * e + 1]);
         }
     }
-    close_fd(&handback[1]);
+    close_fd(&retained->handback[1]);
+    close_fd(&retained->demand[0]);
+    close_fd(&retained->demand[1]);
     channel = channels[2 * environment + 1];
 
     ap_reopen_scoreboard(pchild, NULL, 0);
     if (drop_to_environment(environment) != 0) {
-        exit(APEXIT_CHILDSICK);
+        clean_child_exit(APEXIT_CHILDSICK);
     }
     die_with_parent(parent_pid);
     ap_run_child_init(pchild, ap_server_conf);
@@ -971,15 +1073,26 @@ static void worker_main(int environment)
         ssize_t n;
         long consumed;
 
+        /* Retired, recycled (MaxConnectionsPerChild), or told to drain: never in the
+         * middle of a connection. */
+        if (retire_requested
+            || (ap_max_requests_per_child > 0 && conn_id >= ap_max_requests_per_child)) {
+            clean_child_exit(0);
+        }
         ap_update_child_status(sbh, SERVER_READY, NULL);
-        n = peruser_shim_recv_fd(channel, message, sizeof message, 0, &fd);
+        peruser_child_set_status(my_slot, PERUSER_STATUS_READY);
+        n = peruser_shim_recv_fd(channel, message, sizeof message, drain_requested, &fd);
+        if (n == 0 || n == -EAGAIN || n == -EWOULDBLOCK) {
+            /* Drained, or every writer of this generation's channel is gone. */
+            clean_child_exit(0);
+        }
         if (n == -EINTR || n == -EBADMSG) {
             continue;
         }
         if (n < 0) {
             ap_log_error(APLOG_MARK, APLOG_ERR, (apr_status_t)-n, ap_server_conf,
                          "peruser: worker lost its channel; exiting");
-            exit(APEXIT_CHILDSICK);
+            clean_child_exit(APEXIT_CHILDSICK);
         }
         consumed = peruser_message_decode(message, (size_t)n, &hops);
         if (consumed < 0) {
@@ -988,6 +1101,7 @@ static void worker_main(int environment)
             close(fd);
             continue;
         }
+        peruser_worker_took_connection(my_slot, my_environment);
         apr_pool_clear(ptrans);
         serve_connection(ptrans, sbh, bucket_alloc, fd, message + PERUSER_MESSAGE_HEADER,
                          (apr_size_t)consumed, hops, conn_id++);
@@ -1003,16 +1117,17 @@ static void multiplexer_main(void)
     for (e = 0; e < channel_env_count; e++) {
         close_fd(&channels[2 * e + 1]);
     }
-    close_fd(&handback[0]);
+    close_fd(&retained->handback[0]);
+    close_fd(&retained->demand[0]);
 
     ap_reopen_scoreboard(pchild, NULL, 0);
     if (ap_run_drop_privileges(pchild, ap_server_conf)) {
-        exit(APEXIT_CHILDFATAL);
+        clean_child_exit(APEXIT_CHILDFATAL);
     }
     if (getuid() == 0 || geteuid() == 0) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, ap_server_conf,
                      "peruser: a multiplexer must not run as root; set User and Group");
-        exit(APEXIT_CHILDFATAL);
+        clean_child_exit(APEXIT_CHILDFATAL);
     }
     prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
     die_with_parent(parent_pid);
@@ -1037,10 +1152,10 @@ static void multiplexer_main(void)
         }
         retained->mpm->mpm_state = AP_MPMQ_RUNNING;
         ap_update_child_status_from_indexes(my_slot, 0, SERVER_READY, NULL);
-        rc = peruser_multiplexer_run(listeners, count, handback[1], mux_channels, channel_env_count,
-                                     DEFAULT_HEAD_TIMEOUT_MS);
+        rc = peruser_multiplexer_run(my_slot, listeners, count, retained->handback[1], mux_channels,
+                                     channel_env_count, retained->demand[1], DEFAULT_HEAD_TIMEOUT_MS);
     }
-    exit(rc);
+    clean_child_exit(rc);
 }
 
 /* ===================================================================== */
@@ -1053,8 +1168,6 @@ static void close_channels(void)
     for (i = 0; channels && i < 2 * channel_env_count; i++) {
         close_fd(&channels[i]);
     }
-    close_fd(&handback[0]);
-    close_fd(&handback[1]);
     channels = NULL;
     channel_env_count = 0;
 }
@@ -1074,15 +1187,61 @@ static int open_channels(apr_pool_t *p)
             return !OK;
         }
     }
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, handback) != 0) {
+    return OK;
+}
+
+/* The channels that outlive a generation: created once, kept in retained data. */
+static int open_lasting_channels(void)
+{
+    if (retained->handback[0] < 0
+        && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, retained->handback) != 0) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
                      "peruser: cannot create the hand-back channel");
+        return !OK;
+    }
+    if (retained->demand[0] < 0 && pipe2(retained->demand, O_CLOEXEC | O_NONBLOCK) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
+                     "peruser: cannot create the demand pipe");
         return !OK;
     }
     return OK;
 }
 
-static pid_t make_child(int slot, int environment)
+/* This generation's shared child table: a memfd mapping every child inherits. The one of
+ * the previous generation stays mapped one generation more (its children may still run). */
+static int map_child_table(int slots)
+{
+    int fd;
+    size_t size = peruser_table_size(slots, peruser_config_environment_count());
+    void *table;
+
+    fd = memfd_create("peruser-child-table", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)size) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
+                     "peruser: cannot create the shared child table");
+        if (fd >= 0) {
+            close(fd);
+        }
+        return !OK;
+    }
+    table = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (table == MAP_FAILED) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
+                     "peruser: cannot map the shared child table");
+        return !OK;
+    }
+    if (retained->previous_table) {
+        munmap(retained->previous_table, retained->previous_table_size);
+    }
+    retained->previous_table = child_table;
+    retained->previous_table_size = child_table_size;
+    child_table = table;
+    child_table_size = size;
+    return OK;
+}
+
+int peruser_shim_spawn(int slot, int environment, int type)
 {
     pid_t pid;
 
@@ -1109,7 +1268,15 @@ static pid_t make_child(int slot, int environment)
     }
     ap_scoreboard_image->parent[slot].pid = pid;
     ap_scoreboard_image->parent[slot].generation = retained->mpm->my_generation;
-    return pid;
+    return (int)pid;
+}
+
+int peruser_shim_signal(int pid, int sig)
+{
+    if (pid <= 0) {
+        return -EINVAL;
+    }
+    return kill((pid_t)pid, sig) == 0 ? 0 : -errno;
 }
 
 static const char *environment_label(int environment, char *buf, size_t cap)
@@ -1118,25 +1285,29 @@ static const char *environment_label(int environment, char *buf, size_t cap)
         return "multiplexer";
     }
     if (peruser_config_environment_name(environment, buf, cap) != 0) {
-        return "?";
+        return "an old environment";
     }
     return buf;
 }
 
 static void reap_children(int quiet)
 {
-    int status, environment, slot;
+    int status, environment, slot, type;
     pid_t pid;
     char name[256];
 
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-        slot = peruser_supervisor_exited(pid, now_ms(), &environment);
-        if (slot < 0) {
-            continue; /* not a child of ours (e.g. a piped logger's) */
+        int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        if (!peruser_supervisor_reaped(pid, clean, now_ms(), &slot, &environment, &type)) {
+            /* Not one of ours: perhaps a piped logger, which apr restarts. */
+            apr_proc_t proc;
+            proc.pid = pid;
+            apr_proc_other_child_alert(&proc, APR_OC_REASON_DEATH, status);
+            continue;
         }
         ap_scoreboard_image->parent[slot].pid = 0;
         (void)ap_update_child_status_from_indexes(slot, 0, SERVER_DEAD, NULL);
-        if (quiet) {
+        if (quiet || clean) {
             continue;
         }
         if (WIFSIGNALED(status)) {
@@ -1145,7 +1316,7 @@ static void reap_children(int quiet)
                          environment < 0 ? "" : "worker of", environment_label(environment, name, sizeof name),
                          (int)pid, slot, WTERMSIG(status));
         }
-        else if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
+        else {
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, ap_server_conf,
                          "peruser: %s %s (pid %d, slot %d) exited with status %d",
                          environment < 0 ? "" : "worker of", environment_label(environment, name, sizeof name),
@@ -1154,24 +1325,23 @@ static void reap_children(int quiet)
     }
 }
 
-static void spawn_children(void)
+/* Environments the multiplexers asked workers for (4-byte indices; validated by Swift). */
+static void read_demands(void)
 {
-    int slot, environment, kind;
-    long long now = now_ms();
-    while ((kind = peruser_supervisor_next_spawn(now, &slot, &environment)) != PERUSER_SPAWN_NONE) {
-        int env = (kind == PERUSER_SPAWN_MULTIPLEXER) ? -1 : environment;
-        pid_t pid = make_child(slot, env);
-        if (pid < 0) {
-            return;
+    uint32_t batch[64];
+    ssize_t n;
+    while ((n = read(retained->demand[0], batch, sizeof batch)) > 0) {
+        ssize_t i;
+        for (i = 0; i + 1 <= n / (ssize_t)sizeof(uint32_t); i++) {
+            peruser_supervisor_demand((int)batch[i]);
         }
-        peruser_supervisor_started(slot, env, (int)pid, now);
     }
 }
 
-/* Signals only pids from the parent's private table, never pids read from shared memory. */
+/* Signals only pids from the parent's private records, never pids read from shared memory. */
 static void signal_children(int sig)
 {
-    int pids[MOST_SERVER_LIMIT];
+    static int pids[MOST_SERVER_LIMIT];
     int count = peruser_supervisor_pids(pids, MOST_SERVER_LIMIT), i;
     for (i = 0; i < count && i < MOST_SERVER_LIMIT; i++) {
         kill(pids[i], sig);
@@ -1197,27 +1367,75 @@ static void stop_children(void)
     }
 }
 
+/* Interrupts the parent's poll when a child exits. */
+static void on_child_exit(int sig)
+{
+}
+
+/* Waits for a demand, a child's exit, a signal, or the next maintenance round. */
+static void parent_wait(int timeout_ms)
+{
+    struct pollfd pfd;
+    pfd.fd = retained->demand[0];
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    poll(&pfd, 1, timeout_ms);
+}
+
+/* graceful-stop: multiplexers finish what they hold, then workers drain and finish,
+ * within GracefulShutdownTimeout (0: as long as it takes); then whoever is left is stopped. */
+static void graceful_stop(void)
+{
+    long long cutoff = ap_graceful_shutdown_timeout
+        ? now_ms() + 1000LL * ap_graceful_shutdown_timeout : 0;
+    ap_close_listeners();
+    ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, ap_server_conf,
+                 "caught " AP_SIG_GRACEFUL_STOP_STRING ", shutting down gracefully");
+    retained->mpm->shutdown_pending = 0;
+    while (peruser_supervisor_drain_all(now_ms()) > 0 && !retained->mpm->shutdown_pending
+           && (!cutoff || now_ms() < cutoff)) {
+        parent_wait(MAINTENANCE_INTERVAL_MS);
+        reap_children(0);
+    }
+    stop_children();
+}
+
 static int peruser_run(apr_pool_t *_pconf, apr_pool_t *plog, server_rec *s)
 {
     char error[512];
+    long long last_monitor = 0;
+    int slots;
+    struct sigaction sa;
 
     ap_log_pid(pconf, ap_pid_fname);
     if (!retained->mpm->was_graceful) {
+        retained->scoreboard_slots = peruser_config_limit("ServerLimit");
         if (ap_run_pre_mpm(s->process->pool, SB_SHARED) != OK) {
             retained->mpm->mpm_state = AP_MPMQ_STOPPING;
             return !OK;
         }
         ap_scoreboard_image->global->running_generation = retained->mpm->my_generation;
     }
+    else if (peruser_config_limit("ServerLimit") != retained->scoreboard_slots) {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+                     "peruser: changing ServerLimit to %d needs a full restart; keeping %d",
+                     peruser_config_limit("ServerLimit"), retained->scoreboard_slots);
+    }
+    slots = retained->scoreboard_slots;
     ap_unixd_mpm_set_signals(pconf, one_process);
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = on_child_exit;
+    sigaction(SIGCHLD, &sa, NULL);
 
-    if (peruser_supervisor_begin(multiplexer_count, global_min_processors, server_limit,
-                                 error, sizeof error) != 0) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "peruser: %s", error);
+    if (open_lasting_channels() != OK || open_channels(pconf) != OK || map_child_table(slots) != OK) {
+        close_channels();
         retained->mpm->mpm_state = AP_MPMQ_STOPPING;
         return !OK;
     }
-    if (open_channels(pconf) != OK) {
+    if (peruser_supervisor_begin(retained->records, MOST_SERVER_LIMIT, child_table, child_table_size,
+                                 slots, (unsigned)retained->mpm->my_generation, error, sizeof error) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "peruser: %s", error);
         close_channels();
         retained->mpm->mpm_state = AP_MPMQ_STOPPING;
         return !OK;
@@ -1229,32 +1447,53 @@ static int peruser_run(apr_pool_t *_pconf, apr_pool_t *plog, server_rec *s)
     ap_log_command_line(plog, s);
     ap_log_mpm_common(s);
     ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, ap_server_conf,
-                 "peruser: %d environment(s), %d multiplexer(s)", channel_env_count, multiplexer_count);
+                 "peruser: generation %d, %d environment(s), %d to %d multiplexer(s), %d slots",
+                 (int)retained->mpm->my_generation, channel_env_count,
+                 peruser_config_limit("MinMultiplexers"), peruser_config_limit("MaxMultiplexers"), slots);
 
     retained->mpm->mpm_state = AP_MPMQ_RUNNING;
     while (!retained->mpm->restart_pending && !retained->mpm->shutdown_pending) {
+        long long now;
         reap_children(0);
-        spawn_children();
-        poll(NULL, 0, 100); /* a signal cuts this short */
+        read_demands();
+        now = now_ms();
+        peruser_supervisor_maintain(now);
+        if (now - last_monitor >= 1000) {
+            last_monitor = now;
+            ap_run_monitor(pconf, ap_server_conf);
+            apr_proc_other_child_refresh_all(APR_OC_REASON_RUNNING);
+        }
+        parent_wait(MAINTENANCE_INTERVAL_MS);
     }
 
     retained->mpm->mpm_state = AP_MPMQ_STOPPING;
-    stop_children();
     close_channels();
 
-    if (retained->mpm->shutdown_pending) {
+    if (retained->mpm->shutdown_pending && retained->mpm->is_ungraceful) {
+        stop_children();
         ap_remove_pid(pconf, ap_pid_fname);
         ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, ap_server_conf, "caught SIGTERM, shutting down");
         return DONE;
     }
+    if (retained->mpm->shutdown_pending) {
+        graceful_stop();
+        ap_remove_pid(pconf, ap_pid_fname);
+        return DONE;
+    }
 
-    /* Restart. Every child was stopped, so the next generation starts from a fresh
-     * scoreboard whatever the signal was (graceful restarts come with process management). */
-    retained->mpm->is_ungraceful = 1;
+    if (retained->mpm->is_ungraceful) {
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, ap_server_conf,
+                     "SIGHUP received.  Attempting to restart");
+        stop_children();
+    }
+    else {
+        /* Children of this generation finish what they hold; the next generation's
+         * supervisor retires them (multiplexers first, then workers drain). */
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, ap_server_conf,
+                     "Graceful restart requested, doing restart");
+    }
     ++retained->mpm->my_generation;
     ap_scoreboard_image->global->running_generation = retained->mpm->my_generation;
-    ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, ap_server_conf,
-                 "peruser: restarting (generation %d)", (int)retained->mpm->my_generation);
     return OK;
 }
 
@@ -1276,19 +1515,28 @@ static int peruser_query(int query_code, int *result, apr_status_t *rv)
         *result = AP_MPMQ_DYNAMIC;
         break;
     case AP_MPMQ_HARD_LIMIT_DAEMONS:
+        *result = retained && retained->scoreboard_slots ? retained->scoreboard_slots
+                                                         : peruser_config_limit("ServerLimit");
+        break;
     case AP_MPMQ_MAX_DAEMONS:
-        *result = server_limit;
+        *result = peruser_config_limit("MaxClients");
         break;
     case AP_MPMQ_HARD_LIMIT_THREADS:
     case AP_MPMQ_MAX_THREADS:
         *result = 1;
         break;
     case AP_MPMQ_MIN_SPARE_DAEMONS:
-    case AP_MPMQ_MIN_SPARE_THREADS:
+        *result = peruser_config_limit("MinSpareProcessors");
+        break;
     case AP_MPMQ_MAX_SPARE_DAEMONS:
+        *result = peruser_config_limit("MaxSpareProcessors");
+        break;
+    case AP_MPMQ_MIN_SPARE_THREADS:
     case AP_MPMQ_MAX_SPARE_THREADS:
-    case AP_MPMQ_MAX_REQUESTS_DAEMON:
         *result = 0;
+        break;
+    case AP_MPMQ_MAX_REQUESTS_DAEMON:
+        *result = ap_max_requests_per_child;
         break;
     case AP_MPMQ_MPM_STATE:
         *result = retained->mpm->mpm_state;
@@ -1333,6 +1581,10 @@ static int peruser_pre_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp
     if (!retained) {
         retained = ap_retained_data_create(userdata_key, sizeof(*retained));
         retained->mpm = ap_unixd_mpm_get_retained_data();
+        retained->records = ap_retained_data_create("mpm_peruser_children",
+                                                    sizeof(peruser_child_record) * MOST_SERVER_LIMIT);
+        retained->handback[0] = retained->handback[1] = -1;
+        retained->demand[0] = retained->demand[1] = -1;
     }
     retained->mpm->mpm_state = AP_MPMQ_STARTING;
     if (retained->mpm->baton != retained) {
@@ -1352,10 +1604,15 @@ static int peruser_pre_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp
     }
 
     ap_listen_pre_config();
-    server_limit = DEFAULT_SERVER_LIMIT;
-    multiplexer_count = DEFAULT_MULTIPLEXERS;
-    global_min_processors = 0;
     peruser_config_reset();
+    return OK;
+}
+
+/* Core's pre_config resets MaxConnectionsPerChild to 0 (unlimited); Peruser's default is
+ * 1000, and core's own directive (or MaxRequestsPerChild) still overrides it. */
+static int peruser_pre_config_after_core(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp)
+{
+    ap_max_requests_per_child = DEFAULT_MAX_REQUESTS_PER_CHILD;
     return OK;
 }
 
@@ -1371,10 +1628,9 @@ static int peruser_check_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *pte
                      "must never serve connections");
         return !OK;
     }
-    if (peruser_supervisor_begin(multiplexer_count, global_min_processors, server_limit,
-                                 error, sizeof error) != 0) {
+    if (peruser_config_validate(error, sizeof error) != 0) {
         ap_log_error(APLOG_MARK, APLOG_CRIT | (startup ? APLOG_STARTUP : 0), 0, NULL,
-                     "peruser: %s; raise ServerLimit or lower MinMultiplexers/MinProcessors", error);
+                     "peruser: %s", error);
         return !OK;
     }
     if (startup) {
@@ -1395,6 +1651,7 @@ static void peruser_hooks(apr_pool_t *p)
 
     ap_hook_open_logs(peruser_open_logs, NULL, aszSucc, APR_HOOK_REALLY_FIRST);
     ap_hook_pre_config(peruser_pre_config, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_pre_config(peruser_pre_config_after_core, NULL, NULL, APR_HOOK_REALLY_LAST);
     ap_hook_check_config(peruser_check_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_mpm(peruser_run, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_mpm_query(peruser_query, NULL, NULL, APR_HOOK_MIDDLE);

@@ -1,20 +1,22 @@
-/* Every entry point from the C shim into Swift (Sources/PeruserModule/Entry.swift, @_cdecl).
+/* Every entry point from the C shim into Swift (Sources/PeruserModule, @_cdecl).
  * Strings go in as NUL-terminated C strings and come out copied into caller buffers; Swift
  * keeps its own state and never hands out pointers into it. */
 #ifndef PERUSER_SWIFT_H
 #define PERUSER_SWIFT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* ---- Configuration (parent, one configuration pass at a time) ---- */
 
-/* Forgets every environment: called at the start of each configuration pass. */
+/* Forgets every environment and resets every limit to its default: the start of a pass. */
 void peruser_config_reset(void);
 
-/* Declares <Processor name> with its User/Group (and MinProcessors, or -1 for the global
- * value). Returns the environment's index, or -1 with a message in `error`. */
+/* Declares <Processor name> with its User/Group and limit overrides (-1: not given).
+ * Returns the environment's index, or -1 with a message in `error`. */
 int peruser_config_add_environment(const char *name, const char *user, const char *group,
-                                   int min_processors, char *error, size_t error_cap);
+                                   int min_processors, int max_processors,
+                                   int min_spare, int max_spare, char *error, size_t error_cap);
 
 /* Index of environment `name`, or -1 with a message in `error`. */
 int peruser_config_find_environment(const char *name, char *error, size_t error_cap);
@@ -22,6 +24,19 @@ int peruser_config_find_environment(const char *name, char *error, size_t error_
 /* Parses a whole number in [low, high] for `directive`. 0 with *value set, or -1 with a message. */
 int peruser_config_parse_count(const char *directive, const char *text, int low, int high,
                                int *value, char *error, size_t error_cap);
+
+/* Sets a global limit by directive name (ServerLimit, MaxClients, MinProcessors, ...).
+ * 0, or -1 with a message. */
+int peruser_config_set_limit(const char *directive, int value, char *error, size_t error_cap);
+
+/* ProcessorWaitTimeout seconds [levels]. */
+void peruser_config_set_processor_wait(int seconds, int levels);
+
+/* Checks the limits against each other and the environments. 0, or -1 with a message. */
+int peruser_config_validate(char *error, size_t error_cap);
+
+/* Current global values, for ap_mpm_query and the run hook. */
+int peruser_config_limit(const char *directive);
 
 int peruser_config_environment_count(void);
 
@@ -32,38 +47,64 @@ int peruser_config_environment_name(int environment, char *buf, size_t cap);
 int peruser_config_environment_identity(int environment, unsigned *uid, unsigned *gid,
                                         char *user, size_t user_cap);
 
-/* ---- Supervision (parent only; private memory) ---- */
+/* ---- The shared child table ---- */
 
-/* Starts a new child table for this generation. 0, or -1 with a message when the children
- * wanted do not fit in `slot_count` scoreboard slots. */
-int peruser_supervisor_begin(int multiplexers, int global_min_processors, int slot_count,
-                             char *error, size_t error_cap);
+/* Bytes needed for a table of `slots` slots and `environments` environments. */
+size_t peruser_table_size(int slots, int environments);
 
-#define PERUSER_SPAWN_NONE 0
-#define PERUSER_SPAWN_MULTIPLEXER 1
-#define PERUSER_SPAWN_WORKER 2
+/* ---- Supervision (parent only) ---- */
 
-/* The next child to start: PERUSER_SPAWN_* with its slot (and environment for a worker). */
-int peruser_supervisor_next_spawn(long long now_ms, int *slot, int *environment);
+/* Starts generation `generation`: formats the shared table at `table` (zeroed, `table_size`
+ * bytes) and attaches the private records (retained data, `capacity` entries). `slots` is
+ * the number of scoreboard slots. 0, or -1 with a message. */
+int peruser_supervisor_begin(void *records, int capacity, void *table, size_t table_size,
+                             int slots, unsigned generation, char *error, size_t error_cap);
 
-/* Records a started child (environment -1 for a multiplexer). */
-void peruser_supervisor_started(int slot, int environment, int pid, long long now_ms);
+/* A multiplexer found no idle worker for environment `environment`. */
+void peruser_supervisor_demand(int environment);
 
-/* Records a child's exit. Its slot with *environment (-1 for a multiplexer), or -1 when the
- * pid is not one of ours. */
-int peruser_supervisor_exited(int pid, long long now_ms, int *environment);
+/* Records that `pid` exited. 1 with its slot, environment (-1: multiplexer) and type when it
+ * was ours; 0 when it was not one of our children. */
+int peruser_supervisor_reaped(int pid, int exited_cleanly, long long now_ms, int *slot,
+                              int *environment, int *type);
 
-/* Copies the pids of live children into `out`; returns how many there are. */
+/* One round of maintenance at `now_ms`: start, retire and stop children as the limits say,
+ * and let children of older generations finish. */
+void peruser_supervisor_maintain(long long now_ms);
+
+/* Graceful stop: multiplexers first, then workers drain their channels. Returns how many
+ * children are still alive. */
+int peruser_supervisor_drain_all(long long now_ms);
+
+/* Copies the pids of live children into `out` (any generation); returns how many there are. */
 int peruser_supervisor_pids(int *out, int cap);
 
-/* One past the highest scoreboard slot in use. */
+/* One past the highest slot in use. */
 int peruser_supervisor_slots_in_use(void);
+
+/* ---- Children: status in the shared table ---- */
+
+#define PERUSER_STATUS_STANDBY 0
+#define PERUSER_STATUS_STARTING 1
+#define PERUSER_STATUS_READY 2
+#define PERUSER_STATUS_ACTIVE 3
+
+void peruser_child_set_status(int slot, int status);
+
+/* A worker took a connection from its channel. */
+void peruser_worker_took_connection(int slot, int environment);
+
+/* A worker started serving a request of its own environment (request line and vhost name
+ * are kept for ExpireTimeout's log line and the status page). */
+void peruser_worker_started_request(int slot, int environment, const char *request, const char *vhost);
 
 /* ---- Multiplexer (child, as User/Group) ---- */
 
-/* Runs the accept/peek/route/hand-off loop; returns only on a fatal error (exit status). */
-int peruser_multiplexer_run(const int *listeners, int listener_count, int handback,
-                            const int *channels, int channel_count, int head_timeout_ms);
+/* Runs the accept/peek/route/hand-off loop until asked to stop and done, or a fatal error.
+ * Returns the exit status. `demand` is the pipe on which to ask the parent for workers. */
+int peruser_multiplexer_run(int slot, const int *listeners, int listener_count, int handback,
+                            const int *channels, int channel_count, int demand,
+                            int head_timeout_ms);
 
 /* ---- Hand-off messages (workers) ---- */
 

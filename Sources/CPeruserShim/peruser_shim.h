@@ -37,9 +37,49 @@ int peruser_shim_route(int fd, const char *host, const char *target);
  * Returns 0, or -errno (-EAGAIN when the channel is full). */
 int peruser_shim_send_fd(int channel, int fd, const void *buf, size_t len);
 
-/* Receives one message with exactly one fd. Returns the message length with *fd set, or
- * -errno: -EAGAIN when nothing is queued (if nonblocking), -EBADMSG for a message that was
- * truncated or did not carry exactly one fd (any fds it carried are closed; logged). */
+/* Receives one message with exactly one fd. Returns the message length with *fd set; 0 when
+ * every writer has closed the channel (or an empty message came); or -errno: -EAGAIN when
+ * nothing is queued (if nonblocking), -EBADMSG for a message that was truncated or did not
+ * carry exactly one fd (any fds it carried are closed; logged). */
 ssize_t peruser_shim_recv_fd(int channel, void *buf, size_t cap, int nonblocking, int *fd);
+
+/* ---- Process management ---- */
+
+#include <stdint.h>
+
+/* The parent's private record of one child slot (index = slot). Lives in Apache's retained
+ * data, which is parent memory: it survives the module's unload and reload on restarts, so
+ * children of older generations are still known, and no child can write it. */
+typedef struct {
+    int32_t pid;          /* 0: the slot is free */
+    int32_t environment;  /* -1: multiplexer */
+    uint32_t generation;
+    uint8_t type;         /* ChildType */
+    uint8_t retiring;     /* asked to exit when done (SIGUSR1) */
+    uint8_t draining;     /* asked to drain its channel and exit (SIGWINCH) */
+    uint8_t expired;      /* stopped for ExpireTimeout */
+    int64_t started_at;   /* ms, monotonic */
+    int64_t signalled_at; /* ms, monotonic; when a stop was last signalled */
+} peruser_child_record;
+
+/* Relaxed atomics on the shared child table's counters (written by many processes). */
+static inline void peruser_atomic_add_u64(void *field, uint64_t value)
+{
+    __atomic_fetch_add((uint64_t *)field, value, __ATOMIC_RELAXED);
+}
+
+static inline void peruser_atomic_store_u32(void *field, uint32_t value)
+{
+    __atomic_store_n((uint32_t *)field, value, __ATOMIC_RELAXED);
+}
+
+/* Forks a child into `slot` (environment -1: a multiplexer). Its pid, or -1 (logged). */
+int peruser_shim_spawn(int slot, int environment, int type);
+
+/* Signals a child the parent forked. 0, or -errno. */
+int peruser_shim_signal(int pid, int sig);
+
+/* Multiplexer: whether it was asked to stop (SIGUSR1) and should finish what it holds. */
+int peruser_shim_stop_requested(void);
 
 #endif

@@ -20,13 +20,13 @@ public struct Identity: Equatable {
 public struct Environment: Equatable {
     public var name: String
     public var identity: Identity
-    /// `MinProcessors` inside the block; nil means the global value applies.
-    public var minProcessors: Int?
+    /// Limits given inside the block; the global ones apply where these are nil.
+    public var overrides: WorkerLimitOverrides
 
-    public init(name: String, identity: Identity, minProcessors: Int? = nil) {
+    public init(name: String, identity: Identity, overrides: WorkerLimitOverrides = WorkerLimitOverrides()) {
         self.name = name
         self.identity = identity
-        self.minProcessors = minProcessors
+        self.overrides = overrides
     }
 }
 

@@ -1,113 +1,267 @@
-// The parent's private table of children and the decision of whom to start next.
+// Whom to start, retire or kill: pure functions of the child table, the limits and the clock.
 //
-// This table is the only source of pids the parent signals and of roles it forks: it lives in
-// the parent's own memory, never in shared memory that children can write.
+// The parent applies the plan. The children it plans for come from its private table (pid,
+// role, generation: written only by the parent); the status of each child comes from shared
+// memory that children write, so it is only a hint: a lie there can at worst move spawning
+// and retiring within the configured limits, never fork another user or signal a stranger.
 
 public enum ChildRole: Hashable {
     case multiplexer
     case worker(environment: Int)
 }
 
-public struct Child: Equatable {
-    public var role: ChildRole
-    public var pid: Int32
-    public var startedAt: Int64
-}
+/// The type column of the original's status page.
+public enum ChildType: UInt8, Equatable {
+    case unknown = 0
+    case multiplexer = 1
+    /// An environment's guaranteed worker: it may start even when MaxClients is reached.
+    case processor = 2
+    case worker = 3
 
-/// How many children of each role the server keeps alive.
-public struct ChildQuota: Equatable {
-    public var multiplexers: Int
-    /// Workers per environment, indexed like the environment table.
-    public var workers: [Int]
-
-    public init(multiplexers: Int, workers: [Int]) {
-        self.multiplexers = multiplexers
-        self.workers = workers
-    }
-
-    public var total: Int { multiplexers + workers.reduce(0, +) }
-
-    /// Each environment keeps its own MinProcessors, else the global one, and never fewer than
-    /// one worker, so that every environment can serve its first request without waiting.
-    public init(multiplexers: Int, environments: [Environment], globalMinProcessors: Int) {
-        self.multiplexers = max(1, multiplexers)
-        self.workers = environments.map { max(1, $0.minProcessors ?? globalMinProcessors) }
+    public var name: String {
+        switch self {
+        case .unknown: return "UNKNOWN"
+        case .multiplexer: return "MULTIPLEXER"
+        case .processor: return "PROCESSOR"
+        case .worker: return "WORKER"
+        }
     }
 }
 
-public struct SpawnOrder: Equatable {
+public enum ChildStatus: UInt8, Equatable {
+    case standby = 0
+    case starting = 1
+    case ready = 2
+    case active = 3
+
+    public var name: String {
+        switch self {
+        case .standby: return "STANDBY"
+        case .starting: return "STARTING"
+        case .ready: return "READY"
+        case .active: return "ACTIVE"
+        }
+    }
+}
+
+/// One live child as the parent sees it.
+public struct ChildState: Equatable {
     public var slot: Int
+    public var pid: Int32
     public var role: ChildRole
+    public var type: ChildType
+    public var generation: UInt32
+    public var startedAt: Int64
+    /// Already asked to exit when done.
+    public var retiring: Bool
+    /// From shared memory (a hint).
+    public var status: ChildStatus
+    public var statusSince: Int64
 
-    public init(slot: Int, role: ChildRole) {
+    public init(slot: Int, pid: Int32, role: ChildRole, type: ChildType, generation: UInt32,
+                startedAt: Int64, retiring: Bool = false, status: ChildStatus, statusSince: Int64) {
         self.slot = slot
+        self.pid = pid
         self.role = role
+        self.type = type
+        self.generation = generation
+        self.startedAt = startedAt
+        self.retiring = retiring
+        self.status = status
+        self.statusSince = statusSince
     }
 }
 
-public struct Supervisor {
-    public let quota: ChildQuota
-    public private(set) var slots: [Child?]
-    /// Consecutive quick deaths per role, and the time before which that role is not restarted.
+/// What the multiplexers report about an environment (hints from shared memory).
+public struct EnvironmentLoad: Equatable {
+    /// Connections passed to the environment's channel and not yet taken by a worker.
+    public var queued: Int
+    /// A multiplexer found no idle worker for a new connection since the last plan.
+    public var demanded: Bool
+
+    public init(queued: Int = 0, demanded: Bool = false) {
+        self.queued = queued
+        self.demanded = demanded
+    }
+}
+
+public enum RetireReason: Equatable {
+    case idleTimeout
+    case tooManySpare
+    case multiplexerIdle
+}
+
+public enum Action: Equatable {
+    case spawn(slot: Int, role: ChildRole, type: ChildType)
+    /// Ask the child to exit once its current connection is done.
+    case retire(slot: Int, reason: RetireReason)
+    /// Kill a worker that has been on one request longer than ExpireTimeout.
+    case expire(slot: Int)
+}
+
+public struct Plan: Equatable {
+    public var actions: [Action] = []
+    /// A spawn was wanted but MaxClients (or the slots) did not allow it.
+    public var capReached = false
+}
+
+public struct MaintenancePolicy {
+    public var limits: ServerLimits
+    /// Effective limits of each environment of the current generation.
+    public var environments: [WorkerLimits]
+    public var generation: UInt32
+    /// A multiplexer holding at least this many connections counts as busy.
+    public var busyMultiplexerConnections = 32
+
+    public init(limits: ServerLimits, environments: [WorkerLimits], generation: UInt32) {
+        self.limits = limits
+        self.environments = environments
+        self.generation = generation
+    }
+
+    /// Slots [0, environments.count) are the environments' reserved PROCESSOR slots.
+    public var reservedSlots: Int { environments.count }
+
+    public func plan(children: [ChildState], load: [EnvironmentLoad], backoffUntil: [ChildRole: Int64],
+                     now: Int64) -> Plan {
+        var plan = Plan()
+        var occupied = Set(children.map(\.slot))
+        let current = children.filter { $0.generation == generation && !$0.retiring }
+        var total = children.filter { $0.generation == generation }.count
+
+        func backingOff(_ role: ChildRole) -> Bool {
+            if let until = backoffUntil[role], now < until { return true }
+            return false
+        }
+
+        func generalSlot() -> Int? {
+            (reservedSlots..<limits.serverLimit).first { !occupied.contains($0) }
+        }
+
+        /// Adds a spawn if the caps and slots allow; false when they do not.
+        func spawn(_ role: ChildRole, asProcessor: Bool) -> Bool {
+            var slot: Int?
+            if asProcessor, case .worker(let env) = role {
+                slot = (env < limits.serverLimit && !occupied.contains(env)) ? env : generalSlot()
+            } else if total < limits.maxClients {
+                slot = generalSlot()
+            }
+            guard let slot else {
+                plan.capReached = true
+                return false
+            }
+            occupied.insert(slot)
+            total += 1
+            let type: ChildType = role == .multiplexer ? .multiplexer : (asProcessor ? .processor : .worker)
+            plan.actions.append(.spawn(slot: slot, role: role, type: type))
+            return true
+        }
+
+        // Multiplexers: at least MinMultiplexers; one more when every one is busy; idle ones
+        // above the minimum retire after MultiplexerIdleTimeout.
+        let muxes = current.filter { $0.role == .multiplexer }
+        if !backingOff(.multiplexer) {
+            var wanted = max(0, limits.minMultiplexers - muxes.count)
+            if wanted == 0 && !muxes.isEmpty && muxes.count < limits.maxMultiplexers
+                && muxes.allSatisfy({ $0.status == .active }) {
+                wanted = 1
+            }
+            for _ in 0..<wanted {
+                guard spawn(.multiplexer, asProcessor: false) else { break }
+            }
+        }
+        if limits.multiplexerIdleTimeout > 0 && muxes.count > limits.minMultiplexers {
+            let limit = Int64(limits.multiplexerIdleTimeout) * 1000
+            let idle = muxes.filter { $0.status == .ready && now - $0.statusSince >= limit }
+                .sorted { $0.statusSince < $1.statusSince }
+            for child in idle.prefix(muxes.count - limits.minMultiplexers) {
+                plan.actions.append(.retire(slot: child.slot, reason: .multiplexerIdle))
+            }
+        }
+
+        // Workers, environment by environment.
+        for (env, workerLimits) in environments.enumerated() {
+            let role = ChildRole.worker(environment: env)
+            let workers = current.filter { $0.role == role }
+            let idle = workers.filter { $0.status == .ready }
+            let starting = workers.filter { $0.status == .starting }
+            let envLoad = env < load.count ? load[env] : EnvironmentLoad()
+            let queued = min(max(envLoad.queued, 0), workerLimits.maxProcessors)
+
+            if limits.expireTimeout > 0 {
+                let limit = Int64(limits.expireTimeout) * 1000
+                for child in workers where child.status == .active && now - child.statusSince >= limit {
+                    plan.actions.append(.expire(slot: child.slot))
+                }
+            }
+
+            // An environment nobody asked for stays at MinProcessors; once it has workers or
+            // work, it keeps MinSpareProcessors idle ones, within MaxProcessors.
+            let inUse = !workers.isEmpty || queued > 0 || envLoad.demanded
+            let wantedIdle = inUse ? max(workerLimits.minSpare, envLoad.demanded ? 1 : 0) : 0
+            var wanted = max(workerLimits.minProcessors - workers.count,
+                             wantedIdle + queued - idle.count - starting.count)
+            wanted = min(wanted, workerLimits.maxProcessors - workers.count)
+            if wanted > 0 && !backingOff(role) {
+                var hasProcessor = workers.contains { $0.type == .processor }
+                for _ in 0..<wanted {
+                    guard spawn(role, asProcessor: !hasProcessor) else { break }
+                    hasProcessor = true
+                }
+                continue
+            }
+
+            // Retire idle workers: beyond MaxSpareProcessors, or idle past IdleTimeout, but
+            // never below MinProcessors or MinSpareProcessors.
+            let keepIdle = workers.isEmpty ? 0 : workerLimits.minSpare
+            let retirable = min(workers.count - workerLimits.minProcessors, idle.count - keepIdle)
+            guard retirable > 0 else { continue }
+            let longestIdleFirst = idle.sorted { $0.statusSince < $1.statusSince }
+            let excess = workerLimits.maxSpare > 0 ? idle.count - workerLimits.maxSpare : 0
+            var count = 0
+            for child in longestIdleFirst where count < retirable {
+                let timedOut = limits.idleTimeout > 0
+                    && now - child.statusSince >= Int64(limits.idleTimeout) * 1000
+                if count < excess {
+                    plan.actions.append(.retire(slot: child.slot, reason: .tooManySpare))
+                } else if timedOut {
+                    plan.actions.append(.retire(slot: child.slot, reason: .idleTimeout))
+                } else {
+                    break
+                }
+                count += 1
+            }
+        }
+        return plan
+    }
+}
+
+/// Children that die right after they start are restarted with a growing delay, per role,
+/// so a broken environment (say, a user deleted after startup) cannot make the parent spin.
+public struct RestartBackoff {
     private var failures: [ChildRole: Int] = [:]
-    private var notBefore: [ChildRole: Int64] = [:]
+    public private(set) var until: [ChildRole: Int64] = [:]
 
     /// A child that dies sooner than this after its start counts as a failed start.
     public static let quickDeathMilliseconds: Int64 = 2000
-    public static let longestBackoffMilliseconds: Int64 = 60_000
+    public static let longestMilliseconds: Int64 = 60_000
 
-    public init(quota: ChildQuota, slotCount: Int) {
-        self.quota = quota
-        self.slots = Array(repeating: nil, count: max(0, slotCount))
-    }
+    public init() {}
 
-    public func count(of role: ChildRole) -> Int {
-        slots.reduce(0) { $0 + ($1?.role == role ? 1 : 0) }
-    }
-
-    public var livePids: [Int32] { slots.compactMap { $0?.pid } }
-
-    /// One past the highest slot in use (Apache's MAX_DAEMON_USED).
-    public var slotsInUse: Int { (slots.lastIndex { $0 != nil }).map { $0 + 1 } ?? 0 }
-
-    /// The next child to start at `now`, or nil when every quota is met, the roles still short
-    /// are backing off after failed starts, or no slot is free.
-    public func nextSpawn(now: Int64) -> SpawnOrder? {
-        guard let slot = slots.firstIndex(where: { $0 == nil }) else { return nil }
-        var wanted: [(ChildRole, Int)] = [(.multiplexer, quota.multiplexers)]
-        for (env, count) in quota.workers.enumerated() { wanted.append((.worker(environment: env), count)) }
-        for (role, target) in wanted where count(of: role) < target {
-            if let until = notBefore[role], now < until { continue }
-            return SpawnOrder(slot: slot, role: role)
-        }
-        return nil
-    }
-
-    public mutating func started(_ order: SpawnOrder, pid: Int32, now: Int64) {
-        guard slots.indices.contains(order.slot) else { return }
-        slots[order.slot] = Child(role: order.role, pid: pid, startedAt: now)
-    }
-
-    /// Records the exit of `pid`; returns its slot and role, or nil when it is not our child.
-    public mutating func exited(pid: Int32, now: Int64) -> (slot: Int, child: Child)? {
-        guard let slot = slots.firstIndex(where: { $0?.pid == pid }), let child = slots[slot] else {
-            return nil
-        }
-        slots[slot] = nil
-        if now - child.startedAt < Self.quickDeathMilliseconds {
-            let count = (failures[child.role] ?? 0) + 1
-            failures[child.role] = count
-            notBefore[child.role] = now + Self.backoff(afterFailures: count)
+    public mutating func childExited(role: ChildRole, startedAt: Int64, now: Int64, cleanly: Bool) {
+        if !cleanly && now - startedAt < Self.quickDeathMilliseconds {
+            let count = (failures[role] ?? 0) + 1
+            failures[role] = count
+            until[role] = now + Self.delay(afterFailures: count)
         } else {
-            failures[child.role] = nil
-            notBefore[child.role] = nil
+            failures[role] = nil
+            until[role] = nil
         }
-        return (slot, child)
     }
 
     /// 0.5 s, 1 s, 2 s, ... capped at a minute.
-    public static func backoff(afterFailures count: Int) -> Int64 {
+    public static func delay(afterFailures count: Int) -> Int64 {
         let shift = min(max(count - 1, 0), 10)
-        return min(Int64(500) << Int64(shift), longestBackoffMilliseconds)
+        return min(Int64(500) << Int64(shift), longestMilliseconds)
     }
 }

@@ -7,7 +7,7 @@ import Glibc
 import PeruserCore
 
 var environments = EnvironmentTable()
-var supervisor = Supervisor(quota: ChildQuota(multiplexers: 0, workers: []), slotCount: 0)
+var serverLimits = ServerLimits()
 
 /// Copies `text` into a C buffer, truncating and always NUL-terminating.
 func copyOut(_ text: String, _ buffer: UnsafeMutablePointer<CChar>?, _ capacity: Int) {
@@ -42,18 +42,22 @@ struct SystemAccounts: AccountDirectory {
 @_cdecl("peruser_config_reset")
 public func peruserConfigReset() {
     environments = EnvironmentTable()
+    serverLimits = ServerLimits()
 }
 
 @_cdecl("peruser_config_add_environment")
 public func peruserConfigAddEnvironment(_ name: UnsafePointer<CChar>?, _ user: UnsafePointer<CChar>?,
                                         _ group: UnsafePointer<CChar>?, _ minProcessors: Int32,
+                                        _ maxProcessors: Int32, _ minSpare: Int32, _ maxSpare: Int32,
                                         _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorCap: Int) -> Int32 {
     let envName = string(name) ?? ""
     do throws(ConfigError) {
         let identity = try resolveIdentity(user: string(user), group: string(group),
                                            environment: envName, directory: SystemAccounts())
-        let env = Environment(name: envName, identity: identity,
-                              minProcessors: minProcessors >= 0 ? Int(minProcessors) : nil)
+        func given(_ value: Int32) -> Int? { value >= 0 ? Int(value) : nil }
+        let overrides = WorkerLimitOverrides(minProcessors: given(minProcessors), maxProcessors: given(maxProcessors),
+                                             minSpare: given(minSpare), maxSpare: given(maxSpare))
+        let env = Environment(name: envName, identity: identity, overrides: overrides)
         return Int32(try environments.add(env))
     } catch {
         copyOut(error.description, errorBuffer, errorCap)
@@ -107,66 +111,6 @@ public func peruserConfigEnvironmentIdentity(_ index: Int32, _ uid: UnsafeMutabl
     return 0
 }
 
-// MARK: - Supervision
-
-@_cdecl("peruser_supervisor_begin")
-public func peruserSupervisorBegin(_ multiplexers: Int32, _ globalMinProcessors: Int32, _ slotCount: Int32,
-                                   _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorCap: Int) -> Int32 {
-    let quota = ChildQuota(multiplexers: Int(multiplexers), environments: environments.environments,
-                           globalMinProcessors: Int(globalMinProcessors))
-    guard quota.total <= Int(slotCount) else {
-        copyOut("\(quota.multiplexers) multiplexers and \(quota.total - quota.multiplexers) workers "
-                + "do not fit in ServerLimit \(slotCount)", errorBuffer, errorCap)
-        return -1
-    }
-    supervisor = Supervisor(quota: quota, slotCount: Int(slotCount))
-    return 0
-}
-
-@_cdecl("peruser_supervisor_next_spawn")
-public func peruserSupervisorNextSpawn(_ now: Int64, _ slot: UnsafeMutablePointer<Int32>?,
-                                       _ environment: UnsafeMutablePointer<Int32>?) -> Int32 {
-    guard let order = supervisor.nextSpawn(now: now) else { return 0 }
-    slot?.pointee = Int32(order.slot)
-    switch order.role {
-    case .multiplexer:
-        environment?.pointee = -1
-        return 1
-    case .worker(let env):
-        environment?.pointee = Int32(env)
-        return 2
-    }
-}
-
-@_cdecl("peruser_supervisor_started")
-public func peruserSupervisorStarted(_ slot: Int32, _ environment: Int32, _ pid: Int32, _ now: Int64) {
-    let role: ChildRole = environment < 0 ? .multiplexer : .worker(environment: Int(environment))
-    supervisor.started(SpawnOrder(slot: Int(slot), role: role), pid: pid, now: now)
-}
-
-@_cdecl("peruser_supervisor_exited")
-public func peruserSupervisorExited(_ pid: Int32, _ now: Int64,
-                                    _ environment: UnsafeMutablePointer<Int32>?) -> Int32 {
-    guard let (slot, child) = supervisor.exited(pid: pid, now: now) else { return -1 }
-    switch child.role {
-    case .multiplexer: environment?.pointee = -1
-    case .worker(let env): environment?.pointee = Int32(env)
-    }
-    return Int32(slot)
-}
-
-@_cdecl("peruser_supervisor_pids")
-public func peruserSupervisorPids(_ out: UnsafeMutablePointer<Int32>?, _ capacity: Int32) -> Int32 {
-    let pids = supervisor.livePids
-    if let out {
-        for (i, pid) in pids.prefix(Int(max(0, capacity))).enumerated() { out[i] = pid }
-    }
-    return Int32(pids.count)
-}
-
-@_cdecl("peruser_supervisor_slots_in_use")
-public func peruserSupervisorSlotsInUse() -> Int32 { Int32(supervisor.slotsInUse) }
-
 // MARK: - Messages
 
 @_cdecl("peruser_message_encode")
@@ -195,15 +139,87 @@ public func peruserMessageDecode(_ message: UnsafePointer<UInt8>?, _ length: Int
     }
 }
 
+// MARK: - Limits
+
+@_cdecl("peruser_config_set_limit")
+public func peruserConfigSetLimit(_ directive: UnsafePointer<CChar>?, _ value: Int32,
+                                  _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorCap: Int) -> Int32 {
+    let v = Int(value)
+    switch (string(directive) ?? "").lowercased() {
+    case "serverlimit": serverLimits.serverLimit = v
+    case "maxclients", "maxrequestworkers": serverLimits.maxClients = v
+    case "minprocessors": serverLimits.workers.minProcessors = v
+    case "maxprocessors": serverLimits.workers.maxProcessors = v
+    case "minspareprocessors": serverLimits.workers.minSpare = v
+    case "maxspareprocessors": serverLimits.workers.maxSpare = v
+    case "minmultiplexers": serverLimits.minMultiplexers = v
+    case "maxmultiplexers": serverLimits.maxMultiplexers = v
+    case "multiplexeridletimeout": serverLimits.multiplexerIdleTimeout = v
+    case "expiretimeout": serverLimits.expireTimeout = v
+    case "idletimeout": serverLimits.idleTimeout = v
+    default:
+        copyOut("\(string(directive) ?? "?") is not a Peruser limit", errorBuffer, errorCap)
+        return -1
+    }
+    return 0
+}
+
+@_cdecl("peruser_config_set_processor_wait")
+public func peruserConfigSetProcessorWait(_ seconds: Int32, _ levels: Int32) {
+    serverLimits.processorWaitSeconds = Int(seconds)
+    serverLimits.processorWaitLevels = Int(levels)
+}
+
+@_cdecl("peruser_config_limit")
+public func peruserConfigLimit(_ directive: UnsafePointer<CChar>?) -> Int32 {
+    let l = serverLimits
+    switch (string(directive) ?? "").lowercased() {
+    case "serverlimit": return Int32(l.serverLimit)
+    case "maxclients", "maxrequestworkers": return Int32(l.maxClients)
+    case "minprocessors": return Int32(l.workers.minProcessors)
+    case "maxprocessors": return Int32(l.workers.maxProcessors)
+    case "minspareprocessors": return Int32(l.workers.minSpare)
+    case "maxspareprocessors": return Int32(l.workers.maxSpare)
+    case "minmultiplexers": return Int32(l.minMultiplexers)
+    case "maxmultiplexers": return Int32(l.maxMultiplexers)
+    case "multiplexeridletimeout": return Int32(l.multiplexerIdleTimeout)
+    case "expiretimeout": return Int32(l.expireTimeout)
+    case "idletimeout": return Int32(l.idleTimeout)
+    case "processorwaittimeout": return Int32(l.processorWaitSeconds)
+    case "processorwaitlevels": return Int32(l.processorWaitLevels)
+    default: return -1
+    }
+}
+
+/// Each environment's effective limits, in environment order.
+func effectiveWorkerLimits() -> [WorkerLimits] {
+    environments.environments.map { $0.overrides.applied(to: serverLimits.workers) }
+}
+
+@_cdecl("peruser_config_validate")
+public func peruserConfigValidate(_ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorCap: Int) -> Int32 {
+    do throws(LimitError) {
+        for (env, limits) in zip(environments.environments, effectiveWorkerLimits()) {
+            try validate(limits, scope: "in <Processor \(env.name)>")
+        }
+        try validate(serverLimits, environments: effectiveWorkerLimits())
+        return 0
+    } catch {
+        copyOut(error.description, errorBuffer, errorCap)
+        return -1
+    }
+}
+
 // MARK: - Multiplexer
 
 @_cdecl("peruser_multiplexer_run")
-public func peruserMultiplexerRun(_ listeners: UnsafePointer<Int32>?, _ listenerCount: Int32,
+public func peruserMultiplexerRun(_ slot: Int32, _ listeners: UnsafePointer<Int32>?, _ listenerCount: Int32,
                                   _ handback: Int32, _ channels: UnsafePointer<Int32>?,
-                                  _ channelCount: Int32, _ headTimeoutMs: Int32) -> Int32 {
+                                  _ channelCount: Int32, _ demand: Int32, _ headTimeoutMs: Int32) -> Int32 {
     let listenFds = (0..<Int(max(0, listenerCount))).compactMap { listeners?[$0] }
     let channelFds = (0..<Int(max(0, channelCount))).compactMap { channels?[$0] }
-    guard var multiplexer = Multiplexer(listeners: listenFds, handback: handback, channels: channelFds,
+    guard var multiplexer = Multiplexer(slot: Int(slot), listeners: listenFds, handback: handback,
+                                        channels: channelFds, demand: demand,
                                         headTimeout: Int64(headTimeoutMs)) else {
         return 1
     }

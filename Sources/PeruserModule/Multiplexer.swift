@@ -23,9 +23,12 @@ struct PendingConnection {
 }
 
 struct Multiplexer {
+    let slot: Int
     let listeners: [Int32]
     let handback: Int32
     let channels: [Int32]
+    /// Pipe to the parent: the index of an environment that needs a worker (4 bytes).
+    let demand: Int32
     let headTimeout: Int64
     /// How long a routed connection may wait for room in its environment's channel.
     let channelWait: Int64 = 5000
@@ -39,13 +42,23 @@ struct Multiplexer {
     private let head: UnsafeMutableRawBufferPointer
     private let message: UnsafeMutableRawBufferPointer
 
+    /// When each environment last asked the parent for a worker: at most one ask per 20 ms.
+    private var lastDemand: [Int64]
+    private var stopping = false
+    private var lastHolding = -1
+    /// Holding this many connections makes a multiplexer busy (the parent may add one).
+    static let busyHolding = 32
+
     private static let listenerTag: UInt64 = 1 << 32
     private static let handbackTag: UInt64 = 2 << 32
 
-    init?(listeners: [Int32], handback: Int32, channels: [Int32], headTimeout: Int64) {
+    init?(slot: Int, listeners: [Int32], handback: Int32, channels: [Int32], demand: Int32, headTimeout: Int64) {
+        self.slot = slot
         self.listeners = listeners
         self.handback = handback
         self.channels = channels
+        self.demand = demand
+        lastDemand = Array(repeating: Int64.min / 2, count: channels.count)
         self.headTimeout = max(headTimeout, 100)
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         head = .allocate(byteCount: Self.largestHead, alignment: 8)
@@ -83,6 +96,9 @@ struct Multiplexer {
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
         defer { events.deallocate() }
         while true {
+            if peruser_shim_stop_requested() != 0 && !stopping { stopAccepting() }
+            if stopping && pending.isEmpty { return 0 }
+            reportHolding()
             // Wake periodically while connections wait, to retry full channels and enforce deadlines.
             let timeout: Int32 = pending.isEmpty ? -1 : 50
             let count = epoll_wait(epoll, events, Int32(capacity), timeout)
@@ -101,6 +117,66 @@ struct Multiplexer {
                 }
             }
             expireAndRetry(now: monotonicMilliseconds())
+        }
+    }
+
+    // MARK: Status
+
+    /// Asked to stop (graceful restart, or retired): new connections and hand-backs are left
+    /// to the other multiplexers; what this one holds is finished first.
+    private mutating func stopAccepting() {
+        stopping = true
+        for fd in listeners {
+            epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil)
+            close(fd)
+        }
+        epoll_ctl(epoll, EPOLL_CTL_DEL, handback, nil)
+        sharedTable?.setStatus(slot, .standby, now: monotonicMilliseconds())
+    }
+
+    private mutating func reportHolding() {
+        guard pending.count != lastHolding, let table = sharedTable else { return }
+        if let field = table.slotField(slot, ChildTableLayout.holdingOffset) {
+            peruser_atomic_store_u32(field, UInt32(clamping: pending.count))
+        }
+        if !stopping {
+            let busy = pending.count >= Self.busyHolding
+            if busy != (lastHolding >= Self.busyHolding) || lastHolding < 0 {
+                table.setStatus(slot, busy ? .active : .ready, now: monotonicMilliseconds())
+            }
+        }
+        lastHolding = pending.count
+    }
+
+    /// Counts a hand-off, and asks the parent for a worker when the environment has no idle
+    /// one left for the connections already queued (the shared table is a hint, and so is this).
+    private mutating func handedOff(to environment: Int) {
+        guard let table = sharedTable else { return }
+        if let field = table.environmentField(environment, ChildTableLayout.handedOffOffset) {
+            peruser_atomic_add_u64(field, 1)
+        }
+        if !stopping && pending.count < Self.busyHolding {
+            table.setStatus(slot, .ready, now: monotonicMilliseconds())  // MultiplexerIdleTimeout counts from here
+        }
+        let queued = table.environment(environment)?.queued ?? 0
+        var idle = 0
+        for index in 0..<table.slotCount {
+            if let s = table.slot(index), s.environment == environment, s.status == .ready,
+               s.type == .processor || s.type == .worker {
+                idle += 1
+            }
+        }
+        guard idle < queued + 1 else { return }
+        let now = monotonicMilliseconds()
+        guard now - lastDemand[environment] >= 20 else { return }
+        lastDemand[environment] = now
+        var index = UInt32(environment)
+        _ = write(demand, &index, 4)  // non-blocking; a full pipe means the parent is already busy
+    }
+
+    private func countDropped(_ environment: Int) {
+        if let field = sharedTable?.environmentField(environment, ChildTableLayout.droppedOffset) {
+            peruser_atomic_add_u64(field, 1)
         }
     }
 
@@ -129,7 +205,7 @@ struct Multiplexer {
             var fd: Int32 = -1
             let length = peruser_shim_recv_fd(handback, message.baseAddress, message.count, 1, &fd)
             if length == -Int(EAGAIN) || length == -Int(EWOULDBLOCK) { return }
-            if length == -Int(EBADMSG) || length == -Int(EINTR) { continue }
+            if length == 0 || length == -Int(EBADMSG) || length == -Int(EINTR) { continue }
             if length < 0 {
                 log(PERUSER_LOG_ERR, "multiplexer: hand-back receive failed: \(errnoText(Int32(-length)))")
                 return
@@ -253,6 +329,7 @@ struct Multiplexer {
         if result == 0 {
             forget(fd)
             close(fd)
+            handedOff(to: environment)
         } else if result == -EAGAIN || result == -EWOULDBLOCK {
             return  // Full channel: every worker is busy and the queue is long. Retry on the tick.
         } else {
@@ -274,6 +351,7 @@ struct Multiplexer {
                 if pending[fd] != nil && now >= connection.deadline {
                     log(PERUSER_LOG_WARNING, "multiplexer: environment \(environment) took no connection "
                         + "within \(channelWait) ms; answering 503")
+                    countDropped(environment)
                     respond(fd, .serviceUnavailable)
                 }
             }

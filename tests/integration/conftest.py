@@ -76,6 +76,7 @@ def server(module, accounts):
 Listen 127.0.0.1:{port}
 Listen 127.0.0.1:{ip_port}
 MinMultiplexers 2
+MinSpareProcessors 0
 LoadModule php_module {php_module()}
 <FilesMatch "\\.php$">
     SetHandler application/x-httpd-php
@@ -87,6 +88,7 @@ LoadModule php_module {php_module()}
 <Processor env-a>
     User peruser-a
     Group peruser-a
+    MinProcessors 1
 </Processor>
 <Processor env-b>
     User peruser-b

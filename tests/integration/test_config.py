@@ -29,6 +29,34 @@ def test_valid_configuration_passes(module, accounts):
     assert "Syntax OK" in out
 
 
+def test_every_limit_of_the_spec_is_accepted(module, accounts):
+    limits = """ServerLimit 256
+MaxClients 256
+MinProcessors 0
+MaxProcessors 10
+MinSpareProcessors 2
+MaxSpareProcessors 0
+MinMultiplexers 3
+MaxMultiplexers 10
+MultiplexerIdleTimeout 0
+MaxRequestsPerChild 1000
+MaxConnectionsPerChild 1000
+ExpireTimeout 1800
+IdleTimeout 900
+ProcessorWaitTimeout 5 10
+<Processor limited>
+    User peruser-b
+    Group peruser-b
+    MinProcessors 1
+    MaxProcessors 4
+    MinSpareProcessors 1
+    MaxSpareProcessors 2
+</Processor>
+"""
+    rc, out = configtest(limits + GOOD_ENV)
+    assert rc == 0, out
+
+
 @pytest.mark.parametrize("body,needle", [
     # unknown environment, and one used before it is declared
     ("<VirtualHost *:80>\n ServerEnvironment nosuch\n</VirtualHost>\n",
@@ -64,7 +92,23 @@ def test_valid_configuration_passes(module, accounts):
     ("MinProcessors -1\n", r"MinProcessors -1 is out of range"),
     ("ServerLimit 0\n", r"ServerLimit 0 is out of range"),
     ("ServerLimit 2\nMinMultiplexers 2\n" + GOOD_ENV,
-     r"2 multiplexers and 1 workers do not fit in ServerLimit 2"),
+     r"1 <Processor> environments \(one reserved slot each\) and MinMultiplexers 2 need more than ServerLimit 2"),
+    ("ServerLimit 10\nMaxClients 20\n", r"MaxClients 20 is above ServerLimit 10"),
+    ("MaxRequestWorkers 300\n", r"MaxClients 300 is above ServerLimit 256"),
+    ("MinMultiplexers 5\nMaxMultiplexers 4\n", r"MinMultiplexers 5 is above MaxMultiplexers 4 \(global\)"),
+    ("MinProcessors 11\n", r"MinProcessors 11 is above MaxProcessors 10 \(global\)"),
+    ("MinSpareProcessors 5\nMaxSpareProcessors 3\n", r"MinSpareProcessors 5 is above MaxSpareProcessors 3"),
+    ("MaxProcessors 0\n", r"MaxProcessors 0 is out of range"),
+    ("IdleTimeout -5\n", r"IdleTimeout -5 is out of range"),
+    ("ExpireTimeout soon\n", r"ExpireTimeout takes a whole number, not 'soon'"),
+    ("ProcessorWaitTimeout 5 0\n", r"ProcessorWaitTimeout levels 0 is out of range"),
+    ("<Processor p>\n User peruser-a\n Group peruser-a\n MinProcessors 4\n MaxProcessors 3\n</Processor>\n",
+     r"MinProcessors 4 is above MaxProcessors 3 in <Processor p>"),
+    ("<Processor p>\n User peruser-a\n Group peruser-a\n MaxSpareProcessors x\n</Processor>\n",
+     r"MaxSpareProcessors takes a whole number, not 'x' \(line \d+ of"),
+    ("MaxClients 3\nMinMultiplexers 2\n<Processor p>\n User peruser-a\n Group peruser-a\n MinProcessors 2\n</Processor>\n",
+     r"come to 4 children, above MaxClients 3"),
+    ("<VirtualHost *:80>\n MinProcessors 3\n</VirtualHost>\n", r"MinProcessors cannot occur within <VirtualHost> section"),
     ("<VirtualHost *:80>\n<Processor x>\n</Processor>\n</VirtualHost>\n", r"cannot occur within <VirtualHost>"),
 ])
 def test_configuration_errors_name_the_problem(module, accounts, body, needle):

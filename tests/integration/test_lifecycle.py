@@ -35,12 +35,14 @@ def small_server(module, accounts):
     apache.write_config(f"""
 Listen 127.0.0.1:{port}
 MinMultiplexers 1
+MinSpareProcessors 0
 <Directory {apache.root}>
     Require all granted
 </Directory>
 <Processor only>
     User peruser-a
     Group peruser-a
+    MinProcessors 1
 </Processor>
 <VirtualHost 127.0.0.1:{port}>
     ServerName only.test
@@ -96,7 +98,7 @@ def test_restart_serves_again_with_new_children(small_server, sig):
     assert small_server.pid() == parent
     status, body, _ = get(small_server.port, "only.test", CGI)
     assert status == 200 and ids_of(body)[:2] == small_server.ids
-    assert "restarting (generation 1)" in small_server.read_error_log()
+    assert "peruser: generation 1," in small_server.read_error_log()
 
 
 def test_apache2ctl_stop_leaves_no_process(small_server):

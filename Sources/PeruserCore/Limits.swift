@@ -1,0 +1,126 @@
+// The Peruser limits (directives, defaults and validation), as in the original's documentation.
+
+/// Per-environment worker limits; `<Processor>` may override the global ones.
+public struct WorkerLimits: Equatable {
+    public var minProcessors: Int
+    public var maxProcessors: Int
+    public var minSpare: Int
+    /// 0: no bound on idle workers other than maxProcessors.
+    public var maxSpare: Int
+
+    public init(minProcessors: Int = 0, maxProcessors: Int = 10, minSpare: Int = 2, maxSpare: Int = 0) {
+        self.minProcessors = minProcessors
+        self.maxProcessors = maxProcessors
+        self.minSpare = minSpare
+        self.maxSpare = maxSpare
+    }
+
+    public static let defaults = WorkerLimits()
+}
+
+/// Overrides given inside one `<Processor>` block (nil: the global value applies).
+public struct WorkerLimitOverrides: Equatable {
+    public var minProcessors: Int?
+    public var maxProcessors: Int?
+    public var minSpare: Int?
+    public var maxSpare: Int?
+
+    public init(minProcessors: Int? = nil, maxProcessors: Int? = nil, minSpare: Int? = nil, maxSpare: Int? = nil) {
+        self.minProcessors = minProcessors
+        self.maxProcessors = maxProcessors
+        self.minSpare = minSpare
+        self.maxSpare = maxSpare
+    }
+
+    public func applied(to global: WorkerLimits) -> WorkerLimits {
+        WorkerLimits(minProcessors: minProcessors ?? global.minProcessors,
+                     maxProcessors: maxProcessors ?? global.maxProcessors,
+                     minSpare: minSpare ?? global.minSpare,
+                     maxSpare: maxSpare ?? global.maxSpare)
+    }
+}
+
+/// The global limits. Times are in seconds as configured; 0 disables where the spec says so.
+public struct ServerLimits: Equatable {
+    public var serverLimit = 256
+    /// MaxClients as configured; nil: the same as ServerLimit (the spec says to set them equal).
+    public var configuredMaxClients: Int?
+    public var minMultiplexers = 3
+    public var maxMultiplexers = 10
+    public var multiplexerIdleTimeout = 0
+    public var expireTimeout = 1800
+    public var idleTimeout = 900
+    public var processorWaitSeconds = 5
+    public var processorWaitLevels = 10
+    public var workers = WorkerLimits.defaults
+
+    public init() {}
+
+    public var maxClients: Int {
+        get { configuredMaxClients ?? serverLimit }
+        set { configuredMaxClients = newValue }
+    }
+}
+
+public enum LimitError: Error, Equatable, CustomStringConvertible {
+    case minAboveMax(minDirective: String, min: Int, maxDirective: String, max: Int, scope: String)
+    case maxClientsAboveServerLimit(maxClients: Int, serverLimit: Int)
+    case reservedSlotsExceedServerLimit(environments: Int, multiplexers: Int, serverLimit: Int)
+    case minimumsExceedMaxClients(total: Int, maxClients: Int)
+    case zeroMaximum(directive: String, scope: String)
+
+    public var description: String {
+        switch self {
+        case .minAboveMax(let minDirective, let min, let maxDirective, let max, let scope):
+            return "\(minDirective) \(min) is above \(maxDirective) \(max) \(scope)"
+        case .maxClientsAboveServerLimit(let maxClients, let serverLimit):
+            return "MaxClients \(maxClients) is above ServerLimit \(serverLimit); raise ServerLimit or lower MaxClients"
+        case .reservedSlotsExceedServerLimit(let environments, let multiplexers, let serverLimit):
+            return "\(environments) <Processor> environments (one reserved slot each) and MinMultiplexers "
+                + "\(multiplexers) need more than ServerLimit \(serverLimit) slots"
+        case .minimumsExceedMaxClients(let total, let maxClients):
+            return "MinMultiplexers plus every environment's MinProcessors come to \(total) children, "
+                + "above MaxClients \(maxClients)"
+        case .zeroMaximum(let directive, let scope):
+            return "\(directive) must be at least 1 \(scope)"
+        }
+    }
+}
+
+/// Checks one environment's effective limits.
+public func validate(_ limits: WorkerLimits, scope: String) throws(LimitError) {
+    guard limits.maxProcessors >= 1 else { throw .zeroMaximum(directive: "MaxProcessors", scope: scope) }
+    guard limits.minProcessors <= limits.maxProcessors else {
+        throw .minAboveMax(minDirective: "MinProcessors", min: limits.minProcessors,
+                           maxDirective: "MaxProcessors", max: limits.maxProcessors, scope: scope)
+    }
+    guard limits.minSpare <= limits.maxProcessors else {
+        throw .minAboveMax(minDirective: "MinSpareProcessors", min: limits.minSpare,
+                           maxDirective: "MaxProcessors", max: limits.maxProcessors, scope: scope)
+    }
+    if limits.maxSpare > 0 && limits.minSpare > limits.maxSpare {
+        throw .minAboveMax(minDirective: "MinSpareProcessors", min: limits.minSpare,
+                           maxDirective: "MaxSpareProcessors", max: limits.maxSpare, scope: scope)
+    }
+}
+
+/// Checks the global limits against each other and against the environments declared.
+public func validate(_ limits: ServerLimits, environments: [WorkerLimits]) throws(LimitError) {
+    guard limits.maxClients <= limits.serverLimit else {
+        throw .maxClientsAboveServerLimit(maxClients: limits.maxClients, serverLimit: limits.serverLimit)
+    }
+    guard limits.maxMultiplexers >= 1 else { throw .zeroMaximum(directive: "MaxMultiplexers", scope: "(global)") }
+    guard limits.minMultiplexers <= limits.maxMultiplexers else {
+        throw .minAboveMax(minDirective: "MinMultiplexers", min: limits.minMultiplexers,
+                           maxDirective: "MaxMultiplexers", max: limits.maxMultiplexers, scope: "(global)")
+    }
+    try validate(limits.workers, scope: "(global)")
+    guard environments.count + max(1, limits.minMultiplexers) <= limits.serverLimit else {
+        throw .reservedSlotsExceedServerLimit(environments: environments.count,
+                                              multiplexers: limits.minMultiplexers, serverLimit: limits.serverLimit)
+    }
+    let minimums = limits.minMultiplexers + environments.reduce(0) { $0 + $1.minProcessors }
+    guard minimums <= limits.maxClients else {
+        throw .minimumsExceedMaxClients(total: minimums, maxClients: limits.maxClients)
+    }
+}

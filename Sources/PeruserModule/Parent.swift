@@ -1,0 +1,282 @@
+// The parent's side of process management: the private child records, the shared table of
+// this generation, and applying the maintenance plan of PeruserCore.
+//
+// Pids come only from the private records, which live in Apache's retained data (parent
+// memory, kept across the module's reloads). The shared table is read for status hints only.
+import CPeruserShim
+import Glibc
+import PeruserCore
+
+/// The shared table of this process's generation (parent and every child it forks).
+var sharedTable: ChildTable?
+
+struct ParentState {
+    var records: UnsafeMutablePointer<peruser_child_record>
+    var capacity: Int
+    var policy: MaintenancePolicy
+    var backoff = RestartBackoff()
+    var demanded = Set<Int>()
+    var lastCapLog: Int64 = -1_000_000
+}
+
+var parent: ParentState?
+
+/// A worker stopped for ExpireTimeout that ignores SIGTERM for this long gets SIGKILL.
+let expireGraceMilliseconds: Int64 = 2000
+let capLogIntervalMilliseconds: Int64 = 60_000
+
+extension ParentState {
+    func record(_ slot: Int) -> peruser_child_record { records[slot] }
+
+    /// Live children, as the planner sees them (status from the shared table, as a hint).
+    func children() -> [ChildState] {
+        var out: [ChildState] = []
+        for slot in 0..<capacity where records[slot].pid > 0 {
+            let r = records[slot]
+            let role: ChildRole = r.environment < 0 ? .multiplexer : .worker(environment: Int(r.environment))
+            var status = ChildStatus.starting
+            var since = r.started_at
+            if r.generation == policy.generation, let shared = sharedTable?.slot(slot) {
+                status = shared.status
+                since = shared.statusSince
+            }
+            out.append(ChildState(slot: slot, pid: r.pid, role: role, type: ChildType(rawValue: r.type) ?? .unknown,
+                                  generation: r.generation, startedAt: r.started_at,
+                                  retiring: r.retiring != 0 || r.draining != 0 || r.expired != 0,
+                                  status: status, statusSince: since))
+        }
+        return out
+    }
+
+    func environmentName(_ env: Int) -> String {
+        environments[env]?.name ?? "#\(env)"
+    }
+
+    mutating func signal(_ slot: Int, _ sig: Int32, now: Int64) {
+        guard slot >= 0 && slot < capacity, records[slot].pid > 0 else { return }
+        _ = peruser_shim_signal(records[slot].pid, sig)
+        records[slot].signalled_at = now
+    }
+
+    /// Children of older generations (and all children during a graceful stop) finish:
+    /// multiplexers stop accepting first; once none of them is left, workers drain their
+    /// channels and exit. Anyone who ignores that for too long is killed.
+    mutating func finishOlder(than generation: UInt32, everyone: Bool, now: Int64) {
+        var oldMultiplexers = 0
+        for slot in 0..<capacity where records[slot].pid > 0 && records[slot].environment < 0 {
+            if everyone || records[slot].generation != generation { oldMultiplexers += 1 }
+        }
+        for slot in 0..<capacity where records[slot].pid > 0 {
+            let r = records[slot]
+            guard everyone || r.generation != generation else { continue }
+            if r.environment < 0 {
+                if r.retiring == 0 {
+                    records[slot].retiring = 1
+                    signal(slot, SIGUSR1, now: now)
+                }
+            } else if oldMultiplexers == 0 && r.draining == 0 {
+                records[slot].draining = 1
+                signal(slot, SIGWINCH, now: now)
+            }
+        }
+    }
+
+    /// A worker stopped for ExpireTimeout that is still there after a grace period gets
+    /// SIGKILL. (Retiring and draining children finish their connection, however long.)
+    mutating func killExpired(now: Int64) {
+        for slot in 0..<capacity where records[slot].pid > 0 && records[slot].expired != 0 {
+            if now - records[slot].signalled_at > expireGraceMilliseconds {
+                _ = peruser_shim_signal(records[slot].pid, SIGKILL)
+                records[slot].signalled_at = now
+            }
+        }
+    }
+
+    mutating func apply(_ plan: Plan, now: Int64) {
+        var forkFailed = false
+        for action in plan.actions {
+            switch action {
+            case .spawn(let slot, let role, let type):
+                guard !forkFailed, slot >= 0 && slot < capacity, records[slot].pid == 0 else { continue }
+                let env: Int32
+                switch role {
+                case .multiplexer: env = -1
+                case .worker(let e): env = Int32(e)
+                }
+                sharedTable?.setSlot(slot, pid: 0, type: type, environment: Int(env), generation: policy.generation,
+                                     status: .starting, now: now)
+                let pid = peruser_shim_spawn(Int32(slot), env, Int32(type.rawValue))
+                guard pid > 0 else {  // fork failed (logged); try again next round
+                    forkFailed = true
+                    sharedTable?.setStatus(slot, .standby, now: now)
+                    continue
+                }
+                records[slot] = peruser_child_record(pid: pid, environment: env, generation: policy.generation,
+                                                     type: type.rawValue, retiring: 0, draining: 0, expired: 0,
+                                                     started_at: now, signalled_at: 0)
+                sharedTable?.setSlot(slot, pid: pid, type: type, environment: Int(env),
+                                     generation: policy.generation, status: .starting, now: now)
+            case .retire(let slot, let reason):
+                guard slot >= 0 && slot < capacity, records[slot].pid > 0, records[slot].retiring == 0 else { continue }
+                records[slot].retiring = 1
+                log(PERUSER_LOG_DEBUG, "peruser: retiring \(describe(slot)) (\(reason))")
+                signal(slot, SIGUSR1, now: now)
+            case .expire(let slot):
+                guard slot >= 0 && slot < capacity, records[slot].pid > 0, records[slot].expired == 0 else { continue }
+                records[slot].expired = 1
+                let shown = sharedTable?.slot(slot)
+                log(PERUSER_LOG_WARNING, "peruser: stopping \(describe(slot)): on one request longer than "
+                    + "ExpireTimeout \(policy.limits.expireTimeout) s (vhost \(shown?.vhost ?? "?"), "
+                    + "request \"\(shown?.request ?? "?")\")")
+                signal(slot, SIGTERM, now: now)
+            }
+        }
+        if plan.capReached && now - lastCapLog >= capLogIntervalMilliseconds {
+            lastCapLog = now
+            log(PERUSER_LOG_WARNING, "peruser: MaxClients \(policy.limits.maxClients) (or ServerLimit "
+                + "\(policy.limits.serverLimit)) reached; not starting more children (logged once a minute)")
+        }
+    }
+
+    func describe(_ slot: Int) -> String {
+        let r = records[slot]
+        let what = r.environment < 0 ? "multiplexer" : "worker of \(environmentName(Int(r.environment)))"
+        return "\(what) (pid \(r.pid), slot \(slot))"
+    }
+}
+
+@_cdecl("peruser_table_size")
+public func peruserTableSize(_ slots: Int32, _ environments: Int32) -> Int {
+    ChildTableLayout.size(slots: Int(max(0, slots)), environments: Int(max(0, environments)))
+}
+
+@_cdecl("peruser_supervisor_begin")
+public func peruserSupervisorBegin(_ records: UnsafeMutableRawPointer?, _ capacity: Int32,
+                                   _ table: UnsafeMutableRawPointer?, _ tableSize: Int, _ slots: Int32,
+                                   _ generation: UInt32, _ errorBuffer: UnsafeMutablePointer<CChar>?,
+                                   _ errorCap: Int) -> Int32 {
+    guard let records, let table, capacity >= slots, slots > 0 else {
+        copyOut("internal error: no child records or table", errorBuffer, errorCap)
+        return -1
+    }
+    var limits = serverLimits
+    limits.serverLimit = Int(slots)
+    limits.maxClients = min(limits.maxClients, Int(slots))
+    guard let formatted = ChildTable.format(table, size: tableSize, slots: Int(slots),
+                                            environments: environments.count, generation: generation) else {
+        copyOut("internal error: child table too small", errorBuffer, errorCap)
+        return -1
+    }
+    for (i, env) in environments.environments.enumerated() { formatted.setEnvironmentName(i, env.name) }
+    sharedTable = formatted
+    let pointer = records.bindMemory(to: peruser_child_record.self, capacity: Int(capacity))
+    let policy = MaintenancePolicy(limits: limits, environments: effectiveWorkerLimits(), generation: generation)
+    parent = ParentState(records: pointer, capacity: Int(slots), policy: policy)
+    return 0
+}
+
+@_cdecl("peruser_supervisor_demand")
+public func peruserSupervisorDemand(_ environment: Int32) {
+    guard environment >= 0 && Int(environment) < environments.count else { return }
+    parent?.demanded.insert(Int(environment))
+}
+
+@_cdecl("peruser_supervisor_reaped")
+public func peruserSupervisorReaped(_ pid: Int32, _ exitedCleanly: Int32, _ now: Int64,
+                                    _ slot: UnsafeMutablePointer<Int32>?, _ environment: UnsafeMutablePointer<Int32>?,
+                                    _ type: UnsafeMutablePointer<Int32>?) -> Int32 {
+    guard var state = parent, pid > 0 else { return 0 }
+    guard let found = (0..<state.capacity).first(where: { state.records[$0].pid == pid }) else { return 0 }
+    let r = state.records[found]
+    slot?.pointee = Int32(found)
+    environment?.pointee = r.environment
+    type?.pointee = Int32(r.type)
+    let role: ChildRole = r.environment < 0 ? .multiplexer : .worker(environment: Int(r.environment))
+    // A child asked to stop, or of an older generation, is not a failed start.
+    let expected = r.retiring != 0 || r.draining != 0 || r.expired != 0
+    if r.generation == state.policy.generation {
+        state.backoff.childExited(role: role, startedAt: r.started_at, now: now,
+                                  cleanly: exitedCleanly != 0 || expected)
+        sharedTable?.setSlot(found, pid: 0, type: .unknown, environment: 0, generation: r.generation,
+                             status: .standby, now: now)
+    }
+    state.records[found] = peruser_child_record()
+    parent = state
+    return 1
+}
+
+@_cdecl("peruser_supervisor_maintain")
+public func peruserSupervisorMaintain(_ now: Int64) {
+    guard var state = parent else { return }
+    state.finishOlder(than: state.policy.generation, everyone: false, now: now)
+    state.killExpired(now: now)
+    var load: [EnvironmentLoad] = []
+    for env in 0..<environments.count {
+        let counters = sharedTable?.environment(env)
+        load.append(EnvironmentLoad(queued: counters?.queued ?? 0, demanded: state.demanded.contains(env)))
+    }
+    state.demanded.removeAll()
+    let plan = state.policy.plan(children: state.children(), load: load, backoffUntil: state.backoff.until, now: now)
+    state.apply(plan, now: now)
+    parent = state
+}
+
+@_cdecl("peruser_supervisor_drain_all")
+public func peruserSupervisorDrainAll(_ now: Int64) -> Int32 {
+    guard var state = parent else { return 0 }
+    state.finishOlder(than: state.policy.generation, everyone: true, now: now)
+    parent = state
+    return Int32((0..<state.capacity).filter { state.records[$0].pid > 0 }.count)
+}
+
+@_cdecl("peruser_supervisor_pids")
+public func peruserSupervisorPids(_ out: UnsafeMutablePointer<Int32>?, _ capacity: Int32) -> Int32 {
+    guard let state = parent else { return 0 }
+    var count: Int32 = 0
+    for slot in 0..<state.capacity where state.records[slot].pid > 0 {
+        if let out, count < capacity { out[Int(count)] = state.records[slot].pid }
+        count += 1
+    }
+    return count
+}
+
+@_cdecl("peruser_supervisor_slots_in_use")
+public func peruserSupervisorSlotsInUse() -> Int32 {
+    guard let state = parent else { return 0 }
+    return Int32(((0..<state.capacity).last { state.records[$0].pid > 0 }).map { $0 + 1 } ?? 0)
+}
+
+// MARK: - Children's writes to the shared table
+
+@_cdecl("peruser_child_set_status")
+public func peruserChildSetStatus(_ slot: Int32, _ status: Int32) {
+    guard let status = ChildStatus(rawValue: UInt8(clamping: status)) else { return }
+    sharedTable?.setStatus(Int(slot), status, now: monotonicMilliseconds())
+}
+
+@_cdecl("peruser_worker_took_connection")
+public func peruserWorkerTookConnection(_ slot: Int32, _ environment: Int32) {
+    guard let table = sharedTable else { return }
+    table.setStatus(Int(slot), .active, now: monotonicMilliseconds())
+    if let field = table.slotField(Int(slot), ChildTableLayout.connectionsOffset) {
+        peruser_atomic_add_u64(field, 1)
+    }
+    if let field = table.environmentField(Int(environment), ChildTableLayout.receivedOffset) {
+        peruser_atomic_add_u64(field, 1)
+    }
+}
+
+@_cdecl("peruser_worker_started_request")
+public func peruserWorkerStartedRequest(_ slot: Int32, _ environment: Int32, _ request: UnsafePointer<CChar>?,
+                                        _ vhost: UnsafePointer<CChar>?) {
+    guard let table = sharedTable else { return }
+    table.setRequest(Int(slot), request: string(request) ?? "", vhost: string(vhost) ?? "")
+    // ExpireTimeout counts from the start of each request.
+    table.setStatus(Int(slot), .active, now: monotonicMilliseconds())
+    if let field = table.slotField(Int(slot), ChildTableLayout.requestsOffset) {
+        peruser_atomic_add_u64(field, 1)
+    }
+    if let field = table.environmentField(Int(environment), ChildTableLayout.servedOffset) {
+        peruser_atomic_add_u64(field, 1)
+    }
+}
