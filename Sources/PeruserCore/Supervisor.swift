@@ -197,10 +197,13 @@ public struct MaintenancePolicy {
 
             // An environment nobody asked for stays at MinProcessors; once it has workers or
             // work, it keeps MinSpareProcessors idle ones, within MaxProcessors.
+            // Each queued connection needs a worker of its own; a demand with an empty queue
+            // (a worker took it meanwhile) still asks for one.
             let inUse = !workers.isEmpty || queued > 0 || envLoad.demanded
-            let wantedIdle = inUse ? max(workerLimits.minSpare, envLoad.demanded ? 1 : 0) : 0
+            let wantedIdle = inUse ? workerLimits.minSpare : 0
+            let waiting = max(queued, envLoad.demanded ? 1 : 0)
             var wanted = max(workerLimits.minProcessors - workers.count,
-                             wantedIdle + queued - idle.count - starting.count)
+                             wantedIdle + waiting - idle.count - starting.count)
             wanted = min(wanted, workerLimits.maxProcessors - workers.count)
             if wanted > 0 && !backingOff(role) {
                 var hasProcessor = workers.contains { $0.type == .processor }

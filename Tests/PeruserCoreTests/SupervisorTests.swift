@@ -1,75 +1,194 @@
 import XCTest
 @testable import PeruserCore
 
-final class SupervisorTests: XCTestCase {
-    private let identity = Identity(user: "u", uid: 1000, group: "g", gid: 1000)
-
-    func testQuotaUsesEnvironmentValueElseGlobalAndAtLeastOne() {
-        let envs = [Environment(name: "a", identity: identity, minProcessors: 3),
-                    Environment(name: "b", identity: identity),
-                    Environment(name: "c", identity: identity, minProcessors: 0)]
-        XCTAssertEqual(ChildQuota(multiplexers: 2, environments: envs, globalMinProcessors: 2),
-                       ChildQuota(multiplexers: 2, workers: [3, 2, 1]))
-        XCTAssertEqual(ChildQuota(multiplexers: 0, environments: envs, globalMinProcessors: 0).workers, [3, 1, 1])
-        XCTAssertEqual(ChildQuota(multiplexers: 0, environments: [], globalMinProcessors: 0).multiplexers, 1)
+final class PlannerTests: XCTestCase {
+    private func limits(_ edit: (inout ServerLimits) -> Void = { _ in }) -> ServerLimits {
+        var l = ServerLimits()
+        l.serverLimit = 32
+        l.minMultiplexers = 1
+        l.maxMultiplexers = 3
+        l.workers = WorkerLimits(minProcessors: 0, maxProcessors: 4, minSpare: 1, maxSpare: 0)
+        edit(&l)
+        return l
     }
 
-    func testSpawnsMultiplexersFirstThenEachEnvironmentInFreeSlots() {
-        var sup = Supervisor(quota: ChildQuota(multiplexers: 2, workers: [1, 2]), slotCount: 8)
-        var started: [SpawnOrder] = []
-        var pid: Int32 = 100
-        while let order = sup.nextSpawn(now: 0) {
-            sup.started(order, pid: pid, now: 0)
-            started.append(order)
-            pid += 1
-        }
-        XCTAssertEqual(started.map(\.role), [.multiplexer, .multiplexer, .worker(environment: 0),
-                                             .worker(environment: 1), .worker(environment: 1)])
-        XCTAssertEqual(started.map(\.slot), [0, 1, 2, 3, 4])
-        XCTAssertEqual(sup.livePids, [100, 101, 102, 103, 104])
-        XCTAssertEqual(sup.slotsInUse, 5)
+    private func policy(_ l: ServerLimits, envs: [WorkerLimits]? = nil, generation: UInt32 = 1) -> MaintenancePolicy {
+        MaintenancePolicy(limits: l, environments: envs ?? [l.workers, l.workers], generation: generation)
     }
 
-    func testExitFreesTheSlotAndTheRoleIsReplaced() {
-        var sup = Supervisor(quota: ChildQuota(multiplexers: 1, workers: [1]), slotCount: 4)
-        sup.started(SpawnOrder(slot: 0, role: .multiplexer), pid: 10, now: 0)
-        sup.started(SpawnOrder(slot: 1, role: .worker(environment: 0)), pid: 11, now: 0)
-        XCTAssertNil(sup.nextSpawn(now: 10_000))
-        let exit = sup.exited(pid: 11, now: 10_000)
-        XCTAssertEqual(exit?.slot, 1)
-        XCTAssertEqual(exit?.child.role, .worker(environment: 0))
-        XCTAssertEqual(sup.nextSpawn(now: 10_000), SpawnOrder(slot: 1, role: .worker(environment: 0)))
+    private func mux(_ slot: Int, _ status: ChildStatus = .ready, since: Int64 = 0, generation: UInt32 = 1) -> ChildState {
+        ChildState(slot: slot, pid: Int32(1000 + slot), role: .multiplexer, type: .multiplexer, generation: generation,
+                   startedAt: 0, status: status, statusSince: since)
     }
 
-    func testUnknownPidsAreNotOurs() {
-        var sup = Supervisor(quota: ChildQuota(multiplexers: 1, workers: []), slotCount: 2)
-        sup.started(SpawnOrder(slot: 0, role: .multiplexer), pid: 10, now: 0)
-        XCTAssertNil(sup.exited(pid: 99, now: 5))
-        XCTAssertEqual(sup.livePids, [10])
+    private func worker(_ slot: Int, env: Int, _ status: ChildStatus = .ready, since: Int64 = 0,
+                        type: ChildType = .worker, generation: UInt32 = 1, retiring: Bool = false) -> ChildState {
+        ChildState(slot: slot, pid: Int32(1000 + slot), role: .worker(environment: env), type: type,
+                   generation: generation, startedAt: 0, retiring: retiring, status: status, statusSince: since)
     }
 
-    func testQuickDeathsBackOffExponentiallyPerRole() {
-        var sup = Supervisor(quota: ChildQuota(multiplexers: 0, workers: [1, 1]), slotCount: 4)
-        sup.started(SpawnOrder(slot: 0, role: .worker(environment: 0)), pid: 1, now: 0)
-        sup.started(SpawnOrder(slot: 1, role: .worker(environment: 1)), pid: 2, now: 0)
-        _ = sup.exited(pid: 1, now: 100)  // died at once: back off 0.5 s
-        XCTAssertNil(sup.nextSpawn(now: 599))
-        XCTAssertEqual(sup.nextSpawn(now: 600), SpawnOrder(slot: 0, role: .worker(environment: 0)))
-        sup.started(SpawnOrder(slot: 0, role: .worker(environment: 0)), pid: 3, now: 600)
-        _ = sup.exited(pid: 3, now: 700)  // second quick death: 1 s
-        XCTAssertNil(sup.nextSpawn(now: 1699))
-        XCTAssertNotNil(sup.nextSpawn(now: 1700))
-        // A child that lived long resets the count.
-        sup.started(SpawnOrder(slot: 0, role: .worker(environment: 0)), pid: 4, now: 1700)
-        _ = sup.exited(pid: 4, now: 60_000)
-        XCTAssertNotNil(sup.nextSpawn(now: 60_000))
-        XCTAssertEqual(Supervisor.backoff(afterFailures: 1), 500)
-        XCTAssertEqual(Supervisor.backoff(afterFailures: 40), 60_000)
+    private func spawns(_ plan: Plan) -> [ChildRole] {
+        plan.actions.compactMap { if case .spawn(_, let role, _) = $0 { return role } else { return nil } }
     }
 
-    func testNoSpawnWithoutAFreeSlot() {
-        var sup = Supervisor(quota: ChildQuota(multiplexers: 3, workers: []), slotCount: 1)
-        sup.started(SpawnOrder(slot: 0, role: .multiplexer), pid: 1, now: 0)
-        XCTAssertNil(sup.nextSpawn(now: 0))
+    func testColdStartSpawnsMinimumsOnlyAndLeavesIdleEnvironmentsEmpty() {
+        let p = policy(limits { $0.minMultiplexers = 2 }, envs: [WorkerLimits(minProcessors: 2, maxProcessors: 4, minSpare: 1),
+                                                                 WorkerLimits(minProcessors: 0, maxProcessors: 4, minSpare: 2)])
+        let plan = p.plan(children: [], load: [], backoffUntil: [:], now: 0)
+        XCTAssertEqual(spawns(plan), [.multiplexer, .multiplexer, .worker(environment: 0), .worker(environment: 0)])
+        // The first worker of an environment is its PROCESSOR, in the environment's reserved slot.
+        XCTAssertEqual(plan.actions[2], .spawn(slot: 0, role: .worker(environment: 0), type: .processor))
+        XCTAssertEqual(plan.actions[3], .spawn(slot: 4, role: .worker(environment: 0), type: .worker))
+        XCTAssertEqual(plan.actions[0], .spawn(slot: 2, role: .multiplexer, type: .multiplexer))
+    }
+
+    func testDemandStartsTheFirstWorkerOfAnEmptyEnvironment() {
+        let p = policy(limits { $0.workers.minSpare = 0 })
+        let plan = p.plan(children: [mux(2)], load: [EnvironmentLoad(), EnvironmentLoad(queued: 0, demanded: true)],
+                          backoffUntil: [:], now: 0)
+        XCTAssertEqual(plan.actions, [.spawn(slot: 1, role: .worker(environment: 1), type: .processor)])
+    }
+
+    func testSecondConcurrentRequestStartsASecondWorker() {
+        let p = policy(limits { $0.workers.minSpare = 0 })
+        let busy = worker(1, env: 1, .active, type: .processor)
+        let plan = p.plan(children: [mux(2), busy], load: [EnvironmentLoad(), EnvironmentLoad(queued: 1, demanded: true)],
+                          backoffUntil: [:], now: 0)
+        XCTAssertEqual(spawns(plan), [.worker(environment: 1)])
+    }
+
+    func testSpareWorkersAreKeptWithinMaxProcessors() {
+        let p = policy(limits { $0.workers = WorkerLimits(minProcessors: 0, maxProcessors: 3, minSpare: 2) })
+        let children = [mux(2), worker(0, env: 0, .active, type: .processor)]
+        XCTAssertEqual(spawns(p.plan(children: children, load: [], backoffUntil: [:], now: 0)),
+                       [.worker(environment: 0), .worker(environment: 0)])
+        let full = children + [worker(3, env: 0, .active), worker(4, env: 0, .active)]
+        XCTAssertEqual(spawns(p.plan(children: full, load: [], backoffUntil: [:], now: 0)), [])
+    }
+
+    func testStartingWorkersCountAsComingIdle() {
+        let p = policy(limits { $0.workers.minSpare = 2 })
+        let children = [mux(2), worker(0, env: 0, .active, type: .processor), worker(3, env: 0, .starting),
+                        worker(4, env: 0, .ready)]
+        XCTAssertEqual(spawns(p.plan(children: children, load: [], backoffUntil: [:], now: 0)), [])
+    }
+
+    func testIdleTimeoutRetiresLongestIdleRespectingMinimums() {
+        let p = policy(limits {
+            $0.idleTimeout = 10
+            $0.workers = WorkerLimits(minProcessors: 1, maxProcessors: 5, minSpare: 1)
+        }, envs: [WorkerLimits(minProcessors: 1, maxProcessors: 5, minSpare: 1)])
+        let children = [mux(2), worker(0, env: 0, since: 0, type: .processor), worker(3, env: 0, since: 5_000),
+                        worker(4, env: 0, since: 50_000)]
+        let plan = p.plan(children: children, load: [], backoffUntil: [:], now: 30_000)
+        // Slots 0 and 3 are idle past 10 s; slot 4 stays as the one spare, and so MinProcessors 1 holds.
+        XCTAssertEqual(plan.actions, [.retire(slot: 0, reason: .idleTimeout), .retire(slot: 3, reason: .idleTimeout)])
+    }
+
+    func testIdleTimeoutKeepsMinProcessorsAndMinSpare() {
+        let envLimits = WorkerLimits(minProcessors: 2, maxProcessors: 5, minSpare: 1)
+        let p = policy(limits { $0.idleTimeout = 10 }, envs: [envLimits])
+        let children = [mux(2), worker(0, env: 0, type: .processor), worker(3, env: 0), worker(4, env: 0)]
+        let retired = p.plan(children: children, load: [], backoffUntil: [:], now: 60_000).actions
+        XCTAssertEqual(retired.count, 1, "3 idle workers, MinProcessors 2: one may go")
+        XCTAssertEqual(p.plan(children: Array(children.prefix(3)), load: [], backoffUntil: [:], now: 60_000).actions, [])
+        let noTimeout = policy(limits { $0.idleTimeout = 0 }, envs: [envLimits])
+        XCTAssertEqual(noTimeout.plan(children: children, load: [], backoffUntil: [:], now: 10_000_000).actions, [])
+    }
+
+    func testMaxSpareRetiresTheExcessAtOnce() {
+        let envLimits = WorkerLimits(minProcessors: 0, maxProcessors: 8, minSpare: 1, maxSpare: 2)
+        let p = policy(limits { $0.idleTimeout = 0 }, envs: [envLimits])
+        let children = [mux(2)] + (3..<8).map { worker($0, env: 0, since: Int64($0)) }
+        let plan = p.plan(children: children, load: [], backoffUntil: [:], now: 100)
+        XCTAssertEqual(plan.actions, [.retire(slot: 3, reason: .tooManySpare), .retire(slot: 4, reason: .tooManySpare),
+                                      .retire(slot: 5, reason: .tooManySpare)])
+    }
+
+    func testExpireTimeoutKillsOnlyWorkersTooLongOnOneRequest() {
+        let p = policy(limits { $0.expireTimeout = 30 })
+        let children = [mux(2), worker(0, env: 0, .active, since: 0, type: .processor), worker(3, env: 0, .active, since: 50_000),
+                        worker(4, env: 0, .ready, since: 0)]
+        let plan = p.plan(children: children, load: [], backoffUntil: [:], now: 60_000)
+        XCTAssertEqual(plan.actions.filter { if case .expire = $0 { return true } else { return false } }, [.expire(slot: 0)])
+        let disabled = policy(limits { $0.expireTimeout = 0 })
+        XCTAssertFalse(disabled.plan(children: children, load: [], backoffUntil: [:], now: 60_000_000).actions
+                        .contains { if case .expire = $0 { return true } else { return false } })
+    }
+
+    func testMultiplexersAddOneWhenAllBusyAndRetireIdleExtras() {
+        let p = policy(limits { $0.minMultiplexers = 1; $0.maxMultiplexers = 2; $0.multiplexerIdleTimeout = 5 }, envs: [])
+        XCTAssertEqual(spawns(p.plan(children: [mux(0, .active)], load: [], backoffUntil: [:], now: 0)), [.multiplexer])
+        XCTAssertEqual(spawns(p.plan(children: [mux(0, .active), mux(1, .active)], load: [], backoffUntil: [:], now: 0)), [])
+        let idle = p.plan(children: [mux(0, .active), mux(1, .ready, since: 0)], load: [], backoffUntil: [:], now: 10_000)
+        XCTAssertEqual(idle.actions, [.retire(slot: 1, reason: .multiplexerIdle)])
+        XCTAssertEqual(p.plan(children: [mux(0, .ready, since: 0)], load: [], backoffUntil: [:], now: 99_000).actions, [])
+    }
+
+    func testMaxClientsCapsAllButAnEnvironmentsProcessor() {
+        let p = policy(limits { $0.maxClients = 2; $0.workers.minSpare = 0 })
+        let children = [mux(2), worker(0, env: 0, .active, type: .processor)]
+        let plan = p.plan(children: children, load: [EnvironmentLoad(queued: 3, demanded: true),
+                                                     EnvironmentLoad(queued: 1, demanded: true)],
+                          backoffUntil: [:], now: 0)
+        // env 0 wants more but the cap is reached; env 1 still gets its PROCESSOR in its reserved slot.
+        XCTAssertEqual(plan.actions, [.spawn(slot: 1, role: .worker(environment: 1), type: .processor)])
+        XCTAssertTrue(plan.capReached)
+    }
+
+    func testNoSlotMeansNoSpawn() {
+        var l = limits()
+        l.serverLimit = 3
+        l.minMultiplexers = 2
+        let p = policy(l, envs: [l.workers])
+        let plan = p.plan(children: [mux(1), mux(2)], load: [EnvironmentLoad(queued: 2, demanded: true)],
+                          backoffUntil: [:], now: 0)
+        XCTAssertEqual(plan.actions, [.spawn(slot: 0, role: .worker(environment: 0), type: .processor)])
+        let taken = p.plan(children: [mux(1), mux(2), worker(0, env: 0, .active, type: .processor)],
+                           load: [EnvironmentLoad(queued: 2, demanded: true)], backoffUntil: [:], now: 0)
+        XCTAssertEqual(taken.actions, [])
+        XCTAssertTrue(taken.capReached)
+    }
+
+    func testOldGenerationAndRetiringChildrenDoNotCount() {
+        let p = policy(limits { $0.workers.minProcessors = 1; $0.workers.minSpare = 0 }, envs: [WorkerLimits(minProcessors: 1, maxProcessors: 2, minSpare: 0)], generation: 2)
+        let children = [mux(1, generation: 1), worker(0, env: 0, type: .processor, generation: 1), mux(2, generation: 2)]
+        // The old processor still holds slot 0: the new one goes to a general slot.
+        XCTAssertEqual(p.plan(children: children, load: [], backoffUntil: [:], now: 0).actions,
+                       [.spawn(slot: 3, role: .worker(environment: 0), type: .processor)])
+        let retiring = [mux(2, generation: 2), worker(0, env: 0, type: .processor, generation: 2, retiring: true)]
+        XCTAssertEqual(spawns(p.plan(children: retiring, load: [], backoffUntil: [:], now: 0)), [.worker(environment: 0)])
+    }
+
+    func testBackoffHoldsARoleBack() {
+        let p = policy(limits { $0.workers.minProcessors = 1 }, envs: [WorkerLimits(minProcessors: 1, maxProcessors: 2, minSpare: 0)])
+        let held = p.plan(children: [mux(1)], load: [], backoffUntil: [.worker(environment: 0): 500], now: 100)
+        XCTAssertEqual(held.actions, [])
+        XCTAssertEqual(spawns(p.plan(children: [mux(1)], load: [], backoffUntil: [.worker(environment: 0): 500], now: 500)),
+                       [.worker(environment: 0)])
+    }
+
+    func testGarbageLoadFromSharedMemoryStaysWithinLimits() {
+        let p = policy(limits { $0.workers = WorkerLimits(minProcessors: 0, maxProcessors: 3, minSpare: 1) })
+        let plan = p.plan(children: [mux(2)], load: [EnvironmentLoad(queued: Int.max, demanded: true),
+                                                     EnvironmentLoad(queued: Int.min, demanded: false)],
+                          backoffUntil: [:], now: 0)
+        XCTAssertEqual(spawns(plan), Array(repeating: .worker(environment: 0), count: 3))
+    }
+}
+
+final class RestartBackoffTests: XCTestCase {
+    func testQuickDeathsBackOffExponentiallyAndCleanExitsReset() {
+        var b = RestartBackoff()
+        let role = ChildRole.worker(environment: 0)
+        b.childExited(role: role, startedAt: 0, now: 100, cleanly: false)
+        XCTAssertEqual(b.until[role], 600)
+        b.childExited(role: role, startedAt: 600, now: 700, cleanly: false)
+        XCTAssertEqual(b.until[role], 1700)
+        b.childExited(role: role, startedAt: 1700, now: 1800, cleanly: true)
+        XCTAssertNil(b.until[role])
+        b.childExited(role: role, startedAt: 0, now: 100_000, cleanly: false)
+        XCTAssertNil(b.until[role], "a child that lived long did not fail to start")
+        XCTAssertEqual(RestartBackoff.delay(afterFailures: 40), 60_000)
     }
 }

@@ -1,0 +1,134 @@
+import XCTest
+@testable import PeruserCore
+
+final class ChildTableTests: XCTestCase {
+    private func withTable(slots: Int = 4, environments: Int = 2, _ body: (ChildTable, UnsafeMutableRawPointer, Int) -> Void) {
+        let size = ChildTableLayout.size(slots: slots, environments: environments)
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
+        defer { memory.deallocate() }
+        memory.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+        guard let table = ChildTable.format(memory, size: size, slots: slots, environments: environments, generation: 7)
+        else { return XCTFail("format failed") }
+        body(table, memory, size)
+    }
+
+    func testSlotsRoundTrip() {
+        withTable { table, memory, _ in
+            XCTAssertEqual(memory.load(as: UInt32.self), ChildTableLayout.magic)
+            table.setSlot(1, pid: 42, type: .processor, environment: 1, generation: 7, status: .starting, now: 5)
+            table.setStatus(1, .active, now: 9)
+            table.setRequest(1, request: "GET /x HTTP/1.1", vhost: "a.test")
+            let s = table.slot(1)
+            XCTAssertEqual(s?.pid, 42)
+            XCTAssertEqual(s?.type, .processor)
+            XCTAssertEqual(s?.status, .active)
+            XCTAssertEqual(s?.statusSince, 9)
+            XCTAssertEqual(s?.environment, 1)
+            XCTAssertEqual(s?.request, "GET /x HTTP/1.1")
+            XCTAssertEqual(s?.vhost, "a.test")
+            XCTAssertNil(table.slot(4))
+            XCTAssertNil(table.slot(-1))
+        }
+    }
+
+    func testEnvironmentCountersAndNames() {
+        withTable { table, _, _ in
+            table.setEnvironmentName(1, String(repeating: "n", count: 200))
+            XCTAssertEqual(table.environment(1)?.name.count, ChildTableLayout.nameCapacity - 1)
+            if let f = table.environmentField(1, ChildTableLayout.handedOffOffset) { f.storeBytes(of: UInt64(5), as: UInt64.self) }
+            if let f = table.environmentField(1, ChildTableLayout.receivedOffset) { f.storeBytes(of: UInt64(3), as: UInt64.self) }
+            XCTAssertEqual(table.environment(1)?.queued, 2)
+            XCTAssertNil(table.environment(2))
+            XCTAssertNil(table.environmentField(2, 0))
+        }
+    }
+
+    func testGarbageNeverTrapsAndReadsSanitized() {
+        withTable(slots: 8, environments: 3) { table, memory, size in
+            var rng = SystemRandomNumberGenerator()
+            for _ in 0..<50 {
+                for i in 0..<size { memory.storeBytes(of: UInt8.random(in: 0...255, using: &rng), toByteOffset: i, as: UInt8.self) }
+                for i in 0..<8 {
+                    guard let s = table.slot(i) else { return XCTFail("slot \(i)") }
+                    XCTAssertTrue(s.request.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7f })
+                    XCTAssertTrue(s.vhost.utf8.count < ChildTableLayout.vhostCapacity)
+                }
+                for e in 0..<3 {
+                    guard let c = table.environment(e) else { return XCTFail("env \(e)") }
+                    XCTAssertTrue(c.queued >= 0 && c.queued <= 1 << 20)
+                    XCTAssertTrue(c.availability <= 100)
+                    XCTAssertTrue(c.name.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7f })
+                }
+            }
+            // A status byte that is no status reads as ACTIVE (busy): the conservative guess.
+            memory.storeBytes(of: UInt8(200), toByteOffset: ChildTableLayout.slotOffset(0) + ChildTableLayout.statusOffset,
+                              as: UInt8.self)
+            XCTAssertEqual(table.slot(0)?.status, .active)
+            memory.storeBytes(of: UInt8(99), toByteOffset: ChildTableLayout.slotOffset(0) + ChildTableLayout.typeOffset,
+                              as: UInt8.self)
+            XCTAssertEqual(table.slot(0)?.type, .unknown)
+        }
+    }
+
+    func testFormatRefusesASmallBuffer() {
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 16)
+        defer { memory.deallocate() }
+        XCTAssertNil(ChildTable.format(memory, size: 64, slots: 4, environments: 1, generation: 0))
+    }
+}
+
+final class LimitsTests: XCTestCase {
+    private func expect(_ error: LimitError, _ body: () throws -> Void) {
+        XCTAssertThrowsError(try body()) { XCTAssertEqual($0 as? LimitError, error) }
+    }
+
+    func testDefaultsAreTheSpecs() throws {
+        let l = ServerLimits()
+        XCTAssertEqual([l.serverLimit, l.maxClients, l.workers.minProcessors, l.workers.maxProcessors, l.workers.minSpare,
+                        l.workers.maxSpare, l.minMultiplexers, l.maxMultiplexers, l.multiplexerIdleTimeout,
+                        l.expireTimeout, l.idleTimeout, l.processorWaitSeconds, l.processorWaitLevels],
+                       [256, 256, 0, 10, 2, 0, 3, 10, 0, 1800, 900, 5, 10])
+        try validate(l, environments: [l.workers])
+    }
+
+    func testMaxClientsFollowsServerLimitUnlessGiven() {
+        var l = ServerLimits()
+        l.serverLimit = 50
+        XCTAssertEqual(l.maxClients, 50)
+        l.maxClients = 60
+        expect(.maxClientsAboveServerLimit(maxClients: 60, serverLimit: 50)) { try validate(l, environments: []) }
+    }
+
+    func testMinAboveMax() {
+        expect(.minAboveMax(minDirective: "MinProcessors", min: 5, maxDirective: "MaxProcessors", max: 4, scope: "x")) {
+            try validate(WorkerLimits(minProcessors: 5, maxProcessors: 4), scope: "x")
+        }
+        expect(.minAboveMax(minDirective: "MinSpareProcessors", min: 3, maxDirective: "MaxSpareProcessors", max: 2, scope: "x")) {
+            try validate(WorkerLimits(minProcessors: 0, maxProcessors: 9, minSpare: 3, maxSpare: 2), scope: "x")
+        }
+        XCTAssertNoThrow(try validate(WorkerLimits(minProcessors: 0, maxProcessors: 9, minSpare: 3, maxSpare: 0), scope: "x"))
+        var l = ServerLimits()
+        l.minMultiplexers = 11
+        expect(.minAboveMax(minDirective: "MinMultiplexers", min: 11, maxDirective: "MaxMultiplexers", max: 10, scope: "(global)")) {
+            try validate(l, environments: [])
+        }
+    }
+
+    func testReservedSlotsAndMinimumsMustFit() {
+        var l = ServerLimits()
+        l.serverLimit = 4
+        expect(.reservedSlotsExceedServerLimit(environments: 2, multiplexers: 3, serverLimit: 4)) {
+            try validate(l, environments: [WorkerLimits(), WorkerLimits()])
+        }
+        l.serverLimit = 10
+        expect(.minimumsExceedMaxClients(total: 11, maxClients: 10)) {
+            try validate(l, environments: [WorkerLimits(minProcessors: 8)])
+        }
+    }
+
+    func testOverridesApplyPerEnvironment() {
+        let global = WorkerLimits(minProcessors: 1, maxProcessors: 10, minSpare: 2, maxSpare: 0)
+        XCTAssertEqual(WorkerLimitOverrides(maxProcessors: 3, maxSpare: 1).applied(to: global),
+                       WorkerLimits(minProcessors: 1, maxProcessors: 3, minSpare: 2, maxSpare: 1))
+    }
+}
