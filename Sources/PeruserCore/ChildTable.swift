@@ -185,6 +185,11 @@ public struct ChildTable {
         }
     }
 
+    public func setPid(_ index: Int, _ pid: Int32) {
+        guard index >= 0 && index < slotCount else { return }
+        base.storeBytes(of: pid, toByteOffset: ChildTableLayout.slotOffset(index) + ChildTableLayout.pidOffset, as: Int32.self)
+    }
+
     public func setStatus(_ index: Int, _ status: ChildStatus, now: Int64) {
         guard index >= 0 && index < slotCount else { return }
         let o = ChildTableLayout.slotOffset(index)

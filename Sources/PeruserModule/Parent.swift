@@ -114,8 +114,8 @@ extension ParentState {
                 records[slot] = peruser_child_record(pid: pid, environment: env, generation: policy.generation,
                                                      type: type.rawValue, retiring: 0, draining: 0, expired: 0,
                                                      started_at: now, signalled_at: 0)
-                sharedTable?.setSlot(slot, pid: pid, type: type, environment: Int(env),
-                                     generation: policy.generation, status: .starting, now: now)
+                sharedTable?.setPid(slot, pid)  // the child may already have reported its status
+                log(PERUSER_LOG_DEBUG, "peruser: started \(describe(slot)) as \(type.name)")
             case .retire(let slot, let reason):
                 guard slot >= 0 && slot < capacity, records[slot].pid > 0, records[slot].retiring == 0 else { continue }
                 records[slot].retiring = 1
@@ -210,13 +210,17 @@ public func peruserSupervisorMaintain(_ now: Int64) {
     guard var state = parent else { return }
     state.finishOlder(than: state.policy.generation, everyone: false, now: now)
     state.killExpired(now: now)
+    // Children first, queues second: a worker that takes a connection in between then shows
+    // as idle-with-work-queued or busy-with-nothing-queued, never busy-with-work-queued
+    // (which would start a worker nobody needs).
+    let children = state.children()
     var load: [EnvironmentLoad] = []
     for env in 0..<environments.count {
         let counters = sharedTable?.environment(env)
         load.append(EnvironmentLoad(queued: counters?.queued ?? 0, demanded: state.demanded.contains(env)))
     }
     state.demanded.removeAll()
-    let plan = state.policy.plan(children: state.children(), load: load, backoffUntil: state.backoff.until, now: now)
+    let plan = state.policy.plan(children: children, load: load, backoffUntil: state.backoff.until, now: now)
     state.apply(plan, now: now)
     parent = state
 }
@@ -257,13 +261,14 @@ public func peruserChildSetStatus(_ slot: Int32, _ status: Int32) {
 @_cdecl("peruser_worker_took_connection")
 public func peruserWorkerTookConnection(_ slot: Int32, _ environment: Int32) {
     guard let table = sharedTable else { return }
-    table.setStatus(Int(slot), .active, now: monotonicMilliseconds())
-    if let field = table.slotField(Int(slot), ChildTableLayout.connectionsOffset) {
-        peruser_atomic_add_u64(field, 1)
-    }
+    // Off the queue before busy: whoever sees this worker busy also sees the queue shrink.
     if let field = table.environmentField(Int(environment), ChildTableLayout.receivedOffset) {
         peruser_atomic_add_u64(field, 1)
     }
+    if let field = table.slotField(Int(slot), ChildTableLayout.connectionsOffset) {
+        peruser_atomic_add_u64(field, 1)
+    }
+    table.setStatus(Int(slot), .active, now: monotonicMilliseconds())
 }
 
 @_cdecl("peruser_worker_started_request")

@@ -13,7 +13,8 @@ ID_CGI = """#!/bin/sh
 # Reports who serves this request and what arrived.
 printf 'Content-Type: text/plain\\r\\n\\r\\n'
 echo "uid=$(id -u) gid=$(id -g) groups=$(id -G | tr ' ' ',')"
-echo "server=$SERVER_NAME remote=$REMOTE_ADDR port=$SERVER_PORT"
+echo "server=$SERVER_NAME remote=$REMOTE_ADDR port=$SERVER_PORT worker=$PPID"
+case "$QUERY_STRING" in sleep=*) sleep "${QUERY_STRING#sleep=}";; esac
 if [ -n "$CONTENT_LENGTH" ]; then
   echo "length=$CONTENT_LENGTH sha256=$(head -c "$CONTENT_LENGTH" | sha256sum | cut -d' ' -f1)"
 fi

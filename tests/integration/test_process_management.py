@@ -1,0 +1,283 @@
+"""Process management in the real Apache: spares, on-demand workers, timeouts, recycling,
+graceful restart under load, crashes under load, and a corrupted shared table."""
+import os
+import random
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import make_site
+from harness import Apache, free_port
+from loadgen import run_load
+from test_end_to_end import CGI, get, ids_of
+from test_lifecycle import session_states
+
+MUX = (33, 33)
+
+
+def wait_until(predicate, timeout=15, interval=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def workers_of(server, ids):
+    return sorted(pid for pid, uid, gid in server.children() if (uid, gid) == ids)
+
+
+def in_background(fn, *args):
+    """Runs fn(*args) in a thread; result["value"] or result["error"] holds the outcome."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = fn(*args)
+        except Exception as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, result
+
+
+@pytest.fixture
+def managed(module, accounts, request):
+    """Two environments: `spare` (MinProcessors 1, spares 2..3, max 6) as peruser-a and
+    `lazy` (no minimum, no spares, max 3) as peruser-b; small timeouts."""
+    extra = getattr(request, "param", "")
+    port = free_port()
+    apache = Apache("", name="pm")
+    a, b = accounts["peruser-a"], accounts["peruser-b"]
+    a_site = make_site(apache.root, *a, "a")
+    b_site = make_site(apache.root, *b, "b")
+    apache.write_config(f"""
+Listen 127.0.0.1:{port}
+MinMultiplexers 1
+MaxMultiplexers 2
+IdleTimeout 3
+ExpireTimeout 4
+{extra}
+<Directory {apache.root}>
+    Require all granted
+</Directory>
+<Processor spare>
+    User peruser-a
+    Group peruser-a
+    MinProcessors 1
+    MinSpareProcessors 2
+    MaxSpareProcessors 3
+    MaxProcessors 6
+</Processor>
+<Processor lazy>
+    User peruser-b
+    Group peruser-b
+    MinProcessors 0
+    MinSpareProcessors 0
+    MaxProcessors 3
+</Processor>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName spare.test
+    DocumentRoot {a_site}
+    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
+    ServerEnvironment spare
+</VirtualHost>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName lazy.test
+    DocumentRoot {b_site}
+    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
+    ServerEnvironment lazy
+</VirtualHost>
+""")
+    apache.port = port
+    apache.a, apache.b = a, b
+    apache.start(ports=(port,))
+    yield apache
+    apache.stop()
+    apache.cleanup()
+
+
+def test_spares_converge_to_their_bounds(managed):
+    # MinProcessors 1 and two idle spares: two workers, both idle.
+    assert wait_until(lambda: len(workers_of(managed, managed.a)) == 2), workers_of(managed, managed.a)
+    # Three requests held busy: two spares are kept idle beside them, so five workers.
+    busy = [in_background(get, managed.port, "spare.test", CGI + "?sleep=3") for _ in range(3)]
+    assert wait_until(lambda: len(workers_of(managed, managed.a)) == 5, timeout=8), workers_of(managed, managed.a)
+    for thread, result in busy:
+        thread.join()
+        assert result["value"][0] == 200
+    # Five idle is above MaxSpareProcessors 3: back to three at once, then IdleTimeout (3 s)
+    # takes them down to the two spares, never below.
+    assert wait_until(lambda: len(workers_of(managed, managed.a)) <= 3, timeout=3), workers_of(managed, managed.a)
+    assert wait_until(lambda: len(workers_of(managed, managed.a)) == 2, timeout=10)
+    time.sleep(4)
+    assert len(workers_of(managed, managed.a)) == 2
+
+
+def test_environment_without_minimum_starts_workers_on_demand_and_idles_back_to_none(managed):
+    assert workers_of(managed, managed.b) == []
+    started = time.monotonic()
+    status, body, _ = get(managed.port, "lazy.test", CGI)
+    assert status == 200 and ids_of(body)[:2] == managed.b
+    assert time.monotonic() - started < 2
+    first = workers_of(managed, managed.b)
+    assert len(first) == 1
+    # A second request while the first worker is busy starts a second worker.
+    slow = in_background(get, managed.port, "lazy.test", CGI + "?sleep=2")
+    time.sleep(0.5)
+    status, body, _ = get(managed.port, "lazy.test", CGI)
+    assert status == 200
+    assert wait_until(lambda: len(workers_of(managed, managed.b)) >= 2, timeout=3)
+    slow[0].join()
+    assert slow[1]["value"][0] == 200
+    # IdleTimeout 3: with no minimum and no spares, the environment goes back to no worker.
+    assert wait_until(lambda: workers_of(managed, managed.b) == [], timeout=12), workers_of(managed, managed.b)
+    assert get(managed.port, "lazy.test", CGI)[0] == 200
+
+
+def test_expire_timeout_stops_a_worker_stuck_on_one_request_and_logs_it(managed):
+    stuck = in_background(get, managed.port, "spare.test", CGI + "?sleep=30")
+    time.sleep(0.5)
+    log_before = managed.read_error_log()
+    assert wait_until(lambda: "ExpireTimeout 4 s" in managed.read_error_log(), timeout=10), managed.read_error_log()[-2000:]
+    stuck[0].join(timeout=10)
+    assert not stuck[0].is_alive()
+    assert "value" not in stuck[1] or stuck[1]["value"][0] != 200
+    line = [l for l in managed.read_error_log().splitlines() if "ExpireTimeout" in l][-1]
+    assert "vhost spare.test" in line and 'request "GET /cgi-bin/id.cgi?sleep=30 HTTP/1.1"' in line, line
+    assert get(managed.port, "spare.test", CGI)[0] == 200
+    assert len(log_before) < len(managed.read_error_log())
+
+
+@pytest.mark.parametrize("managed", ["MaxConnectionsPerChild 3"], indirect=True)
+def test_max_connections_per_child_recycles_without_failing_a_request(managed):
+    seen = []
+    for _ in range(12):
+        status, body, _ = get(managed.port, "lazy.test", CGI)
+        assert status == 200
+        seen.append(int(re.search(r"worker=(\d+)", body).group(1)))
+    counts = {}
+    for pid in seen:
+        counts[pid] = counts.get(pid, 0) + 1
+    assert len(counts) >= 4, seen
+    assert max(counts.values()) <= 3, seen
+
+
+def test_graceful_restart_under_load_loses_nothing(managed):
+    expect = b"site a\n"
+    restarts = []
+
+    def progress(index):
+        if index in (400, 1000, 1600):
+            os.kill(managed.pid(), signal.SIGUSR1)
+            restarts.append(index)
+
+    ok, failures = run_load(managed.port, 2000, 16, "spare.test", expect=expect, on_progress=progress)
+    assert failures == [], failures[:10]
+    assert ok == 2000 and len(restarts) == 3
+    assert "peruser: generation 3," in managed.read_error_log()
+    # Old generations are gone: every child is of the current one.
+    wait_until(lambda: len(managed.children()) <= 4, timeout=10)
+    kids = managed.children()
+    assert all(uid != 0 for _, uid, _ in kids)
+    assert get(managed.port, "lazy.test", CGI)[0] == 200
+
+
+def test_graceful_restart_applies_a_changed_configuration(managed):
+    assert ids_of(get(managed.port, "lazy.test", CGI)[1])[:2] == managed.b
+    with open(managed.config) as f:
+        text = f.read()
+    # lazy now runs as peruser-a, and a new vhost appears.
+    text = text.replace("<Processor lazy>\n    User peruser-b\n    Group peruser-b",
+                        "<Processor lazy>\n    User peruser-a\n    Group peruser-a")
+    with open(managed.config, "w") as f:
+        f.write(text)
+    os.kill(managed.pid(), signal.SIGUSR1)
+    assert wait_until(lambda: "peruser: generation 1," in managed.read_error_log())
+    assert wait_until(lambda: ids_of(get(managed.port, "lazy.test", CGI)[1])[:2] == managed.a, timeout=10)
+    assert wait_until(lambda: workers_of(managed, managed.b) == [], timeout=10), "old workers of lazy stayed"
+
+
+def test_kill_minus_nine_under_load_only_loses_what_was_in_flight(managed):
+    kills = []
+    lock = threading.Lock()
+    rng = random.Random(7)
+    # Kill a worker of the loaded environment at these points of the load, and a multiplexer.
+    plan = {300: managed.a, 700: managed.a, 1100: MUX, 1500: managed.a, 1900: managed.a}
+
+    def progress(index):
+        ids = plan.get(index)
+        if ids is None:
+            return
+        with lock:
+            candidates = [pid for pid, uid, gid in managed.children() if (uid, gid) == ids]
+            if candidates:
+                pid = rng.choice(candidates)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(pid)
+                except ProcessLookupError:
+                    pass
+
+    ok, failures = run_load(managed.port, 2400, 8, "spare.test", expect=b"site a\n", on_progress=progress)
+    assert len(kills) == 5, kills
+    # Each killed worker held at most one connection; a killed multiplexer only those it held.
+    assert len(failures) <= len(kills) * 2, (len(kills), failures[:10])
+    assert ok + len(failures) == 2400
+    os.kill(managed.pid(), 0)
+    assert get(managed.port, "spare.test", CGI)[0] == 200
+    log = managed.read_error_log()
+    assert sum(f"(pid {pid}," in log for pid in kills) == 5, "every kill is logged with the pid"
+
+
+def table_mapping(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            if "peruser-child-table" in line:
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                return start, end
+    return None
+
+
+def test_garbage_in_the_shared_table_cannot_make_the_parent_misbehave(managed):
+    decoy = subprocess.Popen(["sleep", "60"])
+    try:
+        parent = managed.pid()
+        # The parent maps the same shared table as every child; writing through its mapping
+        # is writing what any child could write, and the parent outlives every round.
+        start, end = table_mapping(parent)
+        rng = random.Random(1)
+        # Fill the table with garbage, and every 4-byte field with the decoy's pid, as a
+        # compromised worker could; repeat while the parent keeps maintaining.
+        for round_ in range(20):
+            if round_ % 2:
+                garbage = decoy.pid.to_bytes(4, "little") * ((end - start) // 4)
+            else:
+                garbage = bytes(rng.getrandbits(8) for _ in range(end - start))
+            with open(f"/proc/{parent}/mem", "r+b", buffering=0) as mem:
+                mem.seek(start)
+                mem.write(garbage)
+            time.sleep(0.1)
+        time.sleep(1)
+        assert decoy.poll() is None, "the parent signalled a process that is not its child"
+        os.kill(parent, 0)
+        # No child runs as root, every child is the parent's, and both sites serve as their users.
+        for pid, uid, gid in managed.children():
+            assert uid != 0 and gid != 0
+            assert (uid, gid) in (managed.a, managed.b, MUX)
+        for host, ids in (("spare.test", managed.a), ("lazy.test", managed.b)):
+            status, body, _ = get(managed.port, host, CGI)
+            assert status == 200 and ids_of(body)[:2] == ids
+        kids_after = {pid for pid, *_ in managed.children()}
+        assert len(kids_after) <= 2 + 6 + 3, "more children than MaxMultiplexers + MaxProcessors allow"
+        assert "Segmentation" not in managed.read_error_log()
+    finally:
+        decoy.kill()
+        decoy.wait()
