@@ -52,6 +52,8 @@ Listen 127.0.0.1:$port
 User www-data
 Group www-data
 MinMultiplexers 2
+MinProcessors 1
+MinSpareProcessors 1
 
 <Directory $root>
     Require all granted

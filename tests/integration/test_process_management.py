@@ -281,3 +281,43 @@ def test_garbage_in_the_shared_table_cannot_make_the_parent_misbehave(managed):
     finally:
         decoy.kill()
         decoy.wait()
+
+
+@pytest.mark.parametrize("managed", ["MaxClients 2\nServerLimit 8"], indirect=True)
+def test_max_clients_caps_children_logs_once_and_keeps_the_reserved_processor(managed):
+    # spare wants two idle workers and there is a multiplexer: 3 > MaxClients 2.
+    assert wait_until(lambda: "MaxClients 2 (or ServerLimit 8) reached" in managed.read_error_log(), timeout=5)
+    time.sleep(2)
+    assert managed.read_error_log().count("MaxClients 2 (or ServerLimit 8) reached") == 1
+    assert len(workers_of(managed, managed.a)) == 1
+    # lazy has no worker, and the cap is reached: its reserved PROCESSOR slot still serves it.
+    status, body, _ = get(managed.port, "lazy.test", CGI)
+    assert status == 200 and ids_of(body)[:2] == managed.b
+
+
+def test_graceful_stop_finishes_the_request_in_flight(managed):
+    sid = os.getsid(managed.pid())
+    slow = in_background(get, managed.port, "spare.test", CGI + "?sleep=2")
+    time.sleep(0.5)
+    os.kill(managed.pid(), signal.SIGWINCH)
+    slow[0].join(timeout=15)
+    assert slow[1].get("value", (None,))[0] == 200, slow[1]
+    assert wait_until(lambda: session_states(sid) == {}, timeout=15), session_states(sid)
+    assert "shutting down gracefully" in managed.read_error_log()
+
+
+@pytest.mark.parametrize("managed", [f"LoadModule status_module /usr/lib/apache2/modules/mod_status.so\n"
+                                     "ExtendedStatus On\nServerLimit 16\n"
+                                     "<Location /server-status>\n SetHandler server-status\n</Location>"],
+                         indirect=True)
+def test_mod_status_sees_true_mpm_values(managed):
+    assert wait_until(lambda: len(workers_of(managed, managed.a)) == 2)
+    status, body, _ = get(managed.port, "spare.test", "/server-status?auto")
+    assert status == 200, body
+    fields = dict(line.split(": ", 1) for line in body.splitlines() if ": " in line)
+    assert fields["ServerMPM"] == "peruser"
+    assert len(fields["Scoreboard"]) == 16, "one scoreboard slot per ServerLimit"
+    # The multiplexer and the two workers occupy slots; the worker serving this page is busy.
+    assert int(fields["BusyWorkers"]) >= 1
+    assert int(fields["BusyWorkers"]) + int(fields["IdleWorkers"]) >= 3
+    assert fields["Scoreboard"].count(".") < 16
