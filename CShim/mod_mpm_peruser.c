@@ -40,6 +40,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -553,6 +554,8 @@ static const command_rec peruser_cmds[] = {
     PERUSER_LIMIT("MultiplexerIdleTimeout", 0, "Seconds before an idle extra multiplexer exits; 0: never"),
     PERUSER_LIMIT("ExpireTimeout", 0, "Seconds a worker may spend on one request; 0: no limit (default 1800)"),
     PERUSER_LIMIT("IdleTimeout", 0, "Seconds before an idle spare worker exits; 0: never (default 900)"),
+    PERUSER_LIMIT("MultiplexerHeadTimeout", 1, "Seconds a multiplexer waits for a complete request head (default 5)"),
+    PERUSER_LIMIT("MultiplexerMaxConnections", 1, "Connections one multiplexer holds at most (default 512)"),
     AP_INIT_TAKE12("ProcessorWaitTimeout", set_processor_wait, NULL, RSRC_CONF,
                    "Seconds a connection waits for a busy environment, and the availability levels"),
     AP_INIT_RAW_ARGS("<Processor", processor_section, NULL, RSRC_CONF,
@@ -1131,6 +1134,14 @@ static void multiplexer_main(void)
     }
     prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
     die_with_parent(parent_pid);
+    /* A multiplexer holds many connections at once: allow it as many fds as the system does. */
+    {
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+            rl.rlim_cur = rl.rlim_max;
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+    }
     apr_pool_create(&route_pool, pchild);
     apr_pool_tag(route_pool, "route");
 

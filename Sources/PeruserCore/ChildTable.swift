@@ -153,6 +153,38 @@ public struct ChildTable {
             holding: load(o + ChildTableLayout.holdingOffset, as: UInt32.self))
     }
 
+    /// Type, status and environment of a slot, without the text fields (the multiplexer's hot path).
+    public func brief(_ index: Int) -> (type: ChildType, status: ChildStatus, environment: Int)? {
+        guard index >= 0 && index < slotCount else { return nil }
+        let o = ChildTableLayout.slotOffset(index)
+        return (ChildType(rawValue: load(o + ChildTableLayout.typeOffset, as: UInt8.self)) ?? .unknown,
+                ChildStatus(rawValue: load(o + ChildTableLayout.statusOffset, as: UInt8.self)) ?? .active,
+                Int(load(o + ChildTableLayout.environmentOffset, as: Int32.self)))
+    }
+
+    /// What the table says about an environment's room for one more connection.
+    public func capacity(of environment: Int, limits: WorkerLimits, maxClients: Int) -> EnvironmentCapacity {
+        var workers = 0, idle = 0, children = 0
+        for index in 0..<slotCount {
+            guard let s = brief(index), s.status != .standby else { continue }
+            children += 1
+            guard s.environment == environment, s.type == .processor || s.type == .worker else { continue }
+            workers += 1
+            if s.status == .ready { idle += 1 }
+        }
+        return EnvironmentCapacity(workers: workers, idle: idle, queued: queued(environment),
+                                   maxProcessors: limits.maxProcessors, serverFull: children >= maxClients)
+    }
+
+    /// Connections handed to an environment's channel and not yet taken (see EnvironmentCounters).
+    public func queued(_ environment: Int) -> Int {
+        guard environment >= 0 && environment < environmentCount else { return 0 }
+        let o = ChildTableLayout.environmentOffset(slots: slotCount, environment: environment)
+        let handedOff = load(o + ChildTableLayout.handedOffOffset, as: UInt64.self)
+        let received = load(o + ChildTableLayout.receivedOffset, as: UInt64.self)
+        return handedOff >= received ? Int(min(handedOff - received, 1 << 20)) : 0
+    }
+
     public func environment(_ index: Int) -> EnvironmentCounters? {
         guard index >= 0 && index < environmentCount else { return nil }
         let o = ChildTableLayout.environmentOffset(slots: slotCount, environment: index)

@@ -52,6 +52,10 @@ public struct ServerLimits: Equatable {
     public var idleTimeout = 900
     public var processorWaitSeconds = 5
     public var processorWaitLevels = 10
+    /// Seconds a multiplexer waits for a complete request head (MultiplexerHeadTimeout).
+    public var headTimeout = 5
+    /// Connections one multiplexer holds at most (MultiplexerMaxConnections).
+    public var multiplexerMaxConnections = 512
     public var workers = WorkerLimits.defaults
 
     public init() {}

@@ -157,6 +157,8 @@ public func peruserConfigSetLimit(_ directive: UnsafePointer<CChar>?, _ value: I
     case "multiplexeridletimeout": serverLimits.multiplexerIdleTimeout = v
     case "expiretimeout": serverLimits.expireTimeout = v
     case "idletimeout": serverLimits.idleTimeout = v
+    case "multiplexerheadtimeout": serverLimits.headTimeout = v
+    case "multiplexermaxconnections": serverLimits.multiplexerMaxConnections = v
     default:
         copyOut("\(string(directive) ?? "?") is not a Peruser limit", errorBuffer, errorCap)
         return -1
@@ -187,6 +189,8 @@ public func peruserConfigLimit(_ directive: UnsafePointer<CChar>?) -> Int32 {
     case "idletimeout": return Int32(l.idleTimeout)
     case "processorwaittimeout": return Int32(l.processorWaitSeconds)
     case "processorwaitlevels": return Int32(l.processorWaitLevels)
+    case "multiplexerheadtimeout": return Int32(l.headTimeout)
+    case "multiplexermaxconnections": return Int32(l.multiplexerMaxConnections)
     default: return -1
     }
 }

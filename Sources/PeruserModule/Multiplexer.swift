@@ -1,5 +1,6 @@
 // The multiplexer: accept on every listener, peek at each request head, find its environment,
-// and pass the socket to that environment's workers. Single-threaded, non-blocking, epoll.
+// and pass the socket to that environment's workers. Single-threaded, non-blocking, epoll:
+// a slow client, a saturated environment or a full channel never holds up anything else.
 //
 // Heads are read with MSG_PEEK (edge-triggered, so new bytes wake us although old ones stay
 // unread): the worker then reads the client's original bytes from the socket itself. Only
@@ -11,6 +12,9 @@ import PeruserCore
 struct PendingConnection {
     enum Stage {
         case readingHead
+        /// Routed to `environment`, which has no free worker and cannot get one: held in the
+        /// wait queue until a worker frees up or ProcessorWaitTimeout's budget runs out.
+        case waitingForWorker(environment: Int)
         /// Routed to `environment`, whose channel was full at the last try.
         case waitingForChannel(environment: Int)
     }
@@ -20,6 +24,8 @@ struct PendingConnection {
     var consumed: [UInt8]
     var hops: UInt16
     var deadline: Int64
+    /// Whether the client sent anything yet (a silent one is closed without a 408).
+    var sawBytes = false
 }
 
 struct Multiplexer {
@@ -30,14 +36,23 @@ struct Multiplexer {
     /// Pipe to the parent: the index of an environment that needs a worker (4 bytes).
     let demand: Int32
     let headTimeout: Int64
+    let maxConnections: Int
     /// How long a routed connection may wait for room in its environment's channel.
     let channelWait: Int64 = 5000
     /// A connection handed back this many times without a request served is a routing loop.
     static let mostHops: UInt16 = 4
     static let largestHead = HandoffMessage.largestConsumed
+    /// Holding this many connections makes a multiplexer busy (the parent may add one).
+    static let busyHolding = 32
 
     private let epoll: Int32
     private var pending: [Int32: PendingConnection] = [:]
+    private var waiting = WaitQueue<Int32>()
+    /// Each multiplexer keeps its own availability per environment: a decision to drop never
+    /// rests on a number a tenant could write into shared memory. It publishes it for display.
+    private var availability: [Availability]
+    private let workerLimits: [WorkerLimits]
+    private let maxClients: Int
     /// Scratch space: consumed bytes followed by peeked ones; and one encoded message.
     private let head: UnsafeMutableRawBufferPointer
     private let message: UnsafeMutableRawBufferPointer
@@ -45,9 +60,8 @@ struct Multiplexer {
     /// When each environment last asked the parent for a worker: at most one ask per 20 ms.
     private var lastDemand: [Int64]
     private var stopping = false
+    private var acceptPaused = false
     private var lastHolding = -1
-    /// Holding this many connections makes a multiplexer busy (the parent may add one).
-    static let busyHolding = 32
 
     private static let listenerTag: UInt64 = 1 << 32
     private static let handbackTag: UInt64 = 2 << 32
@@ -58,8 +72,16 @@ struct Multiplexer {
         self.handback = handback
         self.channels = channels
         self.demand = demand
+        // This process inherited the parent's configuration of this generation.
+        let limits = serverLimits
+        self.headTimeout = Int64(max(limits.headTimeout, 1)) * 1000
+        maxConnections = max(limits.multiplexerMaxConnections, 1)
+        maxClients = limits.maxClients
+        workerLimits = effectiveWorkerLimits()
+        availability = Array(repeating: Availability(waitSeconds: limits.processorWaitSeconds,
+                                                     levels: limits.processorWaitLevels),
+                             count: channels.count)
         lastDemand = Array(repeating: Int64.min / 2, count: channels.count)
-        self.headTimeout = max(headTimeout, 100)
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         head = .allocate(byteCount: Self.largestHead, alignment: 8)
         message = .allocate(byteCount: HandoffMessage.largestMessage, alignment: 8)
@@ -78,6 +100,7 @@ struct Multiplexer {
         guard watch(handback, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue, tag: Self.handbackTag) else {
             return nil
         }
+        for env in channels.indices { publish(env) }
     }
 
     private func watch(_ fd: Int32, events: UInt32, tag: UInt64) -> Bool {
@@ -98,9 +121,10 @@ struct Multiplexer {
         while true {
             if peruser_shim_stop_requested() != 0 && !stopping { stopAccepting() }
             if stopping && pending.isEmpty { return 0 }
+            limitConnections()
             reportHolding()
-            // Wake periodically while connections wait, to retry full channels and enforce deadlines.
-            let timeout: Int32 = pending.isEmpty ? -1 : 50
+            // Wake periodically while connections wait: free workers, full channels, deadlines.
+            let timeout: Int32 = pending.isEmpty ? -1 : (waiting.isEmpty ? 100 : 20)
             let count = epoll_wait(epoll, events, Int32(capacity), timeout)
             if count < 0 {
                 if errno == EINTR { continue }
@@ -116,7 +140,9 @@ struct Multiplexer {
                 default: advance(fd)
                 }
             }
-            expireAndRetry(now: monotonicMilliseconds())
+            let now = monotonicMilliseconds()
+            passWaiting(now: now)
+            expireAndRetry(now: now)
         }
     }
 
@@ -127,11 +153,27 @@ struct Multiplexer {
     private mutating func stopAccepting() {
         stopping = true
         for fd in listeners {
-            epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil)
+            if !acceptPaused { epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil) }
             close(fd)
         }
         epoll_ctl(epoll, EPOLL_CTL_DEL, handback, nil)
         sharedTable?.setStatus(slot, .standby, now: monotonicMilliseconds())
+    }
+
+    /// At MultiplexerMaxConnections this multiplexer stops accepting; other multiplexers
+    /// accept, or the kernel queues the connections, until it holds fewer.
+    private mutating func limitConnections() {
+        guard !stopping else { return }
+        let full = pending.count >= maxConnections
+        guard full != acceptPaused else { return }
+        acceptPaused = full
+        for fd in listeners {
+            if full {
+                epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil)
+            } else {
+                _ = watch(fd, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue, tag: Self.listenerTag)
+            }
+        }
     }
 
     private mutating func reportHolding() {
@@ -148,6 +190,17 @@ struct Multiplexer {
         lastHolding = pending.count
     }
 
+    /// Shows this multiplexer's view of an environment: availability and connections waiting.
+    private func publish(_ environment: Int) {
+        guard let table = sharedTable, availability.indices.contains(environment) else { return }
+        if let field = table.environmentField(environment, ChildTableLayout.availabilityOffset) {
+            peruser_atomic_store_u32(field, UInt32(availability[environment].percent))
+        }
+        if let field = table.environmentField(environment, ChildTableLayout.waitingOffset) {
+            peruser_atomic_store_u32(field, UInt32(clamping: waiting.count(for: environment)))
+        }
+    }
+
     /// Counts a hand-off, and asks the parent for a worker when the environment has no idle
     /// one left for the connections already queued (the shared table is a hint, and so is this).
     private mutating func handedOff(to environment: Int) {
@@ -158,15 +211,15 @@ struct Multiplexer {
         if !stopping && pending.count < Self.busyHolding {
             table.setStatus(slot, .ready, now: monotonicMilliseconds())  // MultiplexerIdleTimeout counts from here
         }
-        let queued = table.environment(environment)?.queued ?? 0
-        var idle = 0
-        for index in 0..<table.slotCount {
-            if let s = table.slot(index), s.environment == environment, s.status == .ready,
-               s.type == .processor || s.type == .worker {
-                idle += 1
-            }
+        if availability[environment].percent != 100 {
+            availability[environment].passed()
+            publish(environment)
         }
-        guard idle < queued + 1 else { return }
+        let capacity = self.capacity(of: environment)
+        if capacity.freeWorkers == 0 { askForWorker(environment) }
+    }
+
+    private mutating func askForWorker(_ environment: Int) {
         let now = monotonicMilliseconds()
         guard now - lastDemand[environment] >= 20 else { return }
         lastDemand[environment] = now
@@ -174,16 +227,27 @@ struct Multiplexer {
         _ = write(demand, &index, 4)  // non-blocking; a full pipe means the parent is already busy
     }
 
-    private func countDropped(_ environment: Int) {
+    private func capacity(of environment: Int) -> EnvironmentCapacity {
+        guard let table = sharedTable, workerLimits.indices.contains(environment) else {
+            return EnvironmentCapacity(workers: 0, idle: 0, queued: 0, maxProcessors: 1, serverFull: false)
+        }
+        return table.capacity(of: environment, limits: workerLimits[environment], maxClients: maxClients)
+    }
+
+    /// Answers 503 for a saturated environment; its availability falls one level.
+    private mutating func drop(_ fd: Int32, environment: Int) {
         if let field = sharedTable?.environmentField(environment, ChildTableLayout.droppedOffset) {
             peruser_atomic_add_u64(field, 1)
         }
+        availability[environment].dropped()
+        publish(environment)
+        respond(fd, .serviceUnavailable)
     }
 
     // MARK: New connections
 
     private mutating func acceptAll(on listener: Int32) {
-        for _ in 0..<64 {
+        for _ in 0..<64 where pending.count < maxConnections {
             let fd = accept4(listener, nil, nil, Int32(SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue))
             if fd < 0 {
                 switch errno {
@@ -239,14 +303,15 @@ struct Multiplexer {
             return
         }
         pending[fd] = PendingConnection(consumed: consumed, hops: hops,
-                                        deadline: monotonicMilliseconds() + headTimeout)
+                                        deadline: monotonicMilliseconds() + headTimeout,
+                                        sawBytes: !consumed.isEmpty)
         advance(fd)
     }
 
     // MARK: Reading the head
 
     private mutating func advance(_ fd: Int32) {
-        guard let connection = pending[fd], case .readingHead = connection.stage,
+        guard var connection = pending[fd], case .readingHead = connection.stage,
               let base = head.baseAddress else { return }
         let carried = min(connection.consumed.count, head.count)
         connection.consumed.withUnsafeBytes { consumed in
@@ -262,11 +327,15 @@ struct Multiplexer {
             } else if n == 0 {
                 clientDone = true
             } else if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
-                drop(fd)
+                closeConnection(fd)
                 return
             }
         }
         let total = carried + peeked
+        if total > 0 && !connection.sawBytes {
+            connection.sawBytes = true
+            pending[fd] = connection
+        }
         switch RequestHead.scan(UnsafeRawBufferPointer(rebasing: head[0..<total])) {
         case .complete(let hint, _):
             route(fd, hint)
@@ -275,7 +344,7 @@ struct Multiplexer {
             route(fd, RouteHint())
         case .needMore(let hint):
             if total == 0 && clientDone {
-                drop(fd)
+                closeConnection(fd)
             } else if total >= head.count || clientDone {
                 // As much as we will ever look at: route on what we found.
                 route(fd, hint)
@@ -291,25 +360,65 @@ struct Multiplexer {
             respond(fd, .serviceUnavailable)
             return
         }
-        guard channels.indices.contains(Int(environment)) else {
+        let env = Int(environment)
+        guard channels.indices.contains(env), var connection = pending[fd] else {
             log(PERUSER_LOG_ERR, "multiplexer: route gave unknown environment \(environment)")
             respond(fd, .serviceUnavailable)
             return
         }
-        guard var connection = pending[fd] else { return }
         if connection.hops >= Self.mostHops {
             log(PERUSER_LOG_ERR, "multiplexer: connection handed back \(connection.hops) times without "
                 + "a request served (routing loop); answering 503")
             respond(fd, .serviceUnavailable)
             return
         }
-        connection.stage = .waitingForChannel(environment: Int(environment))
-        connection.deadline = monotonicMilliseconds() + channelWait
+        let now = monotonicMilliseconds()
+        if capacity(of: env).canTake {
+            connection.stage = .waitingForChannel(environment: env)
+            connection.deadline = now + channelWait
+            pending[fd] = connection
+            trySend(fd)
+            return
+        }
+        // Saturated: wait at most (availability / 100) * ProcessorWaitTimeout.
+        askForWorker(env)
+        let budget = availability[env].waitBudgetMilliseconds
+        guard budget > 0 else {
+            drop(fd, environment: env)
+            return
+        }
+        connection.stage = .waitingForWorker(environment: env)
+        connection.deadline = now + budget
         pending[fd] = connection
-        trySend(fd)
+        waiting.add(fd, environment: env, deadline: connection.deadline)
+        publish(env)
     }
 
-    // MARK: Hand-off
+    // MARK: Waiting and hand-off
+
+    /// Passes waiting connections to environments that have a free worker again; drops
+    /// those whose wait ran out.
+    private mutating func passWaiting(now: Int64) {
+        guard !waiting.isEmpty else { return }
+        for env in waiting.environments {
+            let capacity = self.capacity(of: env)
+            let room = capacity.freeWorkers > 0 ? capacity.freeWorkers : (capacity.canTake ? 1 : 0)
+            let ready = waiting.take(room, for: env)
+            for fd in ready {
+                guard var connection = pending[fd] else { continue }
+                connection.stage = .waitingForChannel(environment: env)
+                connection.deadline = now + channelWait
+                pending[fd] = connection
+                trySend(fd)
+            }
+            if !ready.isEmpty { publish(env) }
+        }
+        for entry in waiting.expired(at: now) where pending[entry.item] != nil {
+            log(PERUSER_LOG_INFO, "multiplexer: no worker of environment \(entry.environment) came free in "
+                + "time; answering 503")
+            drop(entry.item, environment: entry.environment)
+        }
+    }
 
     private mutating func trySend(_ fd: Int32) {
         guard let connection = pending[fd], case .waitingForChannel(let environment) = connection.stage else {
@@ -331,7 +440,7 @@ struct Multiplexer {
             close(fd)
             handedOff(to: environment)
         } else if result == -EAGAIN || result == -EWOULDBLOCK {
-            return  // Full channel: every worker is busy and the queue is long. Retry on the tick.
+            return  // A full channel counts as no free worker: retry on the tick.
         } else {
             log(PERUSER_LOG_ERR, "multiplexer: hand-off to environment \(environment) failed: "
                 + errnoText(-result))
@@ -343,16 +452,20 @@ struct Multiplexer {
         for (fd, connection) in pending {
             switch connection.stage {
             case .readingHead where now >= connection.deadline:
-                respond(fd, .requestTimeout)
-            case .readingHead:
+                // A head that never completed: 408 if the client said anything, else just close.
+                if connection.sawBytes {
+                    respond(fd, .requestTimeout)
+                } else {
+                    closeConnection(fd)
+                }
+            case .readingHead, .waitingForWorker:
                 break
             case .waitingForChannel(let environment):
                 trySend(fd)
                 if pending[fd] != nil && now >= connection.deadline {
-                    log(PERUSER_LOG_WARNING, "multiplexer: environment \(environment) took no connection "
-                        + "within \(channelWait) ms; answering 503")
-                    countDropped(environment)
-                    respond(fd, .serviceUnavailable)
+                    log(PERUSER_LOG_WARNING, "multiplexer: environment \(environment)'s channel stayed full "
+                        + "for \(channelWait) ms; answering 503")
+                    drop(fd, environment: environment)
                 }
             }
         }
@@ -369,16 +482,19 @@ struct Multiplexer {
         let bytes = response.bytes
         _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
         shutdown(fd, Int32(SHUT_WR))
-        drop(fd)
+        closeConnection(fd)
     }
 
-    private mutating func drop(_ fd: Int32) {
+    private mutating func closeConnection(_ fd: Int32) {
         forget(fd)
         close(fd)
     }
 
     private mutating func forget(_ fd: Int32) {
-        pending[fd] = nil
+        if let connection = pending.removeValue(forKey: fd), case .waitingForWorker(let env) = connection.stage {
+            waiting.remove(fd)
+            publish(env)
+        }
         epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil)
     }
 }

@@ -167,7 +167,12 @@ public func peruserSupervisorBegin(_ records: UnsafeMutableRawPointer?, _ capaci
         copyOut("internal error: child table too small", errorBuffer, errorCap)
         return -1
     }
-    for (i, env) in environments.environments.enumerated() { formatted.setEnvironmentName(i, env.name) }
+    for (i, env) in environments.environments.enumerated() {
+        formatted.setEnvironmentName(i, env.name)
+        if let field = formatted.environmentField(i, ChildTableLayout.availabilityOffset) {
+            field.storeBytes(of: UInt32(100), as: UInt32.self)
+        }
+    }
     sharedTable = formatted
     let pointer = records.bindMemory(to: peruser_child_record.self, capacity: Int(capacity))
     let policy = MaintenancePolicy(limits: limits, environments: effectiveWorkerLimits(), generation: generation)

@@ -1,0 +1,125 @@
+// ProcessorWaitTimeout: how long a connection may wait for a busy environment, and the
+// availability that shrinks that wait each time an environment fails to take a connection.
+//
+// The spec ("Waiting for the processor"): a connection for an environment with no free worker
+// that cannot get one waits at most (availability / 100) * ProcessorWaitTimeout seconds. A worker
+// freeing up in time passes the connection and resets availability to 100%; otherwise the client
+// gets 503 and availability falls by 100/levels percent, never below 0. At 0% a connection for a
+// saturated environment is dropped at once. ProcessorWaitTimeout 0 means no waiting at all.
+
+public struct Availability: Equatable {
+    /// Percent, 0...100.
+    public private(set) var percent: Int = 100
+    public let waitSeconds: Int
+    public let levels: Int
+
+    public init(waitSeconds: Int, levels: Int) {
+        self.waitSeconds = max(0, waitSeconds)
+        self.levels = max(1, levels)
+    }
+
+    /// How long a connection may wait now, in milliseconds.
+    public var waitBudgetMilliseconds: Int64 {
+        Int64(waitSeconds) * 1000 * Int64(percent) / 100
+    }
+
+    /// A connection reached a worker (after waiting or not): the environment is healthy.
+    public mutating func passed() {
+        percent = 100
+    }
+
+    /// A connection was dropped with 503.
+    public mutating func dropped() {
+        percent = max(0, percent - 100 / levels)
+    }
+}
+
+/// Connections held for saturated environments, in the order their deadlines come.
+public struct WaitQueue<Item: Equatable>: Equatable {
+    public struct Entry: Equatable {
+        public var item: Item
+        public var environment: Int
+        public var deadline: Int64
+    }
+
+    public private(set) var entries: [Entry] = []
+
+    public init() {}
+
+    public var isEmpty: Bool { entries.isEmpty }
+    public var count: Int { entries.count }
+
+    public func count(for environment: Int) -> Int {
+        entries.reduce(0) { $0 + ($1.environment == environment ? 1 : 0) }
+    }
+
+    /// Adds a connection. Entries stay sorted by deadline, earliest first, ties in arrival
+    /// order (a later arrival can have an earlier deadline when availability fell meanwhile).
+    public mutating func add(_ item: Item, environment: Int, deadline: Int64) {
+        let index = entries.firstIndex { $0.deadline > deadline } ?? entries.endIndex
+        entries.insert(Entry(item: item, environment: environment, deadline: deadline), at: index)
+    }
+
+    /// Takes up to `count` waiting connections of `environment`, earliest deadline first.
+    public mutating func take(_ count: Int, for environment: Int) -> [Item] {
+        guard count > 0 else { return [] }
+        var taken: [Item] = []
+        entries.removeAll { entry in
+            guard taken.count < count, entry.environment == environment else { return false }
+            taken.append(entry.item)
+            return true
+        }
+        return taken
+    }
+
+    /// Removes and returns every connection whose deadline has passed at `now`.
+    public mutating func expired(at now: Int64) -> [Entry] {
+        let split = entries.firstIndex { $0.deadline > now } ?? entries.endIndex
+        let gone = Array(entries[..<split])
+        entries.removeFirst(split)
+        return gone
+    }
+
+    /// Forgets a connection (its client went away).
+    public mutating func remove(_ item: Item) {
+        entries.removeAll { $0.item == item }
+    }
+
+    /// Environments that have connections waiting.
+    public var environments: [Int] {
+        var seen: [Int] = []
+        for entry in entries where !seen.contains(entry.environment) { seen.append(entry.environment) }
+        return seen
+    }
+}
+
+/// Whether an environment can take a connection now, from what the child table says.
+public struct EnvironmentCapacity: Equatable {
+    /// Workers of the environment that are alive (starting, ready or busy).
+    public var workers: Int
+    /// Of those, idle ones.
+    public var idle: Int
+    /// Connections already in the environment's channel, not yet taken.
+    public var queued: Int
+    public var maxProcessors: Int
+    /// MaxClients is reached (an environment with no worker still gets its PROCESSOR).
+    public var serverFull: Bool
+
+    public init(workers: Int, idle: Int, queued: Int, maxProcessors: Int, serverFull: Bool) {
+        self.workers = workers
+        self.idle = idle
+        self.queued = queued
+        self.maxProcessors = maxProcessors
+        self.serverFull = serverFull
+    }
+
+    /// Idle workers not already spoken for by queued connections.
+    public var freeWorkers: Int { max(0, idle - queued) }
+
+    /// A worker is free, or one can be started for the connection.
+    public var canTake: Bool {
+        if freeWorkers > 0 { return true }
+        if workers == 0 { return true }
+        return workers + queued < maxProcessors && !serverFull
+    }
+}
