@@ -75,9 +75,14 @@ typedef struct {
      * workers can give connections back to new multiplexers during a graceful restart. */
     int handback[2];
     int demand[2];
-    /* The previous generation's shared table, kept mapped for one generation. */
+    /* This generation's shared child table, and the previous one (kept mapped for one more
+     * generation); the multiplexers' own state (availability), which workers unmap. */
+    void *table;
+    size_t table_size;
     void *previous_table;
     size_t previous_table_size;
+    void *mux_state;
+    size_t mux_state_size;
 } peruser_retained_data;
 
 static peruser_retained_data *retained;
@@ -96,8 +101,6 @@ static apr_pool_t *pconf;
 /* channels[2*e] is written by multiplexers, channels[2*e+1] read by environment e's workers. */
 static int *channels;
 static int channel_env_count;
-static void *child_table;
-static size_t child_table_size;
 
 /* ---- Child state ---- */
 
@@ -1046,7 +1049,13 @@ static void worker_main(int environment)
     is_worker = 1;
     my_environment = environment;
 
-    /* A worker holds no listener, no other environment's channel, no demand pipe. */
+    /* A worker holds no listener, no other environment's channel, no demand pipe, and no
+     * view of the multiplexers' state. */
+    if (retained->mux_state) {
+        munmap(retained->mux_state, retained->mux_state_size);
+        retained->mux_state = NULL;
+        peruser_multiplexer_state_attach(NULL, 0);
+    }
     ap_close_listeners();
     for (e = 0; e < channel_env_count; e++) {
         close_fd(&channels[2 * e]);
@@ -1220,35 +1229,55 @@ static int open_lasting_channels(void)
 
 /* This generation's shared child table: a memfd mapping every child inherits. The one of
  * the previous generation stays mapped one generation more (its children may still run). */
-static int map_child_table(int slots)
+/* A named shared mapping (a memfd, so it shows by name in /proc/PID/maps), or NULL (logged). */
+static void *map_shared(const char *name, size_t size)
 {
-    int fd;
-    size_t size = peruser_table_size(slots, peruser_config_environment_count());
-    void *table;
-
-    fd = memfd_create("peruser-child-table", MFD_CLOEXEC);
+    void *p;
+    int fd = memfd_create(name, MFD_CLOEXEC);
     if (fd < 0 || ftruncate(fd, (off_t)size) != 0) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
-                     "peruser: cannot create the shared child table");
+        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf, "peruser: cannot create %s", name);
         if (fd >= 0) {
             close(fd);
         }
-        return !OK;
+        return NULL;
     }
-    table = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
-    if (table == MAP_FAILED) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
-                     "peruser: cannot map the shared child table");
+    if (p == MAP_FAILED) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf, "peruser: cannot map %s", name);
+        return NULL;
+    }
+    return p;
+}
+
+static int map_child_table(int slots)
+{
+    size_t size = peruser_table_size(slots, peruser_config_environment_count());
+    void *table;
+
+    table = map_shared("peruser-child-table", size);
+    if (!table) {
         return !OK;
     }
     if (retained->previous_table) {
         munmap(retained->previous_table, retained->previous_table_size);
     }
-    retained->previous_table = child_table;
-    retained->previous_table_size = child_table_size;
-    child_table = table;
-    child_table_size = size;
+    retained->previous_table = retained->table;
+    retained->previous_table_size = retained->table_size;
+    retained->table = table;
+    retained->table_size = size;
+
+    /* The multiplexers' state of this generation. The old one stays with the old children
+     * that inherited it; the parent has no further use for it. */
+    if (retained->mux_state) {
+        munmap(retained->mux_state, retained->mux_state_size);
+    }
+    retained->mux_state_size = peruser_multiplexer_state_size(peruser_config_environment_count());
+    retained->mux_state = map_shared("peruser-multiplexer-state", retained->mux_state_size);
+    if (!retained->mux_state) {
+        return !OK;
+    }
+    peruser_multiplexer_state_attach(retained->mux_state, retained->mux_state_size);
     return OK;
 }
 
@@ -1444,7 +1473,7 @@ static int peruser_run(apr_pool_t *_pconf, apr_pool_t *plog, server_rec *s)
         retained->mpm->mpm_state = AP_MPMQ_STOPPING;
         return !OK;
     }
-    if (peruser_supervisor_begin(retained->records, MOST_SERVER_LIMIT, child_table, child_table_size,
+    if (peruser_supervisor_begin(retained->records, MOST_SERVER_LIMIT, retained->table, retained->table_size,
                                  slots, (unsigned)retained->mpm->my_generation, error, sizeof error) != 0) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "peruser: %s", error);
         close_channels();

@@ -52,6 +52,12 @@ int peruser_config_environment_identity(int environment, unsigned *uid, unsigned
 /* Bytes needed for a table of `slots` slots and `environments` environments. */
 size_t peruser_table_size(int slots, int environments);
 
+/* Bytes of the multiplexers' own shared state (availability per environment). */
+size_t peruser_multiplexer_state_size(int environments);
+
+/* Attaches this generation's multiplexer state (zeroed; every environment starts at 100%). */
+void peruser_multiplexer_state_attach(void *state, size_t size);
+
 /* ---- Supervision (parent only) ---- */
 
 /* Starts generation `generation`: formats the shared table at `table` (zeroed, `table_size`

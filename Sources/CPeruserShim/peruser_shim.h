@@ -73,6 +73,18 @@ static inline void peruser_atomic_store_u32(void *field, uint32_t value)
     __atomic_store_n((uint32_t *)field, value, __ATOMIC_RELAXED);
 }
 
+static inline uint32_t peruser_atomic_load_u32(const void *field)
+{
+    return __atomic_load_n((const uint32_t *)field, __ATOMIC_RELAXED);
+}
+
+/* Stores `desired` if the field still holds `expected`; 1 when it did. */
+static inline int peruser_atomic_cas_u32(void *field, uint32_t expected, uint32_t desired)
+{
+    return __atomic_compare_exchange_n((uint32_t *)field, &expected, desired, 0,
+                                       __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+
 /* Forks a child into `slot` (environment -1: a multiplexer). Its pid, or -1 (logged). */
 int peruser_shim_spawn(int slot, int environment, int type);
 

@@ -13,9 +13,10 @@ public struct Availability: Equatable {
     public let waitSeconds: Int
     public let levels: Int
 
-    public init(waitSeconds: Int, levels: Int) {
+    public init(waitSeconds: Int, levels: Int, percent: Int = 100) {
         self.waitSeconds = max(0, waitSeconds)
         self.levels = max(1, levels)
+        self.percent = min(max(percent, 0), 100)
     }
 
     /// How long a connection may wait now, in milliseconds.

@@ -48,9 +48,9 @@ struct Multiplexer {
     private let epoll: Int32
     private var pending: [Int32: PendingConnection] = [:]
     private var waiting = WaitQueue<Int32>()
-    /// Each multiplexer keeps its own availability per environment: a decision to drop never
-    /// rests on a number a tenant could write into shared memory. It publishes it for display.
-    private var availability: [Availability]
+    /// Availability lives on the multiplexers' own board (see AvailabilityBoard).
+    private let waitSeconds: Int
+    private let waitLevels: Int
     private let workerLimits: [WorkerLimits]
     private let maxClients: Int
     /// Scratch space: consumed bytes followed by peeked ones; and one encoded message.
@@ -78,9 +78,8 @@ struct Multiplexer {
         maxConnections = max(limits.multiplexerMaxConnections, 1)
         maxClients = limits.maxClients
         workerLimits = effectiveWorkerLimits()
-        availability = Array(repeating: Availability(waitSeconds: limits.processorWaitSeconds,
-                                                     levels: limits.processorWaitLevels),
-                             count: channels.count)
+        waitSeconds = limits.processorWaitSeconds
+        waitLevels = limits.processorWaitLevels
         lastDemand = Array(repeating: Int64.min / 2, count: channels.count)
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         head = .allocate(byteCount: Self.largestHead, alignment: 8)
@@ -190,11 +189,21 @@ struct Multiplexer {
         lastHolding = pending.count
     }
 
-    /// Shows this multiplexer's view of an environment: availability and connections waiting.
+    private func availability(_ environment: Int) -> Availability {
+        availabilityBoard?.availability(environment, waitSeconds: waitSeconds, levels: waitLevels)
+            ?? Availability(waitSeconds: waitSeconds, levels: waitLevels)
+    }
+
+    private func changeAvailability(_ environment: Int, _ change: (inout Availability) -> Void) {
+        availabilityBoard?.update(environment, waitSeconds: waitSeconds, levels: waitLevels, change)
+    }
+
+    /// Copies availability and this multiplexer's waiting connections into the child table,
+    /// for display.
     private func publish(_ environment: Int) {
-        guard let table = sharedTable, availability.indices.contains(environment) else { return }
+        guard let table = sharedTable, channels.indices.contains(environment) else { return }
         if let field = table.environmentField(environment, ChildTableLayout.availabilityOffset) {
-            peruser_atomic_store_u32(field, UInt32(availability[environment].percent))
+            peruser_atomic_store_u32(field, UInt32(availability(environment).percent))
         }
         if let field = table.environmentField(environment, ChildTableLayout.waitingOffset) {
             peruser_atomic_store_u32(field, UInt32(clamping: waiting.count(for: environment)))
@@ -211,8 +220,8 @@ struct Multiplexer {
         if !stopping && pending.count < Self.busyHolding {
             table.setStatus(slot, .ready, now: monotonicMilliseconds())  // MultiplexerIdleTimeout counts from here
         }
-        if availability[environment].percent != 100 {
-            availability[environment].passed()
+        if availability(environment).percent != 100 {
+            changeAvailability(environment) { $0.passed() }
             publish(environment)
         }
         let capacity = self.capacity(of: environment)
@@ -239,7 +248,7 @@ struct Multiplexer {
         if let field = sharedTable?.environmentField(environment, ChildTableLayout.droppedOffset) {
             peruser_atomic_add_u64(field, 1)
         }
-        availability[environment].dropped()
+        changeAvailability(environment) { $0.dropped() }
         publish(environment)
         respond(fd, .serviceUnavailable)
     }
@@ -382,7 +391,7 @@ struct Multiplexer {
         }
         // Saturated: wait at most (availability / 100) * ProcessorWaitTimeout.
         askForWorker(env)
-        let budget = availability[env].waitBudgetMilliseconds
+        let budget = availability(env).waitBudgetMilliseconds
         guard budget > 0 else {
             drop(fd, environment: env)
             return

@@ -225,3 +225,15 @@ def test_clients_that_vanish_mid_head_and_a_thousand_at_once(saturable):
         assert get(saturable.port, host, "/index.html")[0] == 200
     log = saturable.read_error_log()
     assert "exit signal" not in log and "killed by signal" not in log, log[-2000:]
+
+
+def test_workers_cannot_see_the_multiplexers_state(saturable):
+    def maps(pid):
+        with open(f"/proc/{pid}/maps") as f:
+            return f.read()
+    kids = saturable.children()
+    muxes = [pid for pid, uid, gid in kids if (uid, gid) == (33, 33)]
+    workers = [pid for pid, uid, gid in kids if (uid, gid) != (33, 33)]
+    assert muxes and workers
+    assert all("peruser-multiplexer-state" in maps(pid) for pid in muxes)
+    assert not any("peruser-multiplexer-state" in maps(pid) for pid in workers)

@@ -1,0 +1,59 @@
+// The availability of each environment, shared by the multiplexers of a generation.
+//
+// It lives in its own mapping, which workers unmap as soon as they are forked: tenants can
+// neither read nor write it, so no tenant can make the multiplexers drop another tenant's
+// connections. The child table gets a copy for display only.
+import CPeruserShim
+import PeruserCore
+
+struct AvailabilityBoard {
+    static let recordSize = 64
+    let base: UnsafeMutableRawPointer
+    let count: Int
+
+    static func size(environments: Int) -> Int { max(1, environments) * recordSize }
+
+    private func field(_ environment: Int) -> UnsafeMutableRawPointer? {
+        environment >= 0 && environment < count ? base + environment * Self.recordSize : nil
+    }
+
+    /// Sets every environment to 100%.
+    func reset() {
+        for env in 0..<count { if let f = field(env) { f.storeBytes(of: UInt32(100), as: UInt32.self) } }
+    }
+
+    func availability(_ environment: Int, waitSeconds: Int, levels: Int) -> Availability {
+        let percent = field(environment).map { Int(peruser_atomic_load_u32($0)) } ?? 100
+        return Availability(waitSeconds: waitSeconds, levels: levels, percent: percent)
+    }
+
+    /// Applies a change atomically against concurrent multiplexers; returns the new value.
+    @discardableResult
+    func update(_ environment: Int, waitSeconds: Int, levels: Int, _ change: (inout Availability) -> Void) -> Availability {
+        guard let f = field(environment) else { return Availability(waitSeconds: waitSeconds, levels: levels) }
+        while true {
+            let old = peruser_atomic_load_u32(f)
+            var value = Availability(waitSeconds: waitSeconds, levels: levels, percent: Int(old))
+            change(&value)
+            if peruser_atomic_cas_u32(f, old, UInt32(value.percent)) != 0 { return value }
+        }
+    }
+}
+
+var availabilityBoard: AvailabilityBoard?
+
+@_cdecl("peruser_multiplexer_state_size")
+public func peruserMultiplexerStateSize(_ environments: Int32) -> Int {
+    AvailabilityBoard.size(environments: Int(max(0, environments)))
+}
+
+@_cdecl("peruser_multiplexer_state_attach")
+public func peruserMultiplexerStateAttach(_ state: UnsafeMutableRawPointer?, _ size: Int) {
+    guard let state else {
+        availabilityBoard = nil
+        return
+    }
+    let board = AvailabilityBoard(base: state, count: size / AvailabilityBoard.recordSize)
+    board.reset()
+    availabilityBoard = board
+}
