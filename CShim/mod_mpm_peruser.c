@@ -20,6 +20,7 @@
 #include "http_vhost.h"
 #include "http_ssl.h"
 #include "scoreboard.h"
+#include "mod_status.h"
 #include "ap_mpm.h"
 #include "ap_listen.h"
 #include "mpm_common.h"
@@ -79,8 +80,10 @@ typedef struct {
      * generation); the multiplexers' own state (availability), which workers unmap. */
     void *table;
     size_t table_size;
+    int table_environments;
     void *previous_table;
     size_t previous_table_size;
+    int previous_table_environments;
     void *mux_state;
     size_t mux_state_size;
 } peruser_retained_data;
@@ -1264,8 +1267,10 @@ static int map_child_table(int slots)
     }
     retained->previous_table = retained->table;
     retained->previous_table_size = retained->table_size;
+    retained->previous_table_environments = retained->table_environments;
     retained->table = table;
     retained->table_size = size;
+    retained->table_environments = peruser_config_environment_count();
 
     /* The multiplexers' state of this generation. The old one stays with the old children
      * that inherited it; the parent has no further use for it. */
@@ -1473,8 +1478,12 @@ static int peruser_run(apr_pool_t *_pconf, apr_pool_t *plog, server_rec *s)
         retained->mpm->mpm_state = AP_MPMQ_STOPPING;
         return !OK;
     }
+    /* Counters carry over a graceful restart, not a full one (the scoreboard is new then). */
     if (peruser_supervisor_begin(retained->records, MOST_SERVER_LIMIT, retained->table, retained->table_size,
-                                 slots, (unsigned)retained->mpm->my_generation, error, sizeof error) != 0) {
+                                 slots, (unsigned)retained->mpm->my_generation,
+                                 retained->mpm->was_graceful ? retained->previous_table : NULL,
+                                 retained->previous_table_size, retained->previous_table_environments,
+                                 error, sizeof error) != 0) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "peruser: %s", error);
         close_channels();
         retained->mpm->mpm_state = AP_MPMQ_STOPPING;
@@ -1540,6 +1549,38 @@ static int peruser_run(apr_pool_t *_pconf, apr_pool_t *plog, server_rec *s)
 /* ===================================================================== */
 /* Hooks                                                                  */
 /* ===================================================================== */
+
+void peruser_shim_emit(void *ctx, const char *data, size_t len)
+{
+    ap_rwrite(data, (int)len, (request_rec *)ctx);
+}
+
+/* mod_status's extension hook: Peruser's table under mod_status's own, ?peruser_stats for
+ * the environments, and Peruser lines in ?auto. */
+static int peruser_status_hook(request_rec *r, int flags)
+{
+    static int states[MOST_SERVER_LIMIT];
+    int slots = retained->scoreboard_slots, i, view;
+
+    if (slots > MOST_SERVER_LIMIT) {
+        slots = MOST_SERVER_LIMIT;
+    }
+    for (i = 0; i < slots; i++) {
+        worker_score *ws = ap_get_scoreboard_worker_from_indexes(i, 0);
+        states[i] = ws ? ws->status : SERVER_DEAD;
+    }
+    if (flags & AP_STATUS_SHORT) {
+        view = PERUSER_STATUS_VIEW_AUTO;
+    }
+    else if (r->args && ap_strstr_c(r->args, "peruser_stats")) {
+        view = PERUSER_STATUS_VIEW_STATISTICS;
+    }
+    else {
+        view = PERUSER_STATUS_VIEW_CHILDREN;
+    }
+    peruser_status_render(view, states, slots, r);
+    return OK;
+}
 
 static int peruser_query(int query_code, int *result, apr_status_t *rv)
 {
@@ -1702,6 +1743,7 @@ static void peruser_hooks(apr_pool_t *p)
     ap_hook_post_read_request(worker_post_read_request, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_log_transaction(worker_log_transaction, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_insert_network_bucket(worker_insert_network_bucket, NULL, NULL, APR_HOOK_MIDDLE);
+    APR_OPTIONAL_HOOK(ap, status_hook, peruser_status_hook, NULL, NULL, APR_HOOK_MIDDLE);
     record_filter_handle = ap_register_input_filter("PERUSER_RECORD", record_filter, NULL,
                                                     AP_FTYPE_CONNECTION);
 }

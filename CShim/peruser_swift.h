@@ -62,9 +62,12 @@ void peruser_multiplexer_state_attach(void *state, size_t size);
 
 /* Starts generation `generation`: formats the shared table at `table` (zeroed, `table_size`
  * bytes) and attaches the private records (retained data, `capacity` entries). `slots` is
- * the number of scoreboard slots. 0, or -1 with a message. */
+ * the number of scoreboard slots. After a graceful restart `previous` is the last
+ * generation's table (same slots, `previous_environments` environments), whose counters are
+ * carried over by environment name; NULL after a full restart. 0, or -1 with a message. */
 int peruser_supervisor_begin(void *records, int capacity, void *table, size_t table_size,
-                             int slots, unsigned generation, char *error, size_t error_cap);
+                             int slots, unsigned generation, void *previous, size_t previous_size,
+                             int previous_environments, char *error, size_t error_cap);
 
 /* A multiplexer found no idle worker for environment `environment`. */
 void peruser_supervisor_demand(int environment);
@@ -103,6 +106,16 @@ void peruser_worker_took_connection(int slot, int environment);
 /* A worker started serving a request of its own environment (request line and vhost name
  * are kept for ExpireTimeout's log line and the status page). */
 void peruser_worker_started_request(int slot, int environment, const char *request, const char *vhost);
+
+/* ---- Status page (in the worker that serves /server-status) ---- */
+
+#define PERUSER_STATUS_VIEW_CHILDREN 0
+#define PERUSER_STATUS_VIEW_STATISTICS 1
+#define PERUSER_STATUS_VIEW_AUTO 2
+
+/* Renders one view from this generation's table; `scoreboard_states` gives Apache's state of
+ * each of `slots` slots. Output goes to peruser_shim_emit(ctx, ...). */
+void peruser_status_render(int view, const int *scoreboard_states, int slots, void *ctx);
 
 /* ---- Multiplexer (child, as User/Group) ---- */
 

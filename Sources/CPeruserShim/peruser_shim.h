@@ -85,6 +85,9 @@ static inline int peruser_atomic_cas_u32(void *field, uint32_t expected, uint32_
                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 }
 
+/* Writes part of the status page to the request `ctx`. */
+void peruser_shim_emit(void *ctx, const char *data, size_t len);
+
 /* Forks a child into `slot` (environment -1: a multiplexer). Its pid, or -1 (logged). */
 int peruser_shim_spawn(int slot, int environment, int type);
 

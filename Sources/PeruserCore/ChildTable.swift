@@ -42,6 +42,10 @@ public enum ChildTableLayout {
     public static let droppedOffset = 24     // UInt64, multiplexers (503s)
     public static let availabilityOffset = 32 // UInt32 percent
     public static let waitingOffset = 36     // UInt32
+    // Counts of earlier generations of the same environment name (parent, at a graceful restart).
+    public static let carriedHandedOffOffset = 40
+    public static let carriedServedOffset = 48
+    public static let carriedDroppedOffset = 56
     public static let nameOffset = 64        // NUL-terminated, parent
 
     public static func size(slots: Int, environments: Int) -> Int {
@@ -79,6 +83,14 @@ public struct EnvironmentCounters: Equatable {
     public var availability: UInt32
     public var waiting: UInt32
     public var name: String
+    public var carriedHandedOff: UInt64 = 0
+    public var carriedServed: UInt64 = 0
+    public var carriedDropped: UInt64 = 0
+
+    /// Since the last full restart: this generation's counts plus those carried over.
+    public var totalHandedOff: UInt64 { handedOff &+ carriedHandedOff }
+    public var totalServed: UInt64 { served &+ carriedServed }
+    public var totalDropped: UInt64 { dropped &+ carriedDropped }
 
     /// Connections passed to the channel and not yet taken, clamped: the two counters come
     /// from different writers, so a lie or a race must not yield a huge or negative number.
@@ -195,7 +207,10 @@ public struct ChildTable {
             dropped: load(o + ChildTableLayout.droppedOffset, as: UInt64.self),
             availability: min(load(o + ChildTableLayout.availabilityOffset, as: UInt32.self), 100),
             waiting: load(o + ChildTableLayout.waitingOffset, as: UInt32.self),
-            name: text(o + ChildTableLayout.nameOffset, capacity: ChildTableLayout.nameCapacity))
+            name: text(o + ChildTableLayout.nameOffset, capacity: ChildTableLayout.nameCapacity),
+            carriedHandedOff: load(o + ChildTableLayout.carriedHandedOffOffset, as: UInt64.self),
+            carriedServed: load(o + ChildTableLayout.carriedServedOffset, as: UInt64.self),
+            carriedDropped: load(o + ChildTableLayout.carriedDroppedOffset, as: UInt64.self))
     }
 
     // Writes by the parent (display fields of a slot) and by the slot's own child.
@@ -233,6 +248,15 @@ public struct ChildTable {
         guard index >= 0 && index < environmentCount else { return }
         let o = ChildTableLayout.environmentOffset(slots: slotCount, environment: index) + ChildTableLayout.nameOffset
         storeText(name, o, capacity: ChildTableLayout.nameCapacity)
+    }
+
+    /// Carries an earlier generation's totals into this generation's environment `index`.
+    public func carry(_ old: EnvironmentCounters, into index: Int) {
+        guard index >= 0 && index < environmentCount else { return }
+        let o = ChildTableLayout.environmentOffset(slots: slotCount, environment: index)
+        base.storeBytes(of: old.totalHandedOff, toByteOffset: o + ChildTableLayout.carriedHandedOffOffset, as: UInt64.self)
+        base.storeBytes(of: old.totalServed, toByteOffset: o + ChildTableLayout.carriedServedOffset, as: UInt64.self)
+        base.storeBytes(of: old.totalDropped, toByteOffset: o + ChildTableLayout.carriedDroppedOffset, as: UInt64.self)
     }
 
     public func setRequest(_ index: Int, request: String, vhost: String) {

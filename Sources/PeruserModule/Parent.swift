@@ -153,8 +153,9 @@ public func peruserTableSize(_ slots: Int32, _ environments: Int32) -> Int {
 @_cdecl("peruser_supervisor_begin")
 public func peruserSupervisorBegin(_ records: UnsafeMutableRawPointer?, _ capacity: Int32,
                                    _ table: UnsafeMutableRawPointer?, _ tableSize: Int, _ slots: Int32,
-                                   _ generation: UInt32, _ errorBuffer: UnsafeMutablePointer<CChar>?,
-                                   _ errorCap: Int) -> Int32 {
+                                   _ generation: UInt32, _ previous: UnsafeMutableRawPointer?,
+                                   _ previousSize: Int, _ previousEnvironments: Int32,
+                                   _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorCap: Int) -> Int32 {
     guard let records, let table, capacity >= slots, slots > 0 else {
         copyOut("internal error: no child records or table", errorBuffer, errorCap)
         return -1
@@ -171,6 +172,17 @@ public func peruserSupervisorBegin(_ records: UnsafeMutableRawPointer?, _ capaci
         formatted.setEnvironmentName(i, env.name)
         if let field = formatted.environmentField(i, ChildTableLayout.availabilityOffset) {
             field.storeBytes(of: UInt32(100), as: UInt32.self)
+        }
+    }
+    // Counters carry over a graceful restart by environment name. The old table's sizes come
+    // from the parent's own records of it; its names and counts are hints like everything there.
+    if let previous, previousEnvironments > 0,
+       previousSize >= ChildTableLayout.size(slots: Int(slots), environments: Int(previousEnvironments)) {
+        let old = ChildTable(base: previous, slotCount: Int(slots), environmentCount: Int(previousEnvironments))
+        var byName: [String: EnvironmentCounters] = [:]
+        for e in 0..<old.environmentCount { if let c = old.environment(e) { byName[c.name] = c } }
+        for (i, env) in environments.environments.enumerated() {
+            if let counters = byName[env.name] { formatted.carry(counters, into: i) }
         }
     }
     sharedTable = formatted

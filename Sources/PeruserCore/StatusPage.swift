@@ -1,0 +1,219 @@
+// The Peruser views of /server-status: the child table, ?peruser_stats, and ?auto lines.
+// Pure functions of a snapshot; every name is escaped for HTML.
+
+public struct StatusSnapshot: Equatable {
+    public struct Slot: Equatable {
+        public var id: Int
+        public var pid: Int32
+        public var status: ChildStatus
+        /// Apache's scoreboard state of the slot (SERVER_* of scoreboard.h).
+        public var scoreboardState: Int
+        public var type: ChildType
+        /// Index into `environments`, or nil (multiplexer, unknown).
+        public var environment: Int?
+
+        public init(id: Int, pid: Int32, status: ChildStatus, scoreboardState: Int, type: ChildType, environment: Int?) {
+            self.id = id
+            self.pid = pid
+            self.status = status
+            self.scoreboardState = scoreboardState
+            self.type = type
+            self.environment = environment
+        }
+    }
+
+    public struct Environment: Equatable {
+        public var name: String
+        public var user: String
+        public var group: String
+        public var maxProcessors: Int
+        public var connections: UInt64
+        public var requests: UInt64
+        public var dropped: UInt64
+        public var availability: Int
+        public var waiting: Int
+
+        public init(name: String, user: String, group: String, maxProcessors: Int, connections: UInt64 = 0,
+                    requests: UInt64 = 0, dropped: UInt64 = 0, availability: Int = 100, waiting: Int = 0) {
+            self.name = name
+            self.user = user
+            self.group = group
+            self.maxProcessors = maxProcessors
+            self.connections = connections
+            self.requests = requests
+            self.dropped = dropped
+            self.availability = availability
+            self.waiting = waiting
+        }
+    }
+
+    public var slots: [Slot]
+    public var environments: [Environment]
+    public var maxMultiplexers: Int
+
+    public init(slots: [Slot], environments: [Environment], maxMultiplexers: Int) {
+        self.slots = slots
+        self.environments = environments
+        self.maxMultiplexers = maxMultiplexers
+    }
+
+    /// Children alive (starting, ready or busy) and idle, of an environment (nil: multiplexers).
+    public func count(environment: Int?) -> (alive: Int, idle: Int) {
+        let all = counts()
+        if let environment {
+            return all.environments.indices.contains(environment) ? all.environments[environment] : (0, 0)
+        }
+        return all.multiplexers
+    }
+
+    /// The same for the multiplexers and every environment, in one pass over the slots.
+    public func counts() -> (multiplexers: (alive: Int, idle: Int), environments: [(alive: Int, idle: Int)]) {
+        var muxes = (alive: 0, idle: 0)
+        var envs = Array(repeating: (alive: 0, idle: 0), count: environments.count)
+        for slot in slots where slot.pid > 0 && slot.status != .standby {
+            let idle = slot.status == .ready ? 1 : 0
+            if slot.type == .multiplexer {
+                muxes.alive += 1
+                muxes.idle += idle
+            } else if slot.type == .processor || slot.type == .worker, let e = slot.environment, envs.indices.contains(e) {
+                envs[e].alive += 1
+                envs[e].idle += idle
+            }
+        }
+        return (muxes, envs)
+    }
+}
+
+public enum StatusPage {
+    /// Names of Apache's scoreboard states (scoreboard.h SERVER_*), as the original showed them.
+    public static func scoreboardName(_ state: Int) -> String {
+        switch state {
+        case 0: return "DEAD"
+        case 1: return "STARTING"
+        case 2: return "READY"
+        case 3: return "BUSY_READ"
+        case 4: return "BUSY_WRITE"
+        case 5: return "BUSY_KEEPALIVE"
+        case 6: return "BUSY_LOG"
+        case 7: return "BUSY_DNS"
+        case 8: return "CLOSING"
+        case 9: return "GRACEFUL"
+        case 10: return "IDLE_KILL"
+        default: return "UNKNOWN"
+        }
+    }
+
+    public static func escape(_ text: String) -> String {
+        var out = ""
+        out.reserveCapacity(text.utf8.count)
+        for ch in text.unicodeScalars {
+            switch ch {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "\"": out += "&quot;"
+            case "'": out += "&#39;"
+            default: out.unicodeScalars.append(ch)
+            }
+        }
+        return out
+    }
+
+    /// One row per child slot, as in the original's documentation.
+    public static func childTable(_ s: StatusSnapshot) -> String {
+        let counts = s.counts()
+        var html = ""
+        html.reserveCapacity(200 + s.slots.count * 120)
+        html += "<h2>Peruser status</h2>\n<table border=\"0\">\n"
+            + "<tr><th>ID</th><th>PID</th><th>STATUS</th><th>SB STATUS</th><th>Type</th>"
+            + "<th>Processor</th><th>Pss</th><th>AVAIL</th></tr>\n"
+        for slot in s.slots {
+            // A free slot reserved for an environment's PROCESSOR shows as that environment's.
+            var type = slot.type
+            var env = slot.environment
+            var status = slot.status
+            if slot.pid <= 0 {
+                status = .standby
+                if slot.id < s.environments.count {
+                    type = .processor
+                    env = slot.id
+                } else {
+                    type = .unknown
+                    env = nil
+                }
+            }
+            let processor: String
+            let pss: String
+            let avail: Int
+            if type == .multiplexer {
+                let c = counts.multiplexers
+                processor = "Multiplexer"
+                pss = "\(c.alive)/\(c.idle)/\(s.maxMultiplexers)"
+                avail = 100
+            } else if let e = env, s.environments.indices.contains(e), type != .unknown {
+                let c = counts.environments[e]
+                processor = escape(s.environments[e].name)
+                pss = "\(c.alive)/\(c.idle)/\(s.environments[e].maxProcessors)"
+                avail = s.environments[e].availability
+            } else {
+                processor = "(null)"
+                pss = "0/0/0"
+                avail = 0
+            }
+            for piece in ["<tr><td>", String(slot.id), "</td><td>", String(max(slot.pid, 0)), "</td><td>",
+                          status.name, "</td><td>", scoreboardName(slot.scoreboardState), "</td><td>", type.name,
+                          "</td><td>", processor, "</td><td>", pss, "</td><td>", String(avail), "%</td></tr>\n"] {
+                html.append(piece)
+            }
+        }
+        return html + "</table>\n"
+    }
+
+    /// Environments ordered by most children alive (then by name).
+    public static func ordered(_ s: StatusSnapshot) -> [(index: Int, alive: Int, idle: Int)] {
+        let counts = s.counts().environments
+        return s.environments.indices.map { e -> (index: Int, alive: Int, idle: Int) in
+            (e, counts[e].alive, counts[e].idle)
+        }.sorted { a, b in
+            a.alive != b.alive ? a.alive > b.alive : s.environments[a.index].name < s.environments[b.index].name
+        }
+    }
+
+    /// ?peruser_stats: one row per environment, with totals.
+    public static func statistics(_ s: StatusSnapshot) -> String {
+        var html = "<h2>Peruser statistics</h2>\n<table border=\"0\">\n"
+            + "<tr><th>Environment</th><th>User</th><th>Group</th><th>Pss</th><th>Connections</th>"
+            + "<th>Requests</th><th>Dropped</th><th>AVAIL</th></tr>\n"
+        var alive = 0, idle = 0, maxTotal = 0
+        var connections: UInt64 = 0, requests: UInt64 = 0, dropped: UInt64 = 0
+        for row in ordered(s) {
+            let env = s.environments[row.index]
+            html += "<tr><td>\(escape(env.name))</td><td>\(escape(env.user))</td><td>\(escape(env.group))</td>"
+                + "<td>\(row.alive)/\(row.idle)/\(env.maxProcessors)</td><td>\(env.connections)</td>"
+                + "<td>\(env.requests)</td><td>\(env.dropped)</td><td>\(env.availability)%</td></tr>\n"
+            alive += row.alive
+            idle += row.idle
+            maxTotal += env.maxProcessors
+            connections &+= env.connections
+            requests &+= env.requests
+            dropped &+= env.dropped
+        }
+        html += "<tr><th>Total</th><th></th><th></th><th>\(alive)/\(idle)/\(maxTotal)</th><th>\(connections)</th>"
+            + "<th>\(requests)</th><th>\(dropped)</th><th></th></tr>\n</table>\n"
+        return html
+    }
+
+    /// ?auto: one `PeruserEnvironment:` line per environment (documented in the README) and a
+    /// `PeruserMultiplexers:` line; key=value pairs after the name, so scrapers split on spaces.
+    public static func auto(_ s: StatusSnapshot) -> String {
+        let m = s.count(environment: nil)
+        var text = "PeruserMultiplexers: alive=\(m.alive) idle=\(m.idle) max=\(s.maxMultiplexers)\n"
+        for row in ordered(s) {
+            let env = s.environments[row.index]
+            text += "PeruserEnvironment: \(env.name) alive=\(row.alive) idle=\(row.idle) max=\(env.maxProcessors) "
+                + "connections=\(env.connections) requests=\(env.requests) dropped=\(env.dropped) "
+                + "availability=\(env.availability) waiting=\(env.waiting)\n"
+        }
+        return text
+    }
+}

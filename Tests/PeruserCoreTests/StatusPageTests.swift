@@ -1,0 +1,88 @@
+import XCTest
+@testable import PeruserCore
+
+final class StatusPageTests: XCTestCase {
+    private func snapshot() -> StatusSnapshot {
+        let envs = [StatusSnapshot.Environment(name: "small", user: "u<1>", group: "g&1", maxProcessors: 3,
+                                               connections: 7, requests: 9, dropped: 1, availability: 90, waiting: 2),
+                    StatusSnapshot.Environment(name: "big", user: "u2", group: "g2", maxProcessors: 10,
+                                               connections: 100, requests: 120, dropped: 0)]
+        let slots = [
+            StatusSnapshot.Slot(id: 0, pid: 0, status: .standby, scoreboardState: 0, type: .unknown, environment: nil),
+            StatusSnapshot.Slot(id: 1, pid: 11, status: .active, scoreboardState: 4, type: .processor, environment: 1),
+            StatusSnapshot.Slot(id: 2, pid: 12, status: .ready, scoreboardState: 2, type: .multiplexer, environment: nil),
+            StatusSnapshot.Slot(id: 3, pid: 13, status: .ready, scoreboardState: 2, type: .worker, environment: 1),
+            StatusSnapshot.Slot(id: 4, pid: 0, status: .standby, scoreboardState: 0, type: .unknown, environment: nil),
+        ]
+        return StatusSnapshot(slots: slots, environments: envs, maxMultiplexers: 4)
+    }
+
+    private func rows(_ html: String) -> [String] {
+        html.components(separatedBy: "\n").filter { $0.hasPrefix("<tr><td>") }
+    }
+
+    func testChildTableRowsFollowTheOriginalColumns() {
+        let table = StatusPage.childTable(snapshot())
+        XCTAssertTrue(table.contains("<th>ID</th><th>PID</th><th>STATUS</th><th>SB STATUS</th><th>Type</th>"
+                                     + "<th>Processor</th><th>Pss</th><th>AVAIL</th>"))
+        let r = rows(table)
+        XCTAssertEqual(r.count, 5)
+        // A free reserved slot shows its environment's PROCESSOR, on standby.
+        XCTAssertEqual(r[0], "<tr><td>0</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>PROCESSOR</td>"
+                       + "<td>small</td><td>0/0/3</td><td>90%</td></tr>")
+        XCTAssertEqual(r[1], "<tr><td>1</td><td>11</td><td>ACTIVE</td><td>BUSY_WRITE</td><td>PROCESSOR</td>"
+                       + "<td>big</td><td>2/1/10</td><td>100%</td></tr>")
+        XCTAssertEqual(r[2], "<tr><td>2</td><td>12</td><td>READY</td><td>READY</td><td>MULTIPLEXER</td>"
+                       + "<td>Multiplexer</td><td>1/1/4</td><td>100%</td></tr>")
+        XCTAssertEqual(r[4], "<tr><td>4</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>UNKNOWN</td>"
+                       + "<td>(null)</td><td>0/0/0</td><td>0%</td></tr>")
+    }
+
+    func testStatisticsAreOrderedByMostAliveAndTotalled() {
+        let stats = StatusPage.statistics(snapshot())
+        let r = rows(stats)
+        XCTAssertEqual(r.count, 2)
+        XCTAssertTrue(r[0].hasPrefix("<tr><td>big</td>"))
+        XCTAssertEqual(r[1], "<tr><td>small</td><td>u&lt;1&gt;</td><td>g&amp;1</td><td>0/0/3</td><td>7</td>"
+                       + "<td>9</td><td>1</td><td>90%</td></tr>")
+        XCTAssertTrue(stats.contains("<tr><th>Total</th><th></th><th></th><th>2/1/13</th><th>107</th>"
+                                     + "<th>129</th><th>1</th><th></th></tr>"))
+    }
+
+    func testTiesAreOrderedByName() {
+        var s = snapshot()
+        s.slots = []
+        XCTAssertEqual(StatusPage.ordered(s).map(\.index), [1, 0])
+    }
+
+    func testAutoLinesAreMachineReadable() {
+        XCTAssertEqual(StatusPage.auto(snapshot()),
+                       "PeruserMultiplexers: alive=1 idle=1 max=4\n"
+                       + "PeruserEnvironment: big alive=2 idle=1 max=10 connections=100 requests=120 dropped=0 "
+                       + "availability=100 waiting=0\n"
+                       + "PeruserEnvironment: small alive=0 idle=0 max=3 connections=7 requests=9 dropped=1 "
+                       + "availability=90 waiting=2\n")
+    }
+
+    func testEscapingCoversEveryMarkupCharacter() {
+        XCTAssertEqual(StatusPage.escape("<a href=\"x\">'&'</a>"),
+                       "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;")
+        var s = snapshot()
+        s.environments[0].name = "<script>"
+        XCTAssertFalse(StatusPage.childTable(s).contains("<script>"))
+        XCTAssertFalse(StatusPage.statistics(s).contains("<script>"))
+    }
+
+    func testScoreboardNames() {
+        XCTAssertEqual((0...10).map(StatusPage.scoreboardName),
+                       ["DEAD", "STARTING", "READY", "BUSY_READ", "BUSY_WRITE", "BUSY_KEEPALIVE", "BUSY_LOG",
+                        "BUSY_DNS", "CLOSING", "GRACEFUL", "IDLE_KILL"])
+        XCTAssertEqual(StatusPage.scoreboardName(99), "UNKNOWN")
+    }
+
+    func testAnEnvironmentIndexOutOfRangeRendersAsUnknown() {
+        var s = snapshot()
+        s.slots.append(StatusSnapshot.Slot(id: 5, pid: 15, status: .ready, scoreboardState: 2, type: .worker, environment: 9))
+        XCTAssertTrue(rows(StatusPage.childTable(s))[5].contains("<td>(null)</td><td>0/0/0</td><td>0%</td>"))
+    }
+}

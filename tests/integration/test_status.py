@@ -1,0 +1,171 @@
+"""server-status: Peruser's child table, ?peruser_stats and ?auto, from a real mod_status."""
+import html
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from conftest import make_site
+from harness import Apache, free_port, proc_ids
+from test_end_to_end import CGI, get
+from test_process_management import in_background, wait_until
+
+USERS = {"single": "peruser-a", "other": "peruser-b", "Multiplexer": "www-data"}
+
+
+@pytest.fixture
+def status_server(module, accounts):
+    port = free_port()
+    apache = Apache("", name="status")
+    a, b = accounts["peruser-a"], accounts["peruser-b"]
+    a_site = make_site(apache.root, *a, "a")
+    b_site = make_site(apache.root, *b, "b")
+    apache.write_config(f"""
+Listen 127.0.0.1:{port}
+ServerLimit 16
+MinMultiplexers 2
+MaxMultiplexers 2
+ProcessorWaitTimeout 2 10
+LoadModule status_module /usr/lib/apache2/modules/mod_status.so
+ExtendedStatus On
+<Location /server-status>
+    SetHandler server-status
+</Location>
+<Directory {apache.root}>
+    Require all granted
+</Directory>
+<Processor single>
+    User peruser-a
+    Group peruser-a
+    MinProcessors 1
+    MaxProcessors 1
+    MinSpareProcessors 0
+</Processor>
+<Processor other>
+    User peruser-b
+    Group peruser-b
+    MinProcessors 2
+    MinSpareProcessors 0
+</Processor>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName single.test
+    DocumentRoot {a_site}
+    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
+    ServerEnvironment single
+</VirtualHost>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName other.test
+    DocumentRoot {b_site}
+    ServerEnvironment other
+</VirtualHost>
+""")
+    apache.port = port
+    apache.start(ports=(port,))
+    apache.wait_children(2 + 1 + 2)
+    yield apache
+    apache.stop()
+    apache.cleanup()
+
+
+def peruser_rows(page):
+    section = page.split("<h2>Peruser status</h2>", 1)[1].split("</table>", 1)[0]
+    rows = []
+    for tr in re.findall(r"<tr><td>(.*?)</td></tr>", section):
+        cells = [html.unescape(c) for c in tr.split("</td><td>")]
+        rows.append(dict(zip(["id", "pid", "status", "sb", "type", "processor", "pss", "avail"], cells)))
+    return rows
+
+
+def stats_rows(page):
+    section = page.split("<h2>Peruser statistics</h2>", 1)[1].split("</table>", 1)[0]
+    rows = []
+    for tr in re.findall(r"<tr><td>(.*?)</td></tr>", section):
+        cells = [html.unescape(c) for c in tr.split("</td><td>")]
+        rows.append(dict(zip(["name", "user", "group", "pss", "connections", "requests", "dropped", "avail"], cells)))
+    return rows
+
+
+def auto_lines(text):
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("PeruserEnvironment: "):
+            name, *pairs = line.split(": ", 1)[1].split()
+            out[name] = dict(p.split("=") for p in pairs)
+    return out
+
+
+def page(server, query=""):
+    status, body, _ = get(server.port, "other.test", "/server-status" + query)
+    assert status == 200, body
+    return body
+
+
+def test_child_table_matches_the_processes(status_server):
+    rows = peruser_rows(page(status_server))
+    assert len(rows) == 16, "one row per ServerLimit slot"
+    live = {int(r["pid"]): r for r in rows if int(r["pid"]) > 0}
+    kids = {pid: (uid, gid) for pid, uid, gid in status_server.children()}
+    assert set(live) == set(kids), (sorted(live), sorted(kids))
+    for pid, row in live.items():
+        user = USERS[row["processor"]]
+        import pwd
+        assert kids[pid][0] == pwd.getpwnam(user).pw_uid, (pid, row)
+        assert row["type"] in ("MULTIPLEXER", "PROCESSOR", "WORKER")
+        assert row["status"] in ("STARTING", "READY", "ACTIVE")
+    # The reserved slots are the environments' PROCESSORs; the rest shows their alive/idle/max.
+    assert rows[0]["type"] == "PROCESSOR" and rows[0]["processor"] == "single"
+    assert rows[1]["type"] == "PROCESSOR" and rows[1]["processor"] == "other"
+    assert rows[1]["pss"].startswith("2/") and rows[1]["pss"].endswith("/10")
+    assert rows[0]["pss"].endswith("/1")
+    muxes = [r for r in rows if r["type"] == "MULTIPLEXER"]
+    assert len(muxes) == 2 and all(r["pss"] == "2/2/2" and r["processor"] == "Multiplexer" for r in muxes)
+    # The worker serving this very page is ACTIVE and busy writing.
+    serving = [r for r in rows if r["processor"] == "other" and r["status"] == "ACTIVE"]
+    assert serving and serving[0]["sb"].startswith("BUSY")
+    free = [r for r in rows if int(r["pid"]) == 0 and int(r["id"]) >= 2]
+    assert all(r["type"] == "UNKNOWN" and r["status"] == "STANDBY" and r["sb"] == "DEAD" for r in free)
+
+
+def test_availability_counters_and_the_three_views(status_server):
+    busy = in_background(get, status_server.port, "single.test", CGI + "?sleep=4")
+    time.sleep(0.3)
+    # mod_status's own table shows the busy worker with its vhost and request.
+    own = page(status_server)
+    assert "single.test" in own and "GET /cgi-bin/id.cgi?sleep=4 HTTP/1.1" in own
+    assert get(status_server.port, "single.test", "/index.html")[0] == 503
+    rows = peruser_rows(page(status_server))
+    assert {r["avail"] for r in rows if r["processor"] == "single"} == {"90%"}
+    assert {r["avail"] for r in rows if r["processor"] == "other"} == {"100%"}
+    stats = stats_rows(page(status_server, "?peruser_stats"))
+    assert [r["name"] for r in stats] == ["other", "single"], "ordered by most children alive"
+    single = next(r for r in stats if r["name"] == "single")
+    assert single["user"] == "peruser-a" and single["group"] == "peruser-a"
+    assert single["dropped"] == "1" and single["avail"] == "90%" and single["pss"].endswith("/1")
+    auto = auto_lines(page(status_server, "?auto"))
+    assert auto["single"]["dropped"] == "1" and auto["single"]["availability"] == "90"
+    assert auto["other"]["availability"] == "100" and int(auto["other"]["alive"]) == 2
+    assert "ServerMPM: peruser" in page(status_server, "?auto")
+    busy[0].join()
+    # A connection that reaches a worker brings availability back to 100%.
+    assert get(status_server.port, "single.test", "/index.html")[0] == 200
+    auto = auto_lines(page(status_server, "?auto"))
+    assert auto["single"]["availability"] == "100"
+    assert int(auto["single"]["connections"]) >= 2 and int(auto["single"]["requests"]) >= 2
+
+
+def test_counters_survive_a_graceful_restart_not_a_full_one(status_server):
+    for _ in range(5):
+        assert get(status_server.port, "single.test", "/index.html")[0] == 200
+    before = int(auto_lines(page(status_server, "?auto"))["single"]["requests"])
+    assert before >= 5
+    os.kill(status_server.pid(), signal.SIGUSR1)
+    assert wait_until(lambda: "peruser: generation 1," in status_server.read_error_log())
+    time.sleep(1)
+    after = int(auto_lines(page(status_server, "?auto"))["single"]["requests"])
+    assert after >= before
+    os.kill(status_server.pid(), signal.SIGHUP)
+    assert wait_until(lambda: "peruser: generation 2," in status_server.read_error_log())
+    time.sleep(1)
+    assert int(auto_lines(page(status_server, "?auto"))["single"]["requests"]) == 0
