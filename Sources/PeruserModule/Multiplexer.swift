@@ -210,8 +210,7 @@ struct Multiplexer {
         }
     }
 
-    /// Counts a hand-off, and asks the parent for a worker when the environment has no idle
-    /// one left for the connections already queued (the shared table is a hint, and so is this).
+    /// Counts a hand-off.
     private mutating func handedOff(to environment: Int) {
         guard let table = sharedTable else { return }
         if let field = table.environmentField(environment, ChildTableLayout.handedOffOffset) {
@@ -224,10 +223,10 @@ struct Multiplexer {
             changeAvailability(environment) { $0.passed() }
             publish(environment)
         }
-        let capacity = self.capacity(of: environment)
-        if capacity.freeWorkers == 0 { askForWorker(environment) }
     }
 
+    /// Asks the parent for a worker: a connection arrived and found none free (the shared
+    /// table is a hint, and so is this; the parent decides within the limits).
     private mutating func askForWorker(_ environment: Int) {
         let now = monotonicMilliseconds()
         guard now - lastDemand[environment] >= 20 else { return }
@@ -382,7 +381,9 @@ struct Multiplexer {
             return
         }
         let now = monotonicMilliseconds()
-        if capacity(of: env).canTake {
+        let capacity = self.capacity(of: env)
+        if capacity.freeWorkers == 0 { askForWorker(env) }
+        if capacity.canTake {
             connection.stage = .waitingForChannel(environment: env)
             connection.deadline = now + channelWait
             pending[fd] = connection
@@ -390,7 +391,6 @@ struct Multiplexer {
             return
         }
         // Saturated: wait at most (availability / 100) * ProcessorWaitTimeout.
-        askForWorker(env)
         let budget = availability(env).waitBudgetMilliseconds
         guard budget > 0 else {
             drop(fd, environment: env)

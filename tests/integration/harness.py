@@ -55,19 +55,24 @@ class Apache:
         self.config = os.path.join(self.root, "conf", "httpd.conf")
         self.body = body
 
-    def write_config(self, body=None, module=MODULE):
+    def write_config(self, body=None, module=MODULE, mpm=None, log_level="info", modules=None):
+        """`mpm`: the MPM's LoadModule lines (default: this module); `modules`: others to load."""
         if body is not None:
             self.body = body
+        if mpm is None:
+            mpm = f"LoadModule mpm_peruser_module {module}"
+        if modules is None:
+            modules = ("authz_core", "authz_host", "mime", "alias", "cgi", "dir", "env",
+                       "reqtimeout", "setenvif", "filter", "deflate", "negotiation")
         text = f"""
 ServerRoot {self.root}
 PidFile {self.pidfile}
 ErrorLog {self.error_log}
 DefaultRuntimeDir {self.root}/run
-LogLevel info
+LogLevel {log_level}
 ServerName localhost
-LoadModule mpm_peruser_module {module}
-{load_modules("authz_core", "authz_host", "mime", "alias", "cgi", "dir", "env",
-              "reqtimeout", "setenvif", "filter", "deflate", "negotiation")}
+{mpm}
+{load_modules(*modules)}
 TypesConfig /etc/mime.types
 LogFormat "%v %a %>s \\"%r\\"" vhost
 CustomLog {self.access_log} vhost
