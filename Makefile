@@ -7,6 +7,8 @@ APXS        ?= apxs
 SWIFT_DIR   ?= $(shell dirname $$(dirname $$(readlink -f $$(command -v $(SWIFT)))))/lib/swift_static/linux
 SWIFT_BUILD := .build/release/libPeruserSwift.a
 MODULE      := build/mod_mpm_peruser.so
+# `make LINK_STRIP=` keeps symbols, for perf.
+LINK_STRIP  ?= -Wl,-s
 
 SWIFT_SOURCES := Package.swift $(shell find Sources -type f)
 C_SOURCES     := CShim/mod_mpm_peruser.c CShim/peruser_swift.h Sources/CPeruserShim/peruser_shim.h
@@ -29,7 +31,7 @@ $(MODULE): $(SWIFT_BUILD) $(C_SOURCES) apxs/peruser.map apxs/check-symbols.sh
 	    $(CURDIR)/$(SWIFT_BUILD) $(SWIFT_DIR)/x86_64/swiftrt.o \
 	    -L$(SWIFT_DIR) -lswiftCore -lswiftGlibc -lswift_StringProcessing -lswift_RegexParser \
 	    -lswiftSynchronization -lstdc++ -lm -ldl -lpthread \
-	    -Wl,--version-script=$(CURDIR)/apxs/peruser.map -Wl,--gc-sections -Wl,-s \
+	    -Wl,--version-script=$(CURDIR)/apxs/peruser.map -Wl,--gc-sections $(LINK_STRIP) \
 	    >build.log 2>&1 || { cat build.log; exit 1; }
 	cp build/obj/.libs/mod_mpm_peruser.so $(MODULE)
 	sh apxs/check-symbols.sh $(MODULE)

@@ -1004,9 +1004,10 @@ static void serve_connection(apr_pool_t *ptrans, ap_sb_handle_t *sbh, apr_bucket
         close(fd);
         return;
     }
-    /* The multiplexer used the socket non-blocking; apr expects to be told. */
+    /* apr takes the socket for a blocking one. A connection handed back from a worker may
+     * still carry the O_NONBLOCK its apr set. */
     flags = fcntl(fd, F_GETFL);
-    if (flags >= 0) {
+    if (flags >= 0 && (flags & O_NONBLOCK)) {
         fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
     }
 

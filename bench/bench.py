@@ -25,6 +25,9 @@ sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 from harness import Apache, MODULE, ensure_account, free_port  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+# For quick looks while tuning: BENCH_ONLY="close" runs the scenarios whose name contains it
+# (and writes nothing to BENCHMARKS.md).
+ONLY = os.environ.get("BENCH_ONLY")
 DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
 THREADS, CONNECTIONS = 2, 32
 USERS = ("bench-alice", "bench-bob")
@@ -284,7 +287,8 @@ def main():
         sys.exit("bench: run as root (it creates users and starts Apache)")
     install()
     kinds = ("prefork", "itk", "peruser")
-    results = {(s[0], k): [] for s in SCENARIOS for k in kinds}
+    scenarios = [s for s in SCENARIOS if not ONLY or ONLY in s[0]]
+    results = {(s[0], k): [] for s in scenarios for k in kinds}
     servers = {}
     try:
         for kind in kinds:
@@ -293,7 +297,7 @@ def main():
         time.sleep(3)
         for kind in kinds:
             warm(servers[kind].port)
-        for scenario, path, close, lua in SCENARIOS:
+        for scenario, path, close, lua in scenarios:
             for round_ in range(REPEATS):
                 for kind in kinds:  # interleaved: A B C A B C ...
                     r = wrk(servers[kind].port, path, close, lua)
@@ -315,12 +319,15 @@ def main():
              "| scenario | prefork req/s | itk req/s | peruser req/s | peruser/prefork | peruser/itk | "
              "p99 ms (prefork / itk / peruser) | non-2xx + socket errors (prefork / itk / peruser) |",
              "|---|---|---|---|---|---|---|---|"]
-    for scenario, *_ in SCENARIOS:
+    for scenario, *_ in scenarios:
         p, i, u = (median(scenario, k) for k in kinds)
         p99 = " / ".join(f"{median(scenario, k, 1):.2f}" for k in kinds)
         bad = " / ".join(str(sum(r[2] + r[3] for r in results[(scenario, k)])) for k in kinds)
         lines.append(f"| {scenario} | {p:.0f} | {i:.0f} | {u:.0f} | {u / p:.2f} | {u / i:.1f} | {p99} | {bad} |")
 
+    if ONLY:
+        print("\n".join(lines))
+        return
     ttfb_median, ttfb_max = first_byte()
     lines += ["", f"First byte from an environment with `MinProcessors 0` and no worker yet: "
                   f"median {ttfb_median:.1f} ms, worst {ttfb_max:.1f} ms (5 tries, each after a full restart).", ""]

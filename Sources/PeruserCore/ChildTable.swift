@@ -259,6 +259,25 @@ public struct ChildTable {
         base.storeBytes(of: old.totalDropped, toByteOffset: o + ChildTableLayout.carriedDroppedOffset, as: UInt64.self)
     }
 
+    /// The same from C strings, without building Swift strings (a worker does this per request).
+    public func setRequest(_ index: Int, request: UnsafePointer<CChar>?, vhost: UnsafePointer<CChar>?) {
+        guard index >= 0 && index < slotCount else { return }
+        let o = ChildTableLayout.slotOffset(index)
+        storeCString(request, o + ChildTableLayout.requestOffset, capacity: ChildTableLayout.requestCapacity)
+        storeCString(vhost, o + ChildTableLayout.vhostOffset, capacity: ChildTableLayout.vhostCapacity)
+    }
+
+    private func storeCString(_ text: UnsafePointer<CChar>?, _ offset: Int, capacity: Int) {
+        var i = 0
+        if let text {
+            while i < capacity - 1 && text[i] != 0 {
+                base.storeBytes(of: UInt8(bitPattern: text[i]), toByteOffset: offset + i, as: UInt8.self)
+                i += 1
+            }
+        }
+        base.storeBytes(of: UInt8(0), toByteOffset: offset + i, as: UInt8.self)
+    }
+
     public func setRequest(_ index: Int, request: String, vhost: String) {
         guard index >= 0 && index < slotCount else { return }
         let o = ChildTableLayout.slotOffset(index)

@@ -26,6 +26,8 @@ struct PendingConnection {
     var deadline: Int64
     /// Whether the client sent anything yet (a silent one is closed without a 408).
     var sawBytes = false
+    /// Registered with epoll (only connections whose head did not come at once).
+    var watched = false
 }
 
 struct Multiplexer {
@@ -256,7 +258,9 @@ struct Multiplexer {
 
     private mutating func acceptAll(on listener: Int32) {
         for _ in 0..<64 where pending.count < maxConnections {
-            let fd = accept4(listener, nil, nil, Int32(SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue))
+            // Left blocking: the multiplexer only uses MSG_DONTWAIT on it, and the worker gets
+            // the fd as apr expects it.
+            let fd = accept4(listener, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
             if fd < 0 {
                 switch errno {
                 case EAGAIN, EWOULDBLOCK: return
@@ -296,24 +300,30 @@ struct Multiplexer {
                 close(fd)
                 continue
             }
-            setNonBlocking(fd)
             adopt(fd, consumed: decoded.consumed, hops: decoded.hops)
         }
     }
 
+    /// Most clients send their request with the connection, so the head is usually there at
+    /// once: such a connection is routed and passed on without ever entering epoll. Only one
+    /// still waiting for its head is watched (edge-triggered: an ADD reports data already there).
     private mutating func adopt(_ fd: Int32, consumed: [UInt8], hops: UInt16) {
+        pending[fd] = PendingConnection(consumed: consumed, hops: hops,
+                                        deadline: monotonicMilliseconds() + headTimeout,
+                                        sawBytes: !consumed.isEmpty)
+        advance(fd)
+        guard var connection = pending[fd], case .readingHead = connection.stage else { return }
         var event = epoll_event()
         event.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
         event.data.u64 = UInt64(UInt32(bitPattern: fd))
         guard epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0 else {
             log(PERUSER_LOG_ERR, "multiplexer: epoll_ctl(\(fd)) failed: \(errnoText())")
+            pending[fd] = nil
             close(fd)
             return
         }
-        pending[fd] = PendingConnection(consumed: consumed, hops: hops,
-                                        deadline: monotonicMilliseconds() + headTimeout,
-                                        sawBytes: !consumed.isEmpty)
-        advance(fd)
+        connection.watched = true
+        pending[fd] = connection
     }
 
     // MARK: Reading the head
@@ -500,11 +510,12 @@ struct Multiplexer {
     }
 
     private mutating func forget(_ fd: Int32) {
-        if let connection = pending.removeValue(forKey: fd), case .waitingForWorker(let env) = connection.stage {
+        guard let connection = pending.removeValue(forKey: fd) else { return }
+        if case .waitingForWorker(let env) = connection.stage {
             waiting.remove(fd)
             publish(env)
         }
-        epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil)
+        if connection.watched { epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil) }
     }
 }
 

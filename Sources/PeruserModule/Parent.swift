@@ -292,7 +292,7 @@ public func peruserWorkerTookConnection(_ slot: Int32, _ environment: Int32) {
 public func peruserWorkerStartedRequest(_ slot: Int32, _ environment: Int32, _ request: UnsafePointer<CChar>?,
                                         _ vhost: UnsafePointer<CChar>?) {
     guard let table = sharedTable else { return }
-    table.setRequest(Int(slot), request: string(request) ?? "", vhost: string(vhost) ?? "")
+    table.setRequest(Int(slot), request: request, vhost: vhost)
     // ExpireTimeout counts from the start of each request.
     table.setStatus(Int(slot), .active, now: monotonicMilliseconds())
     if let field = table.slotField(Int(slot), ChildTableLayout.requestsOffset) {
