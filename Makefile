@@ -13,7 +13,7 @@ LINK_STRIP  ?= -Wl,-s
 SWIFT_SOURCES := Package.swift $(shell find Sources -type f)
 C_SOURCES     := CShim/mod_mpm_peruser.c CShim/peruser_swift.h Sources/CPeruserShim/peruser_shim.h
 
-.PHONY: all deps test unit integration demo demo-stop clean
+.PHONY: all deps test unit integration demo demo-stop bench clean
 
 all: $(MODULE)
 
@@ -52,6 +52,10 @@ demo: deps $(MODULE)
 
 demo-stop:
 	sh demo/stop.sh
+
+# Not a test: measures prefork, prefork + mpm-itk and peruser with wrk; writes BENCHMARKS.md.
+bench: deps $(MODULE)
+	python3 bench/bench.py
 
 clean:
 	rm -rf build .build

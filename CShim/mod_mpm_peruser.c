@@ -55,7 +55,6 @@ module AP_MODULE_DECLARE_DATA mpm_peruser_module;
 
 #define MOST_SERVER_LIMIT 20000
 #define DEFAULT_MAX_REQUESTS_PER_CHILD 1000
-#define DEFAULT_HEAD_TIMEOUT_MS 10000
 /* A kept-alive request head longer than this cannot be handed to another environment. */
 #define HEAD_RECORD_MAX (64 * 1024)
 /* How long a hard stop waits for children before SIGKILL. */
@@ -1177,7 +1176,7 @@ static void multiplexer_main(void)
         retained->mpm->mpm_state = AP_MPMQ_RUNNING;
         ap_update_child_status_from_indexes(my_slot, 0, SERVER_READY, NULL);
         rc = peruser_multiplexer_run(my_slot, listeners, count, retained->handback[1], mux_channels,
-                                     channel_env_count, retained->demand[1], DEFAULT_HEAD_TIMEOUT_MS);
+                                     channel_env_count, retained->demand[1]);
     }
     clean_child_exit(rc);
 }

@@ -122,8 +122,7 @@ void peruser_status_render(int view, const int *scoreboard_states, int slots, vo
 /* Runs the accept/peek/route/hand-off loop until asked to stop and done, or a fatal error.
  * Returns the exit status. `demand` is the pipe on which to ask the parent for workers. */
 int peruser_multiplexer_run(int slot, const int *listeners, int listener_count, int handback,
-                            const int *channels, int channel_count, int demand,
-                            int head_timeout_ms);
+                            const int *channels, int channel_count, int demand);
 
 /* ---- Hand-off messages (workers) ---- */
 

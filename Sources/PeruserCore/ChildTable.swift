@@ -94,7 +94,9 @@ public struct EnvironmentCounters: Equatable {
 
     /// Connections passed to the channel and not yet taken, clamped: the two counters come
     /// from different writers, so a lie or a race must not yield a huge or negative number.
-    public var queued: Int {
+    public var queued: Int { Self.queued(handedOff: handedOff, received: received) }
+
+    static func queued(handedOff: UInt64, received: UInt64) -> Int {
         handedOff >= received ? Int(min(handedOff - received, 1 << 20)) : 0
     }
 }
@@ -192,9 +194,8 @@ public struct ChildTable {
     public func queued(_ environment: Int) -> Int {
         guard environment >= 0 && environment < environmentCount else { return 0 }
         let o = ChildTableLayout.environmentOffset(slots: slotCount, environment: environment)
-        let handedOff = load(o + ChildTableLayout.handedOffOffset, as: UInt64.self)
-        let received = load(o + ChildTableLayout.receivedOffset, as: UInt64.self)
-        return handedOff >= received ? Int(min(handedOff - received, 1 << 20)) : 0
+        return EnvironmentCounters.queued(handedOff: load(o + ChildTableLayout.handedOffOffset, as: UInt64.self),
+                                          received: load(o + ChildTableLayout.receivedOffset, as: UInt64.self))
     }
 
     public func environment(_ index: Int) -> EnvironmentCounters? {

@@ -219,12 +219,11 @@ public func peruserConfigValidate(_ errorBuffer: UnsafeMutablePointer<CChar>?, _
 @_cdecl("peruser_multiplexer_run")
 public func peruserMultiplexerRun(_ slot: Int32, _ listeners: UnsafePointer<Int32>?, _ listenerCount: Int32,
                                   _ handback: Int32, _ channels: UnsafePointer<Int32>?,
-                                  _ channelCount: Int32, _ demand: Int32, _ headTimeoutMs: Int32) -> Int32 {
+                                  _ channelCount: Int32, _ demand: Int32) -> Int32 {
     let listenFds = (0..<Int(max(0, listenerCount))).compactMap { listeners?[$0] }
     let channelFds = (0..<Int(max(0, channelCount))).compactMap { channels?[$0] }
     guard var multiplexer = Multiplexer(slot: Int(slot), listeners: listenFds, handback: handback,
-                                        channels: channelFds, demand: demand,
-                                        headTimeout: Int64(headTimeoutMs)) else {
+                                        channels: channelFds, demand: demand) else {
         return 1
     }
     return multiplexer.run()

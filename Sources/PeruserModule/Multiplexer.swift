@@ -68,7 +68,7 @@ struct Multiplexer {
     private static let listenerTag: UInt64 = 1 << 32
     private static let handbackTag: UInt64 = 2 << 32
 
-    init?(slot: Int, listeners: [Int32], handback: Int32, channels: [Int32], demand: Int32, headTimeout: Int64) {
+    init?(slot: Int, listeners: [Int32], handback: Int32, channels: [Int32], demand: Int32) {
         self.slot = slot
         self.listeners = listeners
         self.handback = handback

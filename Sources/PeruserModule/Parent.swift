@@ -26,8 +26,6 @@ let expireGraceMilliseconds: Int64 = 2000
 let capLogIntervalMilliseconds: Int64 = 60_000
 
 extension ParentState {
-    func record(_ slot: Int) -> peruser_child_record { records[slot] }
-
     /// Live children, as the planner sees them (status from the shared table, as a hint).
     func children() -> [ChildState] {
         var out: [ChildState] = []
