@@ -219,6 +219,20 @@ def session_count(apache):
     return count
 
 
+def measure_idle(apache):
+    """Starts `apache`, sends one request to every vhost, lets it settle, and returns its summed
+    PSS (KiB) and process count; then stops it."""
+    apache.start(ports=(apache.port,))
+    time.sleep(3)
+    for host in HOSTS:
+        subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", f"Host: {host}", f"http://127.0.0.1:{apache.port}/1k.html"])
+    time.sleep(2)
+    result = session_pss(apache), session_count(apache)
+    apache.stop()
+    apache.cleanup()
+    return result
+
+
 def idle_memory(env_count):
     """(peruser PSS, prefork PSS, processes) with `env_count` environments at MinProcessors 1."""
     global USERS, HOSTS
@@ -227,30 +241,14 @@ def idle_memory(env_count):
     HOSTS = tuple(f"h{i}.bench" for i in range(env_count))
     try:
         peruser = configure("peruser", min_processors=1)
-        peruser.start(ports=(peruser.port,))
-        time.sleep(3)
-        for host in HOSTS:
-            subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", f"Host: {host}", f"http://127.0.0.1:{peruser.port}/1k.html"])
-        time.sleep(2)
-        processes = session_count(peruser)
-        peruser_pss = session_pss(peruser)
-        peruser.stop()
-        peruser.cleanup()
+        peruser_pss, processes = measure_idle(peruser)
         prefork = configure("prefork")
         text = open(prefork.config).read()
         children = processes - 1
         text = re.sub(r"StartServers \d+\nMinSpareServers \d+\nMaxSpareServers \d+",
                       f"StartServers {children}\nMinSpareServers {children}\nMaxSpareServers {children + 1}", text)
         open(prefork.config, "w").write(text)
-        prefork.start(ports=(prefork.port,))
-        time.sleep(3)
-        for host in HOSTS:
-            subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", f"Host: {host}", f"http://127.0.0.1:{prefork.port}/1k.html"])
-        time.sleep(2)
-        prefork_pss = session_pss(prefork)
-        prefork_processes = session_count(prefork)
-        prefork.stop()
-        prefork.cleanup()
+        prefork_pss, prefork_processes = measure_idle(prefork)
         return peruser_pss, prefork_pss, processes, prefork_processes
     finally:
         USERS, HOSTS = saved

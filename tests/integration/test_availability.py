@@ -33,10 +33,11 @@ def table_availability(server, env):
     return {"availability": availability, "waiting": waiting, "dropped": dropped, "handed": handed}
 
 
-@pytest.fixture
-def saturable(module, accounts):
+def start_saturable(accounts, name, extra=""):
+    """Environment `single` (one worker at most, as peruser-a) and `other` (two, as
+    peruser-b), ProcessorWaitTimeout 2 10; `extra` adds configuration."""
     port = free_port()
-    apache = Apache("", name="avail")
+    apache = Apache("", name=name)
     a, b = accounts["peruser-a"], accounts["peruser-b"]
     a_site = make_site(apache.root, *a, "a")
     b_site = make_site(apache.root, *b, "b")
@@ -46,6 +47,7 @@ ServerLimit {SERVER_LIMIT}
 MinMultiplexers 2
 MaxMultiplexers 2
 ProcessorWaitTimeout 2 10
+{extra}
 <Directory {apache.root}>
     Require all granted
 </Directory>
@@ -78,6 +80,12 @@ ProcessorWaitTimeout 2 10
     apache.port = port
     apache.start(ports=(port,))
     apache.wait_children(2 + 1 + 2)
+    return apache
+
+
+@pytest.fixture
+def saturable(module, accounts):
+    apache = start_saturable(accounts, "avail")
     yield apache
     apache.stop()
     apache.cleanup()

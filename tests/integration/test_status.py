@@ -1,14 +1,14 @@
 """server-status: Peruser's child table, ?peruser_stats and ?auto, from a real mod_status."""
 import html
 import os
+import pwd
 import re
 import signal
 import time
 
 import pytest
 
-from conftest import make_site
-from harness import Apache, free_port, proc_ids
+from test_availability import start_saturable
 from test_end_to_end import CGI, get
 from test_process_management import in_background, wait_until
 
@@ -17,53 +17,12 @@ USERS = {"single": "peruser-a", "other": "peruser-b", "Multiplexer": "www-data"}
 
 @pytest.fixture
 def status_server(module, accounts):
-    port = free_port()
-    apache = Apache("", name="status")
-    a, b = accounts["peruser-a"], accounts["peruser-b"]
-    a_site = make_site(apache.root, *a, "a")
-    b_site = make_site(apache.root, *b, "b")
-    apache.write_config(f"""
-Listen 127.0.0.1:{port}
-ServerLimit 16
-MinMultiplexers 2
-MaxMultiplexers 2
-ProcessorWaitTimeout 2 10
+    apache = start_saturable(accounts, "status", extra="""
 LoadModule status_module /usr/lib/apache2/modules/mod_status.so
 ExtendedStatus On
 <Location /server-status>
     SetHandler server-status
-</Location>
-<Directory {apache.root}>
-    Require all granted
-</Directory>
-<Processor single>
-    User peruser-a
-    Group peruser-a
-    MinProcessors 1
-    MaxProcessors 1
-    MinSpareProcessors 0
-</Processor>
-<Processor other>
-    User peruser-b
-    Group peruser-b
-    MinProcessors 2
-    MinSpareProcessors 0
-</Processor>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName single.test
-    DocumentRoot {a_site}
-    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
-    ServerEnvironment single
-</VirtualHost>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName other.test
-    DocumentRoot {b_site}
-    ServerEnvironment other
-</VirtualHost>
-""")
-    apache.port = port
-    apache.start(ports=(port,))
-    apache.wait_children(2 + 1 + 2)
+</Location>""")
     yield apache
     apache.stop()
     apache.cleanup()
@@ -110,7 +69,6 @@ def test_child_table_matches_the_processes(status_server):
     assert set(live) == set(kids), (sorted(live), sorted(kids))
     for pid, row in live.items():
         user = USERS[row["processor"]]
-        import pwd
         assert kids[pid][0] == pwd.getpwnam(user).pw_uid, (pid, row)
         assert row["type"] in ("MULTIPLEXER", "PROCESSOR", "WORKER")
         assert row["status"] in ("STARTING", "READY", "ACTIVE")
