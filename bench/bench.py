@@ -184,6 +184,25 @@ def wrk(port, path, close, lua, host=HOSTS[0]):
     return rps, p99_ms, non2xx, socket_errors
 
 
+def session_cpu(apache):
+    """CPU seconds used by the server's processes so far: each live process's own time, plus
+    the time of the children they have reaped (itk's per-connection forks, CGI scripts)."""
+    sid = os.getsid(apache.pid())
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry)) != sid:
+                continue
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        except (OSError, ValueError, IndexError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def warm(port):
     for path in ("/1k.html", "/hello.php", "/cgi-bin/hello.cgi"):
         for host in HOSTS:
@@ -298,10 +317,14 @@ def main():
         for scenario, path, close, lua in scenarios:
             for round_ in range(REPEATS):
                 for kind in kinds:  # interleaved: A B C A B C ...
+                    before = session_cpu(servers[kind])
                     r = wrk(servers[kind].port, path, close, lua)
+                    # Server CPU per request: steadier than req/s when wrk shares the cores.
+                    cpu_us = (session_cpu(servers[kind]) - before) * 1e6 / max(r[0] * DURATION, 1)
+                    r = r + (cpu_us,)
                     results[(scenario, kind)].append(r)
                     print(f"{scenario:32} {kind:8} round {round_ + 1}: {r[0]:9.0f} req/s  p99 {r[1]:7.2f} ms  "
-                          f"non-2xx {r[2]}  socket errors {r[3]}", flush=True)
+                          f"non-2xx {r[2]}  socket errors {r[3]}  server CPU {cpu_us:6.1f} us/req", flush=True)
     finally:
         for apache in servers.values():
             apache.stop()
@@ -315,13 +338,15 @@ def main():
              f"`wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}s` on 127.0.0.1 (wrk shares the cores), "
              f"{REPEATS} interleaved rounds, medians. Produced by `bench/bench.py`.", "",
              "| scenario | prefork req/s | itk req/s | peruser req/s | peruser/prefork | peruser/itk | "
-             "p99 ms (prefork / itk / peruser) | non-2xx + socket errors (prefork / itk / peruser) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "p99 ms (prefork / itk / peruser) | non-2xx + socket errors (prefork / itk / peruser) | "
+             "server CPU µs/request (prefork / itk / peruser) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for scenario, *_ in scenarios:
         p, i, u = (median(scenario, k) for k in kinds)
         p99 = " / ".join(f"{median(scenario, k, 1):.2f}" for k in kinds)
         bad = " / ".join(str(sum(r[2] + r[3] for r in results[(scenario, k)])) for k in kinds)
-        lines.append(f"| {scenario} | {p:.0f} | {i:.0f} | {u:.0f} | {u / p:.2f} | {u / i:.1f} | {p99} | {bad} |")
+        cpu = " / ".join(f"{median(scenario, k, 4):.0f}" for k in kinds)
+        lines.append(f"| {scenario} | {p:.0f} | {i:.0f} | {u:.0f} | {u / p:.2f} | {u / i:.1f} | {p99} | {bad} | {cpu} |")
 
     if ONLY:
         print("\n".join(lines))
