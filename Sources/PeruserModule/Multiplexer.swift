@@ -64,6 +64,9 @@ struct Multiplexer {
     private var stopping = false
     private var acceptPaused = false
     private var lastHolding = -1
+    /// Each environment's capacity, read from the child table at most once per turn of the
+    /// event loop (a scan of every slot) and kept current with this turn's own hand-offs.
+    private var capacityCache: [EnvironmentCapacity?]
 
     private static let listenerTag: UInt64 = 1 << 32
     private static let handbackTag: UInt64 = 2 << 32
@@ -83,6 +86,7 @@ struct Multiplexer {
         waitSeconds = limits.processorWaitSeconds
         waitLevels = limits.processorWaitLevels
         lastDemand = Array(repeating: Int64.min / 2, count: channels.count)
+        capacityCache = Array(repeating: nil, count: channels.count)
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         head = .allocate(byteCount: Self.largestHead, alignment: 8)
         message = .allocate(byteCount: HandoffMessage.largestMessage, alignment: 8)
@@ -127,6 +131,7 @@ struct Multiplexer {
             // Wake periodically while connections wait: free workers, full channels, deadlines.
             let timeout: Int32 = pending.isEmpty ? -1 : (waiting.isEmpty ? 100 : 20)
             let count = epoll_wait(epoll, events, Int32(capacity), timeout)
+            for env in capacityCache.indices { capacityCache[env] = nil }
             if count < 0 {
                 if errno == EINTR { continue }
                 log(PERUSER_LOG_ERR, "multiplexer: epoll_wait failed: \(errnoText())")
@@ -215,6 +220,7 @@ struct Multiplexer {
     /// Counts a hand-off.
     private mutating func handedOff(to environment: Int) {
         guard let table = sharedTable else { return }
+        capacityCache[environment]?.queued += 1
         if let field = table.environmentField(environment, ChildTableLayout.handedOffOffset) {
             peruser_atomic_add_u64(field, 1)
         }
@@ -237,11 +243,14 @@ struct Multiplexer {
         _ = write(demand, &index, 4)  // non-blocking; a full pipe means the parent is already busy
     }
 
-    private func capacity(of environment: Int) -> EnvironmentCapacity {
+    private mutating func capacity(of environment: Int) -> EnvironmentCapacity {
         guard let table = sharedTable, workerLimits.indices.contains(environment) else {
             return EnvironmentCapacity(workers: 0, idle: 0, queued: 0, maxProcessors: 1, serverFull: false)
         }
-        return table.capacity(of: environment, limits: workerLimits[environment], maxClients: maxClients)
+        if let cached = capacityCache[environment] { return cached }
+        let fresh = table.capacity(of: environment, limits: workerLimits[environment], maxClients: maxClients)
+        capacityCache[environment] = fresh
+        return fresh
     }
 
     /// Answers 503 for a saturated environment; its availability falls one level.
