@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 
 from harness import Apache, MODULE, ensure_account, free_port  # noqa: E402
 
-REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 # For quick looks while tuning: BENCH_ONLY="close" runs the scenarios whose name contains it
 # (and writes nothing to BENCHMARKS.md).
 ONLY = os.environ.get("BENCH_ONLY")
