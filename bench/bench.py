@@ -184,18 +184,25 @@ def wrk(port, path, close, lua, host=HOSTS[0]):
     return rps, p99_ms, non2xx, socket_errors
 
 
+def session_pids(apache):
+    """Pids of every process in the server's session (it was started with setsid)."""
+    sid = os.getsid(apache.pid())
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    yield int(entry)
+            except OSError:
+                pass
+
+
 def session_cpu(apache):
     """CPU seconds used by the server's processes so far: each live process's own time, plus
     the time of the children they have reaped (itk's per-connection forks, CGI scripts)."""
-    sid = os.getsid(apache.pid())
     ticks = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in session_pids(apache):
         try:
-            if os.getsid(int(entry)) != sid:
-                continue
-            with open(f"/proc/{entry}/stat") as f:
+            with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
         except (OSError, ValueError, IndexError):
@@ -211,15 +218,10 @@ def warm(port):
 
 def session_pss(apache):
     """Summed PSS (KiB) of every process in the server's session."""
-    sid = os.getsid(apache.pid())
     total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in session_pids(apache):
         try:
-            if os.getsid(int(entry)) != sid:
-                continue
-            with open(f"/proc/{entry}/smaps_rollup") as f:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
                 total += int(re.search(r"^Pss:\s+(\d+) kB", f.read(), re.M).group(1))
         except (OSError, AttributeError):
             pass
@@ -227,15 +229,7 @@ def session_pss(apache):
 
 
 def session_count(apache):
-    sid = os.getsid(apache.pid())
-    count = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                count += os.getsid(int(entry)) == sid
-            except OSError:
-                pass
-    return count
+    return sum(1 for _ in session_pids(apache))
 
 
 def measure_idle(apache):
