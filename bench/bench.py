@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 
-from harness import Apache, MODULE, ensure_account, free_port  # noqa: E402
+from harness import Apache, MODULE, ensure_account, free_port, session_pids  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 # For quick looks while tuning: BENCH_ONLY="close" runs the scenarios whose name contains it
@@ -184,23 +184,11 @@ def wrk(port, path, close, lua, host=HOSTS[0]):
     return rps, p99_ms, non2xx, socket_errors
 
 
-def session_pids(apache):
-    """Pids of every process in the server's session (it was started with setsid)."""
-    sid = os.getsid(apache.pid())
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    yield int(entry)
-            except OSError:
-                pass
-
-
 def session_cpu(apache):
     """CPU seconds used by the server's processes so far: each live process's own time, plus
     the time of the children they have reaped (itk's per-connection forks, CGI scripts)."""
     ticks = 0
-    for pid in session_pids(apache):
+    for pid in session_pids(os.getsid(apache.pid())):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -219,7 +207,7 @@ def warm(port):
 def session_pss(apache):
     """Summed PSS (KiB) of every process in the server's session."""
     total = 0
-    for pid in session_pids(apache):
+    for pid in session_pids(os.getsid(apache.pid())):
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 total += int(re.search(r"^Pss:\s+(\d+) kB", f.read(), re.M).group(1))
@@ -229,7 +217,7 @@ def session_pss(apache):
 
 
 def session_count(apache):
-    return sum(1 for _ in session_pids(apache))
+    return len(session_pids(os.getsid(apache.pid())))
 
 
 def measure_idle(apache):

@@ -260,7 +260,8 @@ public struct ChildTable {
         base.storeBytes(of: old.totalDropped, toByteOffset: o + ChildTableLayout.carriedDroppedOffset, as: UInt64.self)
     }
 
-    /// The same from C strings, without building Swift strings (a worker does this per request).
+    /// Stores the request line and vhost of a slot's current request, from C strings, without
+    /// building Swift strings (a worker does this per request).
     public func setRequest(_ index: Int, request: UnsafePointer<CChar>?, vhost: UnsafePointer<CChar>?) {
         guard index >= 0 && index < slotCount else { return }
         let o = ChildTableLayout.slotOffset(index)
@@ -279,12 +280,6 @@ public struct ChildTable {
         base.storeBytes(of: UInt8(0), toByteOffset: offset + i, as: UInt8.self)
     }
 
-    public func setRequest(_ index: Int, request: String, vhost: String) {
-        guard index >= 0 && index < slotCount else { return }
-        let o = ChildTableLayout.slotOffset(index)
-        storeText(request, o + ChildTableLayout.requestOffset, capacity: ChildTableLayout.requestCapacity)
-        storeText(vhost, o + ChildTableLayout.vhostOffset, capacity: ChildTableLayout.vhostCapacity)
-    }
 
     /// Address of a slot's or an environment's field, for the atomic counters of the module.
     public func slotField(_ index: Int, _ offset: Int) -> UnsafeMutableRawPointer? {

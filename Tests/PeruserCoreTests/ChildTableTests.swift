@@ -17,7 +17,9 @@ final class ChildTableTests: XCTestCase {
             XCTAssertEqual(memory.load(as: UInt32.self), ChildTableLayout.magic)
             table.setSlot(1, pid: 42, type: .processor, environment: 1, generation: 7, status: .starting, now: 5)
             table.setStatus(1, .active, now: 9)
-            table.setRequest(1, request: "GET /x HTTP/1.1", vhost: "a.test")
+            "GET /x HTTP/1.1".withCString { request in
+                "a.test".withCString { table.setRequest(1, request: request, vhost: $0) }
+            }
             let s = table.slot(1)
             XCTAssertEqual(s?.pid, 42)
             XCTAssertEqual(s?.type, .processor)

@@ -191,6 +191,19 @@ KeepAliveTimeout 5
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def session_pids(sid):
+    """Pids of every process in session `sid` (each test server is started with setsid)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    out.append(int(entry))
+            except OSError:
+                pass
+    return out
+
+
 def proc_ids(pid):
     """(real uid, real gid) of a process, from /proc/PID/status."""
     uid = gid = None

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harness import proc_ids, raw_request
+from harness import proc_ids, raw_request, session_pids
 
 CGI = "/cgi-bin/id.cgi"
 
@@ -259,15 +259,12 @@ def test_64k_header_gets_a_4xx(server):
 
 def session_processes(server):
     """(pid, uid, gid) of every process in the server's session (it was started by setsid)."""
-    sid = os.getsid(server.pid())
     out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    out.append((int(entry),) + proc_ids(int(entry)))
-            except (OSError, ProcessLookupError):
-                pass
+    for pid in session_pids(os.getsid(server.pid())):
+        try:
+            out.append((pid,) + proc_ids(pid))
+        except OSError:
+            pass
     return out
 
 

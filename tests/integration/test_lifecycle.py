@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness import Apache, free_port
+from harness import Apache, free_port, session_pids
 from test_end_to_end import CGI, get, ids_of
 from conftest import make_site
 
@@ -14,15 +14,12 @@ from conftest import make_site
 def session_states(sid):
     """pid -> state letter of every process in session `sid`."""
     out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) != sid:
-                    continue
-                with open(f"/proc/{entry}/stat") as f:
-                    out[int(entry)] = f.read().rsplit(")", 1)[1].split()[0]
-            except (OSError, ProcessLookupError):
-                pass
+    for pid in session_pids(sid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                out[pid] = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            pass
     return out
 
 

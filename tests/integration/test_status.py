@@ -28,22 +28,20 @@ ExtendedStatus On
     apache.cleanup()
 
 
+def table_rows(page, heading, columns):
+    """The data rows of the table under <h2>heading</h2>, as dicts keyed by `columns`."""
+    section = page.split(f"<h2>{heading}</h2>", 1)[1].split("</table>", 1)[0]
+    return [dict(zip(columns, (html.unescape(c) for c in tr.split("</td><td>"))))
+            for tr in re.findall(r"<tr><td>(.*?)</td></tr>", section)]
+
+
 def peruser_rows(page):
-    section = page.split("<h2>Peruser status</h2>", 1)[1].split("</table>", 1)[0]
-    rows = []
-    for tr in re.findall(r"<tr><td>(.*?)</td></tr>", section):
-        cells = [html.unescape(c) for c in tr.split("</td><td>")]
-        rows.append(dict(zip(["id", "pid", "status", "sb", "type", "processor", "pss", "avail"], cells)))
-    return rows
+    return table_rows(page, "Peruser status", ["id", "pid", "status", "sb", "type", "processor", "pss", "avail"])
 
 
 def stats_rows(page):
-    section = page.split("<h2>Peruser statistics</h2>", 1)[1].split("</table>", 1)[0]
-    rows = []
-    for tr in re.findall(r"<tr><td>(.*?)</td></tr>", section):
-        cells = [html.unescape(c) for c in tr.split("</td><td>")]
-        rows.append(dict(zip(["name", "user", "group", "pss", "connections", "requests", "dropped", "avail"], cells)))
-    return rows
+    return table_rows(page, "Peruser statistics",
+                      ["name", "user", "group", "pss", "connections", "requests", "dropped", "avail"])
 
 
 def auto_lines(text):
