@@ -12,11 +12,30 @@
 /* Forgets every environment and resets every limit to its default: the start of a pass. */
 void peruser_config_reset(void);
 
-/* Declares <Processor name> with its User/Group and limit overrides (-1: not given).
- * Returns the environment's index, or -1 with a message in `error`. */
+/* Declares <Processor name> with its User/Group, limit overrides (-1: not given), Chroot
+ * (NULL: none), Cgroup directories and NiceValue (used only if has_nice). The paths are
+ * checked here. Returns the environment's index, or -1 with a message in `error`. */
 int peruser_config_add_environment(const char *name, const char *user, const char *group,
                                    int min_processors, int max_processors,
-                                   int min_spare, int max_spare, char *error, size_t error_cap);
+                                   int min_spare, int max_spare,
+                                   const char *chroot, const char *const *cgroups, int cgroup_count,
+                                   int nice, int has_nice, char *error, size_t error_cap);
+
+/* An environment's jail: 1 with the path copied out, 0 for none, -1 on error. */
+int peruser_config_environment_chroot(int index, char *buffer, size_t capacity);
+
+/* How many Cgroup directories an environment has, and the `which`-th (0, or -1). */
+int peruser_config_environment_cgroup_count(int index);
+int peruser_config_environment_cgroup(int index, int which, char *buffer, size_t capacity);
+
+/* 1 with an environment's NiceValue in *nice, 0 if it has none. */
+int peruser_config_environment_nice(int index, int *nice);
+
+/* MultiplexerChroot: checked like Chroot; 0, or -1 with a message. */
+int peruser_config_set_multiplexer_chroot(const char *path, char *error, size_t error_cap);
+
+/* 1 with MultiplexerChroot copied out, 0 if none is set. */
+int peruser_config_multiplexer_chroot(char *buffer, size_t capacity);
 
 /* Index of environment `name`, or -1 with a message in `error`. */
 int peruser_config_find_environment(const char *name, char *error, size_t error_cap);

@@ -8,9 +8,21 @@
 #include <sys/types.h>
 #include <sys/epoll.h> /* not part of Swift's Glibc module; the multiplexer needs it */
 #include <sys/socket.h>
+#include <sys/vfs.h>   /* statfs: not part of Swift's Glibc module either */
 
 /* glibc declares accept4 only under _GNU_SOURCE, which Swift's Glibc module is built without. */
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags);
+
+/* The file system type (statfs f_type) of `path`: 0 with *type set, or -1. */
+static inline int peruser_filesystem_type(const char *path, long *type)
+{
+    struct statfs fs;
+    if (statfs(path, &fs) != 0) {
+        return -1;
+    }
+    *type = (long)fs.f_type;
+    return 0;
+}
 
 /* Log levels (the APLOG_* values of http_log.h). */
 enum {
@@ -44,6 +56,12 @@ int peruser_shim_send_fd(int channel, int fd, const void *buf, size_t len);
 ssize_t peruser_shim_recv_fd(int channel, void *buf, size_t cap, int nonblocking, int *fd);
 
 /* ---- Process management ---- */
+
+/* Moves every connection queued in environment `environment`'s channel (of this generation)
+ * back to the multiplexers over the hand-back channel, untouched: the parent never reads a
+ * client's bytes. Returns how many were moved; *lost counts those that could not be (closed,
+ * logged). */
+int peruser_shim_return_queued(int environment, int *lost);
 
 #include <stdint.h>
 

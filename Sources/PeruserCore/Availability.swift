@@ -105,13 +105,18 @@ public struct EnvironmentCapacity: Equatable {
     public var maxProcessors: Int
     /// MaxClients is reached (an environment with no worker still gets its PROCESSOR).
     public var serverFull: Bool
+    /// The parent's last attempt to start a worker failed and none is alive (a missing user,
+    /// cgroup or jail): connections must not queue for a worker that may never come.
+    public var startFailing: Bool
 
-    public init(workers: Int, idle: Int, queued: Int, maxProcessors: Int, serverFull: Bool) {
+    public init(workers: Int, idle: Int, queued: Int, maxProcessors: Int, serverFull: Bool,
+                startFailing: Bool = false) {
         self.workers = workers
         self.idle = idle
         self.queued = queued
         self.maxProcessors = maxProcessors
         self.serverFull = serverFull
+        self.startFailing = startFailing
     }
 
     /// Idle workers not already spoken for by queued connections.
@@ -120,7 +125,7 @@ public struct EnvironmentCapacity: Equatable {
     /// A worker is free, or one can be started for the connection.
     public var canTake: Bool {
         if freeWorkers > 0 { return true }
-        if workers == 0 { return true }
+        if workers == 0 { return !startFailing }
         return workers + queued < maxProcessors && !serverFull
     }
 }

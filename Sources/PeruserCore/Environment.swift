@@ -22,11 +22,15 @@ public struct Environment: Equatable {
     public var identity: Identity
     /// Limits given inside the block; the global ones apply where these are nil.
     public var overrides: WorkerLimitOverrides
+    /// Chroot, Cgroup and NiceValue of the block.
+    public var confinement: Confinement
 
-    public init(name: String, identity: Identity, overrides: WorkerLimitOverrides = WorkerLimitOverrides()) {
+    public init(name: String, identity: Identity, overrides: WorkerLimitOverrides = WorkerLimitOverrides(),
+                confinement: Confinement = Confinement()) {
         self.name = name
         self.identity = identity
         self.overrides = overrides
+        self.confinement = confinement
     }
 }
 

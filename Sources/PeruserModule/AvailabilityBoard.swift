@@ -17,9 +17,27 @@ struct AvailabilityBoard {
         environment >= 0 && environment < count ? base + environment * Self.recordSize : nil
     }
 
-    /// Sets every environment to 100%.
+    /// Record fields: availability percent (multiplexers), and whether the parent's last start
+    /// of a worker failed with none alive (parent). Both out of every tenant's reach.
+    static let percentOffset = 0
+    static let startFailingOffset = 4
+
+    /// Sets every environment to 100%, with no failed start.
     func reset() {
-        for env in 0..<count { if let f = field(env) { f.storeBytes(of: UInt32(100), as: UInt32.self) } }
+        for env in 0..<count {
+            guard let f = field(env) else { continue }
+            f.storeBytes(of: UInt32(100), toByteOffset: Self.percentOffset, as: UInt32.self)
+            f.storeBytes(of: UInt32(0), toByteOffset: Self.startFailingOffset, as: UInt32.self)
+        }
+    }
+
+    func startFailing(_ environment: Int) -> Bool {
+        field(environment).map { peruser_atomic_load_u32($0 + Self.startFailingOffset) != 0 } ?? false
+    }
+
+    func setStartFailing(_ environment: Int, _ failing: Bool) {
+        guard let f = field(environment) else { return }
+        peruser_atomic_store_u32(f + Self.startFailingOffset, failing ? 1 : 0)
     }
 
     func availability(_ environment: Int, waitSeconds: Int, levels: Int) -> Availability {

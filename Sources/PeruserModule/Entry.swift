@@ -8,6 +8,7 @@ import PeruserCore
 
 var environments = EnvironmentTable()
 var serverLimits = ServerLimits()
+var multiplexerChroot: String?
 
 /// Copies `text` into a C buffer, truncating and always NUL-terminating.
 func copyOut(_ text: String, _ buffer: UnsafeMutablePointer<CChar>?, _ capacity: Int) {
@@ -43,24 +44,43 @@ struct SystemAccounts: AccountDirectory {
 public func peruserConfigReset() {
     environments = EnvironmentTable()
     serverLimits = ServerLimits()
+    multiplexerChroot = nil
 }
 
 @_cdecl("peruser_config_add_environment")
 public func peruserConfigAddEnvironment(_ name: UnsafePointer<CChar>?, _ user: UnsafePointer<CChar>?,
                                         _ group: UnsafePointer<CChar>?, _ minProcessors: Int32,
                                         _ maxProcessors: Int32, _ minSpare: Int32, _ maxSpare: Int32,
+                                        _ chroot: UnsafePointer<CChar>?,
+                                        _ cgroups: UnsafePointer<UnsafePointer<CChar>?>?, _ cgroupCount: Int32,
+                                        _ nice: Int32, _ hasNice: Int32,
                                         _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorCap: Int) -> Int32 {
     let envName = string(name) ?? ""
-    do throws(ConfigError) {
+    do {
         let identity = try resolveIdentity(user: string(user), group: string(group),
                                            environment: envName, directory: SystemAccounts())
         func given(_ value: Int32) -> Int? { value >= 0 ? Int(value) : nil }
         let overrides = WorkerLimitOverrides(minProcessors: given(minProcessors), maxProcessors: given(maxProcessors),
                                              minSpare: given(minSpare), maxSpare: given(maxSpare))
-        let env = Environment(name: envName, identity: identity, overrides: overrides)
+        var confinement = Confinement()
+        if let path = string(chroot) {
+            confinement.chroot = try checkChrootDirectory(path, directive: "Chroot", facts: SystemPaths.facts)
+        }
+        for i in 0..<Int(max(0, cgroupCount)) {
+            guard let path = string(cgroups?[i]) else { continue }
+            confinement.cgroups.append(try checkCgroupDirectory(path, already: confinement.cgroups,
+                                                                facts: SystemPaths.cgroupFacts))
+        }
+        if hasNice != 0 {
+            guard Confinement.niceRange.contains(Int(nice)) else {
+                throw ConfigError.outOfRange(directive: "NiceValue", value: Int(nice), range: Confinement.niceRange)
+            }
+            confinement.nice = Int(nice)
+        }
+        let env = Environment(name: envName, identity: identity, overrides: overrides, confinement: confinement)
         return Int32(try environments.add(env))
     } catch {
-        copyOut(error.description, errorBuffer, errorCap)
+        copyOut("\(error)", errorBuffer, errorCap)
         return -1
     }
 }
@@ -98,6 +118,62 @@ public func peruserConfigEnvironmentName(_ index: Int32, _ buffer: UnsafeMutable
     guard let env = environments[Int(index)] else { return -1 }
     copyOut(env.name, buffer, capacity)
     return 0
+}
+
+/// The jail of an environment's workers: 1 with the path copied out, 0 for none, -1 unknown.
+@_cdecl("peruser_config_environment_chroot")
+public func peruserConfigEnvironmentChroot(_ index: Int32, _ buffer: UnsafeMutablePointer<CChar>?,
+                                           _ capacity: Int) -> Int32 {
+    guard let env = environments[Int(index)] else { return -1 }
+    guard let path = env.confinement.chroot else { return 0 }
+    guard path.utf8.count < capacity else { return -1 }
+    copyOut(path, buffer, capacity)
+    return 1
+}
+
+@_cdecl("peruser_config_environment_cgroup_count")
+public func peruserConfigEnvironmentCgroupCount(_ index: Int32) -> Int32 {
+    Int32(environments[Int(index)]?.confinement.cgroups.count ?? 0)
+}
+
+/// The `which`-th cgroup of an environment: 0 with the path copied out, -1 if there is none.
+@_cdecl("peruser_config_environment_cgroup")
+public func peruserConfigEnvironmentCgroup(_ index: Int32, _ which: Int32, _ buffer: UnsafeMutablePointer<CChar>?,
+                                           _ capacity: Int) -> Int32 {
+    guard let cgroups = environments[Int(index)]?.confinement.cgroups,
+          cgroups.indices.contains(Int(which)), cgroups[Int(which)].utf8.count < capacity else { return -1 }
+    copyOut(cgroups[Int(which)], buffer, capacity)
+    return 0
+}
+
+/// 1 with the environment's NiceValue in `nice`, 0 if it has none.
+@_cdecl("peruser_config_environment_nice")
+public func peruserConfigEnvironmentNice(_ index: Int32, _ nice: UnsafeMutablePointer<Int32>?) -> Int32 {
+    guard let value = environments[Int(index)]?.confinement.nice else { return 0 }
+    nice?.pointee = Int32(value)
+    return 1
+}
+
+/// MultiplexerChroot: checked like Chroot. 0, or -1 with a message.
+@_cdecl("peruser_config_set_multiplexer_chroot")
+public func peruserConfigSetMultiplexerChroot(_ path: UnsafePointer<CChar>?,
+                                              _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorCap: Int) -> Int32 {
+    do throws(IsolationError) {
+        multiplexerChroot = try checkChrootDirectory(string(path) ?? "", directive: "MultiplexerChroot",
+                                                     facts: SystemPaths.facts)
+        return 0
+    } catch {
+        copyOut(error.description, errorBuffer, errorCap)
+        return -1
+    }
+}
+
+/// 1 with MultiplexerChroot copied out, 0 if none is set.
+@_cdecl("peruser_config_multiplexer_chroot")
+public func peruserConfigMultiplexerChroot(_ buffer: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
+    guard let path = multiplexerChroot, path.utf8.count < capacity else { return 0 }
+    copyOut(path, buffer, capacity)
+    return 1
 }
 
 @_cdecl("peruser_config_environment_identity")

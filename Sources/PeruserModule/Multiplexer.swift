@@ -248,7 +248,8 @@ struct Multiplexer {
             return EnvironmentCapacity(workers: 0, idle: 0, queued: 0, maxProcessors: 1, serverFull: false)
         }
         if let cached = capacityCache[environment] { return cached }
-        let fresh = table.capacity(of: environment, limits: workerLimits[environment], maxClients: maxClients)
+        var fresh = table.capacity(of: environment, limits: workerLimits[environment], maxClients: maxClients)
+        fresh.startFailing = availabilityBoard?.startFailing(environment) ?? false
         capacityCache[environment] = fresh
         return fresh
     }
@@ -442,7 +443,7 @@ struct Multiplexer {
             if !ready.isEmpty { publish(env) }
         }
         for entry in waiting.expired(at: now) where pending[entry.item] != nil {
-            log(PERUSER_LOG_INFO, "multiplexer: no worker of environment \(entry.environment) came free in "
+            log(PERUSER_LOG_INFO, "multiplexer: no worker of environment \(environmentLabel(entry.environment)) came free in "
                 + "time; answering 503")
             drop(entry.item, environment: entry.environment)
         }
@@ -470,7 +471,7 @@ struct Multiplexer {
         } else if result == -EAGAIN || result == -EWOULDBLOCK {
             return  // A full channel counts as no free worker: retry on the tick.
         } else {
-            log(PERUSER_LOG_ERR, "multiplexer: hand-off to environment \(environment) failed: "
+            log(PERUSER_LOG_ERR, "multiplexer: hand-off to environment \(environmentLabel(environment)) failed: "
                 + errnoText(-result))
             respond(fd, .serviceUnavailable)
         }
@@ -491,7 +492,7 @@ struct Multiplexer {
             case .waitingForChannel(let environment):
                 trySend(fd)
                 if pending[fd] != nil && now >= connection.deadline {
-                    log(PERUSER_LOG_WARNING, "multiplexer: environment \(environment)'s channel stayed full "
+                    log(PERUSER_LOG_WARNING, "multiplexer: environment \(environmentLabel(environment))'s channel stayed full "
                         + "for \(channelWait) ms; answering 503")
                     drop(fd, environment: environment)
                 }
@@ -570,4 +571,10 @@ func isTCPStream(_ fd: Int32) -> Bool {
 func withOptionalCString<R>(_ text: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
     guard let text else { return body(nil) }
     return text.withCString { body($0) }
+}
+
+/// An environment's name for the log (the multiplexer inherited the parent's table of this
+/// generation when it was forked).
+func environmentLabel(_ index: Int) -> String {
+    environments[index]?.name ?? "#\(index)"
 }

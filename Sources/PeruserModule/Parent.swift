@@ -17,6 +17,8 @@ struct ParentState {
     var backoff = RestartBackoff()
     var demanded = Set<Int>()
     var lastCapLog: Int64 = -1_000_000
+    /// Environments whose last worker start failed while none of their workers was alive.
+    var failingStarts = Set<Int>()
 }
 
 var parent: ParentState?
@@ -90,6 +92,44 @@ extension ParentState {
         }
     }
 
+    func liveWorkers(of environment: Int) -> Int {
+        (0..<capacity).filter {
+            records[$0].pid > 0 && Int(records[$0].environment) == environment && records[$0].generation == policy.generation
+        }.count
+    }
+
+    /// A worker of `environment` could not start (fork failed, it could not be moved into its
+    /// cgroup, or it died right away, say at its chroot or setuid). With no worker left, the
+    /// connections queued in its channel would wait for one that may never come: flag the
+    /// environment, so that multiplexers hold its connections under ProcessorWaitTimeout
+    /// instead, and give them those already queued.
+    mutating func startFailed(environment: Int) {
+        guard environment >= 0 && environment < environments.count, liveWorkers(of: environment) == 0 else { return }
+        if !failingStarts.contains(environment) {
+            failingStarts.insert(environment)
+            availabilityBoard?.setStartFailing(environment, true)
+            log(PERUSER_LOG_ERR, "peruser: environment \(environmentName(environment)) has no worker and "
+                + "cannot start one; its connections get 503 after ProcessorWaitTimeout until a worker starts")
+        }
+        var lost: Int32 = 0
+        let moved = peruser_shim_return_queued(Int32(environment), &lost)
+        if moved + lost > 0, let field = sharedTable?.environmentField(environment, ChildTableLayout.receivedOffset) {
+            peruser_atomic_add_u64(field, UInt64(moved + lost))
+        }
+    }
+
+    /// An environment is healthy again once one of its workers got past its start.
+    mutating func clearFailedStarts(_ children: [ChildState]) {
+        for env in failingStarts where children.contains(where: {
+            $0.role == .worker(environment: env) && $0.generation == policy.generation
+                && ($0.status == .ready || $0.status == .active)
+        }) {
+            failingStarts.remove(env)
+            availabilityBoard?.setStartFailing(env, false)
+            log(PERUSER_LOG_NOTICE, "peruser: environment \(environmentName(env)) has a worker again")
+        }
+    }
+
     mutating func apply(_ plan: Plan, now: Int64) {
         var forkFailed = false
         for action in plan.actions {
@@ -107,6 +147,7 @@ extension ParentState {
                 guard pid > 0 else {  // fork failed (logged); try again next round
                     forkFailed = true
                     sharedTable?.setStatus(slot, .standby, now: now)
+                    startFailed(environment: Int(env))
                     continue
                 }
                 records[slot] = peruser_child_record(pid: pid, environment: env, generation: policy.generation,
@@ -216,6 +257,9 @@ public func peruserSupervisorReaped(_ pid: Int32, _ exitedCleanly: Int32, _ now:
                              status: .standby, now: now)
     }
     state.records[found] = peruser_child_record()
+    if r.environment >= 0, r.generation == state.policy.generation, state.backoff.until[role] != nil {
+        state.startFailed(environment: Int(r.environment))
+    }
     parent = state
     return 1
 }
@@ -229,6 +273,7 @@ public func peruserSupervisorMaintain(_ now: Int64) {
     // as idle-with-work-queued or busy-with-nothing-queued, never busy-with-work-queued
     // (which would start a worker nobody needs).
     let children = state.children()
+    state.clearFailedStarts(children)
     var load: [EnvironmentLoad] = []
     for env in 0..<environments.count {
         let counters = sharedTable?.environment(env)

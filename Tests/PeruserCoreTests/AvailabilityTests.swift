@@ -83,4 +83,14 @@ final class EnvironmentCapacityTests: XCTestCase {
     func testAnEnvironmentWithoutWorkersCanAlwaysStartItsProcessor() {
         XCTAssertTrue(EnvironmentCapacity(workers: 0, idle: 0, queued: 0, maxProcessors: 1, serverFull: true).canTake)
     }
+
+    func testAnEnvironmentWhoseWorkersFailToStartQueuesNothing() {
+        // Its connections wait in the multiplexer (and get 503 when the wait runs out) rather
+        // than in a channel no worker may ever read.
+        XCTAssertFalse(EnvironmentCapacity(workers: 0, idle: 0, queued: 0, maxProcessors: 5, serverFull: false,
+                                           startFailing: true).canTake)
+        // A worker that is alive again takes precedence over the flag.
+        XCTAssertTrue(EnvironmentCapacity(workers: 1, idle: 1, queued: 0, maxProcessors: 5, serverFull: false,
+                                          startFailing: true).canTake)
+    }
 }

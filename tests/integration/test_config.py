@@ -72,10 +72,10 @@ ProcessorWaitTimeout 5 10
     (GOOD_ENV + "<VirtualHost *:80>\n ServerEnvironment good\n ServerEnvironment good\n</VirtualHost>\n",
      r"ServerEnvironment is given twice"),
     # missing and wrong accounts
-    ("<Processor p>\n Group peruser-a\n</Processor>\n", r"<Processor p>: <Processor p> has no User directive"),
+    ("<Processor p>\n Group peruser-a\n</Processor>\n", r"<Processor p> \(line \d+ of \S+\): <Processor p> has no User directive"),
     ("<Processor p>\n User peruser-a\n</Processor>\n", r"<Processor p> has no Group directive"),
     ("<Processor p>\n User no-such-user-xyz\n Group peruser-a\n</Processor>\n",
-     r"User 'no-such-user-xyz' does not exist on this system \(User on line \d+, Group on line \d+"),
+     r"<Processor \S+> \(line \d+ of \S+\): User 'no-such-user-xyz' does not exist on this system"),
     ("<Processor p>\n User peruser-a\n Group no-such-group-xyz\n</Processor>\n",
      r"Group 'no-such-group-xyz' does not exist"),
     ("<Processor p>\n User root\n Group peruser-a\n</Processor>\n", r"User 'root' is root \(uid 0\)"),
