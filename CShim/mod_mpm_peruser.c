@@ -84,7 +84,9 @@ typedef struct {
      * generation); the multiplexers' own state (availability), which workers unmap. */
     void *table;
     size_t table_size;
+    int table_slots;
     int table_environments;
+    int table_fd; /* kept (close-on-exec) so each new worker can map its view of the table */
     void *previous_table;
     size_t previous_table_size;
     int previous_table_environments;
@@ -1107,6 +1109,44 @@ static void serve_connection(apr_pool_t *ptrans, ap_sb_handle_t *sbh, apr_bucket
     memset(&current, 0, sizeof current);
 }
 
+/* Replaces the worker's writable mapping of this generation's table by a read-only one (from
+ * a read-only descriptor, so mprotect cannot make it writable again) with only its own slot's
+ * page and its environment's page writable; drops every other table mapping and descriptor.
+ * The addresses stay the same, so the Swift view of the table stays valid. */
+static int confine_table_view(int slot, int environment)
+{
+    char path[64];
+    size_t slot_page, environment_page, page = peruser_table_page_size();
+    unsigned char *base = retained->table;
+    int ro;
+
+    if (retained->previous_table) {
+        munmap(retained->previous_table, retained->previous_table_size);
+        retained->previous_table = NULL;
+    }
+    if (!base || retained->table_fd < 0
+        || peruser_table_worker_pages(retained->table_slots, retained->table_environments, slot, environment,
+                                      &slot_page, &environment_page) != 0) {
+        return -1;
+    }
+    apr_snprintf(path, sizeof path, "/proc/self/fd/%d", retained->table_fd);
+    ro = open(path, O_RDONLY | O_CLOEXEC);
+    if (ro < 0) {
+        return -1;
+    }
+    if (mmap(base, retained->table_size, PROT_READ, MAP_SHARED | MAP_FIXED, ro, 0) == MAP_FAILED
+        || mmap(base + slot_page, page, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                retained->table_fd, (off_t)slot_page) == MAP_FAILED
+        || mmap(base + environment_page, page, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                retained->table_fd, (off_t)environment_page) == MAP_FAILED) {
+        close(ro);
+        return -1;
+    }
+    close(ro);
+    close_fd(&retained->table_fd);
+    return 0;
+}
+
 static void worker_main(int environment)
 {
     static unsigned char message[PERUSER_MESSAGE_MAX];
@@ -1138,6 +1178,11 @@ static void worker_main(int environment)
     close_fd(&retained->demand[0]);
     close_fd(&retained->demand[1]);
     channel = channels[2 * environment + 1];
+    if (confine_table_view(my_slot, environment) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
+                     "peruser: worker could not map its read-only view of the child table");
+        clean_child_exit(APEXIT_CHILDSICK);
+    }
 
     ap_reopen_scoreboard(pchild, NULL, 0);
     if (drop_to_environment(environment) != 0) {
@@ -1212,6 +1257,7 @@ static void multiplexer_main(void)
     }
     close_fd(&retained->handback[0]);
     close_fd(&retained->demand[0]);
+    close_fd(&retained->table_fd);
 
     ap_reopen_scoreboard(pchild, NULL, 0);
     /* MultiplexerChroot: mod_unixd's drop_privileges sets the groups, chroots, then sets the
@@ -1318,7 +1364,7 @@ static int open_lasting_channels(void)
 /* This generation's shared child table: a memfd mapping every child inherits. The one of
  * the previous generation stays mapped one generation more (its children may still run). */
 /* A named shared mapping (a memfd, so it shows by name in /proc/PID/maps), or NULL (logged). */
-static void *map_shared(const char *name, size_t size)
+static void *map_shared(const char *name, size_t size, int *keep_fd)
 {
     void *p;
     int fd = memfd_create(name, MFD_CLOEXEC);
@@ -1330,7 +1376,12 @@ static void *map_shared(const char *name, size_t size)
         return NULL;
     }
     p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
+    if (keep_fd && p != MAP_FAILED) {
+        *keep_fd = fd;
+    }
+    else {
+        close(fd);
+    }
     if (p == MAP_FAILED) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf, "peruser: cannot map %s", name);
         return NULL;
@@ -1342,11 +1393,22 @@ static int map_child_table(int slots)
 {
     size_t size = peruser_table_size(slots, peruser_config_environment_count());
     void *table;
+    int fd = -1;
 
-    table = map_shared("peruser-child-table", size);
+    if (peruser_table_page_size() % getpagesize() != 0) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, ap_server_conf,
+                     "peruser: the page size of this system (%d bytes) does not divide the child "
+                     "table's pages (%lu bytes); this build cannot confine workers here",
+                     getpagesize(), (unsigned long)peruser_table_page_size());
+        return !OK;
+    }
+    table = map_shared("peruser-child-table", size, &fd);
     if (!table) {
         return !OK;
     }
+    close_fd(&retained->table_fd);
+    retained->table_fd = fd;
+    retained->table_slots = slots;
     if (retained->previous_table) {
         munmap(retained->previous_table, retained->previous_table_size);
     }
@@ -1363,7 +1425,7 @@ static int map_child_table(int slots)
         munmap(retained->mux_state, retained->mux_state_size);
     }
     retained->mux_state_size = peruser_multiplexer_state_size(peruser_config_environment_count());
-    retained->mux_state = map_shared("peruser-multiplexer-state", retained->mux_state_size);
+    retained->mux_state = map_shared("peruser-multiplexer-state", retained->mux_state_size, NULL);
     if (!retained->mux_state) {
         return !OK;
     }
@@ -1843,6 +1905,7 @@ static int peruser_pre_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp
                                                     sizeof(peruser_child_record) * MOST_SERVER_LIMIT);
         retained->handback[0] = retained->handback[1] = -1;
         retained->demand[0] = retained->demand[1] = -1;
+        retained->table_fd = -1;
     }
     retained->mpm->mpm_state = AP_MPMQ_STARTING;
     if (retained->mpm->baton != retained) {

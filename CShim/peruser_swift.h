@@ -71,6 +71,13 @@ int peruser_config_environment_identity(int environment, unsigned *uid, unsigned
 /* Bytes needed for a table of `slots` slots and `environments` environments. */
 size_t peruser_table_size(int slots, int environments);
 
+/* The table's page: the unit of a worker's write access. */
+size_t peruser_table_page_size(void);
+
+/* Offsets of the two pages a worker of `environment` in `slot` may write. 0, or -1. */
+int peruser_table_worker_pages(int slots, int environments, int slot, int environment,
+                               size_t *slot_page, size_t *environment_page);
+
 /* Bytes of the multiplexers' own shared state (availability per environment). */
 size_t peruser_multiplexer_state_size(int environments);
 

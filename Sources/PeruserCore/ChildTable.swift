@@ -1,16 +1,24 @@
-// The shared child table: one fixed-size, versioned record per child slot and one per
-// environment, in a shared mapping that every child of a generation inherits.
+// The shared child table of a generation: a shared mapping that every child inherits.
 //
-// Children write their own status and the counters; the parent writes pid, type and
-// environment for display. Everything read back is untrusted: a tenant's worker can write any
-// byte here. Readers therefore bound-check and sanitize every field and never trap.
+// Three regions, by who may write them:
+// - the header, one identity record per slot (pid, type, environment, generation) and one
+//   record per environment (multiplexers' counters, carried totals, name): the parent and the
+//   multiplexers write these;
+// - one page per slot (status, counters, current request): its own child writes it;
+// - one page per environment (connections received, requests served): its workers write it.
+// A worker's view of the table is read-only except for its own slot's page and its
+// environment's page (the module maps those two over a read-only mapping), so a compromised
+// worker can lie about itself and its own environment, and about nothing else.
+// Everything read back is still treated as untrusted: readers bound-check, sanitize and never trap.
 
 public enum ChildTableLayout {
     public static let magic: UInt32 = 0x3143_5550  // "PUC1"
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
     public static let headerSize = 64
-    public static let slotSize = 256
+    public static let identitySize = 16
     public static let environmentSize = 128
+    /// The granularity of write access: a worker's pages are this long and aligned to it.
+    public static let pageSize = 4096
     public static let nameCapacity = 64
 
     // Header fields.
@@ -20,27 +28,27 @@ public enum ChildTableLayout {
     public static let environmentCountOffset = 12
     public static let generationOffset = 16
 
-    // Slot fields.
-    public static let pidOffset = 0          // Int32, parent
-    public static let typeOffset = 4         // UInt8 ChildType, parent
-    public static let statusOffset = 5       // UInt8 ChildStatus, child
-    public static let environmentOffset = 8  // Int32, parent (-1: multiplexer)
-    public static let slotGenerationOffset = 12  // UInt32, parent
-    public static let statusSinceOffset = 16 // Int64 ms, child
-    public static let connectionsOffset = 24 // UInt64, child
-    public static let requestsOffset = 32    // UInt64, child
-    public static let holdingOffset = 40     // UInt32: connections a multiplexer holds
-    public static let requestOffset = 64     // request line, NUL-terminated, child
+    // Identity fields of a slot (parent).
+    public static let pidOffset = 0          // Int32
+    public static let typeOffset = 4         // UInt8 ChildType
+    public static let environmentOffset = 8  // Int32 (-1: multiplexer)
+    public static let slotGenerationOffset = 12  // UInt32
+
+    // Fields of a slot's page (its child).
+    public static let statusOffset = 0       // UInt8 ChildStatus
+    public static let statusSinceOffset = 8  // Int64 ms
+    public static let connectionsOffset = 16 // UInt64
+    public static let requestsOffset = 24    // UInt64
+    public static let holdingOffset = 32     // UInt32: connections a multiplexer holds
+    public static let requestOffset = 64     // request line, NUL-terminated
     public static let requestCapacity = 128
-    public static let vhostOffset = 192      // vhost name, NUL-terminated, child
+    public static let vhostOffset = 192      // vhost name, NUL-terminated
     public static let vhostCapacity = 64
 
-    // Environment fields (counters written by many processes with atomic adds).
+    // Fields of an environment's record (multiplexers and parent; atomic adds).
     public static let handedOffOffset = 0    // UInt64, multiplexers
-    public static let receivedOffset = 8     // UInt64, workers
-    public static let servedOffset = 16      // UInt64, workers (requests)
     public static let droppedOffset = 24     // UInt64, multiplexers (503s)
-    public static let availabilityOffset = 32 // UInt32 percent
+    public static let availabilityOffset = 32 // UInt32 percent (a copy, for display)
     public static let waitingOffset = 36     // UInt32
     // Counts of earlier generations of the same environment name (parent, at a graceful restart).
     public static let carriedHandedOffOffset = 40
@@ -48,14 +56,31 @@ public enum ChildTableLayout {
     public static let carriedDroppedOffset = 56
     public static let nameOffset = 64        // NUL-terminated, parent
 
-    public static func size(slots: Int, environments: Int) -> Int {
-        headerSize + slots * slotSize + environments * environmentSize
-    }
+    // Fields of an environment's page (its workers; atomic adds).
+    public static let receivedOffset = 8     // UInt64 connections taken from the channel
+    public static let servedOffset = 16      // UInt64 requests
 
-    public static func slotOffset(_ slot: Int) -> Int { headerSize + slot * slotSize }
+    public static func identityOffset(_ slot: Int) -> Int { headerSize + slot * identitySize }
 
     public static func environmentOffset(slots: Int, environment: Int) -> Int {
-        headerSize + slots * slotSize + environment * environmentSize
+        headerSize + slots * identitySize + environment * environmentSize
+    }
+
+    public static func slotPageOffset(slots: Int, environments: Int, slot: Int) -> Int {
+        pagesStart(slots: slots, environments: environments) + slot * pageSize
+    }
+
+    public static func environmentPageOffset(slots: Int, environments: Int, environment: Int) -> Int {
+        pagesStart(slots: slots, environments: environments) + (slots + environment) * pageSize
+    }
+
+    public static func size(slots: Int, environments: Int) -> Int {
+        pagesStart(slots: slots, environments: environments) + (slots + environments) * pageSize
+    }
+
+    private static func pagesStart(slots: Int, environments: Int) -> Int {
+        let records = environmentOffset(slots: slots, environment: environments)
+        return (records + pageSize - 1) / pageSize * pageSize
     }
 }
 
@@ -129,6 +154,20 @@ public struct ChildTable {
         self.environmentCount = environmentCount
     }
 
+    private func identity(_ slot: Int) -> Int { ChildTableLayout.identityOffset(slot) }
+
+    private func page(_ slot: Int) -> Int {
+        ChildTableLayout.slotPageOffset(slots: slotCount, environments: environmentCount, slot: slot)
+    }
+
+    private func record(_ environment: Int) -> Int {
+        ChildTableLayout.environmentOffset(slots: slotCount, environment: environment)
+    }
+
+    private func environmentPage(_ environment: Int) -> Int {
+        ChildTableLayout.environmentPageOffset(slots: slotCount, environments: environmentCount, environment: environment)
+    }
+
     private func load<T>(_ offset: Int, as type: T.Type) -> T {
         base.loadUnaligned(fromByteOffset: offset, as: T.self)
     }
@@ -151,29 +190,44 @@ public struct ChildTable {
 
     public func slot(_ index: Int) -> SlotSnapshot? {
         guard index >= 0 && index < slotCount else { return nil }
-        let o = ChildTableLayout.slotOffset(index)
+        let i = identity(index), o = page(index)
+        guard inUse(index) else {  // a free slot: its page is not read (nor allocated)
+            return SlotSnapshot(request: "", vhost: "", pid: load(i + ChildTableLayout.pidOffset, as: Int32.self),
+                                type: .unknown, status: .standby, environment: -1,
+                                generation: load(i + ChildTableLayout.slotGenerationOffset, as: UInt32.self),
+                                statusSince: 0, connections: 0, requests: 0, holding: 0)
+        }
         return SlotSnapshot(
             request: text(o + ChildTableLayout.requestOffset, capacity: ChildTableLayout.requestCapacity),
             vhost: text(o + ChildTableLayout.vhostOffset, capacity: ChildTableLayout.vhostCapacity),
-            pid: load(o + ChildTableLayout.pidOffset, as: Int32.self),
-            type: ChildType(rawValue: load(o + ChildTableLayout.typeOffset, as: UInt8.self)) ?? .unknown,
+            pid: load(i + ChildTableLayout.pidOffset, as: Int32.self),
+            type: ChildType(rawValue: load(i + ChildTableLayout.typeOffset, as: UInt8.self)) ?? .unknown,
             // An unknown status reads as busy: the safe guess for a child that lies.
             status: ChildStatus(rawValue: load(o + ChildTableLayout.statusOffset, as: UInt8.self)) ?? .active,
-            environment: Int(load(o + ChildTableLayout.environmentOffset, as: Int32.self)),
-            generation: load(o + ChildTableLayout.slotGenerationOffset, as: UInt32.self),
+            environment: Int(load(i + ChildTableLayout.environmentOffset, as: Int32.self)),
+            generation: load(i + ChildTableLayout.slotGenerationOffset, as: UInt32.self),
             statusSince: load(o + ChildTableLayout.statusSinceOffset, as: Int64.self),
             connections: load(o + ChildTableLayout.connectionsOffset, as: UInt64.self),
             requests: load(o + ChildTableLayout.requestsOffset, as: UInt64.self),
             holding: load(o + ChildTableLayout.holdingOffset, as: UInt32.self))
     }
 
+    /// Whether the parent has a child in this slot (its identity says so): readers skip free
+    /// slots without touching their pages, which then cost no memory.
+    public func inUse(_ index: Int) -> Bool {
+        guard index >= 0 && index < slotCount else { return false }
+        return ChildType(rawValue: load(identity(index) + ChildTableLayout.typeOffset, as: UInt8.self)) ?? .unknown != .unknown
+    }
+
     /// Type, status and environment of a slot, without the text fields (the multiplexer's hot path).
     public func brief(_ index: Int) -> (type: ChildType, status: ChildStatus, environment: Int)? {
         guard index >= 0 && index < slotCount else { return nil }
-        let o = ChildTableLayout.slotOffset(index)
-        return (ChildType(rawValue: load(o + ChildTableLayout.typeOffset, as: UInt8.self)) ?? .unknown,
-                ChildStatus(rawValue: load(o + ChildTableLayout.statusOffset, as: UInt8.self)) ?? .active,
-                Int(load(o + ChildTableLayout.environmentOffset, as: Int32.self)))
+        let i = identity(index)
+        let type = ChildType(rawValue: load(i + ChildTableLayout.typeOffset, as: UInt8.self)) ?? .unknown
+        guard type != .unknown else { return (.unknown, .standby, -1) }
+        return (type,
+                ChildStatus(rawValue: load(page(index) + ChildTableLayout.statusOffset, as: UInt8.self)) ?? .active,
+                Int(load(i + ChildTableLayout.environmentOffset, as: Int32.self)))
     }
 
     /// What the table says about an environment's room for one more connection.
@@ -193,18 +247,18 @@ public struct ChildTable {
     /// Connections handed to an environment's channel and not yet taken (see EnvironmentCounters).
     public func queued(_ environment: Int) -> Int {
         guard environment >= 0 && environment < environmentCount else { return 0 }
-        let o = ChildTableLayout.environmentOffset(slots: slotCount, environment: environment)
-        return EnvironmentCounters.queued(handedOff: load(o + ChildTableLayout.handedOffOffset, as: UInt64.self),
-                                          received: load(o + ChildTableLayout.receivedOffset, as: UInt64.self))
+        return EnvironmentCounters.queued(
+            handedOff: load(record(environment) + ChildTableLayout.handedOffOffset, as: UInt64.self),
+            received: load(environmentPage(environment) + ChildTableLayout.receivedOffset, as: UInt64.self))
     }
 
     public func environment(_ index: Int) -> EnvironmentCounters? {
         guard index >= 0 && index < environmentCount else { return nil }
-        let o = ChildTableLayout.environmentOffset(slots: slotCount, environment: index)
+        let o = record(index), w = environmentPage(index)
         return EnvironmentCounters(
             handedOff: load(o + ChildTableLayout.handedOffOffset, as: UInt64.self),
-            received: load(o + ChildTableLayout.receivedOffset, as: UInt64.self),
-            served: load(o + ChildTableLayout.servedOffset, as: UInt64.self),
+            received: load(w + ChildTableLayout.receivedOffset, as: UInt64.self),
+            served: load(w + ChildTableLayout.servedOffset, as: UInt64.self),
             dropped: load(o + ChildTableLayout.droppedOffset, as: UInt64.self),
             availability: min(load(o + ChildTableLayout.availabilityOffset, as: UInt32.self), 100),
             waiting: load(o + ChildTableLayout.waitingOffset, as: UInt32.self),
@@ -219,12 +273,12 @@ public struct ChildTable {
     public func setSlot(_ index: Int, pid: Int32, type: ChildType, environment: Int, generation: UInt32,
                         status: ChildStatus, now: Int64) {
         guard index >= 0 && index < slotCount else { return }
-        let o = ChildTableLayout.slotOffset(index)
-        base.storeBytes(of: pid, toByteOffset: o + ChildTableLayout.pidOffset, as: Int32.self)
-        base.storeBytes(of: type.rawValue, toByteOffset: o + ChildTableLayout.typeOffset, as: UInt8.self)
-        base.storeBytes(of: Int32(clamping: environment), toByteOffset: o + ChildTableLayout.environmentOffset,
+        let i = identity(index), o = page(index)
+        base.storeBytes(of: pid, toByteOffset: i + ChildTableLayout.pidOffset, as: Int32.self)
+        base.storeBytes(of: type.rawValue, toByteOffset: i + ChildTableLayout.typeOffset, as: UInt8.self)
+        base.storeBytes(of: Int32(clamping: environment), toByteOffset: i + ChildTableLayout.environmentOffset,
                         as: Int32.self)
-        base.storeBytes(of: generation, toByteOffset: o + ChildTableLayout.slotGenerationOffset, as: UInt32.self)
+        base.storeBytes(of: generation, toByteOffset: i + ChildTableLayout.slotGenerationOffset, as: UInt32.self)
         setStatus(index, status, now: now)
         if status == .starting {
             base.storeBytes(of: UInt64(0), toByteOffset: o + ChildTableLayout.connectionsOffset, as: UInt64.self)
@@ -235,26 +289,25 @@ public struct ChildTable {
 
     public func setPid(_ index: Int, _ pid: Int32) {
         guard index >= 0 && index < slotCount else { return }
-        base.storeBytes(of: pid, toByteOffset: ChildTableLayout.slotOffset(index) + ChildTableLayout.pidOffset, as: Int32.self)
+        base.storeBytes(of: pid, toByteOffset: identity(index) + ChildTableLayout.pidOffset, as: Int32.self)
     }
 
     public func setStatus(_ index: Int, _ status: ChildStatus, now: Int64) {
         guard index >= 0 && index < slotCount else { return }
-        let o = ChildTableLayout.slotOffset(index)
+        let o = page(index)
         base.storeBytes(of: now, toByteOffset: o + ChildTableLayout.statusSinceOffset, as: Int64.self)
         base.storeBytes(of: status.rawValue, toByteOffset: o + ChildTableLayout.statusOffset, as: UInt8.self)
     }
 
     public func setEnvironmentName(_ index: Int, _ name: String) {
         guard index >= 0 && index < environmentCount else { return }
-        let o = ChildTableLayout.environmentOffset(slots: slotCount, environment: index) + ChildTableLayout.nameOffset
-        storeText(name, o, capacity: ChildTableLayout.nameCapacity)
+        storeText(name, record(index) + ChildTableLayout.nameOffset, capacity: ChildTableLayout.nameCapacity)
     }
 
     /// Carries an earlier generation's totals into this generation's environment `index`.
     public func carry(_ old: EnvironmentCounters, into index: Int) {
         guard index >= 0 && index < environmentCount else { return }
-        let o = ChildTableLayout.environmentOffset(slots: slotCount, environment: index)
+        let o = record(index)
         base.storeBytes(of: old.totalHandedOff, toByteOffset: o + ChildTableLayout.carriedHandedOffOffset, as: UInt64.self)
         base.storeBytes(of: old.totalServed, toByteOffset: o + ChildTableLayout.carriedServedOffset, as: UInt64.self)
         base.storeBytes(of: old.totalDropped, toByteOffset: o + ChildTableLayout.carriedDroppedOffset, as: UInt64.self)
@@ -264,7 +317,7 @@ public struct ChildTable {
     /// building Swift strings (a worker does this per request).
     public func setRequest(_ index: Int, request: UnsafePointer<CChar>?, vhost: UnsafePointer<CChar>?) {
         guard index >= 0 && index < slotCount else { return }
-        let o = ChildTableLayout.slotOffset(index)
+        let o = page(index)
         storeCString(request, o + ChildTableLayout.requestOffset, capacity: ChildTableLayout.requestCapacity)
         storeCString(vhost, o + ChildTableLayout.vhostOffset, capacity: ChildTableLayout.vhostCapacity)
     }
@@ -281,14 +334,20 @@ public struct ChildTable {
     }
 
 
-    /// Address of a slot's or an environment's field, for the atomic counters of the module.
+    /// Address of a field of a slot's page, an environment's record, or an environment's page,
+    /// for the atomic counters of the module.
     public func slotField(_ index: Int, _ offset: Int) -> UnsafeMutableRawPointer? {
         guard index >= 0 && index < slotCount else { return nil }
-        return base + ChildTableLayout.slotOffset(index) + offset
+        return base + page(index) + offset
     }
 
     public func environmentField(_ index: Int, _ offset: Int) -> UnsafeMutableRawPointer? {
         guard index >= 0 && index < environmentCount else { return nil }
-        return base + ChildTableLayout.environmentOffset(slots: slotCount, environment: index) + offset
+        return base + record(index) + offset
+    }
+
+    public func environmentPageField(_ index: Int, _ offset: Int) -> UnsafeMutableRawPointer? {
+        guard index >= 0 && index < environmentCount else { return nil }
+        return base + environmentPage(index) + offset
     }
 }

@@ -113,7 +113,7 @@ extension ParentState {
         }
         var lost: Int32 = 0
         let moved = peruser_shim_return_queued(Int32(environment), &lost)
-        if moved + lost > 0, let field = sharedTable?.environmentField(environment, ChildTableLayout.receivedOffset) {
+        if moved + lost > 0, let field = sharedTable?.environmentPageField(environment, ChildTableLayout.receivedOffset) {
             peruser_atomic_add_u64(field, UInt64(moved + lost))
         }
     }
@@ -183,6 +183,20 @@ extension ParentState {
         return "\(what) (pid \(r.pid), slot \(slot))"
     }
 }
+
+/// Offsets of the two pages a worker may write: its slot's and its environment's.
+@_cdecl("peruser_table_worker_pages")
+public func peruserTableWorkerPages(_ slots: Int32, _ environments: Int32, _ slot: Int32, _ environment: Int32,
+                                    _ slotPage: UnsafeMutablePointer<Int>?, _ environmentPage: UnsafeMutablePointer<Int>?) -> Int32 {
+    let s = Int(slots), e = Int(environments)
+    guard s > 0, e > 0, (0..<s).contains(Int(slot)), (0..<e).contains(Int(environment)) else { return -1 }
+    slotPage?.pointee = ChildTableLayout.slotPageOffset(slots: s, environments: e, slot: Int(slot))
+    environmentPage?.pointee = ChildTableLayout.environmentPageOffset(slots: s, environments: e, environment: Int(environment))
+    return 0
+}
+
+@_cdecl("peruser_table_page_size")
+public func peruserTablePageSize() -> Int { ChildTableLayout.pageSize }
 
 @_cdecl("peruser_table_size")
 public func peruserTableSize(_ slots: Int32, _ environments: Int32) -> Int {
@@ -322,7 +336,7 @@ public func peruserChildSetStatus(_ slot: Int32, _ status: Int32) {
 public func peruserWorkerTookConnection(_ slot: Int32, _ environment: Int32) {
     guard let table = sharedTable else { return }
     // Off the queue before busy: whoever sees this worker busy also sees the queue shrink.
-    if let field = table.environmentField(Int(environment), ChildTableLayout.receivedOffset) {
+    if let field = table.environmentPageField(Int(environment), ChildTableLayout.receivedOffset) {
         peruser_atomic_add_u64(field, 1)
     }
     if let field = table.slotField(Int(slot), ChildTableLayout.connectionsOffset) {
@@ -341,7 +355,7 @@ public func peruserWorkerStartedRequest(_ slot: Int32, _ environment: Int32, _ r
     if let field = table.slotField(Int(slot), ChildTableLayout.requestsOffset) {
         peruser_atomic_add_u64(field, 1)
     }
-    if let field = table.environmentField(Int(environment), ChildTableLayout.servedOffset) {
+    if let field = table.environmentPageField(Int(environment), ChildTableLayout.servedOffset) {
         peruser_atomic_add_u64(field, 1)
     }
 }

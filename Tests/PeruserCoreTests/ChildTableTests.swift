@@ -38,7 +38,7 @@ final class ChildTableTests: XCTestCase {
             table.setEnvironmentName(1, String(repeating: "n", count: 200))
             XCTAssertEqual(table.environment(1)?.name.count, ChildTableLayout.nameCapacity - 1)
             if let f = table.environmentField(1, ChildTableLayout.handedOffOffset) { f.storeBytes(of: UInt64(5), as: UInt64.self) }
-            if let f = table.environmentField(1, ChildTableLayout.receivedOffset) { f.storeBytes(of: UInt64(3), as: UInt64.self) }
+            if let f = table.environmentPageField(1, ChildTableLayout.receivedOffset) { f.storeBytes(of: UInt64(3), as: UInt64.self) }
             XCTAssertEqual(table.environment(1)?.queued, 2)
             XCTAssertNil(table.environment(2))
             XCTAssertNil(table.environmentField(2, 0))
@@ -63,12 +63,51 @@ final class ChildTableTests: XCTestCase {
                 }
             }
             // A status byte that is no status reads as ACTIVE (busy): the conservative guess.
-            memory.storeBytes(of: UInt8(200), toByteOffset: ChildTableLayout.slotOffset(0) + ChildTableLayout.statusOffset,
-                              as: UInt8.self)
+            memory.storeBytes(of: ChildType.worker.rawValue,
+                              toByteOffset: ChildTableLayout.identityOffset(0) + ChildTableLayout.typeOffset, as: UInt8.self)
+            memory.storeBytes(of: UInt8(200), toByteOffset: ChildTableLayout.slotPageOffset(slots: 8, environments: 3, slot: 0)
+                              + ChildTableLayout.statusOffset, as: UInt8.self)
             XCTAssertEqual(table.slot(0)?.status, .active)
-            memory.storeBytes(of: UInt8(99), toByteOffset: ChildTableLayout.slotOffset(0) + ChildTableLayout.typeOffset,
+            memory.storeBytes(of: UInt8(99), toByteOffset: ChildTableLayout.identityOffset(0) + ChildTableLayout.typeOffset,
                               as: UInt8.self)
             XCTAssertEqual(table.slot(0)?.type, .unknown)
+            XCTAssertEqual(table.slot(0)?.status, .standby, "a slot the parent did not fill is free, whatever its page says")
+        }
+    }
+
+    func testWhatAWorkerWritesLivesInPagesOfItsOwn() {
+        for (slots, environments) in [(1, 1), (4, 2), (256, 3), (20000, 500)] {
+            let page = ChildTableLayout.pageSize
+            let pagesStart = ChildTableLayout.slotPageOffset(slots: slots, environments: environments, slot: 0)
+            // Everything the parent and the multiplexers write lies below the first page a worker may write.
+            XCTAssertLessThanOrEqual(ChildTableLayout.environmentOffset(slots: slots, environment: environments), pagesStart)
+            XCTAssertEqual(pagesStart % page, 0)
+            var offsets = Set<Int>()
+            for slot in [0, slots / 2, slots - 1] {
+                offsets.insert(ChildTableLayout.slotPageOffset(slots: slots, environments: environments, slot: slot))
+            }
+            for env in [0, environments - 1] {
+                offsets.insert(ChildTableLayout.environmentPageOffset(slots: slots, environments: environments, environment: env))
+            }
+            for offset in offsets {
+                XCTAssertEqual(offset % page, 0)
+                XCTAssertLessThanOrEqual(offset + page, ChildTableLayout.size(slots: slots, environments: environments))
+            }
+            XCTAssertEqual(ChildTableLayout.environmentPageOffset(slots: slots, environments: environments, environment: 0),
+                           ChildTableLayout.slotPageOffset(slots: slots, environments: environments, slot: slots - 1) + page)
+        }
+        // Every field of a slot's page and an environment's page fits in one page.
+        XCTAssertLessThanOrEqual(ChildTableLayout.vhostOffset + ChildTableLayout.vhostCapacity, ChildTableLayout.pageSize)
+        XCTAssertLessThanOrEqual(ChildTableLayout.servedOffset + 8, ChildTableLayout.pageSize)
+    }
+
+    func testWorkerCountersGoToTheEnvironmentsPage() {
+        withTable { table, memory, _ in
+            table.environmentPageField(1, ChildTableLayout.servedOffset)?.storeBytes(of: UInt64(9), as: UInt64.self)
+            XCTAssertEqual(table.environment(1)?.served, 9)
+            XCTAssertEqual(memory.load(fromByteOffset: ChildTableLayout.environmentPageOffset(slots: 4, environments: 2, environment: 1)
+                                       + ChildTableLayout.servedOffset, as: UInt64.self), 9)
+            XCTAssertEqual(table.environment(0)?.served, 0)
         }
     }
 

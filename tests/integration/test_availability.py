@@ -14,7 +14,8 @@ from harness import Apache, free_port, raw_request
 from test_end_to_end import CGI, get, ids_of
 from test_process_management import in_background, wait_until
 
-SLOT_SIZE, HEADER, ENV_SIZE = 256, 64, 128
+# ChildTableLayout: header, one identity record per slot, then the environments' records.
+IDENTITY_SIZE, HEADER, ENV_SIZE = 16, 64, 128
 SERVER_LIMIT = 16
 
 
@@ -24,11 +25,11 @@ def table_availability(server, env):
     parent = server.pid()
     with open(f"/proc/{parent}/maps") as f:
         start = next(int(l.split("-")[0], 16) for l in f if "peruser-child-table" in l)
-    offset = HEADER + SERVER_LIMIT * SLOT_SIZE + env * ENV_SIZE
+    offset = HEADER + SERVER_LIMIT * IDENTITY_SIZE + env * ENV_SIZE
     with open(f"/proc/{parent}/mem", "rb", buffering=0) as mem:
         mem.seek(start + offset)
         record = mem.read(40)
-    handed, received, served, dropped = struct.unpack("<4Q", record[:32])
+    handed, _, _, dropped = struct.unpack("<4Q", record[:32])
     availability, waiting = struct.unpack("<2I", record[32:40])
     return {"availability": availability, "waiting": waiting, "dropped": dropped, "handed": handed}
 

@@ -247,3 +247,32 @@ def test_the_server_is_unharmed_after_the_attack(attack):
     assert status == 200 and "uid=" in body
     assert "peruser: " not in "".join(l for l in apache.read_error_log().splitlines(True)
                                        if "[mpm_peruser:error]" in l or "[mpm_peruser:crit]" in l)
+
+
+def table_mappings(pid):
+    """(size in bytes, VmFlags) of each mapping of the shared child table in process `pid`."""
+    out, current = [], None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                current = (end - start) if "peruser-child-table" in line else None
+            elif line.startswith("VmFlags:") and current is not None:
+                out.append((current, set(fields[1:])))
+    return out
+
+
+def test_a_compromised_worker_can_write_only_its_own_pages_of_the_child_table(attack):
+    """Beyond what a CGI can reach: code running inside a worker (mod_php, say) holds the table
+    mapped. Only its own slot's page and its environment's page may ever be writable ("mw");
+    the rest comes from a read-only descriptor, so not even mprotect can make it writable."""
+    maps = table_mappings(attack["b_worker"])
+    writable = [size for size, flags in maps if "mw" in flags]
+    assert sorted(writable) == [4096, 4096], maps
+    assert all("wr" not in flags for size, flags in maps if "mw" not in flags), maps
+    assert sum(size for size, _ in maps) >= 3 * 4096
+    with open(f"/proc/{attack['b_worker']}/maps") as f:
+        assert "peruser-multiplexer-state" not in f.read(), "workers unmap the multiplexers' state"
+    # The multiplexer keeps the whole table writable: it runs no tenant code.
+    assert any("mw" in flags and size > 4096 for size, flags in table_mappings(attack["mux"]))

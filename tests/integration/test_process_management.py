@@ -260,7 +260,7 @@ def test_garbage_in_the_shared_table_cannot_make_the_parent_misbehave(managed):
             if round_ % 2:
                 garbage = decoy.pid.to_bytes(4, "little") * ((end - start) // 4)
             else:
-                garbage = bytes(rng.getrandbits(8) for _ in range(end - start))
+                garbage = rng.randbytes(end - start)
             with open(f"/proc/{parent}/mem", "r+b", buffering=0) as mem:
                 mem.seek(start)
                 mem.write(garbage)
