@@ -1582,7 +1582,7 @@ static void reap_children(int quiet)
 
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
         int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-        if (!peruser_supervisor_reaped(pid, clean, now_ms(), &slot, &environment, &type)) {
+        if (!peruser_supervisor_reaped(pid, clean, quiet, now_ms(), &slot, &environment, &type)) {
             /* Not one of ours: perhaps a piped logger, which apr restarts. */
             apr_proc_t proc;
             proc.pid = pid;

@@ -98,9 +98,9 @@ int peruser_supervisor_begin(void *records, int capacity, void *table, size_t ta
 /* A multiplexer found no idle worker for environment `environment`. */
 void peruser_supervisor_demand(int environment);
 
-/* Records that `pid` exited. 1 with its slot, environment (-1: multiplexer) and type when it
- * was ours; 0 when it was not one of our children. */
-int peruser_supervisor_reaped(int pid, int exited_cleanly, long long now_ms, int *slot,
+/* Records that `pid` exited (`stopping`: while the server stops every child). 1 with its slot,
+ * environment (-1: multiplexer) and type when it was ours; 0 when it was not one of our children. */
+int peruser_supervisor_reaped(int pid, int exited_cleanly, int stopping, long long now_ms, int *slot,
                               int *environment, int *type);
 
 /* One round of maintenance at `now_ms`: start, retire and stop children as the limits say,

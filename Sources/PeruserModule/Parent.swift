@@ -252,7 +252,7 @@ public func peruserSupervisorDemand(_ environment: Int32) {
 }
 
 @_cdecl("peruser_supervisor_reaped")
-public func peruserSupervisorReaped(_ pid: Int32, _ exitedCleanly: Int32, _ now: Int64,
+public func peruserSupervisorReaped(_ pid: Int32, _ exitedCleanly: Int32, _ stopping: Int32, _ now: Int64,
                                     _ slot: UnsafeMutablePointer<Int32>?, _ environment: UnsafeMutablePointer<Int32>?,
                                     _ type: UnsafeMutablePointer<Int32>?) -> Int32 {
     guard var state = parent, pid > 0 else { return 0 }
@@ -264,14 +264,19 @@ public func peruserSupervisorReaped(_ pid: Int32, _ exitedCleanly: Int32, _ now:
     let role: ChildRole = r.environment < 0 ? .multiplexer : .worker(environment: Int(r.environment))
     // A child asked to stop, or of an older generation, is not a failed start.
     let expected = r.retiring != 0 || r.draining != 0 || r.expired != 0
+    // A worker that dies before it ever reported ready did not start (its jail, cgroup or user
+    // is missing); one that dies later, or while the server stops, is an ordinary death.
+    var failedToStart = false
     if r.generation == state.policy.generation {
+        failedToStart = stopping == 0 && exitedCleanly == 0 && !expected && r.environment >= 0
+            && sharedTable?.slot(found)?.status == .starting
         state.backoff.childExited(role: role, startedAt: r.started_at, now: now,
                                   cleanly: exitedCleanly != 0 || expected)
         sharedTable?.setSlot(found, pid: 0, type: .unknown, environment: 0, generation: r.generation,
                              status: .standby, now: now)
     }
     state.records[found] = peruser_child_record()
-    if r.environment >= 0, r.generation == state.policy.generation, state.backoff.until[role] != nil {
+    if failedToStart {
         state.startFailed(environment: Int(r.environment))
     }
     parent = state

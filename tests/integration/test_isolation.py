@@ -447,3 +447,15 @@ ProcessorWaitTimeout 1
         apache.stop()
         apache.cleanup()
         remove_cgroup(cgroup)
+
+
+def test_a_worker_killed_in_service_is_not_a_failed_start(confined):
+    """Only a worker that dies before it is ever ready marks its environment as unable to start."""
+    (b_worker,) = workers_of(confined, confined.ids["b"][0])
+    os.kill(b_worker, 9)
+    deadline = time.time() + 10
+    while time.time() < deadline and workers_of(confined, confined.ids["b"][0]) in ([], [b_worker]):
+        time.sleep(0.1)
+    status, body = get(confined.port, "b.test", "/cgi-bin/id.cgi")
+    assert status == 200 and f"uid={confined.ids['b'][0]}" in body
+    assert "cannot start one" not in confined.read_error_log()
