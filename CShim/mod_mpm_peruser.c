@@ -374,8 +374,8 @@ int peruser_shim_route(int fd, const char *host, const char *target)
     if (environment < 0) {
         ap_log_error(APLOG_MARK, APLOG_ERR, 0, ap_server_conf,
                      "peruser: virtual host %s has no ServerEnvironment; answered 503 to %s "
-                     "(Host: %s)", vhost_description(route_pool, r->server), c->client_ip,
-                     host ? host : "-");
+                     "(Host or TLS server name: %s; a TLS connection is closed instead)",
+                     vhost_description(route_pool, r->server), c->client_ip, host ? host : "-");
         return PERUSER_ROUTE_NO_ENVIRONMENT;
     }
     return environment;

@@ -3,7 +3,8 @@
 # PATH). Idempotent: installs only what is missing. Needs root for apt-get.
 set -eu
 
-packages="apache2 apache2-dev libapr1-dev libaprutil1-dev libapache2-mod-php curl procps passwd binutils gcc make"
+# openssl: test certificates; python3 at /usr/bin: the CGIs of the isolation and hostile suites.
+packages="apache2 apache2-dev libapr1-dev libaprutil1-dev libapache2-mod-php curl procps passwd binutils gcc make openssl python3"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -28,6 +28,9 @@ struct PendingConnection {
     var sawBytes = false
     /// Registered with epoll (only connections whose head did not come at once).
     var watched = false
+    /// The client opened with a TLS handshake record: routed by the ClientHello's server name,
+    /// and never answered in plain text (a failure closes it).
+    var tls = false
 }
 
 struct Multiplexer {
@@ -364,6 +367,26 @@ struct Multiplexer {
             connection.sawBytes = true
             pending[fd] = connection
         }
+        // A fresh connection that opens with a TLS handshake record: route by SNI. The worker
+        // does the whole handshake; nothing here ever speaks TLS.
+        if carried == 0 && total > 0 && head[0] == ClientHello.handshakeRecordByte {
+            switch ClientHello.scan(UnsafeRawBufferPointer(rebasing: head[0..<total])) {
+            case .hello(let serverName):
+                markTLS(fd)
+                route(fd, RouteHint(host: serverName))
+                return
+            case .malformed:
+                markTLS(fd)
+                route(fd, RouteHint())  // the address's first vhost; mod_ssl refuses the handshake
+                return
+            case .needMore:
+                markTLS(fd)
+                if total >= head.count || clientDone { route(fd, RouteHint()) }
+                return
+            case .notTLS:
+                break
+            }
+        }
         switch RequestHead.scan(UnsafeRawBufferPointer(rebasing: head[0..<total])) {
         case .complete(let hint, _):
             route(fd, hint)
@@ -378,6 +401,12 @@ struct Multiplexer {
                 route(fd, hint)
             }
         }
+    }
+
+    private mutating func markTLS(_ fd: Int32) {
+        guard var connection = pending[fd], !connection.tls else { return }
+        connection.tls = true
+        pending[fd] = connection
     }
 
     private mutating func route(_ fd: Int32, _ hint: RouteHint) {
@@ -482,7 +511,10 @@ struct Multiplexer {
             switch connection.stage {
             case .readingHead where now >= connection.deadline:
                 // A head that never completed: 408 if the client said anything, else just close.
-                if connection.sawBytes {
+                // A ClientHello that never completed goes to the address's first vhost.
+                if connection.tls {
+                    route(fd, RouteHint())
+                } else if connection.sawBytes {
                     respond(fd, .requestTimeout)
                 } else {
                     closeConnection(fd)
@@ -505,6 +537,11 @@ struct Multiplexer {
     /// Reads what the client sent (so that closing does not reset the connection), writes the
     /// answer without blocking, and closes.
     private mutating func respond(_ fd: Int32, _ response: CannedResponse) {
+        if pending[fd]?.tls == true {
+            // Plain text would be garbage inside a TLS handshake: the client sees a closed connection.
+            closeConnection(fd)
+            return
+        }
         for _ in 0..<4 {
             if recv(fd, head.baseAddress, head.count, Int32(MSG_DONTWAIT)) <= 0 { break }
         }
