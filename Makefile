@@ -13,7 +13,7 @@ LINK_STRIP  ?= -Wl,-s
 SWIFT_SOURCES := Package.swift $(shell find Sources -type f)
 C_SOURCES     := CShim/mod_mpm_peruser.c CShim/peruser_swift.h Sources/CPeruserShim/peruser_shim.h
 
-.PHONY: all deps test unit integration demo demo-stop bench clean
+.PHONY: all deps test unit integration demo demo-stop bench deb clean
 
 all: $(MODULE)
 
@@ -31,7 +31,7 @@ $(MODULE): $(SWIFT_BUILD) $(C_SOURCES) apxs/peruser.map apxs/check-symbols.sh
 	    $(CURDIR)/$(SWIFT_BUILD) $(SWIFT_DIR)/x86_64/swiftrt.o \
 	    -L$(SWIFT_DIR) -lswiftCore -lswiftGlibc -lswift_StringProcessing -lswift_RegexParser \
 	    -lswiftSynchronization -lstdc++ -lm -ldl -lpthread \
-	    -Wl,--version-script=$(CURDIR)/apxs/peruser.map -Wl,--gc-sections $(LINK_STRIP) \
+	    -Wl,--version-script=$(CURDIR)/apxs/peruser.map -Wl,--gc-sections -Wl,-z,relro -Wl,-z,now $(LINK_STRIP) \
 	    >build.log 2>&1 || { cat build.log; exit 1; }
 	cp build/obj/.libs/mod_mpm_peruser.so $(MODULE)
 	sh apxs/check-symbols.sh $(MODULE)
@@ -56,6 +56,14 @@ demo-stop:
 # Not a test: measures prefork, prefork + mpm-itk and peruser with wrk; writes BENCHMARKS.md.
 bench: deps $(MODULE)
 	python3 bench/bench.py
+
+# The Debian package: build/deb/libapache2-mpm-peruser_VERSION_ARCH.deb, checked by lintian.
+deb: deps
+	sh scripts/install-deb-deps.sh
+	dpkg-buildpackage -us -uc -b
+	mkdir -p build/deb
+	mv ../libapache2-mpm-peruser_* build/deb/
+	lintian --fail-on error build/deb/*.changes
 
 clean:
 	rm -rf build .build

@@ -580,6 +580,50 @@ static const char *set_multiplexer_chroot(cmd_parms *cmd, void *dummy, const cha
     return NULL;
 }
 
+/* mpm-itk's AssignUserID user group, inside <VirtualHost>: an implicit environment per pair. */
+static const char *set_assign_user_id(cmd_parms *cmd, void *dummy, const char *user, const char *group)
+{
+    peruser_server_conf *conf = ap_get_module_config(cmd->server->module_config, &mpm_peruser_module);
+    const char *err = ap_check_cmd_context(cmd, NOT_IN_DIR_CONTEXT);
+    char error[512];
+    int environment;
+
+    if (err) {
+        return err;
+    }
+    if (!cmd->server->is_virtual) {
+        return "AssignUserID must be inside a <VirtualHost> section (with peruser, a <Processor> "
+               "block with User and Group is the way to set the identity of several vhosts)";
+    }
+    if (conf->environment >= 0) {
+        return "AssignUserID and ServerEnvironment (or a second AssignUserID) are both given for "
+               "this virtual host; keep one";
+    }
+    environment = peruser_config_assign_user_id(user, group, error, sizeof error);
+    if (environment < 0) {
+        return apr_pstrdup(cmd->pool, error);
+    }
+    conf->environment = environment;
+    return NULL;
+}
+
+/* mpm-itk directives that have no meaning here: refused with what to use instead. */
+static const char *itk_unsupported(cmd_parms *cmd, void *dummy, const char *args)
+{
+    return apr_psprintf(cmd->pool, "%s (mpm-itk) is not supported by peruser: %s", cmd->cmd->name,
+                        (const char *)cmd->info);
+}
+
+/* mpm-itk's LimitUIDRange/LimitGIDRange bound the ids its children may switch to at run time;
+ * peruser's workers never switch after they start, so the bound holds by construction. */
+static const char *itk_not_needed(cmd_parms *cmd, void *dummy, const char *args)
+{
+    ap_log_error(APLOG_MARK, APLOG_NOTICE | APLOG_STARTUP, 0, NULL,
+                 "peruser: %s (line %d of %s) has no effect: workers never change their uid or gid "
+                 "after they start", cmd->cmd->name, cmd->directive->line_num, cmd->directive->filename);
+    return NULL;
+}
+
 static const char *stray_processor_directive(cmd_parms *cmd, void *dummy, const char *arg)
 {
     return apr_psprintf(cmd->pool, "%s without matching <Processor> section", cmd->cmd->name);
@@ -609,6 +653,22 @@ static const command_rec peruser_cmds[] = {
                      "Declares a server environment: <Processor name> User u, Group g </Processor>"),
     AP_INIT_RAW_ARGS("</Processor>", stray_processor_directive, NULL, RSRC_CONF,
                      "Ends a <Processor> section"),
+    AP_INIT_TAKE2("AssignUserID", set_assign_user_id, NULL, RSRC_CONF,
+                  "mpm-itk's: the user and group this virtual host is served as (an implicit environment)"),
+    AP_INIT_RAW_ARGS("AssignUserIDExpr", itk_unsupported,
+                     "identities chosen per request would need a worker per request; give each site a "
+                     "<Processor> and a ServerEnvironment", RSRC_CONF | ACCESS_CONF, "not supported"),
+    AP_INIT_RAW_ARGS("AssignGroupIDExpr", itk_unsupported,
+                     "identities chosen per request would need a worker per request; give each site a "
+                     "<Processor> and a ServerEnvironment", RSRC_CONF | ACCESS_CONF, "not supported"),
+    AP_INIT_RAW_ARGS("MaxClientsVHost", itk_unsupported,
+                     "limit workers per environment with MaxProcessors inside <Processor> (or globally)",
+                     RSRC_CONF, "not supported"),
+    AP_INIT_RAW_ARGS("NiceValue", itk_unsupported,
+                     "NiceValue belongs inside <Processor>, where it applies to that environment's workers",
+                     RSRC_CONF, "not supported here"),
+    AP_INIT_RAW_ARGS("LimitUIDRange", itk_not_needed, NULL, RSRC_CONF, "accepted; no effect"),
+    AP_INIT_RAW_ARGS("LimitGIDRange", itk_not_needed, NULL, RSRC_CONF, "accepted; no effect"),
     AP_INIT_TAKE1("MultiplexerChroot", set_multiplexer_chroot, NULL, RSRC_CONF,
                   "A root-owned directory the multiplexers chroot into before they drop privileges"),
     AP_INIT_TAKE1("ServerEnvironment", set_server_environment, NULL, RSRC_CONF,
@@ -1976,6 +2036,21 @@ static int peruser_check_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *pte
 static void peruser_hooks(apr_pool_t *p)
 {
     static const char *const aszSucc[] = { "core.c", NULL };
+    static const char *const others[][2] = { { "prefork.c", "mpm_prefork" }, { "event.c", "mpm_event" },
+                                              { "worker.c", "mpm_worker" } };
+    int i;
+
+    /* httpd refuses two MPMs ("More than one MPM loaded"); say which and how to fix it on
+     * Debian, where a module package (mod_php) may have enabled prefork beside peruser. */
+    for (i = 0; i < 3; i++) {
+        if (ap_find_linked_module(others[i][0])) {
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_CRIT, 0, NULL,
+                         "peruser: %s is loaded too, and Apache loads one MPM. On Debian: "
+                         "rm /etc/apache2/mods-enabled/%s.load /etc/apache2/mods-enabled/%s.conf "
+                         "(a2dismod refuses while php8.2 declares it a dependency)",
+                         others[i][1], others[i][1], others[i][1]);
+        }
+    }
 
     ap_hook_open_logs(peruser_open_logs, NULL, aszSucc, APR_HOOK_REALLY_FIRST);
     ap_hook_pre_config(peruser_pre_config, NULL, NULL, APR_HOOK_REALLY_FIRST);

@@ -37,6 +37,10 @@ int peruser_config_set_multiplexer_chroot(const char *path, char *error, size_t 
 /* 1 with MultiplexerChroot copied out, 0 if none is set. */
 int peruser_config_multiplexer_chroot(char *buffer, size_t capacity);
 
+/* mpm-itk's AssignUserID: the implicit environment of that user and group (created or
+ * reused), or -1 with a message in `error`. */
+int peruser_config_assign_user_id(const char *user, const char *group, char *error, size_t error_cap);
+
 /* Index of environment `name`, or -1 with a message in `error`. */
 int peruser_config_find_environment(const char *name, char *error, size_t error_cap);
 

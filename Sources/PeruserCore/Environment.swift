@@ -160,3 +160,10 @@ private func isNameByte(_ byte: UInt8) -> Bool {
         return false
     }
 }
+
+/// The environment mpm-itk's `AssignUserID user group` stands for: `assign-USER-GROUP`, with any
+/// character an environment name may not hold replaced by '_' (so `#1001` becomes `_1001`).
+public func implicitEnvironmentName(user: String, group: String) -> String {
+    let raw = "assign-\(user)-\(group)"
+    return String(decoding: raw.utf8.map { isNameByte($0) ? $0 : UInt8(ascii: "_") }, as: UTF8.self)
+}

@@ -85,6 +85,28 @@ public func peruserConfigAddEnvironment(_ name: UnsafePointer<CChar>?, _ user: U
     }
 }
 
+/// mpm-itk's `AssignUserID user group` in a vhost: the implicit environment of that pair
+/// (created with the global limits, or reused), named `assign-USER-GROUP`. Its index, or -1
+/// with a message.
+@_cdecl("peruser_config_assign_user_id")
+public func peruserConfigAssignUserId(_ user: UnsafePointer<CChar>?, _ group: UnsafePointer<CChar>?,
+                                      _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorCap: Int) -> Int32 {
+    let userName = string(user) ?? "", groupName = string(group) ?? ""
+    let name = implicitEnvironmentName(user: userName, group: groupName)
+    do throws(ConfigError) {
+        let identity = try resolveIdentity(user: userName, group: groupName, environment: name,
+                                           directory: SystemAccounts())
+        if let index = environments.index(named: name) {
+            guard environments[index]?.identity == identity else { throw .duplicateEnvironment(name) }
+            return Int32(index)
+        }
+        return Int32(try environments.add(Environment(name: name, identity: identity)))
+    } catch {
+        copyOut("AssignUserID \(userName) \(groupName): \(error.description)", errorBuffer, errorCap)
+        return -1
+    }
+}
+
 @_cdecl("peruser_config_find_environment")
 public func peruserConfigFindEnvironment(_ name: UnsafePointer<CChar>?,
                                          _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorCap: Int) -> Int32 {

@@ -70,3 +70,15 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(ConfigError.unknownUser("mallory").description.contains("'mallory' does not exist"))
     }
 }
+
+final class ImplicitEnvironmentTests: XCTestCase {
+    func testAssignUserIDNamesAreValidEnvironmentNames() {
+        XCTAssertEqual(implicitEnvironmentName(user: "alice", group: "www"), "assign-alice-www")
+        XCTAssertEqual(implicitEnvironmentName(user: "#1001", group: "#1001"), "assign-_1001-_1001")
+        XCTAssertEqual(implicitEnvironmentName(user: "bob smith$", group: "g"), "assign-bob_smith_-g")
+        var table = EnvironmentTable()
+        let identity = Identity(user: "#1001", uid: 1001, group: "#1001", gid: 1001)
+        XCTAssertNoThrow(try table.add(Environment(name: implicitEnvironmentName(user: "#1001", group: "#1001"),
+                                                   identity: identity)))
+    }
+}
