@@ -39,9 +39,12 @@ def enabled_modules(confdir="/etc/apache2"):
     return {os.path.basename(p)[:-5] for p in glob.glob(f"{confdir}/mods-enabled/*.load")}
 
 
+SITES = (("alice", "peruser-a"), ("bob", "peruser-b"), ("itk", "peruser-b"))
+
+
 def site_config(root, port, accounts):
-    """Two <Processor> blocks and two vhosts (one by ServerEnvironment, one by mpm-itk's
-    AssignUserID), each with the id CGI and a PHP page, on 127.0.0.1 only."""
+    """Two <Processor> blocks with a vhost each, and a third vhost by mpm-itk's AssignUserID;
+    each site has the id CGI and a PHP page; 127.0.0.1 only."""
     text = f"""<Directory {root}>
     Require all granted
     Options +ExecCGI
@@ -52,6 +55,10 @@ def site_config(root, port, accounts):
     Group peruser-a
     MinProcessors 1
 </Processor>
+<Processor bob>
+    User peruser-b
+    Group peruser-b
+</Processor>
 <VirtualHost 127.0.0.1:{port}>
     ServerName alice.test
     DocumentRoot {root}/alice
@@ -60,10 +67,16 @@ def site_config(root, port, accounts):
 <VirtualHost 127.0.0.1:{port}>
     ServerName bob.test
     DocumentRoot {root}/bob
+    ServerEnvironment bob
+</VirtualHost>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName itk.test
+    DocumentRoot {root}/itk
     AssignUserID peruser-b peruser-b
 </VirtualHost>
 """
-    for name, ids in (("alice", accounts["peruser-a"]), ("bob", accounts["peruser-b"])):
+    for name, account in SITES:
+        ids = accounts[account]
         site = os.path.join(root, name)
         os.makedirs(site, exist_ok=True)
         with open(os.path.join(site, "id.cgi"), "w") as f:
@@ -206,8 +219,8 @@ def test_a2enmod_peruser_in_a_copy_of_etc_apache2_serves_under_the_right_uids(pa
     assert run("apache2ctl", "configtest", env=env).returncode == 0
     pid = start(confdir, port)
     try:
-        for host, account in (("alice.test", "peruser-a"), ("bob.test", "peruser-b")):
-            status, body = get(port, host, "/id.cgi")
+        for name, account in SITES:
+            status, body = get(port, f"{name}.test", "/id.cgi")
             assert status == 200 and uid_of(body) == accounts[account][0], body
     finally:
         stop(pid)
@@ -283,3 +296,15 @@ def test_removing_the_package_with_peruser_disabled_leaves_a_working_apache(pack
             time.sleep(0.2)
     stop(int(open("/var/run/apache2/apache2.pid").read()))
     assert status == 200 and "uid=33" in body, body   # prefork with mod_php: www-data
+
+
+def test_removing_the_package_while_peruser_is_enabled_switches_apache_to_prefork(package):
+    run("dpkg", "-i", package["deb"])
+    run("a2dismod", "-q", "-f", "mpm_prefork", check=False)   # -f: php8.2, which depends on it, goes too
+    run("a2enmod", "-q", "peruser")
+    assert not enabled_modules() & {"mpm_prefork", "mpm_event", "mpm_worker"}
+    out = run("apt-get", "remove", "-y", PACKAGE)
+    assert "peruser was the enabled MPM; switched Apache to mpm_prefork" in out.stdout + out.stderr
+    mods = enabled_modules()
+    assert "mpm_prefork" in mods and "peruser" not in mods, mods
+    assert run("apache2ctl", "configtest").returncode == 0, "Apache is left with a working MPM"
