@@ -543,27 +543,41 @@ static const char *processor_section(cmd_parms *cmd, void *dummy, const char *ar
     return NULL;
 }
 
-static const char *set_server_environment(cmd_parms *cmd, void *dummy, const char *name)
+/* ServerEnvironment and AssignUserID: inside a <VirtualHost>, one of them, once. The vhost's
+ * configuration, or NULL with the reason in *err. */
+static peruser_server_conf *vhost_environment_conf(cmd_parms *cmd, const char *outside_vhost,
+                                                   const char *twice, const char **err)
 {
     peruser_server_conf *conf = ap_get_module_config(cmd->server->module_config, &mpm_peruser_module);
-    const char *err = ap_check_cmd_context(cmd, NOT_IN_DIR_CONTEXT);
-    char error[512];
-    int environment;
 
-    if (err) {
-        return err;
+    if ((*err = ap_check_cmd_context(cmd, NOT_IN_DIR_CONTEXT))) {
+        return NULL;
     }
     if (!cmd->server->is_virtual) {
-        return "ServerEnvironment must be inside a <VirtualHost> section";
+        *err = outside_vhost;
+        return NULL;
     }
     if (conf->environment >= 0) {
-        return "ServerEnvironment is given twice for this virtual host";
+        *err = twice;
+        return NULL;
     }
-    environment = peruser_config_find_environment(name, error, sizeof error);
-    if (environment < 0) {
+    return conf;
+}
+
+static const char *set_server_environment(cmd_parms *cmd, void *dummy, const char *name)
+{
+    const char *err;
+    peruser_server_conf *conf = vhost_environment_conf(cmd, "ServerEnvironment must be inside a <VirtualHost> section",
+        "ServerEnvironment is given twice for this virtual host (or after AssignUserID)", &err);
+    char error[512];
+
+    if (!conf) {
+        return err;
+    }
+    conf->environment = peruser_config_find_environment(name, error, sizeof error);
+    if (conf->environment < 0) {
         return apr_psprintf(cmd->pool, "ServerEnvironment %s: %s", name, error);
     }
-    conf->environment = environment;
     return NULL;
 }
 
@@ -583,27 +597,21 @@ static const char *set_multiplexer_chroot(cmd_parms *cmd, void *dummy, const cha
 /* mpm-itk's AssignUserID user group, inside <VirtualHost>: an implicit environment per pair. */
 static const char *set_assign_user_id(cmd_parms *cmd, void *dummy, const char *user, const char *group)
 {
-    peruser_server_conf *conf = ap_get_module_config(cmd->server->module_config, &mpm_peruser_module);
-    const char *err = ap_check_cmd_context(cmd, NOT_IN_DIR_CONTEXT);
+    const char *err;
+    peruser_server_conf *conf = vhost_environment_conf(cmd,
+        "AssignUserID must be inside a <VirtualHost> section (with peruser, a <Processor> block "
+        "with User and Group is the way to set the identity of several vhosts)",
+        "AssignUserID and ServerEnvironment (or a second AssignUserID) are both given for this "
+        "virtual host; keep one", &err);
     char error[512];
-    int environment;
 
-    if (err) {
+    if (!conf) {
         return err;
     }
-    if (!cmd->server->is_virtual) {
-        return "AssignUserID must be inside a <VirtualHost> section (with peruser, a <Processor> "
-               "block with User and Group is the way to set the identity of several vhosts)";
-    }
-    if (conf->environment >= 0) {
-        return "AssignUserID and ServerEnvironment (or a second AssignUserID) are both given for "
-               "this virtual host; keep one";
-    }
-    environment = peruser_config_assign_user_id(user, group, error, sizeof error);
-    if (environment < 0) {
+    conf->environment = peruser_config_assign_user_id(user, group, error, sizeof error);
+    if (conf->environment < 0) {
         return apr_pstrdup(cmd->pool, error);
     }
-    conf->environment = environment;
     return NULL;
 }
 

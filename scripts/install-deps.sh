@@ -5,16 +5,7 @@ set -eu
 
 # openssl: test certificates; python3 at /usr/bin: the CGIs of the isolation and hostile suites.
 packages="apache2 apache2-dev libapr1-dev libaprutil1-dev libapache2-mod-php curl procps passwd binutils gcc make openssl python3"
-missing=""
-for p in $packages; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    echo "install-deps: installing$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+sh "$(dirname "$0")/apt-install-missing.sh" $packages
 
 if ! python3 -m pytest --version >/dev/null 2>&1; then
     echo "install-deps: installing pytest"

@@ -64,6 +64,26 @@ def make_site(root, owner_uid, owner_gid, name):
     return site
 
 
+def two_environments(root):
+    """CGI allowed under `root`, and environments env-a (peruser-a) and env-b (peruser-b) with
+    one worker each: the common part of the suites' configurations."""
+    return f"""<Directory {root}>
+    Require all granted
+    Options +ExecCGI
+</Directory>
+<Processor env-a>
+    User peruser-a
+    Group peruser-a
+    MinProcessors 1
+</Processor>
+<Processor env-b>
+    User peruser-b
+    Group peruser-b
+    MinProcessors 1
+</Processor>
+"""
+
+
 @pytest.fixture(scope="session")
 def server(module, accounts):
     """Two name-based vhosts on one port (own environments), one vhost without environment,

@@ -131,18 +131,7 @@ KeepAliveTimeout 5
         pid = self.pid()
         if not pid:
             return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"apache2 pid {pid} did not stop")
+        stop_pid(pid, timeout)
 
     def children(self):
         """(pid, uid, gid, cmdline) of the parent's direct children, from /proc."""
@@ -189,6 +178,22 @@ KeepAliveTimeout 5
 
     def cleanup(self):
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def stop_pid(pid, timeout=20):
+    """SIGTERM to an apache2 parent (by the pid from its PidFile); waits until it is gone."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"apache2 pid {pid} did not stop")
 
 
 def session_pids(sid):

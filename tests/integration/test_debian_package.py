@@ -10,7 +10,6 @@ import glob
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
@@ -19,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from harness import free_port
+from harness import free_port, stop_pid as stop
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGE = "libapache2-mpm-peruser"
@@ -124,18 +123,6 @@ def start(confdir, port):
             time.sleep(0.2)
     raise AssertionError(f"apache2 on {confdir} did not come up:\n" +
                          open(f"/var/log/apache2{suffix}/error.log").read()[-3000:])
-
-
-def stop(pid):
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"apache2 {pid} did not stop")
 
 
 def uid_of(body):

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from conftest import make_site
+from conftest import make_site, two_environments
 from harness import Apache, free_port
 
 ATTACK_CGI = r'''#!/usr/bin/python3
@@ -185,20 +185,7 @@ Listen 127.0.0.1:{port}
 MinMultiplexers 1
 MaxMultiplexers 1
 MinSpareProcessors 0
-<Directory {apache.root}>
-    Require all granted
-    Options +ExecCGI
-</Directory>
-<Processor env-a>
-    User peruser-a
-    Group peruser-a
-    MinProcessors 1
-</Processor>
-<Processor env-b>
-    User peruser-b
-    Group peruser-b
-    MinProcessors 1
-</Processor>
+{two_environments(apache.root)}
 <VirtualHost 127.0.0.1:{port}>
     ServerName a.test
     DocumentRoot {a_site}

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import make_site
+from conftest import make_site, two_environments
 from harness import Apache, free_port
 
 HELLO_CAPTURE_TIMEOUT = 5
@@ -59,20 +59,7 @@ MaxMultiplexers 1
 MinSpareProcessors 0
 MultiplexerHeadTimeout 2
 RequestReadTimeout handshake=3 header=5 body=5
-<Directory {apache.root}>
-    Require all granted
-    Options +ExecCGI
-</Directory>
-<Processor env-a>
-    User peruser-a
-    Group peruser-a
-    MinProcessors 1
-</Processor>
-<Processor env-b>
-    User peruser-b
-    Group peruser-b
-    MinProcessors 1
-</Processor>
+{two_environments(apache.root)}
 {vhost(port, "a.test", a_site, "env-a")}
 {vhost(port, "b.test", b_site, "env-b")}
 {vhost(noenv_port, "noenv.test", b_site, None)}
