@@ -833,15 +833,34 @@ static int hand_back(request_rec *r)
     return DONE;
 }
 
+/* Whether this worker may run request `r`: its vhost belongs to the worker's environment. */
+static int request_is_ours(const request_rec *r)
+{
+    return server_environment(r->server) == my_environment;
+}
+
+/* 421 Misdirected Request (RFC 9110 15.5.20): the client retries on a new connection, which
+ * the multiplexers route to the right environment. Logged at info: any client can cause it. */
+static int misdirected(request_rec *r, const char *where)
+{
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                  "peruser: %s for %s, which environment %d does not serve; answered 421",
+                  where, vhost_description(r->pool, r->server), my_environment);
+    return HTTP_MISDIRECTED_REQUEST;
+}
+
 static int worker_post_read_request(request_rec *r)
 {
-    int environment;
-    if (!is_worker || r->main || r->prev || !current.record || r->connection->master) {
+    if (!is_worker) {
         return DECLINED;
     }
+    /* HTTP/2 streams (secondary connections, c->master set), subrequests and internal
+     * redirects cannot move to another process: another environment's vhost gets 421. */
+    if (r->connection->master || r->main || r->prev || !current.record) {
+        return request_is_ours(r) ? DECLINED : misdirected(r, r->connection->master ? "HTTP/2 stream" : "request");
+    }
     current.record->recording = 0;
-    environment = server_environment(r->server);
-    if (environment == my_environment) {
+    if (request_is_ours(r)) {
         current.requests_served++;
         peruser_worker_started_request(my_slot, my_environment, r->the_request,
                                        r->server->server_hostname);
@@ -857,6 +876,24 @@ static int worker_post_read_request(request_rec *r)
         return HTTP_MISDIRECTED_REQUEST;
     }
     return hand_back(r);
+}
+
+/* The same check wherever a request can start running without post_read_request: internal
+ * redirects (ErrorDocument, mod_rewrite), subrequests, and, as the last gate before any
+ * content, every handler (CGI, PHP, files). Only what passes these runs in this worker. */
+static int worker_gate_quick_handler(request_rec *r, int lookup)
+{
+    return (!is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "internal request");
+}
+
+static int worker_gate_translate(request_rec *r)
+{
+    return (!is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "request");
+}
+
+static int worker_gate_handler(request_rec *r)
+{
+    return (!is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "handler");
 }
 
 /* A handed-back request is logged by the worker that serves it, not here. */
@@ -2071,6 +2108,9 @@ static void peruser_hooks(apr_pool_t *p)
     ap_hook_pre_connection(worker_pre_connection, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_pre_read_request(worker_pre_read_request, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_post_read_request(worker_post_read_request, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_quick_handler(worker_gate_quick_handler, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_translate_name(worker_gate_translate, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_handler(worker_gate_handler, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_log_transaction(worker_log_transaction, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_insert_network_bucket(worker_insert_network_bucket, NULL, NULL, APR_HOOK_MIDDLE);
     APR_OPTIONAL_HOOK(ap, status_hook, peruser_status_hook, NULL, NULL, APR_HOOK_MIDDLE);

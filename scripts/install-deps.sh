@@ -4,13 +4,21 @@
 set -eu
 
 # openssl: test certificates; python3 at /usr/bin: the CGIs of the isolation and hostile suites.
-packages="apache2 apache2-dev libapr1-dev libaprutil1-dev libapache2-mod-php curl procps passwd binutils gcc make openssl python3"
+# nghttp2-client: h2load and nghttp for the HTTP/2 suites.
+packages="apache2 apache2-dev libapr1-dev libaprutil1-dev libapache2-mod-php curl procps passwd binutils gcc make openssl python3 nghttp2-client"
 sh "$(dirname "$0")/apt-install-missing.sh" $packages
 
 if ! python3 -m pytest --version >/dev/null 2>&1; then
     echo "install-deps: installing pytest"
     python3 -m pip install -q pytest 2>/dev/null \
         || { apt-get install -y -qq python3-pytest >/dev/null; }
+fi
+
+# h2 (PyPI): an HTTP/2 client that puts streams for several hosts on one connection.
+if ! python3 -c "import h2" >/dev/null 2>&1; then
+    echo "install-deps: installing h2"
+    python3 -m pip install -q h2 2>/dev/null \
+        || { apt-get install -y -qq python3-h2 >/dev/null; }
 fi
 
 if ! command -v swift >/dev/null 2>&1; then
