@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <pwd.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -104,6 +105,15 @@ typedef struct {
 
 static int one_process;
 static apr_pool_t *pconf;
+
+/* MultiplexerUser/MultiplexerGroup: the multiplexers' own identity (default: User/Group).
+ * Resolved when the directive is read; name NULL when not given. */
+static struct {
+    const char *user, *group;
+    uid_t uid;
+    gid_t gid;
+    const ap_directive_t *user_line, *group_line;
+} mux_identity;
 
 /* ---- This generation ---- */
 
@@ -594,6 +604,65 @@ static const char *set_multiplexer_chroot(cmd_parms *cmd, void *dummy, const cha
     return NULL;
 }
 
+/* Resolves a user or group name (or #id) to its id: 0, or -1 if there is no such account. */
+static int account_id(const char *name, int is_group, unsigned *id)
+{
+    if (name[0] == '#') {
+        char *end;
+        unsigned long value = strtoul(name + 1, &end, 10);
+        if (!name[1] || *end || value > UINT_MAX - 1) {
+            return -1;
+        }
+        *id = (unsigned)value;
+        return 0;
+    }
+    if (is_group) {
+        struct group *g = getgrnam(name);
+        if (!g) {
+            return -1;
+        }
+        *id = g->gr_gid;
+    }
+    else {
+        struct passwd *u = getpwnam(name);
+        if (!u) {
+            return -1;
+        }
+        *id = u->pw_uid;
+    }
+    return 0;
+}
+
+static const char *set_multiplexer_identity(cmd_parms *cmd, void *dummy, const char *name)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    int is_group = cmd->info != NULL;
+    unsigned id;
+    if (err) {
+        return err;
+    }
+    if (account_id(name, is_group, &id) != 0) {
+        return apr_psprintf(cmd->pool, "%s %s: no such %s on this system%s", cmd->cmd->name, name,
+                            is_group ? "group" : "user",
+                            " (the Debian package creates peruser-mux; elsewhere: "
+                            "useradd --system --user-group --no-create-home --shell /usr/sbin/nologin peruser-mux)");
+    }
+    if (id == 0) {
+        return apr_psprintf(cmd->pool, "%s %s: the multiplexers must not run as root", cmd->cmd->name, name);
+    }
+    if (is_group) {
+        mux_identity.group = apr_pstrdup(cmd->pool, name);
+        mux_identity.gid = (gid_t)id;
+        mux_identity.group_line = cmd->directive;
+    }
+    else {
+        mux_identity.user = apr_pstrdup(cmd->pool, name);
+        mux_identity.uid = (uid_t)id;
+        mux_identity.user_line = cmd->directive;
+    }
+    return NULL;
+}
+
 /* mpm-itk's AssignUserID user group, inside <VirtualHost>: an implicit environment per pair. */
 static const char *set_assign_user_id(cmd_parms *cmd, void *dummy, const char *user, const char *group)
 {
@@ -677,6 +746,10 @@ static const command_rec peruser_cmds[] = {
                      RSRC_CONF, "not supported here"),
     AP_INIT_RAW_ARGS("LimitUIDRange", itk_not_needed, NULL, RSRC_CONF, "accepted; no effect"),
     AP_INIT_RAW_ARGS("LimitGIDRange", itk_not_needed, NULL, RSRC_CONF, "accepted; no effect"),
+    AP_INIT_TAKE1("MultiplexerUser", set_multiplexer_identity, NULL, RSRC_CONF,
+                  "The user the multiplexers run as (default: User); never a tenant's"),
+    AP_INIT_TAKE1("MultiplexerGroup", set_multiplexer_identity, (void *)1, RSRC_CONF,
+                  "The group the multiplexers run as (default: Group); never a tenant's"),
     AP_INIT_TAKE1("MultiplexerChroot", set_multiplexer_chroot, NULL, RSRC_CONF,
                   "A root-owned directory the multiplexers chroot into before they drop privileges"),
     AP_INIT_TAKE1("ServerEnvironment", set_server_environment, NULL, RSRC_CONF,
@@ -1372,9 +1445,19 @@ static void multiplexer_main(void)
         tzset();
         ap_unixd_config.chroot_dir = mux_jail;
     }
+    if (mux_identity.user) {
+        ap_unixd_config.user_name = mux_identity.user;
+        ap_unixd_config.user_id = mux_identity.uid;
+    }
+    if (mux_identity.group) {
+        ap_unixd_config.group_id = mux_identity.gid;
+    }
     if (ap_run_drop_privileges(pchild, ap_server_conf)) {
         clean_child_exit(APEXIT_CHILDFATAL);
     }
+    /* mod_unixd makes the process dumpable again when CoreDumpDirectory is set; a dumpable
+     * multiplexer could be traced by any process of its uid. Never. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     if (getuid() == 0 || geteuid() == 0) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, ap_server_conf,
                      "peruser: a multiplexer must not run as root; set User and Group");
@@ -2031,6 +2114,7 @@ static int peruser_pre_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp
 
     ap_listen_pre_config();
     peruser_config_reset();
+    memset(&mux_identity, 0, sizeof mux_identity);
     return OK;
 }
 
@@ -2039,6 +2123,97 @@ static int peruser_pre_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp
 static int peruser_pre_config_after_core(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp)
 {
     ap_max_requests_per_child = DEFAULT_MAX_REQUESTS_PER_CHILD;
+    return OK;
+}
+
+/* The first directive named `name` (whose arguments start with `args`, if given) in the
+ * configuration tree, outside <Processor> sections; NULL if there is none. */
+static const ap_directive_t *find_directive(const ap_directive_t *d, const char *name, const char *args)
+{
+    for (; d; d = d->next) {
+        const ap_directive_t *found;
+        if (!strcasecmp(d->directive, name)
+            && (!args || (d->args && !strncmp(d->args, args, strlen(args))))) {
+            return d;
+        }
+        if (d->first_child && strcasecmp(d->directive, "<Processor")
+            && (found = find_directive(d->first_child, name, args))) {
+            return found;
+        }
+    }
+    return NULL;
+}
+
+static const char *where(apr_pool_t *p, const ap_directive_t *d)
+{
+    return d ? apr_psprintf(p, "line %d of %s", d->line_num, d->filename) : "the default";
+}
+
+/* Where environment `name` is declared: its <Processor> block, or the AssignUserID behind an
+ * implicit assign-USER-GROUP environment. */
+static const char *environment_origin(apr_pool_t *p, const char *name, unsigned uid, unsigned gid)
+{
+    const ap_directive_t *d = find_directive(ap_conftree, "<Processor", apr_pstrcat(p, name, ">", NULL));
+    if (d) {
+        return apr_psprintf(p, "<Processor %s> (%s)", name, where(p, d));
+    }
+    if (!strncmp(name, "assign-", 7)) {
+        const char *rest = name + 7, *dash = strchr(rest, '-');
+        if (dash && (d = find_directive(ap_conftree, "AssignUserID",
+                                        apr_pstrndup(p, rest, (apr_size_t)(dash - rest))))) {
+            return apr_psprintf(p, "AssignUserID %s (%s)", d->args, where(p, d));
+        }
+    }
+    return apr_psprintf(p, "environment %s", name);
+}
+
+/* A tenant must never share the multiplexers' uid or gid: its code could signal or trace
+ * them and stop all routing. Environments sharing a uid are one trust domain: warned. */
+static int check_identities(apr_pool_t *p, int startup)
+{
+    uid_t mux_uid = mux_identity.user ? mux_identity.uid : ap_unixd_config.user_id;
+    gid_t mux_gid = mux_identity.group ? mux_identity.gid : ap_unixd_config.group_id;
+    const char *user_directive = mux_identity.user
+        ? apr_psprintf(p, "MultiplexerUser %s (%s)", mux_identity.user, where(p, mux_identity.user_line))
+        : apr_psprintf(p, "User %s (%s)", ap_unixd_config.user_name,
+                       where(p, find_directive(ap_conftree, "User", NULL)));
+    const char *group_directive = mux_identity.group
+        ? apr_psprintf(p, "MultiplexerGroup %s (%s)", mux_identity.group, where(p, mux_identity.group_line))
+        : apr_psprintf(p, "Group (%s)", where(p, find_directive(ap_conftree, "Group", NULL)));
+    int count = peruser_config_environment_count(), e, f;
+    unsigned *uids = apr_pcalloc(p, sizeof(unsigned) * (count ? count : 1));
+    char name[256], user[256];
+
+    for (e = 0; e < count; e++) {
+        unsigned uid, gid;
+        if (peruser_config_environment_identity(e, &uid, &gid, user, sizeof user) != 0
+            || peruser_config_environment_name(e, name, sizeof name) != 0) {
+            continue;
+        }
+        uids[e] = uid;
+        if (uid == (unsigned)mux_uid || gid == (unsigned)mux_gid) {
+            ap_log_error(APLOG_MARK, APLOG_CRIT | (startup ? APLOG_STARTUP : 0), 0, NULL,
+                         "peruser: %s runs as %s %u, which the multiplexers run as too (%s): its code "
+                         "could signal or trace the multiplexers and stop every site. Give the tenant a "
+                         "user and group of its own, or run the multiplexers under an account no tenant "
+                         "uses: MultiplexerUser peruser-mux and MultiplexerGroup peruser-mux (the Debian "
+                         "package creates that account and sets both)",
+                         environment_origin(p, name, uid, gid),
+                         uid == (unsigned)mux_uid ? "uid" : "gid", uid == (unsigned)mux_uid ? uid : gid,
+                         uid == (unsigned)mux_uid ? user_directive : group_directive);
+            return !OK;
+        }
+        for (f = 0; startup && f < e; f++) {
+            char other[256];
+            if (uids[f] == uid && peruser_config_environment_name(f, other, sizeof other) == 0) {
+                ap_log_error(APLOG_MARK, APLOG_WARNING | APLOG_STARTUP, 0, NULL,
+                             "peruser: environments %s and %s both run as uid %u: they are one trust "
+                             "domain (each can signal, trace and read the other's workers)",
+                             other, name, uid);
+                break;
+            }
+        }
+    }
     return OK;
 }
 
@@ -2064,6 +2239,9 @@ static int peruser_check_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *pte
     if (peruser_config_validate(error, sizeof error) != 0) {
         ap_log_error(APLOG_MARK, APLOG_CRIT | (startup ? APLOG_STARTUP : 0), 0, NULL,
                      "peruser: %s", error);
+        return !OK;
+    }
+    if (check_identities(ptemp, startup) != OK) {
         return !OK;
     }
     if (startup) {
