@@ -120,12 +120,12 @@ public struct EnvironmentCapacity: Equatable {
     }
 
     /// Idle workers not already spoken for by queued connections.
-    public var freeWorkers: Int { max(0, idle - queued) }
+    public var freeWorkers: Int { max(0, idle.saturatingSubtracting(queued)) }
 
     /// A worker is free, or one can be started for the connection.
     public var canTake: Bool {
         if freeWorkers > 0 { return true }
         if workers == 0 { return !startFailing }
-        return workers + queued < maxProcessors && !serverFull
+        return workers.saturatingAdding(queued) < maxProcessors && !serverFull
     }
 }

@@ -112,10 +112,11 @@ public struct EnvironmentCounters: Equatable {
     public var carriedServed: UInt64 = 0
     public var carriedDropped: UInt64 = 0
 
-    /// Since the last full restart: this generation's counts plus those carried over.
-    public var totalHandedOff: UInt64 { handedOff &+ carriedHandedOff }
-    public var totalServed: UInt64 { served &+ carriedServed }
-    public var totalDropped: UInt64 { dropped &+ carriedDropped }
+    /// Since the last full restart: this generation's counts plus those carried over (saturating:
+    /// `served` is its workers' to write, and a sum must neither trap nor wrap to a likely number).
+    public var totalHandedOff: UInt64 { handedOff.saturatingAdding(carriedHandedOff) }
+    public var totalServed: UInt64 { served.saturatingAdding(carriedServed) }
+    public var totalDropped: UInt64 { dropped.saturatingAdding(carriedDropped) }
 
     /// Connections passed to the channel and not yet taken, clamped: the two counters come
     /// from different writers, so a lie or a race must not yield a huge or negative number.
@@ -206,7 +207,8 @@ public struct ChildTable {
             status: ChildStatus(rawValue: load(o + ChildTableLayout.statusOffset, as: UInt8.self)) ?? .active,
             environment: Int(load(i + ChildTableLayout.environmentOffset, as: Int32.self)),
             generation: load(i + ChildTableLayout.slotGenerationOffset, as: UInt32.self),
-            statusSince: load(o + ChildTableLayout.statusSinceOffset, as: Int64.self),
+            // A monotonic clock never reads negative; readers still subtract it only saturating.
+            statusSince: max(0, load(o + ChildTableLayout.statusSinceOffset, as: Int64.self)),
             connections: load(o + ChildTableLayout.connectionsOffset, as: UInt64.self),
             requests: load(o + ChildTableLayout.requestsOffset, as: UInt64.self),
             holding: load(o + ChildTableLayout.holdingOffset, as: UInt32.self))

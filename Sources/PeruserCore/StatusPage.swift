@@ -1,5 +1,6 @@
 // The Peruser views of /server-status: the child table, ?peruser_stats, and ?auto lines.
-// Pure functions of a snapshot; every name is escaped for HTML.
+// Pure functions of a snapshot; every name is escaped for HTML. The counts come from pages that
+// tenants write, so sums saturate and percentages are clamped: a lie shows, it never traps.
 
 public struct StatusSnapshot: Equatable {
     public struct Slot: Equatable {
@@ -103,6 +104,9 @@ public enum StatusPage {
         }
     }
 
+    /// A percentage as shown: 0...100 whatever the snapshot holds.
+    static func percent(_ value: Int) -> Int { min(max(value, 0), 100) }
+
     public static func escape(_ text: String) -> String {
         var out = ""
         out.reserveCapacity(text.utf8.count)
@@ -154,7 +158,7 @@ public enum StatusPage {
                 let c = counts.environments[e]
                 processor = escape(s.environments[e].name)
                 pss = "\(c.alive)/\(c.idle)/\(s.environments[e].maxProcessors)"
-                avail = s.environments[e].availability
+                avail = percent(s.environments[e].availability)
             } else {
                 processor = "(null)"
                 pss = "0/0/0"
@@ -190,13 +194,13 @@ public enum StatusPage {
             let env = s.environments[row.index]
             html += "<tr><td>\(escape(env.name))</td><td>\(escape(env.user))</td><td>\(escape(env.group))</td>"
                 + "<td>\(row.alive)/\(row.idle)/\(env.maxProcessors)</td><td>\(env.connections)</td>"
-                + "<td>\(env.requests)</td><td>\(env.dropped)</td><td>\(env.availability)%</td></tr>\n"
+                + "<td>\(env.requests)</td><td>\(env.dropped)</td><td>\(percent(env.availability))%</td></tr>\n"
             alive += row.alive
             idle += row.idle
-            maxTotal += env.maxProcessors
-            connections &+= env.connections
-            requests &+= env.requests
-            dropped &+= env.dropped
+            maxTotal = maxTotal.saturatingAdding(env.maxProcessors)
+            connections = connections.saturatingAdding(env.connections)
+            requests = requests.saturatingAdding(env.requests)
+            dropped = dropped.saturatingAdding(env.dropped)
         }
         html += "<tr><th>Total</th><th></th><th></th><th>\(alive)/\(idle)/\(maxTotal)</th><th>\(connections)</th>"
             + "<th>\(requests)</th><th>\(dropped)</th><th></th></tr>\n</table>\n"
@@ -212,7 +216,7 @@ public enum StatusPage {
             let env = s.environments[row.index]
             text += "PeruserEnvironment: \(env.name) alive=\(row.alive) idle=\(row.idle) max=\(env.maxProcessors) "
                 + "connections=\(env.connections) requests=\(env.requests) dropped=\(env.dropped) "
-                + "availability=\(env.availability) waiting=\(env.waiting)\n"
+                + "availability=\(percent(env.availability)) waiting=\(max(env.waiting, 0))\n"
         }
         return text
     }

@@ -171,9 +171,10 @@ public struct MaintenancePolicy {
             }
         }
         if limits.multiplexerIdleTimeout > 0 && muxes.count > limits.minMultiplexers {
-            let limit = Int64(limits.multiplexerIdleTimeout) * 1000
-            let idle = muxes.filter { $0.status == .ready && now - $0.statusSince >= limit }
-                .sorted { $0.statusSince < $1.statusSince }
+            let limit = milliseconds(seconds: limits.multiplexerIdleTimeout)
+            let idle = muxes
+                .filter { $0.status == .ready && elapsedMilliseconds(since: $0.statusSince, now: now) >= limit }
+                .sorted(by: longestIdleFirst)
             for child in idle.prefix(muxes.count - limits.minMultiplexers) {
                 plan.actions.append(.retire(slot: child.slot, reason: .multiplexerIdle))
             }
@@ -189,8 +190,9 @@ public struct MaintenancePolicy {
             let queued = min(max(envLoad.queued, 0), workerLimits.maxProcessors)
 
             if limits.expireTimeout > 0 {
-                let limit = Int64(limits.expireTimeout) * 1000
-                for child in workers where child.status == .active && now - child.statusSince >= limit {
+                let limit = milliseconds(seconds: limits.expireTimeout)
+                for child in workers
+                where child.status == .active && elapsedMilliseconds(since: child.statusSince, now: now) >= limit {
                     plan.actions.append(.expire(slot: child.slot))
                 }
             }
@@ -219,12 +221,12 @@ public struct MaintenancePolicy {
             let keepIdle = workers.isEmpty ? 0 : workerLimits.minSpare
             let retirable = min(workers.count - workerLimits.minProcessors, idle.count - keepIdle)
             guard retirable > 0 else { continue }
-            let longestIdleFirst = idle.sorted { $0.statusSince < $1.statusSince }
             let excess = workerLimits.maxSpare > 0 ? idle.count - workerLimits.maxSpare : 0
+            let idleLimit = milliseconds(seconds: limits.idleTimeout)
             var count = 0
-            for child in longestIdleFirst where count < retirable {
+            for child in idle.sorted(by: longestIdleFirst) where count < retirable {
                 let timedOut = limits.idleTimeout > 0
-                    && now - child.statusSince >= Int64(limits.idleTimeout) * 1000
+                    && elapsedMilliseconds(since: child.statusSince, now: now) >= idleLimit
                 if count < excess {
                     plan.actions.append(.retire(slot: child.slot, reason: .tooManySpare))
                 } else if timedOut {
@@ -236,6 +238,12 @@ public struct MaintenancePolicy {
             }
         }
         return plan
+    }
+
+    /// Earliest `statusSince` first; the slot breaks ties, so that the order (and which child
+    /// retires) does not depend on where the sort happened to leave equal, possibly forged, times.
+    private func longestIdleFirst(_ a: ChildState, _ b: ChildState) -> Bool {
+        (a.statusSince, a.slot) < (b.statusSince, b.slot)
     }
 }
 
