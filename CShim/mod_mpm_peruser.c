@@ -45,6 +45,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -76,11 +77,21 @@ typedef struct {
     peruser_child_record *records;
     /* Scoreboard slots of the current scoreboard (ServerLimit when it was created). */
     int scoreboard_slots;
-    /* Hand-back channel (workers write [0], multiplexers read [1]) and the demand pipe
-     * (multiplexers write [1], the parent reads [0]): shared by all generations, so old
-     * workers can give connections back to new multiplexers during a graceful restart. */
-    int handback[2];
+    /* The demand pipe (multiplexers write [1], the parent reads [0]), shared by all
+     * generations. */
     int demand[2];
+    /* The receiving ends of the previous generation's hand-back channels (malloc'd; index:
+     * that generation's environment). This generation's multiplexers read them too, so old
+     * workers finishing a kept-alive connection during a graceful restart can give it back. */
+    int *previous_handback;
+    int previous_handback_count;
+    unsigned previous_generation;
+    /* The multiplexers' secret (the key of hand-back tickets): a page that only the parent and
+     * the multiplexers keep mapped; workers unmap it before they drop privileges. */
+    void *mux_secret;
+    /* The parent's end of each multiplexer's control channel, by slot (-1: none), on which
+     * it passes renewed channels of an environment (MOST_SERVER_LIMIT entries, malloc'd). */
+    int *control;
     /* This generation's shared child table, and the previous one (kept mapped for one more
      * generation); the multiplexers' own state (availability), which workers unmap. */
     void *table;
@@ -106,6 +117,10 @@ typedef struct {
 static int one_process;
 static apr_pool_t *pconf;
 
+/* PeruserHandBack: whether a kept-alive connection whose next request is for another
+ * environment is handed back (On, the default) or answered 421 and closed (Off). */
+static int handback_enabled = 1;
+
 /* MultiplexerUser/MultiplexerGroup: the multiplexers' own identity (default: User/Group).
  * Resolved when the directive is read; name NULL when not given. */
 static struct {
@@ -117,8 +132,15 @@ static struct {
 
 /* ---- This generation ---- */
 
-/* channels[2*e] is written by multiplexers, channels[2*e+1] read by environment e's workers. */
+/* Two one-way channels per environment, none shared between environments:
+ * channels[CHANNEL(e, HANDOFF_SEND)] multiplexers -> channels[CHANNEL(e, HANDOFF_RECEIVE)] e's workers,
+ * channels[CHANNEL(e, HANDBACK_SEND)] e's workers -> channels[CHANNEL(e, HANDBACK_RECEIVE)] multiplexers. */
+enum { HANDOFF_SEND, HANDOFF_RECEIVE, HANDBACK_SEND, HANDBACK_RECEIVE, CHANNEL_ENDS };
+#define CHANNEL(e, end) (CHANNEL_ENDS * (e) + (end))
 static int *channels;
+
+/* A multiplexer's end of its control channel. */
+static int control_fd = -1;
 static int channel_env_count;
 
 /* ---- Child state ---- */
@@ -148,6 +170,7 @@ typedef struct {
 static struct {
     apr_socket_t *socket;
     int fd;
+    uint64_t ticket;              /* returned with a hand-back (HandbackTicket) */
     const unsigned char *pending;    /* bytes to put in front of the socket */
     apr_size_t pending_len;
     int received_hops;
@@ -264,13 +287,11 @@ ssize_t peruser_shim_recv_fd(int channel, void *buf, size_t cap, int nonblocking
         }
     }
     if (bad || fds_seen != 1 || (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) || n == 0) {
-        /* n == 0 here: an empty message that carried fds */
+        /* n == 0 here: an empty message that carried fds. The caller logs (rate-limited:
+         * a tenant can send these as fast as it likes). */
         if (received >= 0) {
             close(received);
         }
-        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, ap_server_conf,
-                     "peruser: dropped an invalid message on channel %d (%ld bytes, %d fds, "
-                     "flags 0x%x)", channel, (long)n, fds_seen, msg.msg_flags);
         return -EBADMSG;
     }
     *fd = received;
@@ -382,10 +403,14 @@ int peruser_shim_route(int fd, const char *host, const char *target)
 
     environment = server_environment(r->server);
     if (environment < 0) {
-        ap_log_error(APLOG_MARK, APLOG_ERR, 0, ap_server_conf,
-                     "peruser: virtual host %s has no ServerEnvironment; answered 503 to %s "
-                     "(Host or TLS server name: %s; a TLS connection is closed instead)",
-                     vhost_description(route_pool, r->server), c->client_ip, host ? host : "-");
+        long left_out = peruser_log_admit(PERUSER_NOISY_NO_ENVIRONMENT);
+        if (left_out >= 0) {
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, ap_server_conf,
+                         "peruser: virtual host %s has no ServerEnvironment; answered 503 to %s "
+                         "(Host or TLS server name: %s; a TLS connection is closed instead)%s",
+                         vhost_description(route_pool, r->server), c->client_ip, host ? host : "-",
+                         left_out ? apr_psprintf(route_pool, " (%ld similar lines left out)", left_out) : "");
+        }
         return PERUSER_ROUTE_NO_ENVIRONMENT;
     }
     return environment;
@@ -591,6 +616,16 @@ static const char *set_server_environment(cmd_parms *cmd, void *dummy, const cha
     return NULL;
 }
 
+static const char *set_handback(cmd_parms *cmd, void *dummy, int on)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    if (err) {
+        return err;
+    }
+    handback_enabled = on;
+    return NULL;
+}
+
 static const char *set_multiplexer_chroot(cmd_parms *cmd, void *dummy, const char *path)
 {
     const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
@@ -746,6 +781,9 @@ static const command_rec peruser_cmds[] = {
                      RSRC_CONF, "not supported here"),
     AP_INIT_RAW_ARGS("LimitUIDRange", itk_not_needed, NULL, RSRC_CONF, "accepted; no effect"),
     AP_INIT_RAW_ARGS("LimitGIDRange", itk_not_needed, NULL, RSRC_CONF, "accepted; no effect"),
+    AP_INIT_FLAG("PeruserHandBack", set_handback, NULL, RSRC_CONF,
+                 "On (default): a kept-alive connection moves to the environment of its next request; "
+                 "Off: such a request gets 421 and the connection closes"),
     AP_INIT_TAKE1("MultiplexerUser", set_multiplexer_identity, NULL, RSRC_CONF,
                   "The user the multiplexers run as (default: User); never a tenant's"),
     AP_INIT_TAKE1("MultiplexerGroup", set_multiplexer_identity, (void *)1, RSRC_CONF,
@@ -876,23 +914,28 @@ static int hand_back(request_rec *r)
         }
     }
 
-    length = peruser_message_encode(message, sizeof message, hops, record->buf, record->len);
+    length = peruser_message_encode(message, sizeof message, hops, current.ticket, record->buf, record->len);
     if (length < 0) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "peruser: cannot encode hand-back");
         return HTTP_SERVICE_UNAVAILABLE;
     }
     /* The multiplexers drain this channel in their event loops; a full one is brief. */
     for (tries = 0; tries < 100; tries++) {
-        rv = peruser_shim_send_fd(retained->handback[0], current.fd, message, (size_t)length);
+        rv = peruser_shim_send_fd(channels[CHANNEL(my_environment, HANDBACK_SEND)], current.fd, message,
+                                  (size_t)length);
         if (rv != -EAGAIN) {
             break;
         }
         poll(NULL, 0, 10);
     }
     if (rv != 0) {
+        /* Only this environment's channel can be broken (one of its own workers shut it
+         * down, say): 421 and a close send the client to a new connection, which the
+         * multiplexers route as usual. */
         ap_log_rerror(APLOG_MARK, APLOG_ERR, -rv, r,
-                      "peruser: could not hand the connection back to a multiplexer");
-        return HTTP_SERVICE_UNAVAILABLE;
+                      "peruser: could not hand the connection back to a multiplexer; answered 421");
+        c->keepalive = AP_CONN_CLOSE;
+        return HTTP_MISDIRECTED_REQUEST;
     }
     ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
                   "peruser: handed connection back (%lu bytes consumed) for %s",
@@ -947,6 +990,12 @@ static int worker_post_read_request(request_rec *r)
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       "peruser: request head too large to hand to another environment");
         return HTTP_MISDIRECTED_REQUEST;
+    }
+    if (!handback_enabled) {
+        /* The client opens a new connection, which the multiplexers route; this worker never
+         * holds a connection that later carries another tenant's requests. */
+        r->connection->keepalive = AP_CONN_CLOSE;
+        return misdirected(r, "request (PeruserHandBack Off)");
     }
     return hand_back(r);
 }
@@ -1232,7 +1281,7 @@ static int drop_to_environment(int environment)
  * the message, so a tenant cannot forge the client address another tenant's vhost sees. */
 static void serve_connection(apr_pool_t *ptrans, ap_sb_handle_t *sbh, apr_bucket_alloc_t *ba,
                              int fd, const unsigned char *consumed, apr_size_t consumed_len,
-                             int hops, long conn_id)
+                             int hops, uint64_t ticket, long conn_id)
 {
     struct sockaddr_storage local, remote;
     socklen_t local_len = sizeof local, remote_len = sizeof remote;
@@ -1276,6 +1325,7 @@ static void serve_connection(apr_pool_t *ptrans, ap_sb_handle_t *sbh, apr_bucket
     current.pending = consumed;
     current.pending_len = consumed_len;
     current.received_hops = hops;
+    current.ticket = ticket;
 
     c = ap_run_create_connection(ptrans, ap_server_conf, csd, conn_id, sbh, ba);
     if (c) {
@@ -1303,8 +1353,7 @@ static int confine_table_view(int slot, int environment)
         retained->previous_table = NULL;
     }
     if (!base || retained->table_fd < 0
-        || peruser_table_worker_pages(retained->table_slots, retained->table_environments, slot, environment,
-                                      &slot_page, &environment_page) != 0) {
+        || peruser_table_worker_pages(slot, environment, &slot_page, &environment_page) != 0) {
         return -1;
     }
     apr_snprintf(path, sizeof path, "/proc/self/fd/%d", retained->table_fd);
@@ -1323,6 +1372,15 @@ static int confine_table_view(int slot, int environment)
     close(ro);
     close_fd(&retained->table_fd);
     return 0;
+}
+
+/* A child keeps no parent end of any multiplexer's control channel. */
+static void close_control_ends(void)
+{
+    int i;
+    for (i = 0; retained->control && i < MOST_SERVER_LIMIT; i++) {
+        close_fd(&retained->control[i]);
+    }
 }
 
 static void worker_main(int environment)
@@ -1345,17 +1403,26 @@ static void worker_main(int environment)
         retained->mux_state = NULL;
         peruser_multiplexer_state_attach(NULL, 0);
     }
+    if (retained->mux_secret) {
+        munmap(retained->mux_secret, (size_t)getpagesize());
+        retained->mux_secret = NULL;
+    }
     ap_close_listeners();
     for (e = 0; e < channel_env_count; e++) {
-        close_fd(&channels[2 * e]);
-        if (e != environment) {
-            close_fd(&channels[2 * e + 1]);
+        int end;
+        for (end = 0; end < CHANNEL_ENDS; end++) {
+            if (e != environment || end == HANDOFF_SEND || end == HANDBACK_RECEIVE) {
+                close_fd(&channels[CHANNEL(e, end)]);
+            }
         }
     }
-    close_fd(&retained->handback[1]);
+    for (e = 0; e < retained->previous_handback_count; e++) {
+        close_fd(&retained->previous_handback[e]);
+    }
+    close_control_ends();
     close_fd(&retained->demand[0]);
     close_fd(&retained->demand[1]);
-    channel = channels[2 * environment + 1];
+    channel = channels[CHANNEL(environment, HANDOFF_RECEIVE)];
     if (confine_table_view(my_slot, environment) != 0) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
                      "peruser: worker could not map its read-only view of the child table");
@@ -1385,6 +1452,7 @@ static void worker_main(int environment)
 
     for (;;) {
         int fd = -1, hops = 0;
+        uint64_t ticket = 0;
         ssize_t n;
         long consumed;
 
@@ -1401,7 +1469,12 @@ static void worker_main(int environment)
             /* Drained, or every writer of this generation's channel is gone. */
             clean_child_exit(0);
         }
-        if (n == -EINTR || n == -EBADMSG) {
+        if (n == -EINTR) {
+            continue;
+        }
+        if (n == -EBADMSG) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, ap_server_conf,
+                         "peruser: worker dropped an invalid message on its channel");
             continue;
         }
         if (n < 0) {
@@ -1409,7 +1482,7 @@ static void worker_main(int environment)
                          "peruser: worker lost its channel; exiting");
             clean_child_exit(APEXIT_CHILDSICK);
         }
-        consumed = peruser_message_decode(message, (size_t)n, &hops);
+        consumed = peruser_message_decode(message, (size_t)n, &hops, &ticket);
         if (consumed < 0) {
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, ap_server_conf,
                          "peruser: worker dropped an invalid hand-off message (%ld bytes)", (long)n);
@@ -1419,7 +1492,7 @@ static void worker_main(int environment)
         peruser_worker_took_connection(my_slot, my_environment);
         apr_pool_clear(ptrans);
         serve_connection(ptrans, sbh, bucket_alloc, fd, message + PERUSER_MESSAGE_HEADER,
-                         (apr_size_t)consumed, hops, conn_id++);
+                         (apr_size_t)consumed, hops, ticket, conn_id++);
     }
 }
 
@@ -1431,11 +1504,12 @@ static void multiplexer_main(void)
 
     child_common_setup();
     for (e = 0; e < channel_env_count; e++) {
-        close_fd(&channels[2 * e + 1]);
+        close_fd(&channels[CHANNEL(e, HANDOFF_RECEIVE)]);
+        close_fd(&channels[CHANNEL(e, HANDBACK_SEND)]);
     }
-    close_fd(&retained->handback[0]);
     close_fd(&retained->demand[0]);
     close_fd(&retained->table_fd);
+    close_control_ends();
 
     ap_reopen_scoreboard(pchild, NULL, 0);
     /* MultiplexerChroot: mod_unixd's drop_privileges sets the groups, chroots, then sets the
@@ -1488,14 +1562,19 @@ static void multiplexer_main(void)
         }
     }
     {
-        int *mux_channels = apr_pcalloc(pchild, sizeof(int) * (channel_env_count ? channel_env_count : 1));
+        int n = channel_env_count ? channel_env_count : 1;
+        int *handoffs = apr_pcalloc(pchild, sizeof(int) * n), *handbacks = apr_pcalloc(pchild, sizeof(int) * n);
         for (e = 0; e < channel_env_count; e++) {
-            mux_channels[e] = channels[2 * e];
+            handoffs[e] = channels[CHANNEL(e, HANDOFF_SEND)];
+            handbacks[e] = channels[CHANNEL(e, HANDBACK_RECEIVE)];
         }
         retained->mpm->mpm_state = AP_MPMQ_RUNNING;
         ap_update_child_status_from_indexes(my_slot, 0, SERVER_READY, NULL);
-        rc = peruser_multiplexer_run(my_slot, listeners, count, retained->handback[1], mux_channels,
-                                     channel_env_count, retained->demand[1]);
+        rc = peruser_multiplexer_run(my_slot, listeners, count, handoffs, handbacks, channel_env_count,
+                                     (unsigned)retained->mpm->my_generation, retained->previous_handback,
+                                     retained->previous_handback_count, retained->previous_generation,
+                                     retained->demand[1], retained->mux_secret, (size_t)getpagesize(),
+                                     control_fd);
     }
     clean_child_exit(rc);
 }
@@ -1504,47 +1583,88 @@ static void multiplexer_main(void)
 /* Parent                                                                 */
 /* ===================================================================== */
 
-static void close_channels(void)
+/* Ends this generation's channels. The receiving ends of its hand-back channels stay open one
+ * generation more (the next generation's multiplexers read them); older ones are closed. */
+static void close_channels(unsigned generation)
 {
-    int i;
-    for (i = 0; channels && i < 2 * channel_env_count; i++) {
-        close_fd(&channels[i]);
+    int e;
+    for (e = 0; e < retained->previous_handback_count; e++) {
+        close_fd(&retained->previous_handback[e]);
+    }
+    free(retained->previous_handback);
+    retained->previous_handback = NULL;
+    retained->previous_handback_count = 0;
+    if (channels && channel_env_count > 0
+        && (retained->previous_handback = malloc(sizeof(int) * (size_t)channel_env_count))) {
+        retained->previous_handback_count = channel_env_count;
+        retained->previous_generation = generation;
+        for (e = 0; e < channel_env_count; e++) {
+            retained->previous_handback[e] = channels[CHANNEL(e, HANDBACK_RECEIVE)];
+            channels[CHANNEL(e, HANDBACK_RECEIVE)] = -1;
+        }
+    }
+    for (e = 0; channels && e < CHANNEL_ENDS * channel_env_count; e++) {
+        close_fd(&channels[e]);
     }
     channels = NULL;
     channel_env_count = 0;
+}
+
+/* A one-way SOCK_SEQPACKET channel: the receiving end can never send, so neither side can
+ * write where the other only reads. */
+static int one_way_channel(int *send_end, int *receive_end)
+{
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
+        return -1;
+    }
+    shutdown(pair[1], SHUT_WR);
+    *send_end = pair[0];
+    *receive_end = pair[1];
+    return 0;
 }
 
 static int open_channels(apr_pool_t *p)
 {
     int e;
     channel_env_count = peruser_config_environment_count();
-    channels = apr_pcalloc(p, sizeof(int) * 2 * (channel_env_count ? channel_env_count : 1));
-    for (e = 0; e < 2 * channel_env_count; e++) {
+    channels = apr_pcalloc(p, sizeof(int) * CHANNEL_ENDS * (channel_env_count ? channel_env_count : 1));
+    for (e = 0; e < CHANNEL_ENDS * channel_env_count; e++) {
         channels[e] = -1;
     }
     for (e = 0; e < channel_env_count; e++) {
-        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, &channels[2 * e]) != 0) {
+        if (one_way_channel(&channels[CHANNEL(e, HANDOFF_SEND)], &channels[CHANNEL(e, HANDOFF_RECEIVE)]) != 0
+            || one_way_channel(&channels[CHANNEL(e, HANDBACK_SEND)], &channels[CHANNEL(e, HANDBACK_RECEIVE)]) != 0) {
             ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
-                         "peruser: cannot create the hand-off channel of environment %d", e);
+                         "peruser: cannot create the channels of environment %d", e);
             return !OK;
         }
     }
     return OK;
 }
 
-/* The channels that outlive a generation: created once, kept in retained data. */
+static void *map_shared(const char *name, size_t size, int *keep_fd);
+
+/* What outlives a generation: the demand pipe and the multiplexers' secret, created once. */
 static int open_lasting_channels(void)
 {
-    if (retained->handback[0] < 0
-        && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, retained->handback) != 0) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
-                     "peruser: cannot create the hand-back channel");
-        return !OK;
-    }
     if (retained->demand[0] < 0 && pipe2(retained->demand, O_CLOEXEC | O_NONBLOCK) != 0) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
                      "peruser: cannot create the demand pipe");
         return !OK;
+    }
+    if (!retained->mux_secret) {
+        void *secret = map_shared("peruser-multiplexer-secret", (size_t)getpagesize(), NULL);
+        if (!secret) {
+            return !OK;
+        }
+        if (getrandom(secret, 16, 0) != 16) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, errno, ap_server_conf,
+                         "peruser: cannot draw the multiplexers' secret from getrandom");
+            munmap(secret, (size_t)getpagesize());
+            return !OK;
+        }
+        retained->mux_secret = secret;
     }
     return OK;
 }
@@ -1638,10 +1758,11 @@ int peruser_shim_return_queued(int environment, int *lost)
     int moved = 0, receiver;
 
     *lost = 0;
-    if (environment < 0 || environment >= channel_env_count || channels[2 * environment + 1] < 0) {
+    if (environment < 0 || environment >= channel_env_count
+        || channels[CHANNEL(environment, HANDOFF_RECEIVE)] < 0) {
         return 0;
     }
-    receiver = channels[2 * environment + 1];
+    receiver = channels[CHANNEL(environment, HANDOFF_RECEIVE)];
     for (;;) {
         int fd = -1, rv;
         ssize_t n = peruser_shim_recv_fd(receiver, message, sizeof message, 1, &fd);
@@ -1651,7 +1772,8 @@ int peruser_shim_return_queued(int environment, int *lost)
         if (n <= 0) {
             break;
         }
-        rv = peruser_shim_send_fd(retained->handback[0], fd, message, (size_t)n);
+        /* Their tickets are the environment's own: the multiplexers take them back as such. */
+        rv = peruser_shim_send_fd(channels[CHANNEL(environment, HANDBACK_SEND)], fd, message, (size_t)n);
         close(fd); /* sent or not, the parent keeps no client socket */
         if (rv == 0) {
             moved++;
@@ -1663,6 +1785,46 @@ int peruser_shim_return_queued(int environment, int *lost)
         }
     }
     return moved;
+}
+
+int peruser_shim_renew_channels(int environment)
+{
+    int end;
+    if (environment < 0 || environment >= channel_env_count) {
+        return -1;
+    }
+    for (end = 0; end < CHANNEL_ENDS; end++) {
+        close_fd(&channels[CHANNEL(environment, end)]);
+    }
+    if (one_way_channel(&channels[CHANNEL(environment, HANDOFF_SEND)],
+                        &channels[CHANNEL(environment, HANDOFF_RECEIVE)]) != 0
+        || one_way_channel(&channels[CHANNEL(environment, HANDBACK_SEND)],
+                           &channels[CHANNEL(environment, HANDBACK_RECEIVE)]) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, errno, ap_server_conf,
+                     "peruser: cannot renew the channels of environment %d", environment);
+        return -1;
+    }
+    return 0;
+}
+
+int peruser_shim_give_channels(int slot, int environment)
+{
+    uint32_t message[2];
+    int rv;
+    if (slot < 0 || slot >= MOST_SERVER_LIMIT || retained->control[slot] < 0
+        || environment < 0 || environment >= channel_env_count) {
+        return -EINVAL;
+    }
+    message[0] = (uint32_t)environment;
+    message[1] = PERUSER_CONTROL_HANDOFF;
+    rv = peruser_shim_send_fd(retained->control[slot], channels[CHANNEL(environment, HANDOFF_SEND)],
+                              message, sizeof message);
+    if (rv == 0) {
+        message[1] = PERUSER_CONTROL_HANDBACK;
+        rv = peruser_shim_send_fd(retained->control[slot], channels[CHANNEL(environment, HANDBACK_RECEIVE)],
+                                  message, sizeof message);
+    }
+    return rv;
 }
 
 /* Moves a new worker into each of its environment's cgroups; 0, or -1 (logged). */
@@ -1698,9 +1860,17 @@ static int move_into_cgroups(pid_t pid, int environment)
 int peruser_shim_spawn(int slot, int environment, int type)
 {
     pid_t pid;
-    int gate[2] = { -1, -1 };
+    int gate[2] = { -1, -1 }, control[2] = { -1, -1 };
 
     (void)ap_update_child_status_from_indexes(slot, 0, SERVER_STARTING, NULL);
+    if (slot < 0 || slot >= MOST_SERVER_LIMIT) {
+        return -1;
+    }
+    if (environment < 0 && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, control) != 0) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, errno, ap_server_conf, "peruser: cannot create a control channel");
+        (void)ap_update_child_status_from_indexes(slot, 0, SERVER_DEAD, NULL);
+        return -1;
+    }
     parent_pid = getpid();
     /* A worker with cgroups waits at this gate until the parent has moved it into them. */
     if (environment >= 0 && peruser_config_environment_cgroup_count(environment) > 0
@@ -1715,9 +1885,13 @@ int peruser_shim_spawn(int slot, int environment, int type)
         (void)ap_update_child_status_from_indexes(slot, 0, SERVER_DEAD, NULL);
         close_fd(&gate[0]);
         close_fd(&gate[1]);
+        close_fd(&control[0]);
+        close_fd(&control[1]);
         return -1;
     }
     if (pid == 0) {
+        close_fd(&control[0]);
+        control_fd = control[1];
         if (gate[0] >= 0) {
             char go;
             ssize_t r;
@@ -1749,6 +1923,12 @@ int peruser_shim_spawn(int slot, int environment, int type)
         }
         close_fd(&gate[1]); /* without the byte, the worker exits at the gate */
     }
+    close_fd(&control[1]);
+    if (control[0] >= 0) {
+        shutdown(control[0], SHUT_RD); /* the parent only sends on it */
+        close_fd(&retained->control[slot]);
+        retained->control[slot] = control[0];
+    }
     ap_scoreboard_image->parent[slot].pid = pid;
     ap_scoreboard_image->parent[slot].generation = retained->mpm->my_generation;
     return (int)pid;
@@ -1778,6 +1958,9 @@ static void reap_children(int quiet)
             continue;
         }
         ap_scoreboard_image->parent[slot].pid = 0;
+        if (slot >= 0 && slot < MOST_SERVER_LIMIT) {
+            close_fd(&retained->control[slot]);
+        }
         (void)ap_update_child_status_from_indexes(slot, 0, SERVER_DEAD, NULL);
         if (quiet || clean) {
             continue;
@@ -1901,7 +2084,7 @@ static int peruser_run(apr_pool_t *_pconf, apr_pool_t *plog, server_rec *s)
     sigaction(SIGCHLD, &sa, NULL);
 
     if (open_lasting_channels() != OK || open_channels(pconf) != OK || map_child_table(slots) != OK) {
-        close_channels();
+        close_channels((unsigned)retained->mpm->my_generation);
         retained->mpm->mpm_state = AP_MPMQ_STOPPING;
         return !OK;
     }
@@ -1912,7 +2095,7 @@ static int peruser_run(apr_pool_t *_pconf, apr_pool_t *plog, server_rec *s)
                                  retained->previous_table_size, retained->previous_table_environments,
                                  error, sizeof error) != 0) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "peruser: %s", error);
-        close_channels();
+        close_channels((unsigned)retained->mpm->my_generation);
         retained->mpm->mpm_state = AP_MPMQ_STOPPING;
         return !OK;
     }
@@ -1943,7 +2126,7 @@ static int peruser_run(apr_pool_t *_pconf, apr_pool_t *plog, server_rec *s)
     }
 
     retained->mpm->mpm_state = AP_MPMQ_STOPPING;
-    close_channels();
+    close_channels((unsigned)retained->mpm->my_generation);
 
     if (retained->mpm->shutdown_pending && retained->mpm->is_ungraceful) {
         stop_children();
@@ -2089,11 +2272,16 @@ static int peruser_pre_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp
     if (!retained) {
         retained = ap_retained_data_create(userdata_key, sizeof(*retained));
         retained->mpm = ap_unixd_mpm_get_retained_data();
-        retained->records = ap_retained_data_create("mpm_peruser_children",
+        retained->records = ap_retained_data_create("mpm_peruser_children_v2",
                                                     sizeof(peruser_child_record) * MOST_SERVER_LIMIT);
-        retained->handback[0] = retained->handback[1] = -1;
         retained->demand[0] = retained->demand[1] = -1;
         retained->table_fd = -1;
+    }
+    if (!retained->control && (retained->control = malloc(sizeof(int) * MOST_SERVER_LIMIT))) {
+        int i;
+        for (i = 0; i < MOST_SERVER_LIMIT; i++) {
+            retained->control[i] = -1;
+        }
     }
     retained->mpm->mpm_state = AP_MPMQ_STARTING;
     if (retained->mpm->baton != retained) {
@@ -2115,6 +2303,7 @@ static int peruser_pre_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp
     ap_listen_pre_config();
     peruser_config_reset();
     memset(&mux_identity, 0, sizeof mux_identity);
+    handback_enabled = 1;
     return OK;
 }
 
@@ -2223,6 +2412,13 @@ static int peruser_check_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *pte
     char error[512];
     server_rec *vh;
 
+    if (peruser_message_header_size() != PERUSER_MESSAGE_HEADER) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT | (startup ? APLOG_STARTUP : 0), 0, NULL,
+                     "peruser: internal error: the C shim and the Swift library disagree on the "
+                     "message header (%d and %ld bytes); rebuild the module",
+                     PERUSER_MESSAGE_HEADER, peruser_message_header_size());
+        return !OK;
+    }
     if (one_process) {
         ap_log_error(APLOG_MARK, APLOG_CRIT | (startup ? APLOG_STARTUP : 0), 0, NULL,
                      "peruser: ONE_PROCESS/DEBUG mode is not supported: a root process "

@@ -78,9 +78,9 @@ size_t peruser_table_size(int slots, int environments);
 /* The table's page: the unit of a worker's write access. */
 size_t peruser_table_page_size(void);
 
-/* Offsets of the two pages a worker of `environment` in `slot` may write. 0, or -1. */
-int peruser_table_worker_pages(int slots, int environments, int slot, int environment,
-                               size_t *slot_page, size_t *environment_page);
+/* Offsets of the two pages the worker in `slot` (of `environment`) may write: its own page in
+ * its environment's pool, and the environment's page. 0, or -1. */
+int peruser_table_worker_pages(int slot, int environment, size_t *worker_page, size_t *environment_page);
 
 /* Bytes of the multiplexers' own shared state (availability per environment). */
 size_t peruser_multiplexer_state_size(int environments);
@@ -150,21 +150,39 @@ void peruser_status_render(int view, const int *scoreboard_states, int slots, vo
 /* ---- Multiplexer (child, as User/Group) ---- */
 
 /* Runs the accept/peek/route/hand-off loop until asked to stop and done, or a fatal error.
- * Returns the exit status. `demand` is the pipe on which to ask the parent for workers. */
-int peruser_multiplexer_run(int slot, const int *listeners, int listener_count, int handback,
-                            const int *channels, int channel_count, int demand);
+ * Returns the exit status. `handoffs[e]` and `handbacks[e]` are environment e's channel ends
+ * (sending, receiving) of generation `generation`; `previous_handbacks` the receiving ends of
+ * the previous generation's hand-back channels; `demand` the pipe on which to ask the parent
+ * for workers; `secret` the multiplexers' secret page (the key of hand-back tickets);
+ * `control` the channel on which the parent passes renewed channels. */
+int peruser_multiplexer_run(int slot, const int *listeners, int listener_count, const int *handoffs,
+                            const int *handbacks, int channel_count, unsigned generation,
+                            const int *previous_handbacks, int previous_count, unsigned previous_generation,
+                            int demand, const void *secret, size_t secret_size, int control);
+
+/* ---- Log lines a client or tenant can cause (rate-limited) ---- */
+
+#define PERUSER_NOISY_NO_ENVIRONMENT 100
+
+/* Whether a line of kind `kind` may be written now: -1 if not, or how many such lines were
+ * left out since the last one written. */
+long peruser_log_admit(int kind);
 
 /* ---- Hand-off messages (workers) ---- */
 
-#define PERUSER_MESSAGE_HEADER 12
+#define PERUSER_MESSAGE_HEADER 20
 #define PERUSER_MESSAGE_MAX (PERUSER_MESSAGE_HEADER + 96 * 1024)
 
-/* Encodes a message carrying `len` consumed bytes into `out`; its length, or -1. */
-long peruser_message_encode(unsigned char *out, size_t cap, int hops,
+/* Encodes a message carrying `len` consumed bytes and a hand-back ticket into `out`; its
+ * length, or -1. */
+long peruser_message_encode(unsigned char *out, size_t cap, int hops, uint64_t ticket,
                             const unsigned char *consumed, size_t len);
 
 /* Validates a received message. The number of consumed bytes (which start at
- * PERUSER_MESSAGE_HEADER) with *hops set, or -1 when the message is invalid. */
-long peruser_message_decode(const unsigned char *message, size_t len, int *hops);
+ * PERUSER_MESSAGE_HEADER) with *hops and *ticket set, or -1 when the message is invalid. */
+long peruser_message_decode(const unsigned char *message, size_t len, int *hops, uint64_t *ticket);
+
+/* The header size the Swift codec uses (checked against PERUSER_MESSAGE_HEADER at start). */
+long peruser_message_header_size(void);
 
 #endif

@@ -57,6 +57,14 @@ ssize_t peruser_shim_recv_fd(int channel, void *buf, size_t cap, int nonblocking
 
 /* ---- Process management ---- */
 
+/* Renewing an environment's channels after one of its workers shut them down: new channels
+ * in the parent (for the workers it starts from now on), then, on each live multiplexer's
+ * control channel, two messages {environment, kind} with the new ends. 0, or -1 / -errno. */
+#define PERUSER_CONTROL_HANDOFF 0
+#define PERUSER_CONTROL_HANDBACK 1
+int peruser_shim_renew_channels(int environment);
+int peruser_shim_give_channels(int slot, int environment);
+
 /* Moves every connection queued in environment `environment`'s channel (of this generation)
  * back to the multiplexers over the hand-back channel, untouched: the parent never reads a
  * client's bytes. Returns how many were moved; *lost counts those that could not be (closed,
@@ -76,6 +84,7 @@ typedef struct {
     uint8_t retiring;     /* asked to exit when done (SIGUSR1) */
     uint8_t draining;     /* asked to drain its channel and exit (SIGWINCH) */
     uint8_t expired;      /* stopped for ExpireTimeout */
+    int32_t page;         /* a worker's page in its environment's pool of the child table */
     int64_t started_at;   /* ms, monotonic */
     int64_t signalled_at; /* ms, monotonic; when a stop was last signalled */
 } peruser_child_record;

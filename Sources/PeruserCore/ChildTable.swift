@@ -4,8 +4,12 @@
 // - the header, one identity record per slot (pid, type, environment, generation) and one
 //   record per environment (multiplexers' counters, carried totals, name): the parent and the
 //   multiplexers write these;
-// - one page per slot (status, counters, current request): its own child writes it;
-// - one page per environment (connections received, requests served): its workers write it.
+// - one page per slot for the multiplexers (status, counters), written by that multiplexer;
+// - one page per environment (connections received, requests served): its workers write it;
+// - a pool of MaxProcessors pages per environment, one per live worker of it (status,
+//   counters, current request): a page never changes environment, so a process a tenant left
+//   behind with a writable mapping (a forked PHP child, say) can never write the status of
+//   another tenant's worker. A worker's page is named in its identity record.
 // A worker's view of the table is read-only except for its own slot's page and its
 // environment's page (the module maps those two over a read-only mapping), so a compromised
 // worker can lie about itself and its own environment, and about nothing else.
@@ -13,9 +17,9 @@
 
 public enum ChildTableLayout {
     public static let magic: UInt32 = 0x3143_5550  // "PUC1"
-    public static let version: UInt32 = 2
+    public static let version: UInt32 = 3
     public static let headerSize = 64
-    public static let identitySize = 16
+    public static let identitySize = 32
     public static let environmentSize = 128
     /// The granularity of write access: a worker's pages are this long and aligned to it.
     public static let pageSize = 4096
@@ -33,6 +37,7 @@ public enum ChildTableLayout {
     public static let typeOffset = 4         // UInt8 ChildType
     public static let environmentOffset = 8  // Int32 (-1: multiplexer)
     public static let slotGenerationOffset = 12  // UInt32
+    public static let workerPageOffset = 16  // UInt32: index in the worker pages (workers only)
 
     // Fields of a slot's page (its child).
     public static let statusOffset = 0       // UInt8 ChildStatus
@@ -74,8 +79,13 @@ public enum ChildTableLayout {
         pagesStart(slots: slots, environments: environments) + (slots + environment) * pageSize
     }
 
-    public static func size(slots: Int, environments: Int) -> Int {
-        pagesStart(slots: slots, environments: environments) + (slots + environments) * pageSize
+    /// The `index`-th worker page (pages of environment e's pool are consecutive).
+    public static func workerPageOffset(slots: Int, environments: Int, index: Int) -> Int {
+        pagesStart(slots: slots, environments: environments) + (slots + environments + index) * pageSize
+    }
+
+    public static func size(slots: Int, environments: Int, workerPages: Int = 0) -> Int {
+        pagesStart(slots: slots, environments: environments) + (slots + environments + workerPages) * pageSize
     }
 
     private static func pagesStart(slots: Int, environments: Int) -> Int {
@@ -132,34 +142,56 @@ public struct ChildTable {
     public let base: UnsafeMutableRawPointer
     public let slotCount: Int
     public let environmentCount: Int
+    /// Worker pages after the environment pages (0: workers use their slot's page).
+    public let workerPageCount: Int
 
     /// Lays out a fresh table in `base` (zeroed by the caller, `size` bytes).
     public static func format(_ base: UnsafeMutableRawPointer, size: Int, slots: Int, environments: Int,
-                              generation: UInt32) -> ChildTable? {
-        guard slots >= 0, environments >= 0,
-              size >= ChildTableLayout.size(slots: slots, environments: environments) else { return nil }
+                              workerPages: Int = 0, generation: UInt32) -> ChildTable? {
+        guard slots >= 0, environments >= 0, workerPages >= 0,
+              size >= ChildTableLayout.size(slots: slots, environments: environments, workerPages: workerPages)
+        else { return nil }
         base.storeBytes(of: ChildTableLayout.magic, toByteOffset: ChildTableLayout.magicOffset, as: UInt32.self)
         base.storeBytes(of: ChildTableLayout.version, toByteOffset: ChildTableLayout.versionOffset, as: UInt32.self)
         base.storeBytes(of: UInt32(slots), toByteOffset: ChildTableLayout.slotCountOffset, as: UInt32.self)
         base.storeBytes(of: UInt32(environments), toByteOffset: ChildTableLayout.environmentCountOffset,
                         as: UInt32.self)
         base.storeBytes(of: generation, toByteOffset: ChildTableLayout.generationOffset, as: UInt32.self)
-        return ChildTable(base: base, slotCount: slots, environmentCount: environments)
+        return ChildTable(base: base, slotCount: slots, environmentCount: environments, workerPageCount: workerPages)
     }
 
     /// The parent's view: sizes come from the parent's own configuration, never from the
     /// (writable) header.
-    public init(base: UnsafeMutableRawPointer, slotCount: Int, environmentCount: Int) {
+    public init(base: UnsafeMutableRawPointer, slotCount: Int, environmentCount: Int, workerPageCount: Int = 0) {
         self.base = base
         self.slotCount = slotCount
         self.environmentCount = environmentCount
+        self.workerPageCount = max(0, workerPageCount)
     }
 
     private func identity(_ slot: Int) -> Int { ChildTableLayout.identityOffset(slot) }
 
-    private func page(_ slot: Int) -> Int {
-        ChildTableLayout.slotPageOffset(slots: slotCount, environments: environmentCount, slot: slot)
+    /// Offset of the page a slot's child writes, as readers find it: a worker's page from its
+    /// identity (bounds-checked: the identity region is written by the parent, but the
+    /// multiplexers map it too); a multiplexer's (or a free slot's) own slot page.
+    public func pageOffset(_ slot: Int) -> Int {
+        let i = identity(slot)
+        let type = ChildType(rawValue: load(i + ChildTableLayout.typeOffset, as: UInt8.self)) ?? .unknown
+        return pageOffset(slot: slot, type: type,
+                          workerPage: Int(load(i + ChildTableLayout.workerPageOffset, as: UInt32.self)))
     }
+
+    /// Offset of the page of a child of `type` in `slot` with worker page `workerPage`: what the
+    /// parent computes before a fork, so that the child never looks its own page up in memory
+    /// that others can write.
+    public func pageOffset(slot: Int, type: ChildType, workerPage: Int) -> Int {
+        if (type == .processor || type == .worker) && workerPage >= 0 && workerPage < workerPageCount {
+            return ChildTableLayout.workerPageOffset(slots: slotCount, environments: environmentCount, index: workerPage)
+        }
+        return ChildTableLayout.slotPageOffset(slots: slotCount, environments: environmentCount, slot: slot)
+    }
+
+    private func page(_ slot: Int) -> Int { pageOffset(slot) }
 
     private func record(_ environment: Int) -> Int {
         ChildTableLayout.environmentOffset(slots: slotCount, environment: environment)
@@ -272,16 +304,20 @@ public struct ChildTable {
 
     // Writes by the parent (display fields of a slot) and by the slot's own child.
 
+    /// `workerPage`: the index of a worker's page in the worker pages (its environment's pool).
     public func setSlot(_ index: Int, pid: Int32, type: ChildType, environment: Int, generation: UInt32,
-                        status: ChildStatus, now: Int64) {
+                        status: ChildStatus, now: Int64, workerPage: Int = 0) {
         guard index >= 0 && index < slotCount else { return }
-        let i = identity(index), o = page(index)
+        let i = identity(index)
+        base.storeBytes(of: UInt32(clamping: workerPage), toByteOffset: i + ChildTableLayout.workerPageOffset,
+                        as: UInt32.self)
         base.storeBytes(of: pid, toByteOffset: i + ChildTableLayout.pidOffset, as: Int32.self)
         base.storeBytes(of: type.rawValue, toByteOffset: i + ChildTableLayout.typeOffset, as: UInt8.self)
+        let o = pageOffset(slot: index, type: type, workerPage: workerPage)
         base.storeBytes(of: Int32(clamping: environment), toByteOffset: i + ChildTableLayout.environmentOffset,
                         as: Int32.self)
         base.storeBytes(of: generation, toByteOffset: i + ChildTableLayout.slotGenerationOffset, as: UInt32.self)
-        setStatus(index, status, now: now)
+        setStatus(page: o, status, now: now)
         if status == .starting {
             base.storeBytes(of: UInt64(0), toByteOffset: o + ChildTableLayout.connectionsOffset, as: UInt64.self)
             base.storeBytes(of: UInt64(0), toByteOffset: o + ChildTableLayout.requestsOffset, as: UInt64.self)
@@ -296,7 +332,11 @@ public struct ChildTable {
 
     public func setStatus(_ index: Int, _ status: ChildStatus, now: Int64) {
         guard index >= 0 && index < slotCount else { return }
-        let o = page(index)
+        setStatus(page: page(index), status, now: now)
+    }
+
+    /// A child's write to its own page (`page`: the offset the parent computed before the fork).
+    public func setStatus(page o: Int, _ status: ChildStatus, now: Int64) {
         base.storeBytes(of: now, toByteOffset: o + ChildTableLayout.statusSinceOffset, as: Int64.self)
         base.storeBytes(of: status.rawValue, toByteOffset: o + ChildTableLayout.statusOffset, as: UInt8.self)
     }
@@ -319,7 +359,10 @@ public struct ChildTable {
     /// building Swift strings (a worker does this per request).
     public func setRequest(_ index: Int, request: UnsafePointer<CChar>?, vhost: UnsafePointer<CChar>?) {
         guard index >= 0 && index < slotCount else { return }
-        let o = page(index)
+        setRequest(page: page(index), request: request, vhost: vhost)
+    }
+
+    public func setRequest(page o: Int, request: UnsafePointer<CChar>?, vhost: UnsafePointer<CChar>?) {
         storeCString(request, o + ChildTableLayout.requestOffset, capacity: ChildTableLayout.requestCapacity)
         storeCString(vhost, o + ChildTableLayout.vhostOffset, capacity: ChildTableLayout.vhostCapacity)
     }
@@ -342,6 +385,9 @@ public struct ChildTable {
         guard index >= 0 && index < slotCount else { return nil }
         return base + page(index) + offset
     }
+
+    /// A field of a child's own page (see setStatus(page:)).
+    public func field(page: Int, _ offset: Int) -> UnsafeMutableRawPointer { base + page + offset }
 
     public func environmentField(_ index: Int, _ offset: Int) -> UnsafeMutableRawPointer? {
         guard index >= 0 && index < environmentCount else { return nil }

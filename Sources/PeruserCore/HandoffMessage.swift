@@ -1,7 +1,8 @@
 // The payload that travels with a connection's fd over a hand-off or hand-back channel.
 //
-// Layout (little endian): magic "PRU1", hops (UInt16), reserved (UInt16, zero),
-// length of the consumed bytes (UInt32), then exactly that many bytes. The fd itself travels in
+// Layout (little endian): magic "PRU2", hops (UInt16), reserved (UInt16, zero),
+// length of the consumed bytes (UInt32), the hand-back ticket (UInt64; see HandbackTicket),
+// then exactly that many bytes. The fd itself travels in
 // SCM_RIGHTS; addresses never travel: the receiver reads them from the socket.
 // Messages come from other processes, some of them run by tenants, so decoding trusts nothing.
 
@@ -12,14 +13,18 @@ public struct HandoffMessage: Equatable {
     /// Bytes of the connection that the sender already read from the socket; the receiver
     /// must see them before anything still in the socket.
     public var consumed: [UInt8]
+    /// From a multiplexer: what the worker must return with a hand-back of this connection.
+    /// From a worker: the ticket it was given.
+    public var ticket: UInt64
 
-    public init(hops: UInt16, consumed: [UInt8]) {
+    public init(hops: UInt16, consumed: [UInt8], ticket: UInt64 = 0) {
         self.hops = hops
         self.consumed = consumed
+        self.ticket = ticket
     }
 
-    public static let magic: [UInt8] = Array("PRU1".utf8)
-    public static let headerSize = 12
+    public static let magic: [UInt8] = Array("PRU2".utf8)
+    public static let headerSize = 20
     /// A request head of up to 64 KiB plus what the worker's input filters had buffered past
     /// it (one socket read, at most 8000 bytes in httpd), with margin; one SOCK_SEQPACKET
     /// message this size fits well under the default socket buffer (208 KiB).
@@ -43,7 +48,7 @@ public struct HandoffMessage: Equatable {
     public static func encodedSize(consumedCount: Int) -> Int { headerSize + consumedCount }
 
     /// Writes the message into `out`; returns the number of bytes written.
-    public static func encode(hops: UInt16, consumed: UnsafeRawBufferPointer,
+    public static func encode(hops: UInt16, ticket: UInt64 = 0, consumed: UnsafeRawBufferPointer,
                               into out: UnsafeMutableRawBufferPointer) throws(EncodeError) -> Int {
         guard consumed.count <= largestConsumed else { throw .consumedTooLong(consumed.count) }
         let size = encodedSize(consumedCount: consumed.count)
@@ -55,6 +60,7 @@ public struct HandoffMessage: Equatable {
         out[7] = 0
         let length = UInt32(consumed.count)
         for i in 0..<4 { out[8 + i] = UInt8(truncatingIfNeeded: length >> (8 * UInt32(i))) }
+        for i in 0..<8 { out[12 + i] = UInt8(truncatingIfNeeded: ticket >> (8 * UInt64(i))) }
         if consumed.count > 0, let base = consumed.baseAddress, let dest = out.baseAddress {
             (dest + headerSize).copyMemory(from: base, byteCount: consumed.count)
         }
@@ -63,7 +69,7 @@ public struct HandoffMessage: Equatable {
 
     /// Validates a received message; the consumed bytes are `message[headerSize ..< headerSize+count]`.
     public static func decodeHeader(_ message: UnsafeRawBufferPointer) throws(DecodeError)
-        -> (hops: UInt16, consumedCount: Int)
+        -> (hops: UInt16, consumedCount: Int, ticket: UInt64)
     {
         guard message.count >= headerSize else { throw .tooShort(message.count) }
         guard message.count <= largestMessage else { throw .tooLong(message.count) }
@@ -75,12 +81,13 @@ public struct HandoffMessage: Equatable {
         guard length == message.count - headerSize else {
             throw .lengthMismatch(declared: length, actual: message.count - headerSize)
         }
-        return (hops, length)
+        return (hops, length, UInt64(littleEndianBytes: message, at: 12))
     }
 
     public static func decode(_ message: UnsafeRawBufferPointer) throws(DecodeError) -> HandoffMessage {
         let header = try decodeHeader(message)
         return HandoffMessage(hops: header.hops,
-                              consumed: Array(message[headerSize..<(headerSize + header.consumedCount)]))
+                              consumed: Array(message[headerSize..<(headerSize + header.consumedCount)]),
+                              ticket: header.ticket)
     }
 }

@@ -3,6 +3,7 @@
 // Swift globals are per process and start fresh each time Apache reloads the module (it does on
 // every restart), so this state belongs to one configuration pass and one generation. The parent
 // is single-threaded; nothing here is touched concurrently.
+import CPeruserShim
 import Glibc
 import PeruserCore
 
@@ -213,12 +214,13 @@ public func peruserConfigEnvironmentIdentity(_ index: Int32, _ uid: UnsafeMutabl
 
 @_cdecl("peruser_message_encode")
 public func peruserMessageEncode(_ out: UnsafeMutablePointer<UInt8>?, _ capacity: Int, _ hops: Int32,
-                                 _ consumed: UnsafePointer<UInt8>?, _ length: Int) -> Int {
+                                 _ ticket: UInt64, _ consumed: UnsafePointer<UInt8>?, _ length: Int) -> Int {
     guard let out, hops >= 0 else { return -1 }
     let source = UnsafeRawBufferPointer(start: length > 0 ? consumed : nil, count: consumed == nil ? 0 : length)
     let destination = UnsafeMutableRawBufferPointer(start: out, count: capacity)
     do {
-        return try HandoffMessage.encode(hops: UInt16(clamping: hops), consumed: source, into: destination)
+        return try HandoffMessage.encode(hops: UInt16(clamping: hops), ticket: ticket, consumed: source,
+                                         into: destination)
     } catch {
         return -1
     }
@@ -226,16 +228,28 @@ public func peruserMessageEncode(_ out: UnsafeMutablePointer<UInt8>?, _ capacity
 
 @_cdecl("peruser_message_decode")
 public func peruserMessageDecode(_ message: UnsafePointer<UInt8>?, _ length: Int,
-                                 _ hops: UnsafeMutablePointer<Int32>?) -> Int {
+                                 _ hops: UnsafeMutablePointer<Int32>?, _ ticket: UnsafeMutablePointer<UInt64>?) -> Int {
     guard let message else { return -1 }
     do {
         let header = try HandoffMessage.decodeHeader(UnsafeRawBufferPointer(start: message, count: length))
         hops?.pointee = Int32(header.hops)
+        ticket?.pointee = header.ticket
         return header.consumedCount
     } catch {
         return -1
     }
 }
+
+/// Rate limit of the C shim's noisy lines (per process; see LogLimiter).
+var shimNoisyLines = LogLimiter()
+
+@_cdecl("peruser_log_admit")
+public func peruserLogAdmit(_ kind: Int32) -> Int {
+    shimNoisyLines.admit(Int(kind), now: monotonicMilliseconds()) ?? -1
+}
+
+@_cdecl("peruser_message_header_size")
+public func peruserMessageHeaderSize() -> Int { HandoffMessage.headerSize }
 
 // MARK: - Limits
 
@@ -316,12 +330,34 @@ public func peruserConfigValidate(_ errorBuffer: UnsafeMutablePointer<CChar>?, _
 
 @_cdecl("peruser_multiplexer_run")
 public func peruserMultiplexerRun(_ slot: Int32, _ listeners: UnsafePointer<Int32>?, _ listenerCount: Int32,
-                                  _ handback: Int32, _ channels: UnsafePointer<Int32>?,
-                                  _ channelCount: Int32, _ demand: Int32) -> Int32 {
+                                  _ handoffs: UnsafePointer<Int32>?, _ handbackEnds: UnsafePointer<Int32>?,
+                                  _ channelCount: Int32, _ generation: UInt32,
+                                  _ previousHandbacks: UnsafePointer<Int32>?, _ previousCount: Int32,
+                                  _ previousGeneration: UInt32, _ demand: Int32,
+                                  _ secret: UnsafeRawPointer?, _ secretSize: Int, _ control: Int32) -> Int32 {
     let listenFds = (0..<Int(max(0, listenerCount))).compactMap { listeners?[$0] }
-    let channelFds = (0..<Int(max(0, channelCount))).compactMap { channels?[$0] }
-    guard var multiplexer = Multiplexer(slot: Int(slot), listeners: listenFds, handback: handback,
-                                        channels: channelFds, demand: demand) else {
+    let channelFds = (0..<Int(max(0, channelCount))).compactMap { handoffs?[$0] }
+    guard let secret, let key = HandbackKey(UnsafeRawBufferPointer(start: secret, count: secretSize)),
+          channelFds.count == Int(max(0, channelCount)) else {
+        log(PERUSER_LOG_ERR, "multiplexer: started without its channels or secret")
+        return 1
+    }
+    let limits = effectiveWorkerLimits()
+    var handbacks: [HandbackChannel] = []
+    for env in 0..<channelFds.count {
+        guard let fd = handbackEnds?[env] else { continue }
+        // A worker holds one connection at a time: twice an environment's workers is room
+        // enough for its honest hand-backs, and a bound on a flood.
+        let most = max(16, 2 * (limits.indices.contains(env) ? limits[env].maxProcessors : 1))
+        handbacks.append(HandbackChannel(fd: fd, generation: generation, environment: env, most: most))
+    }
+    for env in 0..<Int(max(0, previousCount)) {
+        guard let fd = previousHandbacks?[env], fd >= 0 else { continue }
+        handbacks.append(HandbackChannel(fd: fd, generation: previousGeneration, environment: env, most: 16))
+    }
+    guard var multiplexer = Multiplexer(slot: Int(slot), listeners: listenFds, channels: channelFds,
+                                        handbacks: handbacks, generation: generation, key: key,
+                                        demand: demand, control: control) else {
         return 1
     }
     return multiplexer.run()

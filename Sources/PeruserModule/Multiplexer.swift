@@ -2,9 +2,14 @@
 // and pass the socket to that environment's workers. Single-threaded, non-blocking, epoll:
 // a slow client, a saturated environment or a full channel never holds up anything else.
 //
-// Heads are read with MSG_PEEK (edge-triggered, so new bytes wake us although old ones stay
-// unread): the worker then reads the client's original bytes from the socket itself. Only
-// connections handed back by a worker arrive with bytes already consumed; those travel on.
+// A head that is there at once is read with MSG_PEEK: the worker then reads the client's
+// original bytes from the socket itself. A head that trickles in is consumed as it comes (so a
+// client sending one byte per packet costs linear, not quadratic, work) and travels with the
+// fd, like the bytes of a connection a worker handed back.
+//
+// Every environment has a hand-back channel of its own; a connection comes back on it only
+// with the ticket it was handed off with (HandbackTicket), so a worker can give back only what
+// was given to its environment, and a broken or flooded channel harms that environment alone.
 import CPeruserShim
 import Glibc
 import PeruserCore
@@ -31,13 +36,46 @@ struct PendingConnection {
     /// The client opened with a TLS handshake record: routed by the ClientHello's server name,
     /// and never answered in plain text (a failure closes it).
     var tls = false
+    /// The head did not come at once: its bytes are consumed into `consumed` as they arrive.
+    var consuming = false
+    /// When the consumed bytes are worth scanning again (linear work for a trickling client).
+    var trickle = TrickleScan()
+    /// The hand-back channel this connection came from (its count of held connections).
+    var handback: Int?
+}
+
+/// One environment's hand-back channel (receiving end), of this generation or the previous one.
+struct HandbackChannel {
+    var fd: Int32
+    let generation: UInt32
+    let environment: Int
+    /// Connections from this channel that this multiplexer holds, and how many it may hold:
+    /// beyond that the channel is not read (what waits in it stays there, bounded by the kernel).
+    var holding = 0
+    let most: Int
+    var watched = false
+    /// Every sender shut it down (or a worker did): no longer read.
+    var closed = false
+}
+
+/// Kinds of log lines a client or a tenant can cause: each is rate-limited (LogLimiter).
+enum NoisyLine: Int {
+    case invalidHandback = 1, forgedHandback, handbackClosed, routingLoop, saturated, channelFull,
+         handoffFailed, descriptorsExhausted, acceptFailed, unknownEnvironment, noEnvironment
 }
 
 struct Multiplexer {
     let slot: Int
     let listeners: [Int32]
-    let handback: Int32
-    let channels: [Int32]
+    /// Hand-off channels' sending ends, by environment (renewed by the parent if one breaks).
+    private var channels: [Int32]
+    /// From the parent: renewed channels of an environment.
+    let control: Int32
+    /// When this multiplexer last told the parent that an environment's channel is broken.
+    private var lastBrokenReport: [Int64]
+    private var handbacks: [HandbackChannel]
+    let generation: UInt32
+    private let key: HandbackKey
     /// Pipe to the parent: the index of an environment that needs a worker (4 bytes).
     let demand: Int32
     let headTimeout: Int64
@@ -49,6 +87,8 @@ struct Multiplexer {
     static let largestHead = HandoffMessage.largestConsumed
     /// Holding this many connections makes a multiplexer busy (the parent may add one).
     static let busyHolding = 32
+    /// How long accepting pauses after fd exhaustion.
+    static let acceptPause: Int64 = 100
 
     private let epoll: Int32
     private var pending: [Int32: PendingConnection] = [:]
@@ -65,20 +105,30 @@ struct Multiplexer {
     /// When each environment last asked the parent for a worker: at most one ask per 20 ms.
     private var lastDemand: [Int64]
     private var stopping = false
-    private var acceptPaused = false
+    private var listenersWatched = true
+    /// Out of file descriptors: accepting resumes at this time.
+    private var acceptResumesAt: Int64 = 0
     private var lastHolding = -1
     /// Each environment's capacity, read from the child table at most once per turn of the
     /// event loop (a scan of every slot) and kept current with this turn's own hand-offs.
     private var capacityCache: [EnvironmentCapacity?]
 
+    private var noisyLines = LogLimiter()
+
     private static let listenerTag: UInt64 = 1 << 32
     private static let handbackTag: UInt64 = 2 << 32
+    private static let controlTag: UInt64 = 3 << 32
 
-    init?(slot: Int, listeners: [Int32], handback: Int32, channels: [Int32], demand: Int32) {
+    init?(slot: Int, listeners: [Int32], channels: [Int32], handbacks: [HandbackChannel], generation: UInt32,
+          key: HandbackKey, demand: Int32, control: Int32) {
         self.slot = slot
+        self.control = control
+        lastBrokenReport = Array(repeating: Int64.min / 2, count: channels.count)
         self.listeners = listeners
-        self.handback = handback
         self.channels = channels
+        self.handbacks = handbacks
+        self.generation = generation
+        self.key = key
         self.demand = demand
         // This process inherited the parent's configuration of this generation.
         let limits = serverLimits
@@ -100,21 +150,26 @@ struct Multiplexer {
         for fd in listeners {
             setNonBlocking(fd)
             // EPOLLEXCLUSIVE: one multiplexer, not all of them, wakes for a new connection.
-            guard watch(fd, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue, tag: Self.listenerTag) else {
+            guard watch(fd, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue,
+                        data: Self.listenerTag | UInt64(UInt32(bitPattern: fd))) else {
                 return nil
             }
         }
-        setNonBlocking(handback)
-        guard watch(handback, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue, tag: Self.handbackTag) else {
-            return nil
+        for index in self.handbacks.indices { setNonBlocking(self.handbacks[index].fd) }
+        if control >= 0 {
+            setNonBlocking(control)
+            guard watch(control, events: EPOLLIN.rawValue, data: Self.controlTag) else { return nil }
         }
+        updateWatches(now: monotonicMilliseconds())
         for env in channels.indices { publish(env) }
     }
 
-    private func watch(_ fd: Int32, events: UInt32, tag: UInt64) -> Bool {
+    /// Adds `fd` to epoll; `data` comes back with its events: a tag in the high half, and the
+    /// fd (a listener) or an index (a hand-back channel) in the low half.
+    private func watch(_ fd: Int32, events: UInt32, data: UInt64) -> Bool {
         var event = epoll_event()
         event.events = events
-        event.data.u64 = tag | UInt64(UInt32(bitPattern: fd))
+        event.data.u64 = data
         guard epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0 else {
             log(PERUSER_LOG_ERR, "multiplexer: epoll_ctl(\(fd)) failed: \(errnoText())")
             return false
@@ -129,10 +184,16 @@ struct Multiplexer {
         while true {
             if peruser_shim_stop_requested() != 0 && !stopping { stopAccepting() }
             if stopping && pending.isEmpty { return 0 }
-            limitConnections()
+            let turn = monotonicMilliseconds()
+            updateWatches(now: turn)
             reportHolding()
-            // Wake periodically while connections wait: free workers, full channels, deadlines.
-            let timeout: Int32 = pending.isEmpty ? -1 : (waiting.isEmpty ? 100 : 20)
+            // Wake periodically while connections wait: free workers, full channels, deadlines;
+            // and when accepting resumes after fd exhaustion.
+            var timeout: Int32 = pending.isEmpty ? -1 : (waiting.isEmpty ? 100 : 20)
+            if acceptResumesAt > turn {
+                let untilResume = Int32(clamping: acceptResumesAt - turn)
+                timeout = timeout < 0 ? untilResume : min(timeout, untilResume)
+            }
             let count = epoll_wait(epoll, events, Int32(capacity), timeout)
             for env in capacityCache.indices { capacityCache[env] = nil }
             if count < 0 {
@@ -145,7 +206,8 @@ struct Multiplexer {
                 let fd = Int32(bitPattern: UInt32(truncatingIfNeeded: data))
                 switch data & ~0xffff_ffff {
                 case Self.listenerTag: acceptAll(on: fd)
-                case Self.handbackTag: receiveHandbacks()
+                case Self.handbackTag: receiveHandbacks(on: Int(fd))
+                case Self.controlTag: receiveControl()
                 default: advance(fd)
                 }
             }
@@ -161,39 +223,58 @@ struct Multiplexer {
     /// to the other multiplexers; what this one holds is finished first.
     private mutating func stopAccepting() {
         stopping = true
-        for fd in listeners {
-            if !acceptPaused { epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil) }
-            close(fd)
-        }
-        epoll_ctl(epoll, EPOLL_CTL_DEL, handback, nil)
-        sharedTable?.setStatus(slot, .standby, now: monotonicMilliseconds())
+        updateWatches(now: monotonicMilliseconds())
+        for fd in listeners { close(fd) }
+        if let page = ownPage { sharedTable?.setStatus(page: page, .standby, now: monotonicMilliseconds()) }
     }
 
-    /// At MultiplexerMaxConnections this multiplexer stops accepting; other multiplexers
-    /// accept, or the kernel queues the connections, until it holds fewer.
-    private mutating func limitConnections() {
-        guard !stopping else { return }
-        let full = pending.count >= maxConnections
-        guard full != acceptPaused else { return }
-        acceptPaused = full
-        for fd in listeners {
-            if full {
-                epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil)
+    /// Which sources are read this turn. At MultiplexerMaxConnections (hand-backs count too)
+    /// nothing new is taken: other multiplexers accept, or the kernel queues, until this one
+    /// holds fewer. After fd exhaustion accepting pauses briefly instead of spinning. A
+    /// hand-back channel is not read while this multiplexer holds its bound of connections
+    /// from it, nor once it is closed: a level-triggered source that is not drained must not
+    /// be watched, or epoll would wake us for it again and again.
+    private mutating func updateWatches(now: Int64) {
+        let room = !stopping && pending.count < maxConnections
+        let listen = room && now >= acceptResumesAt
+        if listen != listenersWatched && (!stopping || listenersWatched) {
+            listenersWatched = listen
+            for fd in listeners {
+                if listen {
+                    _ = watch(fd, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue,
+                              data: Self.listenerTag | UInt64(UInt32(bitPattern: fd)))
+                } else {
+                    epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil)
+                }
+            }
+        }
+        for index in handbacks.indices {
+            let channel = handbacks[index]
+            let read = room && !channel.closed && channel.holding < channel.most
+            guard read != channel.watched else { continue }
+            if read {
+                handbacks[index].watched = watch(channel.fd, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue,
+                                                 data: Self.handbackTag | UInt64(index))
             } else {
-                _ = watch(fd, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue, tag: Self.listenerTag)
+                epoll_ctl(epoll, EPOLL_CTL_DEL, channel.fd, nil)
+                handbacks[index].watched = false
             }
         }
     }
 
+    /// Writes a line a client or tenant can cause, at most once per kind every few seconds.
+    private mutating func note(_ kind: NoisyLine, _ level: Int, _ text: String) {
+        guard let leftOut = noisyLines.admit(kind.rawValue, now: monotonicMilliseconds()) else { return }
+        log(level, text + LogLimiter.note(leftOut))
+    }
+
     private mutating func reportHolding() {
-        guard pending.count != lastHolding, let table = sharedTable else { return }
-        if let field = table.slotField(slot, ChildTableLayout.holdingOffset) {
-            peruser_atomic_store_u32(field, UInt32(clamping: pending.count))
-        }
+        guard pending.count != lastHolding, let table = sharedTable, let page = ownPage else { return }
+        peruser_atomic_store_u32(table.field(page: page, ChildTableLayout.holdingOffset), UInt32(clamping: pending.count))
         if !stopping {
             let busy = pending.count >= Self.busyHolding
             if busy != (lastHolding >= Self.busyHolding) || lastHolding < 0 {
-                table.setStatus(slot, busy ? .active : .ready, now: monotonicMilliseconds())
+                table.setStatus(page: page, busy ? .active : .ready, now: monotonicMilliseconds())
             }
         }
         lastHolding = pending.count
@@ -228,7 +309,9 @@ struct Multiplexer {
             peruser_atomic_add_u64(field, 1)
         }
         if !stopping && pending.count < Self.busyHolding {
-            table.setStatus(slot, .ready, now: monotonicMilliseconds())  // MultiplexerIdleTimeout counts from here
+            if let page = ownPage {
+                table.setStatus(page: page, .ready, now: monotonicMilliseconds())  // MultiplexerIdleTimeout counts from here
+            }
         }
         if availability(environment).percent != 100 {
             changeAvailability(environment) { $0.passed() }
@@ -275,11 +358,20 @@ struct Multiplexer {
             // the fd as apr expects it.
             let fd = accept4(listener, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
             if fd < 0 {
-                switch errno {
+                let code = errno
+                switch code {
                 case EAGAIN, EWOULDBLOCK: return
                 case EINTR, ECONNABORTED, EPROTO: continue
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                    // The connection stays in the kernel's queue; the listener stays readable,
+                    // so it is not watched for a moment rather than retried in a busy loop.
+                    acceptResumesAt = monotonicMilliseconds() + Self.acceptPause
+                    note(.descriptorsExhausted, PERUSER_LOG_ERR, "multiplexer: accept failed: \(errnoText(code)); "
+                         + "not accepting for \(Self.acceptPause) ms (holding \(pending.count) connections)")
+                    return
                 default:
-                    log(PERUSER_LOG_ERR, "multiplexer: accept on fd \(listener) failed: \(errnoText())")
+                    note(.acceptFailed, PERUSER_LOG_ERR, "multiplexer: accept on fd \(listener) failed: \(errnoText(code))")
+                    acceptResumesAt = monotonicMilliseconds() + Self.acceptPause
                     return
                 }
             }
@@ -287,43 +379,131 @@ struct Multiplexer {
         }
     }
 
-    /// Connections a worker gave back because the next request is for another environment.
-    /// The message is untrusted: it is validated, and the fd must be a TCP stream socket.
-    private mutating func receiveHandbacks() {
+    /// Connections a worker of the channel's environment gave back because the next request is
+    /// for another environment. Untrusted: the message is validated, the fd must be a TCP
+    /// socket, and its ticket must say that it was handed to that environment.
+    private mutating func receiveHandbacks(on index: Int) {
+        guard handbacks.indices.contains(index) else { return }
+        let channel = handbacks[index]
         for _ in 0..<64 {
+            guard pending.count < maxConnections, handbacks[index].holding < channel.most else { return }
             var fd: Int32 = -1
-            let length = peruser_shim_recv_fd(handback, message.baseAddress, message.count, 1, &fd)
+            let length = peruser_shim_recv_fd(channel.fd, message.baseAddress, message.count, 1, &fd)
             if length == -Int(EAGAIN) || length == -Int(EWOULDBLOCK) { return }
-            if length == 0 || length == -Int(EBADMSG) || length == -Int(EINTR) { continue }
-            if length < 0 {
-                log(PERUSER_LOG_ERR, "multiplexer: hand-back receive failed: \(errnoText(Int32(-length)))")
+            if length == -Int(EINTR) { continue }
+            if length == 0 && !receiveSideShutDown(channel.fd) {
+                // An empty message: garbage from a sender, not the end of the channel.
+                note(.invalidHandback, PERUSER_LOG_WARNING, "multiplexer: dropped an empty message on the "
+                     + "hand-back channel of environment \(handbackLabel(channel))")
+                continue
+            }
+            if length == 0 {
+                // A sender shut the channel down (every sender shares that socket): stop reading it.
+                handbacks[index].closed = true
+                updateWatches(now: monotonicMilliseconds())
+                if channel.generation == generation { reportBroken(channel.environment) }
+                note(.handbackClosed, PERUSER_LOG_WARNING, "multiplexer: the hand-back channel of environment "
+                     + "\(handbackLabel(channel)) was shut down by a sender; kept-alive connections of that "
+                     + "environment can no longer move to another environment (until the next restart)")
                 return
             }
-            let received = UnsafeRawBufferPointer(rebasing: message[0..<length])
+            if length == -Int(EBADMSG) {
+                note(.invalidHandback, PERUSER_LOG_WARNING, "multiplexer: dropped an invalid message on the "
+                     + "hand-back channel of environment \(handbackLabel(channel)) (truncated, or not exactly one fd)")
+                continue
+            }
+            if length < 0 {
+                note(.invalidHandback, PERUSER_LOG_ERR, "multiplexer: hand-back receive on environment "
+                     + "\(handbackLabel(channel)) failed: \(errnoText(Int32(-length)))")
+                return
+            }
             let decoded: HandoffMessage
             do {
-                decoded = try HandoffMessage.decode(received)
+                decoded = try HandoffMessage.decode(UnsafeRawBufferPointer(rebasing: message[0..<length]))
             } catch {
-                log(PERUSER_LOG_WARNING, "multiplexer: dropped an invalid hand-back message (\(error))")
                 close(fd)
+                note(.invalidHandback, PERUSER_LOG_WARNING, "multiplexer: dropped an invalid hand-back from "
+                     + "environment \(handbackLabel(channel)) (\(error))")
                 continue
             }
-            guard isTCPStream(fd) else {
-                log(PERUSER_LOG_WARNING, "multiplexer: dropped a hand-back whose fd is not a TCP socket")
+            guard isTCPStream(fd), let cookie = socketCookie(fd),
+                  key.accepts(decoded.ticket, cookie: cookie, generation: channel.generation,
+                              environment: channel.environment) else {
                 close(fd)
+                note(.forgedHandback, PERUSER_LOG_WARNING, "multiplexer: dropped a hand-back from environment "
+                     + "\(handbackLabel(channel)) whose connection was never handed to it")
                 continue
             }
-            adopt(fd, consumed: decoded.consumed, hops: decoded.hops)
+            adopt(fd, consumed: decoded.consumed, hops: decoded.hops, handback: index)
         }
+    }
+
+    /// Tells the parent that one of `environment`'s channels was shut down (by one of its own
+    /// workers: nobody else holds them): the parent makes new ones and passes them on the
+    /// control channel. At most once a second per environment.
+    private mutating func reportBroken(_ environment: Int) {
+        let now = monotonicMilliseconds()
+        guard lastBrokenReport.indices.contains(environment), now - lastBrokenReport[environment] >= 1000 else { return }
+        lastBrokenReport[environment] = now
+        var word = UInt32(environment) | Self.brokenChannelFlag
+        _ = write(demand, &word, 4)
+    }
+
+    /// On the demand pipe: an environment index with this bit asks for new channels.
+    static let brokenChannelFlag: UInt32 = 0x4000_0000
+
+    /// Renewed channels from the parent: {environment, kind} with the new end.
+    private mutating func receiveControl() {
+        for _ in 0..<16 {
+            var fd: Int32 = -1
+            let length = peruser_shim_recv_fd(control, message.baseAddress, message.count, 1, &fd)
+            if length == -Int(EINTR) || length == -Int(EBADMSG) { continue }
+            if length == 0 {
+                epoll_ctl(epoll, EPOLL_CTL_DEL, control, nil)
+                return
+            }
+            if length < 0 { return }
+            guard length == 8 else {
+                close(fd)
+                continue
+            }
+            let environment = Int(message.load(fromByteOffset: 0, as: UInt32.self))
+            let kind = message.load(fromByteOffset: 4, as: UInt32.self)
+            if kind == UInt32(PERUSER_CONTROL_HANDOFF), channels.indices.contains(environment) {
+                close(channels[environment])
+                channels[environment] = fd
+                setNonBlocking(fd)
+            } else if kind == UInt32(PERUSER_CONTROL_HANDBACK),
+                      let index = handbacks.firstIndex(where: { $0.generation == generation && $0.environment == environment }) {
+                if handbacks[index].watched { epoll_ctl(epoll, EPOLL_CTL_DEL, handbacks[index].fd, nil) }
+                close(handbacks[index].fd)
+                handbacks[index].fd = fd
+                handbacks[index].watched = false
+                handbacks[index].closed = false
+                setNonBlocking(fd)
+            } else {
+                close(fd)
+                continue
+            }
+            log(PERUSER_LOG_INFO, "multiplexer: took renewed channels of environment \(environmentLabel(environment))")
+        }
+        updateWatches(now: monotonicMilliseconds())
+    }
+
+    private func handbackLabel(_ channel: HandbackChannel) -> String {
+        channel.generation == generation ? environmentLabel(channel.environment)
+            : "#\(channel.environment) of generation \(channel.generation)"
     }
 
     /// Most clients send their request with the connection, so the head is usually there at
     /// once: such a connection is routed and passed on without ever entering epoll. Only one
     /// still waiting for its head is watched (edge-triggered: an ADD reports data already there).
-    private mutating func adopt(_ fd: Int32, consumed: [UInt8], hops: UInt16) {
+    private mutating func adopt(_ fd: Int32, consumed: [UInt8], hops: UInt16, handback: Int? = nil) {
         pending[fd] = PendingConnection(consumed: consumed, hops: hops,
                                         deadline: monotonicMilliseconds() + headTimeout,
-                                        sawBytes: !consumed.isEmpty)
+                                        sawBytes: !consumed.isEmpty, consuming: !consumed.isEmpty,
+                                        handback: handback)
+        if let handback { handbacks[handback].holding += 1 }
         advance(fd)
         guard var connection = pending[fd], case .readingHead = connection.stage else { return }
         var event = epoll_event()
@@ -344,62 +524,100 @@ struct Multiplexer {
     private mutating func advance(_ fd: Int32) {
         guard var connection = pending[fd], case .readingHead = connection.stage,
               let base = head.baseAddress else { return }
-        let carried = min(connection.consumed.count, head.count)
-        connection.consumed.withUnsafeBytes { consumed in
-            if let source = consumed.baseAddress { base.copyMemory(from: source, byteCount: carried) }
-        }
-        let room = head.count - carried
-        var peeked = 0
-        var clientDone = false
-        if room > 0 {
-            let n = recv(fd, base + carried, room, Int32(MSG_PEEK | MSG_DONTWAIT))
-            if n > 0 {
-                peeked = n
-            } else if n == 0 {
-                clientDone = true
-            } else if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
-                closeConnection(fd)
+        if !connection.consuming {
+            // The usual case: the whole head is already there. Peek, route, pass the socket.
+            let n = recv(fd, base, head.count, Int32(MSG_PEEK | MSG_DONTWAIT))
+            if n == 0 {
+                closeConnection(fd)  // gone before saying anything
                 return
             }
-        }
-        let total = carried + peeked
-        if total > 0 && !connection.sawBytes {
+            if n < 0 {
+                if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR { closeConnection(fd) }
+                return
+            }
             connection.sawBytes = true
             pending[fd] = connection
+            let bytes = UnsafeRawBufferPointer(start: base, count: n)
+            let decision = classify(fd, bytes, final: n >= head.count)
+            guard case .wait(let tls) = decision else {
+                decide(fd, decision)
+                return
+            }
+            // Not all there: from now on take its bytes as they come.
+            connection.consuming = true
+            connection.tls = connection.tls || tls
         }
-        // A fresh connection that opens with a TLS handshake record: route by SNI. The worker
-        // does the whole handshake; nothing here ever speaks TLS.
-        if carried == 0 && total > 0 && head[0] == ClientHello.handshakeRecordByte {
-            switch ClientHello.scan(UnsafeRawBufferPointer(rebasing: head[0..<total])) {
-            case .hello(let serverName):
-                markTLS(fd)
-                route(fd, RouteHint(host: serverName))
-                return
-            case .malformed:
-                markTLS(fd)
-                route(fd, RouteHint())  // the address's first vhost; mod_ssl refuses the handshake
-                return
-            case .needMore:
-                markTLS(fd)
-                if total >= head.count || clientDone { route(fd, RouteHint()) }
-                return
-            case .notTLS:
+        var clientDone = false
+        while connection.consumed.count < Self.largestHead {
+            let n = recv(fd, base, min(head.count, Self.largestHead - connection.consumed.count), Int32(MSG_DONTWAIT))
+            if n > 0 {
+                connection.consumed.append(contentsOf: UnsafeRawBufferPointer(start: base, count: n))
+                continue
+            }
+            if n == 0 {
+                clientDone = true
                 break
             }
+            if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK { break }
+            closeConnection(fd)
+            return
         }
-        switch RequestHead.scan(UnsafeRawBufferPointer(rebasing: head[0..<total])) {
+        if !connection.consumed.isEmpty { connection.sawBytes = true }
+        if connection.consumed.isEmpty && clientDone {
+            closeConnection(fd)
+            return
+        }
+        let final = clientDone || connection.consumed.count >= Self.largestHead
+        let due = connection.consumed.withUnsafeBytes { connection.trickle.worthScanning($0) }
+        pending[fd] = connection
+        guard final || due else { return }
+        decide(fd, connection.consumed.withUnsafeBytes { classify(fd, $0, final: final) })
+    }
+
+    enum HeadDecision {
+        case route(RouteHint, tls: Bool)
+        case close
+        /// Not complete yet; `tls`: it opens like a TLS handshake (never answered in plain text).
+        case wait(tls: Bool)
+    }
+
+    /// What the bytes so far say: where to route, or nil to wait for more. `final`: no more
+    /// will come (the client stopped sending, or the buffer is full).
+    private func classify(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, final: Bool) -> HeadDecision {
+        // A connection that opens with a TLS handshake record: route by SNI. The worker does
+        // the whole handshake; nothing here ever speaks TLS.
+        // (Only a connection no worker has read yet: a worker hands back plain HTTP only.)
+        if bytes.count > 0 && bytes[0] == ClientHello.handshakeRecordByte && pending[fd]?.hops == 0 {
+            switch ClientHello.scan(bytes) {
+            case .hello(let serverName): return .route(RouteHint(host: serverName), tls: true)
+            case .malformed: return .route(RouteHint(), tls: true)  // the address's first vhost; mod_ssl refuses it
+            case .needMore: return final ? .route(RouteHint(), tls: true) : .wait(tls: true)
+            case .notTLS: break
+            }
+        }
+        switch RequestHead.scan(bytes) {
         case .complete(let hint, _):
-            route(fd, hint)
+            return .route(hint, tls: false)
         case .malformed:
             // Apache, in the default vhost of the address, answers it with its own 400.
-            route(fd, RouteHint())
+            return .route(RouteHint(), tls: false)
         case .needMore(let hint):
-            if total == 0 && clientDone {
-                closeConnection(fd)
-            } else if total >= head.count || clientDone {
-                // As much as we will ever look at: route on what we found.
-                route(fd, hint)
-            }
+            if bytes.isEmpty { return final ? .close : .wait(tls: false) }
+            // As much as we will ever look at: route on what we found.
+            return final ? .route(hint, tls: false) : .wait(tls: false)
+        }
+    }
+
+    private mutating func decide(_ fd: Int32, _ decision: HeadDecision) {
+        switch decision {
+        case .route(let hint, let tls):
+            if tls { markTLS(fd) }
+            route(fd, hint)
+        case .close:
+            closeConnection(fd)
+        case .wait(let tls):
+            if tls { markTLS(fd) }
         }
     }
 
@@ -419,13 +637,13 @@ struct Multiplexer {
         }
         let env = Int(environment)
         guard channels.indices.contains(env), var connection = pending[fd] else {
-            log(PERUSER_LOG_ERR, "multiplexer: route gave unknown environment \(environment)")
+            note(.unknownEnvironment, PERUSER_LOG_ERR, "multiplexer: route gave unknown environment \(environment)")
             respond(fd, .serviceUnavailable)
             return
         }
         if connection.hops >= Self.mostHops {
-            log(PERUSER_LOG_ERR, "multiplexer: connection handed back \(connection.hops) times without "
-                + "a request served (routing loop); answering 503")
+            note(.routingLoop, PERUSER_LOG_ERR, "multiplexer: connection handed back \(connection.hops) times "
+                 + "without a request served (routing loop); answering 503")
             respond(fd, .serviceUnavailable)
             return
         }
@@ -472,8 +690,8 @@ struct Multiplexer {
             if !ready.isEmpty { publish(env) }
         }
         for entry in waiting.expired(at: now) where pending[entry.item] != nil {
-            log(PERUSER_LOG_INFO, "multiplexer: no worker of environment \(environmentLabel(entry.environment)) came free in "
-                + "time; answering 503")
+            note(.saturated, PERUSER_LOG_INFO, "multiplexer: no worker of environment "
+                 + "\(environmentLabel(entry.environment)) came free in time; answering 503")
             drop(entry.item, environment: entry.environment)
         }
     }
@@ -483,9 +701,11 @@ struct Multiplexer {
             return
         }
         let length: Int
+        // The ticket the worker must show to give this connection back (HandbackTicket).
+        let ticket = socketCookie(fd).map { key.ticket(cookie: $0, generation: generation, environment: environment) } ?? 0
         do {
             length = try connection.consumed.withUnsafeBytes { consumed in
-                try HandoffMessage.encode(hops: connection.hops, consumed: consumed, into: message)
+                try HandoffMessage.encode(hops: connection.hops, ticket: ticket, consumed: consumed, into: message)
             }
         } catch {
             log(PERUSER_LOG_ERR, "multiplexer: cannot encode hand-off (\(error))")
@@ -500,8 +720,10 @@ struct Multiplexer {
         } else if result == -EAGAIN || result == -EWOULDBLOCK {
             return  // A full channel counts as no free worker: retry on the tick.
         } else {
-            log(PERUSER_LOG_ERR, "multiplexer: hand-off to environment \(environmentLabel(environment)) failed: "
-                + errnoText(-result))
+            note(.handoffFailed, PERUSER_LOG_ERR, "multiplexer: hand-off to environment "
+                 + "\(environmentLabel(environment)) failed: " + errnoText(-result)
+                 + (result == -EPIPE ? " (one of its workers shut its channel down; the parent renews it)" : ""))
+            if result == -EPIPE { reportBroken(environment) }
             respond(fd, .serviceUnavailable)
         }
     }
@@ -524,8 +746,8 @@ struct Multiplexer {
             case .waitingForChannel(let environment):
                 trySend(fd)
                 if pending[fd] != nil && now >= connection.deadline {
-                    log(PERUSER_LOG_WARNING, "multiplexer: environment \(environmentLabel(environment))'s channel stayed full "
-                        + "for \(channelWait) ms; answering 503")
+                    note(.channelFull, PERUSER_LOG_WARNING, "multiplexer: environment "
+                         + "\(environmentLabel(environment))'s channel stayed full for \(channelWait) ms; answering 503")
                     drop(fd, environment: environment)
                 }
             }
@@ -558,6 +780,7 @@ struct Multiplexer {
 
     private mutating func forget(_ fd: Int32) {
         guard let connection = pending.removeValue(forKey: fd) else { return }
+        if let handback = connection.handback { handbacks[handback].holding -= 1 }
         if case .waitingForWorker(let env) = connection.stage {
             waiting.remove(fd)
             publish(env)
@@ -585,6 +808,21 @@ func monotonicMilliseconds() -> Int64 {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
     return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+}
+
+/// Whether the receiving side of a Unix socket was shut down (a sender's shutdown(SHUT_WR)
+/// reaches it as POLLRDHUP; 0x2000 on Linux, not in Swift's Glibc module).
+func receiveSideShutDown(_ fd: Int32) -> Bool {
+    var entry = pollfd(fd: fd, events: Int16(0x2000), revents: 0)
+    return poll(&entry, 1, 0) == 1 && entry.revents & Int16(0x2000) != 0
+}
+
+/// The kernel's cookie of a socket (SO_COOKIE, 57 on Linux): unique per socket until reboot.
+func socketCookie(_ fd: Int32) -> UInt64? {
+    var cookie: UInt64 = 0
+    var length = socklen_t(MemoryLayout<UInt64>.size)
+    guard getsockopt(fd, SOL_SOCKET, 57, &cookie, &length) == 0, length == 8, cookie != 0 else { return nil }
+    return cookie
 }
 
 /// Whether `fd` is a connected TCP stream socket (IPv4 or IPv6).

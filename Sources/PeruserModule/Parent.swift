@@ -10,18 +10,36 @@ import PeruserCore
 /// The shared table of this process's generation (parent and every child it forks).
 var sharedTable: ChildTable?
 
+/// The page of the table this process writes (a child: set by the parent just before the fork,
+/// so a child never looks its own page up in shared memory that others can write).
+var ownPage: Int?
+
 struct ParentState {
     var records: UnsafeMutablePointer<peruser_child_record>
     var capacity: Int
     var policy: MaintenancePolicy
+    var pagePools = workerPagePools()
     var backoff = RestartBackoff()
     var demanded = Set<Int>()
     var lastCapLog: Int64 = -1_000_000
     /// Environments whose last worker start failed while none of their workers was alive.
     var failingStarts = Set<Int>()
+    /// When each environment's channels were last renewed.
+    var lastRenewal: [Int: Int64] = [:]
 }
 
 var parent: ParentState?
+
+/// Where each environment's pool of worker pages starts in the child table: MaxProcessors
+/// pages per environment, in order; and how many there are in all.
+func workerPagePools() -> (starts: [Int], total: Int) {
+    var starts: [Int] = [], total = 0
+    for limits in effectiveWorkerLimits() {
+        starts.append(total)
+        total = total.saturatingAdding(max(limits.maxProcessors, 1))
+    }
+    return (starts, total)
+}
 
 /// A worker stopped for ExpireTimeout that ignores SIGTERM for this long gets SIGKILL.
 let expireGraceMilliseconds: Int64 = 2000
@@ -130,6 +148,46 @@ extension ParentState {
         }
     }
 
+    /// A free page of `environment`'s pool for a new worker, or nil while every page is held
+    /// by a live worker of this generation (some of them retiring).
+    func freeWorkerPage(_ environment: Int) -> Int? {
+        guard pagePools.starts.indices.contains(environment), policy.environments.indices.contains(environment) else {
+            return nil
+        }
+        let start = pagePools.starts[environment], count = max(policy.environments[environment].maxProcessors, 1)
+        var used = Set<Int>()
+        for slot in 0..<capacity where records[slot].pid > 0 && Int(records[slot].environment) == environment
+            && records[slot].generation == policy.generation {
+            used.insert(Int(records[slot].page))
+        }
+        return (start..<(start + count)).first { !used.contains($0) }
+    }
+
+    /// One of `environment`'s channels was shut down, which only its own workers can do: new
+    /// channels for it, passed to every live multiplexer of this generation; its workers are
+    /// retired (they hold the old ones) and the plan starts new ones. Other environments are
+    /// untouched. At most once every 10 s per environment, so a worker doing it again and
+    /// again costs the parent little.
+    mutating func renewChannels(_ environment: Int, now: Int64) {
+        guard environment >= 0 && environment < environments.count else { return }
+        if let last = lastRenewal[environment], now - last < 10_000 { return }
+        lastRenewal[environment] = now
+        guard peruser_shim_renew_channels(Int32(environment)) == 0 else { return }
+        var multiplexers = 0
+        for slot in 0..<capacity where records[slot].pid > 0 && records[slot].environment < 0
+            && records[slot].generation == policy.generation && records[slot].retiring == 0 {
+            if peruser_shim_give_channels(Int32(slot), Int32(environment)) == 0 { multiplexers += 1 }
+        }
+        for slot in 0..<capacity where records[slot].pid > 0 && Int(records[slot].environment) == environment
+            && records[slot].generation == policy.generation && records[slot].retiring == 0 {
+            records[slot].retiring = 1
+            signal(slot, SIGUSR1, now: now)
+        }
+        log(PERUSER_LOG_WARNING, "peruser: a channel of environment \(environmentName(environment)) was shut down "
+            + "from inside one of its workers; made new ones (passed to \(multiplexers) multiplexers) and "
+            + "restarting its workers")
+    }
+
     mutating func apply(_ plan: Plan, now: Int64) {
         var forkFailed = false
         for action in plan.actions {
@@ -137,22 +195,30 @@ extension ParentState {
             case .spawn(let slot, let role, let type):
                 guard !forkFailed, slot >= 0 && slot < capacity, records[slot].pid == 0 else { continue }
                 let env: Int32
+                var page = 0
                 switch role {
                 case .multiplexer: env = -1
-                case .worker(let e): env = Int32(e)
+                case .worker(let e):
+                    env = Int32(e)
+                    // Retiring workers still hold their pages; the spawn waits for one to exit.
+                    guard let free = freeWorkerPage(e) else { continue }
+                    page = free
                 }
                 sharedTable?.setSlot(slot, pid: 0, type: type, environment: Int(env), generation: policy.generation,
-                                     status: .starting, now: now)
+                                     status: .starting, now: now, workerPage: page)
+                ownPage = sharedTable?.pageOffset(slot: slot, type: type, workerPage: page)
                 let pid = peruser_shim_spawn(Int32(slot), env, Int32(type.rawValue))
+                ownPage = nil
                 guard pid > 0 else {  // fork failed (logged); try again next round
                     forkFailed = true
-                    sharedTable?.setStatus(slot, .standby, now: now)
+                    sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
+                                         status: .standby, now: now)
                     startFailed(environment: Int(env))
                     continue
                 }
                 records[slot] = peruser_child_record(pid: pid, environment: env, generation: policy.generation,
                                                      type: type.rawValue, retiring: 0, draining: 0, expired: 0,
-                                                     started_at: now, signalled_at: 0)
+                                                     page: Int32(page), started_at: now, signalled_at: 0)
                 sharedTable?.setPid(slot, pid)  // the child may already have reported its status
                 log(PERUSER_LOG_DEBUG, "peruser: started \(describe(slot)) as \(type.name)")
             case .retire(let slot, let reason):
@@ -184,14 +250,18 @@ extension ParentState {
     }
 }
 
-/// Offsets of the two pages a worker may write: its slot's and its environment's.
+/// Offsets of the two pages a worker may write: its own page (the one the parent computed
+/// before the fork) and its environment's page.
 @_cdecl("peruser_table_worker_pages")
-public func peruserTableWorkerPages(_ slots: Int32, _ environments: Int32, _ slot: Int32, _ environment: Int32,
-                                    _ slotPage: UnsafeMutablePointer<Int>?, _ environmentPage: UnsafeMutablePointer<Int>?) -> Int32 {
-    let s = Int(slots), e = Int(environments)
-    guard s > 0, e > 0, (0..<s).contains(Int(slot)), (0..<e).contains(Int(environment)) else { return -1 }
-    slotPage?.pointee = ChildTableLayout.slotPageOffset(slots: s, environments: e, slot: Int(slot))
-    environmentPage?.pointee = ChildTableLayout.environmentPageOffset(slots: s, environments: e, environment: Int(environment))
+public func peruserTableWorkerPages(_ slot: Int32, _ environment: Int32,
+                                    _ workerPage: UnsafeMutablePointer<Int>?, _ environmentPage: UnsafeMutablePointer<Int>?) -> Int32 {
+    guard let table = sharedTable, let own = ownPage, (0..<table.environmentCount).contains(Int(environment)),
+          own >= ChildTableLayout.workerPageOffset(slots: table.slotCount, environments: table.environmentCount, index: 0)
+    else { return -1 }
+    workerPage?.pointee = own
+    environmentPage?.pointee = ChildTableLayout.environmentPageOffset(slots: table.slotCount,
+                                                                     environments: table.environmentCount,
+                                                                     environment: Int(environment))
     return 0
 }
 
@@ -200,7 +270,8 @@ public func peruserTablePageSize() -> Int { ChildTableLayout.pageSize }
 
 @_cdecl("peruser_table_size")
 public func peruserTableSize(_ slots: Int32, _ environments: Int32) -> Int {
-    ChildTableLayout.size(slots: Int(max(0, slots)), environments: Int(max(0, environments)))
+    ChildTableLayout.size(slots: Int(max(0, slots)), environments: Int(max(0, environments)),
+                          workerPages: workerPagePools().total)
 }
 
 @_cdecl("peruser_supervisor_begin")
@@ -217,7 +288,8 @@ public func peruserSupervisorBegin(_ records: UnsafeMutableRawPointer?, _ capaci
     limits.serverLimit = Int(slots)
     limits.maxClients = min(limits.maxClients, Int(slots))
     guard let formatted = ChildTable.format(table, size: tableSize, slots: Int(slots),
-                                            environments: environments.count, generation: generation) else {
+                                            environments: environments.count,
+                                            workerPages: workerPagePools().total, generation: generation) else {
         copyOut("internal error: child table too small", errorBuffer, errorCap)
         return -1
     }
@@ -246,9 +318,15 @@ public func peruserSupervisorBegin(_ records: UnsafeMutableRawPointer?, _ capaci
 }
 
 @_cdecl("peruser_supervisor_demand")
-public func peruserSupervisorDemand(_ environment: Int32) {
-    guard environment >= 0 && Int(environment) < environments.count else { return }
-    parent?.demanded.insert(Int(environment))
+public func peruserSupervisorDemand(_ word: Int32) {
+    let value = UInt32(bitPattern: word)
+    let environment = Int(value & ~Multiplexer.brokenChannelFlag)
+    guard environment < environments.count else { return }
+    if value & Multiplexer.brokenChannelFlag != 0 {
+        parent?.renewChannels(environment, now: monotonicMilliseconds())
+    } else {
+        parent?.demanded.insert(environment)
+    }
 }
 
 @_cdecl("peruser_supervisor_reaped")
@@ -333,33 +411,29 @@ public func peruserSupervisorSlotsInUse() -> Int32 {
 
 @_cdecl("peruser_child_set_status")
 public func peruserChildSetStatus(_ slot: Int32, _ status: Int32) {
-    guard let status = ChildStatus(rawValue: UInt8(clamping: status)) else { return }
-    sharedTable?.setStatus(Int(slot), status, now: monotonicMilliseconds())
+    guard let status = ChildStatus(rawValue: UInt8(clamping: status)), let page = ownPage else { return }
+    sharedTable?.setStatus(page: page, status, now: monotonicMilliseconds())
 }
 
 @_cdecl("peruser_worker_took_connection")
 public func peruserWorkerTookConnection(_ slot: Int32, _ environment: Int32) {
-    guard let table = sharedTable else { return }
+    guard let table = sharedTable, let page = ownPage else { return }
     // Off the queue before busy: whoever sees this worker busy also sees the queue shrink.
     if let field = table.environmentPageField(Int(environment), ChildTableLayout.receivedOffset) {
         peruser_atomic_add_u64(field, 1)
     }
-    if let field = table.slotField(Int(slot), ChildTableLayout.connectionsOffset) {
-        peruser_atomic_add_u64(field, 1)
-    }
-    table.setStatus(Int(slot), .active, now: monotonicMilliseconds())
+    peruser_atomic_add_u64(table.field(page: page, ChildTableLayout.connectionsOffset), 1)
+    table.setStatus(page: page, .active, now: monotonicMilliseconds())
 }
 
 @_cdecl("peruser_worker_started_request")
 public func peruserWorkerStartedRequest(_ slot: Int32, _ environment: Int32, _ request: UnsafePointer<CChar>?,
                                         _ vhost: UnsafePointer<CChar>?) {
-    guard let table = sharedTable else { return }
-    table.setRequest(Int(slot), request: request, vhost: vhost)
+    guard let table = sharedTable, let page = ownPage else { return }
+    table.setRequest(page: page, request: request, vhost: vhost)
     // ExpireTimeout counts from the start of each request.
-    table.setStatus(Int(slot), .active, now: monotonicMilliseconds())
-    if let field = table.slotField(Int(slot), ChildTableLayout.requestsOffset) {
-        peruser_atomic_add_u64(field, 1)
-    }
+    table.setStatus(page: page, .active, now: monotonicMilliseconds())
+    peruser_atomic_add_u64(table.field(page: page, ChildTableLayout.requestsOffset), 1)
     if let field = table.environmentPageField(Int(environment), ChildTableLayout.servedOffset) {
         peruser_atomic_add_u64(field, 1)
     }

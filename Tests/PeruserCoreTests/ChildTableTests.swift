@@ -12,6 +12,37 @@ final class ChildTableTests: XCTestCase {
         body(table, memory, size)
     }
 
+    /// A worker's page is in its environment's pool, named by its identity: a slot that
+    /// passes from one tenant's worker to another's gets a page of the new tenant's pool, so
+    /// whatever still maps the old page (a process the old worker left behind) writes only
+    /// into the old tenant's pool.
+    func testWorkerPagesComeFromTheirEnvironmentsPool() {
+        let slots = 4, environments = 2, pages = 6  // pool of env 0: pages 0-2, env 1: 3-5
+        let size = ChildTableLayout.size(slots: slots, environments: environments, workerPages: pages)
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
+        defer { memory.deallocate() }
+        memory.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+        guard let table = ChildTable.format(memory, size: size, slots: slots, environments: environments,
+                                            workerPages: pages, generation: 1) else { return XCTFail("format failed") }
+        table.setSlot(2, pid: 10, type: .worker, environment: 0, generation: 1, status: .ready, now: 1, workerPage: 1)
+        let alicePage = table.pageOffset(2)
+        XCTAssertEqual(alicePage, ChildTableLayout.workerPageOffset(slots: slots, environments: environments, index: 1))
+        // The slot goes to bob's worker; alice's leftover writes her old page.
+        table.setSlot(2, pid: 11, type: .worker, environment: 1, generation: 1, status: .ready, now: 2, workerPage: 4)
+        XCTAssertNotEqual(table.pageOffset(2), alicePage)
+        memory.storeBytes(of: ChildStatus.active.rawValue, toByteOffset: alicePage + ChildTableLayout.statusOffset,
+                          as: UInt8.self)
+        memory.storeBytes(of: Int64.min, toByteOffset: alicePage + ChildTableLayout.statusSinceOffset, as: Int64.self)
+        XCTAssertEqual(table.slot(2)?.status, .ready, "bob's worker's status is not alice's to write")
+        XCTAssertEqual(table.slot(2)?.statusSince, 2)
+        // A page index beyond the pool (the identity is parent-written, but readers still check).
+        table.setSlot(3, pid: 12, type: .worker, environment: 1, generation: 1, status: .ready, now: 3, workerPage: 99)
+        XCTAssertEqual(table.pageOffset(3), ChildTableLayout.slotPageOffset(slots: slots, environments: environments, slot: 3))
+        // Multiplexers keep their slot pages.
+        table.setSlot(0, pid: 13, type: .multiplexer, environment: -1, generation: 1, status: .ready, now: 4)
+        XCTAssertEqual(table.pageOffset(0), ChildTableLayout.slotPageOffset(slots: slots, environments: environments, slot: 0))
+    }
+
     func testSlotsRoundTrip() {
         withTable { table, memory, _ in
             XCTAssertEqual(memory.load(as: UInt32.self), ChildTableLayout.magic)

@@ -21,9 +21,20 @@ final class HandoffMessageTests: XCTestCase {
         XCTAssertEqual(try decode(try encode(hops: 0, [])), HandoffMessage(hops: 0, consumed: []))
     }
 
+    func testTicketTravelsWithTheMessage() throws {
+        let consumed = Array("GET /".utf8)
+        var out = [UInt8](repeating: 0, count: HandoffMessage.encodedSize(consumedCount: consumed.count))
+        _ = try consumed.withUnsafeBytes { source in
+            try out.withUnsafeMutableBytes {
+                try HandoffMessage.encode(hops: 1, ticket: 0xfeed_face_dead_beef, consumed: source, into: $0)
+            }
+        }
+        XCTAssertEqual(try decode(out), HandoffMessage(hops: 1, consumed: consumed, ticket: 0xfeed_face_dead_beef))
+    }
+
     func testRejectsShortMessages() {
         XCTAssertThrowsError(try decode([])) { XCTAssertEqual($0 as? HandoffMessage.DecodeError, .tooShort(0)) }
-        XCTAssertThrowsError(try decode(Array("PRU1".utf8))) {
+        XCTAssertThrowsError(try decode(Array("PRU2".utf8))) {
             XCTAssertEqual($0 as? HandoffMessage.DecodeError, .tooShort(4))
         }
     }
@@ -65,6 +76,6 @@ final class HandoffMessageTests: XCTestCase {
         var out = [UInt8](repeating: 0, count: 13)
         XCTAssertThrowsError(try [UInt8](repeating: 1, count: 2).withUnsafeBytes { source in
             try out.withUnsafeMutableBytes { try HandoffMessage.encode(hops: 0, consumed: source, into: $0) }
-        }) { XCTAssertEqual($0 as? HandoffMessage.EncodeError, .bufferTooSmall(needed: 14)) }
+        }) { XCTAssertEqual($0 as? HandoffMessage.EncodeError, .bufferTooSmall(needed: HandoffMessage.headerSize + 2)) }
     }
 }

@@ -97,9 +97,10 @@ KeepAliveTimeout 5
                     "APACHE_LOG_DIR": os.path.join(self.root, "logs")})
         return env
 
-    def start(self, ports=(), timeout=20):
-        """Starts apache2 (it daemonizes) in a new session and waits until every port answers."""
-        result = subprocess.run(["setsid", "apache2", "-f", self.config, "-k", "start"],
+    def start(self, ports=(), timeout=20, wrapper=()):
+        """Starts apache2 (it daemonizes) in a new session and waits until every port answers.
+        `wrapper`: a command to run it under (e.g. prlimit with its options)."""
+        result = subprocess.run([*wrapper, "setsid", "apache2", "-f", self.config, "-k", "start"],
                                 capture_output=True, text=True, env=self.env(), timeout=60)
         if result.returncode != 0:
             raise RuntimeError(f"apache2 failed to start: {result.stdout}{result.stderr}\n"

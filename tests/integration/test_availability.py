@@ -15,7 +15,7 @@ from test_end_to_end import CGI, get, ids_of
 from test_process_management import in_background, wait_until
 
 # ChildTableLayout: header, one identity record per slot, then the environments' records.
-IDENTITY_SIZE, HEADER, ENV_SIZE = 16, 64, 128
+IDENTITY_SIZE, HEADER, ENV_SIZE = 32, 64, 128
 SERVER_LIMIT = 16
 
 

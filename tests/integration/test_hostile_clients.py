@@ -1,0 +1,211 @@
+"""Hostile clients against the multiplexers: fd exhaustion pauses accepting instead of spinning,
+a head trickled one byte per packet is still routed and served, the log lines a client can
+cause are rate-limited, and `PeruserHandBack Off` answers 421 and closes where a kept-alive
+connection would otherwise move to another environment."""
+import hashlib
+import socket
+import time
+
+import pytest
+
+from conftest import make_site, two_environments
+from harness import Apache, free_port
+from test_end_to_end import CGI, get, ids_of
+
+
+def config(apache, port, sites, extra=""):
+    a_site, b_site = sites
+    return f"""Listen 127.0.0.1:{port}
+MinMultiplexers 1
+MaxMultiplexers 1
+MinSpareProcessors 0
+MultiplexerHeadTimeout 4
+{extra}
+{two_environments(apache.root)}
+<VirtualHost 127.0.0.1:{port}>
+    ServerName a.test
+    DocumentRoot {a_site}
+    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
+    ServerEnvironment env-a
+</VirtualHost>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName b.test
+    DocumentRoot {b_site}
+    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
+    ServerEnvironment env-b
+</VirtualHost>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName noenv.test
+    DocumentRoot {b_site}
+</VirtualHost>
+"""
+
+
+def start(accounts, extra="", wrapper=()):
+    port = free_port()
+    apache = Apache("", name="hostile-clients")
+    sites = (make_site(apache.root, *accounts["peruser-a"], "a"), make_site(apache.root, *accounts["peruser-b"], "b"))
+    apache.write_config(config(apache, port, sites, extra))
+    apache.port = port
+    apache.uids = {"a": accounts["peruser-a"], "b": accounts["peruser-b"]}
+    apache.start(ports=(port,), wrapper=wrapper)
+    apache.wait_children(3)
+    return apache
+
+
+@pytest.fixture(scope="module")
+def plain(module, accounts):
+    apache = start(accounts)
+    yield apache
+    apache.stop()
+    apache.cleanup()
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0
+
+
+def multiplexers(apache):
+    return [pid for pid, uid, _ in apache.children() if uid == 33]
+
+
+def test_fd_exhaustion_pauses_accepting_instead_of_spinning(module, accounts):
+    # 64 descriptors: the multiplexer runs out after a few dozen idle connections.
+    apache = start(accounts, wrapper=("prlimit", "--nofile=64:64"))
+    clients = []
+    try:
+        for _ in range(90):
+            # A partial head: Apache's listeners defer accept (TCP_DEFER_ACCEPT) until data comes.
+            c = socket.create_connection(("127.0.0.1", apache.port), timeout=5)
+            c.sendall(b"GET / HTTP/1.1\r\n")
+            clients.append(c)
+        time.sleep(0.5)
+        mux = multiplexers(apache)
+        assert len(mux) == 1
+        before = cpu_seconds(mux[0])
+        time.sleep(2)
+        used = cpu_seconds(mux[0]) - before
+        log = apache.read_error_log()
+        assert "Too many open files" in log and "not accepting for 100 ms" in log, log[-2000:]
+        assert used < 0.4, f"the multiplexer used {used:.2f} s of CPU in 2 s at fd exhaustion (spinning)"
+        assert log.count("not accepting for") <= 5, "the fd-exhaustion line is not rate-limited"
+        for c in clients:
+            c.close()
+        clients = []
+        time.sleep(0.5)
+        status, body, _ = get(apache.port, "a.test")
+        assert status == 200 and ids_of(body)[:2] == apache.uids["a"]
+    finally:
+        for c in clients:
+            c.close()
+        apache.stop()
+        apache.cleanup()
+
+
+def trickle(port, data, pause=0.002):
+    """Sends `data` one byte per packet; returns the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            s.send(data[i:i + 1])
+            time.sleep(pause)
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@pytest.mark.parametrize("host,env", [("a.test", "a"), ("b.test", "b")])
+def test_a_head_trickled_one_byte_per_packet_is_routed_and_served_whole(plain, host, env):
+    body = b"x" * 300
+    head = (f"POST {CGI} HTTP/1.1\r\nX-Padding: {'p' * 200}\r\nHost: {host}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    answer = trickle(plain.port, head + body).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 200"), answer[:300]
+    assert ids_of(answer)[:2] == plain.uids[env]
+    assert f"length={len(body)} sha256={hashlib.sha256(body).hexdigest()}" in answer, answer
+
+
+def test_a_trickled_tls_opening_is_never_answered_in_plain_text_by_the_multiplexer(plain):
+    """A handshake record header promising 16 KiB, then a trickle: held under the head
+    timeout as TLS (consumed, since it did not come at once), then passed to the address's
+    first vhost as the original's rule says; never a plain-text 408 from the multiplexer."""
+    with socket.create_connection(("127.0.0.1", plain.port), timeout=20) as s:
+        s.sendall(bytes([0x16, 0x03, 0x01, 0x40, 0x00]))
+        for _ in range(50):
+            s.send(b"\x01")
+            time.sleep(0.002)
+        s.settimeout(8)
+        try:
+            data = s.recv(4096)
+        except (socket.timeout, ConnectionResetError):
+            data = b""
+        assert b"Request Timeout" not in data, data
+    status, body, _ = get(plain.port, "a.test")
+    assert status == 200
+
+
+def test_a_flood_of_requests_to_a_vhost_without_environment_logs_a_few_lines(plain):
+    before = plain.read_error_log().count("has no ServerEnvironment; answered 503")
+    for _ in range(100):
+        status, _, _ = get(plain.port, "noenv.test", "/")
+        assert status == 503
+    log = plain.read_error_log()
+    lines = log.count("has no ServerEnvironment; answered 503") - before
+    assert 1 <= lines <= 3, f"100 requests to a vhost without environment wrote {lines} lines"
+
+
+def request_on(sock, host):
+    sock.sendall(f"GET {CGI} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    f = sock.makefile("rb")
+    status = f.readline()
+    headers = {}
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = b""
+    if "content-length" in headers:
+        body = f.read(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        while True:
+            size = int(f.readline().strip(), 16)
+            if size == 0:
+                f.readline()
+                break
+            body += f.read(size)
+            f.readline()
+    return int(status.split()[1]), headers, body.decode(errors="replace")
+
+
+def test_handback_off_answers_421_and_closes_instead_of_moving_the_connection(module, accounts):
+    apache = start(accounts, extra="PeruserHandBack Off")
+    try:
+        with socket.create_connection(("127.0.0.1", apache.port), timeout=10) as sock:
+            status, _, body = request_on(sock, "a.test")
+            assert status == 200 and ids_of(body)[:2] == apache.uids["a"]
+            status, headers, _ = request_on(sock, "b.test")
+            assert status == 421, status
+            assert headers.get("connection", "").lower() == "close", headers
+            sock.settimeout(5)
+            assert sock.recv(1) == b"", "the connection stays open after 421"
+        # A new connection for b.test is routed to b as usual.
+        status, body, _ = get(apache.port, "b.test")
+        assert status == 200 and ids_of(body)[:2] == apache.uids["b"]
+    finally:
+        apache.stop()
+        apache.cleanup()
+
+
+def test_handback_on_by_default_moves_the_connection(plain):
+    with socket.create_connection(("127.0.0.1", plain.port), timeout=10) as sock:
+        for host in ("a.test", "b.test", "a.test"):
+            status, _, body = request_on(sock, host)
+            assert status == 200 and ids_of(body)[:2] == plain.uids[host[0]]
