@@ -31,6 +31,7 @@
 #include "apr_portable.h"
 #include "apr_signal.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -116,6 +117,10 @@ typedef struct {
 
 static int one_process;
 static apr_pool_t *pconf;
+
+/* Set by post_config: the loaded module that is not thread-safe, for which HTTP/2 was switched
+ * off (NULL: none, or mod_http2 is not loaded). */
+static const char *h2_switched_off_for;
 
 /* PeruserHandBack: whether a kept-alive connection whose next request is for another
  * environment is handed back (On, the default) or answered 421 and closed (Off). */
@@ -2102,6 +2107,14 @@ static int peruser_run(apr_pool_t *_pconf, apr_pool_t *plog, server_rec *s)
 
     ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, ap_server_conf,
                  "%s configured -- resuming normal operations", ap_get_server_description());
+    if (h2_switched_off_for && !retained->mpm->was_graceful) {
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, ap_server_conf,
+                     "peruser: HTTP/2 (h2 and h2c) is switched off in every virtual host: %s is loaded and is "
+                     "not thread-safe, and mod_http2 would run several requests of one connection at once "
+                     "on its own threads inside a worker. Clients get HTTP/1.1. Servers without such a "
+                     "module keep HTTP/2; serialized HTTP/2 for them is planned (README, HTTP/2)",
+                     h2_switched_off_for);
+    }
     ap_log_error(APLOG_MARK, APLOG_INFO, 0, ap_server_conf, "Server built: %s", ap_get_server_built());
     ap_log_command_line(plog, s);
     ap_log_mpm_common(s);
@@ -2406,6 +2419,62 @@ static int check_identities(apr_pool_t *p, int startup)
     return OK;
 }
 
+/* A loaded module that must never run two requests at once in one process, or NULL. PHP says
+ * so by its build: a thread-safe (ZTS) PHP exports TSRM's tsrm_startup, Debian's does not.
+ * mod_perl and mod_python run one interpreter per process here. */
+static const char *thread_unsafe_module(void)
+{
+    module *m;
+    for (m = ap_top_module; m; m = m->next) {
+        if (!strncmp(m->name, "mod_php", 7) && !dlsym(RTLD_DEFAULT, "tsrm_startup")) {
+            return "mod_php (built without thread safety, as Debian's is)";
+        }
+        if (!strcmp(m->name, "mod_perl.c")) {
+            return "mod_perl";
+        }
+        if (!strcmp(m->name, "mod_python.c")) {
+            return "mod_python";
+        }
+    }
+    return NULL;
+}
+
+/* mod_http2 runs the streams of one connection at once on threads of its own inside the
+ * worker, and treats every MPM but prefork as able to. With a module that is not thread-safe
+ * that corrupts memory (any client can do it), so h2 and h2c are taken out of every server's
+ * Protocols: ALPN, Upgrade and prior knowledge then all stay HTTP/1.1. */
+static int peruser_post_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
+{
+    const char *unsafe = thread_unsafe_module();
+    server_rec *v;
+
+    h2_switched_off_for = NULL;
+    if (!unsafe || !ap_find_linked_module("mod_http2.c")) {
+        return OK;
+    }
+    for (v = s; v; v = v->next) {
+        core_server_config *conf = ap_get_core_module_config(v->module_config);
+        apr_array_header_t *kept;
+        int i;
+        if (!conf || !conf->protocols) {
+            continue;
+        }
+        kept = apr_array_make(p, conf->protocols->nelts + 1, sizeof(const char *));
+        for (i = 0; i < conf->protocols->nelts; i++) {
+            const char *name = APR_ARRAY_IDX(conf->protocols, i, const char *);
+            if (strcasecmp(name, "h2") && strcasecmp(name, "h2c")) {
+                APR_ARRAY_PUSH(kept, const char *) = name;
+            }
+        }
+        if (conf->protocols->nelts > 0 && kept->nelts == 0) {
+            APR_ARRAY_PUSH(kept, const char *) = AP_PROTOCOL_HTTP1;
+        }
+        conf->protocols = kept;
+    }
+    h2_switched_off_for = unsafe;
+    return OK;
+}
+
 static int peruser_check_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
 {
     int startup = retained->mpm->module_loads == 1;
@@ -2475,6 +2544,7 @@ static void peruser_hooks(apr_pool_t *p)
     ap_hook_pre_config(peruser_pre_config, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_pre_config(peruser_pre_config_after_core, NULL, NULL, APR_HOOK_REALLY_LAST);
     ap_hook_check_config(peruser_check_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_post_config(peruser_post_config, NULL, NULL, APR_HOOK_REALLY_LAST);
     ap_hook_mpm(peruser_run, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_mpm_query(peruser_query, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_mpm_get_name(peruser_get_name, NULL, NULL, APR_HOOK_MIDDLE);
