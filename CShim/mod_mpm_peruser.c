@@ -432,6 +432,15 @@ static void *create_server_config(apr_pool_t *p, server_rec *s)
     return conf;
 }
 
+/* A vhost that names no environment is served by the main server's, if it has one. */
+static void *merge_server_config(apr_pool_t *p, void *base_conf, void *virt_conf)
+{
+    const peruser_server_conf *base = base_conf, *virt = virt_conf;
+    peruser_server_conf *merged = apr_pcalloc(p, sizeof *merged);
+    merged->environment = virt->environment >= 0 ? virt->environment : base->environment;
+    return merged;
+}
+
 static const char *parse_count(cmd_parms *cmd, const char *directive, const char *arg,
                                int low, int high, int *out)
 {
@@ -583,18 +592,14 @@ static const char *processor_section(cmd_parms *cmd, void *dummy, const char *ar
     return NULL;
 }
 
-/* ServerEnvironment and AssignUserID: inside a <VirtualHost>, one of them, once. The vhost's
- * configuration, or NULL with the reason in *err. */
-static peruser_server_conf *vhost_environment_conf(cmd_parms *cmd, const char *outside_vhost,
-                                                   const char *twice, const char **err)
+/* ServerEnvironment and AssignUserID: in a <VirtualHost>, or in the server config for the main
+ * server (and, by the usual merge, every vhost that names none); one of them, once. The
+ * server's configuration, or NULL with the reason in *err. */
+static peruser_server_conf *server_environment_conf(cmd_parms *cmd, const char *twice, const char **err)
 {
     peruser_server_conf *conf = ap_get_module_config(cmd->server->module_config, &mpm_peruser_module);
 
     if ((*err = ap_check_cmd_context(cmd, NOT_IN_DIR_CONTEXT))) {
-        return NULL;
-    }
-    if (!cmd->server->is_virtual) {
-        *err = outside_vhost;
         return NULL;
     }
     if (conf->environment >= 0) {
@@ -607,8 +612,9 @@ static peruser_server_conf *vhost_environment_conf(cmd_parms *cmd, const char *o
 static const char *set_server_environment(cmd_parms *cmd, void *dummy, const char *name)
 {
     const char *err;
-    peruser_server_conf *conf = vhost_environment_conf(cmd, "ServerEnvironment must be inside a <VirtualHost> section",
-        "ServerEnvironment is given twice for this virtual host (or after AssignUserID)", &err);
+    peruser_server_conf *conf = server_environment_conf(cmd,
+        cmd->server->is_virtual ? "ServerEnvironment is given twice for this virtual host (or after AssignUserID)"
+                                : "ServerEnvironment is given twice for the main server (or after AssignUserID)", &err);
     char error[512];
 
     if (!conf) {
@@ -707,11 +713,9 @@ static const char *set_multiplexer_identity(cmd_parms *cmd, void *dummy, const c
 static const char *set_assign_user_id(cmd_parms *cmd, void *dummy, const char *user, const char *group)
 {
     const char *err;
-    peruser_server_conf *conf = vhost_environment_conf(cmd,
-        "AssignUserID must be inside a <VirtualHost> section (with peruser, a <Processor> block "
-        "with User and Group is the way to set the identity of several vhosts)",
+    peruser_server_conf *conf = server_environment_conf(cmd,
         "AssignUserID and ServerEnvironment (or a second AssignUserID) are both given for this "
-        "virtual host; keep one", &err);
+        "server; keep one", &err);
     char error[512];
 
     if (!conf) {
@@ -2513,8 +2517,9 @@ static int peruser_check_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *pte
         for (vh = s->next; vh; vh = vh->next) {
             if (server_environment(vh) < 0) {
                 ap_log_error(APLOG_MARK, APLOG_WARNING | APLOG_STARTUP, 0, NULL,
-                             "peruser: virtual host %s has no ServerEnvironment; its requests "
-                             "will be answered with 503", vhost_description(ptemp, vh));
+                             "peruser: virtual host %s has no ServerEnvironment (and the main server "
+                             "has none to inherit); its requests will be answered with 503",
+                             vhost_description(ptemp, vh));
             }
         }
     }
@@ -2568,7 +2573,7 @@ AP_DECLARE_MODULE(mpm_peruser) = {
     NULL,                   /* create per-directory config structure */
     NULL,                   /* merge per-directory config structures */
     create_server_config,   /* create per-server config structure */
-    NULL,                   /* merge per-server config structures */
+    merge_server_config,    /* merge per-server config structures */
     peruser_cmds,           /* command table */
     peruser_hooks           /* register hooks */
 };

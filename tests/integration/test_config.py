@@ -64,7 +64,8 @@ ProcessorWaitTimeout 5 10
     ("<VirtualHost *:80>\n ServerEnvironment good\n</VirtualHost>\n" + GOOD_ENV,
      r"ServerEnvironment good: no <Processor good> is declared before this line"),
     # wrong places
-    (GOOD_ENV + "ServerEnvironment good\n", r"ServerEnvironment must be inside a <VirtualHost>"),
+    (GOOD_ENV + "ServerEnvironment good\nServerEnvironment good\n",
+     r"ServerEnvironment is given twice for the main server"),
     (GOOD_ENV + "<VirtualHost *:80>\n<Directory /tmp>\nServerEnvironment good\n</Directory>\n</VirtualHost>\n",
      r"ServerEnvironment not allowed in <Directory> context"),
     ("<VirtualHost *:80>\n<Processor inner>\nUser peruser-a\nGroup peruser-a\n</Processor>\n</VirtualHost>\n",

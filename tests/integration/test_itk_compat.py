@@ -70,7 +70,8 @@ def test_limit_uid_range_is_accepted_with_a_notice(accounts):
 
 
 @pytest.mark.parametrize("body,needle", [
-    ("AssignUserID peruser-a peruser-a\n", r"AssignUserID must be inside a <VirtualHost> section"),
+    ("AssignUserID peruser-a peruser-a\nAssignUserID peruser-b peruser-b\n",
+     r"AssignUserID and ServerEnvironment \(or a second AssignUserID\) are both given"),
     ("<Processor p>\n User peruser-a\n Group peruser-a\n</Processor>\n<VirtualHost *:80>\n ServerEnvironment p\n"
      " AssignUserID peruser-a peruser-a\n</VirtualHost>\n", r"AssignUserID and ServerEnvironment .* are both given"),
     ("<VirtualHost *:80>\n AssignUserID no-such-user-xyz peruser-a\n</VirtualHost>\n",
