@@ -238,3 +238,29 @@ def raw_request(port, data, read_timeout=10, shutdown_write=False):
                 break
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def request_on(sock, host, path="/cgi-bin/id.cgi"):
+    """One HTTP/1.1 GET on an open connection (kept alive); (status, headers, body text)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    f = sock.makefile("rb")
+    status = f.readline()
+    headers = {}
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = b""
+    if "content-length" in headers:
+        body = f.read(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        while True:
+            size = int(f.readline().strip(), 16)
+            if size == 0:
+                f.readline()
+                break
+            body += f.read(size)
+            f.readline()
+    return int(status.split()[1]), headers, body.decode(errors="replace")

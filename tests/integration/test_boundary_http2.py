@@ -18,16 +18,8 @@ import h2.settings
 import pytest
 
 from conftest import make_site, two_environments
-from harness import Apache, free_port
-
-
-def make_san_cert(directory, names):
-    key, crt = os.path.join(directory, "shared.key"), os.path.join(directory, "shared.crt")
-    san = ",".join(f"DNS:{n}" for n in names)
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
-                    "-days", "2", "-subj", f"/CN={names[0]}", "-addext", f"subjectAltName={san}"],
-                   check=True, capture_output=True)
-    return key, crt
+from harness import Apache, free_port, request_on
+from test_tls import make_cert
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +31,7 @@ def h2server(module, accounts):
     b_site = make_site(apache.root, *b_ids, "b")
     certs = os.path.join(apache.root, "certs")
     os.makedirs(certs)
-    key, crt = make_san_cert(certs, ["a.test", "b.test"])
+    key, crt = make_cert(certs, "a.test", "b.test")
     # b.test maps a's private file: served under b's uid that is a 403; served under a's uid it
     # would be the leak this suite guards against.
     def vhosts(vport, tls):
@@ -228,28 +220,7 @@ def test_coalesced_tls_streams_stay_in_their_environment(h2server, sni):
 def test_http1_keepalive_still_moves_between_tenants(h2server):
     """The HTTP/1.1 hand-back is untouched by the gate: one connection, both tenants, served."""
     with socket.create_connection(("127.0.0.1", h2server.port), timeout=10) as sock:
-        f = sock.makefile("rb")
         for host in ("a.test", "b.test", "a.test"):
-            sock.sendall(f"GET /cgi-bin/id.cgi HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-            status = f.readline()
-            length = 0
-            while True:
-                line = f.readline()
-                if line in (b"\r\n", b""):
-                    break
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-                chunked = line.lower().startswith(b"transfer-encoding: chunked")
-            body = b""
-            if length:
-                body = f.read(length)
-            else:
-                while True:
-                    size = int(f.readline().strip(), 16)
-                    if size == 0:
-                        f.readline()
-                        break
-                    body += f.read(size)
-                    f.readline()
-            assert b" 200 " in status, status
-            assert uid_in(body.decode()) == h2server.ids[host][0], (host, body)
+            status, _, body = request_on(sock, host, "/cgi-bin/id.cgi")
+            assert status == 200, status
+            assert uid_in(body) == h2server.ids[host][0], (host, body)

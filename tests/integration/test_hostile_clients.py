@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import make_site, two_environments
-from harness import Apache, free_port
+from harness import Apache, free_port, request_on
 from test_end_to_end import CGI, get, ids_of
 
 
@@ -158,31 +158,6 @@ def test_a_flood_of_requests_to_a_vhost_without_environment_logs_a_few_lines(pla
     log = plain.read_error_log()
     lines = log.count("has no ServerEnvironment; answered 503") - before
     assert 1 <= lines <= 3, f"100 requests to a vhost without environment wrote {lines} lines"
-
-
-def request_on(sock, host):
-    sock.sendall(f"GET {CGI} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-    f = sock.makefile("rb")
-    status = f.readline()
-    headers = {}
-    while True:
-        line = f.readline()
-        if line in (b"\r\n", b""):
-            break
-        name, _, value = line.decode().partition(":")
-        headers[name.strip().lower()] = value.strip()
-    body = b""
-    if "content-length" in headers:
-        body = f.read(int(headers["content-length"]))
-    elif headers.get("transfer-encoding") == "chunked":
-        while True:
-            size = int(f.readline().strip(), 16)
-            if size == 0:
-                f.readline()
-                break
-            body += f.read(size)
-            f.readline()
-    return int(status.split()[1]), headers, body.decode(errors="replace")
 
 
 def test_handback_off_answers_421_and_closes_instead_of_moving_the_connection(module, accounts):

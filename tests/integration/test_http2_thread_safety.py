@@ -15,6 +15,7 @@ import pytest
 
 from conftest import make_site, php_module, two_environments
 from harness import Apache, free_port
+from test_tls import make_cert
 
 # Some string work, as in the report that found the crash (PHP state corrupted on mod_http2's
 # threads, then signal 11).
@@ -23,14 +24,6 @@ $s = '';
 for ($i = 0; $i < 3000; $i++) { $s = md5($s . $i) . substr($s, 0, 64); }
 echo strlen($s), " ", getmypid(), "\\n";
 """
-
-def make_cert(directory):
-    key, crt = os.path.join(directory, "h.key"), os.path.join(directory, "h.crt")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
-                    "-days", "2", "-subj", "/CN=a.test", "-addext", "subjectAltName=DNS:a.test"],
-                   check=True, capture_output=True)
-    return key, crt
-
 
 def start(accounts, with_php):
     port, tls_port = free_port(), free_port()
@@ -41,7 +34,7 @@ def start(accounts, with_php):
     os.chmod(os.path.join(site, "w.php"), 0o644)
     certs = os.path.join(apache.root, "certs")
     os.makedirs(certs)
-    key, crt = make_cert(certs)
+    key, crt = make_cert(certs, "a.test")
     php = f"""LoadModule php_module {php_module()}
 <FilesMatch "\\.php$">
     SetHandler application/x-httpd-php

@@ -17,10 +17,12 @@ from harness import Apache, free_port
 HELLO_CAPTURE_TIMEOUT = 5
 
 
-def make_cert(directory, name):
+def make_cert(directory, name, *more_names):
+    """A self-signed certificate for `name` (and `more_names` in its SAN); (key, cert) paths."""
     key, crt = os.path.join(directory, f"{name}.key"), os.path.join(directory, f"{name}.crt")
+    san = ",".join(f"DNS:{n}" for n in (name, *more_names))
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
-                    "-days", "2", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"],
+                    "-days", "2", "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}"],
                    check=True, capture_output=True)
     return key, crt
 
