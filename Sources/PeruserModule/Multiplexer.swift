@@ -29,8 +29,9 @@ struct PendingConnection {
     var consumed: [UInt8]
     var hops: UInt16
     var deadline: Int64
-    /// Whether the client sent anything yet (a silent one is closed without a 408).
-    var sawBytes = false
+    /// Whether the client sent a whole request line: at the head timeout, httpd answers 408
+    /// only after one and closes silently before.
+    var requestLineDone = false
     /// Registered with epoll (only connections whose head did not come at once).
     var watched = false
     /// The client opened with a TLS handshake record: routed by the ClientHello's server name,
@@ -501,7 +502,7 @@ struct Multiplexer {
     private mutating func adopt(_ fd: Int32, consumed: [UInt8], hops: UInt16, handback: Int? = nil) {
         pending[fd] = PendingConnection(consumed: consumed, hops: hops,
                                         deadline: monotonicMilliseconds() + headTimeout,
-                                        sawBytes: !consumed.isEmpty, consuming: !consumed.isEmpty,
+                                        consuming: !consumed.isEmpty,
                                         handback: handback)
         if let handback { handbacks[handback].holding += 1 }
         advance(fd)
@@ -535,9 +536,9 @@ struct Multiplexer {
                 if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR { closeConnection(fd) }
                 return
             }
-            connection.sawBytes = true
-            pending[fd] = connection
             let bytes = UnsafeRawBufferPointer(start: base, count: n)
+            connection.requestLineDone = bytes.contains(UInt8(ascii: "\n"))
+            pending[fd] = connection
             let decision = classify(fd, bytes, final: n >= head.count)
             guard case .wait(let tls) = decision else {
                 decide(fd, decision)
@@ -551,7 +552,9 @@ struct Multiplexer {
         while connection.consumed.count < Self.largestHead {
             let n = recv(fd, base, min(head.count, Self.largestHead - connection.consumed.count), Int32(MSG_DONTWAIT))
             if n > 0 {
-                connection.consumed.append(contentsOf: UnsafeRawBufferPointer(start: base, count: n))
+                let bytes = UnsafeRawBufferPointer(start: base, count: n)
+                if !connection.requestLineDone { connection.requestLineDone = bytes.contains(UInt8(ascii: "\n")) }
+                connection.consumed.append(contentsOf: bytes)
                 continue
             }
             if n == 0 {
@@ -563,7 +566,6 @@ struct Multiplexer {
             closeConnection(fd)
             return
         }
-        if !connection.consumed.isEmpty { connection.sawBytes = true }
         if connection.consumed.isEmpty && clientDone {
             closeConnection(fd)
             return
@@ -732,11 +734,12 @@ struct Multiplexer {
         for (fd, connection) in pending {
             switch connection.stage {
             case .readingHead where now >= connection.deadline:
-                // A head that never completed: 408 if the client said anything, else just close.
-                // A ClientHello that never completed goes to the address's first vhost.
+                // A head that never completed: as httpd does at its own timeout, 408 after a
+                // whole request line, a silent close before one. A ClientHello that never
+                // completed goes to the address's first vhost.
                 if connection.tls {
                     route(fd, RouteHint())
-                } else if connection.sawBytes {
+                } else if connection.requestLineDone || connection.consumed.contains(UInt8(ascii: "\n")) {
                     respond(fd, .requestTimeout)
                 } else {
                     closeConnection(fd)

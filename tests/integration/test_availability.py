@@ -188,14 +188,16 @@ def test_slowloris_does_not_starve_anyone(saturable):
             time.sleep(1)
         print(f"\nworst latency beside 200 slow clients: {worst * 1000:.1f} ms")
         assert worst < 1.0
-        # MultiplexerHeadTimeout (5 s): the slow ones get 408 and are closed.
+        # MultiplexerHeadTimeout (5 s): the slow ones are closed (without a 408: like httpd,
+        # the multiplexer answers 408 only after a whole request line, and these sent 4 bytes).
         time.sleep(2.5)
         answered = 0
         for s in slow:
             s.setblocking(True)
             s.settimeout(3)
             try:
-                if s.recv(100).startswith(b"HTTP/1.1 408"):
+                data = s.recv(100)
+                if data == b"" or data.startswith(b"HTTP/1.1 408"):
                     answered += 1
             except OSError:
                 pass

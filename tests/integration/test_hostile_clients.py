@@ -150,6 +150,22 @@ def test_a_trickled_tls_opening_is_never_answered_in_plain_text_by_the_multiplex
     assert status == 200
 
 
+def test_an_unfinished_head_is_answered_as_httpd_answers_it(plain):
+    """At the head timeout, httpd answers 408 once the request line is complete and closes
+    silently before (measured under prefork, with and without mod_reqtimeout); so does the
+    multiplexer (at MultiplexerHeadTimeout, its own deadline against slow clients)."""
+    line_done = socket.create_connection(("127.0.0.1", plain.port), timeout=10)
+    line_done.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+    bare_cr = socket.create_connection(("127.0.0.1", plain.port), timeout=10)
+    bare_cr.sendall(b"GET / HTTP/1.0\r\r")
+    try:
+        assert line_done.recv(100).startswith(b"HTTP/1.1 408")
+        assert bare_cr.recv(100) == b"", "no answer before a whole request line"
+    finally:
+        line_done.close()
+        bare_cr.close()
+
+
 def test_a_flood_of_requests_to_a_vhost_without_environment_logs_a_few_lines(plain):
     before = plain.read_error_log().count("has no ServerEnvironment; answered 503")
     for _ in range(100):
