@@ -107,6 +107,11 @@ struct Multiplexer {
     private var lastDemand: [Int64]
     private var stopping = false
     private var listenersWatched = true
+    /// Whether there was room for more connections at the last look, and the hand-back
+    /// channels whose state changed since (only those are looked at again: with hundreds of
+    /// environments, a look at every channel on every turn of the loop would cost).
+    private var hadRoom = false
+    private var handbacksToCheck: [Int] = []
     /// Out of file descriptors: accepting resumes at this time.
     private var acceptResumesAt: Int64 = 0
     private var lastHolding = -1
@@ -249,7 +254,15 @@ struct Multiplexer {
                 }
             }
         }
-        for index in handbacks.indices {
+        let toCheck: [Int]
+        if room != hadRoom {
+            hadRoom = room
+            toCheck = Array(handbacks.indices)
+        } else {
+            toCheck = handbacksToCheck
+        }
+        handbacksToCheck.removeAll(keepingCapacity: true)
+        for index in toCheck where handbacks.indices.contains(index) {
             let channel = handbacks[index]
             let read = room && !channel.closed && channel.holding < channel.most
             guard read != channel.watched else { continue }
@@ -401,6 +414,7 @@ struct Multiplexer {
             if length == 0 {
                 // A sender shut the channel down (every sender shares that socket): stop reading it.
                 handbacks[index].closed = true
+                handbacksToCheck.append(index)
                 updateWatches(now: monotonicMilliseconds())
                 if channel.generation == generation { reportBroken(channel.environment) }
                 note(.handbackClosed, PERUSER_LOG_WARNING, "multiplexer: the hand-back channel of environment "
@@ -481,6 +495,7 @@ struct Multiplexer {
                 handbacks[index].fd = fd
                 handbacks[index].watched = false
                 handbacks[index].closed = false
+                handbacksToCheck.append(index)
                 setNonBlocking(fd)
             } else {
                 close(fd)
@@ -504,7 +519,10 @@ struct Multiplexer {
                                         deadline: monotonicMilliseconds() + headTimeout,
                                         consuming: !consumed.isEmpty,
                                         handback: handback)
-        if let handback { handbacks[handback].holding += 1 }
+        if let handback {
+            handbacks[handback].holding += 1
+            handbacksToCheck.append(handback)
+        }
         advance(fd)
         guard var connection = pending[fd], case .readingHead = connection.stage else { return }
         var event = epoll_event()
@@ -783,7 +801,10 @@ struct Multiplexer {
 
     private mutating func forget(_ fd: Int32) {
         guard let connection = pending.removeValue(forKey: fd) else { return }
-        if let handback = connection.handback { handbacks[handback].holding -= 1 }
+        if let handback = connection.handback {
+            handbacks[handback].holding -= 1
+            handbacksToCheck.append(handback)
+        }
         if case .waitingForWorker(let env) = connection.stage {
             waiting.remove(fd)
             publish(env)
