@@ -381,8 +381,16 @@ int peruser_shim_route(int fd, const char *host, const char *target)
     r->connection = c;
     r->server = c->base_server;
     r->status = HTTP_OK;
+    /* Apache's vhost code may log about this request (at debug level: an absolute URI with a
+     * Host, a bad host name), which runs every module's generate_log_id hook; those read the
+     * request's tables (mod_unique_id: subprocess_env), so none of them may be NULL. */
     r->headers_in = apr_table_make(route_pool, 1);
+    r->headers_out = apr_table_make(route_pool, 1);
+    r->err_headers_out = apr_table_make(route_pool, 1);
+    r->subprocess_env = apr_table_make(route_pool, 1);
     r->notes = apr_table_make(route_pool, 1);
+    r->per_dir_config = ap_server_conf->lookup_defaults;
+    r->request_config = ap_create_request_config(route_pool);
     r->useragent_addr = c->client_addr;
     r->useragent_ip = c->client_ip;
     r->uri = "/";

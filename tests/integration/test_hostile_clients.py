@@ -200,3 +200,27 @@ def test_handback_on_by_default_moves_the_connection(plain):
         for host in ("a.test", "b.test", "a.test"):
             status, _, body = request_on(sock, host)
             assert status == 200 and ids_of(body)[:2] == plain.uids[host[0]]
+
+
+@pytest.mark.parametrize("head", [
+    b"GET http://[4712::abcd::]/ HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: bad_host!\r\n\r\n",
+    b"GET http://a.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n",
+])
+def test_heads_that_make_apache_log_while_routing_do_not_crash_a_multiplexer(module, accounts, head):
+    """Routing calls Apache's vhost code on a request the multiplexer builds; at LogLevel debug
+    it logs about such heads, which runs every module's generate_log_id hook (mod_unique_id
+    reads the request's subprocess_env). Found by Apache's own test suite: the multiplexer died
+    with SIGSEGV and every connection it held was reset."""
+    apache = start(accounts, extra="LogLevel debug\nLoadModule unique_id_module /usr/lib/apache2/modules/mod_unique_id.so")
+    try:
+        with socket.create_connection(("127.0.0.1", apache.port), timeout=10) as s:
+            s.sendall(head)
+            answer = s.recv(100)
+        assert answer.startswith(b"HTTP/1."), answer
+        assert "killed by signal" not in apache.read_error_log(), apache.read_error_log()[-2000:]
+        status, body, _ = get(apache.port, "a.test")
+        assert status == 200
+    finally:
+        apache.stop()
+        apache.cleanup()
