@@ -13,7 +13,7 @@ LINK_STRIP  ?= -Wl,-s
 SWIFT_SOURCES := Package.swift $(shell find Sources -type f)
 C_SOURCES     := CShim/mod_mpm_peruser.c CShim/peruser_swift.h Sources/CPeruserShim/peruser_shim.h
 
-.PHONY: all deps test unit integration demo demo-stop bench deb clean
+.PHONY: all deps test unit integration conformance demo demo-stop bench deb clean
 
 all: $(MODULE)
 
@@ -46,6 +46,12 @@ integration: deps $(MODULE)
 	python3 -m pytest -q -p no:cacheprovider tests/integration
 
 test: unit integration
+
+# Apache's own test suite (../shared/httpd-tests) under prefork and under this MPM, compared
+# file by file and subtest by subtest (about 12 minutes; not yet part of `make test`).
+conformance: deps $(MODULE)
+	sh scripts/install-httpd-tests-deps.sh
+	python3 tests/conformance/run_httpd_tests.py
 
 demo: deps $(MODULE)
 	sh demo/run.sh
