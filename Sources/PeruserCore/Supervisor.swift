@@ -259,8 +259,12 @@ public struct RestartBackoff {
 
     public init() {}
 
-    public mutating func childExited(role: ChildRole, startedAt: Int64, now: Int64, cleanly: Bool) {
-        if !cleanly && now - startedAt < Self.quickDeathMilliseconds {
+    /// `wasServing`: the child had reported itself ready or busy. Such a child started; if it
+    /// then dies at once (a module that crashes after a response, say), restarting it is not
+    /// held back: only children that die before they ever served count as failed starts.
+    public mutating func childExited(role: ChildRole, startedAt: Int64, now: Int64, cleanly: Bool,
+                                     wasServing: Bool = false) {
+        if !cleanly && !wasServing && elapsedMilliseconds(since: startedAt, now: now) < Self.quickDeathMilliseconds {
             let count = (failures[role] ?? 0) + 1
             failures[role] = count
             until[role] = now + Self.delay(afterFailures: count)

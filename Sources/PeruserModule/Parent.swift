@@ -348,8 +348,10 @@ public func peruserSupervisorReaped(_ pid: Int32, _ exitedCleanly: Int32, _ stop
     if r.generation == state.policy.generation {
         failedToStart = stopping == 0 && exitedCleanly == 0 && !expected && r.environment >= 0
             && sharedTable?.slot(found)?.status == .starting
+        let status = sharedTable?.slot(found)?.status
         state.backoff.childExited(role: role, startedAt: r.started_at, now: now,
-                                  cleanly: exitedCleanly != 0 || expected)
+                                  cleanly: exitedCleanly != 0 || expected,
+                                  wasServing: status == .ready || status == .active)
         sharedTable?.setSlot(found, pid: 0, type: .unknown, environment: 0, generation: r.generation,
                              status: .standby, now: now)
     }

@@ -191,4 +191,18 @@ final class RestartBackoffTests: XCTestCase {
         XCTAssertNil(b.until[role], "a child that lived long did not fail to start")
         XCTAssertEqual(RestartBackoff.delay(afterFailures: 40), 60_000)
     }
+
+    func testAChildThatServedAndCrashedAtOnceIsRestartedWithoutDelay() {
+        // mod_perl crashes children after some responses: a worker that was ready and dies
+        // within 2 s of its start did start; holding its environment back for up to a minute
+        // left connections waiting (Apache's test suite, dir.t and negotiation.t).
+        var b = RestartBackoff()
+        let role = ChildRole.worker(environment: 0)
+        for start in stride(from: Int64(0), to: 5000, by: 500) {
+            b.childExited(role: role, startedAt: start, now: start + 300, cleanly: false, wasServing: true)
+            XCTAssertNil(b.until[role])
+        }
+        b.childExited(role: role, startedAt: 6000, now: 6100, cleanly: false, wasServing: false)
+        XCTAssertEqual(b.until[role], 6600, "one that never served still backs off")
+    }
 }
