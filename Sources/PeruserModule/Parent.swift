@@ -110,10 +110,15 @@ extension ParentState {
         }
     }
 
-    func liveWorkers(of environment: Int) -> Int {
+    /// Slots of this generation's live children of `environment` (-1: the multiplexers).
+    func currentSlots(of environment: Int) -> [Int] {
         (0..<capacity).filter {
             records[$0].pid > 0 && Int(records[$0].environment) == environment && records[$0].generation == policy.generation
-        }.count
+        }
+    }
+
+    func liveWorkers(of environment: Int) -> Int {
+        currentSlots(of: environment).count
     }
 
     /// A worker of `environment` could not start (fork failed, it could not be moved into its
@@ -155,11 +160,7 @@ extension ParentState {
             return nil
         }
         let start = pagePools.starts[environment], count = max(policy.environments[environment].maxProcessors, 1)
-        var used = Set<Int>()
-        for slot in 0..<capacity where records[slot].pid > 0 && Int(records[slot].environment) == environment
-            && records[slot].generation == policy.generation {
-            used.insert(Int(records[slot].page))
-        }
+        let used = Set(currentSlots(of: environment).map { Int(records[$0].page) })
         return (start..<(start + count)).first { !used.contains($0) }
     }
 
@@ -174,12 +175,10 @@ extension ParentState {
         lastRenewal[environment] = now
         guard peruser_shim_renew_channels(Int32(environment)) == 0 else { return }
         var multiplexers = 0
-        for slot in 0..<capacity where records[slot].pid > 0 && records[slot].environment < 0
-            && records[slot].generation == policy.generation && records[slot].retiring == 0 {
+        for slot in currentSlots(of: -1) where records[slot].retiring == 0 {
             if peruser_shim_give_channels(Int32(slot), Int32(environment)) == 0 { multiplexers += 1 }
         }
-        for slot in 0..<capacity where records[slot].pid > 0 && Int(records[slot].environment) == environment
-            && records[slot].generation == policy.generation && records[slot].retiring == 0 {
+        for slot in currentSlots(of: environment) where records[slot].retiring == 0 {
             records[slot].retiring = 1
             signal(slot, SIGUSR1, now: now)
         }
