@@ -1,4 +1,4 @@
-// libFuzzer target for the ClientHello parser (Sources/PeruserCore/ClientHello.swift, compiled
+// libFuzzer target for the ClientHello parser (Sources/PeruserCore/Routing/ClientHello.swift, compiled
 // in with it by fuzz/clienthello.sh). A trap, an out-of-bounds read (AddressSanitizer) or a
 // dirty host name is a finding.
 

@@ -8,7 +8,7 @@ SECONDS_TO_RUN="${1:-60}"
 OUT=.build/fuzz
 mkdir -p "$OUT/corpus"
 swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name ClientHelloFuzz \
-    Sources/PeruserCore/ClientHello.swift fuzz/ClientHelloFuzz.swift -o "$OUT/clienthello"
+    Sources/PeruserCore/Routing/ClientHello.swift fuzz/ClientHelloFuzz.swift -o "$OUT/clienthello"
 python3 - "$OUT/corpus" <<'PY'
 import re, sys
 text = open("Tests/PeruserCoreTests/ClientHelloSamples.swift").read()

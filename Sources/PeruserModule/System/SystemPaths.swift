@@ -1,4 +1,4 @@
-// The file-system facts the isolation rules (PeruserCore/Isolation.swift) decide on.
+// The file-system facts the isolation rules (PeruserCore/Configuration/Isolation.swift) decide on.
 import CPeruserShim
 import Glibc
 import PeruserCore
