@@ -1,0 +1,61 @@
+// What a multiplexer does with a connection once its vhost lookup has named an environment:
+// send it now, hold it for a worker, or answer 503. Pure: the capacity and the availability
+// are read by the caller (from the child table and the multiplexers' board, which tenants'
+// workers can skew, but only within their own environment).
+
+public enum RouteDecision: Equatable {
+    /// Handed back `mostHops` times without a request served: a routing loop; answer 503.
+    case loop
+    /// The environment can take it: send it down its channel, retrying while the channel is
+    /// full until `deadline` (then 503).
+    case send(deadline: Int64, askForWorker: Bool)
+    /// Saturated: hold it in the wait queue until a worker frees up, at most until `deadline`
+    /// ((availability / 100) * ProcessorWaitTimeout from now).
+    case wait(deadline: Int64, askForWorker: Bool)
+    /// Saturated and availability is down to no wait at all: answer 503 now (availability then
+    /// falls one level).
+    case drop(askForWorker: Bool)
+
+    /// Whether to ask the parent for a worker (no idle worker is free for this connection).
+    /// Saturated means no free worker, so `.wait` and `.drop` always ask; `.loop` never does.
+    public var asksForWorker: Bool {
+        switch self {
+        case .loop: return false
+        case .send(_, let ask), .wait(_, let ask): return ask
+        case .drop(let ask): return ask
+        }
+    }
+
+    /// - `hops`: how many times workers handed the connection back; `mostHops`: the most allowed.
+    /// - `channelWait`: how long a connection may wait for room in the channel (ms).
+    public static func decide(hops: UInt16, mostHops: UInt16, capacity: EnvironmentCapacity,
+                              availability: Availability, now: Int64, channelWait: Int64) -> RouteDecision {
+        guard hops < mostHops else { return .loop }
+        let ask = capacity.freeWorkers == 0
+        if capacity.canTake {
+            return .send(deadline: now.saturatingAdding(max(0, channelWait)), askForWorker: ask)
+        }
+        let budget = availability.waitBudgetMilliseconds
+        guard budget > 0 else { return .drop(askForWorker: ask) }
+        return .wait(deadline: now.saturatingAdding(budget), askForWorker: ask)
+    }
+}
+
+extension EnvironmentCapacity {
+    /// How many waiting connections may be passed to the environment now: one per free worker;
+    /// with none free, one if a worker can be started for it; else none.
+    public var roomForWaiting: Int {
+        let free = freeWorkers
+        if free > 0 { return free }
+        return canTake ? 1 : 0
+    }
+}
+
+extension Int64 {
+    /// A sum that sticks at the bounds instead of trapping (a deadline far in the future stays
+    /// far in the future).
+    func saturatingAdding(_ other: Int64) -> Int64 {
+        let (sum, overflow) = addingReportingOverflow(other)
+        return overflow ? (other < 0 ? .min : .max) : sum
+    }
+}
