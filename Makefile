@@ -1,5 +1,6 @@
 # make          builds build/mod_mpm_peruser.so (Swift release build + apxs link)
-# make test     unit tests (swift test) and the integration suite against Debian's apache2
+# make test     unit tests (swift test), the integration suite against Debian's apache2, and
+#               Apache's own test suite under prefork and under this MPM (make conformance)
 # make demo     builds and starts a demo server on 127.0.0.1:8080 (see README)
 export PATH := $(PATH):/opt/swift/usr/bin
 SWIFT       ?= swift
@@ -45,10 +46,10 @@ unit: deps
 integration: deps $(MODULE)
 	python3 -m pytest -q -p no:cacheprovider tests/integration
 
-test: unit integration
+test: unit integration conformance
 
 # Apache's own test suite (../shared/httpd-tests) under prefork and under this MPM, compared
-# file by file and subtest by subtest (about 12 minutes; not yet part of `make test`).
+# file by file and subtest by subtest (about 12 minutes; CONFORMANCE.md has the counts).
 conformance: deps $(MODULE)
 	sh scripts/install-httpd-tests-deps.sh
 	python3 tests/conformance/run_httpd_tests.py
