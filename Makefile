@@ -23,8 +23,10 @@ $(SWIFT_BUILD): $(SWIFT_SOURCES)
 
 # apxs compiles the shim; the link adds the Swift library, the static Swift runtime
 # (swiftrt.o registers the Swift metadata sections and is mandatory), and a version script
-# that exports the module struct alone.
-$(MODULE): $(SWIFT_BUILD) $(C_SOURCES) apxs/peruser.map apxs/check-symbols.sh
+# that exports the module struct alone. First, check-boundary.py fails the build when
+# CShim/peruser_swift.h and the @_cdecl functions of the Swift build disagree.
+$(MODULE): $(SWIFT_BUILD) $(C_SOURCES) apxs/peruser.map apxs/check-symbols.sh apxs/check-boundary.py
+	python3 apxs/check-boundary.py --swift $(SWIFT) CShim/peruser_swift.h
 	@mkdir -p build/obj
 	cp CShim/mod_mpm_peruser.c CShim/peruser_swift.h Sources/CPeruserShim/peruser_shim.h build/obj/
 	cd build/obj && $(APXS) -c -Wc,-Wall -Wc,-Werror=implicit-function-declaration \

@@ -1,4 +1,5 @@
-// swift-tools-version:5.9
+// swift-tools-version:6.0
+// 6.0, not earlier: the sources use typed throws (`throws(ConfigError)`, `do throws(X)`).
 // The Swift half of mod_mpm_peruser. `PeruserCore` is pure logic (no Apache, no syscalls) and is
 // what the unit tests exercise; `PeruserModule` is the thin syscall layer plus the @_cdecl entry
 // points the C shim calls. The static library product is linked into the Apache module by apxs/.
@@ -16,5 +17,11 @@ let package = Package(
         .systemLibrary(name: "CPeruserShim", path: "Sources/CPeruserShim"),
         .target(name: "PeruserModule", dependencies: ["PeruserCore", "CPeruserShim"]),
         .testTarget(name: "PeruserCoreTests", dependencies: ["PeruserCore"]),
-    ]
+    ],
+    // Swift 5 language mode, on purpose: the module is single-threaded by design. The parent is
+    // one thread that forks the multiplexers and workers, each a process of its own that calls
+    // into Swift from one thread, and nothing here starts a thread; so the global and static
+    // mutable state (per process) is never shared between threads, which is what Swift 6's
+    // strict concurrency checking would reject it for.
+    swiftLanguageModes: [.v5]
 )
