@@ -12,13 +12,15 @@ MODULE      := build/mod_mpm_peruser.so
 LINK_STRIP  ?= -Wl,-s
 
 SWIFT_SOURCES := Package.swift $(shell find Sources -type f)
-C_SOURCES     := CShim/mod_mpm_peruser.c CShim/peruser_swift.h Sources/CPeruserShim/peruser_shim.h
+C_FILES       := mod_mpm_peruser.c directives.c connection.c child.c
+C_SOURCES     := $(addprefix CShim/,$(C_FILES)) CShim/peruser.h CShim/peruser_swift.h Sources/CPeruserShim/peruser_shim.h
 
 .PHONY: all deps test unit integration conformance demo demo-stop bench deb clean
 
 all: $(MODULE)
 
 $(SWIFT_BUILD): $(SWIFT_SOURCES)
+	rm -f $@  # the archive keeps objects of deleted sources otherwise
 	$(SWIFT) build -c release --product PeruserSwift
 
 # apxs compiles the shim; the link adds the Swift library, the static Swift runtime
@@ -26,11 +28,11 @@ $(SWIFT_BUILD): $(SWIFT_SOURCES)
 # that exports the module struct alone. First, check-boundary.py fails the build when
 # CShim/peruser_swift.h and the @_cdecl functions of the Swift build disagree.
 $(MODULE): $(SWIFT_BUILD) $(C_SOURCES) apxs/peruser.map apxs/check-symbols.sh apxs/check-boundary.py
-	python3 apxs/check-boundary.py --swift $(SWIFT) CShim/peruser_swift.h
+	python3 apxs/check-boundary.py --swift $(SWIFT) -I Sources/CPeruserShim CShim/peruser_swift.h
 	@mkdir -p build/obj
-	cp CShim/mod_mpm_peruser.c CShim/peruser_swift.h Sources/CPeruserShim/peruser_shim.h build/obj/
+	cp $(C_SOURCES) build/obj/
 	cd build/obj && $(APXS) -c -Wc,-Wall -Wc,-Werror=implicit-function-declaration \
-	    -Wc,-std=gnu99 -o mod_mpm_peruser.la mod_mpm_peruser.c \
+	    -Wc,-std=gnu99 -o mod_mpm_peruser.la $(C_FILES) \
 	    $(CURDIR)/$(SWIFT_BUILD) $(SWIFT_DIR)/x86_64/swiftrt.o \
 	    -L$(SWIFT_DIR) -lswiftCore -lswiftGlibc -lswift_StringProcessing -lswift_RegexParser \
 	    -lswiftSynchronization -lstdc++ -lm -ldl -lpthread \

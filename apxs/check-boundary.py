@@ -54,12 +54,14 @@ def relative(path):
 
 # ---- The header side: clang's AST ----
 
-def header_functions(clang, header):
+def header_functions(clang, header, includes=()):
     """{name: (line, C type, parameter count)} of the functions declared in `header` itself (not in
     what it includes). Unprototyped declarations (`int f();`) are an error: C does not check
     calls against them, so their parameters could not be checked either."""
-    result = run([clang, "-x", "c", "-std=gnu99", "-fsyntax-only", "-Werror=strict-prototypes",
-                  "-Xclang", "-ast-dump=json", header])
+    argv = [clang, "-x", "c", "-std=gnu99", "-fsyntax-only", "-Werror=strict-prototypes"]
+    for d in includes:
+        argv += ["-I", d]
+    result = run(argv + ["-Xclang", "-ast-dump=json", header])
     if result.returncode != 0:
         fail_tool(f"clang on {header}", result)
     tree = json.loads(result.stdout)
@@ -215,7 +217,7 @@ def main():
 
     declared = {}  # C name -> (header, line, C type, parameter count)
     for header in args.headers:
-        for name, (line, ctype, params) in header_functions(clang, header).items():
+        for name, (line, ctype, params) in header_functions(clang, header, search).items():
             declared.setdefault(name, (header, line, ctype, params))
     defined = cdecl_functions(extract, args.module, search, cache, target)
 

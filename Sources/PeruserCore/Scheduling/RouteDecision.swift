@@ -54,7 +54,7 @@ extension EnvironmentCapacity {
 extension Int64 {
     /// A sum that sticks at the bounds instead of trapping (a deadline far in the future stays
     /// far in the future).
-    func saturatingAdding(_ other: Int64) -> Int64 {
+    public func saturatingAdding(_ other: Int64) -> Int64 {
         let (sum, overflow) = addingReportingOverflow(other)
         return overflow ? (other < 0 ? .min : .max) : sum
     }

@@ -58,20 +58,4 @@ struct AvailabilityBoard {
     }
 }
 
-var availabilityBoard: AvailabilityBoard?
-
-@_cdecl("peruser_multiplexer_state_size")
-public func peruserMultiplexerStateSize(_ environments: Int32) -> Int {
-    AvailabilityBoard.size(environments: Int(max(0, environments)))
-}
-
-@_cdecl("peruser_multiplexer_state_attach")
-public func peruserMultiplexerStateAttach(_ state: UnsafeMutableRawPointer?, _ size: Int) {
-    guard let state else {
-        availabilityBoard = nil
-        return
-    }
-    let board = AvailabilityBoard(base: state, count: size / AvailabilityBoard.recordSize)
-    board.reset()
-    availabilityBoard = board
-}
+nonisolated(unsafe) var availabilityBoard: AvailabilityBoard?

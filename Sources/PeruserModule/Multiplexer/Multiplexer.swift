@@ -69,7 +69,7 @@ struct Multiplexer {
     let slot: Int
     let listeners: [Int32]
     /// Hand-off channels' sending ends, by environment (renewed by the parent if one breaks).
-    private var channels: [Int32]
+    private var handoffs: [Int32]
     /// From the parent: renewed channels of an environment.
     let control: Int32
     /// When this multiplexer last told the parent that an environment's channel is broken.
@@ -125,27 +125,27 @@ struct Multiplexer {
     private static let handbackTag: UInt64 = 2 << 32
     private static let controlTag: UInt64 = 3 << 32
 
-    init?(slot: Int, listeners: [Int32], channels: [Int32], handbacks: [HandbackChannel], generation: UInt32,
+    init?(slot: Int, listeners: [Int32], handoffs: [Int32], handbacks: [HandbackChannel], generation: UInt32,
           key: HandbackKey, demand: Int32, control: Int32) {
         self.slot = slot
         self.control = control
-        lastBrokenReport = Array(repeating: Int64.min / 2, count: channels.count)
+        lastBrokenReport = Array(repeating: Int64.min / 2, count: handoffs.count)
         self.listeners = listeners
-        self.channels = channels
+        self.handoffs = handoffs
         self.handbacks = handbacks
         self.generation = generation
         self.key = key
         self.demand = demand
         // This process inherited the parent's configuration of this generation.
-        let limits = serverLimits
+        let limits = configuration.limits
         self.headTimeout = Int64(max(limits.headTimeout, 1)) * 1000
         maxConnections = max(limits.multiplexerMaxConnections, 1)
         maxClients = limits.maxClients
-        workerLimits = effectiveWorkerLimits()
+        workerLimits = configuration.workerLimits
         waitSeconds = limits.processorWaitSeconds
         waitLevels = limits.processorWaitLevels
-        lastDemand = Array(repeating: Int64.min / 2, count: channels.count)
-        capacityCache = Array(repeating: nil, count: channels.count)
+        lastDemand = Array(repeating: Int64.min / 2, count: handoffs.count)
+        capacityCache = Array(repeating: nil, count: handoffs.count)
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         head = .allocate(byteCount: Self.largestHead, alignment: 8)
         message = .allocate(byteCount: HandoffMessage.largestMessage, alignment: 8)
@@ -167,7 +167,7 @@ struct Multiplexer {
             guard watch(control, events: EPOLLIN.rawValue, data: Self.controlTag) else { return nil }
         }
         updateWatches(now: monotonicMilliseconds())
-        for env in channels.indices { publish(env) }
+        for env in handoffs.indices { publish(env) }
     }
 
     /// Adds `fd` to epoll; `data` comes back with its events: a tag in the high half, and the
@@ -306,7 +306,7 @@ struct Multiplexer {
     /// Copies availability and this multiplexer's waiting connections into the child table,
     /// for display.
     private func publish(_ environment: Int) {
-        guard let table = sharedTable, channels.indices.contains(environment) else { return }
+        guard let table = sharedTable, handoffs.indices.contains(environment) else { return }
         if let field = table.environmentField(environment, ChildTableLayout.availabilityOffset) {
             peruser_atomic_store_u32(field, UInt32(availability(environment).percent))
         }
@@ -401,17 +401,16 @@ struct Multiplexer {
         let channel = handbacks[index]
         for _ in 0..<64 {
             guard pending.count < maxConnections, handbacks[index].holding < channel.most else { return }
-            var fd: Int32 = -1
-            let length = peruser_shim_recv_fd(channel.fd, message.baseAddress, message.count, 1, &fd)
-            if length == -Int(EAGAIN) || length == -Int(EWOULDBLOCK) { return }
-            if length == -Int(EINTR) { continue }
-            if length == 0 && !receiveSideShutDown(channel.fd) {
+            let length: Int, fd: Int32
+            switch Channel(fd: channel.fd).receive(into: message, blocking: false) {
+            case .nothing: return
+            case .interrupted: continue
+            case .empty where !receiveSideShutDown(channel.fd):
                 // An empty message: garbage from a sender, not the end of the channel.
                 note(.invalidHandback, PERUSER_LOG_WARNING, "multiplexer: dropped an empty message on the "
                      + "hand-back channel of environment \(handbackLabel(channel))")
                 continue
-            }
-            if length == 0 {
+            case .empty:
                 // A sender shut the channel down (every sender shares that socket): stop reading it.
                 handbacks[index].closed = true
                 handbacksToCheck.append(index)
@@ -421,16 +420,16 @@ struct Multiplexer {
                      + "\(handbackLabel(channel)) was shut down by a sender; kept-alive connections of that "
                      + "environment can no longer move to another environment (until the next restart)")
                 return
-            }
-            if length == -Int(EBADMSG) {
+            case .invalid:
                 note(.invalidHandback, PERUSER_LOG_WARNING, "multiplexer: dropped an invalid message on the "
                      + "hand-back channel of environment \(handbackLabel(channel)) (truncated, or not exactly one fd)")
                 continue
-            }
-            if length < 0 {
+            case .failed(let failure):
                 note(.invalidHandback, PERUSER_LOG_ERR, "multiplexer: hand-back receive on environment "
-                     + "\(handbackLabel(channel)) failed: \(errnoText(Int32(-length)))")
+                     + "\(handbackLabel(channel)) failed: \(failure)")
                 return
+            case .message(let received, let descriptor):
+                (length, fd) = (received, descriptor)
             }
             let decoded: HandoffMessage
             do {
@@ -470,25 +469,26 @@ struct Multiplexer {
     /// Renewed channels from the parent: {environment, kind} with the new end.
     private mutating func receiveControl() {
         for _ in 0..<16 {
-            var fd: Int32 = -1
-            let length = peruser_shim_recv_fd(control, message.baseAddress, message.count, 1, &fd)
-            if length == -Int(EINTR) || length == -Int(EBADMSG) { continue }
-            if length == 0 {
+            let length: Int, fd: Int32
+            switch Channel(fd: control).receive(into: message, blocking: false) {
+            case .interrupted, .invalid: continue
+            case .empty:
                 epoll_ctl(epoll, EPOLL_CTL_DEL, control, nil)
                 return
+            case .nothing, .failed: return
+            case .message(let received, let descriptor): (length, fd) = (received, descriptor)
             }
-            if length < 0 { return }
             guard length == 8 else {
                 close(fd)
                 continue
             }
             let environment = Int(message.load(fromByteOffset: 0, as: UInt32.self))
             let kind = message.load(fromByteOffset: 4, as: UInt32.self)
-            if kind == UInt32(PERUSER_CONTROL_HANDOFF), channels.indices.contains(environment) {
-                close(channels[environment])
-                channels[environment] = fd
+            if kind == ControlKind.handoff.rawValue, handoffs.indices.contains(environment) {
+                close(handoffs[environment])
+                handoffs[environment] = fd
                 setNonBlocking(fd)
-            } else if kind == UInt32(PERUSER_CONTROL_HANDBACK),
+            } else if kind == ControlKind.handback.rawValue,
                       let index = handbacks.firstIndex(where: { $0.generation == generation && $0.environment == environment }) {
                 if handbacks[index].watched { epoll_ctl(epoll, EPOLL_CTL_DEL, handbacks[index].fd, nil) }
                 close(handbacks[index].fd)
@@ -656,38 +656,35 @@ struct Multiplexer {
             return
         }
         let env = Int(environment)
-        guard channels.indices.contains(env), var connection = pending[fd] else {
+        guard handoffs.indices.contains(env), var connection = pending[fd] else {
             note(.unknownEnvironment, PERUSER_LOG_ERR, "multiplexer: route gave unknown environment \(environment)")
             respond(fd, .serviceUnavailable)
             return
         }
-        if connection.hops >= Self.mostHops {
+        let decision = RouteDecision.decide(hops: connection.hops, mostHops: Self.mostHops, capacity: capacity(of: env),
+                                            availability: availability(env), now: monotonicMilliseconds(),
+                                            channelWait: channelWait)
+        if decision.asksForWorker { askForWorker(env) }
+        switch decision {
+        case .loop:
             note(.routingLoop, PERUSER_LOG_ERR, "multiplexer: connection handed back \(connection.hops) times "
                  + "without a request served (routing loop); answering 503")
             respond(fd, .serviceUnavailable)
-            return
-        }
-        let now = monotonicMilliseconds()
-        let capacity = self.capacity(of: env)
-        if capacity.freeWorkers == 0 { askForWorker(env) }
-        if capacity.canTake {
+        case .send(let deadline, _):
             connection.stage = .waitingForChannel(environment: env)
-            connection.deadline = now + channelWait
+            connection.deadline = deadline
             pending[fd] = connection
             trySend(fd)
-            return
-        }
-        // Saturated: wait at most (availability / 100) * ProcessorWaitTimeout.
-        let budget = availability(env).waitBudgetMilliseconds
-        guard budget > 0 else {
+        case .wait(let deadline, _):
+            // Saturated: wait at most (availability / 100) * ProcessorWaitTimeout.
+            connection.stage = .waitingForWorker(environment: env)
+            connection.deadline = deadline
+            pending[fd] = connection
+            waiting.add(fd, environment: env, deadline: deadline)
+            publish(env)
+        case .drop:
             drop(fd, environment: env)
-            return
         }
-        connection.stage = .waitingForWorker(environment: env)
-        connection.deadline = now + budget
-        pending[fd] = connection
-        waiting.add(fd, environment: env, deadline: connection.deadline)
-        publish(env)
     }
 
     // MARK: Waiting and hand-off
@@ -698,12 +695,12 @@ struct Multiplexer {
         guard !waiting.isEmpty else { return }
         for env in waiting.environments {
             let capacity = self.capacity(of: env)
-            let room = capacity.freeWorkers > 0 ? capacity.freeWorkers : (capacity.canTake ? 1 : 0)
+            let room = capacity.roomForWaiting
             let ready = waiting.take(room, for: env)
             for fd in ready {
                 guard var connection = pending[fd] else { continue }
                 connection.stage = .waitingForChannel(environment: env)
-                connection.deadline = now + channelWait
+                connection.deadline = now.saturatingAdding(channelWait)
                 pending[fd] = connection
                 trySend(fd)
             }
@@ -732,18 +729,18 @@ struct Multiplexer {
             respond(fd, .serviceUnavailable)
             return
         }
-        let result = peruser_shim_send_fd(channels[environment], fd, message.baseAddress, length)
-        if result == 0 {
+        switch Channel(fd: handoffs[environment]).send(fd: fd, payload: UnsafeRawBufferPointer(rebasing: message[0..<length])) {
+        case .sent:
             forget(fd)
             close(fd)
             handedOff(to: environment)
-        } else if result == -EAGAIN || result == -EWOULDBLOCK {
+        case .full:
             return  // A full channel counts as no free worker: retry on the tick.
-        } else {
+        case .failed(let failure):
             note(.handoffFailed, PERUSER_LOG_ERR, "multiplexer: hand-off to environment "
-                 + "\(environmentLabel(environment)) failed: " + errnoText(-result)
-                 + (result == -EPIPE ? " (one of its workers shut its channel down; the parent renews it)" : ""))
-            if result == -EPIPE { reportBroken(environment) }
+                 + "\(environmentLabel(environment)) failed: \(failure)"
+                 + (failure == .brokenPipe ? " (one of its workers shut its channel down; the parent renews it)" : ""))
+            if failure == .brokenPipe { reportBroken(environment) }
             respond(fd, .serviceUnavailable)
         }
     }
@@ -755,12 +752,11 @@ struct Multiplexer {
                 // A head that never completed: as httpd does at its own timeout, 408 after a
                 // whole request line, a silent close before one. A ClientHello that never
                 // completed goes to the address's first vhost.
-                if connection.tls {
-                    route(fd, RouteHint())
-                } else if connection.requestLineDone || connection.consumed.contains(UInt8(ascii: "\n")) {
-                    respond(fd, .requestTimeout)
-                } else {
-                    closeConnection(fd)
+                switch HeadTimeoutAnswer.decide(tls: connection.tls, requestLineDone: connection.requestLineDone,
+                                                consumed: connection.consumed) {
+                case .routeToDefault: route(fd, RouteHint())
+                case .requestTimeout: respond(fd, .requestTimeout)
+                case .closeSilently: closeConnection(fd)
                 }
             case .readingHead, .waitingForWorker:
                 break
@@ -811,69 +807,4 @@ struct Multiplexer {
         }
         if connection.watched { epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil) }
     }
-}
-
-// MARK: - Small syscall helpers
-
-func log(_ level: Int, _ text: String) {
-    peruser_shim_log(Int32(level), text)
-}
-
-func errnoText(_ code: Int32 = errno) -> String {
-    String(cString: strerror(code))
-}
-
-func setNonBlocking(_ fd: Int32) {
-    let flags = fcntl(fd, F_GETFL)
-    if flags >= 0 { _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
-}
-
-func monotonicMilliseconds() -> Int64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
-}
-
-/// Whether the receiving side of a Unix socket was shut down (a sender's shutdown(SHUT_WR)
-/// reaches it as POLLRDHUP; 0x2000 on Linux, not in Swift's Glibc module).
-func receiveSideShutDown(_ fd: Int32) -> Bool {
-    var entry = pollfd(fd: fd, events: Int16(0x2000), revents: 0)
-    return poll(&entry, 1, 0) == 1 && entry.revents & Int16(0x2000) != 0
-}
-
-/// The kernel's cookie of a socket (SO_COOKIE, 57 on Linux): unique per socket until reboot.
-func socketCookie(_ fd: Int32) -> UInt64? {
-    var cookie: UInt64 = 0
-    var length = socklen_t(MemoryLayout<UInt64>.size)
-    guard getsockopt(fd, SOL_SOCKET, 57, &cookie, &length) == 0, length == 8, cookie != 0 else { return nil }
-    return cookie
-}
-
-/// Whether `fd` is a connected TCP stream socket (IPv4 or IPv6).
-func isTCPStream(_ fd: Int32) -> Bool {
-    var type: Int32 = 0
-    var length = socklen_t(MemoryLayout<Int32>.size)
-    guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0, type == Int32(SOCK_STREAM.rawValue) else {
-        return false
-    }
-    var address = sockaddr_storage()
-    var addressLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
-    let family = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
-            guard getpeername(fd, pointer, &addressLength) == 0 else { return -1 }
-            return Int32(pointer.pointee.sa_family)
-        }
-    }
-    return family == AF_INET || family == AF_INET6
-}
-
-func withOptionalCString<R>(_ text: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
-    guard let text else { return body(nil) }
-    return text.withCString { body($0) }
-}
-
-/// An environment's name for the log (the multiplexer inherited the parent's table of this
-/// generation when it was forked).
-func environmentLabel(_ index: Int) -> String {
-    environments[index]?.name ?? "#\(index)"
 }

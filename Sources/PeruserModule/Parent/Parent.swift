@@ -8,11 +8,11 @@ import Glibc
 import PeruserCore
 
 /// The shared table of this process's generation (parent and every child it forks).
-var sharedTable: ChildTable?
+nonisolated(unsafe) var sharedTable: ChildTable?
 
 /// The page of the table this process writes (a child: set by the parent just before the fork,
 /// so a child never looks its own page up in shared memory that others can write).
-var ownPage: Int?
+nonisolated(unsafe) var ownPage: Int?
 
 struct ParentState {
     var records: UnsafeMutablePointer<peruser_child_record>
@@ -28,21 +28,19 @@ struct ParentState {
     var lastRenewal: [Int: Int64] = [:]
 }
 
-var parent: ParentState?
+nonisolated(unsafe) var parent: ParentState?
 
 /// Where each environment's pool of worker pages starts in the child table: MaxProcessors
 /// pages per environment, in order; and how many there are in all.
 func workerPagePools() -> (starts: [Int], total: Int) {
     var starts: [Int] = [], total = 0
-    for limits in effectiveWorkerLimits() {
+    for limits in configuration.workerLimits {
         starts.append(total)
         total = total.saturatingAdding(max(limits.maxProcessors, 1))
     }
     return (starts, total)
 }
 
-/// A worker stopped for ExpireTimeout that ignores SIGTERM for this long gets SIGKILL.
-let expireGraceMilliseconds: Int64 = 2000
 let capLogIntervalMilliseconds: Int64 = 60_000
 
 extension ParentState {
@@ -67,45 +65,35 @@ extension ParentState {
     }
 
     func environmentName(_ env: Int) -> String {
-        environments[env]?.name ?? "#\(env)"
+        environmentLabel(env)
     }
 
     mutating func signal(_ slot: Int, _ sig: Int32, now: Int64) {
         guard slot >= 0 && slot < capacity, records[slot].pid > 0 else { return }
-        _ = peruser_shim_signal(records[slot].pid, sig)
+        signalProcess(records[slot].pid, sig)
         records[slot].signalled_at = now
     }
 
-    /// Children of older generations (and all children during a graceful stop) finish:
-    /// multiplexers stop accepting first; once none of them is left, workers drain their
-    /// channels and exit. Anyone who ignores that for too long is killed.
-    mutating func finishOlder(than generation: UInt32, everyone: Bool, now: Int64) {
-        var oldMultiplexers = 0
-        for slot in 0..<capacity where records[slot].pid > 0 && records[slot].environment < 0 {
-            if everyone || records[slot].generation != generation { oldMultiplexers += 1 }
-        }
+    /// Children of older generations (and every child during a graceful stop) finish, in
+    /// DrainPlan's order; a worker stopped for ExpireTimeout that ignores it is killed.
+    mutating func finish(everyone: Bool, now: Int64) {
+        var candidates: [DrainCandidate] = []
         for slot in 0..<capacity where records[slot].pid > 0 {
             let r = records[slot]
-            guard everyone || r.generation != generation else { continue }
-            if r.environment < 0 {
-                if r.retiring == 0 {
-                    records[slot].retiring = 1
-                    signal(slot, SIGUSR1, now: now)
-                }
-            } else if oldMultiplexers == 0 && r.draining == 0 {
+            candidates.append(DrainCandidate(slot: slot, isMultiplexer: r.environment < 0, generation: r.generation,
+                                             retiring: r.retiring != 0, draining: r.draining != 0,
+                                             expired: r.expired != 0, signalledAt: r.signalled_at))
+        }
+        for action in DrainPlan.plan(children: candidates, generation: policy.generation, everyone: everyone, now: now) {
+            switch action {
+            case .retire(let slot):
+                records[slot].retiring = 1
+                signal(slot, SIGUSR1, now: now)
+            case .drain(let slot):
                 records[slot].draining = 1
                 signal(slot, SIGWINCH, now: now)
-            }
-        }
-    }
-
-    /// A worker stopped for ExpireTimeout that is still there after a grace period gets
-    /// SIGKILL. (Retiring and draining children finish their connection, however long.)
-    mutating func killExpired(now: Int64) {
-        for slot in 0..<capacity where records[slot].pid > 0 && records[slot].expired != 0 {
-            if now - records[slot].signalled_at > expireGraceMilliseconds {
-                _ = peruser_shim_signal(records[slot].pid, SIGKILL)
-                records[slot].signalled_at = now
+            case .kill(let slot):
+                signal(slot, SIGKILL, now: now)
             }
         }
     }
@@ -127,15 +115,14 @@ extension ParentState {
     /// environment, so that multiplexers hold its connections under ProcessorWaitTimeout
     /// instead, and give them those already queued.
     mutating func startFailed(environment: Int) {
-        guard environment >= 0 && environment < environments.count, liveWorkers(of: environment) == 0 else { return }
+        guard channels.indices.contains(environment), liveWorkers(of: environment) == 0 else { return }
         if !failingStarts.contains(environment) {
             failingStarts.insert(environment)
             availabilityBoard?.setStartFailing(environment, true)
             log(PERUSER_LOG_ERR, "peruser: environment \(environmentName(environment)) has no worker and "
                 + "cannot start one; its connections get 503 after ProcessorWaitTimeout until a worker starts")
         }
-        var lost: Int32 = 0
-        let moved = peruser_shim_return_queued(Int32(environment), &lost)
+        let (moved, lost) = channels[environment].returnQueued()
         if moved + lost > 0, let field = sharedTable?.environmentPageField(environment, ChildTableLayout.receivedOffset) {
             peruser_atomic_add_u64(field, UInt64(moved + lost))
         }
@@ -170,13 +157,20 @@ extension ParentState {
     /// untouched. At most once every 10 s per environment, so a worker doing it again and
     /// again costs the parent little.
     mutating func renewChannels(_ environment: Int, now: Int64) {
-        guard environment >= 0 && environment < environments.count else { return }
-        if let last = lastRenewal[environment], now - last < 10_000 { return }
+        guard channels.indices.contains(environment) else { return }
+        if let last = lastRenewal[environment], elapsedMilliseconds(since: last, now: now) < 10_000 { return }
         lastRenewal[environment] = now
-        guard peruser_shim_renew_channels(Int32(environment)) == 0 else { return }
+        do throws(Errno) {
+            let renewed = try EnvironmentChannels.open()
+            channels[environment].closeAll()
+            channels[environment] = renewed
+        } catch {
+            log(PERUSER_LOG_ERR, "peruser: cannot renew the channels of environment \(environmentName(environment)): \(error)")
+            return
+        }
         var multiplexers = 0
         for slot in currentSlots(of: -1) where records[slot].retiring == 0 {
-            if peruser_shim_give_channels(Int32(slot), Int32(environment)) == 0 { multiplexers += 1 }
+            if giveChannels(environment, toMultiplexerIn: slot) { multiplexers += 1 }
         }
         for slot in currentSlots(of: environment) where records[slot].retiring == 0 {
             records[slot].retiring = 1
@@ -206,9 +200,9 @@ extension ParentState {
                 sharedTable?.setSlot(slot, pid: 0, type: type, environment: Int(env), generation: policy.generation,
                                      status: .starting, now: now, workerPage: page)
                 ownPage = sharedTable?.pageOffset(slot: slot, type: type, workerPage: page)
-                let pid = peruser_shim_spawn(Int32(slot), env, Int32(type.rawValue))
+                let pid = spawn(slot: slot, environment: env < 0 ? nil : Int(env))
                 ownPage = nil
-                guard pid > 0 else {  // fork failed (logged); try again next round
+                guard let pid else {  // fork failed (logged); try again next round
                     forkFailed = true
                     sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
                                          status: .standby, now: now)
@@ -249,193 +243,3 @@ extension ParentState {
     }
 }
 
-/// Offsets of the two pages a worker may write: its own page (the one the parent computed
-/// before the fork) and its environment's page.
-@_cdecl("peruser_table_worker_pages")
-public func peruserTableWorkerPages(_ slot: Int32, _ environment: Int32,
-                                    _ workerPage: UnsafeMutablePointer<Int>?, _ environmentPage: UnsafeMutablePointer<Int>?) -> Int32 {
-    guard let table = sharedTable, let own = ownPage, (0..<table.environmentCount).contains(Int(environment)),
-          own >= ChildTableLayout.workerPageOffset(slots: table.slotCount, environments: table.environmentCount, index: 0)
-    else { return -1 }
-    workerPage?.pointee = own
-    environmentPage?.pointee = ChildTableLayout.environmentPageOffset(slots: table.slotCount,
-                                                                     environments: table.environmentCount,
-                                                                     environment: Int(environment))
-    return 0
-}
-
-@_cdecl("peruser_table_page_size")
-public func peruserTablePageSize() -> Int { ChildTableLayout.pageSize }
-
-@_cdecl("peruser_table_size")
-public func peruserTableSize(_ slots: Int32, _ environments: Int32) -> Int {
-    ChildTableLayout.size(slots: Int(max(0, slots)), environments: Int(max(0, environments)),
-                          workerPages: workerPagePools().total)
-}
-
-@_cdecl("peruser_supervisor_begin")
-public func peruserSupervisorBegin(_ records: UnsafeMutableRawPointer?, _ capacity: Int32,
-                                   _ table: UnsafeMutableRawPointer?, _ tableSize: Int, _ slots: Int32,
-                                   _ generation: UInt32, _ previous: UnsafeMutableRawPointer?,
-                                   _ previousSize: Int, _ previousEnvironments: Int32,
-                                   _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorCap: Int) -> Int32 {
-    guard let records, let table, capacity >= slots, slots > 0 else {
-        copyOut("internal error: no child records or table", errorBuffer, errorCap)
-        return -1
-    }
-    var limits = serverLimits
-    limits.serverLimit = Int(slots)
-    limits.maxClients = min(limits.maxClients, Int(slots))
-    guard let formatted = ChildTable.format(table, size: tableSize, slots: Int(slots),
-                                            environments: environments.count,
-                                            workerPages: workerPagePools().total, generation: generation) else {
-        copyOut("internal error: child table too small", errorBuffer, errorCap)
-        return -1
-    }
-    for (i, env) in environments.environments.enumerated() {
-        formatted.setEnvironmentName(i, env.name)
-        if let field = formatted.environmentField(i, ChildTableLayout.availabilityOffset) {
-            field.storeBytes(of: UInt32(100), as: UInt32.self)
-        }
-    }
-    // Counters carry over a graceful restart by environment name. The old table's sizes come
-    // from the parent's own records of it; its names and counts are hints like everything there.
-    if let previous, previousEnvironments > 0,
-       previousSize >= ChildTableLayout.size(slots: Int(slots), environments: Int(previousEnvironments)) {
-        let old = ChildTable(base: previous, slotCount: Int(slots), environmentCount: Int(previousEnvironments))
-        var byName: [String: EnvironmentCounters] = [:]
-        for e in 0..<old.environmentCount { if let c = old.environment(e) { byName[c.name] = c } }
-        for (i, env) in environments.environments.enumerated() {
-            if let counters = byName[env.name] { formatted.carry(counters, into: i) }
-        }
-    }
-    sharedTable = formatted
-    let pointer = records.bindMemory(to: peruser_child_record.self, capacity: Int(capacity))
-    let policy = MaintenancePolicy(limits: limits, environments: effectiveWorkerLimits(), generation: generation)
-    parent = ParentState(records: pointer, capacity: Int(slots), policy: policy)
-    return 0
-}
-
-@_cdecl("peruser_supervisor_demand")
-public func peruserSupervisorDemand(_ word: Int32) {
-    let value = UInt32(bitPattern: word)
-    let environment = Int(value & ~Multiplexer.brokenChannelFlag)
-    guard environment < environments.count else { return }
-    if value & Multiplexer.brokenChannelFlag != 0 {
-        parent?.renewChannels(environment, now: monotonicMilliseconds())
-    } else {
-        parent?.demanded.insert(environment)
-    }
-}
-
-@_cdecl("peruser_supervisor_reaped")
-public func peruserSupervisorReaped(_ pid: Int32, _ exitedCleanly: Int32, _ stopping: Int32, _ now: Int64,
-                                    _ slot: UnsafeMutablePointer<Int32>?, _ environment: UnsafeMutablePointer<Int32>?,
-                                    _ type: UnsafeMutablePointer<Int32>?) -> Int32 {
-    guard var state = parent, pid > 0 else { return 0 }
-    guard let found = (0..<state.capacity).first(where: { state.records[$0].pid == pid }) else { return 0 }
-    let r = state.records[found]
-    slot?.pointee = Int32(found)
-    environment?.pointee = r.environment
-    type?.pointee = Int32(r.type)
-    let role: ChildRole = r.environment < 0 ? .multiplexer : .worker(environment: Int(r.environment))
-    // A child asked to stop, or of an older generation, is not a failed start.
-    let expected = r.retiring != 0 || r.draining != 0 || r.expired != 0
-    // A worker that dies before it ever reported ready did not start (its jail, cgroup or user
-    // is missing); one that dies later, or while the server stops, is an ordinary death.
-    var failedToStart = false
-    if r.generation == state.policy.generation {
-        failedToStart = stopping == 0 && exitedCleanly == 0 && !expected && r.environment >= 0
-            && sharedTable?.slot(found)?.status == .starting
-        let status = sharedTable?.slot(found)?.status
-        state.backoff.childExited(role: role, startedAt: r.started_at, now: now,
-                                  cleanly: exitedCleanly != 0 || expected,
-                                  wasServing: status == .ready || status == .active)
-        sharedTable?.setSlot(found, pid: 0, type: .unknown, environment: 0, generation: r.generation,
-                             status: .standby, now: now)
-    }
-    state.records[found] = peruser_child_record()
-    if failedToStart {
-        state.startFailed(environment: Int(r.environment))
-    }
-    parent = state
-    return 1
-}
-
-@_cdecl("peruser_supervisor_maintain")
-public func peruserSupervisorMaintain(_ now: Int64) {
-    guard var state = parent else { return }
-    state.finishOlder(than: state.policy.generation, everyone: false, now: now)
-    state.killExpired(now: now)
-    // Children first, queues second: a worker that takes a connection in between then shows
-    // as idle-with-work-queued or busy-with-nothing-queued, never busy-with-work-queued
-    // (which would start a worker nobody needs).
-    let children = state.children()
-    state.clearFailedStarts(children)
-    var load: [EnvironmentLoad] = []
-    for env in 0..<environments.count {
-        let counters = sharedTable?.environment(env)
-        load.append(EnvironmentLoad(queued: counters?.queued ?? 0, demanded: state.demanded.contains(env)))
-    }
-    state.demanded.removeAll()
-    let plan = state.policy.plan(children: children, load: load, backoffUntil: state.backoff.until, now: now)
-    state.apply(plan, now: now)
-    parent = state
-}
-
-@_cdecl("peruser_supervisor_drain_all")
-public func peruserSupervisorDrainAll(_ now: Int64) -> Int32 {
-    guard var state = parent else { return 0 }
-    state.finishOlder(than: state.policy.generation, everyone: true, now: now)
-    parent = state
-    return Int32((0..<state.capacity).filter { state.records[$0].pid > 0 }.count)
-}
-
-@_cdecl("peruser_supervisor_pids")
-public func peruserSupervisorPids(_ out: UnsafeMutablePointer<Int32>?, _ capacity: Int32) -> Int32 {
-    guard let state = parent else { return 0 }
-    var count: Int32 = 0
-    for slot in 0..<state.capacity where state.records[slot].pid > 0 {
-        if let out, count < capacity { out[Int(count)] = state.records[slot].pid }
-        count += 1
-    }
-    return count
-}
-
-@_cdecl("peruser_supervisor_slots_in_use")
-public func peruserSupervisorSlotsInUse() -> Int32 {
-    guard let state = parent else { return 0 }
-    return Int32(((0..<state.capacity).last { state.records[$0].pid > 0 }).map { $0 + 1 } ?? 0)
-}
-
-// MARK: - Children's writes to the shared table
-
-@_cdecl("peruser_child_set_status")
-public func peruserChildSetStatus(_ slot: Int32, _ status: Int32) {
-    guard let status = ChildStatus(rawValue: UInt8(clamping: status)), let page = ownPage else { return }
-    sharedTable?.setStatus(page: page, status, now: monotonicMilliseconds())
-}
-
-@_cdecl("peruser_worker_took_connection")
-public func peruserWorkerTookConnection(_ slot: Int32, _ environment: Int32) {
-    guard let table = sharedTable, let page = ownPage else { return }
-    // Off the queue before busy: whoever sees this worker busy also sees the queue shrink.
-    if let field = table.environmentPageField(Int(environment), ChildTableLayout.receivedOffset) {
-        peruser_atomic_add_u64(field, 1)
-    }
-    peruser_atomic_add_u64(table.field(page: page, ChildTableLayout.connectionsOffset), 1)
-    table.setStatus(page: page, .active, now: monotonicMilliseconds())
-}
-
-@_cdecl("peruser_worker_started_request")
-public func peruserWorkerStartedRequest(_ slot: Int32, _ environment: Int32, _ request: UnsafePointer<CChar>?,
-                                        _ vhost: UnsafePointer<CChar>?) {
-    guard let table = sharedTable, let page = ownPage else { return }
-    table.setRequest(page: page, request: request, vhost: vhost)
-    // ExpireTimeout counts from the start of each request.
-    table.setStatus(page: page, .active, now: monotonicMilliseconds())
-    peruser_atomic_add_u64(table.field(page: page, ChildTableLayout.requestsOffset), 1)
-    if let field = table.environmentPageField(Int(environment), ChildTableLayout.servedOffset) {
-        peruser_atomic_add_u64(field, 1)
-    }
-}

@@ -5,7 +5,7 @@ import PeruserCore
 
 func statusSnapshot(scoreboardStates: [Int]) -> StatusSnapshot? {
     guard let table = sharedTable else { return nil }
-    let limits = effectiveWorkerLimits()
+    let limits = configuration.workerLimits
     var slots: [StatusSnapshot.Slot] = []
     for index in 0..<table.slotCount {
         guard let s = table.slot(index) else { continue }
@@ -16,7 +16,7 @@ func statusSnapshot(scoreboardStates: [Int]) -> StatusSnapshot? {
                                          type: s.type, environment: env))
     }
     var envs: [StatusSnapshot.Environment] = []
-    for (index, env) in environments.environments.enumerated() {
+    for (index, env) in configuration.environments.environments.enumerated() {
         let c = table.environment(index)
         envs.append(StatusSnapshot.Environment(
             name: env.name, user: env.identity.user, group: env.identity.group,
@@ -24,7 +24,7 @@ func statusSnapshot(scoreboardStates: [Int]) -> StatusSnapshot? {
             requests: c?.totalServed ?? 0, dropped: c?.totalDropped ?? 0,
             availability: Int(c?.availability ?? 100), waiting: Int(c?.waiting ?? 0)))
     }
-    return StatusSnapshot(slots: slots, environments: envs, maxMultiplexers: serverLimits.maxMultiplexers)
+    return StatusSnapshot(slots: slots, environments: envs, maxMultiplexers: configuration.limits.maxMultiplexers)
 }
 
 @_cdecl("peruser_status_render")

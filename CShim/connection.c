@@ -1,0 +1,360 @@
+/* A worker's connection, as Apache's filters and hooks see it: the bytes already consumed go in
+ * front of the socket; the raw head of each request is recorded, so that a request for another
+ * environment can be handed back exactly as the client sent it; and gates keep every other
+ * environment's request from running here. */
+#include "peruser.h"
+#include "http_connection.h"
+#include "http_core.h"
+#include "http_main.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "http_ssl.h"
+#include "scoreboard.h"
+#include "util_filter.h"
+#include "apr_portable.h"
+
+#include <fcntl.h>
+#include <string.h>
+
+/* A kept-alive request head longer than this cannot be handed to another environment. */
+#define HEAD_RECORD_MAX (64 * 1024)
+
+typedef struct {
+    ap_filter_t *filter;
+    int recording;
+    int overflow;
+    unsigned char *buf; /* PERUSER_CONSUMED_MAX bytes */
+    apr_size_t len;
+} head_record;
+
+static struct {
+    apr_socket_t *socket;
+    const unsigned char *pending; /* bytes to put in front of the socket */
+    apr_size_t pending_len;
+    int requests_served;
+    int handed_back;
+    int socket_reads_paused; /* while handing back: take only what filters already buffered */
+    head_record *record;
+} current;
+
+static ap_filter_rec_t *record_filter_handle;
+
+/* Keeps a copy of the raw bytes of the request head being read. */
+static apr_status_t record_filter(ap_filter_t *f, apr_bucket_brigade *bb, ap_input_mode_t mode,
+                                  apr_read_type_e block, apr_off_t readbytes)
+{
+    head_record *record = f->ctx;
+    apr_status_t rv = ap_get_brigade(f->next, bb, mode, block, readbytes);
+    apr_bucket *b;
+
+    if (rv != APR_SUCCESS || !record->recording || mode == AP_MODE_SPECULATIVE) {
+        return rv;
+    }
+    for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
+        const char *data;
+        apr_size_t len;
+        if (APR_BUCKET_IS_METADATA(b)) {
+            continue;
+        }
+        if (apr_bucket_read(b, &data, &len, APR_BLOCK_READ) != APR_SUCCESS || record->len + len > HEAD_RECORD_MAX) {
+            record->overflow = 1;
+            continue;
+        }
+        memcpy(record->buf + record->len, data, len);
+        record->len += len;
+    }
+    return rv;
+}
+
+/* The worker's socket bucket: apr's socket bucket, except that its reads can be paused (they
+ * then report "no data yet"), so a hand-back takes what httpd's filters buffered and leaves
+ * the rest in the socket. */
+static apr_status_t socket_read(apr_bucket *a, const char **str, apr_size_t *len, apr_read_type_e block);
+
+static const apr_bucket_type_t pausable_socket_type = {
+    "PERUSER_SOCKET", 5, APR_BUCKET_DATA, apr_bucket_destroy_noop, socket_read,
+    apr_bucket_setaside_notimpl, apr_bucket_split_notimpl, apr_bucket_copy_notimpl
+};
+
+static apr_bucket *socket_bucket(apr_socket_t *sock, apr_bucket_alloc_t *list)
+{
+    apr_bucket *b = apr_bucket_alloc(sizeof(*b), list);
+    APR_BUCKET_INIT(b);
+    b->free = apr_bucket_free;
+    b->list = list;
+    b->type = &pausable_socket_type;
+    b->length = (apr_size_t)(-1);
+    b->start = -1;
+    b->data = sock;
+    return b;
+}
+
+static apr_status_t socket_read(apr_bucket *a, const char **str, apr_size_t *len, apr_read_type_e block)
+{
+    apr_socket_t *sock = a->data;
+    apr_interval_time_t timeout = 0;
+    apr_status_t rv;
+    char *buf;
+
+    *str = NULL;
+    *len = 0;
+    if (current.socket_reads_paused) {
+        return APR_EAGAIN;
+    }
+    if (block == APR_NONBLOCK_READ) {
+        apr_socket_timeout_get(sock, &timeout);
+        apr_socket_timeout_set(sock, 0);
+    }
+    *len = APR_BUCKET_BUFF_SIZE;
+    buf = apr_bucket_alloc(*len, a->list);
+    rv = apr_socket_recv(sock, buf, len);
+    if (block == APR_NONBLOCK_READ) {
+        apr_socket_timeout_set(sock, timeout);
+    }
+    if (rv != APR_SUCCESS && rv != APR_EOF) {
+        apr_bucket_free(buf);
+        *len = 0;
+        return rv;
+    }
+    if (*len > 0) {
+        /* This bucket becomes the data; a fresh socket bucket follows it. */
+        apr_bucket_heap *h;
+        a = apr_bucket_heap_make(a, buf, *len, apr_bucket_free);
+        h = a->data;
+        h->alloc_len = APR_BUCKET_BUFF_SIZE;
+        *str = buf;
+        APR_BUCKET_INSERT_AFTER(a, socket_bucket(sock, a->list));
+    }
+    else {
+        apr_bucket_free(buf); /* end of stream: an empty bucket, as apr's socket bucket does */
+        a = apr_bucket_immortal_make(a, "", 0);
+        *str = a->data;
+    }
+    return APR_SUCCESS;
+}
+
+/* Seeds the core input filter: bytes a multiplexer or another worker consumed, then the socket. */
+static apr_status_t insert_network_bucket(conn_rec *c, apr_bucket_brigade *bb, apr_socket_t *socket)
+{
+    if (!peruser_is_worker || socket != current.socket) {
+        return AP_DECLINED;
+    }
+    if (current.pending_len > 0) {
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_heap_create((const char *)current.pending, current.pending_len,
+                                                           NULL, c->bucket_alloc));
+        current.pending_len = 0;
+    }
+    APR_BRIGADE_INSERT_TAIL(bb, socket_bucket(socket, c->bucket_alloc));
+    return APR_SUCCESS;
+}
+
+/* Serves one connection. Its addresses come from the kernel, never from a message, so a tenant
+ * cannot forge the client address another tenant's vhost sees. */
+void peruser_shim_serve_connection(apr_pool_t *ptrans, ap_sb_handle_t *sbh, apr_bucket_alloc_t *ba, int fd,
+                                   const unsigned char *consumed, apr_size_t len, long id)
+{
+    struct sockaddr_storage local, remote;
+    socklen_t local_len = sizeof local, remote_len = sizeof remote;
+    apr_os_sock_info_t info;
+    apr_socket_t *csd = NULL;
+    conn_rec *c;
+    int flags = fcntl(fd, F_GETFL);
+
+    /* apr takes the socket for a blocking one; a handed-back one may carry O_NONBLOCK. */
+    if (flags >= 0 && (flags & O_NONBLOCK)) {
+        fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    }
+    memset(&info, 0, sizeof info);
+    if (getsockname(fd, (struct sockaddr *)&local, &local_len) != 0
+        || getpeername(fd, (struct sockaddr *)&remote, &remote_len) != 0) {
+        close(fd);
+        return;
+    }
+    info.os_sock = &fd;
+    info.local = (struct sockaddr *)&local;
+    info.remote = (struct sockaddr *)&remote;
+    info.family = local.ss_family;
+    info.type = SOCK_STREAM;
+    info.protocol = IPPROTO_TCP;
+    if (apr_os_sock_make(&csd, &info, ptrans) != APR_SUCCESS) {
+        close(fd);
+        return;
+    }
+    memset(&current, 0, sizeof current);
+    current.socket = csd;
+    current.pending = consumed;
+    current.pending_len = len;
+    if ((c = ap_run_create_connection(ptrans, ap_server_conf, csd, id, sbh, ba))) {
+        ap_process_connection(c, csd);
+        if (!current.handed_back) {
+            ap_lingering_close(c);
+        }
+    }
+    memset(&current, 0, sizeof current);
+}
+
+static int pre_connection(conn_rec *c, void *csd)
+{
+    head_record *record;
+    if (!peruser_is_worker || c->master) {
+        return DECLINED;
+    }
+    record = apr_pcalloc(c->pool, sizeof *record);
+    record->buf = apr_palloc(c->pool, PERUSER_CONSUMED_MAX);
+    record->filter = ap_add_input_filter_handle(record_filter_handle, record, NULL, c);
+    current.record = record;
+    return DECLINED;
+}
+
+static void pre_read_request(request_rec *r, conn_rec *c)
+{
+    if (peruser_is_worker && current.record && !c->master) {
+        current.record->recording = 1;
+        current.record->overflow = 0;
+        current.record->len = 0;
+    }
+}
+
+/* Gives the connection back to the multiplexers: the head read so far, whatever the core input
+ * filter has buffered, and what the socket holds right now travel with the fd. */
+static int hand_back(request_rec *r)
+{
+    conn_rec *c = r->connection;
+    head_record *record = current.record;
+    apr_bucket_brigade *bb = apr_brigade_create(r->pool, c->bucket_alloc);
+    apr_size_t room = PERUSER_CONSUMED_MAX;
+    int rv;
+
+    /* Socket reads are paused: this drains exactly what the input filters buffered past the
+     * head; the rest stays in the socket for the next worker to read. */
+    current.socket_reads_paused = 1;
+    while (record->len < room && ap_get_brigade(record->filter->next, bb, AP_MODE_READBYTES, APR_NONBLOCK_READ,
+                                                room - record->len) == APR_SUCCESS && !APR_BRIGADE_EMPTY(bb)) {
+        apr_bucket *b;
+        for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
+            const char *data;
+            apr_size_t len;
+            if (!APR_BUCKET_IS_METADATA(b) && apr_bucket_read(b, &data, &len, APR_NONBLOCK_READ) == APR_SUCCESS) {
+                len = len < room - record->len ? len : room - record->len;
+                memcpy(record->buf + record->len, data, len);
+                record->len += len;
+            }
+        }
+        apr_brigade_cleanup(bb);
+    }
+    if (record->len >= room) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "peruser: more buffered input than a hand-back carries; refused");
+        c->keepalive = AP_CONN_CLOSE;
+        return HTTP_MISDIRECTED_REQUEST;
+    }
+    /* Earlier responses may still sit in the core output filter (it holds small responses back
+     * while pipelined requests wait): write them first, so the client gets its answers in order. */
+    apr_brigade_cleanup(bb);
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_flush_create(c->bucket_alloc));
+    if (ap_pass_brigade(c->output_filters, bb) != APR_SUCCESS || c->aborted) {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "peruser: client went away before the hand-back");
+        rv = 0;
+    }
+    else if ((rv = peruser_worker_hand_back(record->buf, record->len, current.requests_served)) != 0) {
+        /* Only this environment's channel can be broken (one of its own workers shut it down,
+         * say): 421 and a close send the client to a new connection, routed as usual. */
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, -rv, r,
+                      "peruser: could not hand the connection back to a multiplexer; answered 421");
+        c->keepalive = AP_CONN_CLOSE;
+        return HTTP_MISDIRECTED_REQUEST;
+    }
+    else {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "peruser: handed connection back (%lu bytes consumed) for %s",
+                      (unsigned long)record->len, peruser_vhost_description(r->pool, r->server));
+        current.handed_back = 1;
+    }
+    /* Nothing more may be read from or written to this socket here. Closing our fd does not
+     * close the connection. */
+    apr_table_setn(r->notes, "peruser-handed-back", "1");
+    c->keepalive = AP_CONN_CLOSE;
+    c->aborted = 1;
+    return DONE;
+}
+
+static int request_is_ours(const request_rec *r)
+{
+    return peruser_server_environment(r->server) == peruser_my_environment;
+}
+
+/* 421 Misdirected Request (RFC 9110 15.5.20): the client retries on a new connection, which the
+ * multiplexers route to the right environment. Logged at info: any client can cause it. */
+static int misdirected(request_rec *r, const char *where)
+{
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "peruser: %s for %s, which environment %d does not serve; "
+                  "answered 421", where, peruser_vhost_description(r->pool, r->server), peruser_my_environment);
+    return HTTP_MISDIRECTED_REQUEST;
+}
+
+static int post_read_request(request_rec *r)
+{
+    if (!peruser_is_worker) {
+        return DECLINED;
+    }
+    /* HTTP/2 streams (c->master set), subrequests and internal redirects cannot move to another
+     * process: another environment's vhost gets 421. */
+    if (r->connection->master || r->main || r->prev || !current.record) {
+        return request_is_ours(r) ? DECLINED : misdirected(r, r->connection->master ? "HTTP/2 stream" : "request");
+    }
+    current.record->recording = 0;
+    if (request_is_ours(r)) {
+        current.requests_served++;
+        peruser_worker_started_request(r->the_request, r->server->server_hostname);
+        return DECLINED;
+    }
+    if (ap_ssl_conn_is_ssl(r->connection)) {
+        return HTTP_MISDIRECTED_REQUEST; /* a TLS session cannot move to another process */
+    }
+    if (current.record->overflow) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "peruser: request head too large to hand to another environment");
+        return HTTP_MISDIRECTED_REQUEST;
+    }
+    if (!peruser_current_settings.hand_back) {
+        /* The client opens a new connection, which the multiplexers route; this worker never
+         * holds a connection that later carries another tenant's requests. */
+        r->connection->keepalive = AP_CONN_CLOSE;
+        return misdirected(r, "request (PeruserHandBack Off)");
+    }
+    return hand_back(r);
+}
+
+/* The same check wherever a request can start running without post_read_request: internal
+ * redirects (ErrorDocument, mod_rewrite), subrequests, and, as the last gate before any
+ * content, every handler (CGI, PHP, files). Only what passes these runs in this worker. */
+static int gate_quick_handler(request_rec *r, int lookup)
+{
+    return (!peruser_is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "internal request");
+}
+
+static int gate_translate(request_rec *r)
+{
+    return (!peruser_is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "request");
+}
+
+static int gate_handler(request_rec *r)
+{
+    return (!peruser_is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "handler");
+}
+
+/* A handed-back request is logged by the worker that serves it, not here. */
+static int log_transaction(request_rec *r)
+{
+    return (peruser_is_worker && apr_table_get(r->notes, "peruser-handed-back")) ? DONE : DECLINED;
+}
+
+void peruser_register_connection_hooks(void)
+{
+    ap_hook_pre_connection(pre_connection, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_pre_read_request(pre_read_request, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_post_read_request(post_read_request, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_quick_handler(gate_quick_handler, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_translate_name(gate_translate, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_handler(gate_handler, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_log_transaction(log_transaction, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_insert_network_bucket(insert_network_bucket, NULL, NULL, APR_HOOK_MIDDLE);
+    record_filter_handle = ap_register_input_filter("PERUSER_RECORD", record_filter, NULL, AP_FTYPE_CONNECTION);
+}

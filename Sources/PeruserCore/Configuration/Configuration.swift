@@ -1,0 +1,304 @@
+// The whole Peruser configuration of one pass, built once from the directives as written and
+// read by the parent, the multiplexers and the workers (which inherit it when forked).
+
+/// What building a configuration asks of the system: accounts and file-system facts.
+public struct SystemFacts {
+    public var accounts: AccountDirectory
+    public var paths: (String) -> PathFacts?
+    public var cgroups: (String) -> CgroupFacts?
+
+    public init(accounts: AccountDirectory, paths: @escaping (String) -> PathFacts?,
+                cgroups: @escaping (String) -> CgroupFacts?) {
+        self.accounts = accounts
+        self.paths = paths
+        self.cgroups = cgroups
+    }
+}
+
+/// A configuration error, worded for `apache2ctl configtest`: it names the directive, where it
+/// is, and the problem.
+public struct ConfigurationError: Error, Equatable, CustomStringConvertible {
+    public let description: String
+
+    public init(_ description: String) { self.description = description }
+}
+
+/// An account named by MultiplexerUser or MultiplexerGroup.
+public struct NamedAccount: Equatable {
+    public var name: String
+    public var id: UInt32
+    public var location: String
+}
+
+/// Whom the multiplexers run as without MultiplexerUser/MultiplexerGroup: mod_unixd's User
+/// and Group, with where they were set ("line N of F", or "the default").
+public struct UnixdIdentity: Equatable {
+    public var user: String
+    public var uid: UInt32
+    public var gid: UInt32
+    public var userLocation: String
+    public var groupLocation: String
+
+    public init(user: String, uid: UInt32, gid: UInt32, userLocation: String, groupLocation: String) {
+        self.user = user
+        self.uid = uid
+        self.gid = gid
+        self.userLocation = userLocation
+        self.groupLocation = groupLocation
+    }
+}
+
+public struct Configuration {
+    public fileprivate(set) var limits = ServerLimits()
+    public fileprivate(set) var environments = EnvironmentTable()
+    /// Where each environment comes from, for messages: "<Processor p> (line N of F)" or
+    /// "AssignUserID u g (line N of F)".
+    public fileprivate(set) var origins: [String] = []
+    /// Each environment's limits: its `<Processor>`'s overrides applied to the global ones.
+    public fileprivate(set) var workerLimits: [WorkerLimits] = []
+    public fileprivate(set) var multiplexerChroot: String?
+    public fileprivate(set) var multiplexerUser: NamedAccount?
+    public fileprivate(set) var multiplexerGroup: NamedAccount?
+    /// PeruserHandBack (On by default).
+    public fileprivate(set) var handBack = true
+    /// The environment each ServerEnvironment or AssignUserID names, by its index in the list
+    /// of directives the configuration was built from.
+    public fileprivate(set) var environmentOfDirective: [Int: Int] = [:]
+
+    /// The defaults alone: no environment.
+    public init() {}
+
+    /// Reads every directive in order, then checks the limits against each other. The first
+    /// problem is thrown.
+    public static func build(_ directives: [RawDirective], system: SystemFacts) throws(ConfigurationError) -> Configuration {
+        var configuration = Configuration()
+        var builder = Builder(directives: directives, system: system)
+        for index in directives.indices where directives[index].section == nil {
+            try builder.read(index, into: &configuration)
+        }
+        configuration.workerLimits = configuration.environments.environments.map {
+            $0.overrides.applied(to: configuration.limits.workers)
+        }
+        do throws(LimitError) {
+            for (environment, limits) in zip(configuration.environments.environments, configuration.workerLimits) {
+                try validate(limits, scope: "in <Processor \(environment.name)>")
+            }
+            try validate(configuration.limits, environments: configuration.workerLimits)
+        } catch {
+            throw ConfigurationError(error.description)
+        }
+        return configuration
+    }
+
+    /// A tenant must never share the multiplexers' uid or gid: its code could signal or trace
+    /// them and stop all routing. Environments that share a uid are one trust domain: returned
+    /// as warnings.
+    public func checkIdentities(unixd: UnixdIdentity) throws(ConfigurationError) -> [String] {
+        let muxUid = multiplexerUser?.id ?? unixd.uid
+        let muxGid = multiplexerGroup?.id ?? unixd.gid
+        let userDirective = multiplexerUser.map { "MultiplexerUser \($0.name) (\($0.location))" }
+            ?? "User \(unixd.user) (\(unixd.userLocation))"
+        let groupDirective = multiplexerGroup.map { "MultiplexerGroup \($0.name) (\($0.location))" }
+            ?? "Group (\(unixd.groupLocation))"
+        var warnings: [String] = []
+        var firstWithUid: [UInt32: String] = [:]
+        for (index, environment) in environments.environments.enumerated() {
+            let uid = environment.identity.uid, gid = environment.identity.gid
+            if uid == muxUid || gid == muxGid {
+                let byUid = uid == muxUid
+                throw ConfigurationError(
+                    "\(origins[index]) runs as \(byUid ? "uid" : "gid") \(byUid ? uid : gid), which the multiplexers "
+                    + "run as too (\(byUid ? userDirective : groupDirective)): its code could signal or trace the "
+                    + "multiplexers and stop every site. Give the tenant a user and group of its own, or run the "
+                    + "multiplexers under an account no tenant uses: MultiplexerUser peruser-mux and "
+                    + "MultiplexerGroup peruser-mux (the Debian package creates that account and sets both)")
+            }
+            if let other = firstWithUid[uid] {
+                warnings.append("environments \(other) and \(environment.name) both run as uid \(uid): they are one "
+                                + "trust domain (each can signal, trace and read the other's workers)")
+            } else {
+                firstWithUid[uid] = environment.name
+            }
+        }
+        return warnings
+    }
+}
+
+/// One pass over the directives.
+private struct Builder {
+    let directives: [RawDirective]
+    let system: SystemFacts
+    /// Where each environment was declared (its directive's index), for "declared before".
+    var declaredAt: [Int] = []
+    var processorWaitGiven = false
+
+    init(directives: [RawDirective], system: SystemFacts) {
+        self.directives = directives
+        self.system = system
+    }
+
+    mutating func read(_ index: Int, into configuration: inout Configuration) throws(ConfigurationError) {
+        let directive = directives[index]
+        let arguments = directive.arguments
+        func fail(_ message: String) -> ConfigurationError {
+            ConfigurationError("\(directive.location): \(message)")
+        }
+        func count(_ text: String, _ name: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+            do throws(ConfigError) {
+                return try parseCount(text, directive: name, range: range)
+            } catch {
+                throw fail(error.description)
+            }
+        }
+        if let limit = Directives.limits.first(where: { $0.name == directive.name }) {
+            guard arguments.count == 1 else { throw fail("\(directive.name) takes one argument") }
+            limit.store(&configuration.limits, try count(arguments[0], limit.name, limit.range))
+            return
+        }
+        switch directive.name {
+        case "ProcessorWaitTimeout":
+            guard (1...2).contains(arguments.count) else { throw fail("ProcessorWaitTimeout takes one or two arguments") }
+            configuration.limits.processorWaitSeconds = try count(arguments[0], "ProcessorWaitTimeout",
+                                                                  Directives.processorWaitSeconds)
+            configuration.limits.processorWaitLevels = arguments.count == 2
+                ? try count(arguments[1], "ProcessorWaitTimeout levels", Directives.processorWaitLevels) : 10
+        case "<Processor":
+            try readProcessor(index, into: &configuration)
+        case "ServerEnvironment":
+            let name = arguments.first ?? ""
+            guard let environment = configuration.environments.index(named: name),
+                  declaredAt[environment] < index else {
+                throw fail("ServerEnvironment \(name): " + ConfigError.unknownEnvironment(name).description)
+            }
+            configuration.environmentOfDirective[index] = environment
+        case "AssignUserID":
+            guard arguments.count == 2 else { throw fail("AssignUserID takes a user and a group") }
+            let (user, group) = (arguments[0], arguments[1])
+            let name = implicitEnvironmentName(user: user, group: group)
+            do throws(ConfigError) {
+                let identity = try resolveIdentity(user: user, group: group, environment: name,
+                                                   directory: system.accounts)
+                if let existing = configuration.environments.index(named: name) {
+                    guard configuration.environments[existing]?.identity == identity else {
+                        throw ConfigError.duplicateEnvironment(name)
+                    }
+                    configuration.environmentOfDirective[index] = existing
+                } else {
+                    let environment = try configuration.environments.add(Environment(name: name, identity: identity))
+                    configuration.origins.append("AssignUserID \(user) \(group) (\(directive.location))")
+                    declaredAt.append(index)
+                    configuration.environmentOfDirective[index] = environment
+                }
+            } catch {
+                throw fail("AssignUserID \(user) \(group): \(error.description)")
+            }
+        case "PeruserHandBack":
+            switch arguments.first?.lowercased() {
+            case "on": configuration.handBack = true
+            case "off": configuration.handBack = false
+            default: throw fail("PeruserHandBack must be On or Off")
+            }
+        case "MultiplexerUser", "MultiplexerGroup":
+            let isGroup = directive.name == "MultiplexerGroup"
+            let name = arguments.first ?? ""
+            let id: UInt32?
+            if name.first == "#" {
+                id = UInt32(name.dropFirst()).flatMap { $0 == UInt32.max ? nil : $0 }
+            } else {
+                id = isGroup ? system.accounts.group(named: name) : system.accounts.user(named: name)?.uid
+            }
+            guard let id else {
+                throw fail("\(directive.name) \(name): no such \(isGroup ? "group" : "user") on this system "
+                           + "(the Debian package creates peruser-mux; elsewhere: useradd --system --user-group "
+                           + "--no-create-home --shell /usr/sbin/nologin peruser-mux)")
+            }
+            guard id != 0 else { throw fail("\(directive.name) \(name): the multiplexers must not run as root") }
+            let account = NamedAccount(name: name, id: id, location: directive.location)
+            if isGroup { configuration.multiplexerGroup = account } else { configuration.multiplexerUser = account }
+        case "MultiplexerChroot":
+            do throws(IsolationError) {
+                configuration.multiplexerChroot = try checkChrootDirectory(arguments.first ?? "",
+                                                                           directive: "MultiplexerChroot",
+                                                                           facts: system.paths)
+            } catch {
+                throw fail(error.description)
+            }
+        default:
+            throw fail("\(directive.name) is not a Peruser directive")
+        }
+    }
+
+    /// `<Processor name>` and the directives inside it.
+    mutating func readProcessor(_ index: Int, into configuration: inout Configuration) throws(ConfigurationError) {
+        let section = directives[index]
+        let name = section.arguments.first ?? ""
+        let origin = "<Processor \(name)> (\(section.location))"
+        var user: String?, group: String?
+        var overrides = WorkerLimitOverrides()
+        var confinement = Confinement()
+        var chrootPath: String?
+        var cgroupPaths: [String] = []
+        for child in directives.indices where directives[child].section == index {
+            let directive = directives[child]
+            let at = "(\(directive.location))"
+            guard directive.arguments.count == 1, let value = directive.arguments.first, !value.isEmpty else {
+                throw ConfigurationError("\(directive.name) inside <Processor \(name)> takes one argument \(at)")
+            }
+            func once(_ slot: inout String?) throws(ConfigurationError) {
+                guard slot == nil else {
+                    throw ConfigurationError("\(directive.name) is given twice in <Processor \(name)> \(at)")
+                }
+                slot = value
+            }
+            switch directive.name.lowercased() {
+            case "user": try once(&user)
+            case "group": try once(&group)
+            case "chroot": try once(&chrootPath)
+            case "cgroup":
+                guard cgroupPaths.count < Directives.mostCgroups else {
+                    throw ConfigurationError("<Processor \(name)> names more than \(Directives.mostCgroups) Cgroup "
+                                             + "directories \(at)")
+                }
+                cgroupPaths.append(value)
+            case "nicevalue":
+                guard confinement.nice == nil else {
+                    throw ConfigurationError("NiceValue is given twice in <Processor \(name)> \(at)")
+                }
+                do throws(ConfigError) {
+                    confinement.nice = try parseCount(value, directive: "NiceValue", range: Confinement.niceRange)
+                } catch {
+                    throw ConfigurationError("\(error.description) \(at)")
+                }
+            default:
+                guard let limit = Directives.processorLimits.first(where: {
+                    $0.name.lowercased() == directive.name.lowercased()
+                }) else {
+                    throw ConfigurationError("\(directive.name) is not allowed inside <Processor \(name)> \(at); "
+                                             + "allowed are User, Group, MinProcessors, MaxProcessors, "
+                                             + "MinSpareProcessors, MaxSpareProcessors, Chroot, Cgroup and NiceValue")
+                }
+                do throws(ConfigError) {
+                    limit.store(&overrides, try parseCount(value, directive: limit.name, range: limit.range))
+                } catch {
+                    throw ConfigurationError("\(error.description) \(at)")
+                }
+            }
+        }
+        do {
+            let identity = try resolveIdentity(user: user, group: group, environment: name, directory: system.accounts)
+            if let chrootPath {
+                confinement.chroot = try checkChrootDirectory(chrootPath, directive: "Chroot", facts: system.paths)
+            }
+            for path in cgroupPaths {
+                confinement.cgroups.append(try checkCgroupDirectory(path, already: confinement.cgroups,
+                                                                    facts: system.cgroups))
+            }
+            try configuration.environments.add(Environment(name: name, identity: identity, overrides: overrides,
+                                                           confinement: confinement))
+        } catch {
+            throw ConfigurationError("\(origin): \(error)")
+        }
+        configuration.origins.append(origin)
+        declaredAt.append(index)
+    }
+}

@@ -1,0 +1,76 @@
+// A multiplexer's life: keep only the sending ends of the hand-off channels and the receiving
+// ends of the hand-back channels, drop to the multiplexers' own account, then run the event
+// loop (Multiplexer.swift) until asked to stop.
+import CPeruserShim
+import Glibc
+import PeruserCore
+
+func multiplexerMain(slot: Int, control: Int32, parentPid: pid_t) -> Never {
+    for index in channels.indices {
+        channels[index].handoffReceive.close()
+        channels[index].handbackSend.close()
+    }
+    if let lasting {
+        if lasting.pointee.demand.0 >= 0 { close(lasting.pointee.demand.0) }
+        lasting.pointee.demand.0 = -1
+        if lasting.pointee.table_fd >= 0 { close(lasting.pointee.table_fd) }
+        lasting.pointee.table_fd = -1
+        lasting.closeEveryControl()
+    }
+    peruser_shim_reopen_scoreboard()
+    if configuration.multiplexerChroot != nil { tzset() }
+    let user = configuration.multiplexerUser, group = configuration.multiplexerGroup
+    let dropped = withOptionalCString(configuration.multiplexerChroot) { chroot in
+        withOptionalCString(user?.name) { name in
+            peruser_shim_multiplexer_drop_privileges(chroot, name, user.map { Int64($0.id) } ?? -1,
+                                                     group.map { Int64($0.id) } ?? -1)
+        }
+    }
+    guard dropped == 0 else { exitChild(exitChildFatal) }
+    // mod_unixd makes the process dumpable again when CoreDumpDirectory is set; a dumpable
+    // multiplexer could be traced by any process of its uid. Never.
+    _ = peruser_prctl(PR_SET_DUMPABLE, 0)
+    guard getuid() != 0 && geteuid() != 0 else {
+        log(PERUSER_LOG_EMERG, "peruser: a multiplexer must not run as root; set User and Group")
+        exitChild(exitChildFatal)
+    }
+    _ = peruser_prctl(PR_SET_NO_NEW_PRIVS, 1)
+    dieWithParent(parentPid)
+    // A multiplexer holds many connections at once: as many descriptors as the system allows.
+    var limit = rlimit()
+    let files = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+    if getrlimit(files, &limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max
+        setrlimit(files, &limit)
+    }
+    peruser_shim_multiplexer_init(Int32(slot))
+
+    var listeners = [Int32](repeating: -1, count: 1024)
+    let listenerCount = Int(peruser_shim_listeners(&listeners, Int32(listeners.count)))
+    let generation = parent?.policy.generation ?? 0
+    guard let secret = lasting?.pointee.mux_secret,
+          let key = HandbackKey(UnsafeRawBufferPointer(start: secret, count: Int(getpagesize()))) else {
+        log(PERUSER_LOG_ERR, "multiplexer: started without its secret")
+        exitChild(1)
+    }
+    var handbacks: [HandbackChannel] = []
+    for (environment, ends) in channels.enumerated() {
+        // A worker holds one connection at a time: twice an environment's workers is room
+        // enough for its honest hand-backs, and a bound on a flood.
+        let most = max(16, 2 * (configuration.workerLimits.indices.contains(environment)
+                                ? configuration.workerLimits[environment].maxProcessors : 1))
+        handbacks.append(HandbackChannel(fd: ends.handbackReceive.raw, generation: generation,
+                                         environment: environment, most: most))
+    }
+    for (environment, fd) in (lasting?.previousHandbacks ?? []).enumerated() where fd >= 0 {
+        handbacks.append(HandbackChannel(fd: fd, generation: lasting?.pointee.previous_generation ?? 0,
+                                         environment: environment, most: 16))
+    }
+    guard var multiplexer = Multiplexer(slot: slot, listeners: Array(listeners[0..<min(listenerCount, listeners.count)]),
+                                        handoffs: channels.map(\.handoffSend.raw), handbacks: handbacks,
+                                        generation: generation, key: key,
+                                        demand: lasting?.pointee.demand.1 ?? -1, control: control) else {
+        exitChild(1)
+    }
+    exitChild(multiplexer.run())
+}

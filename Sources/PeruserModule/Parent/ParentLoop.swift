@@ -1,0 +1,232 @@
+// The parent's loop: start a generation, then reap, read demands and maintain until a restart
+// or stop is asked for; stop children, at once or gracefully. The run hook (CShim/module.c)
+// calls these in order.
+import CPeruserShim
+import Glibc
+import PeruserCore
+
+/// How long a hard stop waits for children before SIGKILL.
+let stopGraceMilliseconds: Int64 = 5000
+/// The parent's maintenance round when nothing wakes it sooner.
+let maintenanceIntervalMilliseconds: Int32 = 200
+
+@_cdecl("peruser_parent_begin")
+public func peruserParentBegin(_ retained: UnsafeMutablePointer<peruser_lasting>?, _ slots: Int32,
+                               _ generation: UInt32, _ wasGraceful: Int32) -> Int32 {
+    guard let retained, retained.initializeOnce(), let records = retained.records,
+          slots > 0, slots <= PERUSER_MOST_SLOTS else {
+        log(PERUSER_LOG_EMERG, "peruser: internal error: no room for the child records of \(slots) slots")
+        return -1
+    }
+    lasting = retained
+    do throws(GenerationError) {
+        try openLastingChannels(retained)
+        try openGenerationChannels()
+        try mapChildTable(retained, slots: Int(slots))
+        try beginSupervision(records: records, slots: Int(slots), generation: generation,
+                             carryFrom: wasGraceful != 0 ? retained.pointee.previous_table : nil,
+                             previousSize: retained.pointee.previous_table_size,
+                             previousEnvironments: Int(retained.pointee.previous_table_environments))
+    } catch {
+        log(PERUSER_LOG_EMERG, "peruser: \(error)")
+        closeGenerationChannels(retained, generation: generation)
+        return -1
+    }
+    let limits = configuration.limits
+    log(PERUSER_LOG_NOTICE, "peruser: generation \(generation), \(configuration.environments.count) environment(s), "
+        + "\(limits.minMultiplexers) to \(limits.maxMultiplexers) multiplexer(s), \(slots) slots")
+    return 0
+}
+
+/// Formats this generation's table (counters carry over a graceful restart by environment
+/// name; the old table's sizes come from the parent's own records of it) and the planner.
+func beginSupervision(records: UnsafeMutablePointer<peruser_child_record>, slots: Int, generation: UInt32,
+                      carryFrom previous: UnsafeMutableRawPointer?, previousSize: Int,
+                      previousEnvironments: Int) throws(GenerationError) {
+    guard let table = lasting?.pointee.table, let size = lasting?.pointee.table_size,
+          let formatted = ChildTable.format(table, size: size, slots: slots,
+                                            environments: configuration.environments.count,
+                                            workerPages: workerPagePools().total, generation: generation) else {
+        throw .message("internal error: child table too small")
+    }
+    for (index, environment) in configuration.environments.environments.enumerated() {
+        formatted.setEnvironmentName(index, environment.name)
+        if let field = formatted.environmentField(index, ChildTableLayout.availabilityOffset) {
+            field.storeBytes(of: UInt32(100), as: UInt32.self)
+        }
+    }
+    if let previous, previousEnvironments > 0,
+       previousSize >= ChildTableLayout.size(slots: slots, environments: previousEnvironments) {
+        let old = ChildTable(base: previous, slotCount: slots, environmentCount: previousEnvironments)
+        var byName: [String: EnvironmentCounters] = [:]
+        for index in 0..<old.environmentCount { if let c = old.environment(index) { byName[c.name] = c } }
+        for (index, environment) in configuration.environments.environments.enumerated() {
+            if let counters = byName[environment.name] { formatted.carry(counters, into: index) }
+        }
+    }
+    sharedTable = formatted
+    var limits = configuration.limits
+    limits.serverLimit = slots
+    limits.maxClients = min(limits.maxClients, slots)
+    let policy = MaintenancePolicy(limits: limits, environments: configuration.workerLimits, generation: generation)
+    parent = ParentState(records: records, capacity: slots, policy: policy)
+}
+
+@_cdecl("peruser_parent_run")
+public func peruserParentRun() {
+    var lastMonitor: Int64 = 0
+    while peruser_shim_pending() == 0 {
+        reapChildren(quietly: false)
+        readDemands()
+        let now = monotonicMilliseconds()
+        maintain(now: now)
+        if now - lastMonitor >= 1000 {
+            lastMonitor = now
+            peruser_shim_monitor()
+        }
+        waitForWork(maintenanceIntervalMilliseconds)
+    }
+}
+
+@_cdecl("peruser_parent_end_generation")
+public func peruserParentEndGeneration() {
+    guard let lasting, let state = parent else { return }
+    closeGenerationChannels(lasting, generation: state.policy.generation)
+}
+
+@_cdecl("peruser_parent_stop_children")
+public func peruserParentStopChildren() {
+    let deadline = monotonicMilliseconds() + stopGraceMilliseconds
+    signalEveryChild(SIGTERM)
+    while liveChildren() > 0 && monotonicMilliseconds() < deadline {
+        poll(nil, 0, 20)
+        reapChildren(quietly: true)
+    }
+    if liveChildren() > 0 {
+        log(PERUSER_LOG_WARNING, "peruser: children still alive \(stopGraceMilliseconds) ms after SIGTERM; sending SIGKILL")
+        signalEveryChild(SIGKILL)
+        while liveChildren() > 0 {
+            poll(nil, 0, 20)
+            reapChildren(quietly: true)
+        }
+    }
+}
+
+@_cdecl("peruser_parent_graceful_stop")
+public func peruserParentGracefulStop(_ timeoutSeconds: Int32) {
+    let cutoff = timeoutSeconds > 0 ? monotonicMilliseconds() + Int64(timeoutSeconds) * 1000 : 0
+    while peruser_shim_pending() & PERUSER_PENDING_SHUTDOWN == 0 && (cutoff == 0 || monotonicMilliseconds() < cutoff) {
+        guard var state = parent else { break }
+        state.finish(everyone: true, now: monotonicMilliseconds())
+        parent = state
+        guard liveChildren() > 0 else { break }
+        waitForWork(maintenanceIntervalMilliseconds)
+        reapChildren(quietly: false)
+    }
+    peruserParentStopChildren()
+}
+
+@_cdecl("peruser_parent_slots_in_use")
+public func peruserParentSlotsInUse() -> Int32 {
+    guard let state = parent else { return 0 }
+    return Int32(((0..<state.capacity).last { state.records[$0].pid > 0 }).map { $0 + 1 } ?? 0)
+}
+
+func liveChildren() -> Int {
+    guard let state = parent else { return 0 }
+    return (0..<state.capacity).filter { state.records[$0].pid > 0 }.count
+}
+
+/// Signals only pids from the parent's private records, never pids read from shared memory.
+func signalEveryChild(_ signal: Int32) {
+    guard let state = parent else { return }
+    for slot in 0..<state.capacity where state.records[slot].pid > 0 {
+        signalProcess(state.records[slot].pid, signal)
+    }
+}
+
+/// Waits for a demand, a child's exit (SIGCHLD interrupts the poll), a signal, or the timeout.
+func waitForWork(_ timeout: Int32) {
+    guard let demand = lasting?.pointee.demand.0, demand >= 0 else {
+        poll(nil, 0, timeout)
+        return
+    }
+    var entry = pollfd(fd: demand, events: Int16(POLLIN), revents: 0)
+    poll(&entry, 1, timeout)
+}
+
+/// Environments the multiplexers asked workers for (4-byte words, validated here).
+func readDemands() {
+    guard let demand = lasting?.pointee.demand.0, demand >= 0 else { return }
+    var batch = [UInt32](repeating: 0, count: 64)
+    while true {
+        let length = batch.withUnsafeMutableBytes { read(demand, $0.baseAddress, $0.count) }
+        guard length > 0 else { return }
+        for index in 0..<(length / 4) { demanded(batch[index]) }
+    }
+}
+
+func demanded(_ word: UInt32) {
+    let environment = Int(word & ~Multiplexer.brokenChannelFlag)
+    guard environment < configuration.environments.count, var state = parent else { return }
+    if word & Multiplexer.brokenChannelFlag != 0 {
+        state.renewChannels(environment, now: monotonicMilliseconds())
+    } else {
+        state.demanded.insert(environment)
+    }
+    parent = state
+}
+
+func maintain(now: Int64) {
+    guard var state = parent else { return }
+    state.finish(everyone: false, now: now)
+    // Children first, queues second: a worker that takes a connection in between then shows
+    // as idle-with-work-queued or busy-with-nothing-queued, never busy-with-work-queued
+    // (which would start a worker nobody needs).
+    let children = state.children()
+    state.clearFailedStarts(children)
+    var load: [EnvironmentLoad] = []
+    for environment in 0..<configuration.environments.count {
+        let counters = sharedTable?.environment(environment)
+        load.append(EnvironmentLoad(queued: counters?.queued ?? 0, demanded: state.demanded.contains(environment)))
+    }
+    state.demanded.removeAll()
+    let plan = state.policy.plan(children: children, load: load, backoffUntil: state.backoff.until, now: now)
+    state.apply(plan, now: now)
+    parent = state
+}
+
+/// Reaps every child that exited; `quietly` while the server stops every child.
+func reapChildren(quietly: Bool) {
+    while let (pid, status) = reapOne() {
+        guard var state = parent, let found = (0..<state.capacity).first(where: { state.records[$0].pid == pid }) else {
+            peruser_shim_other_child_exited(pid, status.raw)  // perhaps a piped logger, which apr restarts
+            continue
+        }
+        let record = state.records[found]
+        let role: ChildRole = record.environment < 0 ? .multiplexer : .worker(environment: Int(record.environment))
+        let exit = ChildExit.classify(role: role, generation: record.generation, retiring: record.retiring != 0,
+                                      draining: record.draining != 0, expired: record.expired != 0,
+                                      status: sharedTable?.slot(found)?.status, exitedCleanly: status.isClean,
+                                      serverStopping: quietly, currentGeneration: state.policy.generation)
+        let now = monotonicMilliseconds()
+        if exit.isCurrentGeneration {
+            state.backoff.childExited(role: role, startedAt: record.started_at, now: now,
+                                      cleanly: exit.countsAsClean, wasServing: exit.wasServing)
+            sharedTable?.setSlot(found, pid: 0, type: .unknown, environment: 0, generation: record.generation,
+                                 status: .standby, now: now)
+        }
+        let described = state.describe(found)
+        state.records[found] = peruser_child_record()
+        if exit.failedToStart { state.startFailed(environment: Int(record.environment)) }
+        parent = state
+        peruser_shim_scoreboard_slot(Int32(found), 0, PERUSER_SCOREBOARD_DEAD)
+        lasting?.closeControl(found)
+        if quietly || status.isClean { continue }
+        if let signal = status.killedBySignal {
+            log(PERUSER_LOG_WARNING, "peruser: \(described) was killed by signal \(signal)")
+        } else {
+            log(PERUSER_LOG_WARNING, "peruser: \(described) exited with status \(status.exitCode)")
+        }
+    }
+}

@@ -1,0 +1,83 @@
+// Forking a child into a slot: a multiplexer gets a control channel from the parent; a worker
+// with cgroups waits at a gate until the parent has moved it into them.
+import CPeruserShim
+import Glibc
+import PeruserCore
+
+/// Forks a child into `slot` (`environment` nil: a multiplexer). Its pid, or nil (logged).
+func spawn(slot: Int, environment: Int?) -> Int32? {
+    peruser_shim_scoreboard_slot(Int32(slot), 0, PERUSER_SCOREBOARD_STARTING)
+    var controlParent = FileDescriptor.none, controlChild = FileDescriptor.none
+    var gateRead = FileDescriptor.none, gateWrite = FileDescriptor.none
+    func giveUp(_ what: String, _ failure: Errno) -> Int32? {
+        log(PERUSER_LOG_ERR, "peruser: \(what): \(failure)")
+        peruser_shim_scoreboard_slot(Int32(slot), 0, PERUSER_SCOREBOARD_DEAD)
+        controlParent.close()
+        controlChild.close()
+        gateRead.close()
+        gateWrite.close()
+        return nil
+    }
+    if environment == nil {
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            return giveUp("cannot create a control channel", .current)
+        }
+        (controlParent, controlChild) = (FileDescriptor(raw: pair[0]), FileDescriptor(raw: pair[1]))
+    }
+    let cgroups = environment.flatMap { configuration.environments[$0]?.confinement.cgroups } ?? []
+    if !cgroups.isEmpty {
+        do throws(Errno) {
+            (gateRead, gateWrite) = try FileDescriptor.pipe()
+        } catch {
+            return giveUp("cannot create a start gate", error)
+        }
+    }
+    let parentPid = getpid()
+    let pid = fork()
+    if pid < 0 { return giveUp("fork failed", .current) }
+    if pid == 0 {
+        controlParent.close()
+        if gateRead.isOpen {
+            gateWrite.close()
+            var go: UInt8 = 0
+            let got = try? retryingInterrupts { read(gateRead.raw, &go, 1) }
+            // Not moved into its cgroups (the parent logged why): never serve.
+            if got != 1 { _exit(exitChildSick) }
+            gateRead.close()
+        }
+        peruser_shim_child_start(Int32(slot))
+        if let environment {
+            workerMain(slot: slot, environment: environment, parentPid: parentPid)
+        } else {
+            multiplexerMain(slot: slot, control: controlChild.raw, parentPid: parentPid)
+        }
+    }
+    if gateWrite.isOpen {
+        gateRead.close()
+        do throws(CgroupError) {
+            try moveIntoCgroups(pid, cgroups)
+            _ = write(gateWrite.raw, "g", 1)
+        } catch {
+            log(PERUSER_LOG_ERR, "peruser: cannot move a new worker of environment "
+                + "\(environmentLabel(environment ?? -1)) (pid \(pid)) into cgroup \(error.directory); "
+                + "the worker is not started (\(error.errno))")
+        }
+        gateWrite.close()  // without the byte, the worker exits at the gate
+    }
+    controlChild.close()
+    if controlParent.isOpen {
+        shutdown(controlParent.raw, Int32(SHUT_RD))  // the parent only sends on it
+        lasting?.closeControl(slot)
+        lasting?.setControl(slot, controlParent.raw)
+    }
+    peruser_shim_scoreboard_slot(Int32(slot), pid, PERUSER_SCOREBOARD_STARTING)
+    return pid
+}
+
+/// Ends a child: its status page says standby, then the modules' child cleanups run.
+func exitChild(_ code: Int32) -> Never {
+    if let page = ownPage { sharedTable?.setStatus(page: page, .standby, now: monotonicMilliseconds()) }
+    peruser_shim_child_exit(code)
+    exit(code)  // not reached
+}

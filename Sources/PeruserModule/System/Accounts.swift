@@ -1,0 +1,20 @@
+// Accounts and file-system facts, as configuration building asks for them.
+import Glibc
+import PeruserCore
+
+/// getpwnam/getgrnam; the parent is single-threaded, so the non-reentrant calls are safe.
+struct SystemAccounts: AccountDirectory {
+    func user(named name: String) -> (uid: UInt32, primaryGid: UInt32)? {
+        guard let entry = getpwnam(name) else { return nil }
+        return (entry.pointee.pw_uid, entry.pointee.pw_gid)
+    }
+
+    func group(named name: String) -> UInt32? {
+        guard let entry = getgrnam(name) else { return nil }
+        return entry.pointee.gr_gid
+    }
+}
+
+extension SystemFacts {
+    static let live = SystemFacts(accounts: SystemAccounts(), paths: SystemPaths.facts, cgroups: SystemPaths.cgroupFacts)
+}

@@ -1,0 +1,36 @@
+// Socket facts the multiplexers and workers check before trusting a descriptor.
+import CPeruserShim
+import Glibc
+
+/// Whether the receiving side of a Unix socket was shut down (a sender's shutdown(SHUT_WR)
+/// reaches it as POLLRDHUP; 0x2000 on Linux, not in Swift's Glibc module).
+func receiveSideShutDown(_ fd: Int32) -> Bool {
+    var entry = pollfd(fd: fd, events: Int16(0x2000), revents: 0)
+    return poll(&entry, 1, 0) == 1 && entry.revents & Int16(0x2000) != 0
+}
+
+/// The kernel's cookie of a socket (SO_COOKIE, 57 on Linux): unique per socket until reboot.
+func socketCookie(_ fd: Int32) -> UInt64? {
+    var cookie: UInt64 = 0
+    var length = socklen_t(MemoryLayout<UInt64>.size)
+    guard getsockopt(fd, SOL_SOCKET, 57, &cookie, &length) == 0, length == 8, cookie != 0 else { return nil }
+    return cookie
+}
+
+/// Whether `fd` is a connected TCP stream socket (IPv4 or IPv6).
+func isTCPStream(_ fd: Int32) -> Bool {
+    var type: Int32 = 0
+    var length = socklen_t(MemoryLayout<Int32>.size)
+    guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0, type == Int32(SOCK_STREAM.rawValue) else {
+        return false
+    }
+    var address = sockaddr_storage()
+    var addressLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    let family = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
+            guard getpeername(fd, pointer, &addressLength) == 0 else { return -1 }
+            return Int32(pointer.pointee.sa_family)
+        }
+    }
+    return family == AF_INET || family == AF_INET6
+}

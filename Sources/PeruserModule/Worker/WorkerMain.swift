@@ -1,0 +1,182 @@
+// A worker's life: give up everything that is not its environment's, drop privileges, then take
+// connections from its environment's channel and serve each with Apache (CShim/connection.c),
+// handing a kept-alive connection back when its next request belongs elsewhere.
+import CPeruserShim
+import Glibc
+import PeruserCore
+
+/// The connection being served: what a hand-back needs.
+struct ServedConnection {
+    let fd: Int32
+    let hops: UInt16
+    let ticket: UInt64
+}
+
+nonisolated(unsafe) var servedConnection: ServedConnection?
+/// This worker's environment, and its hand-back channel's sending end.
+nonisolated(unsafe) var workerEnvironment = -1
+nonisolated(unsafe) var handbackChannel: Channel?
+
+func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
+    workerEnvironment = environment
+    // A worker holds no listener, no other environment's channel, no demand pipe, no control
+    // channel, and no view of the multiplexers' state or secret.
+    if let lasting {
+        unmap(lasting.pointee.mux_state, lasting.pointee.mux_state_size)
+        lasting.pointee.mux_state = nil
+        unmap(lasting.pointee.mux_secret, Int(getpagesize()))
+        lasting.pointee.mux_secret = nil
+        lasting.closePreviousHandbacks()
+        lasting.closeEveryControl()
+        for end in [lasting.pointee.demand.0, lasting.pointee.demand.1] where end >= 0 { close(end) }
+        lasting.pointee.demand = (-1, -1)
+    }
+    availabilityBoard = nil
+    peruser_shim_close_listeners()
+    for index in channels.indices {
+        channels[index].handoffSend.close()
+        channels[index].handbackReceive.close()
+        if index != environment { channels[index].closeAll() }
+    }
+    guard channels.indices.contains(environment) else { exitChild(exitChildSick) }
+    let handoff = Channel(fd: channels[environment].handoffReceive.raw)
+    handbackChannel = Channel(fd: channels[environment].handbackSend.raw)
+    do throws(Errno) {
+        try confineTableView(slot: slot, environment: environment)
+    } catch {
+        log(PERUSER_LOG_EMERG, "peruser: worker could not map its read-only view of the child table: \(error)")
+        exitChild(exitChildSick)
+    }
+    peruser_shim_reopen_scoreboard()
+    do throws(ConfinementError) {
+        try dropToEnvironment(environment)
+    } catch {
+        log(PERUSER_LOG_EMERG, "peruser: \(error)")
+        exitChild(exitChildSick)
+    }
+    dieWithParent(parentPid)
+    // SCHED_BATCH: a worker woken by a hand-off does not preempt the multiplexer that is still
+    // accepting, so a burst is spread over workers instead of ping-ponging; measured +8% req/s
+    // and a quarter of the p99 for 1 KiB Connection: close (BENCHMARKS.md).
+    var batch = sched_param()
+    if sched_setscheduler(0, PERUSER_SCHED_BATCH, &batch) != 0 {
+        log(PERUSER_LOG_DEBUG, "peruser: SCHED_BATCH refused: \(Errno.current)")
+    }
+    let mostConnections = Int(peruser_shim_worker_init(Int32(slot), Int32(environment)))
+    let message = UnsafeMutableRawBufferPointer.allocate(byteCount: HandoffMessage.largestMessage, alignment: 8)
+    var served = 0
+    while true {
+        // Retired, recycled (MaxConnectionsPerChild), or told to drain: never in the middle
+        // of a connection.
+        let draining = peruser_shim_drain_requested() != 0
+        if (peruser_shim_stop_requested() != 0 && !draining) || (mostConnections > 0 && served >= mostConnections) {
+            exitChild(0)
+        }
+        peruser_shim_worker_ready()
+        setOwnStatus(.ready)
+        switch handoff.receive(into: message, blocking: !draining) {
+        case .empty, .nothing:
+            exitChild(0)  // drained, or every writer of this generation's channel is gone
+        case .interrupted:
+            continue
+        case .invalid:
+            log(PERUSER_LOG_WARNING, "peruser: worker dropped an invalid message on its channel")
+        case .failed(let failure):
+            log(PERUSER_LOG_ERR, "peruser: worker lost its channel (\(failure)); exiting")
+            exitChild(exitChildSick)
+        case .message(let length, let fd):
+            guard let decoded = try? HandoffMessage.decodeHeader(UnsafeRawBufferPointer(rebasing: message[0..<length]))
+            else {
+                log(PERUSER_LOG_WARNING, "peruser: worker dropped an invalid hand-off message (\(length) bytes)")
+                close(fd)
+                continue
+            }
+            guard isTCPStream(fd) else {
+                log(PERUSER_LOG_WARNING, "peruser: received an fd that is not a connected TCP socket; dropped")
+                close(fd)
+                continue
+            }
+            tookConnection()
+            servedConnection = ServedConnection(fd: fd, hops: decoded.hops, ticket: decoded.ticket)
+            let consumed = UnsafeRawBufferPointer(rebasing: message[HandoffMessage.headerSize..<(HandoffMessage.headerSize
+                                                                                               + decoded.consumedCount)])
+            peruser_shim_serve(fd, consumed.baseAddress?.assumingMemoryBound(to: UInt8.self), consumed.count)
+            servedConnection = nil
+            served += 1
+        }
+    }
+}
+
+/// Replaces the worker's writable mapping of this generation's table by a read-only one with
+/// only its own page and its environment's page writable; drops the previous generation's.
+func confineTableView(slot: Int, environment: Int) throws(Errno) {
+    guard let lasting, let base = lasting.pointee.table, let table = sharedTable, let own = ownPage,
+          (0..<table.environmentCount).contains(environment), lasting.pointee.table_fd >= 0,
+          own >= ChildTableLayout.workerPageOffset(slots: table.slotCount, environments: table.environmentCount, index: 0)
+    else { throw Errno(EINVAL) }
+    unmap(lasting.pointee.previous_table, lasting.pointee.previous_table_size)
+    lasting.pointee.previous_table = nil
+    let environmentPage = ChildTableLayout.environmentPageOffset(slots: table.slotCount,
+                                                                 environments: table.environmentCount,
+                                                                 environment: environment)
+    try confineMapping(base: base, size: lasting.pointee.table_size, fd: lasting.pointee.table_fd,
+                       writablePages: [own, environmentPage], pageSize: ChildTableLayout.pageSize)
+    close(lasting.pointee.table_fd)
+    lasting.pointee.table_fd = -1
+}
+
+// MARK: - The worker's writes to the shared table
+
+func setOwnStatus(_ status: ChildStatus) {
+    guard let page = ownPage else { return }
+    sharedTable?.setStatus(page: page, status, now: monotonicMilliseconds())
+}
+
+/// A worker took a connection from its channel.
+func tookConnection() {
+    guard let table = sharedTable, let page = ownPage else { return }
+    // Off the queue before busy: whoever sees this worker busy also sees the queue shrink.
+    if let field = table.environmentPageField(workerEnvironment, ChildTableLayout.receivedOffset) {
+        peruser_atomic_add_u64(field, 1)
+    }
+    peruser_atomic_add_u64(table.field(page: page, ChildTableLayout.connectionsOffset), 1)
+    table.setStatus(page: page, .active, now: monotonicMilliseconds())
+}
+
+@_cdecl("peruser_worker_started_request")
+public func peruserWorkerStartedRequest(_ request: UnsafePointer<CChar>?, _ vhost: UnsafePointer<CChar>?) {
+    guard let table = sharedTable, let page = ownPage else { return }
+    table.setRequest(page: page, request: request, vhost: vhost)
+    // ExpireTimeout counts from the start of each request.
+    table.setStatus(page: page, .active, now: monotonicMilliseconds())
+    peruser_atomic_add_u64(table.field(page: page, ChildTableLayout.requestsOffset), 1)
+    if let field = table.environmentPageField(workerEnvironment, ChildTableLayout.servedOffset) {
+        peruser_atomic_add_u64(field, 1)
+    }
+}
+
+@_cdecl("peruser_worker_hand_back")
+public func peruserWorkerHandBack(_ consumed: UnsafePointer<UInt8>?, _ length: Int, _ requestsServed: Int32) -> Int32 {
+    guard let connection = servedConnection, let channel = handbackChannel else { return -EINVAL }
+    let hops = requestsServed > 0 ? 1 : (connection.hops == .max ? .max : connection.hops + 1)
+    var message = [UInt8](repeating: 0, count: HandoffMessage.largestMessage)
+    let encoded: Int
+    do {
+        encoded = try message.withUnsafeMutableBytes { out in
+            try HandoffMessage.encode(hops: hops, ticket: connection.ticket,
+                                      consumed: UnsafeRawBufferPointer(start: length > 0 ? consumed : nil, count: consumed == nil ? 0 : length),
+                                      into: out)
+        }
+    } catch {
+        return -EMSGSIZE
+    }
+    // The multiplexers drain this channel in their event loops; a full one is brief.
+    for _ in 0..<100 {
+        switch message.withUnsafeBytes({ channel.send(fd: connection.fd, payload: UnsafeRawBufferPointer(rebasing: $0[0..<encoded])) }) {
+        case .sent: return 0
+        case .failed(let failure): return -failure.code
+        case .full: poll(nil, 0, 10)
+        }
+    }
+    return -EAGAIN
+}

@@ -1,0 +1,158 @@
+import XCTest
+@testable import PeruserCore
+
+private struct Accounts: AccountDirectory {
+    func user(named name: String) -> (uid: UInt32, primaryGid: UInt32)? {
+        ["alice": (1001, 1001), "bob": (1002, 1002), "mux": (999, 999), "root": (0, 0)][name].map { ($0.0, $0.1) }
+    }
+
+    func group(named name: String) -> UInt32? {
+        ["alice": 1001, "bob": 1002, "mux": 999, "root": 0][name]
+    }
+}
+
+private let rootOwned: (String) -> PathFacts? = { _ in PathFacts(isDirectory: true, ownerUid: 0, mode: 0o755) }
+private let system = SystemFacts(accounts: Accounts(), paths: rootOwned,
+                                 cgroups: { _ in CgroupFacts(isDirectory: true, onCgroupFileSystem: true, hasProcsFile: true) })
+
+/// Directives as the C command table stores them: one line each, `<Processor` sections followed
+/// by their contents.
+private func directives(_ text: String) -> [RawDirective] {
+    var out: [RawDirective] = []
+    var section: Int?
+    for (number, line) in text.split(separator: "\n").enumerated() {
+        let words = line.split(separator: " ").map(String.init)
+        guard let name = words.first else { continue }
+        if name == "</Processor>" {
+            section = nil
+            continue
+        }
+        if name.hasPrefix("<Processor") {
+            out.append(RawDirective(name: "<Processor", arguments: [String(words[1].dropLast())], file: "t.conf",
+                                    line: number + 1))
+            section = out.count - 1
+            continue
+        }
+        out.append(RawDirective(name: name, arguments: Array(words.dropFirst()), file: "t.conf", line: number + 1,
+                                section: section))
+    }
+    return out
+}
+
+private func build(_ text: String) throws -> Configuration {
+    try Configuration.build(directives(text), system: system)
+}
+
+private func problem(_ text: String) -> String {
+    do {
+        _ = try build(text)
+        return "(accepted)"
+    } catch {
+        return "\(error)"
+    }
+}
+
+final class ConfigurationTests: XCTestCase {
+    func testDefaultsWithoutDirectives() throws {
+        let configuration = try build("")
+        XCTAssertEqual(configuration.limits, ServerLimits())
+        XCTAssertEqual(configuration.environments.count, 0)
+        XCTAssertTrue(configuration.handBack)
+        XCTAssertNil(configuration.multiplexerUser)
+    }
+
+    func testEnvironmentsLimitsAndServerEnvironmentsInOneValue() throws {
+        let configuration = try build("""
+            MaxProcessors 6
+            ProcessorWaitTimeout 7 4
+            PeruserHandBack Off
+            <Processor a>
+            User alice
+            Group alice
+            MaxProcessors 3
+            NiceValue 5
+            Chroot /srv/jail
+            </Processor>
+            ServerEnvironment a
+            AssignUserID bob bob
+            AssignUserID bob bob
+            MultiplexerUser mux
+            MultiplexerGroup #999
+            """)
+        XCTAssertEqual(configuration.environments.count, 2)
+        XCTAssertEqual(configuration.workerLimits.map(\.maxProcessors), [3, 6])
+        XCTAssertEqual(configuration.environments[0]?.confinement, Confinement(chroot: "/srv/jail", nice: 5))
+        XCTAssertEqual(configuration.limits.processorWaitSeconds, 7)
+        XCTAssertEqual(configuration.limits.processorWaitLevels, 4)
+        XCTAssertFalse(configuration.handBack)
+        // Indices in the stored list: <Processor a> is 3, its five lines 4-8, then 9, 10, 11.
+        XCTAssertEqual(configuration.environmentOfDirective, [9: 0, 10: 1, 11: 1])
+        XCTAssertEqual(configuration.origins, ["<Processor a> (line 4 of t.conf)", "AssignUserID bob bob (line 12 of t.conf)"])
+        XCTAssertEqual(configuration.multiplexerUser?.id, 999)
+        XCTAssertEqual(configuration.multiplexerGroup?.id, 999)
+    }
+
+    func testMaxRequestWorkersIsMaxClients() throws {
+        XCTAssertEqual(try build("MaxRequestWorkers 100").limits.maxClients, 100)
+    }
+
+    func testEveryProblemNamesTheDirectiveAndTheLine() {
+        let env = "<Processor a>\nUser alice\nGroup alice\n</Processor>\n"
+        let cases: [(String, String)] = [
+            ("MinMultiplexers zero", "line 1 of t.conf: MinMultiplexers takes a whole number, not 'zero'"),
+            ("ServerLimit 20001", "line 1 of t.conf: ServerLimit 20001 is out of range (1 to 20000)"),
+            ("ProcessorWaitTimeout 5 0", "line 1 of t.conf: ProcessorWaitTimeout levels 0 is out of range (1 to 100)"),
+            ("ServerEnvironment a\n" + env, "line 1 of t.conf: ServerEnvironment a: no <Processor a> is declared before this line; declare the environment before the virtual hosts that use it"),
+            ("PeruserHandBack maybe", "line 1 of t.conf: PeruserHandBack must be On or Off"),
+            ("MultiplexerUser nobody-here", "line 1 of t.conf: MultiplexerUser nobody-here: no such user on this system"),
+            ("MultiplexerGroup root", "line 1 of t.conf: MultiplexerGroup root: the multiplexers must not run as root"),
+            ("<Processor a>\nGroup alice\n</Processor>", "<Processor a> (line 1 of t.conf): <Processor a> has no User directive"),
+            ("<Processor a>\nUser alice\nUser bob\n</Processor>", "User is given twice in <Processor a> (line 3 of t.conf)"),
+            ("<Processor a>\nUser alice\nDocumentRoot /x\n</Processor>", "DocumentRoot is not allowed inside <Processor a> (line 3 of t.conf)"),
+            ("<Processor a>\nUser alice x\n</Processor>", "User inside <Processor a> takes one argument (line 2 of t.conf)"),
+            ("<Processor a>\nNiceValue 40\n</Processor>", "NiceValue 40 is out of range (-20 to 19) (line 2 of t.conf)"),
+            ("<Processor a>\nMaxSpareProcessors x\n</Processor>", "MaxSpareProcessors takes a whole number, not 'x' (line 2 of t.conf)"),
+            (env + env, "<Processor a> is declared twice"),
+            ("AssignUserID root alice", "line 1 of t.conf: AssignUserID root alice: User 'root' is root (uid 0)"),
+            ("MinProcessors 11", "MinProcessors 11 is above MaxProcessors 10 (global)"),
+            ("<Processor a>\nUser alice\nGroup alice\nMinProcessors 4\nMaxProcessors 3\n</Processor>",
+             "MinProcessors 4 is above MaxProcessors 3 in <Processor a>"),
+        ]
+        for (text, expected) in cases {
+            XCTAssertTrue(problem(text).hasPrefix(expected) || problem(text).contains(expected),
+                          "\(text): \(problem(text))")
+        }
+    }
+
+    func testCgroupsAreCountedAndCheckedOnce() {
+        let many = (0...16).map { "Cgroup /sys/fs/cgroup/g\($0)" }.joined(separator: "\n")
+        XCTAssertTrue(problem("<Processor a>\nUser alice\nGroup alice\n\(many)\n</Processor>")
+            .contains("names more than 16 Cgroup directories"))
+        XCTAssertTrue(problem("<Processor a>\nUser alice\nGroup alice\nCgroup /sys/fs/cgroup/x\nCgroup /sys/fs/cgroup/x\n</Processor>")
+            .contains("is given twice"))
+    }
+
+    func testMultiplexersMustNotShareATenantsIdentity() throws {
+        let unixd = UnixdIdentity(user: "www-data", uid: 33, gid: 33, userLocation: "line 1 of a", groupLocation: "the default")
+        let tenants = try build("<Processor a>\nUser alice\nGroup alice\n</Processor>\n<Processor b>\nUser alice\nGroup bob\n</Processor>")
+        XCTAssertEqual(try tenants.checkIdentities(unixd: unixd),
+                       ["environments a and b both run as uid 1001: they are one trust domain (each can signal, "
+                        + "trace and read the other's workers)"])
+        let sharing = try build("<Processor a>\nUser alice\nGroup alice\n</Processor>\nMultiplexerUser alice")
+        XCTAssertThrowsError(try sharing.checkIdentities(unixd: unixd)) { error in
+            XCTAssertTrue("\(error)".hasPrefix("<Processor a> (line 1 of t.conf) runs as uid 1001, which the multiplexers "
+                                               + "run as too (MultiplexerUser alice (line 5 of t.conf))"), "\(error)")
+        }
+        let byGroup = try build("<Processor a>\nUser alice\nGroup #33\n</Processor>")
+        XCTAssertThrowsError(try byGroup.checkIdentities(unixd: unixd)) { error in
+            XCTAssertTrue("\(error)".contains("runs as gid 33, which the multiplexers run as too (Group (the default))"))
+        }
+    }
+
+    func testEveryStoredDirectiveIsRead() throws {
+        // A directive the table stores but the builder does not know would be refused.
+        for name in Directives.stored where !["<Processor", "ServerEnvironment", "AssignUserID"].contains(name) {
+            XCTAssertFalse(problem("\(name) x").contains("is not a Peruser directive"), name)
+        }
+    }
+}
