@@ -12,7 +12,7 @@ MODULE      := build/mod_mpm_peruser.so
 LINK_STRIP  ?= -Wl,-s
 
 SWIFT_SOURCES := Package.swift $(shell find Sources -type f)
-C_FILES       := mod_mpm_peruser.c directives.c connection.c child.c
+C_FILES       := mod_mpm_peruser.c directives.c connection.c
 C_SOURCES     := $(addprefix CShim/,$(C_FILES)) CShim/peruser.h CShim/peruser_swift.h Sources/CPeruserShim/peruser_shim.h
 
 .PHONY: all deps test unit integration conformance demo demo-stop bench deb clean

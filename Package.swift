@@ -5,6 +5,9 @@
 // points the C shim calls. The static library product is linked into the Apache module by apxs/.
 import PackageDescription
 
+let apacheHeaders = ["-I/usr/include/apache2", "-I/usr/include/apr-1.0", "-DLINUX", "-D_REENTRANT"]
+    .flatMap { ["-Xcc", $0] }
+
 let package = Package(
     name: "mod_mpm_peruser",
     products: [
@@ -15,7 +18,11 @@ let package = Package(
         // Declarations of the C shim functions Swift calls; they are defined in CShim/ and
         // resolved when apxs links the module, so only the module target may import this.
         .systemLibrary(name: "CPeruserShim", path: "Sources/CPeruserShim"),
-        .target(name: "PeruserModule", dependencies: ["PeruserCore", "CPeruserShim"]),
+        // Apache's and APR's headers: the process side calls Apache's API directly. The paths
+        // and defines are those `apxs -q INCLUDEDIR` and apxs's compile flags give on Debian.
+        .systemLibrary(name: "CApache", path: "Sources/CApache"),
+        .target(name: "PeruserModule", dependencies: ["PeruserCore", "CPeruserShim", "CApache"],
+                swiftSettings: [.unsafeFlags(apacheHeaders)]),
         .testTarget(name: "PeruserCoreTests", dependencies: ["PeruserCore"]),
     ],
     // Swift 5 language mode, on purpose: the module is single-threaded by design. The parent is

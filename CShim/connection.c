@@ -11,9 +11,7 @@
 #include "http_ssl.h"
 #include "scoreboard.h"
 #include "util_filter.h"
-#include "apr_portable.h"
 
-#include <fcntl.h>
 #include <string.h>
 
 /* A kept-alive request head longer than this cannot be handed to another environment. */
@@ -38,6 +36,14 @@ static struct {
 } current;
 
 static ap_filter_rec_t *record_filter_handle;
+static int is_worker;
+static int my_environment = -1;
+
+void peruser_shim_worker_serves(int environment)
+{
+    is_worker = 1;
+    my_environment = environment;
+}
 
 /* Keeps a copy of the raw bytes of the request head being read. */
 static apr_status_t record_filter(ap_filter_t *f, apr_bucket_brigade *bb, ap_input_mode_t mode,
@@ -136,7 +142,7 @@ static apr_status_t socket_read(apr_bucket *a, const char **str, apr_size_t *len
 /* Seeds the core input filter: bytes a multiplexer or another worker consumed, then the socket. */
 static apr_status_t insert_network_bucket(conn_rec *c, apr_bucket_brigade *bb, apr_socket_t *socket)
 {
-    if (!peruser_is_worker || socket != current.socket) {
+    if (!is_worker || socket != current.socket) {
         return AP_DECLINED;
     }
     if (current.pending_len > 0) {
@@ -148,55 +154,23 @@ static apr_status_t insert_network_bucket(conn_rec *c, apr_bucket_brigade *bb, a
     return APR_SUCCESS;
 }
 
-/* Serves one connection. Its addresses come from the kernel, never from a message, so a tenant
- * cannot forge the client address another tenant's vhost sees. */
-void peruser_shim_serve_connection(apr_pool_t *ptrans, ap_sb_handle_t *sbh, apr_bucket_alloc_t *ba, int fd,
-                                   const unsigned char *consumed, apr_size_t len, long id)
+void peruser_shim_connection_begins(void *socket, const unsigned char *consumed, size_t len)
 {
-    struct sockaddr_storage local, remote;
-    socklen_t local_len = sizeof local, remote_len = sizeof remote;
-    apr_os_sock_info_t info;
-    apr_socket_t *csd = NULL;
-    conn_rec *c;
-    int flags = fcntl(fd, F_GETFL);
-
-    /* apr takes the socket for a blocking one; a handed-back one may carry O_NONBLOCK. */
-    if (flags >= 0 && (flags & O_NONBLOCK)) {
-        fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-    }
-    memset(&info, 0, sizeof info);
-    if (getsockname(fd, (struct sockaddr *)&local, &local_len) != 0
-        || getpeername(fd, (struct sockaddr *)&remote, &remote_len) != 0) {
-        close(fd);
-        return;
-    }
-    info.os_sock = &fd;
-    info.local = (struct sockaddr *)&local;
-    info.remote = (struct sockaddr *)&remote;
-    info.family = local.ss_family;
-    info.type = SOCK_STREAM;
-    info.protocol = IPPROTO_TCP;
-    if (apr_os_sock_make(&csd, &info, ptrans) != APR_SUCCESS) {
-        close(fd);
-        return;
-    }
     memset(&current, 0, sizeof current);
-    current.socket = csd;
+    current.socket = socket;
     current.pending = consumed;
     current.pending_len = len;
-    if ((c = ap_run_create_connection(ptrans, ap_server_conf, csd, id, sbh, ba))) {
-        ap_process_connection(c, csd);
-        if (!current.handed_back) {
-            ap_lingering_close(c);
-        }
-    }
-    memset(&current, 0, sizeof current);
+}
+
+int peruser_shim_connection_handed_back(void)
+{
+    return current.handed_back;
 }
 
 static int pre_connection(conn_rec *c, void *csd)
 {
     head_record *record;
-    if (!peruser_is_worker || c->master) {
+    if (!is_worker || c->master) {
         return DECLINED;
     }
     record = apr_pcalloc(c->pool, sizeof *record);
@@ -208,7 +182,7 @@ static int pre_connection(conn_rec *c, void *csd)
 
 static void pre_read_request(request_rec *r, conn_rec *c)
 {
-    if (peruser_is_worker && current.record && !c->master) {
+    if (is_worker && current.record && !c->master) {
         current.record->recording = 1;
         current.record->overflow = 0;
         current.record->len = 0;
@@ -265,7 +239,7 @@ static int hand_back(request_rec *r)
     }
     else {
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "peruser: handed connection back (%lu bytes consumed) for %s",
-                      (unsigned long)record->len, peruser_vhost_description(r->pool, r->server));
+                      (unsigned long)record->len, peruser_shim_vhost_description(r->pool, r->server));
         current.handed_back = 1;
     }
     /* Nothing more may be read from or written to this socket here. Closing our fd does not
@@ -278,7 +252,7 @@ static int hand_back(request_rec *r)
 
 static int request_is_ours(const request_rec *r)
 {
-    return peruser_server_environment(r->server) == peruser_my_environment;
+    return peruser_shim_server_environment(r->server) == my_environment;
 }
 
 /* 421 Misdirected Request (RFC 9110 15.5.20): the client retries on a new connection, which the
@@ -286,13 +260,13 @@ static int request_is_ours(const request_rec *r)
 static int misdirected(request_rec *r, const char *where)
 {
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "peruser: %s for %s, which environment %d does not serve; "
-                  "answered 421", where, peruser_vhost_description(r->pool, r->server), peruser_my_environment);
+                  "answered 421", where, peruser_shim_vhost_description(r->pool, r->server), my_environment);
     return HTTP_MISDIRECTED_REQUEST;
 }
 
 static int post_read_request(request_rec *r)
 {
-    if (!peruser_is_worker) {
+    if (!is_worker) {
         return DECLINED;
     }
     /* HTTP/2 streams (c->master set), subrequests and internal redirects cannot move to another
@@ -327,23 +301,23 @@ static int post_read_request(request_rec *r)
  * content, every handler (CGI, PHP, files). Only what passes these runs in this worker. */
 static int gate_quick_handler(request_rec *r, int lookup)
 {
-    return (!peruser_is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "internal request");
+    return (!is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "internal request");
 }
 
 static int gate_translate(request_rec *r)
 {
-    return (!peruser_is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "request");
+    return (!is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "request");
 }
 
 static int gate_handler(request_rec *r)
 {
-    return (!peruser_is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "handler");
+    return (!is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "handler");
 }
 
 /* A handed-back request is logged by the worker that serves it, not here. */
 static int log_transaction(request_rec *r)
 {
-    return (peruser_is_worker && apr_table_get(r->notes, "peruser-handed-back")) ? DONE : DECLINED;
+    return (is_worker && apr_table_get(r->notes, "peruser-handed-back")) ? DONE : DECLINED;
 }
 
 void peruser_register_connection_hooks(void)

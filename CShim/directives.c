@@ -140,8 +140,9 @@ void *peruser_merge_server_config(apr_pool_t *p, void *base_conf, void *virt_con
     return merged;
 }
 
-int peruser_server_environment(const server_rec *s)
+int peruser_shim_server_environment(const void *server)
 {
+    const server_rec *s = server;
     const peruser_server_conf *conf = ap_get_module_config(s->module_config, &mpm_peruser_module);
     int count;
     peruser_directives_stored(&count);
@@ -149,8 +150,10 @@ int peruser_server_environment(const server_rec *s)
         ? environment_of[conf->directive] : -1;
 }
 
-const char *peruser_vhost_description(apr_pool_t *p, const server_rec *s)
+const char *peruser_shim_vhost_description(void *pool, const void *server)
 {
+    apr_pool_t *p = pool;
+    const server_rec *s = server;
     const server_addr_rec *addr = s->addrs;
     return apr_psprintf(p, "%s (<VirtualHost %s:%u> on line %u of %s)",
                         s->server_hostname ? s->server_hostname : "(no ServerName)",

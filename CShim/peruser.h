@@ -7,8 +7,7 @@
  *                      hook, ap_mpm_query, the status hook
  *   directives.c       the command table: setters store the directives as written
  *   connection.c       a worker's connection: the head-recording filter, the pausable socket
- *                      bucket, the hand-back, and the gates that keep other environments out
- *   child.c            Apache's side of a child's life, of routing, and of the parent's loop */
+ *                      bucket, the hand-back, and the gates that keep other environments out */
 #ifndef PERUSER_H
 #define PERUSER_H
 
@@ -25,15 +24,7 @@
 
 extern module AP_MODULE_DECLARE_DATA mpm_peruser_module;
 
-/* Apache's retained data of this MPM (module.c). */
-typedef struct {
-    ap_unixd_mpm_retained_data *mpm;
-    peruser_lasting *lasting;
-} peruser_retained;
-
-extern peruser_retained *peruser_retained_data;
-extern apr_pool_t *peruser_pconf;
-/* What C reads of the configuration, filled by peruser_configure (module.c). */
+/* What C reads of the configuration, filled by peruser_configure (mod_mpm_peruser.c). */
 extern peruser_settings peruser_current_settings;
 
 /* directives.c */
@@ -47,16 +38,8 @@ const char *const *peruser_directives_stored_names(int *count);
 void *peruser_create_server_config(apr_pool_t *p, server_rec *s);
 void *peruser_merge_server_config(apr_pool_t *p, void *base, void *virt);
 /* The environment serving server `s`, or -1 (valid once the configuration is built). */
-int peruser_server_environment(const server_rec *s);
-const char *peruser_vhost_description(apr_pool_t *p, const server_rec *s);
 
 /* connection.c */
 void peruser_register_connection_hooks(void);
-void peruser_shim_serve_connection(apr_pool_t *ptrans, ap_sb_handle_t *sbh, apr_bucket_alloc_t *ba, int fd,
-                                   const unsigned char *consumed, apr_size_t len, long id);
-
-/* child.c */
-extern int peruser_is_worker;
-extern int peruser_my_environment;
 
 #endif

@@ -98,6 +98,20 @@ def header_functions(clang, header, includes=()):
 
 # ---- The Swift side: the module's symbol graph ----
 
+# Flags for the Clang importer (-Xcc), for modules the Swift module imports (Apache's headers).
+CLANG_FLAGS = []
+
+def package_clang_flags():
+    """The Clang importer flags Package.swift gives the module (`let apacheHeaders = [...]`), so
+    that the two cannot disagree."""
+    try:
+        with open(os.path.join(REPO, "Package.swift")) as f:
+            found = re.search(r"let apacheHeaders = \[([^\]]*)\]", f.read())
+    except OSError:
+        return []
+    return re.findall(r'"([^"]+)"', found.group(1)) if found else []
+
+
 CDECL = re.compile(r'(?:^|\s)@_cdecl\("([^"]*)"\)|(?:^|\s)@c(?:\((\w+)\))?(?=\s)')
 
 
@@ -109,6 +123,8 @@ def cdecl_functions(extract, module, search, cache, target):
                 "-minimum-access-level", "private", "-module-cache-path", cache]
         for d in search:
             argv += ["-I", d]
+        for flag in CLANG_FLAGS:
+            argv += ["-Xcc", flag]
         result = run(argv)
         if result.returncode != 0:
             fail_tool(f"swift-symbolgraph-extract of {module} (was `swift build` run?)", result)
@@ -169,6 +185,8 @@ def compare_types(swiftc, pairs, headers, module, search, cache, work):
             "-I", work, source]
     for d in search:
         argv += ["-I", d]
+    for flag in CLANG_FLAGS:
+        argv += ["-Xcc", flag]
     result = run(argv)
     mismatched, other = {}, []
     pattern = re.compile(re.escape(source) + r":(\d+):\d+: error: (.*)")
@@ -194,7 +212,10 @@ def main():
     parser.add_argument("--module", default="PeruserModule", help="the module with the @_cdecl functions")
     parser.add_argument("-I", dest="includes", action="append", default=[],
                         help="more module search paths (Sources/*/module.modulemap are added)")
+    parser.add_argument("--Xcc", dest="clang_flags", action="append", default=[],
+                        help="a flag for the Clang importer, as the module's build gives it (-I..., -D...)")
     args = parser.parse_args()
+    CLANG_FLAGS.extend(args.clang_flags or package_clang_flags())
 
     swift = shutil.which(args.swift)
     if not swift:

@@ -32,17 +32,6 @@ static inline int peruser_prctl(int option, unsigned long value)
     return prctl(option, value, 0UL, 0UL, 0UL);
 }
 
-/* The file system type (statfs f_type) of `path`: 0 with *type set, or -1. */
-static inline int peruser_filesystem_type(const char *path, long *type)
-{
-    struct statfs fs;
-    if (statfs(path, &fs) != 0) {
-        return -1;
-    }
-    *type = (long)fs.f_type;
-    return 0;
-}
-
 /* The CMSG_* macros, for passing descriptors in SCM_RIGHTS (System/Channel.swift). */
 static inline size_t peruser_cmsg_space(size_t bytes) { return CMSG_SPACE(bytes); }
 static inline size_t peruser_cmsg_len(size_t bytes) { return CMSG_LEN(bytes); }
@@ -96,15 +85,6 @@ typedef struct {
     int32_t section;          /* index of the <Processor this one is inside, or -1 */
 } peruser_directive;
 
-/* mod_unixd's User and Group: whom the multiplexers run as without MultiplexerUser/Group. */
-typedef struct {
-    const char *user;
-    uint32_t uid;
-    uint32_t gid;
-    const char *user_location;  /* "line N of F", or "the default" */
-    const char *group_location;
-} peruser_unixd_identity;
-
 /* What the C side reads of the configuration (ap_mpm_query, the scoreboard, the gates). */
 typedef struct {
     int32_t server_limit;
@@ -114,105 +94,32 @@ typedef struct {
     int32_t hand_back; /* PeruserHandBack */
 } peruser_settings;
 
-/* The parent's private record of one child slot (index = slot). Lives in Apache's retained
- * data, which is parent memory: it survives the module's unload and reload on restarts, so
- * children of older generations are still known, and no child can write it. */
-typedef struct {
-    int32_t pid;          /* 0: the slot is free */
-    int32_t environment;  /* -1: multiplexer */
-    uint32_t generation;
-    uint8_t type;         /* ChildType */
-    uint8_t retiring;     /* asked to exit when done (SIGUSR1) */
-    uint8_t draining;     /* asked to drain its channel and exit (SIGWINCH) */
-    uint8_t expired;      /* stopped for ExpireTimeout */
-    int32_t page;         /* a worker's page in its environment's pool of the child table */
-    int64_t started_at;   /* ms, monotonic */
-    int64_t signalled_at; /* ms, monotonic; when a stop was last signalled */
-} peruser_child_record;
-
-/* Most child slots (ServerLimit's ceiling; Directives.swift says the same, checked at load). */
-#define PERUSER_MOST_SLOTS 20000
-
-/* What outlives a generation: Apache's retained data (parent memory), allocated zeroed by the
- * C shim, kept by Swift (Parent/Generation.swift; what it mallocs is parent memory too). The module is unloaded and reloaded on every
- * restart, so nothing of this may live in a Swift global. */
-typedef struct {
-    int32_t initialized;
-    int32_t scoreboard_slots;
-    int32_t demand[2];              /* multiplexers write [1], the parent reads [0] */
-    int32_t *previous_handback;     /* the previous generation's hand-back receiving ends */
-    int32_t previous_handback_count;
-    uint32_t previous_generation;
-    void *mux_secret;               /* one page, the key of hand-back tickets */
-    int32_t *control;               /* the parent's end of each multiplexer's control channel, by
-                                     * slot (PERUSER_MOST_SLOTS entries, malloc'd) */
-    void *table;                    /* this generation's child table, and its memfd */
-    size_t table_size;
-    int32_t table_slots;
-    int32_t table_environments;
-    int32_t table_fd;
-    void *previous_table;
-    size_t previous_table_size;
-    int32_t previous_table_environments;
-    void *mux_state;                /* the multiplexers' availability board */
-    size_t mux_state_size;
-    peruser_child_record *records;  /* PERUSER_MOST_SLOTS entries, malloc'd */
-} peruser_lasting;
-
-/* ---- The C shim's functions (CShim/) ---- */
+/* ---- The C shim's functions (CShim/): what Swift cannot call in Apache directly ---- */
 
 /* Writes one line to the main server's error log; _startup: to the console as well while
  * Apache starts (configtest). */
 void peruser_shim_log(int level, const char *message);
 void peruser_shim_log_startup(int level, const char *message);
 
-/* Result of routing a connection whose vhost has no ServerEnvironment. */
-#define PERUSER_ROUTE_NO_ENVIRONMENT (-1)
-
-/* Finds the vhost that Apache's own rules give for a connection on socket `fd` (local address
- * read from the socket) with request target `target` and Host header `host` (either may be
- * NULL), and returns its environment index, or PERUSER_ROUTE_NO_ENVIRONMENT (logged, naming
- * the vhost). */
-int peruser_shim_route(int fd, const char *host, const char *target);
-
-/* Writes part of the status page to the request `ctx`. */
-void peruser_shim_emit(void *ctx, const char *data, size_t len);
-
-/* Children: Apache's side of a child's life. After fork, in the child: */
-void peruser_shim_child_start(int slot);
-/* Ends the child: the modules' child cleanups run, then exit(code). */
-void peruser_shim_child_exit(int code);
-void peruser_shim_close_listeners(void);
-/* The listening sockets' descriptors (at most `cap`); how many there are. */
-int peruser_shim_listeners(int *fds, int cap);
-void peruser_shim_reopen_scoreboard(void);
-/* Multiplexer: mod_unixd's privilege drop to the multiplexers' account (uid, gid: -1 keeps
- * User, Group), in `chroot` (NULL: none). 0, or -1 (logged). */
-int peruser_shim_multiplexer_drop_privileges(const char *chroot, const char *user, int64_t uid, int64_t gid);
-void peruser_shim_multiplexer_init(int slot);
-/* Worker: child_init of every module, and the worker's pools. Returns MaxConnectionsPerChild
- * (0: no limit). Then, per connection: */
-int peruser_shim_worker_init(int slot, int environment);
-void peruser_shim_worker_ready(void);
-/* Serves a connection (a connected TCP socket) with Apache, the bytes already consumed from
- * it first. */
-void peruser_shim_serve(int fd, const unsigned char *consumed, size_t len);
-/* Whether SIGUSR1 (retire when done) or SIGWINCH (drain the channel, then exit) came. */
+/* In a child right after fork: APR's thread bookkeeping, and the handlers of SIGUSR1 (retire
+ * when done) and SIGWINCH (drain the channel, then exit). Then, with the child's pool, its
+ * main thread record. 0, or -1. */
+void peruser_shim_after_fork(void);
+int peruser_shim_child_main_thread(void *pool);
+/* Whether SIGUSR1 or SIGWINCH came; whether SIGWINCH came. */
 int peruser_shim_stop_requested(void);
 int peruser_shim_drain_requested(void);
 
-/* Parent: */
-#define PERUSER_SCOREBOARD_STARTING 1
-#define PERUSER_SCOREBOARD_DEAD 0
-/* A slot's scoreboard entry: starting with its pid, or dead. */
-void peruser_shim_scoreboard_slot(int slot, int pid, int state);
-/* A child that is not ours exited (a piped logger, which apr restarts). */
-void peruser_shim_other_child_exited(int pid, int status);
-/* Apache's monitor hook and piped-logger checks (once a second). */
-void peruser_shim_monitor(void);
-#define PERUSER_PENDING_RESTART 1
-#define PERUSER_PENDING_SHUTDOWN 2
-/* Whether a restart or a stop was asked for (signals to the parent). */
-int peruser_shim_pending(void);
+/* This process is a worker of `environment`: the hooks of CShim/connection.c apply. */
+void peruser_shim_worker_serves(int environment);
+/* A connection on apr_socket_t `socket` starts, the `len` bytes already consumed of it first;
+ * after it: whether it was handed back (then it must not be closed here). */
+void peruser_shim_connection_begins(void *socket, const unsigned char *consumed, size_t len);
+int peruser_shim_connection_handed_back(void);
+
+/* The environment serving server_rec `server`, or -1 (its module configuration is a macro). */
+int peruser_shim_server_environment(const void *server);
+/* "name (<VirtualHost addr:port> on line N of F)", allocated in apr_pool_t `pool`. */
+const char *peruser_shim_vhost_description(void *pool, const void *server);
 
 #endif

@@ -648,16 +648,19 @@ struct Multiplexer {
     }
 
     private mutating func route(_ fd: Int32, _ hint: RouteHint) {
-        let environment = withOptionalCString(hint.host) { host in
-            withOptionalCString(hint.target) { target in peruser_shim_route(fd, host, target) }
-        }
-        guard environment != PERUSER_ROUTE_NO_ENVIRONMENT else {
+        let env: Int
+        switch routeByVirtualHost(fd: fd, host: hint.host, target: hint.target) {
+        case .environment(let found): env = found
+        case .noEnvironment(let line):
+            note(.noEnvironment, PERUSER_LOG_ERR, line)
+            respond(fd, .serviceUnavailable)
+            return
+        case .gone:
             respond(fd, .serviceUnavailable)
             return
         }
-        let env = Int(environment)
         guard handoffs.indices.contains(env), var connection = pending[fd] else {
-            note(.unknownEnvironment, PERUSER_LOG_ERR, "multiplexer: route gave unknown environment \(environment)")
+            note(.unknownEnvironment, PERUSER_LOG_ERR, "multiplexer: route gave unknown environment \(env)")
             respond(fd, .serviceUnavailable)
             return
         }

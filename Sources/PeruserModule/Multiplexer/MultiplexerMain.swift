@@ -1,6 +1,7 @@
 // A multiplexer's life: keep only the sending ends of the hand-off channels and the receiving
 // ends of the hand-back channels, drop to the multiplexers' own account, then run the event
 // loop (Multiplexer.swift) until asked to stop.
+import CApache
 import CPeruserShim
 import Glibc
 import PeruserCore
@@ -13,20 +14,13 @@ func multiplexerMain(slot: Int, control: Int32, parentPid: pid_t) -> Never {
     if let lasting {
         if lasting.pointee.demand.0 >= 0 { close(lasting.pointee.demand.0) }
         lasting.pointee.demand.0 = -1
-        if lasting.pointee.table_fd >= 0 { close(lasting.pointee.table_fd) }
-        lasting.pointee.table_fd = -1
+        if lasting.pointee.tableFD >= 0 { close(lasting.pointee.tableFD) }
+        lasting.pointee.tableFD = -1
         lasting.closeEveryControl()
     }
-    peruser_shim_reopen_scoreboard()
+    ap_reopen_scoreboard(childPool, nil, 0)
     if configuration.multiplexerChroot != nil { tzset() }
-    let user = configuration.multiplexerUser, group = configuration.multiplexerGroup
-    let dropped = withOptionalCString(configuration.multiplexerChroot) { chroot in
-        withOptionalCString(user?.name) { name in
-            peruser_shim_multiplexer_drop_privileges(chroot, name, user.map { Int64($0.id) } ?? -1,
-                                                     group.map { Int64($0.id) } ?? -1)
-        }
-    }
-    guard dropped == 0 else { exitChild(exitChildFatal) }
+    guard dropMultiplexerPrivileges() else { exitChild(exitChildFatal) }
     // mod_unixd makes the process dumpable again when CoreDumpDirectory is set; a dumpable
     // multiplexer could be traced by any process of its uid. Never.
     _ = peruser_prctl(PR_SET_DUMPABLE, 0)
@@ -43,12 +37,11 @@ func multiplexerMain(slot: Int, control: Int32, parentPid: pid_t) -> Never {
         limit.rlim_cur = limit.rlim_max
         setrlimit(files, &limit)
     }
-    peruser_shim_multiplexer_init(Int32(slot))
-
-    var listeners = [Int32](repeating: -1, count: 1024)
-    let listenerCount = Int(peruser_shim_listeners(&listeners, Int32(listeners.count)))
+    routePool = makePool(below: childPool, tag: "route")
+    setMPMState(AP_MPMQ_RUNNING)
+    ap_update_child_status_from_indexes(Int32(slot), 0, SERVER_READY, nil)
     let generation = parent?.policy.generation ?? 0
-    guard let secret = lasting?.pointee.mux_secret,
+    guard let secret = lasting?.pointee.multiplexerSecret,
           let key = HandbackKey(UnsafeRawBufferPointer(start: secret, count: Int(getpagesize()))) else {
         log(PERUSER_LOG_ERR, "multiplexer: started without its secret")
         exitChild(1)
@@ -63,10 +56,10 @@ func multiplexerMain(slot: Int, control: Int32, parentPid: pid_t) -> Never {
                                          environment: environment, most: most))
     }
     for (environment, fd) in (lasting?.previousHandbacks ?? []).enumerated() where fd >= 0 {
-        handbacks.append(HandbackChannel(fd: fd, generation: lasting?.pointee.previous_generation ?? 0,
+        handbacks.append(HandbackChannel(fd: fd, generation: lasting?.pointee.previousGeneration ?? 0,
                                          environment: environment, most: 16))
     }
-    guard var multiplexer = Multiplexer(slot: slot, listeners: Array(listeners[0..<min(listenerCount, listeners.count)]),
+    guard var multiplexer = Multiplexer(slot: slot, listeners: listenerDescriptors(),
                                         handoffs: channels.map(\.handoffSend.raw), handbacks: handbacks,
                                         generation: generation, key: key,
                                         demand: lasting?.pointee.demand.1 ?? -1, control: control) else {

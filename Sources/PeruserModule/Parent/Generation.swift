@@ -5,8 +5,49 @@ import CPeruserShim
 import Glibc
 import PeruserCore
 
+/// The parent's private record of one child slot (index = slot). It lives in Apache's retained
+/// data, which is parent memory: it survives the module's unload and reload on restarts, so
+/// children of older generations are still known, and no child can write it.
+struct ChildRecord {
+    var pid: Int32 = 0              // 0: the slot is free
+    var environment: Int32 = 0      // -1: multiplexer
+    var generation: UInt32 = 0
+    var type: UInt8 = 0             // ChildType
+    var retiring: UInt8 = 0         // asked to exit when done (SIGUSR1)
+    var draining: UInt8 = 0         // asked to drain its channel and exit (SIGWINCH)
+    var expired: UInt8 = 0          // stopped for ExpireTimeout
+    var page: Int32 = 0             // a worker's page in its environment's pool of the child table
+    var startedAt: Int64 = 0        // ms, monotonic
+    var signalledAt: Int64 = 0      // ms, monotonic: when a stop was last signalled
+}
+
+/// What outlives a generation, in Apache's retained data (parent memory, zeroed when Apache
+/// creates it; what is malloc'd from here is parent memory too). The module is unloaded and
+/// reloaded on every restart, so none of this may live in a Swift global.
+struct LastingState {
+    var initialized: Int32 = 0
+    var scoreboardSlots: Int32 = 0
+    var demand: (Int32, Int32) = (-1, -1)     // multiplexers write .1, the parent reads .0
+    var previousHandbackEnds: UnsafeMutablePointer<Int32>?  // the previous generation's hand-back receiving ends
+    var previousHandbackCount: Int32 = 0
+    var previousGeneration: UInt32 = 0
+    var multiplexerSecret: UnsafeMutableRawPointer?  // one page: the key of hand-back tickets
+    var control: UnsafeMutablePointer<Int32>?  // the parent's end of each multiplexer's control channel, by slot
+    var table: UnsafeMutableRawPointer?        // this generation's child table, and its memfd
+    var tableSize = 0
+    var tableSlots: Int32 = 0
+    var tableEnvironments: Int32 = 0
+    var tableFD: Int32 = -1
+    var previousTable: UnsafeMutableRawPointer?
+    var previousTableSize = 0
+    var previousTableEnvironments: Int32 = 0
+    var multiplexerState: UnsafeMutableRawPointer?  // the multiplexers' availability board
+    var multiplexerStateSize = 0
+    var records: UnsafeMutablePointer<ChildRecord>?  // mostServerLimit entries
+}
+
 /// Apache's retained data of this MPM (parent memory; children inherit a copy).
-nonisolated(unsafe) var lasting: UnsafeMutablePointer<peruser_lasting>?
+nonisolated(unsafe) var lasting: UnsafeMutablePointer<LastingState>?
 
 /// One environment's two one-way channels: hand-off (multiplexers to its workers) and
 /// hand-back (its workers to the multiplexers). None is shared between environments.
@@ -49,15 +90,15 @@ enum ControlKind: UInt32 {
 let exitChildSick: Int32 = 0x7
 let exitChildFatal: Int32 = 0xf
 
-extension UnsafeMutablePointer where Pointee == peruser_lasting {
+extension UnsafeMutablePointer where Pointee == LastingState {
     /// The parent's end of each multiplexer's control channel, by slot.
     func control(_ slot: Int) -> Int32 {
-        guard slot >= 0 && slot < Int(PERUSER_MOST_SLOTS), let control = pointee.control else { return -1 }
+        guard slot >= 0 && slot < mostServerLimit, let control = pointee.control else { return -1 }
         return control[slot]
     }
 
     func setControl(_ slot: Int, _ fd: Int32) {
-        guard slot >= 0 && slot < Int(PERUSER_MOST_SLOTS), let control = pointee.control else { return }
+        guard slot >= 0 && slot < mostServerLimit, let control = pointee.control else { return }
         control[slot] = fd
     }
 
@@ -69,19 +110,19 @@ extension UnsafeMutablePointer where Pointee == peruser_lasting {
 
     /// A child keeps no parent end of any multiplexer's control channel.
     func closeEveryControl() {
-        for slot in 0..<Int(PERUSER_MOST_SLOTS) where control(slot) >= 0 { closeControl(slot) }
+        for slot in 0..<mostServerLimit where control(slot) >= 0 { closeControl(slot) }
     }
 
-    var records: UnsafeMutablePointer<peruser_child_record>? { pointee.records }
+    var records: UnsafeMutablePointer<ChildRecord>? { pointee.records }
 
     var previousHandbacks: [Int32] {
-        guard let ends = pointee.previous_handback else { return [] }
-        return (0..<Int(max(0, pointee.previous_handback_count))).map { ends[$0] }
+        guard let ends = pointee.previousHandbackEnds else { return [] }
+        return (0..<Int(max(0, pointee.previousHandbackCount))).map { ends[$0] }
     }
 
     func closePreviousHandbacks() {
-        if let ends = pointee.previous_handback {
-            for index in 0..<Int(max(0, pointee.previous_handback_count)) where ends[index] >= 0 {
+        if let ends = pointee.previousHandbackEnds {
+            for index in 0..<Int(max(0, pointee.previousHandbackCount)) where ends[index] >= 0 {
                 close(ends[index])
                 ends[index] = -1
             }
@@ -92,16 +133,16 @@ extension UnsafeMutablePointer where Pointee == peruser_lasting {
     /// descriptor): every descriptor absent, the records and control ends allocated.
     func initializeOnce() -> Bool {
         if pointee.initialized != 0 { return true }
-        let slots = Int(PERUSER_MOST_SLOTS)
-        guard let records = calloc(slots, MemoryLayout<peruser_child_record>.stride)?
-                .bindMemory(to: peruser_child_record.self, capacity: slots),
+        let slots = mostServerLimit
+        guard let records = calloc(slots, MemoryLayout<ChildRecord>.stride)?
+                .bindMemory(to: ChildRecord.self, capacity: slots),
               let control = malloc(slots * MemoryLayout<Int32>.stride)?.bindMemory(to: Int32.self, capacity: slots)
         else { return false }
         control.initialize(repeating: -1, count: slots)
         pointee.records = records
         pointee.control = control
         pointee.demand = (-1, -1)
-        pointee.table_fd = -1
+        pointee.tableFD = -1
         pointee.initialized = 1
         return true
     }
@@ -120,7 +161,7 @@ enum GenerationError: Error, CustomStringConvertible {
 }
 
 /// The demand pipe and the multiplexers' secret, created once and kept across generations.
-func openLastingChannels(_ lasting: UnsafeMutablePointer<peruser_lasting>) throws(GenerationError) {
+func openLastingChannels(_ lasting: UnsafeMutablePointer<LastingState>) throws(GenerationError) {
     if lasting.pointee.demand.0 < 0 {
         do throws(Errno) {
             let pipe = try FileDescriptor.pipe(nonBlocking: true)
@@ -129,7 +170,7 @@ func openLastingChannels(_ lasting: UnsafeMutablePointer<peruser_lasting>) throw
             throw .system("cannot create the demand pipe", error)
         }
     }
-    if lasting.pointee.mux_secret == nil {
+    if lasting.pointee.multiplexerSecret == nil {
         let size = Int(getpagesize())
         do throws(Errno) {
             let secret = try SharedMapping.create("peruser-multiplexer-secret", size: size)
@@ -138,7 +179,7 @@ func openLastingChannels(_ lasting: UnsafeMutablePointer<peruser_lasting>) throw
                 unmap(secret.base, size)
                 throw failure
             }
-            lasting.pointee.mux_secret = secret.base
+            lasting.pointee.multiplexerSecret = secret.base
         } catch {
             throw .system("cannot make the multiplexers' secret", error)
         }
@@ -158,20 +199,20 @@ func openGenerationChannels() throws(GenerationError) {
 
 /// Ends this generation's channels. The receiving ends of its hand-back channels stay open
 /// one generation more (the next generation's multiplexers read them); older ones are closed.
-func closeGenerationChannels(_ lasting: UnsafeMutablePointer<peruser_lasting>, generation: UInt32) {
+func closeGenerationChannels(_ lasting: UnsafeMutablePointer<LastingState>, generation: UInt32) {
     lasting.closePreviousHandbacks()
-    free(lasting.pointee.previous_handback)
-    lasting.pointee.previous_handback = nil
-    lasting.pointee.previous_handback_count = 0
+    free(lasting.pointee.previousHandbackEnds)
+    lasting.pointee.previousHandbackEnds = nil
+    lasting.pointee.previousHandbackCount = 0
     if !channels.isEmpty, let ends = malloc(MemoryLayout<Int32>.stride * channels.count)?
         .bindMemory(to: Int32.self, capacity: channels.count) {
         for index in channels.indices {
             ends[index] = channels[index].handbackReceive.raw
             channels[index].handbackReceive = .none  // kept, not closed
         }
-        lasting.pointee.previous_handback = ends
-        lasting.pointee.previous_handback_count = Int32(channels.count)
-        lasting.pointee.previous_generation = generation
+        lasting.pointee.previousHandbackEnds = ends
+        lasting.pointee.previousHandbackCount = Int32(channels.count)
+        lasting.pointee.previousGeneration = generation
     }
     for index in channels.indices { channels[index].closeAll() }
     channels = []
@@ -180,7 +221,7 @@ func closeGenerationChannels(_ lasting: UnsafeMutablePointer<peruser_lasting>, g
 /// This generation's shared child table (a memfd every child inherits; workers then map a
 /// confined view of it) and the multiplexers' availability board. The previous generation's
 /// table stays mapped one generation more: its children may still run.
-func mapChildTable(_ lasting: UnsafeMutablePointer<peruser_lasting>, slots: Int) throws(GenerationError) {
+func mapChildTable(_ lasting: UnsafeMutablePointer<LastingState>, slots: Int) throws(GenerationError) {
     let pageSize = Int(getpagesize())
     guard ChildTableLayout.pageSize % pageSize == 0 else {
         throw .message("the page size of this system (\(pageSize) bytes) does not divide the child table's pages "
@@ -194,25 +235,25 @@ func mapChildTable(_ lasting: UnsafeMutablePointer<peruser_lasting>, slots: Int)
     } catch {
         throw .system("cannot create the child table", error)
     }
-    if lasting.pointee.table_fd >= 0 { close(lasting.pointee.table_fd) }
-    lasting.pointee.table_fd = table.fd.raw
-    lasting.pointee.table_slots = Int32(slots)
-    unmap(lasting.pointee.previous_table, lasting.pointee.previous_table_size)
-    lasting.pointee.previous_table = lasting.pointee.table
-    lasting.pointee.previous_table_size = lasting.pointee.table_size
-    lasting.pointee.previous_table_environments = lasting.pointee.table_environments
+    if lasting.pointee.tableFD >= 0 { close(lasting.pointee.tableFD) }
+    lasting.pointee.tableFD = table.fd.raw
+    lasting.pointee.tableSlots = Int32(slots)
+    unmap(lasting.pointee.previousTable, lasting.pointee.previousTableSize)
+    lasting.pointee.previousTable = lasting.pointee.table
+    lasting.pointee.previousTableSize = lasting.pointee.tableSize
+    lasting.pointee.previousTableEnvironments = lasting.pointee.tableEnvironments
     lasting.pointee.table = table.base
-    lasting.pointee.table_size = size
-    lasting.pointee.table_environments = Int32(environments)
+    lasting.pointee.tableSize = size
+    lasting.pointee.tableEnvironments = Int32(environments)
 
     // The old board stays with the old children that inherited it.
-    unmap(lasting.pointee.mux_state, lasting.pointee.mux_state_size)
-    lasting.pointee.mux_state = nil
+    unmap(lasting.pointee.multiplexerState, lasting.pointee.multiplexerStateSize)
+    lasting.pointee.multiplexerState = nil
     let boardSize = AvailabilityBoard.size(environments: environments)
     do throws(Errno) {
         let board = try SharedMapping.create("peruser-multiplexer-state", size: boardSize)
-        lasting.pointee.mux_state = board.base
-        lasting.pointee.mux_state_size = boardSize
+        lasting.pointee.multiplexerState = board.base
+        lasting.pointee.multiplexerStateSize = boardSize
         let attached = AvailabilityBoard(base: board.base, count: boardSize / AvailabilityBoard.recordSize)
         attached.reset()
         availabilityBoard = attached

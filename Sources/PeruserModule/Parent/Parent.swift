@@ -15,7 +15,7 @@ nonisolated(unsafe) var sharedTable: ChildTable?
 nonisolated(unsafe) var ownPage: Int?
 
 struct ParentState {
-    var records: UnsafeMutablePointer<peruser_child_record>
+    var records: UnsafeMutablePointer<ChildRecord>
     var capacity: Int
     var policy: MaintenancePolicy
     var pagePools = workerPagePools()
@@ -51,13 +51,13 @@ extension ParentState {
             let r = records[slot]
             let role: ChildRole = r.environment < 0 ? .multiplexer : .worker(environment: Int(r.environment))
             var status = ChildStatus.starting
-            var since = r.started_at
+            var since = r.startedAt
             if r.generation == policy.generation, let shared = sharedTable?.slot(slot) {
                 status = shared.status
                 since = shared.statusSince
             }
             out.append(ChildState(slot: slot, pid: r.pid, role: role, type: ChildType(rawValue: r.type) ?? .unknown,
-                                  generation: r.generation, startedAt: r.started_at,
+                                  generation: r.generation, startedAt: r.startedAt,
                                   retiring: r.retiring != 0 || r.draining != 0 || r.expired != 0,
                                   status: status, statusSince: since))
         }
@@ -71,7 +71,7 @@ extension ParentState {
     mutating func signal(_ slot: Int, _ sig: Int32, now: Int64) {
         guard slot >= 0 && slot < capacity, records[slot].pid > 0 else { return }
         signalProcess(records[slot].pid, sig)
-        records[slot].signalled_at = now
+        records[slot].signalledAt = now
     }
 
     /// Children of older generations (and every child during a graceful stop) finish, in
@@ -82,7 +82,7 @@ extension ParentState {
             let r = records[slot]
             candidates.append(DrainCandidate(slot: slot, isMultiplexer: r.environment < 0, generation: r.generation,
                                              retiring: r.retiring != 0, draining: r.draining != 0,
-                                             expired: r.expired != 0, signalledAt: r.signalled_at))
+                                             expired: r.expired != 0, signalledAt: r.signalledAt))
         }
         for action in DrainPlan.plan(children: candidates, generation: policy.generation, everyone: everyone, now: now) {
             switch action {
@@ -209,9 +209,9 @@ extension ParentState {
                     startFailed(environment: Int(env))
                     continue
                 }
-                records[slot] = peruser_child_record(pid: pid, environment: env, generation: policy.generation,
+                records[slot] = ChildRecord(pid: pid, environment: env, generation: policy.generation,
                                                      type: type.rawValue, retiring: 0, draining: 0, expired: 0,
-                                                     page: Int32(page), started_at: now, signalled_at: 0)
+                                                     page: Int32(page), startedAt: now, signalledAt: 0)
                 sharedTable?.setPid(slot, pid)  // the child may already have reported its status
                 log(PERUSER_LOG_DEBUG, "peruser: started \(describe(slot)) as \(type.name)")
             case .retire(let slot, let reason):

@@ -1,6 +1,7 @@
 // The parent's loop: start a generation, then reap, read demands and maintain until a restart
-// or stop is asked for; stop children, at once or gracefully. The run hook (CShim/module.c)
+// or stop is asked for; stop children, at once or gracefully. The run hook (RunHook.swift)
 // calls these in order.
+import CApache
 import CPeruserShim
 import Glibc
 import PeruserCore
@@ -10,13 +11,13 @@ let stopGraceMilliseconds: Int64 = 5000
 /// The parent's maintenance round when nothing wakes it sooner.
 let maintenanceIntervalMilliseconds: Int32 = 200
 
-@_cdecl("peruser_parent_begin")
-public func peruserParentBegin(_ retained: UnsafeMutablePointer<peruser_lasting>?, _ slots: Int32,
-                               _ generation: UInt32, _ wasGraceful: Int32) -> Int32 {
-    guard let retained, retained.initializeOnce(), let records = retained.records,
-          slots > 0, slots <= PERUSER_MOST_SLOTS else {
+/// Starts generation `generation`: channels, the child table, the multiplexers' state, the
+/// planner. False when it cannot (logged).
+func beginGeneration(_ retained: UnsafeMutablePointer<LastingState>, slots: Int32, generation: UInt32,
+                     wasGraceful: Bool) -> Bool {
+    guard retained.initializeOnce(), let records = retained.records, slots > 0, slots <= Int32(mostServerLimit) else {
         log(PERUSER_LOG_EMERG, "peruser: internal error: no room for the child records of \(slots) slots")
-        return -1
+        return false
     }
     lasting = retained
     do throws(GenerationError) {
@@ -24,26 +25,26 @@ public func peruserParentBegin(_ retained: UnsafeMutablePointer<peruser_lasting>
         try openGenerationChannels()
         try mapChildTable(retained, slots: Int(slots))
         try beginSupervision(records: records, slots: Int(slots), generation: generation,
-                             carryFrom: wasGraceful != 0 ? retained.pointee.previous_table : nil,
-                             previousSize: retained.pointee.previous_table_size,
-                             previousEnvironments: Int(retained.pointee.previous_table_environments))
+                             carryFrom: wasGraceful ? retained.pointee.previousTable : nil,
+                             previousSize: retained.pointee.previousTableSize,
+                             previousEnvironments: Int(retained.pointee.previousTableEnvironments))
     } catch {
         log(PERUSER_LOG_EMERG, "peruser: \(error)")
         closeGenerationChannels(retained, generation: generation)
-        return -1
+        return false
     }
     let limits = configuration.limits
     log(PERUSER_LOG_NOTICE, "peruser: generation \(generation), \(configuration.environments.count) environment(s), "
         + "\(limits.minMultiplexers) to \(limits.maxMultiplexers) multiplexer(s), \(slots) slots")
-    return 0
+    return true
 }
 
 /// Formats this generation's table (counters carry over a graceful restart by environment
 /// name; the old table's sizes come from the parent's own records of it) and the planner.
-func beginSupervision(records: UnsafeMutablePointer<peruser_child_record>, slots: Int, generation: UInt32,
+func beginSupervision(records: UnsafeMutablePointer<ChildRecord>, slots: Int, generation: UInt32,
                       carryFrom previous: UnsafeMutableRawPointer?, previousSize: Int,
                       previousEnvironments: Int) throws(GenerationError) {
-    guard let table = lasting?.pointee.table, let size = lasting?.pointee.table_size,
+    guard let table = lasting?.pointee.table, let size = lasting?.pointee.tableSize,
           let formatted = ChildTable.format(table, size: size, slots: slots,
                                             environments: configuration.environments.count,
                                             workerPages: workerPagePools().total, generation: generation) else {
@@ -72,30 +73,30 @@ func beginSupervision(records: UnsafeMutablePointer<peruser_child_record>, slots
     parent = ParentState(records: records, capacity: slots, policy: policy)
 }
 
-@_cdecl("peruser_parent_run")
-public func peruserParentRun() {
+/// Supervises until a restart or a stop is asked for.
+func superviseUntilAsked() {
     var lastMonitor: Int64 = 0
-    while peruser_shim_pending() == 0 {
+    while !restartOrStopPending() {
         reapChildren(quietly: false)
         readDemands()
         let now = monotonicMilliseconds()
         maintain(now: now)
         if now - lastMonitor >= 1000 {
             lastMonitor = now
-            peruser_shim_monitor()
+            ap_run_monitor(configurationPool, ap_server_conf)
+            apr_proc_other_child_refresh_all(APR_OC_REASON_RUNNING)
         }
         waitForWork(maintenanceIntervalMilliseconds)
     }
 }
 
-@_cdecl("peruser_parent_end_generation")
-public func peruserParentEndGeneration() {
+func endGeneration() {
     guard let lasting, let state = parent else { return }
     closeGenerationChannels(lasting, generation: state.policy.generation)
 }
 
-@_cdecl("peruser_parent_stop_children")
-public func peruserParentStopChildren() {
+/// Stops every child: SIGTERM, then SIGKILL after a grace period.
+func stopChildren() {
     let deadline = monotonicMilliseconds() + stopGraceMilliseconds
     signalEveryChild(SIGTERM)
     while liveChildren() > 0 && monotonicMilliseconds() < deadline {
@@ -112,10 +113,12 @@ public func peruserParentStopChildren() {
     }
 }
 
-@_cdecl("peruser_parent_graceful_stop")
-public func peruserParentGracefulStop(_ timeoutSeconds: Int32) {
+/// Graceful stop: multiplexers first, then workers drain their channels, within `timeoutSeconds`
+/// (0: as long as it takes, or until a second stop signal); then the rest is stopped.
+func stopChildrenGracefully(timeoutSeconds: Int32) {
     let cutoff = timeoutSeconds > 0 ? monotonicMilliseconds() + Int64(timeoutSeconds) * 1000 : 0
-    while peruser_shim_pending() & PERUSER_PENDING_SHUTDOWN == 0 && (cutoff == 0 || monotonicMilliseconds() < cutoff) {
+    while ap_unixd_mpm_get_retained_data()?.pointee.shutdown_pending == 0
+            && (cutoff == 0 || monotonicMilliseconds() < cutoff) {
         guard var state = parent else { break }
         state.finish(everyone: true, now: monotonicMilliseconds())
         parent = state
@@ -123,13 +126,13 @@ public func peruserParentGracefulStop(_ timeoutSeconds: Int32) {
         waitForWork(maintenanceIntervalMilliseconds)
         reapChildren(quietly: false)
     }
-    peruserParentStopChildren()
+    stopChildren()
 }
 
-@_cdecl("peruser_parent_slots_in_use")
-public func peruserParentSlotsInUse() -> Int32 {
-    guard let state = parent else { return 0 }
-    return Int32(((0..<state.capacity).last { state.records[$0].pid > 0 }).map { $0 + 1 } ?? 0)
+/// Whether a signal asked the parent to restart or stop.
+func restartOrStopPending() -> Bool {
+    guard let mpm = ap_unixd_mpm_get_retained_data() else { return true }
+    return mpm.pointee.restart_pending != 0 || mpm.pointee.shutdown_pending != 0
 }
 
 func liveChildren() -> Int {
@@ -200,7 +203,9 @@ func maintain(now: Int64) {
 func reapChildren(quietly: Bool) {
     while let (pid, status) = reapOne() {
         guard var state = parent, let found = (0..<state.capacity).first(where: { state.records[$0].pid == pid }) else {
-            peruser_shim_other_child_exited(pid, status.raw)  // perhaps a piped logger, which apr restarts
+            var process = apr_proc_t()
+            process.pid = pid
+            apr_proc_other_child_alert(&process, APR_OC_REASON_DEATH, status.raw)  // a piped logger, say
             continue
         }
         let record = state.records[found]
@@ -211,16 +216,16 @@ func reapChildren(quietly: Bool) {
                                       serverStopping: quietly, currentGeneration: state.policy.generation)
         let now = monotonicMilliseconds()
         if exit.isCurrentGeneration {
-            state.backoff.childExited(role: role, startedAt: record.started_at, now: now,
+            state.backoff.childExited(role: role, startedAt: record.startedAt, now: now,
                                       cleanly: exit.countsAsClean, wasServing: exit.wasServing)
             sharedTable?.setSlot(found, pid: 0, type: .unknown, environment: 0, generation: record.generation,
                                  status: .standby, now: now)
         }
         let described = state.describe(found)
-        state.records[found] = peruser_child_record()
+        state.records[found] = ChildRecord()
         if exit.failedToStart { state.startFailed(environment: Int(record.environment)) }
         parent = state
-        peruser_shim_scoreboard_slot(Int32(found), 0, PERUSER_SCOREBOARD_DEAD)
+        setScoreboardSlot(found, pid: 0, starting: false)
         lasting?.closeControl(found)
         if quietly || status.isClean { continue }
         if let signal = status.killedBySignal {

@@ -6,12 +6,12 @@ import PeruserCore
 
 /// Forks a child into `slot` (`environment` nil: a multiplexer). Its pid, or nil (logged).
 func spawn(slot: Int, environment: Int?) -> Int32? {
-    peruser_shim_scoreboard_slot(Int32(slot), 0, PERUSER_SCOREBOARD_STARTING)
+    setScoreboardSlot(slot, pid: 0, starting: true)
     var controlParent = FileDescriptor.none, controlChild = FileDescriptor.none
     var gateRead = FileDescriptor.none, gateWrite = FileDescriptor.none
     func giveUp(_ what: String, _ failure: Errno) -> Int32? {
         log(PERUSER_LOG_ERR, "peruser: \(what): \(failure)")
-        peruser_shim_scoreboard_slot(Int32(slot), 0, PERUSER_SCOREBOARD_DEAD)
+        setScoreboardSlot(slot, pid: 0, starting: false)
         controlParent.close()
         controlChild.close()
         gateRead.close()
@@ -46,7 +46,7 @@ func spawn(slot: Int, environment: Int?) -> Int32? {
             if got != 1 { _exit(exitChildSick) }
             gateRead.close()
         }
-        peruser_shim_child_start(Int32(slot))
+        startChildProcess()
         if let environment {
             workerMain(slot: slot, environment: environment, parentPid: parentPid)
         } else {
@@ -71,13 +71,6 @@ func spawn(slot: Int, environment: Int?) -> Int32? {
         lasting?.closeControl(slot)
         lasting?.setControl(slot, controlParent.raw)
     }
-    peruser_shim_scoreboard_slot(Int32(slot), pid, PERUSER_SCOREBOARD_STARTING)
+    setScoreboardSlot(slot, pid: pid, starting: true)
     return pid
-}
-
-/// Ends a child: its status page says standby, then the modules' child cleanups run.
-func exitChild(_ code: Int32) -> Never {
-    if let page = ownPage { sharedTable?.setStatus(page: page, .standby, now: monotonicMilliseconds()) }
-    peruser_shim_child_exit(code)
-    exit(code)  // not reached
 }

@@ -1,5 +1,6 @@
 // The status page, rendered in the worker that serves /server-status, from this generation's
 // shared table (a hint: a tenant can make it lie, and only the display would suffer).
+import CApache
 import CPeruserShim
 import PeruserCore
 
@@ -27,17 +28,15 @@ func statusSnapshot(scoreboardStates: [Int]) -> StatusSnapshot? {
     return StatusSnapshot(slots: slots, environments: envs, maxMultiplexers: configuration.limits.maxMultiplexers)
 }
 
-@_cdecl("peruser_status_render")
-public func peruserStatusRender(_ view: Int32, _ states: UnsafePointer<Int32>?, _ slots: Int32,
-                                _ context: UnsafeMutableRawPointer?) {
-    let scoreboard = (0..<Int(max(0, slots))).map { Int(states?[$0] ?? 0) }
+/// mod_status's extension hook: Peruser's table under mod_status's own, ?peruser_stats for the
+/// environments, and Peruser lines in ?auto.
+@_cdecl("peruser_status")
+public func peruserStatus(_ request: UnsafeMutableRawPointer?, _ short: Int32, _ statistics: Int32) {
+    guard let request = request?.assumingMemoryBound(to: request_rec.self) else { return }
+    let slots = Int(max(0, min(retainedLasting()?.pointee.scoreboardSlots ?? 0, Int32(mostServerLimit))))
+    let scoreboard = (0..<slots).map { Int(ap_get_scoreboard_worker_from_indexes(Int32($0), 0)?.pointee.status ?? 0) }
     guard let snapshot = statusSnapshot(scoreboardStates: scoreboard) else { return }
-    let text: String
-    switch view {
-    case 1: text = StatusPage.statistics(snapshot)  // PERUSER_STATUS_VIEW_STATISTICS
-    case 2: text = StatusPage.auto(snapshot)        // PERUSER_STATUS_VIEW_AUTO
-    default: text = StatusPage.childTable(snapshot) // PERUSER_STATUS_VIEW_CHILDREN
-    }
-    var output = text
-    output.withUTF8 { peruser_shim_emit(context, UnsafeRawPointer($0.baseAddress)?.assumingMemoryBound(to: CChar.self), $0.count) }
+    var text = short != 0 ? StatusPage.auto(snapshot)
+        : statistics != 0 ? StatusPage.statistics(snapshot) : StatusPage.childTable(snapshot)
+    text.withUTF8 { _ = ap_rwrite($0.baseAddress, Int32($0.count), request) }
 }

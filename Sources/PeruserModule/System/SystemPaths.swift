@@ -19,9 +19,9 @@ enum SystemPaths {
     static func cgroupFacts(_ path: String) -> CgroupFacts? {
         var info = stat()
         guard stat(path, &info) == 0 else { return nil }
-        var type = 0
-        let onCgroup = peruser_filesystem_type(path, &type) == 0
-            && (type == cgroupV1Magic || type == cgroupV2Magic)
+        var fileSystem = statfs()
+        let onCgroup = statfs(path, &fileSystem) == 0
+            && (fileSystem.f_type == cgroupV1Magic || fileSystem.f_type == cgroupV2Magic)
         var procs = stat()
         let hasProcs = stat(path + "/cgroup.procs", &procs) == 0 && (procs.st_mode & S_IFMT) == S_IFREG
         return CgroupFacts(isDirectory: (info.st_mode & S_IFMT) == S_IFDIR, onCgroupFileSystem: onCgroup,

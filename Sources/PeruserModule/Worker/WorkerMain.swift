@@ -1,6 +1,7 @@
 // A worker's life: give up everything that is not its environment's, drop privileges, then take
 // connections from its environment's channel and serve each with Apache (CShim/connection.c),
 // handing a kept-alive connection back when its next request belongs elsewhere.
+import CApache
 import CPeruserShim
 import Glibc
 import PeruserCore
@@ -22,17 +23,17 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
     // A worker holds no listener, no other environment's channel, no demand pipe, no control
     // channel, and no view of the multiplexers' state or secret.
     if let lasting {
-        unmap(lasting.pointee.mux_state, lasting.pointee.mux_state_size)
-        lasting.pointee.mux_state = nil
-        unmap(lasting.pointee.mux_secret, Int(getpagesize()))
-        lasting.pointee.mux_secret = nil
+        unmap(lasting.pointee.multiplexerState, lasting.pointee.multiplexerStateSize)
+        lasting.pointee.multiplexerState = nil
+        unmap(lasting.pointee.multiplexerSecret, Int(getpagesize()))
+        lasting.pointee.multiplexerSecret = nil
         lasting.closePreviousHandbacks()
         lasting.closeEveryControl()
         for end in [lasting.pointee.demand.0, lasting.pointee.demand.1] where end >= 0 { close(end) }
         lasting.pointee.demand = (-1, -1)
     }
     availabilityBoard = nil
-    peruser_shim_close_listeners()
+    ap_close_listeners()
     for index in channels.indices {
         channels[index].handoffSend.close()
         channels[index].handbackReceive.close()
@@ -47,7 +48,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
         log(PERUSER_LOG_EMERG, "peruser: worker could not map its read-only view of the child table: \(error)")
         exitChild(exitChildSick)
     }
-    peruser_shim_reopen_scoreboard()
+    ap_reopen_scoreboard(childPool, nil, 0)
     do throws(ConfinementError) {
         try dropToEnvironment(environment)
     } catch {
@@ -62,7 +63,14 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
     if sched_setscheduler(0, PERUSER_SCHED_BATCH, &batch) != 0 {
         log(PERUSER_LOG_DEBUG, "peruser: SCHED_BATCH refused: \(Errno.current)")
     }
-    let mostConnections = Int(peruser_shim_worker_init(Int32(slot), Int32(environment)))
+    peruser_shim_worker_serves(Int32(environment))
+    ap_run_child_init(childPool, ap_server_conf)
+    var scoreboardHandle: OpaquePointer?
+    ap_create_sb_handle(&scoreboardHandle, childPool, Int32(slot), 0)
+    let bucketAllocator = apr_bucket_alloc_create(childPool)
+    guard let transactionPool = makePool(below: childPool, tag: "transaction") else { exitChild(exitChildSick) }
+    setMPMState(AP_MPMQ_RUNNING)
+    let mostConnections = Int(max(0, ap_max_requests_per_child))
     let message = UnsafeMutableRawBufferPointer.allocate(byteCount: HandoffMessage.largestMessage, alignment: 8)
     var served = 0
     while true {
@@ -72,7 +80,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
         if (peruser_shim_stop_requested() != 0 && !draining) || (mostConnections > 0 && served >= mostConnections) {
             exitChild(0)
         }
-        peruser_shim_worker_ready()
+        ap_update_child_status(scoreboardHandle, SERVER_READY, nil)
         setOwnStatus(.ready)
         switch handoff.receive(into: message, blocking: !draining) {
         case .empty, .nothing:
@@ -100,10 +108,51 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
             servedConnection = ServedConnection(fd: fd, hops: decoded.hops, ticket: decoded.ticket)
             let consumed = UnsafeRawBufferPointer(rebasing: message[HandoffMessage.headerSize..<(HandoffMessage.headerSize
                                                                                                + decoded.consumedCount)])
-            peruser_shim_serve(fd, consumed.baseAddress?.assumingMemoryBound(to: UInt8.self), consumed.count)
+            apr_pool_clear(transactionPool)
+            serve(fd, consumed: consumed, id: served, pool: transactionPool, scoreboard: scoreboardHandle,
+                  buckets: bucketAllocator)
             servedConnection = nil
             served += 1
         }
+    }
+}
+
+/// Serves one connection with Apache. Its addresses come from the kernel, never from a message,
+/// so a tenant cannot forge the client address another tenant's vhost sees.
+func serve(_ fd: Int32, consumed: UnsafeRawBufferPointer, id: Int, pool: OpaquePointer, scoreboard: OpaquePointer?,
+           buckets: OpaquePointer?) {
+    // apr takes the socket for a blocking one; a handed-back one may carry O_NONBLOCK.
+    let flags = fcntl(fd, F_GETFL)
+    if flags >= 0 && flags & O_NONBLOCK != 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
+    var local = sockaddr_storage(), remote = sockaddr_storage()
+    var socket: OpaquePointer?
+    var descriptor = fd
+    let made = withUnsafeMutablePointer(to: &local) { localPointer in
+        withUnsafeMutablePointer(to: &remote) { remotePointer -> Bool in
+            let localAddress = UnsafeMutableRawPointer(localPointer).assumingMemoryBound(to: sockaddr.self)
+            let remoteAddress = UnsafeMutableRawPointer(remotePointer).assumingMemoryBound(to: sockaddr.self)
+            var length = socklen_t(MemoryLayout<sockaddr_storage>.size), remoteLength = length
+            guard getsockname(fd, localAddress, &length) == 0, getpeername(fd, remoteAddress, &remoteLength) == 0 else {
+                return false
+            }
+            return withUnsafeMutablePointer(to: &descriptor) { descriptorPointer in
+                var info = apr_os_sock_info_t(os_sock: descriptorPointer, local: localAddress, remote: remoteAddress,
+                                              family: Int32(localPointer.pointee.ss_family),
+                                              type: Int32(SOCK_STREAM.rawValue), protocol: Int32(IPPROTO_TCP))
+                return apr_os_sock_make(&socket, &info, pool) == APR_SUCCESS
+            }
+        }
+    }
+    guard made, let socket else {
+        close(fd)
+        return
+    }
+    peruser_shim_connection_begins(UnsafeMutableRawPointer(socket), consumed.baseAddress?.assumingMemoryBound(to: UInt8.self),
+                                   consumed.count)
+    if let connection = ap_run_create_connection(pool, ap_server_conf, socket, id,
+                                                 UnsafeMutableRawPointer(scoreboard), buckets) {
+        ap_process_connection(connection, UnsafeMutableRawPointer(socket))
+        if peruser_shim_connection_handed_back() == 0 { ap_lingering_close(connection) }
     }
 }
 
@@ -111,18 +160,18 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
 /// only its own page and its environment's page writable; drops the previous generation's.
 func confineTableView(slot: Int, environment: Int) throws(Errno) {
     guard let lasting, let base = lasting.pointee.table, let table = sharedTable, let own = ownPage,
-          (0..<table.environmentCount).contains(environment), lasting.pointee.table_fd >= 0,
+          (0..<table.environmentCount).contains(environment), lasting.pointee.tableFD >= 0,
           own >= ChildTableLayout.workerPageOffset(slots: table.slotCount, environments: table.environmentCount, index: 0)
     else { throw Errno(EINVAL) }
-    unmap(lasting.pointee.previous_table, lasting.pointee.previous_table_size)
-    lasting.pointee.previous_table = nil
+    unmap(lasting.pointee.previousTable, lasting.pointee.previousTableSize)
+    lasting.pointee.previousTable = nil
     let environmentPage = ChildTableLayout.environmentPageOffset(slots: table.slotCount,
                                                                  environments: table.environmentCount,
                                                                  environment: environment)
-    try confineMapping(base: base, size: lasting.pointee.table_size, fd: lasting.pointee.table_fd,
+    try confineMapping(base: base, size: lasting.pointee.tableSize, fd: lasting.pointee.tableFD,
                        writablePages: [own, environmentPage], pageSize: ChildTableLayout.pageSize)
-    close(lasting.pointee.table_fd)
-    lasting.pointee.table_fd = -1
+    close(lasting.pointee.tableFD)
+    lasting.pointee.tableFD = -1
 }
 
 // MARK: - The worker's writes to the shared table

@@ -1,0 +1,184 @@
+// check_config and post_config: the configuration pass as Apache runs it.
+import CApache
+import CPeruserShim
+import Glibc
+import PeruserCore
+
+/// The loaded module that is not thread-safe, for which HTTP/2 was switched off (post_config).
+nonisolated(unsafe) var http2SwitchedOffFor: String?
+
+/// ONE_PROCESS or DEBUG was defined (-X): refused at check_config.
+nonisolated(unsafe) var oneProcess = false
+
+/// Apache's first pass over the configuration (configtest too): messages go to the console.
+func isStartupPass() -> Bool {
+    ap_unixd_mpm_get_retained_data()?.pointee.module_loads == 1
+}
+
+private func refuse(_ problem: String) -> Int32 {
+    if isStartupPass() {
+        logStartup(PERUSER_LOG_CRIT, problem)  // on the console: configtest shows it
+    } else {
+        log(PERUSER_LOG_CRIT, "peruser: \(problem)")
+    }
+    return 1
+}
+
+/// pre_config: whether this is a graceful restart of this MPM, detaching at the second load,
+/// and the defaults before any directive is read.
+@_cdecl("peruser_pre_config")
+public func peruserPreConfig(_ pool: OpaquePointer?, _ storedNames: UnsafePointer<UnsafePointer<CChar>?>?,
+                             _ count: Int32, _ settings: UnsafeMutablePointer<peruser_settings>?) -> Int32 {
+    guard let mpm = ap_unixd_mpm_get_retained_data() else { return 1 }
+    oneProcess = ap_exists_config_define("ONE_PROCESS") != 0 || ap_exists_config_define("DEBUG") != 0
+    let foreground = oneProcess || ap_exists_config_define("FOREGROUND") != 0
+    mpm.pointee.mpm_state = AP_MPMQ_STARTING
+    let key = "mpm_peruser_baton"
+    let baton = ap_retained_data_get(key)
+    if baton == nil || mpm.pointee.baton != baton {  // after another MPM: no graceful restart
+        mpm.pointee.was_graceful = 0
+        mpm.pointee.baton = baton ?? ap_retained_data_create(key, 1)
+    }
+    mpm.pointee.module_loads += 1
+    if mpm.pointee.module_loads == 2 && !foreground {
+        ap_fatal_signal_setup(ap_server_conf, pool)
+        let detached = apr_proc_detach(ap_exists_config_define("NO_DETACH") != 0 ? APR_PROC_DETACH_FOREGROUND
+                                                                                 : APR_PROC_DETACH_DAEMONIZE)
+        guard detached == APR_SUCCESS else {
+            log(PERUSER_LOG_CRIT, "apr_proc_detach failed: \(Errno(detached))")
+            return 500  // HTTP_INTERNAL_SERVER_ERROR, as Apache's own MPMs answer
+        }
+    }
+    ap_listen_pre_config()
+    let table = Set((0..<Int(max(0, count))).compactMap { string(storedNames?[$0]) })
+    let known = Set(Directives.stored)
+    guard table == known else {
+        return refuse("internal error: the C command table and Directives.swift disagree (only in C: "
+                      + "\(table.subtracting(known).sorted()), only in Swift: \(known.subtracting(table).sorted())); "
+                      + "rebuild the module")
+    }
+    configuration = Configuration()
+    settings?.pointee = configuration.settings
+    return 0
+}
+
+/// check_config: builds this pass's configuration from the stored directives, in order, checks
+/// it against mod_unixd's identity and logs what is wrong (warnings at the first start only).
+@_cdecl("peruser_configure")
+public func peruserConfigure(_ directives: UnsafePointer<peruser_directive>?, _ count: Int32,
+                             _ environmentOf: UnsafeMutablePointer<Int32>?,
+                             _ settings: UnsafeMutablePointer<peruser_settings>?) -> Int32 {
+    let startup = isStartupPass()
+    if oneProcess {
+        return refuse("ONE_PROCESS/DEBUG mode is not supported: a root process must never serve connections")
+    }
+    if let jail = ap_unixd_config.chroot_dir {
+        return refuse("ChrootDir \(String(cString: jail)) is not supported by this MPM (it would confine only the "
+                      + "multiplexers); use Chroot inside <Processor> for workers and MultiplexerChroot for multiplexers")
+    }
+    var raw: [RawDirective] = []
+    for index in 0..<Int(max(0, count)) {
+        guard let entry = directives?[index] else { break }
+        let arguments = [string(entry.arguments.0), string(entry.arguments.1)].compactMap { $0 }
+        raw.append(RawDirective(name: string(entry.name) ?? "", arguments: arguments, file: string(entry.file) ?? "?",
+                                line: Int(entry.line), section: entry.section >= 0 ? Int(entry.section) : nil))
+    }
+    do throws(ConfigurationError) {
+        let built = try Configuration.build(raw, system: .live)
+        let unixd = UnixdIdentity(user: string(ap_unixd_config.user_name) ?? "?", uid: ap_unixd_config.user_id,
+                                  gid: ap_unixd_config.group_id, userLocation: location(of: "User"),
+                                  groupLocation: location(of: "Group"))
+        let warnings = try built.checkIdentities(unixd: unixd)
+        if startup {
+            for warning in warnings { logStartup(PERUSER_LOG_WARNING, warning) }
+        }
+        configuration = built
+    } catch {
+        return refuse(error.description)
+    }
+    for index in raw.indices {
+        environmentOf?[index] = Int32(configuration.environmentOfDirective[index] ?? -1)
+    }
+    settings?.pointee = configuration.settings
+    if startup { warnAboutVirtualHostsWithoutEnvironment() }
+    return 0
+}
+
+extension Configuration {
+    /// What the C shim reads of the configuration.
+    var settings: peruser_settings {
+        peruser_settings(server_limit: Int32(limits.serverLimit), max_clients: Int32(clamping: limits.maxClients),
+                         min_spare: Int32(limits.workers.minSpare), max_spare: Int32(limits.workers.maxSpare),
+                         hand_back: handBack ? 1 : 0)
+    }
+}
+
+/// Where the first `name` directive (mod_unixd's User or Group) is, outside <Processor>.
+private func location(of name: String) -> String {
+    var directive = ap_conftree
+    while let current = directive {
+        if let found = current.pointee.directive, strcasecmp(found, name) == 0 {
+            return "line \(current.pointee.line_num) of \(string(current.pointee.filename) ?? "?")"
+        }
+        directive = current.pointee.next
+    }
+    return "the default"
+}
+
+private func warnAboutVirtualHostsWithoutEnvironment() {
+    var server = ap_server_conf?.pointee.next
+    while let vhost = server {
+        if peruser_shim_server_environment(vhost) < 0 {
+            let described = String(cString: peruser_shim_vhost_description(UnsafeMutableRawPointer(vhost.pointee.process.pointee.pconf), vhost))
+            logStartup(PERUSER_LOG_WARNING, "virtual host \(described) has no ServerEnvironment (and the main server "
+                       + "has none to inherit); its requests will be answered with 503")
+        }
+        server = vhost.pointee.next
+    }
+}
+
+/// A loaded module that must never run two requests at once in one process, or nil. PHP says so
+/// by its build: a thread-safe (ZTS) PHP exports TSRM's tsrm_startup, Debian's does not.
+private func threadUnsafeModule() -> String? {
+    var module = ap_top_module
+    while let current = module {
+        let name = string(current.pointee.name) ?? ""
+        if name.hasPrefix("mod_php") && dlsym(nil, "tsrm_startup") == nil {
+            return "mod_php (built without thread safety, as Debian's is)"
+        }
+        if name == "mod_perl.c" { return "mod_perl" }
+        if name == "mod_python.c" { return "mod_python" }
+        module = current.pointee.next
+    }
+    return nil
+}
+
+/// mod_http2 runs the streams of one connection at once on threads of its own inside the
+/// worker, and treats every MPM but prefork as able to. With a module that is not thread-safe
+/// that corrupts memory (any client can do it), so h2 and h2c are taken out of every server's
+/// Protocols: ALPN, Upgrade and prior knowledge then all stay HTTP/1.1.
+@_cdecl("peruser_post_config")
+public func peruserPostConfig(_ pool: OpaquePointer?, _ main: UnsafeMutableRawPointer?) {
+    http2SwitchedOffFor = nil
+    guard let pool, let unsafe = threadUnsafeModule(), ap_find_linked_module("mod_http2.c") != nil else { return }
+    var server = main?.assumingMemoryBound(to: server_rec.self)
+    while let current = server {
+        server = current.pointee.next
+        guard let core = ap_get_core_module_config(current.pointee.module_config)?
+                .assumingMemoryBound(to: core_server_config.self),
+              let protocols = core.pointee.protocols, let names = protocols.pointee.elts else { continue }
+        let slot = MemoryLayout<UnsafePointer<CChar>?>.stride
+        let kept = apr_array_make(pool, protocols.pointee.nelts + 1, Int32(slot))
+        for index in 0..<Int(max(0, protocols.pointee.nelts)) {
+            let name = UnsafeRawPointer(names).load(fromByteOffset: index * slot, as: UnsafePointer<CChar>?.self)
+            if let name, strcasecmp(name, "h2") != 0 && strcasecmp(name, "h2c") != 0 {
+                apr_array_push(kept)?.storeBytes(of: name, as: UnsafePointer<CChar>?.self)
+            }
+        }
+        if protocols.pointee.nelts > 0 && kept?.pointee.nelts == 0 {
+            apr_array_push(kept)?.storeBytes(of: UnsafePointer(apr_pstrdup(pool, "http/1.1")), as: UnsafePointer<CChar>?.self)
+        }
+        core.pointee.protocols = kept
+    }
+    http2SwitchedOffFor = unsafe
+}

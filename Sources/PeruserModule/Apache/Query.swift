@@ -1,0 +1,46 @@
+// ap_mpm_query: what this MPM tells Apache and other modules about itself.
+import CApache
+import CPeruserShim
+import Glibc
+
+/// The retained data of this MPM: parent memory that outlives the module's unload and reload
+/// on each restart (see Parent/Generation.swift).
+func retainedLasting() -> UnsafeMutablePointer<LastingState>? {
+    let key = "mpm_peruser_lasting_v3"
+    let found = ap_retained_data_get(key) ?? ap_retained_data_create(key, MemoryLayout<LastingState>.size)
+    return found?.bindMemory(to: LastingState.self, capacity: 1)
+}
+
+@_cdecl("peruser_mpm_query")
+public func peruserMPMQuery(_ code: Int32, _ result: UnsafeMutablePointer<Int32>?,
+                            _ status: UnsafeMutablePointer<Int32>?) -> Int32 {
+    let limits = configuration.limits
+    let mpm = ap_unixd_mpm_get_retained_data()?.pointee
+    let answer: Int32?
+    switch code {
+    case AP_MPMQ_MAX_DAEMON_USED: answer = peruserSlotsInUse()
+    case AP_MPMQ_IS_THREADED: answer = AP_MPMQ_NOT_SUPPORTED
+    case AP_MPMQ_IS_FORKED: answer = AP_MPMQ_DYNAMIC
+    case AP_MPMQ_HARD_LIMIT_DAEMONS:
+        let slots = retainedLasting()?.pointee.scoreboardSlots ?? 0
+        answer = slots > 0 ? slots : Int32(limits.serverLimit)
+    case AP_MPMQ_MAX_DAEMONS: answer = Int32(clamping: limits.maxClients)
+    case AP_MPMQ_HARD_LIMIT_THREADS, AP_MPMQ_MAX_THREADS: answer = 1
+    case AP_MPMQ_MIN_SPARE_DAEMONS: answer = Int32(limits.workers.minSpare)
+    case AP_MPMQ_MAX_SPARE_DAEMONS: answer = Int32(limits.workers.maxSpare)
+    case AP_MPMQ_MIN_SPARE_THREADS, AP_MPMQ_MAX_SPARE_THREADS: answer = 0
+    case AP_MPMQ_MAX_REQUESTS_DAEMON: answer = ap_max_requests_per_child
+    case AP_MPMQ_MPM_STATE: answer = mpm?.mpm_state ?? AP_MPMQ_STARTING
+    case AP_MPMQ_GENERATION: answer = mpm?.my_generation ?? 0
+    default: answer = nil
+    }
+    if let answer { result?.pointee = answer }
+    status?.pointee = answer == nil ? APR_ENOTIMPL : APR_SUCCESS
+    return OK
+}
+
+/// One past the highest slot in use.
+func peruserSlotsInUse() -> Int32 {
+    guard let state = parent else { return 0 }
+    return Int32(((0..<state.capacity).last { state.records[$0].pid > 0 }).map { $0 + 1 } ?? 0)
+}
