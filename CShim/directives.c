@@ -12,36 +12,21 @@ typedef struct {
 } peruser_server_conf;
 
 static apr_array_header_t *stored;
-static int32_t *environment_of;
-static apr_pool_t *pass_pool;
 /* cmd_data of the directives stored for Configuration.build. */
 static char stored_marker[] = "stored";
 
 void peruser_directives_reset(apr_pool_t *p)
 {
-    pass_pool = p;
     stored = apr_array_make(p, 64, sizeof(peruser_directive));
-    environment_of = NULL;
 }
 
-const peruser_directive *peruser_directives_stored(int *count)
+peruser_directive *peruser_directives_stored(int *count)
 {
     *count = stored ? stored->nelts : 0;
-    return stored ? (const peruser_directive *)stored->elts : NULL;
+    return stored ? (peruser_directive *)stored->elts : NULL;
 }
 
-int32_t *peruser_directives_environments(void)
-{
-    int count;
-    peruser_directives_stored(&count);
-    if (!environment_of && pass_pool) {
-        environment_of = apr_pcalloc(pass_pool, sizeof(int32_t) * (count ? count : 1));
-    }
-    return environment_of;
-}
-
-static int store(cmd_parms *cmd, const ap_directive_t *d, const char *name, const char *first,
-                 const char *second, int section)
+static int store(const ap_directive_t *d, const char *name, const char *first, const char *second, int section)
 {
     peruser_directive *entry = apr_array_push(stored);
     entry->name = name;
@@ -50,6 +35,7 @@ static int store(cmd_parms *cmd, const ap_directive_t *d, const char *name, cons
     entry->file = d ? d->filename : "(command line)";
     entry->line = d ? d->line_num : 0;
     entry->section = section;
+    entry->environment = -1;
     return stored->nelts - 1;
 }
 
@@ -57,7 +43,7 @@ static const char *store_global(cmd_parms *cmd, void *dummy, const char *first, 
 {
     const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
     if (!err) {
-        store(cmd, cmd->directive, cmd->cmd->name, first, second, -1);
+        store(cmd->directive, cmd->cmd->name, first, second, -1);
     }
     return err;
 }
@@ -92,10 +78,10 @@ static const char *processor_section(cmd_parms *cmd, void *dummy, const char *ar
     if (!*name || *args) {
         return "<Processor> takes exactly one name, as in <Processor alice>";
     }
-    section = store(cmd, cmd->directive, "<Processor", name, NULL, -1);
+    section = store(cmd->directive, "<Processor", name, NULL, -1);
     for (d = cmd->directive->first_child; d; d = d->next) {
         const char *rest = d->args, *value = ap_getword_conf(cmd->pool, &rest);
-        store(cmd, d, d->directive, value, *rest ? rest : NULL, section);
+        store(d, d->directive, value, *rest ? rest : NULL, section);
     }
     return NULL;
 }
@@ -115,7 +101,7 @@ static const char *store_server_environment(cmd_parms *cmd, void *dummy, const c
              : cmd->server->is_virtual ? "ServerEnvironment is given twice for this virtual host (or after AssignUserID)"
                                        : "ServerEnvironment is given twice for the main server (or after AssignUserID)";
     }
-    conf->directive = store(cmd, cmd->directive, cmd->cmd->name, first, second, -1);
+    conf->directive = store(cmd->directive, cmd->cmd->name, first, second, -1);
     return NULL;
 }
 
@@ -142,12 +128,10 @@ void *peruser_merge_server_config(apr_pool_t *p, void *base_conf, void *virt_con
 
 int peruser_shim_server_environment(const void *server)
 {
-    const server_rec *s = server;
-    const peruser_server_conf *conf = ap_get_module_config(s->module_config, &mpm_peruser_module);
-    int count;
-    peruser_directives_stored(&count);
-    return conf && environment_of && conf->directive >= 0 && conf->directive < count
-        ? environment_of[conf->directive] : -1;
+    const peruser_server_conf *conf = ap_get_module_config(((const server_rec *)server)->module_config,
+                                                           &mpm_peruser_module);
+    return conf && stored && conf->directive >= 0 && conf->directive < stored->nelts
+        ? ((peruser_directive *)stored->elts)[conf->directive].environment : -1;
 }
 
 const char *peruser_shim_vhost_description(void *pool, const void *server)

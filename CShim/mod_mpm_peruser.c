@@ -45,9 +45,8 @@ static int pre_config_after_core(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *pt
 static int check_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
 {
     int count;
-    const peruser_directive *directives = peruser_directives_stored(&count);
-    return peruser_configure(directives, count, peruser_directives_environments(), &peruser_current_settings)
-        ? !OK : OK;
+    peruser_directive *directives = peruser_directives_stored(&count);
+    return peruser_configure(directives, count, &peruser_current_settings) ? !OK : OK;
 }
 
 static int open_logs(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)

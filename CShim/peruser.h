@@ -30,14 +30,12 @@ extern peruser_settings peruser_current_settings;
 /* directives.c */
 extern const command_rec peruser_commands[];
 void peruser_directives_reset(apr_pool_t *p);
-/* The stored directives, and after configuration each one's environment (or -1). */
-const peruser_directive *peruser_directives_stored(int *count);
-int32_t *peruser_directives_environments(void);
+/* The stored directives; after check_config with each one's environment (or -1). */
+peruser_directive *peruser_directives_stored(int *count);
 /* Names of the directives the command table stores (for peruser_directives_check). */
 const char *const *peruser_directives_stored_names(int *count);
 void *peruser_create_server_config(apr_pool_t *p, server_rec *s);
 void *peruser_merge_server_config(apr_pool_t *p, void *base, void *virt);
-/* The environment serving server `s`, or -1 (valid once the configuration is built). */
 
 /* connection.c */
 void peruser_register_connection_hooks(void);

@@ -21,10 +21,9 @@ int32_t peruser_pre_config(struct apr_pool_t *pool, const char *const *stored_na
 
 /* check_config: builds this pass's configuration from the stored directives, in order, checks
  * it against mod_unixd's identity and logs what is wrong (warnings at the first start only).
- * Fills `environment_of` (`count` entries: the environment of each ServerEnvironment or
- * AssignUserID, -1 for other directives) and `settings`. 0, or 1 when Apache must not start. */
-int32_t peruser_configure(const peruser_directive *directives, int32_t count, int32_t *environment_of,
-                          peruser_settings *settings);
+ * Sets the environment of each ServerEnvironment and AssignUserID, and `settings`. 0, or 1
+ * when Apache must not start. */
+int32_t peruser_configure(peruser_directive *directives, int32_t count, peruser_settings *settings);
 
 /* post_config: with a module that is not thread-safe and mod_http2 loaded, h2 and h2c leave
  * every server's Protocols (apr_pool_t `pool`, the main server_rec `main`). */

@@ -83,6 +83,7 @@ typedef struct {
     const char *file;
     int32_t line;
     int32_t section;          /* index of the <Processor this one is inside, or -1 */
+    int32_t environment;      /* ServerEnvironment, AssignUserID: set by check_config; else -1 */
 } peruser_directive;
 
 /* What the C side reads of the configuration (ap_mpm_query, the scoreboard, the gates). */

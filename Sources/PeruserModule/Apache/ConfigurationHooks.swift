@@ -65,8 +65,7 @@ public func peruserPreConfig(_ pool: OpaquePointer?, _ storedNames: UnsafePointe
 /// check_config: builds this pass's configuration from the stored directives, in order, checks
 /// it against mod_unixd's identity and logs what is wrong (warnings at the first start only).
 @_cdecl("peruser_configure")
-public func peruserConfigure(_ directives: UnsafePointer<peruser_directive>?, _ count: Int32,
-                             _ environmentOf: UnsafeMutablePointer<Int32>?,
+public func peruserConfigure(_ directives: UnsafeMutablePointer<peruser_directive>?, _ count: Int32,
                              _ settings: UnsafeMutablePointer<peruser_settings>?) -> Int32 {
     let startup = isStartupPass()
     if oneProcess {
@@ -97,7 +96,7 @@ public func peruserConfigure(_ directives: UnsafePointer<peruser_directive>?, _ 
         return refuse(error.description)
     }
     for index in raw.indices {
-        environmentOf?[index] = Int32(configuration.environmentOfDirective[index] ?? -1)
+        directives?[index].environment = Int32(configuration.environmentOfDirective[index] ?? -1)
     }
     settings?.pointee = configuration.settings
     if startup { warnAboutVirtualHostsWithoutEnvironment() }
