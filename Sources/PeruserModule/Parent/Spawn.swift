@@ -19,11 +19,11 @@ func spawn(slot: Int, environment: Int?) -> Int32? {
         return nil
     }
     if environment == nil {
-        var pair: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
-            return giveUp("cannot create a control channel", .current)
+        do throws(Errno) {
+            (controlParent, controlChild) = try Channel.pair()
+        } catch {
+            return giveUp("cannot create a control channel", error)
         }
-        (controlParent, controlChild) = (FileDescriptor(raw: pair[0]), FileDescriptor(raw: pair[1]))
     }
     let cgroups = environment.flatMap { configuration.environments[$0]?.confinement.cgroups } ?? []
     if !cgroups.isEmpty {

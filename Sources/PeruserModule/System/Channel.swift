@@ -27,15 +27,21 @@ struct Channel {
         case failed(Errno)
     }
 
+    /// Two connected ends, closed on exec.
+    static func pair() throws(Errno) -> (FileDescriptor, FileDescriptor) {
+        var ends: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
+            throw .current
+        }
+        return (FileDescriptor(raw: ends[0]), FileDescriptor(raw: ends[1]))
+    }
+
     /// A one-way channel: the receiving end can never send, so neither side can write where
     /// the other only reads.
     static func oneWay() throws(Errno) -> (send: FileDescriptor, receive: FileDescriptor) {
-        var pair: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
-            throw .current
-        }
-        shutdown(pair[1], Int32(SHUT_WR))
-        return (FileDescriptor(raw: pair[0]), FileDescriptor(raw: pair[1]))
+        let (send, receive) = try pair()
+        shutdown(receive.raw, Int32(SHUT_WR))
+        return (send, receive)
     }
 
     /// Sends `payload` with `descriptor`, never blocking. A seqpacket send is all or nothing.
