@@ -180,15 +180,6 @@ static int pre_connection(conn_rec *c, void *csd)
     return DECLINED;
 }
 
-static void pre_read_request(request_rec *r, conn_rec *c)
-{
-    if (is_worker && current.record && !c->master) {
-        current.record->recording = 1;
-        current.record->overflow = 0;
-        current.record->len = 0;
-    }
-}
-
 /* Gives the connection back to the multiplexers: the head read so far, whatever the core input
  * filter has buffered, and what the socket holds right now travel with the fd. */
 static int hand_back(request_rec *r)
@@ -248,6 +239,26 @@ static int hand_back(request_rec *r)
     c->keepalive = AP_CONN_CLOSE;
     c->aborted = 1;
     return DONE;
+}
+
+/* After a request on a kept-alive connection, no worker waits on a client for its next head:
+ * unless it comes whole within a moment (Worker/NextHead.swift), the connection goes back to the
+ * multiplexers (plain HTTP only: a TLS session cannot move). */
+static void pre_read_request(request_rec *r, conn_rec *c)
+{
+    if (!is_worker || !current.record || c->master) {
+        return;
+    }
+    current.record->recording = 1;
+    current.record->overflow = 0;
+    current.record->len = 0;
+    if (current.requests_served > 0 && peruser_current_settings.hand_back && !ap_ssl_conn_is_ssl(c)
+        && !peruser_next_head_arrives(r)) {
+        current.record->recording = 0;
+        if (hand_back(r) != DONE) {
+            c->aborted = 1; /* not handed back: closed, and the client opens a new connection */
+        }
+    }
 }
 
 static int request_is_ours(const request_rec *r)

@@ -220,15 +220,11 @@ const command_rec peruser_commands[] = {
 const char *const *peruser_directives_stored_names(int *count)
 {
     static const char *names[64];
-    static int n;
     const command_rec *c;
-    if (!n) {
-        for (c = peruser_commands; c->name && n < 64; c++) {
-            if (c->cmd_data == stored_marker) {
-                names[n++] = c->name;
-            }
+    for (*count = 0, c = peruser_commands; c->name && *count < 64; c++) {
+        if (c->cmd_data == stored_marker) {
+            names[(*count)++] = c->name;
         }
     }
-    *count = n;
     return names;
 }

@@ -142,21 +142,8 @@ void peruser_shim_log_startup(int level, const char *message)
 static void peruser_hooks(apr_pool_t *p)
 {
     static const char *const core[] = { "core.c", NULL };
-    static const char *const others[][2] = { { "prefork.c", "mpm_prefork" }, { "event.c", "mpm_event" },
-                                              { "worker.c", "mpm_worker" } };
-    int i;
 
-    /* httpd refuses two MPMs ("More than one MPM loaded"); say which and how to fix it on
-     * Debian, where a module package (mod_php) may have enabled prefork beside peruser. */
-    for (i = 0; i < 3; i++) {
-        if (ap_find_linked_module(others[i][0])) {
-            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_CRIT, 0, NULL,
-                         "peruser: %s is loaded too, and Apache loads one MPM. On Debian: "
-                         "rm /etc/apache2/mods-enabled/%s.load /etc/apache2/mods-enabled/%s.conf "
-                         "(a2dismod refuses while php8.2 declares it a dependency)",
-                         others[i][1], others[i][1], others[i][1]);
-        }
-    }
+    peruser_refuse_other_mpms();
     ap_hook_open_logs(open_logs, NULL, core, APR_HOOK_REALLY_FIRST);
     ap_hook_pre_config(pre_config, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_pre_config(pre_config_after_core, NULL, NULL, APR_HOOK_REALLY_LAST);

@@ -13,6 +13,10 @@ struct apr_pool_t;
 
 /* ---- The configuration pass (Apache/ConfigurationHooks.swift) ---- */
 
+/* At module load: httpd refuses a second MPM ("More than one MPM loaded"); say which one and how
+ * to remove it on Debian, where a module package (mod_php) may have enabled prefork. */
+void peruser_refuse_other_mpms(void);
+
 /* pre_config: graceful restart or not, detaching, the defaults; `stored_names`: the directives
  * the command table stores, compared with Configuration.build's. OK, or what Apache must stop
  * with. */
@@ -51,6 +55,11 @@ void peruser_worker_started_request(const char *request, const char *vhost);
 /* Gives the connection being served back to the multiplexers, with the `len` bytes read of it
  * so far; `requests_served` on it by this worker decides the hop count. 0, or -errno. */
 int32_t peruser_worker_hand_back(const unsigned char *consumed, size_t len, int32_t requests_served);
+
+/* Whether the head of request_rec `request` (just created, on a kept-alive connection) comes
+ * whole within a moment, or the client closed; 0 when the connection should go back to the
+ * multiplexers. Reads ahead without consuming. */
+int32_t peruser_next_head_arrives(void *request);
 
 /* The largest hand-back message: what a worker may have consumed of a connection. */
 #define PERUSER_CONSUMED_MAX (96 * 1024)

@@ -7,6 +7,16 @@ import PeruserCore
 /// The loaded module that is not thread-safe, for which HTTP/2 was switched off (post_config).
 nonisolated(unsafe) var http2SwitchedOffFor: String?
 
+@_cdecl("peruser_refuse_other_mpms")
+public func peruserRefuseOtherMPMs() {
+    for (file, name) in [("prefork.c", "mpm_prefork"), ("event.c", "mpm_event"), ("worker.c", "mpm_worker")]
+    where ap_find_linked_module(file) != nil {
+        logStartup(PERUSER_LOG_CRIT, "\(name) is loaded too, and Apache loads one MPM. On Debian: rm "
+                   + "/etc/apache2/mods-enabled/\(name).load /etc/apache2/mods-enabled/\(name).conf (a2dismod "
+                   + "refuses while php8.2 declares it a dependency)")
+    }
+}
+
 /// ONE_PROCESS or DEBUG was defined (-X): refused at check_config.
 nonisolated(unsafe) var oneProcess = false
 

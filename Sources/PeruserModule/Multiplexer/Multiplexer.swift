@@ -43,6 +43,8 @@ struct PendingConnection {
     var trickle = TrickleScan()
     /// The hand-back channel this connection came from (its count of held connections).
     var handback: Int?
+    /// The socket's cookie, for a connection handed back.
+    var cookie: UInt64?
 }
 
 /// One environment's hand-back channel (receiving end), of this generation or the previous one.
@@ -120,6 +122,8 @@ struct Multiplexer {
     private var capacityCache: [EnvironmentCapacity?]
 
     private var noisyLines = LogLimiter()
+    /// Cookies of the handed-back connections this multiplexer holds.
+    private var heldCookies = Set<UInt64>()
 
     private static let listenerTag: UInt64 = 1 << 32
     private static let handbackTag: UInt64 = 2 << 32
@@ -448,7 +452,15 @@ struct Multiplexer {
                      + "\(handbackLabel(channel)) whose connection was never handed to it")
                 continue
             }
-            adopt(fd, consumed: decoded.consumed, hops: decoded.hops, handback: index)
+            // A copy of a connection this multiplexer already holds: one connection is held once
+            // (a worker cannot multiply what it hands back by duplicating the descriptor).
+            guard !heldCookies.contains(cookie) else {
+                close(fd)
+                note(.forgedHandback, PERUSER_LOG_WARNING, "multiplexer: dropped a second copy of a connection "
+                     + "handed back by environment \(handbackLabel(channel))")
+                continue
+            }
+            adopt(fd, consumed: decoded.consumed, hops: decoded.hops, handback: index, cookie: cookie)
         }
     }
 
@@ -514,11 +526,13 @@ struct Multiplexer {
     /// Most clients send their request with the connection, so the head is usually there at
     /// once: such a connection is routed and passed on without ever entering epoll. Only one
     /// still waiting for its head is watched (edge-triggered: an ADD reports data already there).
-    private mutating func adopt(_ fd: Int32, consumed: [UInt8], hops: UInt16, handback: Int? = nil) {
+    private mutating func adopt(_ fd: Int32, consumed: [UInt8], hops: UInt16, handback: Int? = nil,
+                                cookie: UInt64? = nil) {
         pending[fd] = PendingConnection(consumed: consumed, hops: hops,
                                         deadline: monotonicMilliseconds() + headTimeout,
                                         consuming: !consumed.isEmpty,
-                                        handback: handback)
+                                        handback: handback, cookie: cookie)
+        if let cookie { heldCookies.insert(cookie) }
         if let handback {
             handbacks[handback].holding += 1
             handbacksToCheck.append(handback)
@@ -800,6 +814,7 @@ struct Multiplexer {
 
     private mutating func forget(_ fd: Int32) {
         guard let connection = pending.removeValue(forKey: fd) else { return }
+        if let cookie = connection.cookie { heldCookies.remove(cookie) }
         if let handback = connection.handback {
             handbacks[handback].holding -= 1
             handbacksToCheck.append(handback)

@@ -47,17 +47,19 @@ func multiplexerMain(slot: Int, control: Int32, parentPid: pid_t) -> Never {
         exitChild(1)
     }
     var handbacks: [HandbackChannel] = []
+    // Workers hand back every kept-alive connection whose next head does not come at once, so
+    // an environment's channel carries as many connections as it has clients. What bounds a
+    // flood is real: only connections handed to that environment carry a valid ticket, and a
+    // copy of one already held is dropped. One environment may take half of what a
+    // multiplexer holds.
+    let most = max(16, configuration.limits.multiplexerMaxConnections / 2)
     for (environment, ends) in channels.enumerated() {
-        // A worker holds one connection at a time: twice an environment's workers is room
-        // enough for its honest hand-backs, and a bound on a flood.
-        let most = max(16, 2 * (configuration.workerLimits.indices.contains(environment)
-                                ? configuration.workerLimits[environment].maxProcessors : 1))
         handbacks.append(HandbackChannel(fd: ends.handbackReceive.raw, generation: generation,
                                          environment: environment, most: most))
     }
     for (environment, fd) in (lasting?.previousHandbacks ?? []).enumerated() where fd >= 0 {
         handbacks.append(HandbackChannel(fd: fd, generation: lasting?.pointee.previousGeneration ?? 0,
-                                         environment: environment, most: 16))
+                                         environment: environment, most: most))
     }
     guard var multiplexer = Multiplexer(slot: slot, listeners: listenerDescriptors(),
                                         handoffs: channels.map(\.handoffSend.raw), handbacks: handbacks,

@@ -1,0 +1,53 @@
+// After a response on a kept-alive connection, no worker waits on a client for its next head:
+// it looks for a moment, and unless the head comes whole, the connection goes back to the
+// multiplexers (CShim/connection.c hands it back), which hold it at no cost to any worker.
+import CApache
+import CPeruserShim
+import Glibc
+
+/// How long a worker looks for the next head: a client with its next request ready sends it
+/// within a round trip, and a pipelined one is already there.
+let nextHeadGraceMilliseconds: Int64 = 50
+/// A head this long is httpd's to answer (431 or 414), wherever it is served.
+let nextHeadScanLimit = 64 * 1024
+
+/// Whether the head of the request being read (request_rec `request`, just created) comes whole
+/// within the grace period, or the client closed or failed (httpd's to see). Reads ahead without
+/// consuming (AP_MODE_SPECULATIVE), so on "no" nothing is lost.
+@_cdecl("peruser_next_head_arrives")
+public func peruserNextHeadArrives(_ request: UnsafeMutableRawPointer?) -> Int32 {
+    guard let r = request?.assumingMemoryBound(to: request_rec.self), let c = r.pointee.connection,
+          let pool = r.pointee.pool, let fd = servedConnection?.fd,
+          let brigade = apr_brigade_create(pool, c.pointee.bucket_alloc) else { return 1 }
+    defer { apr_brigade_destroy(brigade) }
+    let deadline = monotonicMilliseconds() + nextHeadGraceMilliseconds
+    while true {
+        guard ap_get_brigade(c.pointee.input_filters, brigade, AP_MODE_SPECULATIVE, APR_NONBLOCK_READ,
+                             apr_off_t(nextHeadScanLimit)) == APR_SUCCESS else { return 1 }
+        var data: UnsafeMutablePointer<CChar>?
+        var length: apr_size_t = 0
+        let flattened = apr_brigade_pflatten(brigade, &data, &length, pool)
+        apr_brigade_cleanup(brigade)
+        if flattened == APR_SUCCESS, let data, length > 0,
+           length >= nextHeadScanLimit || endsHead(UnsafeRawBufferPointer(start: data, count: length)) {
+            return 1
+        }
+        let left = deadline - monotonicMilliseconds()
+        guard left > 0 else { return 0 }
+        // POLLRDHUP (0x2000 on Linux; not in Swift's Glibc module): the client closed.
+        var entry = pollfd(fd: fd, events: Int16(POLLIN) | 0x2000, revents: 0)
+        if poll(&entry, 1, Int32(left)) > 0 && entry.revents & (0x2000 | Int16(POLLHUP) | Int16(POLLERR)) != 0 {
+            return 1
+        }
+    }
+}
+
+/// Whether `bytes` hold an empty line: the end of a head (bare LF too, as httpd accepts it).
+private func endsHead(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    var previous: UInt8 = 0, beforePrevious: UInt8 = 0
+    for byte in bytes {
+        if byte == 0x0A && (previous == 0x0A || (previous == 0x0D && beforePrevious == 0x0A)) { return true }
+        (beforePrevious, previous) = (previous, byte)
+    }
+    return false
+}
