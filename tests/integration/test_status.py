@@ -41,7 +41,7 @@ def peruser_rows(page):
 
 def stats_rows(page):
     return table_rows(page, "Peruser statistics",
-                      ["name", "user", "group", "pss", "connections", "requests", "dropped", "avail"])
+                      ["name", "user", "group", "pss", "connections", "requests", "dropped", "avail", "reading"])
 
 
 def auto_lines(text):

@@ -53,6 +53,10 @@ def tls(module, accounts):
     apache.write_config(f"""
 LoadModule ssl_module /usr/lib/apache2/modules/mod_ssl.so
 LoadModule socache_shmcb_module /usr/lib/apache2/modules/mod_socache_shmcb.so
+LoadModule status_module /usr/lib/apache2/modules/mod_status.so
+<Location /server-status>
+    SetHandler server-status
+</Location>
 SSLSessionCache shmcb:{apache.root}/run/ssl_scache(512000)
 Listen 127.0.0.1:{port} https
 Listen 127.0.0.1:{noenv_port} https
@@ -232,3 +236,32 @@ def test_bad_client_hellos_neither_crash_nor_stall_the_multiplexer(tls, payload)
         bad.close()
     assert {pid for pid, uid, _ in tls.children() if uid == 33} == mux_before, "a multiplexer died"
     assert "Segmentation" not in tls.read_error_log()
+
+
+def test_status_shows_workers_reading_from_a_tls_client(tls):
+    # A TLS client that completed its handshake and sends nothing holds a worker of A reading
+    # (issue 18: the status page shows such readers per environment).
+    def reading():
+        sock, _ = connect(tls, "b.test")
+        try:
+            status, body = https_get(sock, "b.test", "/server-status?auto")
+        finally:
+            sock.close()
+        assert status == 200, body
+        lines = [line for line in body.splitlines() if line.startswith("PeruserEnvironment: env-a ")]
+        assert lines, body
+        return int(dict(p.split("=") for p in lines[0].split()[2:])["reading"])
+
+    def settles_at(count):
+        deadline = time.monotonic() + 8  # RequestReadTimeout header=5 ends earlier tests' readers
+        while reading() != count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return reading() == count
+
+    assert settles_at(0)
+    idle, _ = connect(tls, "a.test")
+    try:
+        assert settles_at(1)
+    finally:
+        idle.close()
+    assert settles_at(0)

@@ -67,6 +67,16 @@ public struct StatusSnapshot: Equatable {
         return all.multiplexers
     }
 
+    /// Workers of each environment reading a request from their client (Apache's BUSY_READ):
+    /// a TLS handshake, a head inside TLS, a request body.
+    public func readers() -> [Int] {
+        var counts = Array(repeating: 0, count: environments.count)
+        for slot in slots where slot.pid > 0 && slot.scoreboardState == 3 {
+            if let e = slot.environment, counts.indices.contains(e) { counts[e] += 1 }
+        }
+        return counts
+    }
+
     /// The same for the multiplexers and every environment, in one pass over the slots.
     public func counts() -> (multiplexers: (alive: Int, idle: Int), environments: [(alive: Int, idle: Int)]) {
         var muxes = (alive: 0, idle: 0)
@@ -187,14 +197,17 @@ public enum StatusPage {
     public static func statistics(_ s: StatusSnapshot) -> String {
         var html = "<h2>Peruser statistics</h2>\n<table border=\"0\">\n"
             + "<tr><th>Environment</th><th>User</th><th>Group</th><th>Pss</th><th>Connections</th>"
-            + "<th>Requests</th><th>Dropped</th><th>AVAIL</th></tr>\n"
-        var alive = 0, idle = 0, maxTotal = 0
+            + "<th>Requests</th><th>Dropped</th><th>AVAIL</th><th>Reading</th></tr>\n"
+        let readers = s.readers()
+        var alive = 0, idle = 0, maxTotal = 0, reading = 0
         var connections: UInt64 = 0, requests: UInt64 = 0, dropped: UInt64 = 0
         for row in ordered(s) {
             let env = s.environments[row.index]
             html += "<tr><td>\(escape(env.name))</td><td>\(escape(env.user))</td><td>\(escape(env.group))</td>"
                 + "<td>\(row.alive)/\(row.idle)/\(env.maxProcessors)</td><td>\(env.connections)</td>"
-                + "<td>\(env.requests)</td><td>\(env.dropped)</td><td>\(percent(env.availability))%</td></tr>\n"
+                + "<td>\(env.requests)</td><td>\(env.dropped)</td><td>\(percent(env.availability))%</td>"
+                + "<td>\(readers[row.index])</td></tr>\n"
+            reading += readers[row.index]
             alive += row.alive
             idle += row.idle
             maxTotal = maxTotal.saturatingAdding(env.maxProcessors)
@@ -203,7 +216,7 @@ public enum StatusPage {
             dropped = dropped.saturatingAdding(env.dropped)
         }
         html += "<tr><th>Total</th><th></th><th></th><th>\(alive)/\(idle)/\(maxTotal)</th><th>\(connections)</th>"
-            + "<th>\(requests)</th><th>\(dropped)</th><th></th></tr>\n</table>\n"
+            + "<th>\(requests)</th><th>\(dropped)</th><th></th><th>\(reading)</th></tr>\n</table>\n"
         return html
     }
 
@@ -211,12 +224,13 @@ public enum StatusPage {
     /// `PeruserMultiplexers:` line; key=value pairs after the name, so scrapers split on spaces.
     public static func auto(_ s: StatusSnapshot) -> String {
         let m = s.count(environment: nil)
+        let readers = s.readers()
         var text = "PeruserMultiplexers: alive=\(m.alive) idle=\(m.idle) max=\(s.maxMultiplexers)\n"
         for row in ordered(s) {
             let env = s.environments[row.index]
             text += "PeruserEnvironment: \(env.name) alive=\(row.alive) idle=\(row.idle) max=\(env.maxProcessors) "
                 + "connections=\(env.connections) requests=\(env.requests) dropped=\(env.dropped) "
-                + "availability=\(percent(env.availability)) waiting=\(max(env.waiting, 0))\n"
+                + "availability=\(percent(env.availability)) waiting=\(max(env.waiting, 0)) reading=\(readers[row.index])\n"
         }
         return text
     }

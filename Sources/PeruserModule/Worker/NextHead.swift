@@ -4,6 +4,7 @@
 import CApache
 import CPeruserShim
 import Glibc
+import PeruserCore
 
 /// How long a worker looks for the next head: a client with its next request ready sends it
 /// within a round trip, and a pipelined one is already there.
@@ -28,9 +29,11 @@ public func peruserNextHeadArrives(_ request: UnsafeMutableRawPointer?) -> Int32
         var length: apr_size_t = 0
         let flattened = apr_brigade_pflatten(brigade, &data, &length, pool)
         apr_brigade_cleanup(brigade)
-        if flattened == APR_SUCCESS, let data, length > 0,
-           length >= nextHeadScanLimit || endsHead(UnsafeRawBufferPointer(start: data, count: length)) {
-            return 1
+        if flattened == APR_SUCCESS, let data, length > 0 {
+            // Whole, or not a request httpd will wait for (malformed, too long): httpd's to answer.
+            // The same scanner the multiplexers route with: blank lines first, HTTP/0.9, bare LF.
+            if length >= nextHeadScanLimit { return 1 }
+            if case .needMore = RequestHead.scan(UnsafeRawBufferPointer(start: data, count: length)) {} else { return 1 }
         }
         let left = deadline - monotonicMilliseconds()
         guard left > 0 else { return 0 }
@@ -40,14 +43,4 @@ public func peruserNextHeadArrives(_ request: UnsafeMutableRawPointer?) -> Int32
             return 1
         }
     }
-}
-
-/// Whether `bytes` hold an empty line: the end of a head (bare LF too, as httpd accepts it).
-private func endsHead(_ bytes: UnsafeRawBufferPointer) -> Bool {
-    var previous: UInt8 = 0, beforePrevious: UInt8 = 0
-    for byte in bytes {
-        if byte == 0x0A && (previous == 0x0A || (previous == 0x0D && beforePrevious == 0x0A)) { return true }
-        (beforePrevious, previous) = (previous, byte)
-    }
-    return false
 }
