@@ -86,13 +86,10 @@ typedef struct {
     int32_t environment;      /* ServerEnvironment, AssignUserID: set by check_config; else -1 */
 } peruser_directive;
 
-/* What the C side reads of the configuration (ap_mpm_query, the scoreboard, the gates). */
+/* What the C side reads of the configuration: the request gates' PeruserHandBack (ap_mpm_query
+ * and the scoreboard are Swift's, and read the configuration there). */
 typedef struct {
-    int32_t server_limit;
-    int32_t max_clients;
-    int32_t min_spare;
-    int32_t max_spare;
-    int32_t hand_back; /* PeruserHandBack */
+    int32_t hand_back;
 } peruser_settings;
 
 /* ---- The C shim's functions (CShim/): what Swift cannot call in Apache directly ---- */

@@ -7,48 +7,22 @@ import time
 
 import pytest
 
-from conftest import make_site, two_environments
-from harness import Apache, free_port, request_on
+from harness import request_on
 from test_end_to_end import CGI, ids_of
+from test_hostile_clients import start
 
 
-def start(accounts, extra=""):
-    port = free_port()
-    apache = Apache("", name="slow-clients")
-    a_site = make_site(apache.root, *accounts["peruser-a"], "a")
-    b_site = make_site(apache.root, *accounts["peruser-b"], "b")
-    apache.write_config(f"""Listen 127.0.0.1:{port}
-MinMultiplexers 1
-MaxMultiplexers 1
-MaxProcessors 2
-MinSpareProcessors 0
+# test_hostile_clients' server (one multiplexer, env-a and env-b, MinSpareProcessors 0) with two
+# workers per environment, a short wait for one, and idle connections held long.
+SLOW = """MaxProcessors 2
 ProcessorWaitTimeout 2
 MultiplexerHeadTimeout 30
-KeepAliveTimeout 30
-{extra}
-{two_environments(apache.root)}
-<VirtualHost 127.0.0.1:{port}>
-    ServerName a.test
-    DocumentRoot {a_site}
-    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
-    ServerEnvironment env-a
-</VirtualHost>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName b.test
-    DocumentRoot {b_site}
-    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
-    ServerEnvironment env-b
-</VirtualHost>
-""")
-    apache.port = port
-    apache.start(ports=(port,))
-    apache.wait_children(3)
-    return apache
+KeepAliveTimeout 30"""
 
 
 @pytest.fixture(scope="module")
 def slow(module, accounts):
-    apache = start(accounts)
+    apache = start(accounts, SLOW)
     yield apache
     apache.stop()
     apache.cleanup()

@@ -116,9 +116,7 @@ public func peruserConfigure(_ directives: UnsafeMutablePointer<peruser_directiv
 extension Configuration {
     /// What the C shim reads of the configuration.
     var settings: peruser_settings {
-        peruser_settings(server_limit: Int32(limits.serverLimit), max_clients: Int32(clamping: limits.maxClients),
-                         min_spare: Int32(limits.workers.minSpare), max_spare: Int32(limits.workers.maxSpare),
-                         hand_back: handBack ? 1 : 0)
+        peruser_settings(hand_back: handBack ? 1 : 0)
     }
 }
 

@@ -9,17 +9,6 @@ import PeruserCore
 
 nonisolated(unsafe) var configuration = Configuration()
 
-/// Copies `text` into a C buffer, truncating and always NUL-terminating.
-func copyOut(_ text: String, _ buffer: UnsafeMutablePointer<CChar>?, _ capacity: Int) {
-    guard let buffer, capacity > 0 else { return }
-    var written = 0
-    for byte in text.utf8 where written < capacity - 1 {
-        buffer[written] = CChar(bitPattern: byte)
-        written += 1
-    }
-    buffer[written] = 0
-}
-
 func string(_ pointer: UnsafePointer<CChar>?) -> String? {
     pointer.map { String(cString: $0) }
 }

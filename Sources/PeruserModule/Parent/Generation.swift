@@ -35,7 +35,6 @@ struct LastingState {
     var control: UnsafeMutablePointer<Int32>?  // the parent's end of each multiplexer's control channel, by slot
     var table: UnsafeMutableRawPointer?        // this generation's child table, and its memfd
     var tableSize = 0
-    var tableSlots: Int32 = 0
     var tableEnvironments: Int32 = 0
     var tableFD: Int32 = -1
     var previousTable: UnsafeMutableRawPointer?
@@ -237,7 +236,6 @@ func mapChildTable(_ lasting: UnsafeMutablePointer<LastingState>, slots: Int) th
     }
     if lasting.pointee.tableFD >= 0 { close(lasting.pointee.tableFD) }
     lasting.pointee.tableFD = table.fd.raw
-    lasting.pointee.tableSlots = Int32(slots)
     unmap(lasting.pointee.previousTable, lasting.pointee.previousTableSize)
     lasting.pointee.previousTable = lasting.pointee.table
     lasting.pointee.previousTableSize = lasting.pointee.tableSize

@@ -47,76 +47,73 @@ struct Channel {
     /// Sends `payload` with `descriptor`, never blocking. A seqpacket send is all or nothing.
     func send(fd descriptor: Int32, payload: UnsafeRawBufferPointer) -> SendOutcome {
         let space = peruser_cmsg_space(MemoryLayout<Int32>.size)
-        let control = UnsafeMutableRawBufferPointer.allocate(byteCount: space, alignment: 8)
-        defer { control.deallocate() }
-        control.initializeMemory(as: UInt8.self, repeating: 0)
-        var io = iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress), iov_len: payload.count)
-        return withUnsafeMutablePointer(to: &io) { ioPointer -> SendOutcome in
-            var header = msghdr()
-            header.msg_iov = ioPointer
-            header.msg_iovlen = 1
-            header.msg_control = control.baseAddress
-            header.msg_controllen = space
-            guard let message = peruser_cmsg_first(&header) else { return .failed(Errno(EINVAL)) }
-            message.pointee.cmsg_level = SOL_SOCKET
-            message.pointee.cmsg_type = Int32(SCM_RIGHTS)
-            message.pointee.cmsg_len = peruser_cmsg_len(MemoryLayout<Int32>.size)
-            UnsafeMutableRawPointer(peruser_cmsg_data(message)).storeBytes(of: descriptor, as: Int32.self)
-            do throws(Errno) {
-                let sent = try retryingInterrupts { sendmsg(fd, &header, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
-                return sent == payload.count ? .sent : .failed(Errno(EMSGSIZE))
-            } catch {
-                return error.isWouldBlock ? .full : .failed(error)
+        // On the stack: this runs for every hand-off and hand-back.
+        return withUnsafeTemporaryAllocation(byteCount: space, alignment: 8) { control -> SendOutcome in
+            control.initializeMemory(as: UInt8.self, repeating: 0)
+            var io = iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress), iov_len: payload.count)
+            return withUnsafeMutablePointer(to: &io) { ioPointer -> SendOutcome in
+                var header = msghdr()
+                header.msg_iov = ioPointer
+                header.msg_iovlen = 1
+                header.msg_control = control.baseAddress
+                header.msg_controllen = space
+                guard let message = peruser_cmsg_first(&header) else { return .failed(Errno(EINVAL)) }
+                message.pointee.cmsg_level = SOL_SOCKET
+                message.pointee.cmsg_type = Int32(SCM_RIGHTS)
+                message.pointee.cmsg_len = peruser_cmsg_len(MemoryLayout<Int32>.size)
+                UnsafeMutableRawPointer(peruser_cmsg_data(message)).storeBytes(of: descriptor, as: Int32.self)
+                do throws(Errno) {
+                    let sent = try retryingInterrupts { sendmsg(fd, &header, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+                    return sent == payload.count ? .sent : .failed(Errno(EMSGSIZE))
+                } catch {
+                    return error.isWouldBlock ? .full : .failed(error)
+                }
             }
         }
-    }
-
-    func send(fd descriptor: Int32, bytes: [UInt8]) -> SendOutcome {
-        bytes.withUnsafeBytes { send(fd: descriptor, payload: $0) }
     }
 
     /// Receives one message into `buffer`. Descriptors arrive close-on-exec; room is made for
     /// more than one, so that extras are received and closed rather than left in flight.
     func receive(into buffer: UnsafeMutableRawBufferPointer, blocking: Bool) -> ReceiveOutcome {
         let space = peruser_cmsg_space(MemoryLayout<Int32>.size * 8)
-        let control = UnsafeMutableRawBufferPointer.allocate(byteCount: space, alignment: 8)
-        defer { control.deallocate() }
-        var io = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
-        return withUnsafeMutablePointer(to: &io) { ioPointer -> ReceiveOutcome in
-            var header = msghdr()
-            header.msg_iov = ioPointer
-            header.msg_iovlen = 1
-            header.msg_control = control.baseAddress
-            header.msg_controllen = space
-            let length = recvmsg(fd, &header, Int32(MSG_CMSG_CLOEXEC) | (blocking ? 0 : Int32(MSG_DONTWAIT)))
-            if length < 0 {
-                let failure = Errno.current
-                if failure == .interrupted { return .interrupted }
-                return failure.isWouldBlock ? .nothing : .failed(failure)
-            }
-            if length == 0 && header.msg_controllen == 0 { return .empty }
-            var received: [Int32] = []
-            var foreign = false
-            var message = peruser_cmsg_first(&header)
-            while let current = message {
-                let dataLength = Int(current.pointee.cmsg_len) - peruser_cmsg_len(0)
-                if current.pointee.cmsg_level == SOL_SOCKET && current.pointee.cmsg_type == Int32(SCM_RIGHTS),
-                   dataLength >= 0, let data = peruser_cmsg_data(current) {
-                    for index in 0..<(dataLength / MemoryLayout<Int32>.size) {
-                        received.append(UnsafeRawPointer(data).loadUnaligned(
-                            fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self))
-                    }
-                } else {
-                    foreign = true
+        return withUnsafeTemporaryAllocation(byteCount: space, alignment: 8) { control -> ReceiveOutcome in
+            var io = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+            return withUnsafeMutablePointer(to: &io) { ioPointer -> ReceiveOutcome in
+                var header = msghdr()
+                header.msg_iov = ioPointer
+                header.msg_iovlen = 1
+                header.msg_control = control.baseAddress
+                header.msg_controllen = space
+                let length = recvmsg(fd, &header, Int32(MSG_CMSG_CLOEXEC) | (blocking ? 0 : Int32(MSG_DONTWAIT)))
+                if length < 0 {
+                    let failure = Errno.current
+                    if failure == .interrupted { return .interrupted }
+                    return failure.isWouldBlock ? .nothing : .failed(failure)
                 }
-                message = peruser_cmsg_next(&header, current)
+                if length == 0 && header.msg_controllen == 0 { return .empty }
+                var received: [Int32] = []
+                var foreign = false
+                var message = peruser_cmsg_first(&header)
+                while let current = message {
+                    let dataLength = Int(current.pointee.cmsg_len) - peruser_cmsg_len(0)
+                    if current.pointee.cmsg_level == SOL_SOCKET && current.pointee.cmsg_type == Int32(SCM_RIGHTS),
+                       dataLength >= 0, let data = peruser_cmsg_data(current) {
+                        for index in 0..<(dataLength / MemoryLayout<Int32>.size) {
+                            received.append(UnsafeRawPointer(data).loadUnaligned(
+                                fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self))
+                        }
+                    } else {
+                        foreign = true
+                    }
+                    message = peruser_cmsg_next(&header, current)
+                }
+                let truncated = header.msg_flags & Int32(MSG_CTRUNC | MSG_TRUNC) != 0
+                guard !foreign, !truncated, length > 0, received.count == 1 else {
+                    for descriptor in received { close(descriptor) }
+                    return .invalid
+                }
+                return .message(length: length, fd: received[0])
             }
-            let truncated = header.msg_flags & Int32(MSG_CTRUNC | MSG_TRUNC) != 0
-            guard !foreign, !truncated, length > 0, received.count == 1 else {
-                for descriptor in received { close(descriptor) }
-                return .invalid
-            }
-            return .message(length: length, fd: received[0])
         }
     }
 }

@@ -17,6 +17,10 @@ nonisolated(unsafe) var servedConnection: ServedConnection?
 /// This worker's environment, and its hand-back channel's sending end.
 nonisolated(unsafe) var workerEnvironment = -1
 nonisolated(unsafe) var handbackChannel: Channel?
+/// Where a hand-back message is encoded: allocated once, as kept-alive connections now come
+/// back after every response whose next head is late.
+nonisolated(unsafe) let handbackMessage = UnsafeMutableRawBufferPointer.allocate(byteCount: HandoffMessage.largestMessage,
+                                                                                 alignment: 8)
 
 func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
     workerEnvironment = environment
@@ -208,20 +212,18 @@ public func peruserWorkerStartedRequest(_ request: UnsafePointer<CChar>?, _ vhos
 public func peruserWorkerHandBack(_ consumed: UnsafePointer<UInt8>?, _ length: Int, _ requestsServed: Int32) -> Int32 {
     guard let connection = servedConnection, let channel = handbackChannel else { return -EINVAL }
     let hops = requestsServed > 0 ? 1 : (connection.hops == .max ? .max : connection.hops + 1)
-    var message = [UInt8](repeating: 0, count: HandoffMessage.largestMessage)
     let encoded: Int
     do {
-        encoded = try message.withUnsafeMutableBytes { out in
-            try HandoffMessage.encode(hops: hops, ticket: connection.ticket,
-                                      consumed: UnsafeRawBufferPointer(start: length > 0 ? consumed : nil, count: consumed == nil ? 0 : length),
-                                      into: out)
-        }
+        encoded = try HandoffMessage.encode(hops: hops, ticket: connection.ticket,
+                                            consumed: UnsafeRawBufferPointer(start: length > 0 ? consumed : nil,
+                                                                             count: consumed == nil ? 0 : length),
+                                            into: handbackMessage)
     } catch {
         return -EMSGSIZE
     }
     // The multiplexers drain this channel in their event loops; a full one is brief.
     for _ in 0..<100 {
-        switch message.withUnsafeBytes({ channel.send(fd: connection.fd, payload: UnsafeRawBufferPointer(rebasing: $0[0..<encoded])) }) {
+        switch channel.send(fd: connection.fd, payload: UnsafeRawBufferPointer(rebasing: handbackMessage[0..<encoded])) {
         case .sent: return 0
         case .failed(let failure): return -failure.code
         case .full: poll(nil, 0, 10)
