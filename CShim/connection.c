@@ -33,6 +33,9 @@ static struct {
     int handed_back;
     int socket_reads_paused; /* while handing back: take only what filters already buffered */
     head_record *record;
+    /* This request's wait on the client and bytes from it, for ReaderShedTimeout. */
+    int64_t waited_ms;
+    uint64_t received;
 } current;
 
 static ap_filter_rec_t *record_filter_handle;
@@ -113,9 +116,32 @@ static apr_status_t socket_read(apr_bucket *a, const char **str, apr_size_t *len
     }
     *len = APR_BUCKET_BUFF_SIZE;
     buf = apr_bucket_alloc(*len, a->list);
-    rv = apr_socket_recv(sock, buf, len);
-    if (block == APR_NONBLOCK_READ) {
+    if (block == APR_BLOCK_READ && apr_socket_timeout_get(sock, &timeout) == APR_SUCCESS && timeout != 0) {
+        /* A blocking read: the worker waits on the client itself (ReaderShed.swift), so that
+         * under pressure it can give up a client it has waited on too long. */
+        apr_os_sock_t fd = -1;
+        apr_os_sock_get(&fd, sock);
+        apr_socket_timeout_set(sock, 0);
+        rv = apr_socket_recv(sock, buf, len);
+        while (APR_STATUS_IS_EAGAIN(rv)) {
+            int32_t waited = peruser_worker_await_client(fd, timeout, &current.waited_ms, current.received);
+            if (waited != 0) {
+                rv = APR_TIMEUP;
+                break;
+            }
+            *len = APR_BUCKET_BUFF_SIZE;
+            rv = apr_socket_recv(sock, buf, len);
+        }
         apr_socket_timeout_set(sock, timeout);
+    }
+    else {
+        rv = apr_socket_recv(sock, buf, len);
+        if (block == APR_NONBLOCK_READ) {
+            apr_socket_timeout_set(sock, timeout);
+        }
+    }
+    if (rv == APR_SUCCESS) {
+        current.received += *len;
     }
     if (rv != APR_SUCCESS && rv != APR_EOF) {
         apr_bucket_free(buf);
@@ -252,6 +278,8 @@ static void pre_read_request(request_rec *r, conn_rec *c)
     current.record->recording = 1;
     current.record->overflow = 0;
     current.record->len = 0;
+    current.waited_ms = 0; /* ReaderShedTimeout counts per request */
+    current.received = 0;
     if (current.requests_served > 0 && peruser_current_settings.hand_back && !ap_ssl_conn_is_ssl(c)
         && !peruser_next_head_arrives(r)) {
         current.record->recording = 0;

@@ -188,6 +188,9 @@ const command_rec peruser_commands[] = {
     STORED("IdleTimeout", "Seconds before an idle spare worker exits; 0: never (default 900)"),
     STORED("MultiplexerHeadTimeout", "Seconds a multiplexer waits for a complete request head (default 5)"),
     STORED("MultiplexerMaxConnections", "Connections one multiplexer holds at most (default 512)"),
+    STORED("MaxClientShare", "Percent of an environment's MaxProcessors one client address may hold; 100: no limit (default 50)"),
+    STORED("ReaderShedTimeout", "Seconds a worker waits on its client in a request while connections wait for its "
+                                "environment; 0: never shed (default 1)"),
     STORED("MultiplexerUser", "The user the multiplexers run as (default: User); never a tenant's"),
     STORED("MultiplexerGroup", "The group the multiplexers run as (default: Group); never a tenant's"),
     STORED("MultiplexerChroot", "A root-owned directory the multiplexers chroot into before they drop privileges"),

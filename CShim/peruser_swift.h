@@ -61,6 +61,13 @@ int32_t peruser_worker_hand_back(const unsigned char *consumed, size_t len, int3
  * multiplexers. Reads ahead without consuming. */
 int32_t peruser_next_head_arrives(void *request);
 
+/* A worker's blocking read from its client found nothing yet: waits up to `timeout_us` (< 0:
+ * no limit) for data on `fd`. Adds the time waited to `*waited_ms` (this request's total so
+ * far, with `received` bytes read in it). Returns 0 when there is data, 1 when the timeout ran
+ * out, 2 when the connection is shed (its environment has connections waiting and this
+ * client has been waited on longer than ReaderShedTimeout allows). */
+int32_t peruser_worker_await_client(int32_t fd, int64_t timeout_us, int64_t *waited_ms, uint64_t received);
+
 /* The largest hand-back message: what a worker may have consumed of a connection. */
 #define PERUSER_CONSUMED_MAX (96 * 1024)
 

@@ -45,6 +45,27 @@ static inline void peruser_atomic_add_u64(void *field, uint64_t value)
     __atomic_fetch_add((uint64_t *)field, value, __ATOMIC_RELAXED);
 }
 
+/* Adds and returns the new value. */
+static inline uint64_t peruser_atomic_add_fetch_u64(void *field, uint64_t value)
+{
+    return __atomic_add_fetch((uint64_t *)field, value, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t peruser_atomic_load_u64(const void *field)
+{
+    return __atomic_load_n((const uint64_t *)field, __ATOMIC_RELAXED);
+}
+
+static inline void peruser_atomic_store_u64(void *field, uint64_t value)
+{
+    __atomic_store_n((uint64_t *)field, value, __ATOMIC_RELAXED);
+}
+
+static inline int peruser_atomic_cas_u64(void *field, uint64_t expected, uint64_t desired)
+{
+    return __atomic_compare_exchange_n((uint64_t *)field, &expected, desired, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+
 static inline void peruser_atomic_store_u32(void *field, uint32_t value)
 {
     __atomic_store_n((uint32_t *)field, value, __ATOMIC_RELAXED);

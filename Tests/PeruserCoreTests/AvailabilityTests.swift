@@ -53,6 +53,29 @@ final class WaitQueueTests: XCTestCase {
         XCTAssertEqual(q.environments, [1])
     }
 
+    func testTakesTheLowestRankFirstThenTheEarliestDeadline() {
+        var q = WaitQueue<Int32>()
+        // Odd items are a heavy client's (rank 5), even ones light clients' (rank 1).
+        for (item, deadline) in [(1, 100), (2, 200), (3, 300), (4, 400), (5, 500), (6, 600)] {
+            q.add(Int32(item), environment: 0, deadline: Int64(deadline))
+        }
+        q.add(7, environment: 1, deadline: 50)
+        XCTAssertEqual(q.take(2, for: 0) { $0 % 2 == 1 ? 5 : 1 }, [2, 4])
+        // The heavy client may take one more worker: the rank counts what was taken.
+        var heavyTaken = 0
+        let taken = q.take(5, for: 0) { item -> Int? in
+            item % 2 == 0 ? 1 : (heavyTaken < 1 ? 5 : nil)
+        }
+        XCTAssertEqual(taken, [6, 1, 3, 5])  // this rank did not count: all three heavy ones came
+        heavyTaken = 1
+        XCTAssertEqual(q.count(for: 0), 0)
+        for item: Int32 in [1, 3, 5] { q.add(item, environment: 0, deadline: 100 * Int64(item)) }
+        XCTAssertEqual(q.take(5, for: 0) { _ in heavyTaken < 1 ? 5 : nil }, [])
+        XCTAssertTrue(q.contains(for: 0) { $0 == 5 })
+        XCTAssertFalse(q.contains(for: 2) { _ in true })
+        XCTAssertEqual(q.count(for: 1), 1)
+    }
+
     func testExpiredRemovesOnlyPastDeadlines() {
         var q = WaitQueue<Int32>()
         q.add(1, environment: 0, deadline: 100)

@@ -32,9 +32,21 @@ final class HandoffMessageTests: XCTestCase {
         XCTAssertEqual(try decode(out), HandoffMessage(hops: 1, consumed: consumed, ticket: 0xfeed_face_dead_beef))
     }
 
+    func testClientTravelsWithTheMessage() throws {
+        let consumed = Array("GET /".utf8)
+        let client = try XCTUnwrap(ClientAddress(parsing: "2001:db8::17"))
+        var out = [UInt8](repeating: 0, count: HandoffMessage.encodedSize(consumedCount: consumed.count))
+        _ = try consumed.withUnsafeBytes { source in
+            try out.withUnsafeMutableBytes {
+                try HandoffMessage.encode(hops: 0, ticket: 7, client: client, consumed: source, into: $0)
+            }
+        }
+        XCTAssertEqual(try decode(out), HandoffMessage(hops: 0, consumed: consumed, ticket: 7, client: client))
+    }
+
     func testRejectsShortMessages() {
         XCTAssertThrowsError(try decode([])) { XCTAssertEqual($0 as? HandoffMessage.DecodeError, .tooShort(0)) }
-        XCTAssertThrowsError(try decode(Array("PRU2".utf8))) {
+        XCTAssertThrowsError(try decode(Array("PRU3".utf8))) {
             XCTAssertEqual($0 as? HandoffMessage.DecodeError, .tooShort(4))
         }
     }

@@ -17,6 +17,15 @@ final class RequestHeadTests: XCTestCase {
         XCTAssertEqual(scan(head), .complete(RouteHint(target: "/", host: "b.test"), length: head.utf8.count))
     }
 
+    func testForwardedHeaderLinesAreJoinedAsHttpdMergesThem() {
+        let head = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for:  2.2.2.2 \r\n\r\n"
+        let scanned = Array(head.utf8).withUnsafeBytes { RequestHead.scan($0, forwardedHeader: "x-forwarded-for") }
+        XCTAssertEqual(scanned, .complete(RouteHint(target: "/", host: "a", forwarded: "1.1.1.1, 2.2.2.2"),
+                                          length: head.utf8.count))
+        // Not asked for: not collected.
+        XCTAssertEqual(scan(head), .complete(RouteHint(target: "/", host: "a"), length: head.utf8.count))
+    }
+
     func testFirstHostHeaderWins() {
         guard case .complete(let hint, _) = scan("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n") else {
             return XCTFail("expected a complete head")

@@ -45,13 +45,17 @@ public enum ChildTableLayout {
     public static let connectionsOffset = 16 // UInt64
     public static let requestsOffset = 24    // UInt64
     public static let holdingOffset = 32     // UInt32: connections a multiplexer holds
+    public static let awaitingOffset = 40    // Int64 ms: since when a worker waits on its client (0: not)
     public static let requestOffset = 64     // request line, NUL-terminated
     public static let requestCapacity = 128
     public static let vhostOffset = 192      // vhost name, NUL-terminated
     public static let vhostCapacity = 64
+    public static let clientOffset = 256     // 2 × UInt64: the client of the current connection (workers)
 
     // Fields of an environment's record (multiplexers and parent; atomic adds).
     public static let handedOffOffset = 0    // UInt64, multiplexers
+    public static let pressedAtOffset = 8    // Int64 ms: when a multiplexer last had connections waiting
+    public static let carriedShedOffset = 16
     public static let droppedOffset = 24     // UInt64, multiplexers (503s)
     public static let availabilityOffset = 32 // UInt32 percent (a copy, for display)
     public static let waitingOffset = 36     // UInt32
@@ -64,6 +68,7 @@ public enum ChildTableLayout {
     // Fields of an environment's page (its workers; atomic adds).
     public static let receivedOffset = 8     // UInt64 connections taken from the channel
     public static let servedOffset = 16      // UInt64 requests
+    public static let shedOffset = 24        // UInt64 connections given up under pressure (ReaderShedding)
 
     public static func identityOffset(_ slot: Int) -> Int { headerSize + slot * identitySize }
 
@@ -108,6 +113,8 @@ public struct SlotSnapshot: Equatable {
     public var connections: UInt64
     public var requests: UInt64
     public var holding: UInt32
+    /// A worker waiting on its client right now.
+    public var awaitingClient: Bool = false
 }
 
 public struct EnvironmentCounters: Equatable {
@@ -121,12 +128,15 @@ public struct EnvironmentCounters: Equatable {
     public var carriedHandedOff: UInt64 = 0
     public var carriedServed: UInt64 = 0
     public var carriedDropped: UInt64 = 0
+    public var shed: UInt64 = 0
+    public var carriedShed: UInt64 = 0
 
     /// Since the last full restart: this generation's counts plus those carried over (saturating:
     /// `served` is its workers' to write, and a sum must neither trap nor wrap to a likely number).
     public var totalHandedOff: UInt64 { handedOff.saturatingAdding(carriedHandedOff) }
     public var totalServed: UInt64 { served.saturatingAdding(carriedServed) }
     public var totalDropped: UInt64 { dropped.saturatingAdding(carriedDropped) }
+    public var totalShed: UInt64 { shed.saturatingAdding(carriedShed) }
 
     /// Connections passed to the channel and not yet taken, clamped: the two counters come
     /// from different writers, so a lie or a race must not yield a huge or negative number.
@@ -243,7 +253,8 @@ public struct ChildTable {
             statusSince: max(0, load(o + ChildTableLayout.statusSinceOffset, as: Int64.self)),
             connections: load(o + ChildTableLayout.connectionsOffset, as: UInt64.self),
             requests: load(o + ChildTableLayout.requestsOffset, as: UInt64.self),
-            holding: load(o + ChildTableLayout.holdingOffset, as: UInt32.self))
+            holding: load(o + ChildTableLayout.holdingOffset, as: UInt32.self),
+            awaitingClient: load(o + ChildTableLayout.awaitingOffset, as: Int64.self) != 0)
     }
 
     /// Whether the parent has a child in this slot (its identity says so): readers skip free
@@ -299,7 +310,37 @@ public struct ChildTable {
             name: text(o + ChildTableLayout.nameOffset, capacity: ChildTableLayout.nameCapacity),
             carriedHandedOff: load(o + ChildTableLayout.carriedHandedOffOffset, as: UInt64.self),
             carriedServed: load(o + ChildTableLayout.carriedServedOffset, as: UInt64.self),
-            carriedDropped: load(o + ChildTableLayout.carriedDroppedOffset, as: UInt64.self))
+            carriedDropped: load(o + ChildTableLayout.carriedDroppedOffset, as: UInt64.self),
+            shed: load(w + ChildTableLayout.shedOffset, as: UInt64.self),
+            carriedShed: load(o + ChildTableLayout.carriedShedOffset, as: UInt64.self))
+    }
+
+    /// When a multiplexer last had connections of `environment` waiting for a worker (ms, 0: never).
+    public func pressedAt(_ environment: Int) -> Int64 {
+        guard environment >= 0 && environment < environmentCount else { return 0 }
+        return load(record(environment) + ChildTableLayout.pressedAtOffset, as: Int64.self)
+    }
+
+    /// How many of `environment`'s workers are busy with a connection of `client` (each worker
+    /// says so on its own page: a liar skews only its own environment's count).
+    public func workersServing(_ client: ClientAddress, environment: Int) -> Int {
+        var count = 0
+        for index in 0..<slotCount {
+            guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
+                  s.status != .ready, s.status != .standby, s.status != .starting else { continue }
+            let o = page(index)
+            if load(o + ChildTableLayout.clientOffset, as: UInt64.self) == client.high
+                && load(o + ChildTableLayout.clientOffset + 8, as: UInt64.self) == client.low {
+                count += 1
+            }
+        }
+        return count
+    }
+
+    /// A worker's write to its own page: the client of the connection it took.
+    public func setClient(page o: Int, _ client: ClientAddress) {
+        base.storeBytes(of: client.high, toByteOffset: o + ChildTableLayout.clientOffset, as: UInt64.self)
+        base.storeBytes(of: client.low, toByteOffset: o + ChildTableLayout.clientOffset + 8, as: UInt64.self)
     }
 
     // Writes by the parent (display fields of a slot) and by the slot's own child.
@@ -353,6 +394,7 @@ public struct ChildTable {
         base.storeBytes(of: old.totalHandedOff, toByteOffset: o + ChildTableLayout.carriedHandedOffOffset, as: UInt64.self)
         base.storeBytes(of: old.totalServed, toByteOffset: o + ChildTableLayout.carriedServedOffset, as: UInt64.self)
         base.storeBytes(of: old.totalDropped, toByteOffset: o + ChildTableLayout.carriedDroppedOffset, as: UInt64.self)
+        base.storeBytes(of: old.totalShed, toByteOffset: o + ChildTableLayout.carriedShedOffset, as: UInt64.self)
     }
 
     /// Stores the request line and vhost of a slot's current request, from C strings, without

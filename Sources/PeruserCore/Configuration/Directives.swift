@@ -57,6 +57,8 @@ public enum Directives {
         LimitDirective(name: "IdleTimeout", range: 0...mostCount) { $0.idleTimeout = $1 },
         LimitDirective(name: "MultiplexerHeadTimeout", range: 1...mostCount) { $0.headTimeout = $1 },
         LimitDirective(name: "MultiplexerMaxConnections", range: 1...mostCount) { $0.multiplexerMaxConnections = $1 },
+        LimitDirective(name: "MaxClientShare", range: 1...100) { $0.maxClientShare = $1 },
+        LimitDirective(name: "ReaderShedTimeout", range: 0...3600) { $0.readerShedSeconds = $1 },
     ]
 
     /// `<Processor>`'s own limits (each overrides the global one of the same name).

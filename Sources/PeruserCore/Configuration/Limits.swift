@@ -56,6 +56,11 @@ public struct ServerLimits: Equatable {
     public var headTimeout = 5
     /// Connections one multiplexer holds at most (MultiplexerMaxConnections).
     public var multiplexerMaxConnections = 512
+    /// Percent of an environment's MaxProcessors one client may hold (MaxClientShare; 100: no limit).
+    public var maxClientShare = 50
+    /// Seconds a worker may wait on its client in one request while its environment has
+    /// connections waiting (ReaderShedTimeout; 0: never shed).
+    public var readerShedSeconds = 1
     public var workers = WorkerLimits.defaults
 
     public init() {}

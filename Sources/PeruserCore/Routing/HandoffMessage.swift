@@ -1,9 +1,10 @@
 // The payload that travels with a connection's fd over a hand-off or hand-back channel.
 //
-// Layout (little endian): magic "PRU2", hops (UInt16), reserved (UInt16, zero),
+// Layout (little endian): magic "PRU3", hops (UInt16), reserved (UInt16, zero),
 // length of the consumed bytes (UInt32), the hand-back ticket (UInt64; see HandbackTicket),
-// then exactly that many bytes. The fd itself travels in
-// SCM_RIGHTS; addresses never travel: the receiver reads them from the socket.
+// the client the connection counts against (16 bytes, network order; see ClientAddress),
+// then exactly that many bytes. The fd itself travels in SCM_RIGHTS; the addresses a vhost
+// sees never travel: the receiver reads them from the socket.
 // Messages come from other processes, some of them run by tenants, so decoding trusts nothing.
 
 public struct HandoffMessage: Equatable {
@@ -16,15 +17,19 @@ public struct HandoffMessage: Equatable {
     /// From a multiplexer: what the worker must return with a hand-back of this connection.
     /// From a worker: the ticket it was given.
     public var ticket: UInt64
+    /// From a multiplexer: the client for MaxClientShare (the worker shows it on its page).
+    /// From a worker: ignored (the multiplexer works it out again from the socket and head).
+    public var client: ClientAddress
 
-    public init(hops: UInt16, consumed: [UInt8], ticket: UInt64 = 0) {
+    public init(hops: UInt16, consumed: [UInt8], ticket: UInt64 = 0, client: ClientAddress = .none) {
         self.hops = hops
         self.consumed = consumed
         self.ticket = ticket
+        self.client = client
     }
 
-    public static let magic: [UInt8] = Array("PRU2".utf8)
-    public static let headerSize = 20
+    public static let magic: [UInt8] = Array("PRU3".utf8)
+    public static let headerSize = 36
     /// A request head of up to 64 KiB plus what the worker's input filters had buffered past
     /// it (one socket read, at most 8000 bytes in httpd), with margin; one SOCK_SEQPACKET
     /// message this size fits well under the default socket buffer (208 KiB).
@@ -48,7 +53,8 @@ public struct HandoffMessage: Equatable {
     public static func encodedSize(consumedCount: Int) -> Int { headerSize + consumedCount }
 
     /// Writes the message into `out`; returns the number of bytes written.
-    public static func encode(hops: UInt16, ticket: UInt64 = 0, consumed: UnsafeRawBufferPointer,
+    public static func encode(hops: UInt16, ticket: UInt64 = 0, client: ClientAddress = .none,
+                              consumed: UnsafeRawBufferPointer,
                               into out: UnsafeMutableRawBufferPointer) throws(EncodeError) -> Int {
         guard consumed.count <= largestConsumed else { throw .consumedTooLong(consumed.count) }
         let size = encodedSize(consumedCount: consumed.count)
@@ -61,6 +67,10 @@ public struct HandoffMessage: Equatable {
         let length = UInt32(consumed.count)
         for i in 0..<4 { out[8 + i] = UInt8(truncatingIfNeeded: length >> (8 * UInt32(i))) }
         for i in 0..<8 { out[12 + i] = UInt8(truncatingIfNeeded: ticket >> (8 * UInt64(i))) }
+        for i in 0..<8 {
+            out[20 + i] = UInt8(truncatingIfNeeded: client.high >> (56 - 8 * UInt64(i)))
+            out[28 + i] = UInt8(truncatingIfNeeded: client.low >> (56 - 8 * UInt64(i)))
+        }
         if consumed.count > 0, let base = consumed.baseAddress, let dest = out.baseAddress {
             (dest + headerSize).copyMemory(from: base, byteCount: consumed.count)
         }
@@ -69,7 +79,7 @@ public struct HandoffMessage: Equatable {
 
     /// Validates a received message; the consumed bytes are `message[headerSize ..< headerSize+count]`.
     public static func decodeHeader(_ message: UnsafeRawBufferPointer) throws(DecodeError)
-        -> (hops: UInt16, consumedCount: Int, ticket: UInt64)
+        -> (hops: UInt16, consumedCount: Int, ticket: UInt64, client: ClientAddress)
     {
         guard message.count >= headerSize else { throw .tooShort(message.count) }
         guard message.count <= largestMessage else { throw .tooLong(message.count) }
@@ -81,13 +91,18 @@ public struct HandoffMessage: Equatable {
         guard length == message.count - headerSize else {
             throw .lengthMismatch(declared: length, actual: message.count - headerSize)
         }
-        return (hops, length, UInt64(littleEndianBytes: message, at: 12))
+        var high: UInt64 = 0, low: UInt64 = 0
+        for i in 0..<8 {
+            high = high << 8 | UInt64(message[20 + i])
+            low = low << 8 | UInt64(message[28 + i])
+        }
+        return (hops, length, UInt64(littleEndianBytes: message, at: 12), ClientAddress(high: high, low: low))
     }
 
     public static func decode(_ message: UnsafeRawBufferPointer) throws(DecodeError) -> HandoffMessage {
         let header = try decodeHeader(message)
         return HandoffMessage(hops: header.hops,
                               consumed: Array(message[headerSize..<(headerSize + header.consumedCount)]),
-                              ticket: header.ticket)
+                              ticket: header.ticket, client: header.client)
     }
 }

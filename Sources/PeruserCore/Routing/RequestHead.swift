@@ -10,10 +10,14 @@ public struct RouteHint: Equatable {
     public var target: String?
     /// The value of the first `Host` header, trimmed of optional whitespace.
     public var host: String?
+    /// The values of the forwarded-client header asked for (mod_remoteip's RemoteIPHeader),
+    /// several lines joined with ", " as httpd merges them; nil when there was none.
+    public var forwarded: String?
 
-    public init(target: String? = nil, host: String? = nil) {
+    public init(target: String? = nil, host: String? = nil, forwarded: String? = nil) {
         self.target = target
         self.host = host
+        self.forwarded = forwarded
     }
 }
 
@@ -32,7 +36,8 @@ public enum RequestHead {
     /// A header value longer than this is not kept (Apache will reject it anyway).
     static let longestKeptValue = 8192
 
-    public static func scan(_ bytes: UnsafeRawBufferPointer) -> HeadScan {
+    /// `forwardedHeader`: a header (lower case) whose values to collect into `hint.forwarded`.
+    public static func scan(_ bytes: UnsafeRawBufferPointer, forwardedHeader: String? = nil) -> HeadScan {
         var lines = LineReader(bytes)
         var hint = RouteHint()
 
@@ -61,6 +66,10 @@ public enum RequestHead {
         while let header = lines.next() {
             if header.isEmpty { return .complete(hint, length: lines.offset) }
             if hint.host == nil, let value = value(of: "host", in: header) { hint.host = value }
+            if let name = forwardedHeader, let value = value(of: name, in: header),
+               (hint.forwarded?.utf8.count ?? 0) < longestKeptValue {
+                hint.forwarded = hint.forwarded.map { $0 + ", " + value } ?? value
+            }
         }
         return .needMore(hint)
     }

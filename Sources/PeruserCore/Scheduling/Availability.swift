@@ -73,6 +73,28 @@ public struct WaitQueue<Item: Equatable>: Equatable {
         return taken
     }
 
+    /// Takes up to `count` waiting connections of `environment`, one at a time: each time the
+    /// one `rank` ranks lowest (nil: not eligible now), the earliest deadline among equals.
+    /// `rank` is asked afresh for every pick, so it may count what was already taken.
+    public mutating func take(_ count: Int, for environment: Int, rank: (Item) -> Int?) -> [Item] {
+        var taken: [Item] = []
+        while taken.count < count {
+            var best: (index: Int, rank: Int)?
+            for (index, entry) in entries.enumerated() where entry.environment == environment {
+                guard let r = rank(entry.item) else { continue }
+                if best == nil || r < best!.rank { best = (index, r) }
+            }
+            guard let chosen = best else { break }
+            taken.append(entries.remove(at: chosen.index).item)
+        }
+        return taken
+    }
+
+    /// Whether a connection of `environment` that `eligible` admits is waiting.
+    public func contains(for environment: Int, where eligible: (Item) -> Bool) -> Bool {
+        entries.contains { $0.environment == environment && eligible($0.item) }
+    }
+
     /// Removes and returns every connection whose deadline has passed at `now`.
     public mutating func expired(at now: Int64) -> [Entry] {
         let split = entries.firstIndex { $0.deadline > now } ?? entries.endIndex

@@ -12,8 +12,12 @@ public struct StatusSnapshot: Equatable {
         public var type: ChildType
         /// Index into `environments`, or nil (multiplexer, unknown).
         public var environment: Int?
+        /// A worker waiting on its client right now (a TLS handshake, a head, a body).
+        public var awaitingClient: Bool
 
-        public init(id: Int, pid: Int32, status: ChildStatus, scoreboardState: Int, type: ChildType, environment: Int?) {
+        public init(id: Int, pid: Int32, status: ChildStatus, scoreboardState: Int, type: ChildType, environment: Int?,
+                    awaitingClient: Bool = false) {
+            self.awaitingClient = awaitingClient
             self.id = id
             self.pid = pid
             self.status = status
@@ -33,9 +37,12 @@ public struct StatusSnapshot: Equatable {
         public var dropped: UInt64
         public var availability: Int
         public var waiting: Int
+        /// Connections its workers gave up under pressure (ReaderShedding).
+        public var shed: UInt64
 
         public init(name: String, user: String, group: String, maxProcessors: Int, connections: UInt64 = 0,
-                    requests: UInt64 = 0, dropped: UInt64 = 0, availability: Int = 100, waiting: Int = 0) {
+                    requests: UInt64 = 0, dropped: UInt64 = 0, availability: Int = 100, waiting: Int = 0,
+                    shed: UInt64 = 0) {
             self.name = name
             self.user = user
             self.group = group
@@ -45,6 +52,7 @@ public struct StatusSnapshot: Equatable {
             self.dropped = dropped
             self.availability = availability
             self.waiting = waiting
+            self.shed = shed
         }
     }
 
@@ -67,11 +75,11 @@ public struct StatusSnapshot: Equatable {
         return all.multiplexers
     }
 
-    /// Workers of each environment reading a request from their client (Apache's BUSY_READ):
-    /// a TLS handshake, a head inside TLS, a request body.
+    /// Workers of each environment waiting on their client: a TLS handshake, a head inside TLS,
+    /// a request body (what ReaderShedTimeout bounds under pressure).
     public func readers() -> [Int] {
         var counts = Array(repeating: 0, count: environments.count)
-        for slot in slots where slot.pid > 0 && slot.scoreboardState == 3 {
+        for slot in slots where slot.pid > 0 && slot.awaitingClient && slot.status == .active {
             if let e = slot.environment, counts.indices.contains(e) { counts[e] += 1 }
         }
         return counts
@@ -197,16 +205,16 @@ public enum StatusPage {
     public static func statistics(_ s: StatusSnapshot) -> String {
         var html = "<h2>Peruser statistics</h2>\n<table border=\"0\">\n"
             + "<tr><th>Environment</th><th>User</th><th>Group</th><th>Pss</th><th>Connections</th>"
-            + "<th>Requests</th><th>Dropped</th><th>AVAIL</th><th>Reading</th></tr>\n"
+            + "<th>Requests</th><th>Dropped</th><th>AVAIL</th><th>Reading</th><th>Shed</th></tr>\n"
         let readers = s.readers()
         var alive = 0, idle = 0, maxTotal = 0, reading = 0
-        var connections: UInt64 = 0, requests: UInt64 = 0, dropped: UInt64 = 0
+        var connections: UInt64 = 0, requests: UInt64 = 0, dropped: UInt64 = 0, shed: UInt64 = 0
         for row in ordered(s) {
             let env = s.environments[row.index]
             html += "<tr><td>\(escape(env.name))</td><td>\(escape(env.user))</td><td>\(escape(env.group))</td>"
                 + "<td>\(row.alive)/\(row.idle)/\(env.maxProcessors)</td><td>\(env.connections)</td>"
                 + "<td>\(env.requests)</td><td>\(env.dropped)</td><td>\(percent(env.availability))%</td>"
-                + "<td>\(readers[row.index])</td></tr>\n"
+                + "<td>\(readers[row.index])</td><td>\(env.shed)</td></tr>\n"
             reading += readers[row.index]
             alive += row.alive
             idle += row.idle
@@ -214,9 +222,10 @@ public enum StatusPage {
             connections = connections.saturatingAdding(env.connections)
             requests = requests.saturatingAdding(env.requests)
             dropped = dropped.saturatingAdding(env.dropped)
+            shed = shed.saturatingAdding(env.shed)
         }
         html += "<tr><th>Total</th><th></th><th></th><th>\(alive)/\(idle)/\(maxTotal)</th><th>\(connections)</th>"
-            + "<th>\(requests)</th><th>\(dropped)</th><th></th><th>\(reading)</th></tr>\n</table>\n"
+            + "<th>\(requests)</th><th>\(dropped)</th><th></th><th>\(reading)</th><th>\(shed)</th></tr>\n</table>\n"
         return html
     }
 
@@ -230,7 +239,7 @@ public enum StatusPage {
             let env = s.environments[row.index]
             text += "PeruserEnvironment: \(env.name) alive=\(row.alive) idle=\(row.idle) max=\(env.maxProcessors) "
                 + "connections=\(env.connections) requests=\(env.requests) dropped=\(env.dropped) "
-                + "availability=\(percent(env.availability)) waiting=\(max(env.waiting, 0)) reading=\(readers[row.index])\n"
+                + "availability=\(percent(env.availability)) waiting=\(max(env.waiting, 0)) reading=\(readers[row.index]) shed=\(env.shed)\n"
         }
         return text
     }

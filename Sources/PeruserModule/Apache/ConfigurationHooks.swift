@@ -109,6 +109,7 @@ public func peruserConfigure(_ directives: UnsafeMutablePointer<peruser_directiv
         directives?[index].environment = Int32(configuration.environmentOfDirective[index] ?? -1)
     }
     settings?.pointee = configuration.settings
+    proxyTrust = readProxyTrust(startup: startup)
     if startup { warnAboutVirtualHostsWithoutEnvironment() }
     return 0
 }

@@ -21,6 +21,8 @@ struct AvailabilityBoard {
     /// of a worker failed with none alive (parent). Both out of every tenant's reach.
     static let percentOffset = 0
     static let startFailingOffset = 4
+    /// The lightest client waiting in any multiplexer (LightestWaiting), packed in a UInt64.
+    static let lightestOffset = 8
 
     /// Sets every environment to 100%, with no failed start.
     func reset() {
@@ -28,6 +30,7 @@ struct AvailabilityBoard {
             guard let f = field(env) else { continue }
             f.storeBytes(of: UInt32(100), toByteOffset: Self.percentOffset, as: UInt32.self)
             f.storeBytes(of: UInt32(0), toByteOffset: Self.startFailingOffset, as: UInt32.self)
+            f.storeBytes(of: UInt64(0), toByteOffset: Self.lightestOffset, as: UInt64.self)
         }
     }
 
@@ -38,6 +41,23 @@ struct AvailabilityBoard {
     func setStartFailing(_ environment: Int, _ failing: Bool) {
         guard let f = field(environment) else { return }
         peruser_atomic_store_u32(f + Self.startFailingOffset, failing ? 1 : 0)
+    }
+
+    /// A multiplexer has a connection of rank `rank` waiting for `environment` at `now`.
+    func offerLightest(_ environment: Int, rank: Int, now: Int64) {
+        guard let f = field(environment) else { return }
+        let offered = LightestWaiting(rank: rank, at: now)
+        while true {
+            let old = peruser_atomic_load_u64(f + Self.lightestOffset)
+            guard LightestWaiting(packed: old).yields(to: offered, now: now) else { return }
+            if peruser_atomic_cas_u64(f + Self.lightestOffset, old, offered.packed) != 0 { return }
+        }
+    }
+
+    /// The rank of the lightest client waiting for `environment` in any multiplexer, if one is.
+    func lightest(_ environment: Int, now: Int64) -> Int? {
+        guard let f = field(environment) else { return nil }
+        return LightestWaiting(packed: peruser_atomic_load_u64(f + Self.lightestOffset)).rank(now: now)
     }
 
     func availability(_ environment: Int, waitSeconds: Int, levels: Int) -> Availability {

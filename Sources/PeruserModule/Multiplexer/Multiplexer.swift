@@ -45,6 +45,8 @@ struct PendingConnection {
     var handback: Int?
     /// The socket's cookie, for a connection handed back.
     var cookie: UInt64?
+    /// Whom the connection counts against for MaxClientShare (set when it is routed).
+    var client = ClientAddress.none
 }
 
 /// One environment's hand-back channel (receiving end), of this generation or the previous one.
@@ -64,7 +66,7 @@ struct HandbackChannel {
 /// Kinds of log lines a client or a tenant can cause: each is rate-limited (LogLimiter).
 enum NoisyLine: Int {
     case invalidHandback = 1, forgedHandback, handbackClosed, routingLoop, saturated, channelFull,
-         handoffFailed, descriptorsExhausted, acceptFailed, unknownEnvironment, noEnvironment
+         handoffFailed, descriptorsExhausted, acceptFailed, unknownEnvironment, noEnvironment, clientShare
 }
 
 struct Multiplexer {
@@ -124,6 +126,14 @@ struct Multiplexer {
     private var noisyLines = LogLimiter()
     /// Cookies of the handed-back connections this multiplexer holds.
     private var heldCookies = Set<UInt64>()
+    /// How many of each environment's workers one client may hold (nil: no limit).
+    private let clientShare: [Int?]
+    /// Connections this multiplexer passed to a channel that no worker has taken yet (no page
+    /// shows their client so far): the `handedOff` count each made, its client and when.
+    private var inFlight: [(environment: Int, client: ClientAddress, handedOff: UInt64, at: Int64)] = []
+    /// Each environment's count of connections its workers gave up (ReaderShedding), and when
+    /// this multiplexer last saw it change.
+    private var shedSeen: [(count: UInt64, changedAt: Int64)]
 
     private static let listenerTag: UInt64 = 1 << 32
     private static let handbackTag: UInt64 = 2 << 32
@@ -148,7 +158,11 @@ struct Multiplexer {
         workerLimits = configuration.workerLimits
         waitSeconds = limits.processorWaitSeconds
         waitLevels = limits.processorWaitLevels
+        clientShare = configuration.workerLimits.map {
+            ClientShare.limit(maxProcessors: $0.maxProcessors, percent: limits.maxClientShare)
+        }
         lastDemand = Array(repeating: Int64.min / 2, count: handoffs.count)
+        shedSeen = Array(repeating: (0, Int64.min / 2), count: handoffs.count)
         capacityCache = Array(repeating: nil, count: handoffs.count)
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         head = .allocate(byteCount: Self.largestHead, alignment: 8)
@@ -319,12 +333,14 @@ struct Multiplexer {
         }
     }
 
-    /// Counts a hand-off.
-    private mutating func handedOff(to environment: Int) {
-        guard let table = sharedTable else { return }
+    /// Counts a hand-off; returns the environment's count of hand-offs with this one.
+    @discardableResult
+    private mutating func handedOff(to environment: Int) -> UInt64 {
+        guard let table = sharedTable else { return 0 }
         capacityCache[environment]?.queued += 1
+        var count: UInt64 = 0
         if let field = table.environmentField(environment, ChildTableLayout.handedOffOffset) {
-            peruser_atomic_add_u64(field, 1)
+            count = peruser_atomic_add_fetch_u64(field, 1)
         }
         if !stopping && pending.count < Self.busyHolding {
             if let page = ownPage {
@@ -335,6 +351,7 @@ struct Multiplexer {
             changeAvailability(environment) { $0.passed() }
             publish(environment)
         }
+        return count
     }
 
     /// Asks the parent for a worker: a connection arrived and found none free (the shared
@@ -630,7 +647,7 @@ struct Multiplexer {
             case .notTLS: break
             }
         }
-        switch RequestHead.scan(bytes) {
+        switch RequestHead.scan(bytes, forwardedHeader: proxyTrust.header) {
         case .complete(let hint, _):
             return .route(hint, tls: false)
         case .malformed:
@@ -678,9 +695,27 @@ struct Multiplexer {
             respond(fd, .serviceUnavailable)
             return
         }
-        let decision = RouteDecision.decide(hops: connection.hops, mostHops: Self.mostHops, capacity: capacity(of: env),
-                                            availability: availability(env), now: monotonicMilliseconds(),
-                                            channelWait: channelWait)
+        connection.client = proxyTrust.client(peer: peerAddress(fd), forwarded: hint.forwarded, readable: !connection.tls)
+        if clientHolds(connection.client, environment: env) >= clientLimit(env) {
+            // This client holds its share of the environment's workers: it waits, under the
+            // ProcessorWaitTimeout rule, for one of its own to finish; nobody else waits for it,
+            // and its waiting never lowers the environment's availability.
+            connection.stage = .waitingForWorker(environment: env)
+            connection.deadline = monotonicMilliseconds().saturatingAdding(Int64(waitSeconds) * 1000)
+            pending[fd] = connection
+            waiting.add(fd, environment: env, deadline: connection.deadline)
+            publish(env)
+            return
+        }
+        let now = monotonicMilliseconds()
+        var decision = RouteDecision.decide(hops: connection.hops, mostHops: Self.mostHops, capacity: capacity(of: env),
+                                            availability: availability(env), now: now, channelWait: channelWait)
+        if case .send(_, let ask) = decision, let lightest = availabilityBoard?.lightest(env, now: now),
+           rank(ofNew: connection.client, environment: env) > lightest {
+            // A lighter client waits for this environment: it goes first; this one queues.
+            let budget = availability(env).waitBudgetMilliseconds
+            if budget > 0 { decision = .wait(deadline: now.saturatingAdding(budget), askForWorker: ask) }
+        }
         if decision.asksForWorker { askForWorker(env) }
         switch decision {
         case .loop:
@@ -706,14 +741,46 @@ struct Multiplexer {
 
     // MARK: Waiting and hand-off
 
-    /// Passes waiting connections to environments that have a free worker again; drops
-    /// those whose wait ran out.
+    /// Passes waiting connections to environments that have a free worker again, lightest
+    /// client first; drops those whose wait ran out.
     private mutating func passWaiting(now: Int64) {
         guard !waiting.isEmpty else { return }
         for env in waiting.environments {
-            let capacity = self.capacity(of: env)
-            let room = capacity.roomForWaiting
-            let ready = waiting.take(room, for: env)
+            if let field = sharedTable?.environmentPageField(env, ChildTableLayout.shedOffset),
+               shedSeen.indices.contains(env) {
+                let count = peruser_atomic_load_u64(field)
+                if count != shedSeen[env].count { shedSeen[env] = (count, now) }
+            }
+            let room = capacity(of: env).roomForWaiting
+            var load = clientLoad(env)
+            let limit = clientLimit(env)
+            var clientOf: [Int32: ClientAddress] = [:]
+            for entry in waiting.entries where entry.environment == env {
+                clientOf[entry.item] = pending[entry.item]?.client ?? .none
+            }
+            // Lightest client first: the fewest connections in this environment (held by its
+            // workers or waiting). A client with many cannot crowd out one with a single
+            // request; a client at its share (MaxClientShare) waits for its own to end.
+            func rank(_ fd: Int32) -> Int? {
+                guard let client = clientOf[fd], !client.isNone, let l = load[client] else { return 0 }
+                return l.held < limit ? l.held + l.waiting : nil
+            }
+            // The lightest here is offered to the other multiplexers; none passes a heavier one
+            // while a lighter one waits anywhere.
+            let mine = waiting.entries.lazy.filter { $0.environment == env }.compactMap { rank($0.item) }.min()
+            if let mine { availabilityBoard?.offerLightest(env, rank: mine, now: now) }
+            let bound = availabilityBoard?.lightest(env, now: now) ?? Int.max
+            var ready: [Int32] = []
+            var queue = waiting
+            for _ in 0..<room {
+                let picked = queue.take(1, for: env) { fd in rank(fd).flatMap { $0 <= bound ? $0 : nil } }
+                guard let fd = picked.first else { break }
+                ready.append(fd)
+                if let client = clientOf[fd], !client.isNone, let l = load[client] {
+                    load[client] = (l.held + 1, l.waiting - 1)
+                }
+            }
+            waiting = queue
             for fd in ready {
                 guard var connection = pending[fd] else { continue }
                 connection.stage = .waitingForChannel(environment: env)
@@ -722,12 +789,108 @@ struct Multiplexer {
                 trySend(fd)
             }
             if !ready.isEmpty { publish(env) }
+            // Connections that could take a worker still wait, and no worker can be added: the
+            // environment is pressed, and its workers give up clients they have waited on too
+            // long (ReaderShedding).
+            if !capacity(of: env).canTake, waiting.contains(for: env, where: { rank($0) != nil }), let field = sharedTable?.environmentField(env, ChildTableLayout.pressedAtOffset) {
+                peruser_atomic_store_u64(field, UInt64(bitPattern: now))
+            }
         }
-        for entry in waiting.expired(at: now) where pending[entry.item] != nil {
+        let expired = waiting.expired(at: now)
+        var loads: [Int: [ClientAddress: (held: Int, waiting: Int)]] = [:]
+        for entry in expired {
+            guard let connection = pending[entry.item] else { continue }
+            let env = entry.environment
+            if loads[env] == nil { loads[env] = clientLoad(env) }
+            let load = connection.client.isNone ? nil : loads[env]?[connection.client]
+            // Counted with the expired ones of this turn, which clientLoad no longer sees.
+            let others = (load?.held ?? 0) + (load?.waiting ?? 0)
+                + expired.filter { $0.environment == env && $0.item != entry.item
+                                   && pending[$0.item]?.client == connection.client }.count
+            let shedding = shedSeen.indices.contains(env) && now - shedSeen[env].changedAt <= Int64(waitSeconds) * 1000
+            if (!connection.client.isNone && others > 0) || shedding {
+                // 503, but the environment's availability stays: this client has other
+                // connections here (a client must not lower it for everyone), or the workers are
+                // giving slow clients up (they are not slow to serve; lighter clients go first).
+                note(.clientShare, PERUSER_LOG_INFO, "multiplexer: a connection of client \(connection.client) "
+                     + "(\(others + 1) to environment \(environmentLabel(env))) waited all of ProcessorWaitTimeout"
+                     + (shedding ? " while its workers give slow clients up" : "") + "; answering 503")
+                if let field = sharedTable?.environmentField(env, ChildTableLayout.droppedOffset) {
+                    peruser_atomic_add_u64(field, 1)
+                }
+                respond(entry.item, .serviceUnavailable)
+                continue
+            }
             note(.saturated, PERUSER_LOG_INFO, "multiplexer: no worker of environment "
-                 + "\(environmentLabel(entry.environment)) came free in time; answering 503")
-            drop(entry.item, environment: entry.environment)
+                 + "\(environmentLabel(env)) came free in time; answering 503")
+            drop(entry.item, environment: env)
         }
+    }
+
+    /// The rank a connection of `client` about to wait would have (see passWaiting).
+    private mutating func rank(ofNew client: ClientAddress, environment: Int) -> Int {
+        guard !client.isNone else { return 0 }
+        let queued = waiting.entries.reduce(0) {
+            $0 + ($1.environment == environment && pending[$1.item]?.client == client ? 1 : 0)
+        }
+        return clientHolds(client, environment: environment, always: true) + queued + 1
+    }
+
+    /// Each client's connections in `environment`: held by its workers (MaxClientShare's count)
+    /// and waiting here.
+    private mutating func clientLoad(_ environment: Int) -> [ClientAddress: (held: Int, waiting: Int)] {
+        var load: [ClientAddress: (held: Int, waiting: Int)] = [:]
+        for entry in waiting.entries where entry.environment == environment {
+            guard let client = pending[entry.item]?.client, !client.isNone else { continue }
+            load[client, default: (0, 0)].waiting += 1
+        }
+        for client in Array(load.keys) {
+            load[client]?.held = clientHolds(client, environment: environment, always: true)
+        }
+        return load
+    }
+
+    // MARK: Per-client share (MaxClientShare)
+
+    private func clientLimit(_ environment: Int) -> Int {
+        (clientShare.indices.contains(environment) ? clientShare[environment] : nil) ?? Int.max
+    }
+
+    /// How many of `environment`'s workers `client` holds: those whose pages name it, and
+    /// the connections this multiplexer passed that no worker has taken yet.
+    /// `always`: counted even when MaxClientShare sets no limit (for the order of the wait).
+    private mutating func clientHolds(_ client: ClientAddress, environment: Int, always: Bool = false) -> Int {
+        guard !client.isNone, always || clientLimit(environment) < Int.max, let table = sharedTable else { return 0 }
+        pruneInFlight()
+        var mine = 0, flying = 0
+        for entry in inFlight where entry.environment == environment {
+            mine += 1
+            if entry.client == client { flying += 1 }
+        }
+        // What other multiplexers passed and no worker has taken yet may all be this client's:
+        // counted as such, or several multiplexers at once would each give it its share.
+        let others = max(0, table.queued(environment) - mine)
+        return table.workersServing(client, environment: environment) + flying + others
+    }
+
+    /// Taken (the environment's workers have received that many) or lost: no longer in flight.
+    private mutating func pruneInFlight() {
+        guard let table = sharedTable, !inFlight.isEmpty else { return }
+        let now = monotonicMilliseconds()
+        inFlight.removeAll { entry in
+            now - entry.at > 2000 || (table.environmentPageField(entry.environment, ChildTableLayout.receivedOffset)
+                .map { peruser_atomic_load_u64($0) >= entry.handedOff } ?? true)
+        }
+    }
+
+    private func peerAddress(_ fd: Int32) -> ClientAddress {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let got = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) == 0 }
+        }
+        guard got else { return .none }
+        return ClientAddress(storage)
     }
 
     private mutating func trySend(_ fd: Int32) {
@@ -739,7 +902,8 @@ struct Multiplexer {
         let ticket = socketCookie(fd).map { key.ticket(cookie: $0, generation: generation, environment: environment) } ?? 0
         do {
             length = try connection.consumed.withUnsafeBytes { consumed in
-                try HandoffMessage.encode(hops: connection.hops, ticket: ticket, consumed: consumed, into: message)
+                try HandoffMessage.encode(hops: connection.hops, ticket: ticket, client: connection.client,
+                                          consumed: consumed, into: message)
             }
         } catch {
             log(PERUSER_LOG_ERR, "multiplexer: cannot encode hand-off (\(error))")
@@ -750,7 +914,11 @@ struct Multiplexer {
         case .sent:
             forget(fd)
             close(fd)
-            handedOff(to: environment)
+            let count = handedOff(to: environment)
+            if !connection.client.isNone {
+                if inFlight.count >= 64 { pruneInFlight() }
+                inFlight.append((environment, connection.client, count, monotonicMilliseconds()))
+            }
         case .full:
             return  // A full channel counts as no free worker: retry on the tick.
         case .failed(let failure):

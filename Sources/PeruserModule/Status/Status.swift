@@ -14,7 +14,7 @@ func statusSnapshot(scoreboardStates: [Int]) -> StatusSnapshot? {
             ? s.environment : nil
         slots.append(StatusSnapshot.Slot(id: index, pid: s.pid, status: s.status,
                                          scoreboardState: index < scoreboardStates.count ? scoreboardStates[index] : 0,
-                                         type: s.type, environment: env))
+                                         type: s.type, environment: env, awaitingClient: s.awaitingClient))
     }
     var envs: [StatusSnapshot.Environment] = []
     for (index, env) in configuration.environments.environments.enumerated() {
@@ -23,7 +23,7 @@ func statusSnapshot(scoreboardStates: [Int]) -> StatusSnapshot? {
             name: env.name, user: env.identity.user, group: env.identity.group,
             maxProcessors: limits[index].maxProcessors, connections: c?.totalHandedOff ?? 0,
             requests: c?.totalServed ?? 0, dropped: c?.totalDropped ?? 0,
-            availability: Int(c?.availability ?? 100), waiting: Int(c?.waiting ?? 0)))
+            availability: Int(c?.availability ?? 100), waiting: Int(c?.waiting ?? 0), shed: c?.totalShed ?? 0))
     }
     return StatusSnapshot(slots: slots, environments: envs, maxMultiplexers: configuration.limits.maxMultiplexers)
 }

@@ -108,7 +108,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
                 close(fd)
                 continue
             }
-            tookConnection()
+            tookConnection(client: decoded.client)
             servedConnection = ServedConnection(fd: fd, hops: decoded.hops, ticket: decoded.ticket)
             let consumed = UnsafeRawBufferPointer(rebasing: message[HandoffMessage.headerSize..<(HandoffMessage.headerSize
                                                                                                + decoded.consumedCount)])
@@ -186,8 +186,10 @@ func setOwnStatus(_ status: ChildStatus) {
 }
 
 /// A worker took a connection from its channel.
-func tookConnection() {
+func tookConnection(client: ClientAddress) {
     guard let table = sharedTable, let page = ownPage else { return }
+    // Its client first: the multiplexers stop counting a connection in flight once it is taken.
+    table.setClient(page: page, client)
     // Off the queue before busy: whoever sees this worker busy also sees the queue shrink.
     if let field = table.environmentPageField(workerEnvironment, ChildTableLayout.receivedOffset) {
         peruser_atomic_add_u64(field, 1)
