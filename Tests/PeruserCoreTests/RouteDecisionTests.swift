@@ -50,6 +50,28 @@ final class RouteDecisionTests: XCTestCase {
                        .send(deadline: 6000, askForWorker: false), "availability matters only when saturated")
     }
 
+    func testAClientAtItsShareWaitsUnderTheAvailabilityRuleAndAsksForNoWorker() {
+        let free = capacity(workers: 4, idle: 3)
+        XCTAssertEqual(RouteDecision.decide(hops: 0, mostHops: 4, capacity: free, availability: full, now: 1000,
+                                            channelWait: 5000, overShare: true),
+                       .wait(deadline: 6000, askForWorker: false))
+        XCTAssertEqual(RouteDecision.decide(hops: 0, mostHops: 4, capacity: capacity(workers: 1), availability:
+                                                availability(percent: 50), now: 1000, channelWait: 5000, overShare: true),
+                       .wait(deadline: 3500, askForWorker: false))
+        XCTAssertEqual(RouteDecision.decide(hops: 0, mostHops: 4, capacity: free, availability: availability(percent: 0),
+                                            now: 1000, channelWait: 5000, overShare: true),
+                       .drop(askForWorker: false))
+    }
+
+    func testALighterClientWaitingGoesFirst() {
+        XCTAssertEqual(RouteDecision.decide(hops: 0, mostHops: 4, capacity: capacity(workers: 2, idle: 0),
+                                            availability: full, now: 1000, channelWait: 5000, lighterWaiting: true),
+                       .wait(deadline: 6000, askForWorker: true))
+        XCTAssertEqual(RouteDecision.decide(hops: 4, mostHops: 4, capacity: capacity(workers: 2, idle: 1),
+                                            availability: full, now: 1000, channelWait: 5000, overShare: true,
+                                            lighterWaiting: true), .loop)
+    }
+
     func testARoutingLoopIsAnsweredBeforeAnythingElse() {
         for hops: UInt16 in [4, 5, .max] {
             XCTAssertEqual(decide(hops: hops, capacity(workers: 2, idle: 2)), .loop, "\(hops)")

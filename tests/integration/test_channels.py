@@ -47,8 +47,9 @@ def seqpacket_fds(pid):
     return out
 
 
-def header(hops, consumed, ticket=0):
-    return b"PRU2" + struct.pack("<HHIQ", hops, 0, len(consumed), ticket) + consumed
+def header(hops, consumed, ticket=0, client=bytes(16)):
+    """HandoffMessage: magic, hops, reserved, length, ticket, client (16 bytes), consumed bytes."""
+    return b"PRU3" + struct.pack("<HHIQ", hops, 0, len(consumed), ticket) + client + consumed
 
 
 def bad_messages():
@@ -59,7 +60,7 @@ def bad_messages():
     yield "a unix socket instead of TCP", header(0, b""), [tcp_a.fileno()]
     yield "two fds", header(0, b""), [r, w]
     yield "bad magic", b"XXXX" + header(0, b"")[4:], [r]
-    yield "length beyond the message", b"PRU2" + struct.pack("<HHIQ", 0, 0, 4096, 0) + b"abc", [r]
+    yield "length beyond the message", b"PRU3" + struct.pack("<HHIQ", 0, 0, 4096, 0) + bytes(16) + b"abc", [r]
     yield "short", b"PRU", [r]
     os.close(r)
     os.close(w)

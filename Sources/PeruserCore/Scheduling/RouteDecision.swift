@@ -28,11 +28,16 @@ public enum RouteDecision: Equatable {
 
     /// - `hops`: how many times workers handed the connection back; `mostHops`: the most allowed.
     /// - `channelWait`: how long a connection may wait for room in the channel (ms).
+    /// - `overShare`: the connection's client holds its share of the environment's workers
+    ///   (MaxClientShare): it waits for one of its own to end, and asks for no worker.
+    /// - `lighterWaiting`: a lighter client's connection waits for this environment: it goes first.
+    /// Either way the connection waits under the ProcessorWaitTimeout rule, as for a saturated one.
     public static func decide(hops: UInt16, mostHops: UInt16, capacity: EnvironmentCapacity,
-                              availability: Availability, now: Int64, channelWait: Int64) -> RouteDecision {
+                              availability: Availability, now: Int64, channelWait: Int64,
+                              overShare: Bool = false, lighterWaiting: Bool = false) -> RouteDecision {
         guard hops < mostHops else { return .loop }
-        let ask = capacity.freeWorkers == 0
-        if capacity.canTake {
+        let ask = capacity.freeWorkers == 0 && !overShare
+        if capacity.canTake && !overShare && !lighterWaiting {
             return .send(deadline: now.saturatingAdding(max(0, channelWait)), askForWorker: ask)
         }
         let budget = availability.waitBudgetMilliseconds

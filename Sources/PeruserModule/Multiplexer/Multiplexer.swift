@@ -696,26 +696,16 @@ struct Multiplexer {
             return
         }
         connection.client = proxyTrust.client(peer: peerAddress(fd), forwarded: hint.forwarded, readable: !connection.tls)
-        if clientHolds(connection.client, environment: env) >= clientLimit(env) {
-            // This client holds its share of the environment's workers: it waits, under the
-            // ProcessorWaitTimeout rule, for one of its own to finish; nobody else waits for it,
-            // and its waiting never lowers the environment's availability.
-            connection.stage = .waitingForWorker(environment: env)
-            connection.deadline = monotonicMilliseconds().saturatingAdding(Int64(waitSeconds) * 1000)
-            pending[fd] = connection
-            waiting.add(fd, environment: env, deadline: connection.deadline)
-            publish(env)
-            return
-        }
         let now = monotonicMilliseconds()
-        var decision = RouteDecision.decide(hops: connection.hops, mostHops: Self.mostHops, capacity: capacity(of: env),
-                                            availability: availability(env), now: now, channelWait: channelWait)
-        if case .send(_, let ask) = decision, let lightest = availabilityBoard?.lightest(env, now: now),
-           rank(ofNew: connection.client, environment: env) > lightest {
-            // A lighter client waits for this environment: it goes first; this one queues.
-            let budget = availability(env).waitBudgetMilliseconds
-            if budget > 0 { decision = .wait(deadline: now.saturatingAdding(budget), askForWorker: ask) }
-        }
+        // A client at its share waits for its own connections to end; and while a lighter
+        // client waits for this environment (in any multiplexer), it goes first.
+        let overShare = clientHolds(connection.client, environment: env) >= clientLimit(env)
+        let lighterWaiting = availabilityBoard?.lightest(env, now: now).map {
+            rank(ofNew: connection.client, environment: env) > $0
+        } ?? false
+        let decision = RouteDecision.decide(hops: connection.hops, mostHops: Self.mostHops, capacity: capacity(of: env),
+                                            availability: availability(env), now: now, channelWait: channelWait,
+                                            overShare: overShare, lighterWaiting: lighterWaiting)
         if decision.asksForWorker { askForWorker(env) }
         switch decision {
         case .loop:
@@ -796,34 +786,28 @@ struct Multiplexer {
                 peruser_atomic_store_u64(field, UInt64(bitPattern: now))
             }
         }
-        let expired = waiting.expired(at: now)
-        var loads: [Int: [ClientAddress: (held: Int, waiting: Int)]] = [:]
-        for entry in expired {
+        for entry in waiting.expired(at: now) {
             guard let connection = pending[entry.item] else { continue }
             let env = entry.environment
-            if loads[env] == nil { loads[env] = clientLoad(env) }
-            let load = connection.client.isNone ? nil : loads[env]?[connection.client]
-            // Counted with the expired ones of this turn, which clientLoad no longer sees.
-            let others = (load?.held ?? 0) + (load?.waiting ?? 0)
-                + expired.filter { $0.environment == env && $0.item != entry.item
-                                   && pending[$0.item]?.client == connection.client }.count
+            let saturated = !capacity(of: env).canTake
             let shedding = shedSeen.indices.contains(env) && now - shedSeen[env].changedAt <= Int64(waitSeconds) * 1000
-            if (!connection.client.isNone && others > 0) || shedding {
-                // 503, but the environment's availability stays: this client has other
-                // connections here (a client must not lower it for everyone), or the workers are
-                // giving slow clients up (they are not slow to serve; lighter clients go first).
-                note(.clientShare, PERUSER_LOG_INFO, "multiplexer: a connection of client \(connection.client) "
-                     + "(\(others + 1) to environment \(environmentLabel(env))) waited all of ProcessorWaitTimeout"
-                     + (shedding ? " while its workers give slow clients up" : "") + "; answering 503")
-                if let field = sharedTable?.environmentField(env, ChildTableLayout.droppedOffset) {
-                    peruser_atomic_add_u64(field, 1)
-                }
-                respond(entry.item, .serviceUnavailable)
+            if saturated && !shedding {
+                note(.saturated, PERUSER_LOG_INFO, "multiplexer: no worker of environment "
+                     + "\(environmentLabel(env)) came free in time; answering 503")
+                drop(entry.item, environment: env)
                 continue
             }
-            note(.saturated, PERUSER_LOG_INFO, "multiplexer: no worker of environment "
-                 + "\(environmentLabel(env)) came free in time; answering 503")
-            drop(entry.item, environment: env)
+            // 503, but the environment's availability stays: it had room for others and this
+            // client waited on its own share (MaxClientShare), or its workers are giving slow
+            // clients up (they are not slow to serve, and lighter clients go first).
+            note(.clientShare, PERUSER_LOG_INFO, "multiplexer: a connection of client \(connection.client) to "
+                 + "environment \(environmentLabel(env)) waited all of ProcessorWaitTimeout "
+                 + (saturated ? "while its workers give slow clients up" : "for its client's share (MaxClientShare)")
+                 + "; answering 503")
+            if let field = sharedTable?.environmentField(env, ChildTableLayout.droppedOffset) {
+                peruser_atomic_add_u64(field, 1)
+            }
+            respond(entry.item, .serviceUnavailable)
         }
     }
 
