@@ -155,8 +155,9 @@ def configure(kind, envs=2, min_processors=34):
 </Processor>""" for u in USERS)
         # MaxClientShare 100: wrk is one address playing 32 clients (real clients come from
         # many addresses, so the default share does not bind them; here it would cap wrk at
-        # half the workers).
-        body = (f"ServerLimit 100\nMaxClients 100\nMinMultiplexers 2\nMaxConnectionsPerChild 0\nMaxClientShare 100\n"
+        # half the workers). <IfDirective>: compare_builds.py also runs builds that predate it.
+        body = (f"ServerLimit 100\nMaxClients 100\nMinMultiplexers 2\nMaxConnectionsPerChild 0\n"
+                + "<IfDirective MaxClientShare>\n    MaxClientShare 100\n</IfDirective>\n"
                 + processors + common + vhosts(port, sites, lambda u: f"ServerEnvironment {u}"))
         mpm = f"LoadModule mpm_peruser_module {MODULE}"
     apache.write_config(f"Listen 127.0.0.1:{port}\n" + body, mpm=mpm, log_level="warn")

@@ -115,20 +115,31 @@ final class ClientShareAndSheddingTests: XCTestCase {
 
 final class LightestWaitingTests: XCTestCase {
     func testPacksAndLapses() {
-        let mark = LightestWaiting(rank: 3, at: 1_000_000)
+        let mark = LightestWaiting(rank: 3, client: 0xdead_beef, at: 1_000_000)
         XCTAssertEqual(LightestWaiting(packed: mark.packed), mark)
-        XCTAssertEqual(mark.rank(now: 1_000_050), 3)
-        XCTAssertNil(mark.rank(now: 1_000_061))
-        XCTAssertNil(mark.rank(now: 999_999))
-        XCTAssertNil(LightestWaiting(packed: 0).rank(now: 5))
-        XCTAssertEqual(LightestWaiting(rank: .max, at: 1).rank, 0xff_ffff)
+        XCTAssertNotNil(mark.live(now: 1_000_050))
+        XCTAssertNil(mark.live(now: 1_000_061))
+        XCTAssertEqual(LightestWaiting(rank: .max, client: 1, at: 1).rank, 0xff)
+        XCTAssertNotEqual(LightestWaiting(rank: 0, client: 0, at: 0).packed, 0)
+        // Times wrap modulo 2^24 ms; a mark just before the wrap is live just after it.
+        let late = LightestWaiting(rank: 1, client: 7, at: (1 << 24) - 10)
+        XCTAssertNotNil(late.live(now: 1 << 24 + 20))
+        XCTAssertNil(late.live(now: (1 << 24) + 100))
     }
 
-    func testLighterOrNewerReplacesALiveMark() {
-        let mark = LightestWaiting(rank: 3, at: 1000)
-        XCTAssertTrue(mark.yields(to: LightestWaiting(rank: 1, at: 1010), now: 1010))
-        XCTAssertTrue(mark.yields(to: LightestWaiting(rank: 3, at: 1010), now: 1010))
-        XCTAssertFalse(mark.yields(to: LightestWaiting(rank: 9, at: 1010), now: 1010))
-        XCTAssertTrue(mark.yields(to: LightestWaiting(rank: 9, at: 1100), now: 1100))
+    func testLighterOrEquallyLightReplacesALiveMark() {
+        let mark = LightestWaiting(rank: 3, client: 1, at: 1000)
+        XCTAssertTrue(mark.yields(to: LightestWaiting(rank: 1, client: 2, at: 1010), now: 1010))
+        XCTAssertTrue(mark.yields(to: LightestWaiting(rank: 3, client: 2, at: 1010), now: 1010))
+        XCTAssertFalse(mark.yields(to: LightestWaiting(rank: 9, client: 2, at: 1010), now: 1010))
+        XCTAssertTrue(mark.yields(to: LightestWaiting(rank: 9, client: 2, at: 1100), now: 1100))
+    }
+
+    func testOnlyAnotherLighterClientGoesFirst() {
+        let mark = LightestWaiting(rank: 1, client: 5, at: 0)
+        XCTAssertTrue(mark.goesFirst(before: 6, rank: 16))
+        XCTAssertFalse(mark.goesFirst(before: 5, rank: 16), "a client never waits for itself")
+        XCTAssertFalse(mark.goesFirst(before: 6, rank: 1))
+        XCTAssertNotEqual(ClientAddress(parsing: "127.0.0.1")!.hash32, ClientAddress(parsing: "127.0.0.2")!.hash32)
     }
 }

@@ -30,36 +30,66 @@ public enum ReaderShedding {
 }
 
 /// The lightest client waiting for an environment in any multiplexer: its rank (the client's
-/// connections in the environment) and when a multiplexer last said so. Each multiplexer
-/// ranks only its own waiting connections; with this, none passes a heavier client's
-/// connection to a worker that another multiplexer's lighter one is waiting for.
+/// connections in the environment), a hash of the client, and when a multiplexer last said so.
+/// Each multiplexer ranks only its own waiting connections; with this, none passes another
+/// client's heavier connection to a worker that a lighter one waits for elsewhere. One client's
+/// connections never hold each other up (a single busy client, say a load balancer, would
+/// otherwise queue behind itself).
 public struct LightestWaiting: Equatable {
     public var rank: Int
+    public var client: UInt32
+    /// Milliseconds, modulo 2^24 (about 4.6 hours: a mark is only ever compared within seconds).
     public var at: Int64
     /// A mark older than this has lapsed (multiplexers with waiting connections renew theirs
-    /// every 20 ms).
+    /// on every turn of their loop, at least every 20 ms).
     public static let lapseMilliseconds: Int64 = 60
+    static let timeMask: Int64 = (1 << 24) - 1
 
-    public init(rank: Int, at: Int64) {
-        self.rank = min(max(0, rank), 0xff_ffff)
-        self.at = max(0, at)
+    public init(rank: Int, client: UInt32, at: Int64) {
+        self.rank = min(max(0, rank), 0xff)
+        self.client = client
+        self.at = at & Self.timeMask
     }
 
-    /// Time in the high 40 bits, rank in the low 24.
+    /// Time in the low 24 bits, rank in the next 8, the client's hash in the high 32; 0: none.
     public init(packed: UInt64) {
-        rank = Int(packed & 0xff_ffff)
-        at = Int64(packed >> 24)
+        at = Int64(packed & 0xff_ffff)
+        rank = Int(packed >> 24 & 0xff)
+        client = UInt32(truncatingIfNeeded: packed >> 32)
     }
 
-    public var packed: UInt64 { UInt64(min(at, (1 << 40) - 1)) << 24 | UInt64(rank) }
+    public var packed: UInt64 { UInt64(client) << 32 | UInt64(rank) << 24 | UInt64(at) | (packedIsZero ? 1 : 0) }
 
-    public func rank(now: Int64) -> Int? {
-        at > 0 && at <= now && now - at <= Self.lapseMilliseconds ? rank : nil
+    /// A mark of all zeros would read as "none": time 0 is stored as 1 ms.
+    private var packedIsZero: Bool { client == 0 && rank == 0 && at == 0 }
+
+    /// The mark, unless it has lapsed at `now`.
+    public func live(now: Int64) -> LightestWaiting? {
+        let age = (now & Self.timeMask) - at
+        let wrapped = age < 0 ? age + Self.timeMask + 1 : age
+        return wrapped <= Self.lapseMilliseconds ? self : nil
     }
 
     /// Whether `offered` replaces this mark: it is lighter, as light and newer, or this one lapsed.
     public func yields(to offered: LightestWaiting, now: Int64) -> Bool {
-        guard let current = rank(now: now) else { return true }
-        return offered.rank < current || (offered.rank == current && offered.at >= at)
+        guard let current = live(now: now) else { return true }
+        return offered.rank < current.rank || offered.rank == current.rank
+    }
+
+    /// Whether a connection of `client` with rank `rank` must let this mark's client go first.
+    public func goesFirst(before client: UInt32, rank: Int) -> Bool {
+        self.client != client && self.rank < min(max(0, rank), 0xff)
+    }
+}
+
+extension ClientAddress {
+    /// 32 bits of the address, mixed (for LightestWaiting; a collision only makes two clients
+    /// wait as one).
+    public var hash32: UInt32 {
+        var x = high ^ (low &* 0x9e37_79b9_7f4a_7c15)
+        x ^= x >> 31
+        x = x &* 0xbf58_476d_1ce4_e5b9
+        x ^= x >> 29
+        return UInt32(truncatingIfNeeded: x) | 1
     }
 }

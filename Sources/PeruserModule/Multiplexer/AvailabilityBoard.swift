@@ -43,21 +43,30 @@ struct AvailabilityBoard {
         peruser_atomic_store_u32(f + Self.startFailingOffset, failing ? 1 : 0)
     }
 
-    /// A multiplexer has a connection of rank `rank` waiting for `environment` at `now`.
-    func offerLightest(_ environment: Int, rank: Int, now: Int64) {
+    /// A multiplexer has a connection of `offered`'s client and rank waiting for `environment`.
+    func offerLightest(_ environment: Int, _ offered: LightestWaiting, now: Int64) {
         guard let f = field(environment) else { return }
-        let offered = LightestWaiting(rank: rank, at: now)
         while true {
             let old = peruser_atomic_load_u64(f + Self.lightestOffset)
-            guard LightestWaiting(packed: old).yields(to: offered, now: now) else { return }
+            guard old == 0 || LightestWaiting(packed: old).yields(to: offered, now: now) else { return }
             if peruser_atomic_cas_u64(f + Self.lightestOffset, old, offered.packed) != 0 { return }
         }
     }
 
-    /// The rank of the lightest client waiting for `environment` in any multiplexer, if one is.
-    func lightest(_ environment: Int, now: Int64) -> Int? {
+    /// The lightest client waiting for `environment` in any multiplexer, if one is.
+    func lightest(_ environment: Int, now: Int64) -> LightestWaiting? {
         guard let f = field(environment) else { return nil }
-        return LightestWaiting(packed: peruser_atomic_load_u64(f + Self.lightestOffset)).rank(now: now)
+        let packed = peruser_atomic_load_u64(f + Self.lightestOffset)
+        return packed == 0 ? nil : LightestWaiting(packed: packed).live(now: now)
+    }
+
+    /// A connection of `client` was passed: its mark, if it is the one, no longer holds others up.
+    func withdrawLightest(_ environment: Int, client: UInt32) {
+        guard let f = field(environment) else { return }
+        let old = peruser_atomic_load_u64(f + Self.lightestOffset)
+        if old != 0 && LightestWaiting(packed: old).client == client {
+            _ = peruser_atomic_cas_u64(f + Self.lightestOffset, old, 0)
+        }
     }
 
     func availability(_ environment: Int, waitSeconds: Int, levels: Int) -> Availability {

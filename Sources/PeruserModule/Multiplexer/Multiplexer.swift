@@ -701,7 +701,7 @@ struct Multiplexer {
         // client waits for this environment (in any multiplexer), it goes first.
         let overShare = clientHolds(connection.client, environment: env) >= clientLimit(env)
         let lighterWaiting = availabilityBoard?.lightest(env, now: now).map {
-            rank(ofNew: connection.client, environment: env) > $0
+            $0.goesFirst(before: connection.client.hash32, rank: rank(ofNew: connection.client, environment: env))
         } ?? false
         let decision = RouteDecision.decide(hops: connection.hops, mostHops: Self.mostHops, capacity: capacity(of: env),
                                             availability: availability(env), now: now, channelWait: channelWait,
@@ -755,15 +755,26 @@ struct Multiplexer {
                 guard let client = clientOf[fd], !client.isNone, let l = load[client] else { return 0 }
                 return l.held < limit ? l.held + l.waiting : nil
             }
-            // The lightest here is offered to the other multiplexers; none passes a heavier one
-            // while a lighter one waits anywhere.
-            let mine = waiting.entries.lazy.filter { $0.environment == env }.compactMap { rank($0.item) }.min()
-            if let mine { availabilityBoard?.offerLightest(env, rank: mine, now: now) }
-            let bound = availabilityBoard?.lightest(env, now: now) ?? Int.max
+            // The lightest here is offered to the other multiplexers; none passes another
+            // client's heavier connection while a lighter one waits anywhere.
+            var lightestHere: (rank: Int, fd: Int32)?
+            for entry in waiting.entries where entry.environment == env {
+                if let r = rank(entry.item), r < lightestHere?.rank ?? Int.max { lightestHere = (r, entry.item) }
+            }
+            if let lightestHere {
+                availabilityBoard?.offerLightest(env, LightestWaiting(rank: lightestHere.rank,
+                                                                      client: (clientOf[lightestHere.fd] ?? .none).hash32,
+                                                                      at: now), now: now)
+            }
+            let mark = availabilityBoard?.lightest(env, now: now)
             var ready: [Int32] = []
             var queue = waiting
             for _ in 0..<room {
-                let picked = queue.take(1, for: env) { fd in rank(fd).flatMap { $0 <= bound ? $0 : nil } }
+                let picked = queue.take(1, for: env) { fd in
+                    guard let r = rank(fd) else { return nil }
+                    if let mark, mark.goesFirst(before: (clientOf[fd] ?? .none).hash32, rank: r) { return nil }
+                    return r
+                }
                 guard let fd = picked.first else { break }
                 ready.append(fd)
                 if let client = clientOf[fd], !client.isNone, let l = load[client] {
@@ -773,6 +784,7 @@ struct Multiplexer {
             waiting = queue
             for fd in ready {
                 guard var connection = pending[fd] else { continue }
+                availabilityBoard?.withdrawLightest(env, client: connection.client.hash32)
                 connection.stage = .waitingForChannel(environment: env)
                 connection.deadline = now.saturatingAdding(channelWait)
                 pending[fd] = connection
