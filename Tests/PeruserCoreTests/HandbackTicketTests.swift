@@ -21,6 +21,23 @@ final class HandbackTicketTests: XCTestCase {
         XCTAssertEqual(SipHash24.hash(key: referenceKey, words: first, second), hash(bytes))
     }
 
+    func testFourWordFormIsTheHashOfThirtyTwoBytes() {
+        let words: [UInt64] = [0x1122_3344_5566_7788, 0x99aa_bbcc_ddee_ff00, 7, 0xffff_0000_7f00_0001]
+        var bytes: [UInt8] = []
+        for word in words { for i in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: word >> (8 * UInt64(i)))) } }
+        XCTAssertEqual(SipHash24.hash(key: referenceKey, words: words[0], words[1], words[2], words[3]), hash(bytes))
+    }
+
+    func testTicketIsBoundToTheClient() {
+        let key = HandbackKey(k0: 42, k1: 4242)
+        let client = ClientAddress(parsing: "198.51.100.7")!
+        let ticket = key.ticket(cookie: 1000, generation: 3, environment: 7, client: client)
+        XCTAssertTrue(key.accepts(ticket, cookie: 1000, generation: 3, environment: 7, client: client))
+        XCTAssertFalse(key.accepts(ticket, cookie: 1000, generation: 3, environment: 7))
+        XCTAssertFalse(key.accepts(ticket, cookie: 1000, generation: 3, environment: 7,
+                                   client: ClientAddress(parsing: "198.51.100.8")!))
+    }
+
     func testTicketIsBoundToSocketGenerationAndEnvironment() {
         let key = HandbackKey(k0: 42, k1: 4242)
         let ticket = key.ticket(cookie: 1000, generation: 3, environment: 7)

@@ -306,3 +306,85 @@ def test_without_a_trusted_proxy_the_header_is_the_clients_word_only(accounts):
             sock.close()
         apache.stop()
         apache.cleanup()
+
+
+PROXY_PROTOCOL = """LoadModule remoteip_module /usr/lib/apache2/modules/mod_remoteip.so
+RemoteIPProxyProtocol On
+"""
+
+
+@pytest.fixture(scope="module")
+def proxy_protocol(module, accounts):
+    apache = start(accounts, PROXY_PROTOCOL, name="slow-attack-proxy-protocol")
+    yield apache
+    apache.stop()
+    apache.cleanup()
+
+
+def proxy_line(source):
+    return f"PROXY TCP4 {source} 127.0.0.1 40000 80\r\n".encode()
+
+
+def proxy_v2(source):
+    """A PROXY protocol version 2 header (binary) naming `source`."""
+    a, b, c, d = (int(x) for x in source.split("."))
+    return (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11, 0x00, 12, a, b, c, d, 127, 0, 0, 1])
+            + (40000).to_bytes(2, "big") + (443).to_bytes(2, "big"))
+
+
+def environment_line_via_proxy(apache, env):
+    with socket.create_connection(("127.0.0.1", apache.plain), timeout=20) as sock:
+        sock.sendall(proxy_line("192.0.2.200") + b"GET /server-status?auto HTTP/1.1\r\nHost: b.test\r\n"
+                     b"Connection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith(f"PeruserEnvironment: {env} "):
+            return dict(part.split("=", 1) for part in line.split()[2:])
+    raise AssertionError(data[:500])
+
+
+def test_proxy_protocol_connections_are_routed_by_their_host_and_server_name(proxy_protocol):
+    for host, tenant in (("a.test", "a"), ("b.test", "b")):
+        with socket.create_connection(("127.0.0.1", proxy_protocol.plain), timeout=20) as sock:
+            sock.sendall(proxy_line("198.51.100.1") + f"GET /cgi-bin/id.cgi HTTP/1.1\r\nHost: {host}\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200"), data[:300]
+        assert f"uid={proxy_protocol.uids[tenant]}".encode() in data
+        # TLS behind a PROXY header (version 2 here): routed by the ClientHello's server name.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        raw = socket.create_connection(("127.0.0.1", proxy_protocol.tls), timeout=20)
+        raw.sendall(proxy_v2("198.51.100.1"))
+        with context.wrap_socket(raw, server_hostname=host) as sock:
+            sock.sendall(f"GET /cgi-bin/id.cgi HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200"), data[:300]
+        assert f"uid={proxy_protocol.uids[tenant]}".encode() in data
+
+
+def test_behind_the_proxy_protocol_the_share_follows_the_client_it_names(proxy_protocol):
+    def slow(source):
+        sock = socket.create_connection(("127.0.0.1", proxy_protocol.plain), timeout=20)
+        sock.sendall(proxy_line(source) + b"POST /cgi-bin/id.cgi HTTP/1.1\r\nHost: a.test\r\n"
+                     b"Content-Length: 100000\r\n\r\nx")
+        return sock
+
+    socks = [slow("198.51.100.1") for _ in range(8)]
+    try:
+        reading = lambda: int(environment_line_via_proxy(proxy_protocol, "env-a")["reading"])  # noqa: E731
+        assert wait_for(lambda: reading() == 5, 5)
+        time.sleep(0.5)
+        assert reading() == 5
+        socks += [slow(f"198.51.100.{n}") for n in range(10, 15)]
+        assert wait_for(lambda: reading() == 10, 3), environment_line_via_proxy(proxy_protocol, "env-a")
+    finally:
+        for sock in socks:
+            sock.close()

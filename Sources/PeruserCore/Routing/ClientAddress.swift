@@ -156,10 +156,13 @@ public struct ProxyTrust: Equatable {
     /// The header (lower case), or nil: no RemoteIPHeader, the peer is the client.
     public var header: String?
     public var proxies: [AddressRange]
+    /// RemoteIPProxyProtocol is on somewhere: a PROXY header may precede a connection's bytes.
+    public var proxyProtocol: Bool
 
-    public init(header: String? = nil, proxies: [AddressRange] = []) {
+    public init(header: String? = nil, proxies: [AddressRange] = [], proxyProtocol: Bool = false) {
         self.header = header?.lowercased()
         self.proxies = proxies
+        self.proxyProtocol = proxyProtocol
     }
 
     public func trusts(_ address: ClientAddress) -> Bool {

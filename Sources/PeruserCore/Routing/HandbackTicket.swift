@@ -25,14 +25,18 @@ public struct HandbackKey: Equatable {
         k1 = UInt64(littleEndianBytes: bytes, at: 8)
     }
 
-    /// The ticket of socket `cookie` handed to environment `environment` of `generation`.
-    public func ticket(cookie: UInt64, generation: UInt32, environment: Int) -> UInt64 {
-        SipHash24.hash(key: self, words: cookie, UInt64(generation) << 32 | UInt64(UInt32(truncatingIfNeeded: environment)))
+    /// The ticket of socket `cookie` handed to environment `environment` of `generation`, for
+    /// `client` (MaxClientShare's: a worker must give back the client it was given, so a PROXY
+    /// header's client survives a hand-back and no worker can name another).
+    public func ticket(cookie: UInt64, generation: UInt32, environment: Int, client: ClientAddress = .none) -> UInt64 {
+        SipHash24.hash(key: self, words: cookie, UInt64(generation) << 32 | UInt64(UInt32(truncatingIfNeeded: environment)),
+                       client.high, client.low)
     }
 
-    /// Whether `ticket` is the one for that socket and channel (no early exit on a mismatch).
-    public func accepts(_ ticket: UInt64, cookie: UInt64, generation: UInt32, environment: Int) -> Bool {
-        ticket ^ self.ticket(cookie: cookie, generation: generation, environment: environment) == 0
+    /// Whether `ticket` is the one for that socket, channel and client (no early exit on a mismatch).
+    public func accepts(_ ticket: UInt64, cookie: UInt64, generation: UInt32, environment: Int,
+                        client: ClientAddress = .none) -> Bool {
+        ticket ^ self.ticket(cookie: cookie, generation: generation, environment: environment, client: client) == 0
     }
 }
 
@@ -46,6 +50,18 @@ public enum SipHash24 {
         var last = UInt64(truncatingIfNeeded: bytes.count) << 56
         for i in 0..<(bytes.count % 8) { last |= UInt64(bytes[whole * 8 + i]) << (8 * UInt64(i)) }
         state.compress(last)
+        return state.finish()
+    }
+
+    /// The hash of four 64-bit words as 32 little-endian bytes, without a buffer.
+    public static func hash(key: HandbackKey, words first: UInt64, _ second: UInt64, _ third: UInt64,
+                            _ fourth: UInt64) -> UInt64 {
+        var state = State(key: key)
+        state.compress(first)
+        state.compress(second)
+        state.compress(third)
+        state.compress(fourth)
+        state.compress(32 << 56)
         return state.finish()
     }
 

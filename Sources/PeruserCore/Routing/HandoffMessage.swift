@@ -18,7 +18,7 @@ public struct HandoffMessage: Equatable {
     /// From a worker: the ticket it was given.
     public var ticket: UInt64
     /// From a multiplexer: the client for MaxClientShare (the worker shows it on its page).
-    /// From a worker: ignored (the multiplexer works it out again from the socket and head).
+    /// From a worker: the one it was given (the ticket covers it, so no worker can name another).
     public var client: ClientAddress
 
     public init(hops: UInt16, consumed: [UInt8], ticket: UInt64 = 0, client: ClientAddress = .none) {

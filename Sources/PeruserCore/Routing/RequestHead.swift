@@ -13,11 +13,14 @@ public struct RouteHint: Equatable {
     /// The values of the forwarded-client header asked for (mod_remoteip's RemoteIPHeader),
     /// several lines joined with ", " as httpd merges them; nil when there was none.
     public var forwarded: String?
+    /// The client a PROXY protocol header named (`.none`: LOCAL or UNKNOWN); nil: no header.
+    public var proxied: ClientAddress?
 
-    public init(target: String? = nil, host: String? = nil, forwarded: String? = nil) {
+    public init(target: String? = nil, host: String? = nil, forwarded: String? = nil, proxied: ClientAddress? = nil) {
         self.target = target
         self.host = host
         self.forwarded = forwarded
+        self.proxied = proxied
     }
 }
 

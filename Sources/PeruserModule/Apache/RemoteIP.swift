@@ -14,6 +14,7 @@ nonisolated(unsafe) var proxyTrust = ProxyTrust()
 /// can only ever name another client, never evade as itself).
 func readProxyTrust(startup: Bool) -> ProxyTrust {
     var headers: [String] = []
+    var proxyProtocol = false
     var words: [(word: String, origin: String)] = []
     func visit(_ first: UnsafeMutablePointer<ap_directive_t>?) {
         var node = first
@@ -22,6 +23,8 @@ func readProxyTrust(startup: Bool) -> ProxyTrust {
             let args = string(current.pointee.args) ?? ""
             let origin = "line \(current.pointee.line_num) of \(string(current.pointee.filename) ?? "?")"
             switch name {
+            case "remoteipproxyprotocol":
+                if args.lowercased().hasPrefix("on") { proxyProtocol = true }
             case "remoteipheader":
                 if let header = args.split(separator: " ").first { headers.append(String(header)) }
             case "remoteiptrustedproxy", "remoteipinternalproxy":
@@ -36,7 +39,7 @@ func readProxyTrust(startup: Bool) -> ProxyTrust {
         }
     }
     visit(ap_conftree)
-    guard let header = headers.first else { return ProxyTrust() }
+    guard let header = headers.first else { return ProxyTrust(proxyProtocol: proxyProtocol) }
     if startup && Set(headers.map { $0.lowercased() }).count > 1 {
         logStartup(PERUSER_LOG_WARNING, "RemoteIPHeader names several headers (\(headers.joined(separator: ", "))); "
                    + "MaxClientShare reads the forwarded client from \(header) only")
@@ -55,7 +58,7 @@ func readProxyTrust(startup: Bool) -> ProxyTrust {
                    + "RemoteIPInternalProxy: as mod_remoteip does, MaxClientShare takes every peer's \(header) "
                    + "as the client")
     }
-    return ProxyTrust(header: header, proxies: ranges)
+    return ProxyTrust(header: header, proxies: ranges, proxyProtocol: proxyProtocol)
 }
 
 /// The addresses in a mod_remoteip list file (one or more per line, `#` comments).

@@ -47,6 +47,8 @@ struct PendingConnection {
     var cookie: UInt64?
     /// Whom the connection counts against for MaxClientShare (set when it is routed).
     var client = ClientAddress.none
+    /// For a connection handed back: the client it was handed off with (its ticket proves it).
+    var carriedClient: ClientAddress?
 }
 
 /// One environment's hand-back channel (receiving end), of this generation or the previous one.
@@ -391,7 +393,13 @@ struct Multiplexer {
         for _ in 0..<64 where pending.count < maxConnections {
             // Left blocking: the multiplexer only uses MSG_DONTWAIT on it, and the worker gets
             // the fd as apr expects it.
-            let fd = accept4(listener, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+            var peer = sockaddr_storage()
+            var peerLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let fd = withUnsafeMutablePointer(to: &peer) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    accept4(listener, $0, &peerLength, Int32(SOCK_CLOEXEC.rawValue))
+                }
+            }
             if fd < 0 {
                 let code = errno
                 switch code {
@@ -411,6 +419,12 @@ struct Multiplexer {
                 }
             }
             adopt(fd, consumed: [], hops: 0)
+            // Until it is routed, a connection counts for its peer (a trusted proxy's for no
+            // one): a client's footprint here orders the wait (passWaiting).
+            if pending[fd] != nil, pending[fd]?.client.isNone == true {
+                let address = ClientAddress(peer)
+                pending[fd]?.client = proxyTrust.trusts(address) ? .none : address
+            }
         }
     }
 
@@ -463,7 +477,7 @@ struct Multiplexer {
             }
             guard isTCPStream(fd), let cookie = socketCookie(fd),
                   key.accepts(decoded.ticket, cookie: cookie, generation: channel.generation,
-                              environment: channel.environment) else {
+                              environment: channel.environment, client: decoded.client) else {
                 close(fd)
                 note(.forgedHandback, PERUSER_LOG_WARNING, "multiplexer: dropped a hand-back from environment "
                      + "\(handbackLabel(channel)) whose connection was never handed to it")
@@ -477,7 +491,8 @@ struct Multiplexer {
                      + "handed back by environment \(handbackLabel(channel))")
                 continue
             }
-            adopt(fd, consumed: decoded.consumed, hops: decoded.hops, handback: index, cookie: cookie)
+            adopt(fd, consumed: decoded.consumed, hops: decoded.hops, handback: index, cookie: cookie,
+                  client: decoded.client)
         }
     }
 
@@ -544,11 +559,11 @@ struct Multiplexer {
     /// once: such a connection is routed and passed on without ever entering epoll. Only one
     /// still waiting for its head is watched (edge-triggered: an ADD reports data already there).
     private mutating func adopt(_ fd: Int32, consumed: [UInt8], hops: UInt16, handback: Int? = nil,
-                                cookie: UInt64? = nil) {
+                                cookie: UInt64? = nil, client: ClientAddress? = nil) {
         pending[fd] = PendingConnection(consumed: consumed, hops: hops,
                                         deadline: monotonicMilliseconds() + headTimeout,
                                         consuming: !consumed.isEmpty,
-                                        handback: handback, cookie: cookie)
+                                        handback: handback, cookie: cookie, carriedClient: client)
         if let cookie { heldCookies.insert(cookie) }
         if let handback {
             handbacks[handback].holding += 1
@@ -635,7 +650,31 @@ struct Multiplexer {
 
     /// What the bytes so far say: where to route, or nil to wait for more. `final`: no more
     /// will come (the client stopped sending, or the buffer is full).
-    private func classify(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, final: Bool) -> HeadDecision {
+    private func classify(_ fd: Int32, _ whole: UnsafeRawBufferPointer, final: Bool) -> HeadDecision {
+        // Behind a front proxy with mod_remoteip's RemoteIPProxyProtocol, a PROXY header comes
+        // first: routing reads past it (the worker's mod_remoteip consumes it), and its client is
+        // the connection's. Only on a connection no worker has read yet.
+        var bytes = whole
+        var proxied: ClientAddress?
+        if proxyTrust.proxyProtocol && pending[fd]?.hops == 0 {
+            switch ProxyHeader.scan(whole) {
+            case .notProxy: break
+            case .needMore: return final ? .route(RouteHint(), tls: false) : .wait(tls: false)
+            case .malformed: return .route(RouteHint(), tls: false)  // the address's first vhost; mod_remoteip refuses it
+            case .header(let length, let source):
+                proxied = source ?? ClientAddress.none
+                bytes = UnsafeRawBufferPointer(rebasing: whole[length...])
+            }
+        }
+        var decision = classifyAfterProxyHeader(fd, bytes, final: final)
+        if case .route(var hint, let tls) = decision, proxied != nil {
+            hint.proxied = proxied
+            decision = .route(hint, tls: tls)
+        }
+        return decision
+    }
+
+    private func classifyAfterProxyHeader(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, final: Bool) -> HeadDecision {
         // A connection that opens with a TLS handshake record: route by SNI. The worker does
         // the whole handshake; nothing here ever speaks TLS.
         // (Only a connection no worker has read yet: a worker hands back plain HTTP only.)
@@ -695,7 +734,16 @@ struct Multiplexer {
             respond(fd, .serviceUnavailable)
             return
         }
-        connection.client = proxyTrust.client(peer: peerAddress(fd), forwarded: hint.forwarded, readable: !connection.tls)
+        let peer = peerAddress(fd)
+        if let proxied = hint.proxied {
+            connection.client = proxied
+        } else if let carried = connection.carriedClient, !(proxyTrust.trusts(peer) && hint.forwarded != nil) {
+            // Handed back: the client it came with (a PROXY header's, say), unless a trusted
+            // proxy names one in this request (a proxy's pooled connection serves many clients).
+            connection.client = carried
+        } else {
+            connection.client = proxyTrust.client(peer: peer, forwarded: hint.forwarded, readable: !connection.tls)
+        }
         let now = monotonicMilliseconds()
         // A client at its share waits for its own connections to end; and while a lighter
         // client waits for this environment (in any multiplexer), it goes first.
@@ -823,22 +871,26 @@ struct Multiplexer {
         }
     }
 
-    /// The rank a connection of `client` about to wait would have (see passWaiting).
+    /// The rank of a connection of `client` being routed (see passWaiting; it is one of the
+    /// client's connections here already).
     private mutating func rank(ofNew client: ClientAddress, environment: Int) -> Int {
         guard !client.isNone else { return 0 }
-        let queued = waiting.entries.reduce(0) {
-            $0 + ($1.environment == environment && pending[$1.item]?.client == client ? 1 : 0)
-        }
-        return clientHolds(client, environment: environment, always: true) + queued + 1
+        let here = pending.values.reduce(0) { $0 + ($1.client == client ? 1 : 0) }
+        return clientHolds(client, environment: environment, always: true) + here
     }
 
-    /// Each client's connections in `environment`: held by its workers (MaxClientShare's count)
-    /// and waiting here.
+    /// For each client with a connection waiting for `environment`: the workers of it the
+    /// client holds (MaxClientShare's count), and its connections in this multiplexer, in any
+    /// stage (a client trickling a hundred heads here is heavy before any of them is routed).
     private mutating func clientLoad(_ environment: Int) -> [ClientAddress: (held: Int, waiting: Int)] {
         var load: [ClientAddress: (held: Int, waiting: Int)] = [:]
         for entry in waiting.entries where entry.environment == environment {
             guard let client = pending[entry.item]?.client, !client.isNone else { continue }
-            load[client, default: (0, 0)].waiting += 1
+            load[client] = (0, 0)
+        }
+        guard !load.isEmpty else { return load }
+        for connection in pending.values where load[connection.client] != nil {
+            load[connection.client]?.waiting += 1
         }
         for client in Array(load.keys) {
             load[client]?.held = clientHolds(client, environment: environment, always: true)
@@ -895,7 +947,9 @@ struct Multiplexer {
         }
         let length: Int
         // The ticket the worker must show to give this connection back (HandbackTicket).
-        let ticket = socketCookie(fd).map { key.ticket(cookie: $0, generation: generation, environment: environment) } ?? 0
+        let ticket = socketCookie(fd).map {
+            key.ticket(cookie: $0, generation: generation, environment: environment, client: connection.client)
+        } ?? 0
         do {
             length = try connection.consumed.withUnsafeBytes { consumed in
                 try HandoffMessage.encode(hops: connection.hops, ticket: ticket, client: connection.client,

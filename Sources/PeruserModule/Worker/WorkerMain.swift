@@ -11,6 +11,8 @@ struct ServedConnection {
     let fd: Int32
     let hops: UInt16
     let ticket: UInt64
+    /// The client it was handed off with: a hand-back returns it (the ticket covers it).
+    let client: ClientAddress
 }
 
 nonisolated(unsafe) var servedConnection: ServedConnection?
@@ -109,7 +111,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
                 continue
             }
             tookConnection(client: decoded.client)
-            servedConnection = ServedConnection(fd: fd, hops: decoded.hops, ticket: decoded.ticket)
+            servedConnection = ServedConnection(fd: fd, hops: decoded.hops, ticket: decoded.ticket, client: decoded.client)
             let consumed = UnsafeRawBufferPointer(rebasing: message[HandoffMessage.headerSize..<(HandoffMessage.headerSize
                                                                                                + decoded.consumedCount)])
             apr_pool_clear(transactionPool)
@@ -216,7 +218,7 @@ public func peruserWorkerHandBack(_ consumed: UnsafePointer<UInt8>?, _ length: I
     let hops = requestsServed > 0 ? 1 : (connection.hops == .max ? .max : connection.hops + 1)
     let encoded: Int
     do {
-        encoded = try HandoffMessage.encode(hops: hops, ticket: connection.ticket,
+        encoded = try HandoffMessage.encode(hops: hops, ticket: connection.ticket, client: connection.client,
                                             consumed: UnsafeRawBufferPointer(start: length > 0 ? consumed : nil,
                                                                              count: consumed == nil ? 0 : length),
                                             into: handbackMessage)
