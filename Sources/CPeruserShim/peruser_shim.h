@@ -51,6 +51,11 @@ static inline uint64_t peruser_atomic_add_fetch_u64(void *field, uint64_t value)
     return __atomic_add_fetch((uint64_t *)field, value, __ATOMIC_RELAXED);
 }
 
+static inline uint32_t peruser_atomic_add_fetch_u32(void *field, uint32_t value)
+{
+    return __atomic_add_fetch((uint32_t *)field, value, __ATOMIC_RELAXED);
+}
+
 static inline uint64_t peruser_atomic_load_u64(const void *field)
 {
     return __atomic_load_n((const uint64_t *)field, __ATOMIC_RELAXED);

@@ -11,7 +11,28 @@ struct AvailabilityBoard {
     let base: UnsafeMutableRawPointer
     let count: Int
 
-    static func size(environments: Int) -> Int { max(1, environments) * recordSize }
+    /// Buckets of the clients' footprint (client.hash32 modulo this).
+    static let footprintBuckets = 8192
+
+    static func size(environments: Int) -> Int { max(1, environments) * recordSize + footprintBuckets * 4 }
+
+    /// How many connections the multiplexers hold, together, for clients in `client`'s bucket:
+    /// what ranks a client in the wait (a client spread over many connections and multiplexers
+    /// is heavy in each). Two clients in one bucket count as one, which only orders them later.
+    /// A multiplexer that crashed leaves its count behind until the next restart: its clients
+    /// rank heavier, nothing worse.
+    private func footprintField(_ client: ClientAddress) -> UnsafeMutableRawPointer? {
+        client.isNone ? nil : base + count * Self.recordSize + Int(client.hash32 % UInt32(Self.footprintBuckets)) * 4
+    }
+
+    func footprint(_ client: ClientAddress) -> Int {
+        footprintField(client).map { Int(peruser_atomic_load_u32($0)) } ?? 0
+    }
+
+    func addFootprint(_ client: ClientAddress, _ delta: Int32) {
+        guard let f = footprintField(client) else { return }
+        _ = peruser_atomic_add_fetch_u32(f, UInt32(bitPattern: delta))
+    }
 
     private func field(_ environment: Int) -> UnsafeMutableRawPointer? {
         environment >= 0 && environment < count ? base + environment * Self.recordSize : nil

@@ -423,7 +423,7 @@ struct Multiplexer {
             // one): a client's footprint here orders the wait (passWaiting).
             if pending[fd] != nil, pending[fd]?.client.isNone == true {
                 let address = ClientAddress(peer)
-                pending[fd]?.client = proxyTrust.trusts(address) ? .none : address
+                setClient(fd, proxyTrust.trusts(address) ? .none : address)
             }
         }
     }
@@ -565,6 +565,7 @@ struct Multiplexer {
                                         consuming: !consumed.isEmpty,
                                         handback: handback, cookie: cookie, carriedClient: client)
         if let cookie { heldCookies.insert(cookie) }
+        if let client { setClient(fd, client) }
         if let handback {
             handbacks[handback].holding += 1
             handbacksToCheck.append(handback)
@@ -735,15 +736,18 @@ struct Multiplexer {
             return
         }
         let peer = peerAddress(fd)
+        let client: ClientAddress
         if let proxied = hint.proxied {
-            connection.client = proxied
+            client = proxied
         } else if let carried = connection.carriedClient, !(proxyTrust.trusts(peer) && hint.forwarded != nil) {
             // Handed back: the client it came with (a PROXY header's, say), unless a trusted
             // proxy names one in this request (a proxy's pooled connection serves many clients).
-            connection.client = carried
+            client = carried
         } else {
-            connection.client = proxyTrust.client(peer: peer, forwarded: hint.forwarded, readable: !connection.tls)
+            client = proxyTrust.client(peer: peer, forwarded: hint.forwarded, readable: !connection.tls)
         }
+        setClient(fd, client)
+        connection.client = client
         let now = monotonicMilliseconds()
         // A client at its share waits for its own connections to end; and while a lighter
         // client waits for this environment (in any multiplexer), it goes first.
@@ -871,29 +875,30 @@ struct Multiplexer {
         }
     }
 
+    /// Sets whom a connection counts against, keeping the multiplexers' footprint of each client.
+    private mutating func setClient(_ fd: Int32, _ client: ClientAddress) {
+        guard let old = pending[fd]?.client, old != client else { return }
+        availabilityBoard?.addFootprint(old, -1)
+        availabilityBoard?.addFootprint(client, 1)
+        pending[fd]?.client = client
+    }
+
     /// The rank of a connection of `client` being routed (see passWaiting; it is one of the
-    /// client's connections here already).
+    /// client's connections in the multiplexers already).
     private mutating func rank(ofNew client: ClientAddress, environment: Int) -> Int {
         guard !client.isNone else { return 0 }
-        let here = pending.values.reduce(0) { $0 + ($1.client == client ? 1 : 0) }
-        return clientHolds(client, environment: environment, always: true) + here
+        return clientHolds(client, environment: environment, always: true) + (availabilityBoard?.footprint(client) ?? 1)
     }
 
     /// For each client with a connection waiting for `environment`: the workers of it the
-    /// client holds (MaxClientShare's count), and its connections in this multiplexer, in any
-    /// stage (a client trickling a hundred heads here is heavy before any of them is routed).
+    /// client holds (MaxClientShare's count), and its connections in every multiplexer, in any
+    /// stage (a client trickling a hundred heads is heavy before any of them is routed).
     private mutating func clientLoad(_ environment: Int) -> [ClientAddress: (held: Int, waiting: Int)] {
         var load: [ClientAddress: (held: Int, waiting: Int)] = [:]
         for entry in waiting.entries where entry.environment == environment {
-            guard let client = pending[entry.item]?.client, !client.isNone else { continue }
-            load[client] = (0, 0)
-        }
-        guard !load.isEmpty else { return load }
-        for connection in pending.values where load[connection.client] != nil {
-            load[connection.client]?.waiting += 1
-        }
-        for client in Array(load.keys) {
-            load[client]?.held = clientHolds(client, environment: environment, always: true)
+            guard let client = pending[entry.item]?.client, !client.isNone, load[client] == nil else { continue }
+            load[client] = (clientHolds(client, environment: environment, always: true),
+                            availabilityBoard?.footprint(client) ?? 1)
         }
         return load
     }
@@ -1032,6 +1037,7 @@ struct Multiplexer {
 
     private mutating func forget(_ fd: Int32) {
         guard let connection = pending.removeValue(forKey: fd) else { return }
+        availabilityBoard?.addFootprint(connection.client, -1)
         if let cookie = connection.cookie { heldCookies.remove(cookie) }
         if let handback = connection.handback {
             handbacks[handback].holding -= 1

@@ -252,7 +252,7 @@ func mapChildTable(_ lasting: UnsafeMutablePointer<LastingState>, slots: Int) th
         let board = try SharedMapping.create("peruser-multiplexer-state", size: boardSize)
         lasting.pointee.multiplexerState = board.base
         lasting.pointee.multiplexerStateSize = boardSize
-        let attached = AvailabilityBoard(base: board.base, count: boardSize / AvailabilityBoard.recordSize)
+        let attached = AvailabilityBoard(base: board.base, count: max(1, environments))
         attached.reset()
         availabilityBoard = attached
     } catch {
