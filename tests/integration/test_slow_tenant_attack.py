@@ -273,7 +273,8 @@ def test_behind_a_front_proxy_the_share_follows_the_forwarded_address(proxied):
     socks = slow_posts(proxied, ["198.51.100.1"] * 8)
     try:
         # (mod_reqtimeout ends these bodies after 10 s: what follows takes less.)
-        assert wait_for(lambda: int(environment_line(proxied, "env-a")["reading"]) == 5, 5)
+        assert wait_for(lambda: int(environment_line(proxied, "env-a")["reading"]) == 5, 5), \
+            environment_line(proxied, "env-a")
         time.sleep(0.5)
         assert int(environment_line(proxied, "env-a")["reading"]) == 5, environment_line(proxied, "env-a")
         # Another client behind the same proxy is served at once: the proxy is not the client.
@@ -380,9 +381,9 @@ def test_behind_the_proxy_protocol_the_share_follows_the_client_it_names(proxy_p
     socks = [slow("198.51.100.1") for _ in range(8)]
     try:
         reading = lambda: int(environment_line_via_proxy(proxy_protocol, "env-a")["reading"])  # noqa: E731
-        assert wait_for(lambda: reading() == 5, 5)
+        assert wait_for(lambda: reading() == 5, 5), environment_line_via_proxy(proxy_protocol, "env-a")
         time.sleep(0.5)
-        assert reading() == 5
+        assert reading() == 5, environment_line_via_proxy(proxy_protocol, "env-a")
         socks += [slow(f"198.51.100.{n}") for n in range(10, 15)]
         assert wait_for(lambda: reading() == 10, 3), environment_line_via_proxy(proxy_protocol, "env-a")
     finally:

@@ -51,6 +51,7 @@ public enum ChildTableLayout {
     public static let vhostOffset = 192      // vhost name, NUL-terminated
     public static let vhostCapacity = 64
     public static let clientOffset = 256     // 2 × UInt64: the client of the current connection (workers)
+    public static let ticketOffset = 272     // UInt64: the hand-off ticket of the current connection (workers)
 
     // Fields of an environment's record (multiplexers and parent; atomic adds).
     public static let handedOffOffset = 0    // UInt64, multiplexers
@@ -337,10 +338,23 @@ public struct ChildTable {
         return count
     }
 
-    /// A worker's write to its own page: the client of the connection it took.
-    public func setClient(page o: Int, _ client: ClientAddress) {
+    /// A worker's write to its own page: the client and ticket of the connection it took.
+    public func setClient(page o: Int, _ client: ClientAddress, ticket: UInt64) {
         base.storeBytes(of: client.high, toByteOffset: o + ChildTableLayout.clientOffset, as: UInt64.self)
         base.storeBytes(of: client.low, toByteOffset: o + ChildTableLayout.clientOffset + 8, as: UInt64.self)
+        base.storeBytes(of: ticket, toByteOffset: o + ChildTableLayout.ticketOffset, as: UInt64.self)
+    }
+
+    /// The tickets of the last connection each of `environment`'s workers took (busy with it
+    /// or done): a multiplexer's hand-off is in flight until its ticket shows here.
+    public func takenTickets(environment: Int) -> Set<UInt64> {
+        var tickets = Set<UInt64>()
+        for index in 0..<slotCount {
+            guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
+                  s.status == .active || s.status == .ready else { continue }
+            tickets.insert(load(page(index) + ChildTableLayout.ticketOffset, as: UInt64.self))
+        }
+        return tickets
     }
 
     // Writes by the parent (display fields of a slot) and by the slot's own child.

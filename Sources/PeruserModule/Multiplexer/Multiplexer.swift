@@ -132,7 +132,7 @@ struct Multiplexer {
     private let clientShare: [Int?]
     /// Connections this multiplexer passed to a channel that no worker has taken yet (no page
     /// shows their client so far): the `handedOff` count each made, its client and when.
-    private var inFlight: [(environment: Int, client: ClientAddress, handedOff: UInt64, at: Int64)] = []
+    private var inFlight: [(environment: Int, client: ClientAddress, ticket: UInt64, handedOff: UInt64, at: Int64)] = []
     /// Each environment's count of connections its workers gave up (ReaderShedding), and when
     /// this multiplexer last saw it change.
     private var shedSeen: [(count: UInt64, changedAt: Int64)]
@@ -335,15 +335,10 @@ struct Multiplexer {
         }
     }
 
-    /// Counts a hand-off; returns the environment's count of hand-offs with this one.
-    @discardableResult
-    private mutating func handedOff(to environment: Int) -> UInt64 {
-        guard let table = sharedTable else { return 0 }
+    /// After a hand-off (counted in the table before it was sent).
+    private mutating func handedOff(to environment: Int) {
+        guard let table = sharedTable else { return }
         capacityCache[environment]?.queued += 1
-        var count: UInt64 = 0
-        if let field = table.environmentField(environment, ChildTableLayout.handedOffOffset) {
-            count = peruser_atomic_add_fetch_u64(field, 1)
-        }
         if !stopping && pending.count < Self.busyHolding {
             if let page = ownPage {
                 table.setStatus(page: page, .ready, now: monotonicMilliseconds())  // MultiplexerIdleTimeout counts from here
@@ -353,7 +348,6 @@ struct Multiplexer {
             changeAvailability(environment) { $0.passed() }
             publish(environment)
         }
-        return count
     }
 
     /// Asks the parent for a worker: a connection arrived and found none free (the shared
@@ -926,13 +920,22 @@ struct Multiplexer {
         return table.workersServing(client, environment: environment) + flying + others
     }
 
-    /// Taken (the environment's workers have received that many) or lost: no longer in flight.
+    /// No longer in flight: a worker of its environment shows its ticket (the last connection it
+    /// took); or that many connections and a few more (hand-offs of several multiplexers may
+    /// reach the channel out of their count's order) were taken since; or it is lost.
     private mutating func pruneInFlight() {
         guard let table = sharedTable, !inFlight.isEmpty else { return }
         let now = monotonicMilliseconds()
+        var taken: [Int: (tickets: Set<UInt64>, received: UInt64)] = [:]
+        for entry in inFlight where taken[entry.environment] == nil {
+            let received = table.environmentPageField(entry.environment, ChildTableLayout.receivedOffset)
+                .map { peruser_atomic_load_u64($0) } ?? 0
+            taken[entry.environment] = (table.takenTickets(environment: entry.environment), received)
+        }
+        let slack = UInt64(max(1, configuration.limits.maxMultiplexers))
         inFlight.removeAll { entry in
-            now - entry.at > 2000 || (table.environmentPageField(entry.environment, ChildTableLayout.receivedOffset)
-                .map { peruser_atomic_load_u64($0) >= entry.handedOff } ?? true)
+            guard now - entry.at <= 2000, let seen = taken[entry.environment] else { return true }
+            return seen.tickets.contains(entry.ticket) || seen.received >= entry.handedOff.addingReportingOverflow(slack).partialValue
         }
     }
 
@@ -965,14 +968,20 @@ struct Multiplexer {
             respond(fd, .serviceUnavailable)
             return
         }
-        switch Channel(fd: handoffs[environment]).send(fd: fd, payload: UnsafeRawBufferPointer(rebasing: message[0..<length])) {
+        // Counted before it is sent: no worker can take it, nor another multiplexer look at this
+        // environment's queue, before the count shows it (MaxClientShare counts the queue).
+        let handedOffCount = sharedTable?.environmentField(environment, ChildTableLayout.handedOffOffset)
+        let handedOffSoFar = handedOffCount.map { peruser_atomic_add_fetch_u64($0, 1) } ?? 0
+        let sent = Channel(fd: handoffs[environment]).send(fd: fd, payload: UnsafeRawBufferPointer(rebasing: message[0..<length]))
+        if case .sent = sent {} else if let handedOffCount { _ = peruser_atomic_add_fetch_u64(handedOffCount, UInt64.max) }
+        switch sent {
         case .sent:
             forget(fd)
             close(fd)
-            let count = handedOff(to: environment)
+            handedOff(to: environment)
             if !connection.client.isNone {
                 if inFlight.count >= 64 { pruneInFlight() }
-                inFlight.append((environment, connection.client, count, monotonicMilliseconds()))
+                inFlight.append((environment, connection.client, ticket, handedOffSoFar, monotonicMilliseconds()))
             }
         case .full:
             return  // A full channel counts as no free worker: retry on the tick.

@@ -110,7 +110,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
                 close(fd)
                 continue
             }
-            tookConnection(client: decoded.client)
+            tookConnection(client: decoded.client, ticket: decoded.ticket)
             servedConnection = ServedConnection(fd: fd, hops: decoded.hops, ticket: decoded.ticket, client: decoded.client)
             let consumed = UnsafeRawBufferPointer(rebasing: message[HandoffMessage.headerSize..<(HandoffMessage.headerSize
                                                                                                + decoded.consumedCount)])
@@ -188,16 +188,17 @@ func setOwnStatus(_ status: ChildStatus) {
 }
 
 /// A worker took a connection from its channel.
-func tookConnection(client: ClientAddress) {
+func tookConnection(client: ClientAddress, ticket: UInt64) {
     guard let table = sharedTable, let page = ownPage else { return }
-    // Its client first: the multiplexers stop counting a connection in flight once it is taken.
-    table.setClient(page: page, client)
-    // Off the queue before busy: whoever sees this worker busy also sees the queue shrink.
+    // Its client and ticket first, then busy: a multiplexer counts the connection in flight
+    // until a busy worker shows its ticket, and then as that worker's.
+    // (For a moment it is both busy and queued: readers count one worker too few, never one too many.)
+    table.setClient(page: page, client, ticket: ticket)
+    table.setStatus(page: page, .active, now: monotonicMilliseconds())
     if let field = table.environmentPageField(workerEnvironment, ChildTableLayout.receivedOffset) {
         peruser_atomic_add_u64(field, 1)
     }
     peruser_atomic_add_u64(table.field(page: page, ChildTableLayout.connectionsOffset), 1)
-    table.setStatus(page: page, .active, now: monotonicMilliseconds())
 }
 
 @_cdecl("peruser_worker_started_request")
