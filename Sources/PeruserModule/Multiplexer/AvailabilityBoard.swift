@@ -14,7 +14,7 @@ struct AvailabilityBoard {
     /// Buckets of the clients' footprint (client.hash32 modulo this).
     static let footprintBuckets = 8192
 
-    static func size(environments: Int) -> Int { max(1, environments) * recordSize + footprintBuckets * 4 }
+    static func size(environments: Int) -> Int { max(1, environments) * recordSize + footprintBuckets * 8 }
 
     /// How many connections the multiplexers hold, together, for clients in `client`'s bucket:
     /// what ranks a client in the wait (a client spread over many connections and multiplexers
@@ -27,6 +27,39 @@ struct AvailabilityBoard {
 
     func footprint(_ client: ClientAddress) -> Int {
         footprintField(client).map { Int(peruser_atomic_load_u32($0)) } ?? 0
+    }
+
+    /// Hand-offs in flight (passed, not yet shown on a worker's page) per client and
+    /// environment, in buckets: reserved by compare-and-swap before a hand-off, so two
+    /// multiplexers can never both give a client the last worker of its share.
+    private func reservedField(_ client: ClientAddress, _ environment: Int) -> UnsafeMutableRawPointer? {
+        guard !client.isNone else { return nil }
+        let mixed = client.hash32 &+ UInt32(truncatingIfNeeded: environment) &* 0x9e37_79b9
+        return base + count * Self.recordSize + Self.footprintBuckets * 4 + Int(mixed % UInt32(Self.footprintBuckets)) * 4
+    }
+
+    func reserved(_ client: ClientAddress, _ environment: Int) -> Int {
+        reservedField(client, environment).map { Int(peruser_atomic_load_u32($0)) } ?? 0
+    }
+
+    /// Takes one of `client`'s share in `environment` if it holds fewer than `limit` with the
+    /// `held` its workers show.
+    func reserve(_ client: ClientAddress, _ environment: Int, held: Int, limit: Int) -> Bool {
+        guard let f = reservedField(client, environment) else { return true }
+        while true {
+            let old = peruser_atomic_load_u32(f)
+            guard held + Int(old) < limit else { return false }
+            if peruser_atomic_cas_u32(f, old, old &+ 1) != 0 { return true }
+        }
+    }
+
+    func release(_ client: ClientAddress, _ environment: Int) {
+        guard let f = reservedField(client, environment) else { return }
+        while true {
+            let old = peruser_atomic_load_u32(f)
+            guard old > 0 else { return }
+            if peruser_atomic_cas_u32(f, old, old - 1) != 0 { return }
+        }
     }
 
     func addFootprint(_ client: ClientAddress, _ delta: Int32) {

@@ -49,6 +49,8 @@ struct PendingConnection {
     var client = ClientAddress.none
     /// For a connection handed back: the client it was handed off with (its ticket proves it).
     var carriedClient: ClientAddress?
+    /// Holds one of its client's share (AvailabilityBoard.reserve) until a worker shows it.
+    var reserved = false
 }
 
 /// One environment's hand-back channel (receiving end), of this generation or the previous one.
@@ -130,9 +132,11 @@ struct Multiplexer {
     private var heldCookies = Set<UInt64>()
     /// How many of each environment's workers one client may hold (nil: no limit).
     private let clientShare: [Int?]
-    /// Connections this multiplexer passed to a channel that no worker has taken yet (no page
-    /// shows their client so far): the `handedOff` count each made, its client and when.
-    private var inFlight: [(environment: Int, client: ClientAddress, ticket: UInt64, handedOff: UInt64, at: Int64)] = []
+    /// Connections this multiplexer passed to a channel with one of their client's share
+    /// reserved, until a worker shows them taken (then the reservation is released): the
+    /// environment, client, ticket, the `handedOff` count each made, when, and whether reserved.
+    private var inFlight: [(environment: Int, client: ClientAddress, ticket: UInt64, handedOff: UInt64, at: Int64,
+                            reserved: Bool)] = []
     /// Each environment's count of connections its workers gave up (ReaderShedding), and when
     /// this multiplexer last saw it change.
     private var shedSeen: [(count: UInt64, changedAt: Int64)]
@@ -216,6 +220,9 @@ struct Multiplexer {
             // Wake periodically while connections wait: free workers, full channels, deadlines;
             // and when accepting resumes after fd exhaustion.
             var timeout: Int32 = pending.isEmpty ? -1 : (waiting.isEmpty ? 100 : 20)
+            // Hand-offs in flight hold their client's share until this multiplexer sees them
+            // taken and releases them: look again soon, even with nothing else to do.
+            if !inFlight.isEmpty { timeout = timeout < 0 ? 10 : min(timeout, 10) }
             if acceptResumesAt > turn {
                 let untilResume = Int32(clamping: acceptResumesAt - turn)
                 timeout = timeout < 0 ? untilResume : min(timeout, untilResume)
@@ -238,6 +245,7 @@ struct Multiplexer {
                 }
             }
             let now = monotonicMilliseconds()
+            pruneInFlight()
             passWaiting(now: now)
             expireAndRetry(now: now)
         }
@@ -909,15 +917,9 @@ struct Multiplexer {
     private mutating func clientHolds(_ client: ClientAddress, environment: Int, always: Bool = false) -> Int {
         guard !client.isNone, always || clientLimit(environment) < Int.max, let table = sharedTable else { return 0 }
         pruneInFlight()
-        var mine = 0, flying = 0
-        for entry in inFlight where entry.environment == environment {
-            mine += 1
-            if entry.client == client { flying += 1 }
-        }
-        // What other multiplexers passed and no worker has taken yet may all be this client's:
-        // counted as such, or several multiplexers at once would each give it its share.
-        let others = max(0, table.queued(environment) - mine)
-        return table.workersServing(client, environment: environment) + flying + others
+        // Its workers, and its hand-offs in flight from every multiplexer (reserved, see trySend).
+        return table.workersServing(client, environment: environment)
+            + (availabilityBoard?.reserved(client, environment) ?? 0)
     }
 
     /// No longer in flight: a worker of its environment shows its ticket (the last connection it
@@ -933,10 +935,19 @@ struct Multiplexer {
             taken[entry.environment] = (table.takenTickets(environment: entry.environment), received)
         }
         let slack = UInt64(max(1, configuration.limits.maxMultiplexers))
+        var released: [(ClientAddress, Int)] = []
         inFlight.removeAll { entry in
-            guard now - entry.at <= 2000, let seen = taken[entry.environment] else { return true }
-            return seen.tickets.contains(entry.ticket) || seen.received >= entry.handedOff.addingReportingOverflow(slack).partialValue
+            let gone: Bool
+            if now - entry.at > 2000 { gone = true } else if let seen = taken[entry.environment] {
+                gone = seen.tickets.contains(entry.ticket)
+                    || seen.received >= entry.handedOff.addingReportingOverflow(slack).partialValue
+            } else {
+                gone = true
+            }
+            if gone && entry.reserved { released.append((entry.client, entry.environment)) }
+            return gone
         }
+        for (client, environment) in released { availabilityBoard?.release(client, environment) }
     }
 
     private func peerAddress(_ fd: Int32) -> ClientAddress {
@@ -950,8 +961,25 @@ struct Multiplexer {
     }
 
     private mutating func trySend(_ fd: Int32) {
-        guard let connection = pending[fd], case .waitingForChannel(let environment) = connection.stage else {
+        guard var connection = pending[fd], case .waitingForChannel(let environment) = connection.stage else {
             return
+        }
+        if !connection.reserved && !connection.client.isNone && clientLimit(environment) < Int.max,
+           let board = availabilityBoard, let table = sharedTable {
+            pruneInFlight()
+            guard board.reserve(connection.client, environment,
+                                held: table.workersServing(connection.client, environment: environment),
+                                limit: clientLimit(environment)) else {
+                // Another multiplexer gave this client the last of its share meanwhile: wait.
+                connection.stage = .waitingForWorker(environment: environment)
+                connection.deadline = monotonicMilliseconds().saturatingAdding(Int64(waitSeconds) * 1000)
+                pending[fd] = connection
+                waiting.add(fd, environment: environment, deadline: connection.deadline)
+                publish(environment)
+                return
+            }
+            connection.reserved = true
+            pending[fd] = connection
         }
         let length: Int
         // The ticket the worker must show to give this connection back (HandbackTicket).
@@ -976,12 +1004,14 @@ struct Multiplexer {
         if case .sent = sent {} else if let handedOffCount { _ = peruser_atomic_add_fetch_u64(handedOffCount, UInt64.max) }
         switch sent {
         case .sent:
+            pending[fd]?.reserved = false  // the reservation moves to the in-flight entry
             forget(fd)
             close(fd)
             handedOff(to: environment)
-            if !connection.client.isNone {
+            if connection.reserved {
                 if inFlight.count >= 64 { pruneInFlight() }
-                inFlight.append((environment, connection.client, ticket, handedOffSoFar, monotonicMilliseconds()))
+                inFlight.append((environment, connection.client, ticket, handedOffSoFar, monotonicMilliseconds(),
+                                 connection.reserved))
             }
         case .full:
             return  // A full channel counts as no free worker: retry on the tick.
@@ -1046,6 +1076,9 @@ struct Multiplexer {
 
     private mutating func forget(_ fd: Int32) {
         guard let connection = pending.removeValue(forKey: fd) else { return }
+        if connection.reserved, case .waitingForChannel(let environment) = connection.stage {
+            availabilityBoard?.release(connection.client, environment)  // reserved, never sent
+        }
         availabilityBoard?.addFootprint(connection.client, -1)
         if let cookie = connection.cookie { heldCookies.remove(cookie) }
         if let handback = connection.handback {
