@@ -53,6 +53,12 @@ struct AvailabilityBoard {
         }
     }
 
+    /// After a multiplexer died with reservations only it could release (the parent's call).
+    func clearShareReservations() {
+        let start = base + count * Self.recordSize + Self.footprintBuckets * 4
+        for bucket in 0..<Self.footprintBuckets { peruser_atomic_store_u32(start + bucket * 4, 0) }
+    }
+
     func release(_ client: ClientAddress, _ environment: Int) {
         guard let f = reservedField(client, environment) else { return }
         while true {

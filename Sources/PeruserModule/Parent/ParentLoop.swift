@@ -228,6 +228,11 @@ func reapChildren(quietly: Bool) {
         setScoreboardSlot(found, pid: 0, starting: false)
         lasting?.closeControl(found)
         if quietly || status.isClean { continue }
+        if case .multiplexer = role, exit.isCurrentGeneration {
+            // Its share reservations (MaxClientShare) would never be released: start them over.
+            // Until its hand-offs are seen taken, a client may get one worker past its share.
+            availabilityBoard?.clearShareReservations()
+        }
         if let signal = status.killedBySignal {
             log(PERUSER_LOG_WARNING, "peruser: \(described) was killed by signal \(signal)")
         } else {
