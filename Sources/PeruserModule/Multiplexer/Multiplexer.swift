@@ -134,9 +134,8 @@ struct Multiplexer {
     private let clientShare: [Int?]
     /// Connections this multiplexer passed to a channel with one of their client's share
     /// reserved, until a worker shows them taken (then the reservation is released): the
-    /// environment, client, ticket, the `handedOff` count each made, when, and whether reserved.
-    private var inFlight: [(environment: Int, client: ClientAddress, ticket: UInt64, handedOff: UInt64, at: Int64,
-                            reserved: Bool)] = []
+    /// environment, client, ticket, the `handedOff` count each made, and when.
+    private var inFlight: [(environment: Int, client: ClientAddress, ticket: UInt64, handedOff: UInt64, at: Int64)] = []
     /// Each environment's count of connections its workers gave up (ReaderShedding), and when
     /// this multiplexer last saw it change.
     private var shedSeen: [(count: UInt64, changedAt: Int64)]
@@ -722,7 +721,8 @@ struct Multiplexer {
 
     private mutating func route(_ fd: Int32, _ hint: RouteHint) {
         let env: Int
-        switch routeByVirtualHost(fd: fd, host: hint.host, target: hint.target) {
+        let peerStorage = socketAddress(fd, peer: true)
+        switch routeByVirtualHost(fd: fd, peer: peerStorage, host: hint.host, target: hint.target) {
         case .environment(let found): env = found
         case .noEnvironment(let line):
             note(.noEnvironment, PERUSER_LOG_ERR, line)
@@ -737,7 +737,7 @@ struct Multiplexer {
             respond(fd, .serviceUnavailable)
             return
         }
-        let peer = peerAddress(fd)
+        let peer = peerStorage.map(ClientAddress.init) ?? .none
         let client: ClientAddress
         if let proxied = hint.proxied {
             client = proxied
@@ -800,7 +800,7 @@ struct Multiplexer {
             let limit = clientLimit(env)
             var clientOf: [Int32: ClientAddress] = [:]
             for entry in waiting.entries where entry.environment == env {
-                clientOf[entry.item] = pending[entry.item]?.client ?? .none
+                clientOf[entry.item] = pending[entry.item]?.client ?? ClientAddress.none
             }
             // Lightest client first: the fewest connections in this environment (held by its
             // workers or waiting). A client with many cannot crowd out one with a single
@@ -911,12 +911,12 @@ struct Multiplexer {
         (clientShare.indices.contains(environment) ? clientShare[environment] : nil) ?? Int.max
     }
 
-    /// How many of `environment`'s workers `client` holds: those whose pages name it, and
-    /// the connections this multiplexer passed that no worker has taken yet.
+    /// How many of `environment`'s workers `client` holds: those whose pages name it, and its
+    /// reserved hand-offs no worker has shown taken yet (released once a turn of the loop, and
+    /// before each reservation: until then they count twice, never too few).
     /// `always`: counted even when MaxClientShare sets no limit (for the order of the wait).
     private mutating func clientHolds(_ client: ClientAddress, environment: Int, always: Bool = false) -> Int {
         guard !client.isNone, always || clientLimit(environment) < Int.max, let table = sharedTable else { return 0 }
-        pruneInFlight()
         // Its workers, and its hand-offs in flight from every multiplexer (reserved, see trySend).
         return table.workersServing(client, environment: environment)
             + (availabilityBoard?.reserved(client, environment) ?? 0)
@@ -944,20 +944,10 @@ struct Multiplexer {
             } else {
                 gone = true
             }
-            if gone && entry.reserved { released.append((entry.client, entry.environment)) }
+            if gone { released.append((entry.client, entry.environment)) }
             return gone
         }
         for (client, environment) in released { availabilityBoard?.release(client, environment) }
-    }
-
-    private func peerAddress(_ fd: Int32) -> ClientAddress {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let got = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) == 0 }
-        }
-        guard got else { return .none }
-        return ClientAddress(storage)
     }
 
     private mutating func trySend(_ fd: Int32) {
@@ -1010,8 +1000,7 @@ struct Multiplexer {
             handedOff(to: environment)
             if connection.reserved {
                 if inFlight.count >= 64 { pruneInFlight() }
-                inFlight.append((environment, connection.client, ticket, handedOffSoFar, monotonicMilliseconds(),
-                                 connection.reserved))
+                inFlight.append((environment, connection.client, ticket, handedOffSoFar, monotonicMilliseconds()))
             }
         case .full:
             return  // A full channel counts as no free worker: retry on the tick.

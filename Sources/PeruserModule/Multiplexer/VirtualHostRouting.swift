@@ -17,12 +17,12 @@ enum VirtualHostRoute {
 }
 
 /// The environment of the vhost Apache's rules give for a connection on `fd` (its local address
-/// read from the socket) with request target `target` and Host `host`.
-func routeByVirtualHost(fd: Int32, host: String?, target: String?) -> VirtualHostRoute {
+/// read from the socket; `peer`, its client's, read by the caller) with request target `target`
+/// and Host `host`.
+func routeByVirtualHost(fd: Int32, peer: sockaddr_storage?, host: String?, target: String?) -> VirtualHostRoute {
     guard let pool = routePool else { return .gone }
     apr_pool_clear(pool)
-    var local = sockaddr_storage(), peer = sockaddr_storage()
-    guard address(of: fd, &local, peer: false), address(of: fd, &peer, peer: true),
+    guard let local = socketAddress(fd, peer: false), let peer,
           [AF_INET, AF_INET6].contains(Int32(local.ss_family)),
           let c = zeroed(conn_rec.self, in: pool), let r = zeroed(request_rec.self, in: pool) else { return .gone }
     c.pointee.pool = pool
@@ -71,15 +71,6 @@ func routeByVirtualHost(fd: Int32, host: String?, target: String?) -> VirtualHos
     return .noEnvironment("peruser: virtual host \(vhost) has no ServerEnvironment; answered 503 to "
                           + "\(ip.map { String(cString: $0) } ?? "?") (Host or TLS server name: \(host ?? "-"); "
                           + "a TLS connection is closed instead)")
-}
-
-private func address(of fd: Int32, _ storage: inout sockaddr_storage, peer: Bool) -> Bool {
-    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-    return withUnsafeMutablePointer(to: &storage) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            (peer ? getpeername(fd, $0, &length) : getsockname(fd, $0, &length)) == 0
-        }
-    }
 }
 
 private func zeroed<T>(_ type: T.Type, in pool: OpaquePointer) -> UnsafeMutablePointer<T>? {

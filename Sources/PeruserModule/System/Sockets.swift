@@ -36,6 +36,18 @@ func isTCPStream(_ fd: Int32) -> Bool {
     return family == AF_INET || family == AF_INET6
 }
 
+/// A socket's peer (`peer`) or local address, or nil when the kernel has none (it went away).
+func socketAddress(_ fd: Int32, peer: Bool) -> sockaddr_storage? {
+    var storage = sockaddr_storage()
+    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    let got = withUnsafeMutablePointer(to: &storage) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            (peer ? getpeername(fd, $0, &length) : getsockname(fd, $0, &length)) == 0
+        }
+    }
+    return got ? storage : nil
+}
+
 extension ClientAddress {
     /// A kernel socket address (AF_INET or AF_INET6); anything else is no client.
     init(_ storage: sockaddr_storage) {

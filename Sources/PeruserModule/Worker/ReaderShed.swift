@@ -52,10 +52,5 @@ public func peruserWorkerAwaitClient(_ fd: Int32, _ timeoutMicroseconds: Int64, 
 }
 
 private func peer(_ fd: Int32) -> String {
-    var storage = sockaddr_storage()
-    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-    let got = withUnsafeMutablePointer(to: &storage) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) == 0 }
-    }
-    return got ? ClientAddress(storage).description : "a client that went away"
+    socketAddress(fd, peer: true).map { ClientAddress($0).description } ?? "a client that went away"
 }
