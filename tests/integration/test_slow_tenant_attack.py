@@ -95,13 +95,18 @@ def start(accounts, extra="", name="slow-attack"):
     return apache
 
 
-@pytest.fixture(scope="module")
-def attacked(module, accounts):
-    apache = start(accounts)
+def serving(accounts, extra="", name="slow-attack"):
+    """A module fixture's server: started, then stopped with the end of its log printed."""
+    apache = start(accounts, extra, name=name)
     yield apache
     apache.stop()
     print(apache.read_error_log()[-4000:])
     apache.cleanup()
+
+
+@pytest.fixture(scope="module")
+def attacked(module, accounts):
+    yield from serving(accounts)
 
 
 def attack(apache, sources, seconds, each=200, kinds=None, forwarded_for=None):
@@ -146,13 +151,18 @@ def timed_get(apache, host, secure, source="127.0.0.2", path="/cgi-bin/id.cgi", 
         conn.close()
 
 
-def environment_line(apache, env):
-    status, body, _ = timed_get(apache, "b.test", False, path="/server-status?auto")
-    assert status == 200, body
+def environment_fields(body, env):
+    """The key=value pairs of `env`'s PeruserEnvironment line in a ?auto page."""
     for line in body.splitlines():
         if line.startswith(f"PeruserEnvironment: {env} "):
             return dict(part.split("=", 1) for part in line.split()[2:])
-    raise AssertionError(body)
+    raise AssertionError(body[:500])
+
+
+def environment_line(apache, env):
+    status, body, _ = timed_get(apache, "b.test", False, path="/server-status?auto")
+    assert status == 200, body
+    return environment_fields(body, env)
 
 
 def wait_for(predicate, seconds):
@@ -251,21 +261,20 @@ RemoteIPInternalProxy 127.0.0.1
 
 @pytest.fixture(scope="module")
 def proxied(module, accounts):
-    apache = start(accounts, REMOTEIP, name="slow-attack-proxied")
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(accounts, REMOTEIP, name="slow-attack-proxied")
+
+
+def slow_post(apache, before=b"", header=""):
+    """A slow POST body to A from 127.0.0.1: `before` (a PROXY header) and one more header line."""
+    sock = socket.create_connection(("127.0.0.1", apache.plain), timeout=20)
+    sock.sendall(before + f"POST /cgi-bin/id.cgi HTTP/1.1\r\nHost: a.test\r\n{header}"
+                 "Content-Length: 100000\r\n\r\nx".encode())
+    return sock
 
 
 def slow_posts(apache, forwarded):
     """Slow POST bodies to A from 127.0.0.1 (the front proxy), one per forwarded address."""
-    socks = []
-    for address in forwarded:
-        sock = socket.create_connection(("127.0.0.1", apache.plain), timeout=20)
-        sock.sendall(f"POST /cgi-bin/id.cgi HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: {address}\r\n"
-                     "Content-Length: 100000\r\n\r\nx".encode())
-        socks.append(sock)
-    return socks
+    return [slow_post(apache, header=f"X-Forwarded-For: {address}\r\n") for address in forwarded]
 
 
 def test_behind_a_front_proxy_the_share_follows_the_forwarded_address(proxied):
@@ -316,10 +325,7 @@ RemoteIPProxyProtocol On
 
 @pytest.fixture(scope="module")
 def proxy_protocol(module, accounts):
-    apache = start(accounts, PROXY_PROTOCOL, name="slow-attack-proxy-protocol")
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(accounts, PROXY_PROTOCOL, name="slow-attack-proxy-protocol")
 
 
 def proxy_line(source):
@@ -340,10 +346,7 @@ def environment_line_via_proxy(apache, env):
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-    for line in data.decode(errors="replace").splitlines():
-        if line.startswith(f"PeruserEnvironment: {env} "):
-            return dict(part.split("=", 1) for part in line.split()[2:])
-    raise AssertionError(data[:500])
+    return environment_fields(data.decode(errors="replace"), env)
 
 
 def test_proxy_protocol_connections_are_routed_by_their_host_and_server_name(proxy_protocol):
@@ -373,10 +376,7 @@ def test_proxy_protocol_connections_are_routed_by_their_host_and_server_name(pro
 
 def test_behind_the_proxy_protocol_the_share_follows_the_client_it_names(proxy_protocol):
     def slow(source):
-        sock = socket.create_connection(("127.0.0.1", proxy_protocol.plain), timeout=20)
-        sock.sendall(proxy_line(source) + b"POST /cgi-bin/id.cgi HTTP/1.1\r\nHost: a.test\r\n"
-                     b"Content-Length: 100000\r\n\r\nx")
-        return sock
+        return slow_post(proxy_protocol, before=proxy_line(source))
 
     socks = [slow("198.51.100.1") for _ in range(8)]
     try:
