@@ -96,6 +96,48 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(try build("MaxRequestWorkers 100").limits.maxClients, 100)
     }
 
+    func testAnUnwrittenSpareCountGivesWayToAWrittenMaximum() throws {
+        let configuration = try build("<Processor a>\nUser alice\nGroup alice\nMaxProcessors 1\n</Processor>\n"
+                                      + "<Processor b>\nUser bob\nGroup bob\nMaxSpareProcessors 1\n</Processor>")
+        XCTAssertEqual(configuration.workerLimits.map(\.minSpare), [1, 1])
+        XCTAssertEqual(configuration.workerLimits.map(\.maxProcessors), [1, 10])
+        XCTAssertEqual(configuration.notices, [
+            "MinSpareProcessors is 1 in <Processor a> (line 1 of t.conf), not the default 2: MaxProcessors 1 is written there",
+            "MinSpareProcessors is 1 in <Processor b> (line 6 of t.conf), not the default 2: MaxSpareProcessors 1 is written there",
+        ])
+        // The global maximum too; and with nothing to adjust, nothing is said.
+        XCTAssertEqual(try build("MaxProcessors 1").limits.workers.minSpare, 1)
+        XCTAssertEqual(try build("MaxProcessors 3").notices, [])
+    }
+
+    func testTwoWrittenValuesThatDisagreeStayAnError() {
+        XCTAssertTrue(problem("MinSpareProcessors 2\n<Processor a>\nUser alice\nGroup alice\nMaxProcessors 1\n</Processor>")
+            .contains("MinSpareProcessors 2 is above MaxProcessors 1 in <Processor a>"))
+        XCTAssertTrue(problem("<Processor a>\nUser alice\nGroup alice\nMinSpareProcessors 3\nMaxProcessors 2\n</Processor>")
+            .contains("MinSpareProcessors 3 is above MaxProcessors 2 in <Processor a>"))
+        XCTAssertTrue(problem("MinSpareProcessors 4\nMaxProcessors 3").contains("MinSpareProcessors 4 is above MaxProcessors 3 (global)"))
+    }
+
+    func testServerLimitFollowsTheEnvironmentsUnlessWritten() throws {
+        func environments(_ count: Int) -> String {
+            (0..<count).map { "<Processor t\($0)>\nUser alice\nGroup alice\n</Processor>" }.joined(separator: "\n")
+        }
+        XCTAssertEqual(try build(environments(100)).limits.serverLimit, 256)
+        XCTAssertEqual(try build(environments(100)).notices, [])
+        let many = try build(environments(300))
+        XCTAssertEqual(many.limits.serverLimit, 768)
+        XCTAssertEqual(many.limits.maxClients, 768)
+        XCTAssertTrue(many.notices.contains { $0.hasPrefix("ServerLimit is 768, sized for 300 environments") })
+        XCTAssertEqual(try build(environments(1000)).limits.serverLimit, 2048)
+        // Adding a few tenants keeps the value (a new one needs a full restart).
+        XCTAssertEqual(try build(environments(310)).limits.serverLimit, 768)
+        // A written MaxClients gets its general slots beside the reserved ones.
+        XCTAssertEqual(try build("MaxClients 600\n" + environments(10)).limits.serverLimit, 768)
+        // A written ServerLimit is kept, and a too small one says which value to write.
+        XCTAssertTrue(problem("ServerLimit 256\n" + environments(300))
+            .contains("300 <Processor> environments (one reserved slot each) and MinMultiplexers 3 need more than ServerLimit 256"))
+    }
+
     func testEveryProblemNamesTheDirectiveAndTheLine() {
         let env = "<Processor a>\nUser alice\nGroup alice\n</Processor>\n"
         let cases: [(String, String)] = [

@@ -42,6 +42,32 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(plan.actions[0], .spawn(slot: 2, role: .multiplexer, type: .multiplexer))
     }
 
+    func testAQuietEnvironmentGoesBackToMinProcessorsAfterIdleTimeout() {
+        let p = policy(limits { $0.idleTimeout = 10; $0.workers.minSpare = 2 })
+        let idle = [worker(0, env: 0, since: 0, type: .processor), worker(4, env: 0, since: 1000), worker(5, env: 0, since: 2000)]
+        // While one has been idle less than IdleTimeout, the environment keeps MinSpareProcessors.
+        XCTAssertEqual(p.plan(children: [mux(2)] + idle, load: [], backoffUntil: [:], now: 11_000).actions,
+                       [.retire(slot: 0, reason: .idleTimeout)])
+        // Once every worker has been idle that long, all go (MinProcessors 0), longest idle first.
+        XCTAssertEqual(p.plan(children: [mux(2)] + idle, load: [], backoffUntil: [:], now: 12_000).actions,
+                       [.retire(slot: 0, reason: .idleTimeout), .retire(slot: 4, reason: .idleTimeout),
+                        .retire(slot: 5, reason: .idleTimeout)])
+        // A busy worker keeps the environment in use: its spares stay.
+        let busy = idle + [worker(6, env: 0, .active, since: 0)]
+        XCTAssertEqual(p.plan(children: [mux(2)] + busy, load: [], backoffUntil: [:], now: 60_000).actions
+                        .filter { if case .retire = $0 { return true } else { return false } }.count, 1)
+        // MinProcessors stays, and no spare is started for a dormant environment.
+        let kept = policy(limits { $0.idleTimeout = 10; $0.workers.minSpare = 2 },
+                          envs: [WorkerLimits(minProcessors: 1, maxProcessors: 4, minSpare: 2)])
+        XCTAssertEqual(kept.plan(children: [mux(2)] + idle, load: [], backoffUntil: [:], now: 12_000).actions,
+                       [.retire(slot: 0, reason: .idleTimeout), .retire(slot: 4, reason: .idleTimeout)])
+        XCTAssertEqual(kept.plan(children: [mux(2), worker(5, env: 0, since: 2000)], load: [], backoffUntil: [:],
+                                 now: 12_000).actions, [])
+        // A queued connection keeps it in use: an idle worker takes it, the other two stay spare.
+        XCTAssertEqual(p.plan(children: [mux(2)] + idle, load: [EnvironmentLoad(queued: 1, demanded: true)],
+                              backoffUntil: [:], now: 12_000).actions, [])
+    }
+
     func testDemandStartsTheFirstWorkerOfAnEmptyEnvironment() {
         let p = policy(limits { $0.workers.minSpare = 0 })
         let plan = p.plan(children: [mux(2)], load: [EnvironmentLoad(), EnvironmentLoad(queued: 0, demanded: true)],

@@ -64,6 +64,9 @@ public struct Configuration {
     /// The environment each ServerEnvironment or AssignUserID names, by its index in the list
     /// of directives the configuration was built from.
     public fileprivate(set) var environmentOfDirective: [Int: Int] = [:]
+    /// Defaults the configuration adjusted to what was written (a clamped spare count, a
+    /// derived ServerLimit), said once at startup.
+    public fileprivate(set) var notices: [String] = []
 
     /// The defaults alone: no environment.
     public init() {}
@@ -76,9 +79,13 @@ public struct Configuration {
         for index in directives.indices where directives[index].section == nil {
             try builder.read(index, into: &configuration)
         }
-        configuration.workerLimits = configuration.environments.environments.map {
-            $0.overrides.applied(to: configuration.limits.workers)
+        let scoped = zip(configuration.environments.environments, configuration.origins).map {
+            (scope: "in \($1)", overrides: $0.overrides)
         }
+        let sizing = sized(configuration.limits, environments: scoped)
+        configuration.limits = sizing.limits
+        configuration.workerLimits = sizing.environments
+        configuration.notices = sizing.notices
         do throws(LimitError) {
             for (environment, limits) in zip(configuration.environments.environments, configuration.workerLimits) {
                 try validate(limits, scope: "in <Processor \(environment.name)>")
@@ -153,6 +160,7 @@ private struct Builder {
         if let limit = Directives.limits.first(where: { $0.name == directive.name }) {
             guard arguments.count == 1 else { throw fail("\(directive.name) takes one argument") }
             limit.store(&configuration.limits, try count(arguments[0], limit.name, limit.range))
+            configuration.limits.written.insert(limit.name == "MaxRequestWorkers" ? "MaxClients" : limit.name)
             return
         }
         switch directive.name {

@@ -62,6 +62,9 @@ public struct ServerLimits: Equatable {
     /// connections waiting (ReaderShedTimeout; 0: never shed).
     public var readerShedSeconds = 1
     public var workers = WorkerLimits.defaults
+    /// The global limits the configuration wrote (MaxRequestWorkers counts as MaxClients);
+    /// the others keep their defaults, which may be sized or clamped (`sized(environments:)`).
+    public var written: Set<String> = []
 
     public init() {}
 
@@ -132,4 +135,56 @@ public func validate(_ limits: ServerLimits, environments: [WorkerLimits]) throw
     guard minimums <= limits.maxClients else {
         throw .minimumsExceedMaxClients(total: minimums, maxClients: limits.maxClients)
     }
+}
+
+/// The slot count when ServerLimit is not written: the documented 256 while the environments
+/// and multiplexers take at most half of it, else twice their count (one reserved slot each
+/// and as many general ones), rounded up to a multiple of 256 so that adding a few tenants
+/// keeps the same value (a new ServerLimit needs a full restart). Also room for a written
+/// MaxClients and every environment's MinProcessors beside the reserved slots.
+public func derivedServerLimit(_ limits: ServerLimits, environments: [WorkerLimits]) -> Int {
+    let reserved = environments.count + limits.maxMultiplexers
+    let minimums = environments.reduce(0) { $0 + $1.minProcessors } + limits.minMultiplexers
+    var needed = max(2 * reserved, minimums + environments.count)
+    if let maxClients = limits.configuredMaxClients { needed = max(needed, maxClients + environments.count) }
+    let rounded = (needed + 255) / 256 * 256
+    return min(max(256, rounded), mostServerLimit)
+}
+
+/// Limits the user did not write give way to those the user did: an environment whose
+/// MaxProcessors (or MaxSpareProcessors) is below the default MinSpareProcessors keeps that
+/// many spares at most, and ServerLimit (with MaxClients, when neither is written) follows the
+/// environments declared. Each adjustment of a user's environment is said in `notices`.
+public func sized(_ limits: ServerLimits, environments: [(scope: String, overrides: WorkerLimitOverrides)])
+    -> (limits: ServerLimits, environments: [WorkerLimits], notices: [String]) {
+    var global = limits
+    var notices: [String] = []
+    let spareWritten = limits.written.contains("MinSpareProcessors")
+    func clampSpare(_ effective: inout WorkerLimits, scope: String) {
+        let ceiling = effective.maxSpare > 0 ? min(effective.maxProcessors, effective.maxSpare) : effective.maxProcessors
+        guard effective.minSpare > ceiling else { return }
+        let which = effective.maxSpare > 0 && effective.maxSpare < effective.maxProcessors
+            ? "MaxSpareProcessors \(effective.maxSpare)" : "MaxProcessors \(effective.maxProcessors)"
+        notices.append("MinSpareProcessors is \(ceiling) \(scope), not the default \(effective.minSpare): "
+                       + "\(which) is written there")
+        effective.minSpare = ceiling
+    }
+    if !spareWritten { clampSpare(&global.workers, scope: "(global)") }
+    var effective: [WorkerLimits] = []
+    for environment in environments {
+        var applied = environment.overrides.applied(to: global.workers)
+        if !spareWritten && environment.overrides.minSpare == nil {
+            clampSpare(&applied, scope: environment.scope)
+        }
+        effective.append(applied)
+    }
+    if !limits.written.contains("ServerLimit") {
+        global.serverLimit = derivedServerLimit(global, environments: effective)
+        if global.serverLimit != limits.serverLimit {
+            notices.append("ServerLimit is \(global.serverLimit), sized for \(effective.count) environments and "
+                           + "MaxMultiplexers \(global.maxMultiplexers) (one reserved slot each and as many general "
+                           + "ones) since ServerLimit is not written; write it to choose (a change takes a full restart)")
+        }
+    }
+    return (global, effective, notices)
 }

@@ -180,10 +180,15 @@ public struct MaintenancePolicy {
             }
         }
 
-        // Workers, environment by environment.
+        // Workers, environment by environment (grouped once: hundreds of environments).
+        var workersOf = [[ChildState]](repeating: [], count: environments.count)
+        for child in current {
+            if case .worker(let env) = child.role, workersOf.indices.contains(env) { workersOf[env].append(child) }
+        }
+        let idleLimit = milliseconds(seconds: limits.idleTimeout)
         for (env, workerLimits) in environments.enumerated() {
             let role = ChildRole.worker(environment: env)
-            let workers = current.filter { $0.role == role }
+            let workers = workersOf[env]
             let idle = workers.filter { $0.status == .ready }
             let starting = workers.filter { $0.status == .starting }
             let envLoad = env < load.count ? load[env] : EnvironmentLoad()
@@ -198,10 +203,16 @@ public struct MaintenancePolicy {
             }
 
             // An environment nobody asked for stays at MinProcessors; once it has workers or
-            // work, it keeps MinSpareProcessors idle ones, within MaxProcessors.
+            // work, it keeps MinSpareProcessors idle ones, within MaxProcessors, until it has
+            // had no work for IdleTimeout (dormant): then it goes back to MinProcessors, so
+            // the memory of hundreds of quiet tenants comes back.
             // Each queued connection needs a worker of its own; a demand with an empty queue
             // (a worker took it meanwhile) still asks for one.
-            let inUse = !workers.isEmpty || queued > 0 || envLoad.demanded
+            let dormant = limits.idleTimeout > 0 && queued == 0 && !envLoad.demanded && !workers.isEmpty
+                && workers.allSatisfy {
+                    $0.status == .ready && elapsedMilliseconds(since: $0.statusSince, now: now) >= idleLimit
+                }
+            let inUse = (!workers.isEmpty && !dormant) || queued > 0 || envLoad.demanded
             let wantedIdle = inUse ? workerLimits.minSpare : 0
             let waiting = max(queued, envLoad.demanded ? 1 : 0)
             var wanted = max(workerLimits.minProcessors - workers.count,
@@ -218,11 +229,10 @@ public struct MaintenancePolicy {
 
             // Retire idle workers: beyond MaxSpareProcessors, or idle past IdleTimeout, but
             // never below MinProcessors or MinSpareProcessors.
-            let keepIdle = workers.isEmpty ? 0 : workerLimits.minSpare
+            let keepIdle = inUse ? workerLimits.minSpare + waiting : 0
             let retirable = min(workers.count - workerLimits.minProcessors, idle.count - keepIdle)
             guard retirable > 0 else { continue }
             let excess = workerLimits.maxSpare > 0 ? idle.count - workerLimits.maxSpare : 0
-            let idleLimit = milliseconds(seconds: limits.idleTimeout)
             var count = 0
             for child in idle.sorted(by: longestIdleFirst) where count < retirable {
                 let timedOut = limits.idleTimeout > 0

@@ -100,6 +100,7 @@ public func peruserConfigure(_ directives: UnsafeMutablePointer<peruser_directiv
         let warnings = try built.checkIdentities(unixd: unixd)
         if startup {
             for warning in warnings { logStartup(PERUSER_LOG_WARNING, warning) }
+            for notice in built.notices { logStartup(PERUSER_LOG_NOTICE, notice) }
         }
         configuration = built
     } catch {

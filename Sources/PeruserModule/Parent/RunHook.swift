@@ -21,8 +21,13 @@ public func peruserRun(_ pconf: OpaquePointer?, _ plog: OpaquePointer?, _ server
         }
         ap_scoreboard_image.pointee.global.pointee.running_generation = mpm.pointee.my_generation
     } else if slots != retained.pointee.scoreboardSlots {
-        log(PERUSER_LOG_WARNING, "peruser: changing ServerLimit to \(slots) needs a full restart; keeping "
-            + "\(retained.pointee.scoreboardSlots)")
+        let kept = retained.pointee.scoreboardSlots
+        let environments = configuration.environments.count
+        let short = environments + configuration.limits.minMultiplexers > Int(kept)
+        log(short ? PERUSER_LOG_ERR : PERUSER_LOG_WARNING,
+            "peruser: ServerLimit is now \(slots) (\(environments) environments) but a graceful restart keeps the "
+            + "running server's \(kept) slots\(short ? ", fewer than the environments and multiplexers need" : "")"
+            + "; a full restart (apache2ctl restart) applies it")
     }
     ap_unixd_mpm_set_signals(pconf, 0)
     signal(SIGCHLD) { _ in }  // a child's exit interrupts the parent's poll
