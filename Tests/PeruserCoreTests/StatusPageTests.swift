@@ -29,15 +29,43 @@ final class StatusPageTests: XCTestCase {
                                      + "<th>Processor</th><th>Pss</th><th>AVAIL</th>"))
         let r = rows(table)
         XCTAssertEqual(r.count, 5)
-        // A free reserved slot shows its environment's PROCESSOR, on standby.
-        XCTAssertEqual(r[0], "<tr><td>0</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>PROCESSOR</td>"
-                       + "<td>small</td><td>0/0/3</td><td>90%</td></tr>")
-        XCTAssertEqual(r[1], "<tr><td>1</td><td>11</td><td>ACTIVE</td><td>BUSY_WRITE</td><td>PROCESSOR</td>"
+        XCTAssertEqual(r[0], "<tr><td>1</td><td>11</td><td>ACTIVE</td><td>BUSY_WRITE</td><td>PROCESSOR</td>"
                        + "<td>big</td><td>2/0/10</td><td>100%</td></tr>")
-        XCTAssertEqual(r[2], "<tr><td>2</td><td>12</td><td>READY</td><td>READY</td><td>MULTIPLEXER</td>"
+        XCTAssertEqual(r[1], "<tr><td>2</td><td>12</td><td>READY</td><td>READY</td><td>MULTIPLEXER</td>"
                        + "<td>Multiplexer</td><td>1/1/4</td><td>100%</td></tr>")
-        XCTAssertEqual(r[4], "<tr><td>4</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>UNKNOWN</td>"
-                       + "<td>(null)</td><td>0/0/0</td><td>0%</td></tr>")
+        // An environment with no worker is on one row with the others in its state, and the free
+        // general slots on one row.
+        XCTAssertEqual(r[3], "<tr><td>-</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>PROCESSOR</td>"
+                       + "<td>1 environment with no worker: small</td><td>0/0/-</td><td>90%</td></tr>")
+        XCTAssertEqual(r[4], "<tr><td>-</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>UNKNOWN</td>"
+                       + "<td>1 free slot</td><td>0/0/0</td><td>0%</td></tr>")
+    }
+
+    func testAFreeReservedSlotOfAnEnvironmentWithWorkersShowsItsProcessor() {
+        var s = snapshot()
+        // Slot 1 (big's reserved slot) is free while big has a worker in slot 3.
+        s.slots[1] = StatusSnapshot.Slot(id: 1, pid: 0, status: .standby, scoreboardState: 0, type: .unknown, environment: nil)
+        XCTAssertTrue(rows(StatusPage.childTable(s)).contains("<tr><td>1</td><td>0</td><td>STANDBY</td><td>DEAD</td>"
+                                                              + "<td>PROCESSOR</td><td>big</td><td>1/0/10</td><td>100%</td></tr>"))
+    }
+
+    func testThreeHundredQuietEnvironmentsTakeOneRowPerState() {
+        let envs = (0..<300).map { StatusSnapshot.Environment(name: "t\($0)", user: "u", group: "g", maxProcessors: 10,
+                                                             availability: $0 == 7 ? 50 : 100) }
+        let slots = (0..<768).map { StatusSnapshot.Slot(id: $0, pid: 0, status: .standby, scoreboardState: 0, type: .unknown,
+                                                         environment: nil) }
+            + [StatusSnapshot.Slot(id: 768, pid: 5, status: .ready, scoreboardState: 2, type: .worker, environment: 3)]
+        let s = StatusSnapshot(slots: slots, environments: envs, maxMultiplexers: 3)
+        let r = rows(StatusPage.childTable(s))
+        // t3's free reserved slot, its worker, the quiet ones by availability, the free slots.
+        XCTAssertEqual(r.count, 5)
+        XCTAssertTrue(r[0].hasPrefix("<tr><td>3</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>PROCESSOR</td><td>t3</td>"), r[0])
+        XCTAssertTrue(r[2].contains("<td>298 environments with no worker: t0, t1, t10, t100,"), r[2])
+        XCTAssertTrue(r[2].hasSuffix("<td>100%</td></tr>"))
+        XCTAssertTrue(r[3].contains("<td>1 environment with no worker: t7</td>") && r[3].hasSuffix("<td>50%</td></tr>"))
+        XCTAssertTrue(r[4].contains("<td>468 free slots</td>"))
+        XCTAssertEqual(rows(StatusPage.statistics(s)).count, 3)
+        XCTAssertEqual(StatusPage.auto(s).split(separator: "\n").count, 301)
     }
 
     func testStatisticsAreOrderedByMostAliveAndTotalled() {
@@ -45,7 +73,7 @@ final class StatusPageTests: XCTestCase {
         let r = rows(stats)
         XCTAssertEqual(r.count, 2)
         XCTAssertTrue(r[0].hasPrefix("<tr><td>big</td>"))
-        XCTAssertEqual(r[1], "<tr><td>small</td><td>u&lt;1&gt;</td><td>g&amp;1</td><td>0/0/3</td><td>7</td>"
+        XCTAssertEqual(r[1], "<tr><td>1 environment with no worker: small</td><td></td><td></td><td>0/0/3</td><td>7</td>"
                        + "<td>9</td><td>1</td><td>90%</td><td>0</td><td>3</td></tr>")
         XCTAssertTrue(r[0].hasSuffix("<td>100%</td><td>1</td><td>0</td></tr>"), r[0])
         XCTAssertTrue(stats.contains("<tr><th>Total</th><th></th><th></th><th>2/0/13</th><th>107</th>"
@@ -86,6 +114,8 @@ final class StatusPageTests: XCTestCase {
     func testAnEnvironmentIndexOutOfRangeRendersAsUnknown() {
         var s = snapshot()
         s.slots.append(StatusSnapshot.Slot(id: 5, pid: 15, status: .ready, scoreboardState: 2, type: .worker, environment: 9))
-        XCTAssertTrue(rows(StatusPage.childTable(s))[5].contains("<td>(null)</td><td>0/0/0</td><td>0%</td>"))
+        XCTAssertTrue(rows(StatusPage.childTable(s)).contains {
+            $0.hasPrefix("<tr><td>5</td>") && $0.contains("<td>(null)</td><td>0/0/0</td><td>0%</td>")
+        })
     }
 }

@@ -95,7 +95,7 @@ ProcessorWaitTimeout 5 10
     ("ServerLimit 2\nMinMultiplexers 2\n" + GOOD_ENV,
      r"1 <Processor> environments \(one reserved slot each\) and MinMultiplexers 2 need more than ServerLimit 2"),
     ("ServerLimit 10\nMaxClients 20\n", r"MaxClients 20 is above ServerLimit 10"),
-    ("MaxRequestWorkers 300\n", r"MaxClients 300 is above ServerLimit 256"),
+    ("ServerLimit 256\nMaxRequestWorkers 300\n", r"MaxClients 300 is above ServerLimit 256"),
     ("MinMultiplexers 5\nMaxMultiplexers 4\n", r"MinMultiplexers 5 is above MaxMultiplexers 4 \(global\)"),
     ("MinProcessors 11\n", r"MinProcessors 11 is above MaxProcessors 10 \(global\)"),
     ("MinSpareProcessors 5\nMaxSpareProcessors 3\n", r"MinSpareProcessors 5 is above MaxSpareProcessors 3"),

@@ -141,28 +141,47 @@ public enum StatusPage {
         return out
     }
 
-    /// One row per child slot, as in the original's documentation.
+    /// Environments with no worker alive, grouped by availability (highest first): one row each
+    /// on the pages, so hundreds of quiet tenants take a line, not a screen.
+    static func quiet(_ s: StatusSnapshot, alive: [(alive: Int, idle: Int)]) -> [(availability: Int, names: [String], indices: [Int])] {
+        var groups: [Int: [Int]] = [:]
+        for e in s.environments.indices where alive[e].alive == 0 {
+            groups[percent(s.environments[e].availability), default: []].append(e)
+        }
+        return groups.keys.sorted(by: >).map { availability in
+            let indices = groups[availability] ?? []
+            return (availability, indices.map { s.environments[$0].name }.sorted(), indices)
+        }
+    }
+
+    static func environmentList(_ names: [String]) -> String {
+        "\(names.count) environment\(names.count == 1 ? "" : "s") with no worker: "
+            + names.map(escape).joined(separator: ", ")
+    }
+
+    /// One row per child, as in the original's documentation; a free slot reserved for an
+    /// environment that has workers shows as its PROCESSOR on standby. Environments with no
+    /// worker take one row per availability, and the free general slots one row.
     public static func childTable(_ s: StatusSnapshot) -> String {
         let counts = s.counts()
         var html = ""
-        html.reserveCapacity(200 + s.slots.count * 120)
+        html.reserveCapacity(400 + s.slots.count * 40)
         html += "<h2>Peruser status</h2>\n<table border=\"0\">\n"
             + "<tr><th>ID</th><th>PID</th><th>STATUS</th><th>SB STATUS</th><th>Type</th>"
             + "<th>Processor</th><th>Pss</th><th>AVAIL</th></tr>\n"
+        var freeSlots = 0
         for slot in s.slots {
-            // A free slot reserved for an environment's PROCESSOR shows as that environment's.
             var type = slot.type
             var env = slot.environment
             var status = slot.status
             if slot.pid <= 0 {
-                status = .standby
-                if slot.id < s.environments.count {
-                    type = .processor
-                    env = slot.id
-                } else {
-                    type = .unknown
-                    env = nil
+                guard slot.id < s.environments.count, counts.environments[slot.id].alive > 0 else {
+                    if slot.id >= s.environments.count { freeSlots += 1 }
+                    continue
                 }
+                status = .standby
+                type = .processor
+                env = slot.id
             }
             let processor: String
             let pss: String
@@ -188,6 +207,14 @@ public enum StatusPage {
                 html.append(piece)
             }
         }
+        for group in quiet(s, alive: counts.environments) {
+            html += "<tr><td>-</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>PROCESSOR</td><td>"
+                + environmentList(group.names) + "</td><td>0/0/-</td><td>\(group.availability)%</td></tr>\n"
+        }
+        if freeSlots > 0 {
+            html += "<tr><td>-</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>UNKNOWN</td><td>\(freeSlots) free "
+                + "slot\(freeSlots == 1 ? "" : "s")</td><td>0/0/0</td><td>0%</td></tr>\n"
+        }
         return html + "</table>\n"
     }
 
@@ -209,7 +236,7 @@ public enum StatusPage {
         let readers = s.readers()
         var alive = 0, idle = 0, maxTotal = 0, reading = 0
         var connections: UInt64 = 0, requests: UInt64 = 0, dropped: UInt64 = 0, shed: UInt64 = 0
-        for row in ordered(s) {
+        for row in ordered(s) where row.alive > 0 {
             let env = s.environments[row.index]
             html += "<tr><td>\(escape(env.name))</td><td>\(escape(env.user))</td><td>\(escape(env.group))</td>"
                 + "<td>\(row.alive)/\(row.idle)/\(env.maxProcessors)</td><td>\(env.connections)</td>"
@@ -223,6 +250,26 @@ public enum StatusPage {
             requests = requests.saturatingAdding(env.requests)
             dropped = dropped.saturatingAdding(env.dropped)
             shed = shed.saturatingAdding(env.shed)
+        }
+        // Environments with no worker: one row per availability, their counters summed.
+        for group in quiet(s, alive: s.counts().environments) {
+            var sums = (connections: UInt64(0), requests: UInt64(0), dropped: UInt64(0), shed: UInt64(0), max: 0)
+            for e in group.indices {
+                let env = s.environments[e]
+                sums.connections = sums.connections.saturatingAdding(env.connections)
+                sums.requests = sums.requests.saturatingAdding(env.requests)
+                sums.dropped = sums.dropped.saturatingAdding(env.dropped)
+                sums.shed = sums.shed.saturatingAdding(env.shed)
+                sums.max = sums.max.saturatingAdding(env.maxProcessors)
+            }
+            html += "<tr><td>\(environmentList(group.names))</td><td></td><td></td><td>0/0/\(sums.max)</td>"
+                + "<td>\(sums.connections)</td><td>\(sums.requests)</td><td>\(sums.dropped)</td>"
+                + "<td>\(group.availability)%</td><td>0</td><td>\(sums.shed)</td></tr>\n"
+            maxTotal = maxTotal.saturatingAdding(sums.max)
+            connections = connections.saturatingAdding(sums.connections)
+            requests = requests.saturatingAdding(sums.requests)
+            dropped = dropped.saturatingAdding(sums.dropped)
+            shed = shed.saturatingAdding(sums.shed)
         }
         html += "<tr><th>Total</th><th></th><th></th><th>\(alive)/\(idle)/\(maxTotal)</th><th>\(connections)</th>"
             + "<th>\(requests)</th><th>\(dropped)</th><th></th><th>\(reading)</th><th>\(shed)</th></tr>\n</table>\n"

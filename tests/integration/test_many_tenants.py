@@ -1,0 +1,237 @@
+"""Hundreds of tenants on one box (issue 15): 300 environments, each with its own system user,
+start at the default limits with no slot arithmetic; a spare count the user did not write gives
+way to a maximum the user did; quiet environments give their workers back; the status page
+stays readable and ?auto parseable. Behaviour only: figures are in bench/many_tenants.py."""
+import os
+import pwd
+import random
+import re
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+
+from conftest import ID_CGI
+from harness import Apache, ensure_account, free_port
+from test_end_to_end import get
+from test_process_management import wait_until
+
+TENANTS = 300
+
+
+@pytest.fixture(scope="session")
+def tenant_accounts():
+    """peruser-t000 ... peruser-t299: real system users, created where missing."""
+    names = [f"peruser-t{n:03d}" for n in range(TENANTS)]
+    missing = []
+    for name in names:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            missing.append(name)
+    for name in missing:
+        ensure_account(name)
+    return {name: pwd.getpwnam(name).pw_uid for name in names}
+
+
+def tenants_config(root, port, names, extra=""):
+    """One <Processor> and two names per tenant, MinProcessors 0, a shared root-owned site whose
+    CGI reports the uid; no ServerLimit, MaxClients or spare counts written."""
+    site = os.path.join(root, "site")
+    os.makedirs(os.path.join(site, "cgi-bin"), exist_ok=True)
+    with open(os.path.join(site, "index.html"), "w") as f:
+        f.write("hello\n")
+    cgi = os.path.join(site, "cgi-bin", "id.cgi")
+    with open(cgi, "w") as f:
+        f.write(ID_CGI)
+    os.chmod(cgi, 0o755)
+    os.chmod(site, 0o755)
+    os.chmod(os.path.join(site, "cgi-bin"), 0o755)
+    parts = [f"""Listen 127.0.0.1:{port}
+LoadModule status_module /usr/lib/apache2/modules/mod_status.so
+ExtendedStatus On
+<Directory {site}>
+    Require all granted
+</Directory>
+<Processor admin>
+    User peruser-a
+    Group peruser-a
+</Processor>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName status.test
+    DocumentRoot {site}
+    ServerEnvironment admin
+    <Location /server-status>
+        SetHandler server-status
+    </Location>
+</VirtualHost>
+{extra}"""]
+    for n, name in enumerate(names):
+        parts.append(f"""<Processor t{n:03d}>
+    User {name}
+    Group {name}
+</Processor>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName t{n:03d}.test
+    ServerAlias www.t{n:03d}.test
+    DocumentRoot {site}
+    ScriptAlias /cgi-bin/ {site}/cgi-bin/
+    ServerEnvironment t{n:03d}
+</VirtualHost>""")
+    return "\n".join(parts) + "\n"
+
+
+def workers_by_uid(apache):
+    return Counter(uid for _, uid, _ in apache.children())
+
+
+@pytest.fixture(scope="module")
+def defaults_server(module, accounts, tenant_accounts):
+    port = free_port()
+    apache = Apache("", name="tenants")
+    apache.write_config(tenants_config(apache.root, port, sorted(tenant_accounts)))
+    apache.port = port
+    result = apache.configtest()
+    apache.configtest_output = result.stdout + result.stderr
+    assert result.returncode == 0, apache.configtest_output
+    apache.start(ports=(port,), timeout=60)
+    yield apache
+    apache.stop()
+    apache.cleanup()
+
+
+def test_300_environments_start_at_the_default_limits(defaults_server, tenant_accounts):
+    out = defaults_server.configtest_output
+    assert "Syntax OK" in out
+    # The slot count follows the environments, and configtest says so and why.
+    assert re.search(r"ServerLimit is 768, sized for 301 environments and MaxMultiplexers 10", out), out
+    assert "peruser: generation 0, 301 environment(s), 3 to 10 multiplexer(s), 768 slots" \
+        in defaults_server.read_error_log()
+    # Nothing but the multiplexers runs before a tenant is asked for.
+    assert wait_until(lambda: len(defaults_server.children()) == 3)
+    names = sorted(tenant_accounts)
+    for n in random.Random(15).sample(range(TENANTS), 25):
+        status, body, _ = get(defaults_server.port, f"www.t{n:03d}.test", "/cgi-bin/id.cgi")
+        assert status == 200, body
+        assert f"uid={tenant_accounts[names[n]]} " in body, (n, body)
+
+
+def test_the_status_page_with_300_environments(defaults_server, tenant_accounts):
+    for n in (3, 150, 299):
+        assert get(defaults_server.port, f"t{n:03d}.test", "/index.html")[0] == 200
+    status, page, _ = get(defaults_server.port, "status.test", "/server-status")
+    assert status == 200
+    table = page.split("<h2>Peruser status</h2>", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><td>(.*?)</td></tr>", table)
+    # A row per child and per non-empty group, not one per slot: the quiet tenants share a row.
+    assert len(rows) < len(defaults_server.children()) + 10, len(rows)
+    quiet = [r for r in rows if "environments with no worker: " in r]
+    assert len(quiet) == 1, quiet
+    listed = quiet[0].split("environments with no worker: ", 1)[1].split("</td>", 1)[0].split(", ")
+    assert not {"t003", "t150", "t299", "admin"} & set(listed)
+    assert any("<td>t150</td>" in r for r in rows)
+    # ?auto: one line per environment, every line short, no standard key twice.
+    status, auto, _ = get(defaults_server.port, "status.test", "/server-status?auto")
+    assert status == 200
+    lines = auto.splitlines()
+    assert max(len(line) for line in lines) < 65536
+    envs = [line for line in lines if line.startswith("PeruserEnvironment: ")]
+    assert len(envs) == 301
+    # The collapsed row names exactly the environments ?auto shows with no worker.
+    assert set(listed) == {line.split()[1] for line in envs if " alive=0 " in line}
+    assert len(listed) >= 301 - 4 - 25
+    t150 = next(line for line in envs if line.startswith("PeruserEnvironment: t150 "))
+    assert int(re.search(r"requests=(\d+)", t150).group(1)) >= 1
+    keys = Counter(line.split(":", 1)[0] for line in lines if ":" in line and not line.startswith("Peruser"))
+    assert keys and all(count == 1 for count in keys.values()), keys
+    assert "ServerMPM: peruser" in auto
+
+
+def test_quiet_environments_give_their_workers_back(module, accounts, tenant_accounts):
+    """IdleTimeout 2 (short for the test), MinSpareProcessors at its default 2: 30 tenants
+    served get workers and spares, then go back to none."""
+    port = free_port()
+    apache = Apache("", name="idle")
+    names = sorted(tenant_accounts)[:40]
+    apache.write_config(tenants_config(apache.root, port, names, extra="IdleTimeout 2\n"))
+    try:
+        apache.start(ports=(port,), timeout=60)
+        for n in range(30):
+            assert get(port, f"t{n:03d}.test", "/index.html")[0] == 200
+        uids = {tenant_accounts[name] for name in names[:30]}
+        assert wait_until(lambda: len(uids & set(workers_by_uid(apache))) >= 25)
+        # The spares of the default MinSpareProcessors 2 come up for the tenants served ...
+        assert wait_until(lambda: sum(c for uid, c in workers_by_uid(apache).items() if uid in uids) >= 45,
+                          timeout=15), workers_by_uid(apache)
+        # ... and after IdleTimeout without a request every tenant is back at MinProcessors 0.
+        assert wait_until(lambda: not uids & set(workers_by_uid(apache)), timeout=30), workers_by_uid(apache)
+        status, page, _ = get(port, "status.test", "/server-status?auto")
+        lines = {line.split()[1]: line for line in page.splitlines() if line.startswith("PeruserEnvironment: ")}
+        assert all(" alive=0 " in lines[f"t{n:03d}"] for n in range(30)), lines["t000"]
+        # A quiet tenant still answers, from a fresh worker.
+        status, body, _ = get(port, "t007.test", "/cgi-bin/id.cgi")
+        assert status == 200 and f"uid={tenant_accounts[names[7]]} " in body
+    finally:
+        apache.stop()
+        apache.cleanup()
+
+
+def configtest(body):
+    apache = Apache("", name="clamp")
+    try:
+        apache.write_config(f"Listen 127.0.0.1:{free_port()}\n" + body)
+        result = apache.configtest()
+        return result.returncode, result.stdout + result.stderr
+    finally:
+        apache.cleanup()
+
+
+SLOW = """<Processor slow>
+    User peruser-b
+    Group peruser-b
+    MaxProcessors 1
+</Processor>
+"""
+
+
+def test_a_written_maximum_below_the_default_spares_clamps_them(module, accounts):
+    rc, out = configtest(SLOW)
+    assert rc == 0, out
+    assert "MinSpareProcessors is 1 in <Processor slow>" in out and "not the default 2: MaxProcessors 1 is written" in out
+
+
+def test_two_written_values_that_disagree_stay_an_error(module, accounts):
+    rc, out = configtest("MinSpareProcessors 2\n" + SLOW)
+    assert rc != 0
+    assert "MinSpareProcessors 2 is above MaxProcessors 1 in <Processor slow>" in out, out
+
+
+def test_the_clamped_environment_serves(module, accounts):
+    port = free_port()
+    apache = Apache("", name="clamp")
+    root = apache.root
+    apache.write_config(f"""Listen 127.0.0.1:{port}
+<Directory {root}>
+    Require all granted
+</Directory>
+{SLOW}
+<VirtualHost 127.0.0.1:{port}>
+    ServerName slow.test
+    DocumentRoot {root}
+    ServerEnvironment slow
+</VirtualHost>
+""")
+    with open(os.path.join(root, "index.html"), "w") as f:
+        f.write("slow\n")
+    os.chmod(os.path.join(root, "index.html"), 0o644)
+    try:
+        apache.start(ports=(port,))
+        for _ in range(3):
+            assert get(port, "slow.test", "/index.html")[0] == 200
+        uid = pwd.getpwnam("peruser-b").pw_uid
+        time.sleep(1)
+        assert workers_by_uid(apache)[uid] == 1, "MaxProcessors 1 holds; no spare beyond it"
+    finally:
+        apache.stop()
+        apache.cleanup()
