@@ -43,6 +43,36 @@ final class ChildTableTests: XCTestCase {
         XCTAssertEqual(table.pageOffset(0), ChildTableLayout.slotPageOffset(slots: slots, environments: environments, slot: 0))
     }
 
+    /// A reader keeps the roster until the parent starts or reaps a child: then the version
+    /// differs, and the capacity it computes from its roster equals a full scan's.
+    func testTheRosterFollowsTheParentsIdentities() {
+        withTable(slots: 8, environments: 3) { table, _, _ in
+            let empty = table.roster()
+            XCTAssertEqual(empty.occupied, 0)
+            table.setSlot(0, pid: 10, type: .processor, environment: 0, generation: 7, status: .ready, now: 1)
+            table.setSlot(3, pid: 11, type: .multiplexer, environment: -1, generation: 7, status: .ready, now: 1)
+            table.setSlot(5, pid: 12, type: .worker, environment: 0, generation: 7, status: .active, now: 1)
+            table.setSlot(6, pid: 13, type: .worker, environment: 2, generation: 7, status: .ready, now: 1)
+            table.setSlot(7, pid: 14, type: .worker, environment: 99, generation: 7, status: .ready, now: 1)
+            XCTAssertNotEqual(table.rosterVersion, empty.version)
+            let roster = table.roster()
+            XCTAssertEqual(roster.version, table.rosterVersion)
+            XCTAssertEqual(roster.slots, [[0, 5], [], [6]])
+            XCTAssertEqual(roster.occupied, 5)
+            XCTAssertEqual(roster.slots(of: 99), [])
+            let limits = WorkerLimits(maxProcessors: 4)
+            XCTAssertEqual(table.capacity(of: 0, limits: limits, maxClients: 5, roster: roster),
+                           EnvironmentCapacity(workers: 2, idle: 1, queued: 0, maxProcessors: 4, serverFull: true))
+            // A worker reaped: the version moves on, and the old roster is known stale.
+            table.setSlot(5, pid: 0, type: .unknown, environment: 0, generation: 7, status: .standby, now: 2)
+            XCTAssertNotEqual(table.rosterVersion, roster.version)
+            XCTAssertEqual(table.roster().slots[0], [0])
+            // A stale roster naming a slot that now holds another environment's child counts nothing wrong.
+            table.setSlot(5, pid: 15, type: .worker, environment: 2, generation: 7, status: .ready, now: 3)
+            XCTAssertEqual(table.capacity(of: 0, limits: limits, maxClients: 9, roster: roster).workers, 1)
+        }
+    }
+
     func testSlotsRoundTrip() {
         withTable { table, memory, _ in
             XCTAssertEqual(memory.load(as: UInt32.self), ChildTableLayout.magic)

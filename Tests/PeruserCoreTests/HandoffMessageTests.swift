@@ -56,6 +56,16 @@ final class HandoffMessageTests: XCTestCase {
         message[0] = UInt8(ascii: "X")
         XCTAssertThrowsError(try decode(message)) { XCTAssertEqual($0 as? HandoffMessage.DecodeError, .badMagic) }
         message = try encode(hops: 0, [1, 2, 3])
+        message[6] = 4  // a flag this version does not know
+        XCTAssertThrowsError(try decode(message)) {
+            XCTAssertEqual($0 as? HandoffMessage.DecodeError, .reservedNotZero)
+        }
+        message[6] = 1
+        XCTAssertEqual(try decode(message).crossing, true)
+        message[6] = 2
+        XCTAssertEqual(try decode(message).closing, true)
+        XCTAssertEqual(try decode(message).crossing, false)
+        message = try encode(hops: 0, [1, 2, 3])
         message[7] = 1
         XCTAssertThrowsError(try decode(message)) {
             XCTAssertEqual($0 as? HandoffMessage.DecodeError, .reservedNotZero)

@@ -113,12 +113,16 @@ def test_spares_converge_to_their_bounds(managed):
     for thread, result in busy:
         thread.join()
         assert result["value"][0] == 200
-    # Five idle is above MaxSpareProcessors 3: back to three at once, then IdleTimeout (3 s)
-    # takes them down to the two spares, never below.
+    # Five idle is above MaxSpareProcessors 3: back to three at once. Then, with no request for
+    # IdleTimeout (3 s), the environment is quiet: its spares go too, down to MinProcessors 1,
+    # never below, and no spare is started for it again until it has work.
     assert wait_until(lambda: len(workers_of(managed, managed.a)) <= 3, timeout=3), workers_of(managed, managed.a)
-    assert wait_until(lambda: len(workers_of(managed, managed.a)) == 2, timeout=10)
+    assert wait_until(lambda: len(workers_of(managed, managed.a)) == 1, timeout=12), workers_of(managed, managed.a)
     time.sleep(4)
-    assert len(workers_of(managed, managed.a)) == 2
+    assert len(workers_of(managed, managed.a)) == 1
+    # Work brings the spares back.
+    assert get(managed.port, "spare.test", CGI)[0] == 200
+    assert wait_until(lambda: len(workers_of(managed, managed.a)) >= 2, timeout=5), workers_of(managed, managed.a)
 
 
 def test_environment_without_minimum_starts_workers_on_demand_and_idles_back_to_none(managed):

@@ -31,6 +31,8 @@ public enum ChildTableLayout {
     public static let slotCountOffset = 8
     public static let environmentCountOffset = 12
     public static let generationOffset = 16
+    /// UInt64, parent: bumped whenever an identity record changes (see ChildTable.Roster).
+    public static let rosterVersionOffset = 24
 
     // Identity fields of a slot (parent).
     public static let pidOffset = 0          // Int32
@@ -143,7 +145,7 @@ public struct EnvironmentCounters: Equatable {
     /// from different writers, so a lie or a race must not yield a huge or negative number.
     public var queued: Int { Self.queued(handedOff: handedOff, received: received) }
 
-    static func queued(handedOff: UInt64, received: UInt64) -> Int {
+    public static func queued(handedOff: UInt64, received: UInt64) -> Int {
         handedOff >= received ? Int(min(handedOff - received, 1 << 20)) : 0
     }
 }
@@ -276,18 +278,70 @@ public struct ChildTable {
                 Int(load(i + ChildTableLayout.environmentOffset, as: Int32.self)))
     }
 
-    /// What the table says about an environment's room for one more connection.
-    public func capacity(of environment: Int, limits: WorkerLimits, maxClients: Int) -> EnvironmentCapacity {
-        var workers = 0, idle = 0, children = 0
+    /// Which slots hold a child of each environment, and how many hold any child: read from
+    /// the identity records, which only the parent writes (at a start and a reap), so a reader
+    /// keeps one and looks only at an environment's own slots, not at every slot of the table,
+    /// until `version` changes. With hundreds of environments that is the difference between
+    /// a few pages and the whole table per routed connection.
+    public struct Roster: Equatable {
+        public var slots: [[Int]]
+        public var occupied: Int
+        public var version: UInt64
+
+        public static let empty = Roster(slots: [], occupied: 0, version: .max)
+
+        public func slots(of environment: Int) -> [Int] {
+            slots.indices.contains(environment) ? slots[environment] : []
+        }
+    }
+
+    /// Bumped by `setSlot`: a reader's roster is stale once this differs from its version.
+    public var rosterVersion: UInt64 { load(ChildTableLayout.rosterVersionOffset, as: UInt64.self) }
+
+    /// The version is read first: an identity changed during the scan bumps it again, and the
+    /// next look rebuilds.
+    public func roster() -> Roster {
+        let version = rosterVersion
+        var slots = [[Int]](repeating: [], count: environmentCount)
+        var occupied = 0
         for index in 0..<slotCount {
-            guard let s = brief(index), s.status != .standby else { continue }
-            children += 1
-            guard s.environment == environment, s.type == .processor || s.type == .worker else { continue }
+            let i = identity(index)
+            let type = ChildType(rawValue: load(i + ChildTableLayout.typeOffset, as: UInt8.self)) ?? .unknown
+            guard type != .unknown else { continue }
+            occupied += 1
+            let environment = Int(load(i + ChildTableLayout.environmentOffset, as: Int32.self))
+            if (type == .processor || type == .worker) && slots.indices.contains(environment) {
+                slots[environment].append(index)
+            }
+        }
+        return Roster(slots: slots, occupied: occupied, version: version)
+    }
+
+    /// What the table says about an environment's room for one more connection. Every child
+    /// of the roster counts toward MaxClients (one starting or on standby holds its slot too).
+    public func capacity(of environment: Int, limits: WorkerLimits, maxClients: Int,
+                         roster: Roster) -> EnvironmentCapacity {
+        var workers = 0, idle = 0
+        for index in roster.slots(of: environment) {
+            guard let s = brief(index), s.status != .standby, s.environment == environment,
+                  s.type == .processor || s.type == .worker else { continue }
             workers += 1
             if s.status == .ready { idle += 1 }
         }
         return EnvironmentCapacity(workers: workers, idle: idle, queued: queued(environment),
-                                   maxProcessors: limits.maxProcessors, serverFull: children >= maxClients)
+                                   maxProcessors: limits.maxProcessors, serverFull: roster.occupied >= maxClients)
+    }
+
+    /// The same from a fresh roster (tests, and readers that look once).
+    public func capacity(of environment: Int, limits: WorkerLimits, maxClients: Int) -> EnvironmentCapacity {
+        capacity(of: environment, limits: limits, maxClients: maxClients, roster: roster())
+    }
+
+    /// Connections handed to an environment's channel, and taken from it, so far.
+    public func flow(_ environment: Int) -> (handedOff: UInt64, received: UInt64) {
+        guard environment >= 0 && environment < environmentCount else { return (0, 0) }
+        return (load(record(environment) + ChildTableLayout.handedOffOffset, as: UInt64.self),
+                load(environmentPage(environment) + ChildTableLayout.receivedOffset, as: UInt64.self))
     }
 
     /// Connections handed to an environment's channel and not yet taken (see EnvironmentCounters).
@@ -324,9 +378,9 @@ public struct ChildTable {
 
     /// How many of `environment`'s workers are busy with a connection of `client` (each worker
     /// says so on its own page: a liar skews only its own environment's count).
-    public func workersServing(_ client: ClientAddress, environment: Int) -> Int {
+    public func workersServing(_ client: ClientAddress, environment: Int, roster: Roster? = nil) -> Int {
         var count = 0
-        for index in 0..<slotCount {
+        for index in roster?.slots(of: environment) ?? Array(0..<slotCount) {
             guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
                   s.status != .ready, s.status != .standby, s.status != .starting else { continue }
             let o = page(index)
@@ -347,9 +401,9 @@ public struct ChildTable {
 
     /// The tickets of the last connection each of `environment`'s workers took (busy with it
     /// or done): a multiplexer's hand-off is in flight until its ticket shows here.
-    public func takenTickets(environment: Int) -> Set<UInt64> {
+    public func takenTickets(environment: Int, roster: Roster? = nil) -> Set<UInt64> {
         var tickets = Set<UInt64>()
-        for index in 0..<slotCount {
+        for index in roster?.slots(of: environment) ?? Array(0..<slotCount) {
             guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
                   s.status == .active || s.status == .ready else { continue }
             tickets.insert(load(page(index) + ChildTableLayout.ticketOffset, as: UInt64.self))
@@ -373,6 +427,8 @@ public struct ChildTable {
                         as: Int32.self)
         base.storeBytes(of: generation, toByteOffset: i + ChildTableLayout.slotGenerationOffset, as: UInt32.self)
         setStatus(page: o, status, now: now)
+        let version = load(ChildTableLayout.rosterVersionOffset, as: UInt64.self) &+ 1
+        base.storeBytes(of: version, toByteOffset: ChildTableLayout.rosterVersionOffset, as: UInt64.self)
         if status == .starting {
             base.storeBytes(of: UInt64(0), toByteOffset: o + ChildTableLayout.connectionsOffset, as: UInt64.self)
             base.storeBytes(of: UInt64(0), toByteOffset: o + ChildTableLayout.requestsOffset, as: UInt64.self)

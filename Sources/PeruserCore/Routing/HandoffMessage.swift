@@ -1,6 +1,7 @@
 // The payload that travels with a connection's fd over a hand-off or hand-back channel.
 //
-// Layout (little endian): magic "PRU3", hops (UInt16), reserved (UInt16, zero),
+// Layout (little endian): magic "PRU3", hops (UInt16), flags (UInt8: bit 0 crossing, bit 1
+// closing), reserved (UInt8, zero),
 // length of the consumed bytes (UInt32), the hand-back ticket (UInt64; see HandbackTicket),
 // the client the connection counts against (16 bytes, network order; see ClientAddress),
 // then exactly that many bytes. The fd itself travels in SCM_RIGHTS; the addresses a vhost
@@ -20,13 +21,29 @@ public struct HandoffMessage: Equatable {
     /// From a multiplexer: the client for MaxClientShare (the worker shows it on its page).
     /// From a worker: the one it was given (the ticket covers it, so no worker can name another).
     public var client: ClientAddress
+    /// From a multiplexer: the connection's last request was another environment's (a front
+    /// proxy's pooled connection, say), so after its response the worker hands it back at once
+    /// instead of looking for a next head that most likely is not its own. From a worker: 0.
+    public var crossing: Bool
+    /// From a worker: the response is sent and the write side shut down; the multiplexer does
+    /// the lingering close (reads what the client still sends until it closes, at most
+    /// `lingerMilliseconds`), so the worker is free at once. From a multiplexer: 0.
+    public var closing: Bool
 
-    public init(hops: UInt16, consumed: [UInt8], ticket: UInt64 = 0, client: ClientAddress = .none) {
+    public init(hops: UInt16, consumed: [UInt8], ticket: UInt64 = 0, client: ClientAddress = .none,
+                crossing: Bool = false, closing: Bool = false) {
         self.hops = hops
         self.consumed = consumed
         self.ticket = ticket
         self.client = client
+        self.crossing = crossing
+        self.closing = closing
     }
+
+    static let crossingFlag: UInt8 = 1
+    static let closingFlag: UInt8 = 2
+    /// httpd's own bound on a lingering close (MAX_SECS_TO_LINGER).
+    public static let lingerMilliseconds: Int64 = 2000
 
     public static let magic: [UInt8] = Array("PRU3".utf8)
     public static let headerSize = 36
@@ -54,7 +71,7 @@ public struct HandoffMessage: Equatable {
 
     /// Writes the message into `out`; returns the number of bytes written.
     public static func encode(hops: UInt16, ticket: UInt64 = 0, client: ClientAddress = .none,
-                              consumed: UnsafeRawBufferPointer,
+                              crossing: Bool = false, closing: Bool = false, consumed: UnsafeRawBufferPointer,
                               into out: UnsafeMutableRawBufferPointer) throws(EncodeError) -> Int {
         guard consumed.count <= largestConsumed else { throw .consumedTooLong(consumed.count) }
         let size = encodedSize(consumedCount: consumed.count)
@@ -62,7 +79,7 @@ public struct HandoffMessage: Equatable {
         for (i, byte) in magic.enumerated() { out[i] = byte }
         out[4] = UInt8(truncatingIfNeeded: hops)
         out[5] = UInt8(truncatingIfNeeded: hops >> 8)
-        out[6] = 0
+        out[6] = (crossing ? crossingFlag : 0) | (closing ? closingFlag : 0)
         out[7] = 0
         let length = UInt32(consumed.count)
         for i in 0..<4 { out[8 + i] = UInt8(truncatingIfNeeded: length >> (8 * UInt32(i))) }
@@ -79,12 +96,12 @@ public struct HandoffMessage: Equatable {
 
     /// Validates a received message; the consumed bytes are `message[headerSize ..< headerSize+count]`.
     public static func decodeHeader(_ message: UnsafeRawBufferPointer) throws(DecodeError)
-        -> (hops: UInt16, consumedCount: Int, ticket: UInt64, client: ClientAddress)
+        -> (hops: UInt16, consumedCount: Int, ticket: UInt64, client: ClientAddress, crossing: Bool, closing: Bool)
     {
         guard message.count >= headerSize else { throw .tooShort(message.count) }
         guard message.count <= largestMessage else { throw .tooLong(message.count) }
         for (i, byte) in magic.enumerated() where message[i] != byte { throw .badMagic }
-        guard message[6] == 0, message[7] == 0 else { throw .reservedNotZero }
+        guard message[6] & ~(crossingFlag | closingFlag) == 0, message[7] == 0 else { throw .reservedNotZero }
         let hops = UInt16(message[4]) | UInt16(message[5]) << 8
         var length = 0
         for i in 0..<4 { length |= Int(message[8 + i]) << (8 * i) }
@@ -96,13 +113,15 @@ public struct HandoffMessage: Equatable {
             high = high << 8 | UInt64(message[20 + i])
             low = low << 8 | UInt64(message[28 + i])
         }
-        return (hops, length, UInt64(littleEndianBytes: message, at: 12), ClientAddress(high: high, low: low))
+        return (hops, length, UInt64(littleEndianBytes: message, at: 12), ClientAddress(high: high, low: low),
+                message[6] & crossingFlag != 0, message[6] & closingFlag != 0)
     }
 
     public static func decode(_ message: UnsafeRawBufferPointer) throws(DecodeError) -> HandoffMessage {
         let header = try decodeHeader(message)
         return HandoffMessage(hops: header.hops,
                               consumed: Array(message[headerSize..<(headerSize + header.consumedCount)]),
-                              ticket: header.ticket, client: header.client)
+                              ticket: header.ticket, client: header.client, crossing: header.crossing,
+                              closing: header.closing)
     }
 }

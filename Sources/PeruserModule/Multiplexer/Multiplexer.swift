@@ -22,6 +22,11 @@ struct PendingConnection {
         case waitingForWorker(environment: Int)
         /// Routed to `environment`, whose channel was full at the last try.
         case waitingForChannel(environment: Int)
+        /// Served: a worker sent the response, shut the write side and gave the connection
+        /// back to be closed. What the client still sends is read and dropped (so that closing
+        /// does not reset the connection before the client has read the response) until it
+        /// closes, or nothing came for 2 s, or `until`.
+        case lingering(until: Int64)
     }
 
     var stage: Stage = .readingHead
@@ -126,6 +131,8 @@ struct Multiplexer {
     /// Each environment's capacity, read from the child table at most once per turn of the
     /// event loop (a scan of every slot) and kept current with this turn's own hand-offs.
     private var capacityCache: [EnvironmentCapacity?]
+    private var roster = ChildTable.Roster.empty
+    private var rosterBuiltAt: Int64 = 0
 
     private var noisyLines = LogLimiter()
     /// Cookies of the handed-back connections this multiplexer holds.
@@ -367,12 +374,24 @@ struct Multiplexer {
         _ = write(demand, &index, 4)  // non-blocking; a full pipe means the parent is already busy
     }
 
+    /// The roster of the table (which slots are each environment's), rebuilt when the parent
+    /// has started or reaped a child since, and at least once a second.
+    private mutating func currentRoster(_ table: ChildTable) -> ChildTable.Roster {
+        let now = monotonicMilliseconds()
+        if roster.version != table.rosterVersion || now - rosterBuiltAt >= 1000 {
+            roster = table.roster()
+            rosterBuiltAt = now
+        }
+        return roster
+    }
+
     private mutating func capacity(of environment: Int) -> EnvironmentCapacity {
         guard let table = sharedTable, workerLimits.indices.contains(environment) else {
             return EnvironmentCapacity(workers: 0, idle: 0, queued: 0, maxProcessors: 1, serverFull: false)
         }
         if let cached = capacityCache[environment] { return cached }
-        var fresh = table.capacity(of: environment, limits: workerLimits[environment], maxClients: maxClients)
+        var fresh = table.capacity(of: environment, limits: workerLimits[environment], maxClients: maxClients,
+                                   roster: currentRoster(table))
         fresh.startFailing = availabilityBoard?.startFailing(environment) ?? false
         capacityCache[environment] = fresh
         return fresh
@@ -492,8 +511,12 @@ struct Multiplexer {
                      + "handed back by environment \(handbackLabel(channel))")
                 continue
             }
-            adopt(fd, consumed: decoded.consumed, hops: decoded.hops, handback: index, cookie: cookie,
-                  client: decoded.client)
+            if decoded.closing {
+                linger(fd, handback: index, cookie: cookie)
+            } else {
+                adopt(fd, consumed: decoded.consumed, hops: decoded.hops, handback: index, cookie: cookie,
+                      client: decoded.client)
+            }
         }
     }
 
@@ -571,7 +594,7 @@ struct Multiplexer {
             handbacks[handback].holding += 1
             handbacksToCheck.append(handback)
         }
-        advance(fd)
+        advance(fd, handedBack: !consumed.isEmpty)
         guard var connection = pending[fd], case .readingHead = connection.stage else { return }
         var event = epoll_event()
         event.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
@@ -586,11 +609,69 @@ struct Multiplexer {
         pending[fd] = connection
     }
 
+    // MARK: Lingering close
+
+    /// Takes over the end of a served connection from its worker (HandoffMessage.closing), as
+    /// httpd's lingering close does it: the worker is free for the next connection at once.
+    private mutating func linger(_ fd: Int32, handback: Int, cookie: UInt64) {
+        let now = monotonicMilliseconds()
+        var connection = PendingConnection(consumed: [], hops: 0, deadline: now + HandoffMessage.lingerMilliseconds,
+                                           handback: handback, cookie: cookie)
+        connection.stage = .lingering(until: now + Self.longestLinger)
+        pending[fd] = connection
+        heldCookies.insert(cookie)
+        handbacks[handback].holding += 1
+        handbacksToCheck.append(handback)
+        drain(fd)
+        guard pending[fd] != nil else { return }
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+        event.data.u64 = UInt64(UInt32(bitPattern: fd))
+        guard epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0 else {
+            closeConnection(fd)
+            return
+        }
+        pending[fd]?.watched = true
+    }
+
+    /// httpd's MAX_SECS_TO_LINGER: a client that keeps sending is cut off after this.
+    static let longestLinger: Int64 = 30_000
+
+    /// Reads and drops what a lingering connection's client sent; closes it at its end.
+    private mutating func drain(_ fd: Int32) {
+        guard let connection = pending[fd], case .lingering(let until) = connection.stage,
+              let base = head.baseAddress else { return }
+        for _ in 0..<16 {
+            let n = recv(fd, base, head.count, Int32(MSG_DONTWAIT))
+            if n > 0 {
+                pending[fd]?.deadline = min(monotonicMilliseconds() + HandoffMessage.lingerMilliseconds, until)
+                continue
+            }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return }
+            break  // the client closed, or the connection failed
+        }
+        closeConnection(fd)
+    }
+
     // MARK: Reading the head
 
-    private mutating func advance(_ fd: Int32) {
+    /// `handedBack`: the connection just came back with bytes a worker read; when they hold a
+    /// whole head (a kept-alive client's next request), it is routed without reading the socket.
+    private mutating func advance(_ fd: Int32, handedBack: Bool = false) {
+        if case .lingering = pending[fd]?.stage {
+            drain(fd)
+            return
+        }
         guard var connection = pending[fd], case .readingHead = connection.stage,
               let base = head.baseAddress else { return }
+        if handedBack {
+            let decision = connection.consumed.withUnsafeBytes { classify(fd, $0, final: false) }
+            if case .route = decision {
+                decide(fd, decision)
+                return
+            }
+        }
         if !connection.consuming {
             // The usual case: the whole head is already there. Peek, route, pass the socket.
             let n = recv(fd, base, head.count, Int32(MSG_PEEK | MSG_DONTWAIT))
@@ -918,7 +999,7 @@ struct Multiplexer {
     private mutating func clientHolds(_ client: ClientAddress, environment: Int, always: Bool = false) -> Int {
         guard !client.isNone, always || clientLimit(environment) < Int.max, let table = sharedTable else { return 0 }
         // Its workers, and its hand-offs in flight from every multiplexer (reserved, see trySend).
-        return table.workersServing(client, environment: environment)
+        return table.workersServing(client, environment: environment, roster: currentRoster(table))
             + (availabilityBoard?.reserved(client, environment) ?? 0)
     }
 
@@ -932,7 +1013,8 @@ struct Multiplexer {
         for entry in inFlight where taken[entry.environment] == nil {
             let received = table.environmentPageField(entry.environment, ChildTableLayout.receivedOffset)
                 .map { peruser_atomic_load_u64($0) } ?? 0
-            taken[entry.environment] = (table.takenTickets(environment: entry.environment), received)
+            taken[entry.environment] = (table.takenTickets(environment: entry.environment,
+                                                           roster: currentRoster(table)), received)
         }
         let slack = UInt64(max(1, configuration.limits.maxMultiplexers))
         var released: [(ClientAddress, Int)] = []
@@ -958,7 +1040,8 @@ struct Multiplexer {
            let board = availabilityBoard, let table = sharedTable {
             pruneInFlight()
             guard board.reserve(connection.client, environment,
-                                held: table.workersServing(connection.client, environment: environment),
+                                held: table.workersServing(connection.client, environment: environment,
+                                                           roster: currentRoster(table)),
                                 limit: clientLimit(environment)) else {
                 // Another multiplexer gave this client the last of its share meanwhile: wait.
                 connection.stage = .waitingForWorker(environment: environment)
@@ -972,14 +1055,20 @@ struct Multiplexer {
             pending[fd] = connection
         }
         let length: Int
+        // Handed back by another environment's worker: the connection crosses environments
+        // (a front proxy's pool), so its next worker gives it back right after the response.
+        let crossing = connection.handback.map {
+            handbacks.indices.contains($0)
+                && (handbacks[$0].environment != environment || handbacks[$0].generation != generation)
+        } ?? false
         // The ticket the worker must show to give this connection back (HandbackTicket).
-        let ticket = socketCookie(fd).map {
+        let ticket = (connection.cookie ?? socketCookie(fd)).map {
             key.ticket(cookie: $0, generation: generation, environment: environment, client: connection.client)
         } ?? 0
         do {
             length = try connection.consumed.withUnsafeBytes { consumed in
                 try HandoffMessage.encode(hops: connection.hops, ticket: ticket, client: connection.client,
-                                          consumed: consumed, into: message)
+                                          crossing: crossing, consumed: consumed, into: message)
             }
         } catch {
             log(PERUSER_LOG_ERR, "multiplexer: cannot encode hand-off (\(error))")
@@ -1026,7 +1115,9 @@ struct Multiplexer {
                 case .requestTimeout: respond(fd, .requestTimeout)
                 case .closeSilently: closeConnection(fd)
                 }
-            case .readingHead, .waitingForWorker:
+            case .lingering where now >= connection.deadline:
+                closeConnection(fd)
+            case .readingHead, .waitingForWorker, .lingering:
                 break
             case .waitingForChannel(let environment):
                 trySend(fd)

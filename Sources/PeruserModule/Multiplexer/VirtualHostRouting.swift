@@ -16,15 +16,57 @@ enum VirtualHostRoute {
     case gone
 }
 
+/// What Apache's vhost rules read: the local address, the Host, and the request target when it
+/// can matter (absolute-form, or any vhost with a ServerPath). The client's address does not.
+struct RouteKey: Hashable {
+    var local: [UInt8]
+    var host: String?
+    var target: String?
+}
+
+/// Answers already found in this multiplexer's generation (the vhosts are fixed for it): with
+/// hundreds of vhosts Apache's matching walks every name with strcasecmp, for every connection.
+/// Bounded: a client that sends endless new names only empties it.
+nonisolated(unsafe) var routeCache: [RouteKey: Int] = [:]
+let mostCachedRoutes = 4096
+/// Whether a vhost has a ServerPath (then the path takes part in the match); set at start.
+nonisolated(unsafe) var anyServerPath: Bool?
+
+private func serverPathConfigured() -> Bool {
+    var server = ap_server_conf
+    while let current = server {
+        if current.pointee.path != nil { return true }
+        server = current.pointee.next
+    }
+    return false
+}
+
 /// The environment of the vhost Apache's rules give for a connection on `fd` (its local address
 /// read from the socket; `peer`, its client's, read by the caller) with request target `target`
 /// and Host `host`.
 func routeByVirtualHost(fd: Int32, peer: sockaddr_storage?, host: String?, target: String?) -> VirtualHostRoute {
+    guard let local = socketAddress(fd, peer: false), let peer,
+          [AF_INET, AF_INET6].contains(Int32(local.ss_family)) else { return .gone }
+    if anyServerPath == nil { anyServerPath = serverPathConfigured() }
+    let absolute = target.map { $0.first != "/" && $0 != "*" } ?? false
+    let size = Int32(local.ss_family) == AF_INET6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
+    let key = RouteKey(local: withUnsafeBytes(of: local) { Array($0.prefix(size)) }, host: host,
+                       target: absolute || anyServerPath == true ? target : nil)
+    if let environment = routeCache[key] { return .environment(environment) }
+    let route = matchVirtualHost(local: local, peer: peer, host: host, target: target)
+    if case .environment(let environment) = route {
+        if routeCache.count >= mostCachedRoutes { routeCache.removeAll(keepingCapacity: true) }
+        routeCache[key] = environment
+    }
+    return route
+}
+
+/// Apache's own matching, on a minimal connection and request.
+private func matchVirtualHost(local: sockaddr_storage, peer: sockaddr_storage, host: String?,
+                              target: String?) -> VirtualHostRoute {
     guard let pool = routePool else { return .gone }
     apr_pool_clear(pool)
-    guard let local = socketAddress(fd, peer: false), let peer,
-          [AF_INET, AF_INET6].contains(Int32(local.ss_family)),
-          let c = zeroed(conn_rec.self, in: pool), let r = zeroed(request_rec.self, in: pool) else { return .gone }
+    guard let c = zeroed(conn_rec.self, in: pool), let r = zeroed(request_rec.self, in: pool) else { return .gone }
     c.pointee.pool = pool
     c.pointee.base_server = ap_server_conf
     c.pointee.local_addr = aprAddress(local, in: pool)

@@ -21,6 +21,8 @@ struct ParentState {
     var pagePools = workerPagePools()
     var backoff = RestartBackoff()
     var demanded = Set<Int>()
+    /// When a queue asks for a worker (see QueuePatience).
+    var patience = QueuePatience()
     var lastCapLog: Int64 = -1_000_000
     /// Environments whose last worker start failed while none of their workers was alive.
     var failingStarts = Set<Int>()

@@ -86,7 +86,8 @@ func superviseUntilAsked() {
             ap_run_monitor(configurationPool, ap_server_conf)
             apr_proc_other_child_refresh_all(APR_OC_REASON_RUNNING)
         }
-        waitForWork(maintenanceIntervalMilliseconds)
+        // A queue under watch (QueuePatience) is looked at again soon.
+        waitForWork(parent?.patience.watching == true ? Int32(QueuePatience.defaultMilliseconds) : maintenanceIntervalMilliseconds)
     }
 }
 
@@ -123,7 +124,8 @@ func stopChildrenGracefully(timeoutSeconds: Int32) {
         state.finish(everyone: true, now: monotonicMilliseconds())
         parent = state
         guard liveChildren() > 0 else { break }
-        waitForWork(maintenanceIntervalMilliseconds)
+        // A queue under watch (QueuePatience) is looked at again soon.
+        waitForWork(parent?.patience.watching == true ? Int32(QueuePatience.defaultMilliseconds) : maintenanceIntervalMilliseconds)
         reapChildren(quietly: false)
     }
     stopChildren()
@@ -188,10 +190,17 @@ func maintain(now: Int64) {
     // (which would start a worker nobody needs).
     let children = state.children()
     state.clearFailedStarts(children)
+    var staffed = Set<Int>()
+    for child in children where child.generation == state.policy.generation {
+        if case .worker(let environment) = child.role { staffed.insert(environment) }
+    }
     var load: [EnvironmentLoad] = []
     for environment in 0..<configuration.environments.count {
-        let counters = sharedTable?.environment(environment)
-        load.append(EnvironmentLoad(queued: counters?.queued ?? 0, demanded: state.demanded.contains(environment)))
+        let flow = sharedTable?.flow(environment) ?? (handedOff: 0, received: 0)
+        load.append(state.patience.load(environment: environment,
+                                        queued: EnvironmentCounters.queued(handedOff: flow.handedOff, received: flow.received),
+                                        demanded: state.demanded.contains(environment), handedOff: flow.handedOff,
+                                        received: flow.received, hasWorkers: staffed.contains(environment), now: now))
     }
     state.demanded.removeAll()
     let plan = state.policy.plan(children: children, load: load, backoffUntil: state.backoff.until, now: now)

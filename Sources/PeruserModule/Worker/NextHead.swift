@@ -21,7 +21,10 @@ public func peruserNextHeadArrives(_ request: UnsafeMutableRawPointer?) -> Int32
           let pool = r.pointee.pool, let fd = servedConnection?.fd,
           let brigade = apr_brigade_create(pool, c.pointee.bucket_alloc) else { return 1 }
     defer { apr_brigade_destroy(brigade) }
-    let deadline = monotonicMilliseconds() + nextHeadGraceMilliseconds
+    // A crossing connection (its last request was another environment's) is only served here
+    // if its next head is already whole: else it goes back at once, and the multiplexers wait.
+    let grace = servedConnection?.crossing == true ? 0 : nextHeadGraceMilliseconds
+    let deadline = monotonicMilliseconds() + grace
     while true {
         guard ap_get_brigade(c.pointee.input_filters, brigade, AP_MODE_SPECULATIVE, APR_NONBLOCK_READ,
                              apr_off_t(nextHeadScanLimit)) == APR_SUCCESS else { return 1 }

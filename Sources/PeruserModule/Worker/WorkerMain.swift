@@ -13,6 +13,8 @@ struct ServedConnection {
     let ticket: UInt64
     /// The client it was handed off with: a hand-back returns it (the ticket covers it).
     let client: ClientAddress
+    /// Its last request was another environment's: after the response it goes straight back.
+    let crossing: Bool
 }
 
 nonisolated(unsafe) var servedConnection: ServedConnection?
@@ -111,7 +113,8 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
                 continue
             }
             tookConnection(client: decoded.client, ticket: decoded.ticket)
-            servedConnection = ServedConnection(fd: fd, hops: decoded.hops, ticket: decoded.ticket, client: decoded.client)
+            servedConnection = ServedConnection(fd: fd, hops: decoded.hops, ticket: decoded.ticket, client: decoded.client,
+                                                crossing: decoded.crossing)
             let consumed = UnsafeRawBufferPointer(rebasing: message[HandoffMessage.headerSize..<(HandoffMessage.headerSize
                                                                                                + decoded.consumedCount)])
             apr_pool_clear(transactionPool)
@@ -158,7 +161,15 @@ func serve(_ fd: Int32, consumed: UnsafeRawBufferPointer, id: Int, pool: OpaqueP
     if let connection = ap_run_create_connection(pool, ap_server_conf, socket, id,
                                                  UnsafeMutableRawPointer(scoreboard), buckets) {
         ap_process_connection(connection, UnsafeMutableRawPointer(socket))
-        if peruser_shim_connection_handed_back() == 0 { ap_lingering_close(connection) }
+        guard peruser_shim_connection_handed_back() == 0 else { return }
+        // httpd's lingering close, with the waiting for the client's end done by the
+        // multiplexers: this worker is free for the next connection as soon as the response
+        // is out (with a few workers per tenant, a worker waiting on the network is one less
+        // serving). If they cannot take it, the worker waits as httpd does.
+        if ap_start_lingering_close(connection) == 0 && !passLingeringClose(fd) {
+            drainLingering(fd)
+        }
+        apr_socket_close(socket)
     }
 }
 
@@ -210,6 +221,36 @@ public func peruserWorkerStartedRequest(_ request: UnsafePointer<CChar>?, _ vhos
     peruser_atomic_add_u64(table.field(page: page, ChildTableLayout.requestsOffset), 1)
     if let field = table.environmentPageField(workerEnvironment, ChildTableLayout.servedOffset) {
         peruser_atomic_add_u64(field, 1)
+    }
+}
+
+/// Gives a served connection (response sent, write side shut) to the multiplexers to close.
+func passLingeringClose(_ fd: Int32) -> Bool {
+    guard let connection = servedConnection, let channel = handbackChannel else { return false }
+    let encoded: Int
+    do {
+        encoded = try HandoffMessage.encode(hops: 0, ticket: connection.ticket, client: connection.client,
+                                            closing: true, consumed: UnsafeRawBufferPointer(start: nil, count: 0),
+                                            into: handbackMessage)
+    } catch {
+        return false
+    }
+    if case .sent = channel.send(fd: fd, payload: UnsafeRawBufferPointer(rebasing: handbackMessage[0..<encoded])) {
+        return true
+    }
+    return false
+}
+
+/// The rest of httpd's ap_lingering_close: read and drop until the client closes, nothing comes
+/// for 2 s, or 30 s have passed.
+func drainLingering(_ fd: Int32) {
+    let started = monotonicMilliseconds()
+    var buffer = [UInt8](repeating: 0, count: 512)
+    while monotonicMilliseconds() - started < HandoffMessage.lingerMilliseconds * 15 {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, Int32(HandoffMessage.lingerMilliseconds)) > 0 else { return }
+        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        if n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN) { return }
     }
 }
 

@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""Benchmark: hundreds of tenants on one box (issue 15).
+
+TENANTS tenants (default 300), each with its own system user, one environment and two names
+(tNNN.bench, www.tNNN.bench), against four servers running side by side:
+
+- prefork: Debian's mpm_prefork.conf (StartServers 5, MinSpareServers 5, MaxSpareServers 10,
+  MaxRequestWorkers 150), no isolation: the anchor;
+- itk: the same limits with AssignUserID per vhost (a fork per connection);
+- peruser, defaults: nothing but the tenants written (ServerLimit sized by the module);
+- peruser, package: with the values of debian/peruser.conf (the package's, for hundreds of
+  tenants).
+
+Every peruser server sets MaxClientShare 100: wrk is one address playing 32 clients, and a
+share would cap it at half of a tenant's workers (real clients come from many addresses).
+
+Scenarios, interleaved (A B C D A B C D ...), REPEATS rounds, medians: a random tenant per request
+on kept-alive connections (a front proxy's pooled connections), the same with `Connection: close`,
+and one busy tenant with `Connection: close`. Then memory (summed PSS and processes of each
+server's session) after start, after the load, and after IDLE_SECONDS (default 120) without
+traffic; the time to the first byte from a tenant with no worker; and the render time of
+/server-status and ?auto. Writes its section of BENCHMARKS.md.
+
+Run as root: `python3 bench/many_tenants.py`. Loopback only, bounded in time.
+"""
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+sys.path.insert(0, HERE)
+
+from harness import Apache, MODULE, ensure_account, free_port  # noqa: E402
+from bench import cpu_model, install, session_count, session_pss, wrk  # noqa: E402
+import bench  # noqa: E402
+
+TENANTS = int(os.environ.get("TENANTS", "300"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
+IDLE_SECONDS = int(os.environ.get("IDLE_SECONDS", "120"))
+ONLY = os.environ.get("BENCH_ONLY")
+KINDS = [k for k in os.environ.get("BENCH_KINDS", "prefork,itk,peruser,peruser-package").split(",") if k]
+MODULES_DIR = "/usr/lib/apache2/modules"
+MARK_BEGIN = "<!-- many_tenants.py begin -->"
+MARK_END = "<!-- many_tenants.py end -->"
+
+RANDOM_LUA = """
+local tenants = {tenants}
+math.randomseed(os.time() + tonumber(tostring({{}}):sub(8), 16) % 1000)
+request = function()
+  local n = math.random(0, tenants - 1)
+  local prefix = (math.random(0, 1) == 0) and "" or "www."
+  -- wrk.format takes these headers instead of wrk's own (-H), so copy them (Connection: close)
+  local headers = {{}}
+  for k, v in pairs(wrk.headers) do headers[k] = v end
+  headers["Host"] = string.format("%st%03d.bench", prefix, n)
+  return wrk.format("GET", "/1k.html", headers)
+end
+"""
+
+SCENARIOS = [
+    # name, lua (random tenant) or a fixed host, Connection: close?
+    ("random tenant, keep-alive", True, False),
+    ("random tenant, Connection: close", True, True),
+    ("one busy tenant, Connection: close", False, True),
+]
+
+PREFORK = """StartServers 5
+MinSpareServers 5
+MaxSpareServers 10
+MaxRequestWorkers 150
+MaxConnectionsPerChild 0
+"""
+
+
+def users():
+    return [f"bench-t{n:03d}" for n in range(TENANTS)]
+
+
+def site(root):
+    path = os.path.join(root, "site")
+    os.makedirs(path)
+    with open(os.path.join(path, "1k.html"), "wb") as f:
+        f.write(b"x" * 1024)
+    with open(os.path.join(path, "hello.php"), "w") as f:
+        f.write("<?php echo 'hello from ', posix_getuid(), \"\\n\";\n")
+    for name in os.listdir(path):
+        os.chmod(os.path.join(path, name), 0o644)
+    os.chmod(path, 0o755)
+    return path
+
+
+def package_values():
+    """debian/peruser.conf's directives, but the multiplexers' account (the package creates it)."""
+    text = open(os.path.join(REPO, "debian", "peruser.conf")).read()
+    body = text.split("<IfModule mpm_peruser_module>", 1)[1].split("</IfModule>", 1)[0]
+    return "\n".join(line for line in body.splitlines()
+                     if line.strip() and not line.strip().startswith(("#", "MultiplexerUser", "MultiplexerGroup")))
+
+
+def configure(kind):
+    apache = Apache("", name=f"tenants-{kind}")
+    port = free_port()
+    docroot = site(apache.root)
+    parts = [f"Listen 127.0.0.1:{port}",
+             f"LoadModule php_module {bench.php_module()}",
+             "LoadModule status_module /usr/lib/apache2/modules/mod_status.so",
+             "ExtendedStatus On",
+             f"<Directory {apache.root}>\n    Require all granted\n</Directory>",
+             '<FilesMatch "\\.php$">\n    SetHandler application/x-httpd-php\n</FilesMatch>']
+    prefork = f"LoadModule mpm_prefork_module {MODULES_DIR}/mod_mpm_prefork.so"
+    if kind in ("prefork", "itk"):
+        parts.append(PREFORK)
+        mpm = prefork + (f"\nLoadModule mpm_itk_module {MODULES_DIR}/mpm_itk.so" if kind == "itk" else "")
+    else:
+        mpm = f"LoadModule mpm_peruser_module {MODULE}"
+        parts.append("MaxClientShare 100")
+        if kind == "peruser-package":
+            parts.append(package_values())
+        # For experiments: directives added to every peruser server (BENCH_PERUSER_EXTRA).
+        parts.append(os.environ.get("BENCH_PERUSER_EXTRA", "").replace("\\n", "\n"))
+    if kind.startswith("peruser"):
+        parts += [f"<Processor t{n:03d}>\n    User {user}\n    Group {user}\n</Processor>" for n, user in enumerate(users())]
+    parts.append(f"""<VirtualHost 127.0.0.1:{port}>
+    ServerName status.bench
+    DocumentRoot {docroot}
+    <Location /server-status>
+        SetHandler server-status
+    </Location>
+    {"ServerEnvironment t000" if kind.startswith("peruser") else ""}
+</VirtualHost>""")
+    for n, user in enumerate(users()):
+        who = {"itk": f"AssignUserID {user} {user}", "prefork": ""}.get(kind, f"ServerEnvironment t{n:03d}")
+        parts.append(f"""<VirtualHost 127.0.0.1:{port}>
+    ServerName t{n:03d}.bench
+    ServerAlias www.t{n:03d}.bench
+    DocumentRoot {docroot}
+    {who}
+</VirtualHost>""")
+    apache.write_config("\n".join(parts) + "\n", mpm=mpm, log_level="warn")
+    apache.port = port
+    return apache
+
+
+def run_wrk(apache, random_tenant, close):
+    if random_tenant:
+        return wrk(apache.port, "/1k.html", close, RANDOM_LUA.format(tenants=TENANTS))
+    return wrk(apache.port, "/1k.html", close, None, host="t001.bench")
+
+
+def memory(apache):
+    return session_pss(apache), session_count(apache)
+
+
+def first_byte(apache, tenant):
+    with socket.create_connection(("127.0.0.1", apache.port)) as s:
+        started = time.monotonic()
+        s.sendall(f"GET /1k.html HTTP/1.1\r\nHost: t{tenant:03d}.bench\r\nConnection: close\r\n\r\n".encode())
+        s.recv(1)
+        return (time.monotonic() - started) * 1000
+
+
+def fetch_ms(apache, path):
+    samples = []
+    for _ in range(10):
+        with socket.create_connection(("127.0.0.1", apache.port)) as s:
+            started = time.monotonic()
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: status.bench\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            samples.append((time.monotonic() - started) * 1000)
+    return statistics.median(samples), len(data)
+
+
+def main():
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (it creates users and starts Apache)")
+    install()
+    bench.DURATION = DURATION
+    for user in users():
+        ensure_account(user)
+    scenarios = [s for s in SCENARIOS if not ONLY or ONLY in s[0]]
+    results = {(s[0], k): [] for s in scenarios for k in KINDS}
+    mem = {k: {} for k in KINDS}
+    other = {}
+    servers = {}
+    try:
+        for kind in KINDS:
+            servers[kind] = configure(kind)
+            servers[kind].start(ports=(servers[kind].port,), timeout=60)
+        time.sleep(5)
+        for kind in KINDS:
+            mem[kind]["start"] = memory(servers[kind])
+        for scenario, random_tenant, close in scenarios:
+            for round_ in range(REPEATS):
+                for kind in KINDS:
+                    r = run_wrk(servers[kind], random_tenant, close)
+                    results[(scenario, kind)].append(r)
+                    print(f"{scenario:36} {kind:16} round {round_ + 1}: {r[0]:9.0f} req/s  p99 {r[1]:8.2f} ms  "
+                          f"non-2xx {r[2]}  socket errors {r[3]}", flush=True)
+        for kind in KINDS:
+            mem[kind]["load"] = memory(servers[kind])
+        for kind in KINDS:
+            if kind.startswith("peruser"):
+                other[(kind, "status")] = fetch_ms(servers[kind], "/server-status")
+                other[(kind, "auto")] = fetch_ms(servers[kind], "/server-status?auto")
+        if not ONLY:
+            print(f"waiting {IDLE_SECONDS} s without traffic", flush=True)
+            time.sleep(IDLE_SECONDS)
+            for kind in KINDS:
+                mem[kind]["idle"] = memory(servers[kind])
+            # A tenant nobody asked for (no worker in any peruser setup): first byte.
+            for kind in KINDS:
+                other[(kind, "ttfb")] = statistics.median(first_byte(servers[kind], n) for n in (297, 298, 299))
+    finally:
+        for apache in servers.values():
+            apache.stop()
+            apache.cleanup()
+
+    def median(scenario, kind, index=0):
+        return statistics.median(r[index] for r in results[(scenario, kind)])
+
+    names = {"prefork": "prefork", "itk": "mpm-itk", "peruser": "peruser (defaults)",
+             "peruser-package": "peruser (package peruser.conf)"}
+    lines = [MARK_BEGIN, f"## Hundreds of tenants (`bench/many_tenants.py`)", "",
+             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs ({cpu_model()}); "
+             f"{TENANTS} tenants (a system user, an environment and two names each), 1 KiB static file, "
+             f"`wrk -t{bench.THREADS} -c{bench.CONNECTIONS} -d{DURATION}s` on 127.0.0.1, {REPEATS} interleaved rounds, "
+             "medians. prefork and itk: Debian's mpm_prefork.conf. peruser (defaults): no limit written. "
+             "peruser (package): debian/peruser.conf's values. Every peruser server: MaxClientShare 100 (wrk is "
+             "one address).", "",
+             "| scenario | " + " | ".join(f"{names[k]} req/s" for k in KINDS) + " | "
+             + " | ".join(f"{names[k]} / prefork" for k in KINDS if k.startswith("peruser"))
+             + " | p99 ms | errors (non-2xx + socket) |",
+             "|---" * (len(KINDS) + sum(k.startswith("peruser") for k in KINDS) + 3) + "|"]
+    for scenario, *_ in scenarios:
+        rps = {k: median(scenario, k) for k in KINDS}
+        base = rps.get("prefork", float("nan"))
+        ratios = " | ".join(f"{rps[k] / base:.2f}" for k in KINDS if k.startswith("peruser"))
+        p99 = " / ".join(f"{median(scenario, k, 1):.1f}" for k in KINDS)
+        bad = " / ".join(str(sum(r[2] + r[3] for r in results[(scenario, k)])) for k in KINDS)
+        lines.append(f"| {scenario} | " + " | ".join(f"{rps[k]:.0f}" for k in KINDS) + f" | {ratios} | {p99} | {bad} |")
+    lines += ["", "| memory: PSS, processes | " + " | ".join(names[k] for k in KINDS) + " |",
+              "|---" * (len(KINDS) + 1) + "|"]
+    for moment, label in (("start", "after start"), ("load", "after the load"),
+                          ("idle", f"after {IDLE_SECONDS} s without traffic")):
+        if all(moment in mem[k] for k in KINDS):
+            lines.append(f"| {label} | " + " | ".join(
+                f"{mem[k][moment][0] / 1024:.0f} MiB, {mem[k][moment][1]}" for k in KINDS) + " |")
+    if "prefork" in KINDS and all("idle" in mem[k] for k in KINDS):
+        lines += ["", "Idle PSS over prefork's: " + ", ".join(
+            f"{names[k]} {mem[k]['idle'][0] / mem['prefork']['idle'][0]:.2f}" for k in KINDS if k != "prefork") + "."]
+    if any(k[1] == "ttfb" for k in other):
+        lines += ["", "First byte from a tenant with no worker (median of 3): " + ", ".join(
+            f"{names[k]} {other[(k, 'ttfb')]:.1f} ms" for k in KINDS) + "."]
+    for kind in KINDS:
+        if (kind, "status") in other:
+            (page_ms, page_bytes), (auto_ms, auto_bytes) = other[(kind, "status")], other[(kind, "auto")]
+            lines.append(f"{names[kind]}: /server-status after the load {page_ms:.1f} ms ({page_bytes // 1024} KiB), "
+                         f"?auto {auto_ms:.1f} ms ({auto_bytes // 1024} KiB), median of 10.")
+    lines.append(MARK_END)
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    if ONLY:
+        return
+    path = os.path.join(REPO, "BENCHMARKS.md")
+    current = open(path).read()
+    if MARK_BEGIN in current:
+        head, rest = current.split(MARK_BEGIN, 1)
+        current = head + text.rstrip("\n") + rest.split(MARK_END, 1)[1]
+    else:
+        current = current.rstrip("\n") + "\n\n" + text
+    with open(path, "w") as f:
+        f.write(current)
+
+
+if __name__ == "__main__":
+    main()
