@@ -121,9 +121,9 @@ def configure(kind):
         mpm = prefork + (f"\nLoadModule mpm_itk_module {MODULES_DIR}/mpm_itk.so" if kind == "itk" else "")
     else:
         mpm = f"LoadModule mpm_peruser_module {MODULE}"
-        parts.append("MaxClientShare 100")
         if kind == "peruser-package":
             parts.append(package_values())
+        parts.append("MaxClientShare 100")  # after the package's values: the last one counts
         # For experiments: directives added to every peruser server (BENCH_PERUSER_EXTRA).
         parts.append(os.environ.get("BENCH_PERUSER_EXTRA", "").replace("\\n", "\n"))
     if kind.startswith("peruser"):

@@ -224,11 +224,14 @@ struct Multiplexer {
             updateWatches(now: turn)
             reportHolding()
             // Wake periodically while connections wait: free workers, full channels, deadlines;
-            // and when accepting resumes after fd exhaustion.
-            var timeout: Int32 = pending.isEmpty ? -1 : (waiting.isEmpty ? 100 : 20)
+            // and when accepting resumes after fd exhaustion. No worker tells a multiplexer it
+            // is free, so while connections wait for one the look is frequent: a worker serves
+            // a small request in well under a millisecond, and a 20 ms look left a client at
+            // its share (MaxClientShare) with most of its workers idle.
+            var timeout: Int32 = pending.isEmpty ? -1 : (waiting.isEmpty ? 100 : 2)
             // Hand-offs in flight hold their client's share until this multiplexer sees them
             // taken and releases them: look again soon, even with nothing else to do.
-            if !inFlight.isEmpty { timeout = timeout < 0 ? 10 : min(timeout, 10) }
+            if !inFlight.isEmpty { timeout = timeout < 0 ? 2 : min(timeout, 2) }
             if acceptResumesAt > turn {
                 let untilResume = Int32(clamping: acceptResumesAt - turn)
                 timeout = timeout < 0 ? untilResume : min(timeout, untilResume)
@@ -495,7 +498,10 @@ struct Multiplexer {
                      + "environment \(handbackLabel(channel)) (\(error))")
                 continue
             }
-            guard isTCPStream(fd), let cookie = socketCookie(fd),
+            // A connection given back to be closed may be closed by its client already (then
+            // it has no peer any more): its ticket still proves whose it is.
+            let connected = isTCPStream(fd)
+            guard connected || (decoded.closing && isStreamSocket(fd)), let cookie = socketCookie(fd),
                   key.accepts(decoded.ticket, cookie: cookie, generation: channel.generation,
                               environment: channel.environment, client: decoded.client) else {
                 close(fd)
@@ -512,7 +518,7 @@ struct Multiplexer {
                 continue
             }
             if decoded.closing {
-                linger(fd, handback: index, cookie: cookie)
+                if connected { linger(fd, handback: index, cookie: cookie) } else { close(fd) }
             } else {
                 adopt(fd, consumed: decoded.consumed, hops: decoded.hops, handback: index, cookie: cookie,
                       client: decoded.client)

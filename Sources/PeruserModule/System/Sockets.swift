@@ -18,13 +18,16 @@ func socketCookie(_ fd: Int32) -> UInt64? {
     return cookie
 }
 
-/// Whether `fd` is a connected TCP stream socket (IPv4 or IPv6).
-func isTCPStream(_ fd: Int32) -> Bool {
+/// Whether `fd` is a stream socket, connected or not (any more).
+func isStreamSocket(_ fd: Int32) -> Bool {
     var type: Int32 = 0
     var length = socklen_t(MemoryLayout<Int32>.size)
-    guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0, type == Int32(SOCK_STREAM.rawValue) else {
-        return false
-    }
+    return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 && type == Int32(SOCK_STREAM.rawValue)
+}
+
+/// Whether `fd` is a connected TCP stream socket (IPv4 or IPv6).
+func isTCPStream(_ fd: Int32) -> Bool {
+    guard isStreamSocket(fd) else { return false }
     var address = sockaddr_storage()
     var addressLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
     let family = withUnsafeMutablePointer(to: &address) {
