@@ -47,6 +47,9 @@ DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
 IDLE_SECONDS = int(os.environ.get("IDLE_SECONDS", "120"))
 ONLY = os.environ.get("BENCH_ONLY")
 KINDS = [k for k in os.environ.get("BENCH_KINDS", "prefork,itk,peruser,peruser-package").split(",") if k]
+# BENCH_BEFORE_SO=/path/to/an/older/mod_mpm_peruser.so adds that build ("peruser-before").
+if os.environ.get("BENCH_BEFORE_SO") and "peruser-before" not in KINDS:
+    KINDS.append("peruser-before")
 MODULES_DIR = "/usr/lib/apache2/modules"
 MARK_BEGIN = "<!-- many_tenants.py begin -->"
 MARK_END = "<!-- many_tenants.py end -->"
@@ -121,6 +124,10 @@ def configure(kind):
         mpm = prefork + (f"\nLoadModule mpm_itk_module {MODULES_DIR}/mpm_itk.so" if kind == "itk" else "")
     else:
         mpm = f"LoadModule mpm_peruser_module {MODULE}"
+        if kind == "peruser-before":
+            # An earlier build (BENCH_BEFORE_SO) at its defaults, with the slots it could not size.
+            mpm = f"LoadModule mpm_peruser_module {os.environ['BENCH_BEFORE_SO']}"
+            parts.append("ServerLimit 768")
         if kind == "peruser-package":
             parts.append(package_values())
         parts.append("MaxClientShare 100")  # after the package's values: the last one counts
@@ -229,7 +236,8 @@ def main():
         return statistics.median(r[index] for r in results[(scenario, kind)])
 
     names = {"prefork": "prefork", "itk": "mpm-itk", "peruser": "peruser (defaults)",
-             "peruser-package": "peruser (package peruser.conf)"}
+             "peruser-package": "peruser (package peruser.conf)",
+             "peruser-before": f"peruser before ({os.environ.get('BENCH_BEFORE_NAME', 'earlier build')}, defaults)"}
     lines = [MARK_BEGIN, f"## Hundreds of tenants (`bench/many_tenants.py`)", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs ({cpu_model()}); "
              f"{TENANTS} tenants (a system user, an environment and two names each), 1 KiB static file, "
@@ -269,7 +277,7 @@ def main():
     lines.append(MARK_END)
     text = "\n".join(lines) + "\n"
     print("\n" + text)
-    if ONLY:
+    if ONLY or os.environ.get("BENCH_NO_WRITE"):
         return
     path = os.path.join(REPO, "BENCHMARKS.md")
     current = open(path).read()

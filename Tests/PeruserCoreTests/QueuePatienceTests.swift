@@ -35,6 +35,12 @@ final class QueuePatienceTests: XCTestCase {
         XCTAssertFalse(p.watching)
     }
 
+    func testConnectionsHeldByMultiplexersWaitAlready() {
+        var p = QueuePatience(patience: 10)
+        XCTAssertEqual(p.load(environment: 0, queued: 0, demanded: false, handedOff: 3, received: 3, hasWorkers: true,
+                              now: 0, waitingInMultiplexers: 4), EnvironmentLoad(queued: 4, demanded: true))
+    }
+
     func testCountersThatLieNeverTrap() {
         var p = QueuePatience(patience: 10)
         XCTAssertEqual(p.load(environment: 3, queued: Int.max, demanded: false, handedOff: .max, received: 0,

@@ -68,6 +68,34 @@ final class PlannerTests: XCTestCase {
                               backoffUntil: [:], now: 12_000).actions, [])
     }
 
+    func testAtMaxClientsIdleSparesOfQuietTenantsMakeRoomForAWaitingOne() {
+        // MaxClients 8: a multiplexer, env 0 busy with one worker and three connections waiting;
+        // env 1 and env 2 hold idle workers (env 2 at its MinProcessors 1).
+        let l = limits { $0.maxClients = 8; $0.serverLimit = 16; $0.workers.minSpare = 0; $0.workers.maxProcessors = 6 }
+        let envs = [l.workers, l.workers, WorkerLimits(minProcessors: 1, maxProcessors: 6, minSpare: 0), l.workers]
+        let p = policy(l, envs: envs)
+        let children = [mux(4), worker(0, env: 0, .active, type: .processor),
+                        worker(1, env: 1, since: 100, type: .processor), worker(5, env: 1, since: 50),
+                        worker(6, env: 1, since: 10),
+                        worker(2, env: 2, since: 0, type: .processor),
+                        worker(3, env: 3, since: 20, type: .processor), worker(7, env: 3, .active, since: 0)]
+        let load = [EnvironmentLoad(queued: 3, demanded: true), EnvironmentLoad(), EnvironmentLoad(), EnvironmentLoad()]
+        let plan = p.plan(children: children, load: load, backoffUntil: [:], now: 1000)
+        // Three wait: env 1's two spares, longest idle first; env 1's last idle worker (idle
+        // less than 2 s) and env 2's (its minimum) stay; env 3's only idle one is its warm one.
+        XCTAssertEqual(plan.actions, [.retire(slot: 6, reason: .makeRoom), .retire(slot: 5, reason: .makeRoom)])
+        XCTAssertTrue(plan.capReached)
+        // Long idle, env 1's last worker and env 3's go too.
+        let later = p.plan(children: children, load: load, backoffUntil: [:], now: 10_000)
+        XCTAssertEqual(later.actions.filter { if case .retire(_, .makeRoom) = $0 { return true } else { return false } },
+                       [.retire(slot: 6, reason: .makeRoom), .retire(slot: 5, reason: .makeRoom),
+                        .retire(slot: 3, reason: .makeRoom)])
+        // Nobody waits: nobody makes room.
+        XCTAssertFalse(p.plan(children: children, load: [], backoffUntil: [:], now: 1000).actions.contains {
+            if case .retire(_, .makeRoom) = $0 { return true } else { return false }
+        })
+    }
+
     func testDemandStartsTheFirstWorkerOfAnEmptyEnvironment() {
         let p = policy(limits { $0.workers.minSpare = 0 })
         let plan = p.plan(children: [mux(2)], load: [EnvironmentLoad(), EnvironmentLoad(queued: 0, demanded: true)],

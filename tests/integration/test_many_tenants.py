@@ -6,6 +6,7 @@ import os
 import pwd
 import random
 import re
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -232,6 +233,74 @@ def test_the_clamped_environment_serves(module, accounts):
         uid = pwd.getpwnam("peruser-b").pw_uid
         time.sleep(1)
         assert workers_by_uid(apache)[uid] == 1, "MaxProcessors 1 holds; no spare beyond it"
+    finally:
+        apache.stop()
+        apache.cleanup()
+
+
+def test_remembered_routes_still_follow_server_path(module, accounts):
+    """Multiplexers remember Apache's vhost answer per address and Host; a request without Host
+    is matched by ServerPath (the path takes part), so two such requests with different paths
+    must not share an answer."""
+    port = free_port()
+    apache = Apache("", name="spath")
+    root = apache.root
+    site = os.path.join(root, "site")
+    os.makedirs(os.path.join(site, "cgi-bin"))
+    os.makedirs(os.path.join(site, "legacy", "cgi-bin"))
+    for directory in (os.path.join(site, "cgi-bin"), os.path.join(site, "legacy", "cgi-bin")):
+        cgi = os.path.join(directory, "id.cgi")
+        with open(cgi, "w") as f:
+            f.write(ID_CGI)
+        os.chmod(cgi, 0o755)
+    for path in (site, os.path.join(site, "cgi-bin"), os.path.join(site, "legacy"),
+                 os.path.join(site, "legacy", "cgi-bin")):
+        os.chmod(path, 0o755)
+    apache.write_config(f"""Listen 127.0.0.1:{port}
+<Directory {site}>
+    Require all granted
+    Options +ExecCGI
+    AddHandler cgi-script .cgi
+</Directory>
+<Processor first>
+    User peruser-a
+    Group peruser-a
+</Processor>
+<Processor legacy>
+    User peruser-b
+    Group peruser-b
+</Processor>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName first.test
+    DocumentRoot {site}
+    ServerEnvironment first
+</VirtualHost>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName legacy.test
+    ServerPath /legacy
+    DocumentRoot {site}
+    ServerEnvironment legacy
+</VirtualHost>
+""")
+    try:
+        apache.start(ports=(port,))
+        uid_a, uid_b = pwd.getpwnam("peruser-a").pw_uid, pwd.getpwnam("peruser-b").pw_uid
+
+        def uid_for(path):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            match = re.search(rb"uid=(\d+)", data)
+            assert match, data[:300]
+            return int(match.group(1))
+
+        for _ in range(3):  # the second and third ask the remembered answers
+            assert uid_for("/legacy/cgi-bin/id.cgi") == uid_b
+            assert uid_for("/cgi-bin/id.cgi") == uid_a
+            assert get(port, "legacy.test", "/cgi-bin/id.cgi")[1].count(f"uid={uid_b} ") == 1
+            assert get(port, "first.test", "/cgi-bin/id.cgi")[1].count(f"uid={uid_a} ") == 1
     finally:
         apache.stop()
         apache.cleanup()

@@ -337,6 +337,13 @@ public struct ChildTable {
         capacity(of: environment, limits: limits, maxClients: maxClients, roster: roster())
     }
 
+    /// Connections a multiplexer holds for an environment that could not take them (the last
+    /// multiplexer to change its count wrote it: a hint that some wait).
+    public func waitingInMultiplexers(_ environment: Int) -> Int {
+        guard environment >= 0 && environment < environmentCount else { return 0 }
+        return Int(min(load(record(environment) + ChildTableLayout.waitingOffset, as: UInt32.self), 1 << 20))
+    }
+
     /// Connections handed to an environment's channel, and taken from it, so far.
     public func flow(_ environment: Int) -> (handedOff: UInt64, received: UInt64) {
         guard environment >= 0 && environment < environmentCount else { return (0, 0) }

@@ -21,12 +21,17 @@ public struct QueuePatience {
     /// A queue is being watched: look again within `patience`.
     public var watching: Bool { !firstSeen.isEmpty }
 
-    /// The load the planner should see for `environment` now.
+    /// The load the planner should see for `environment` now. `waitingInMultiplexers`:
+    /// connections a multiplexer holds because the environment could not take them (no worker
+    /// free and none to add: at MaxProcessors or MaxClients); they wait already, no patience.
     public mutating func load(environment: Int, queued: Int, demanded: Bool, handedOff: UInt64, received: UInt64,
-                              hasWorkers: Bool, now: Int64) -> EnvironmentLoad {
+                              hasWorkers: Bool, now: Int64, waitingInMultiplexers: Int = 0) -> EnvironmentLoad {
         guard hasWorkers else {
             firstSeen[environment] = nil
-            return EnvironmentLoad(queued: queued, demanded: demanded)
+            return EnvironmentLoad(queued: queued.saturatingAdding(max(0, waitingInMultiplexers)), demanded: demanded)
+        }
+        if waitingInMultiplexers > 0 {
+            return EnvironmentLoad(queued: max(0, queued).saturatingAdding(waitingInMultiplexers), demanded: true)
         }
         guard queued > 0 else {
             firstSeen[environment] = nil  // taken (a demand that found none queued asks for nothing)

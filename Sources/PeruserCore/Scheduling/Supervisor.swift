@@ -89,6 +89,9 @@ public enum RetireReason: Equatable {
     case idleTimeout
     case tooManySpare
     case multiplexerIdle
+    /// MaxClients is reached and another environment has connections waiting: an idle worker
+    /// of an environment above its MinProcessors makes room.
+    case makeRoom
 }
 
 public enum Action: Equatable {
@@ -180,6 +183,9 @@ public struct MaintenancePolicy {
             }
         }
 
+        // Environments with connections waiting that MaxClients kept from a worker.
+        var starved: [Int] = []
+
         // Workers, environment by environment (grouped once: hundreds of environments).
         var workersOf = [[ChildState]](repeating: [], count: environments.count)
         for child in current {
@@ -220,10 +226,14 @@ public struct MaintenancePolicy {
             wanted = min(wanted, workerLimits.maxProcessors - workers.count)
             if wanted > 0 && !backingOff(role) {
                 var hasProcessor = workers.contains { $0.type == .processor }
+                var started = 0
                 for _ in 0..<wanted {
                     guard spawn(role, asProcessor: !hasProcessor) else { break }
                     hasProcessor = true
+                    started += 1
                 }
+                let short = min(waiting, wanted) - started
+                if short > 0 { starved += Array(repeating: env, count: short) }
                 continue
             }
 
@@ -247,8 +257,45 @@ public struct MaintenancePolicy {
                 count += 1
             }
         }
+        makeRoom(for: starved, in: &plan, workersOf: workersOf, now: now)
         return plan
     }
+
+    /// At MaxClients, idle workers of hundreds of quiet tenants must not keep a busy one from
+    /// growing: for each connection that waits without a worker, an idle worker of an
+    /// environment with nothing waiting retires, never below its MinProcessors, and the next
+    /// plan starts the waiting environment's worker in its slot. Spares go first (an idle
+    /// worker beside another idle one), the longest idle first; then the one idle worker of a
+    /// tenant idle for at least `lastIdleWorkerMilliseconds`. Environments that wait never take
+    /// from each other.
+    private func makeRoom(for starved: [Int], in plan: inout Plan, workersOf: [[ChildState]], now: Int64) {
+        guard !starved.isEmpty else { return }
+        let needy = Set(starved)
+        let retiring = Set(plan.actions.compactMap { action -> Int? in
+            if case .retire(let slot, _) = action { return slot }
+            return nil
+        })
+        var spares: [ChildState] = [], lastIdle: [ChildState] = []
+        for (env, workers) in workersOf.enumerated() where !needy.contains(env) && environments.indices.contains(env) {
+            let above = workers.count - environments[env].minProcessors
+            guard above > 0 else { continue }
+            let idle = workers.filter { $0.status == .ready && !retiring.contains($0.slot) }
+                .sorted(by: longestIdleFirst).prefix(above)
+            guard let newest = idle.last else { continue }
+            // The most recently idle one stays the tenant's warm worker, unless it too is long idle.
+            spares += idle.dropLast()
+            if elapsedMilliseconds(since: newest.statusSince, now: now) >= Self.lastIdleWorkerMilliseconds {
+                lastIdle.append(newest)
+            }
+        }
+        let victims = spares.sorted(by: longestIdleFirst) + lastIdle.sorted(by: longestIdleFirst)
+        for child in victims.prefix(starved.count) {
+            plan.actions.append(.retire(slot: child.slot, reason: .makeRoom))
+        }
+    }
+
+    /// How long a tenant's one idle worker is kept from a waiting tenant at MaxClients.
+    public static let lastIdleWorkerMilliseconds: Int64 = 2000
 
     /// Earliest `statusSince` first; the slot breaks ties, so that the order (and which child
     /// retires) does not depend on where the sort happened to leave equal, possibly forged, times.

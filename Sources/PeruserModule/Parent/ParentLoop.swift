@@ -200,7 +200,8 @@ func maintain(now: Int64) {
         load.append(state.patience.load(environment: environment,
                                         queued: EnvironmentCounters.queued(handedOff: flow.handedOff, received: flow.received),
                                         demanded: state.demanded.contains(environment), handedOff: flow.handedOff,
-                                        received: flow.received, hasWorkers: staffed.contains(environment), now: now))
+                                        received: flow.received, hasWorkers: staffed.contains(environment), now: now,
+                                        waitingInMultiplexers: sharedTable?.waitingInMultiplexers(environment) ?? 0))
     }
     state.demanded.removeAll()
     let plan = state.policy.plan(children: children, load: load, backoffUntil: state.backoff.until, now: now)
