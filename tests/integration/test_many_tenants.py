@@ -8,6 +8,7 @@ import random
 import re
 import socket
 import subprocess
+import threading
 import time
 from collections import Counter
 
@@ -301,6 +302,62 @@ def test_remembered_routes_still_follow_server_path(module, accounts):
             assert uid_for("/cgi-bin/id.cgi") == uid_a
             assert get(port, "legacy.test", "/cgi-bin/id.cgi")[1].count(f"uid={uid_b} ") == 1
             assert get(port, "first.test", "/cgi-bin/id.cgi")[1].count(f"uid={uid_a} ") == 1
+    finally:
+        apache.stop()
+        apache.cleanup()
+
+
+def test_at_max_clients_quiet_spares_make_room_for_a_busy_tenant(module, accounts, tenant_accounts):
+    """MaxClients 7, one multiplexer, three quiet tenants holding a worker and a spare each
+    (the cap is reached): three slow requests at once to a fourth tenant get three workers at
+    once, from the quiet tenants' spares, instead of waiting for each other."""
+    port = free_port()
+    apache = Apache("", name="room")
+    names = sorted(tenant_accounts)[:3]
+    body = tenants_config(apache.root, port, names, extra="""MaxClients 7
+MinMultiplexers 1
+MaxMultiplexers 1
+MinSpareProcessors 1
+ProcessorWaitTimeout 20 10
+<Processor busy>
+    User peruser-b
+    Group peruser-b
+    MinSpareProcessors 0
+</Processor>
+""")
+    site = os.path.join(apache.root, "site")
+    body += f"""<VirtualHost 127.0.0.1:{port}>
+    ServerName busy.test
+    DocumentRoot {site}
+    ScriptAlias /cgi-bin/ {site}/cgi-bin/
+    ServerEnvironment busy
+</VirtualHost>
+"""
+    apache.write_config(body)
+    try:
+        apache.start(ports=(port,))
+        quiet = {tenant_accounts[name] for name in names}
+        for n in range(3):
+            assert get(port, f"t{n:03d}.test", "/index.html")[0] == 200
+        # Each quiet tenant: its worker and one spare; with the multiplexer, 7 children: MaxClients.
+        assert wait_until(lambda: sum(c for uid, c in workers_by_uid(apache).items() if uid in quiet) == 6), \
+            workers_by_uid(apache)
+        busy_uid = pwd.getpwnam("peruser-b").pw_uid
+        results = []
+
+        def slow():
+            results.append(get(port, "busy.test", "/cgi-bin/id.cgi?sleep=4"))
+
+        threads = [threading.Thread(target=slow) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.2)
+        assert wait_until(lambda: workers_by_uid(apache)[busy_uid] == 3, timeout=3.5), workers_by_uid(apache)
+        for thread in threads:
+            thread.join()
+        assert [r[0] for r in results] == [200, 200, 200]
+        # The quiet tenants kept a worker each.
+        assert all(workers_by_uid(apache)[uid] >= 1 for uid in quiet), workers_by_uid(apache)
     finally:
         apache.stop()
         apache.cleanup()
