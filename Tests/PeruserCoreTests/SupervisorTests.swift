@@ -90,6 +90,11 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(later.actions.filter { if case .retire(_, .makeRoom) = $0 { return true } else { return false } },
                        [.retire(slot: 6, reason: .makeRoom), .retire(slot: 5, reason: .makeRoom),
                         .retire(slot: 3, reason: .makeRoom)])
+        // Two children already leaving (asked before): one more makes room, not three.
+        let leaving = children.map { $0.slot == 5 || $0.slot == 6 ? worker($0.slot, env: 1, since: 0, retiring: true) : $0 }
+        XCTAssertEqual(p.plan(children: leaving, load: load, backoffUntil: [:], now: 10_000).actions
+                        .filter { if case .retire(_, .makeRoom) = $0 { return true } else { return false } },
+                       [.retire(slot: 3, reason: .makeRoom)])
         // Nobody waits: nobody makes room.
         XCTAssertFalse(p.plan(children: children, load: [], backoffUntil: [:], now: 1000).actions.contains {
             if case .retire(_, .makeRoom) = $0 { return true } else { return false }

@@ -48,6 +48,6 @@ public struct QueuePatience {
 
     /// Forgets environments beyond `count` (a graceful restart with fewer).
     public mutating func keep(_ count: Int) {
-        firstSeen = firstSeen.filter { $0.key < count }
+        if firstSeen.keys.contains(where: { $0 >= count }) { firstSeen = firstSeen.filter { $0.key < count } }
     }
 }

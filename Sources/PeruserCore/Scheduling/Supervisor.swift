@@ -257,7 +257,10 @@ public struct MaintenancePolicy {
                 count += 1
             }
         }
-        makeRoom(for: starved, in: &plan, workersOf: workersOf, now: now)
+        // Children already asked to exit free their slots soon: room is made only beyond them,
+        // or every plan until they are gone would retire another round.
+        let leaving = children.filter { $0.retiring }.count
+        makeRoom(for: Array(starved.dropFirst(leaving)), in: &plan, workersOf: workersOf, now: now)
         return plan
     }
 

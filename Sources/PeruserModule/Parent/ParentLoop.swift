@@ -195,6 +195,7 @@ func maintain(now: Int64) {
         if case .worker(let environment) = child.role { staffed.insert(environment) }
     }
     var load: [EnvironmentLoad] = []
+    state.patience.keep(configuration.environments.count)  // after a graceful restart with fewer
     for environment in 0..<configuration.environments.count {
         let flow = sharedTable?.flow(environment) ?? (handedOff: 0, received: 0)
         load.append(state.patience.load(environment: environment,
