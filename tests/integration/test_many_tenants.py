@@ -6,8 +6,6 @@ import os
 import pwd
 import random
 import re
-import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -15,7 +13,8 @@ from collections import Counter
 import pytest
 
 from conftest import ID_CGI
-from harness import Apache, ensure_account, free_port
+from harness import Apache, ensure_account, free_port, raw_request
+from test_config import configtest
 from test_end_to_end import get
 from test_process_management import wait_until
 
@@ -179,16 +178,6 @@ def test_quiet_environments_give_their_workers_back(module, accounts, tenant_acc
         apache.cleanup()
 
 
-def configtest(body):
-    apache = Apache("", name="clamp")
-    try:
-        apache.write_config(f"Listen 127.0.0.1:{free_port()}\n" + body)
-        result = apache.configtest()
-        return result.returncode, result.stdout + result.stderr
-    finally:
-        apache.cleanup()
-
-
 SLOW = """<Processor slow>
     User peruser-b
     Group peruser-b
@@ -288,11 +277,7 @@ def test_remembered_routes_still_follow_server_path(module, accounts):
         uid_a, uid_b = pwd.getpwnam("peruser-a").pw_uid, pwd.getpwnam("peruser-b").pw_uid
 
         def uid_for(path):
-            with socket.create_connection(("127.0.0.1", port)) as s:
-                s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
-                data = b""
-                while chunk := s.recv(65536):
-                    data += chunk
+            data = raw_request(port, f"GET {path} HTTP/1.0\r\n\r\n".encode())
             match = re.search(rb"uid=(\d+)", data)
             assert match, data[:300]
             return int(match.group(1))

@@ -385,9 +385,9 @@ public struct ChildTable {
 
     /// How many of `environment`'s workers are busy with a connection of `client` (each worker
     /// says so on its own page: a liar skews only its own environment's count).
-    public func workersServing(_ client: ClientAddress, environment: Int, roster: Roster? = nil) -> Int {
+    public func workersServing(_ client: ClientAddress, environment: Int, roster: Roster) -> Int {
         var count = 0
-        for index in roster?.slots(of: environment) ?? Array(0..<slotCount) {
+        for index in roster.slots(of: environment) {
             guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
                   s.status != .ready, s.status != .standby, s.status != .starting else { continue }
             let o = page(index)
@@ -408,9 +408,9 @@ public struct ChildTable {
 
     /// The tickets of the last connection each of `environment`'s workers took (busy with it
     /// or done): a multiplexer's hand-off is in flight until its ticket shows here.
-    public func takenTickets(environment: Int, roster: Roster? = nil) -> Set<UInt64> {
+    public func takenTickets(environment: Int, roster: Roster) -> Set<UInt64> {
         var tickets = Set<UInt64>()
-        for index in roster?.slots(of: environment) ?? Array(0..<slotCount) {
+        for index in roster.slots(of: environment) {
             guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
                   s.status == .active || s.status == .ready else { continue }
             tickets.insert(load(page(index) + ChildTableLayout.ticketOffset, as: UInt64.self))

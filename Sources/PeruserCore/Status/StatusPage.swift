@@ -220,7 +220,10 @@ public enum StatusPage {
 
     /// Environments ordered by most children alive (then by name).
     public static func ordered(_ s: StatusSnapshot) -> [(index: Int, alive: Int, idle: Int)] {
-        let counts = s.counts().environments
+        ordered(s, counts: s.counts().environments)
+    }
+
+    static func ordered(_ s: StatusSnapshot, counts: [(alive: Int, idle: Int)]) -> [(index: Int, alive: Int, idle: Int)] {
         return s.environments.indices.map { e -> (index: Int, alive: Int, idle: Int) in
             (e, counts[e].alive, counts[e].idle)
         }.sorted { a, b in
@@ -228,7 +231,8 @@ public enum StatusPage {
         }
     }
 
-    /// ?peruser_stats: one row per environment, with totals.
+    /// ?peruser_stats: one row per environment with workers, one per availability for those
+    /// without (their counts summed), and totals.
     public static func statistics(_ s: StatusSnapshot) -> String {
         var html = "<h2>Peruser statistics</h2>\n<table border=\"0\">\n"
             + "<tr><th>Environment</th><th>User</th><th>Group</th><th>Pss</th><th>Connections</th>"
@@ -236,7 +240,8 @@ public enum StatusPage {
         let readers = s.readers()
         var alive = 0, idle = 0, maxTotal = 0, reading = 0
         var connections: UInt64 = 0, requests: UInt64 = 0, dropped: UInt64 = 0, shed: UInt64 = 0
-        for row in ordered(s) where row.alive > 0 {
+        let counts = s.counts().environments
+        for row in ordered(s, counts: counts) where row.alive > 0 {
             let env = s.environments[row.index]
             html += "<tr><td>\(escape(env.name))</td><td>\(escape(env.user))</td><td>\(escape(env.group))</td>"
                 + "<td>\(row.alive)/\(row.idle)/\(env.maxProcessors)</td><td>\(env.connections)</td>"
@@ -252,7 +257,7 @@ public enum StatusPage {
             shed = shed.saturatingAdding(env.shed)
         }
         // Environments with no worker: one row per availability, their counters summed.
-        for group in quiet(s, alive: s.counts().environments) {
+        for group in quiet(s, alive: counts) {
             var sums = (connections: UInt64(0), requests: UInt64(0), dropped: UInt64(0), shed: UInt64(0), max: 0)
             for e in group.indices {
                 let env = s.environments[e]

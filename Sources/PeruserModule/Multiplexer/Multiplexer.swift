@@ -202,6 +202,9 @@ struct Multiplexer {
 
     /// Adds `fd` to epoll; `data` comes back with its events: a tag in the high half, and the
     /// fd (a listener) or an index (a hand-back channel) in the low half.
+    /// A client connection: readable, or closed by the client; edge-triggered (read until EAGAIN).
+    static let connectionEvents = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+
     private func watch(_ fd: Int32, events: UInt32, data: UInt64) -> Bool {
         var event = epoll_event()
         event.events = events
@@ -602,11 +605,7 @@ struct Multiplexer {
         }
         advance(fd, handedBack: !consumed.isEmpty)
         guard var connection = pending[fd], case .readingHead = connection.stage else { return }
-        var event = epoll_event()
-        event.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
-        event.data.u64 = UInt64(UInt32(bitPattern: fd))
-        guard epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0 else {
-            log(PERUSER_LOG_ERR, "multiplexer: epoll_ctl(\(fd)) failed: \(errnoText())")
+        guard watch(fd, events: Self.connectionEvents, data: UInt64(UInt32(bitPattern: fd))) else {
             pending[fd] = nil
             close(fd)
             return
@@ -630,10 +629,7 @@ struct Multiplexer {
         handbacksToCheck.append(handback)
         drain(fd)
         guard pending[fd] != nil else { return }
-        var event = epoll_event()
-        event.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
-        event.data.u64 = UInt64(UInt32(bitPattern: fd))
-        guard epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0 else {
+        guard watch(fd, events: Self.connectionEvents, data: UInt64(UInt32(bitPattern: fd))) else {
             closeConnection(fd)
             return
         }

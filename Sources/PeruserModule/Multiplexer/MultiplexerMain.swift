@@ -39,7 +39,7 @@ func multiplexerMain(slot: Int, control: Int32, parentPid: pid_t) -> Never {
     }
     routePool = makePool(below: childPool, tag: "route")
     routeCache = [:]  // this generation's vhosts
-    anyServerPath = nil
+    anyServerPath = serverPathConfigured()
     setMPMState(AP_MPMQ_RUNNING)
     ap_update_child_status_from_indexes(Int32(slot), 0, SERVER_READY, nil)
     let generation = parent?.policy.generation ?? 0

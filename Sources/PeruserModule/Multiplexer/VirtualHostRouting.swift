@@ -30,9 +30,9 @@ struct RouteKey: Hashable {
 nonisolated(unsafe) var routeCache: [RouteKey: Int] = [:]
 let mostCachedRoutes = 4096
 /// Whether a vhost has a ServerPath (then the path takes part in the match); set at start.
-nonisolated(unsafe) var anyServerPath: Bool?
+nonisolated(unsafe) var anyServerPath = false
 
-private func serverPathConfigured() -> Bool {
+func serverPathConfigured() -> Bool {
     var server = ap_server_conf
     while let current = server {
         if current.pointee.path != nil { return true }
@@ -47,11 +47,10 @@ private func serverPathConfigured() -> Bool {
 func routeByVirtualHost(fd: Int32, peer: sockaddr_storage?, host: String?, target: String?) -> VirtualHostRoute {
     guard let local = socketAddress(fd, peer: false), let peer,
           [AF_INET, AF_INET6].contains(Int32(local.ss_family)) else { return .gone }
-    if anyServerPath == nil { anyServerPath = serverPathConfigured() }
     let absolute = target.map { $0.first != "/" && $0 != "*" } ?? false
     let size = Int32(local.ss_family) == AF_INET6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
     let key = RouteKey(local: withUnsafeBytes(of: local) { Array($0.prefix(size)) }, host: host,
-                       target: absolute || anyServerPath == true ? target : nil)
+                       target: absolute || anyServerPath ? target : nil)
     if let environment = routeCache[key] { return .environment(environment) }
     let route = matchVirtualHost(local: local, peer: peer, host: host, target: target)
     if case .environment(let environment) = route {

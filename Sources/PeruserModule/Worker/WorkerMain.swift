@@ -166,7 +166,7 @@ func serve(_ fd: Int32, consumed: UnsafeRawBufferPointer, id: Int, pool: OpaqueP
         // multiplexers: this worker is free for the next connection as soon as the response
         // is out (with a few workers per tenant, a worker waiting on the network is one less
         // serving). If they cannot take it, the worker waits as httpd does.
-        if ap_start_lingering_close(connection) == 0 && !passLingeringClose(fd) {
+        if ap_start_lingering_close(connection) == 0 && !passLingeringClose() {
             drainLingering(fd)
         }
         apr_socket_close(socket)
@@ -224,21 +224,32 @@ public func peruserWorkerStartedRequest(_ request: UnsafePointer<CChar>?, _ vhos
     }
 }
 
-/// Gives a served connection (response sent, write side shut) to the multiplexers to close.
-func passLingeringClose(_ fd: Int32) -> Bool {
-    guard let connection = servedConnection, let channel = handbackChannel else { return false }
+/// Gives a served connection (response sent, write side shut) to the multiplexers to close;
+/// false if the hand-back channel cannot take it now (the worker then drains it itself).
+func passLingeringClose() -> Bool {
+    giveBack(hops: 0, consumed: UnsafeRawBufferPointer(start: nil, count: 0), closing: true, attempts: 1) == 0
+}
+
+/// Sends the connection being served back to the multiplexers on the environment's hand-back
+/// channel with its ticket and client: 0, or -errno. `attempts`: sends tried while the channel
+/// is full, 10 ms apart.
+private func giveBack(hops: UInt16, consumed: UnsafeRawBufferPointer, closing: Bool, attempts: Int) -> Int32 {
+    guard let connection = servedConnection, let channel = handbackChannel else { return -EINVAL }
     let encoded: Int
     do {
-        encoded = try HandoffMessage.encode(hops: 0, ticket: connection.ticket, client: connection.client,
-                                            closing: true, consumed: UnsafeRawBufferPointer(start: nil, count: 0),
-                                            into: handbackMessage)
+        encoded = try HandoffMessage.encode(hops: hops, ticket: connection.ticket, client: connection.client,
+                                            closing: closing, consumed: consumed, into: handbackMessage)
     } catch {
-        return false
+        return -EMSGSIZE
     }
-    if case .sent = channel.send(fd: fd, payload: UnsafeRawBufferPointer(rebasing: handbackMessage[0..<encoded])) {
-        return true
+    for attempt in 0..<attempts {
+        switch channel.send(fd: connection.fd, payload: UnsafeRawBufferPointer(rebasing: handbackMessage[0..<encoded])) {
+        case .sent: return 0
+        case .failed(let failure): return -failure.code
+        case .full: if attempt + 1 < attempts { poll(nil, 0, 10) }
+        }
     }
-    return false
+    return -EAGAIN
 }
 
 /// The rest of httpd's ap_lingering_close: read and drop until the client closes, nothing comes
@@ -256,24 +267,10 @@ func drainLingering(_ fd: Int32) {
 
 @_cdecl("peruser_worker_hand_back")
 public func peruserWorkerHandBack(_ consumed: UnsafePointer<UInt8>?, _ length: Int, _ requestsServed: Int32) -> Int32 {
-    guard let connection = servedConnection, let channel = handbackChannel else { return -EINVAL }
+    guard let connection = servedConnection else { return -EINVAL }
     let hops = requestsServed > 0 ? 1 : (connection.hops == .max ? .max : connection.hops + 1)
-    let encoded: Int
-    do {
-        encoded = try HandoffMessage.encode(hops: hops, ticket: connection.ticket, client: connection.client,
-                                            consumed: UnsafeRawBufferPointer(start: length > 0 ? consumed : nil,
-                                                                             count: consumed == nil ? 0 : length),
-                                            into: handbackMessage)
-    } catch {
-        return -EMSGSIZE
-    }
     // The multiplexers drain this channel in their event loops; a full one is brief.
-    for _ in 0..<100 {
-        switch channel.send(fd: connection.fd, payload: UnsafeRawBufferPointer(rebasing: handbackMessage[0..<encoded])) {
-        case .sent: return 0
-        case .failed(let failure): return -failure.code
-        case .full: poll(nil, 0, 10)
-        }
-    }
-    return -EAGAIN
+    return giveBack(hops: hops, consumed: UnsafeRawBufferPointer(start: length > 0 ? consumed : nil,
+                                                                 count: consumed == nil ? 0 : length),
+                    closing: false, attempts: 100)
 }
