@@ -194,6 +194,10 @@ func maintain(now: Int64) {
     for child in children where child.generation == state.policy.generation {
         if case .worker(let environment) = child.role { staffed.insert(environment) }
     }
+    // Connections a multiplexer holds count as demand only at MaxClients, where they are what
+    // tells the planner to make room; below it, the channel's queue says it (with patience),
+    // and the multiplexers' count (last writer wins, held for a share too) over-asked.
+    let full = children.filter { $0.generation == state.policy.generation }.count >= state.policy.limits.maxClients
     var load: [EnvironmentLoad] = []
     state.patience.keep(configuration.environments.count)  // after a graceful restart with fewer
     for environment in 0..<configuration.environments.count {
@@ -202,7 +206,7 @@ func maintain(now: Int64) {
                                         queued: EnvironmentCounters.queued(handedOff: flow.handedOff, received: flow.received),
                                         demanded: state.demanded.contains(environment), handedOff: flow.handedOff,
                                         received: flow.received, hasWorkers: staffed.contains(environment), now: now,
-                                        waitingInMultiplexers: sharedTable?.waitingInMultiplexers(environment) ?? 0))
+                                        waitingInMultiplexers: full ? sharedTable?.waitingInMultiplexers(environment) ?? 0 : 0))
     }
     state.demanded.removeAll()
     let plan = state.policy.plan(children: children, load: load, backoffUntil: state.backoff.until, now: now)
