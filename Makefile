@@ -38,8 +38,11 @@ $(MODULE): $(SWIFT_BUILD) $(C_SOURCES) apxs/peruser.map apxs/check-symbols.sh ap
 	    -lswiftSynchronization -lstdc++ -lm -ldl -lpthread \
 	    -Wl,--version-script=$(CURDIR)/apxs/peruser.map -Wl,--gc-sections -Wl,-z,relro -Wl,-z,now $(LINK_STRIP) \
 	    >build.log 2>&1 || { cat build.log; exit 1; }
-	cp build/obj/.libs/mod_mpm_peruser.so $(MODULE)
-	sh apxs/check-symbols.sh $(MODULE)
+	# Renamed into place: an Apache running the old build keeps its mapping (cp over it
+	# changes the code under a running server, which then crashes).
+	cp build/obj/.libs/mod_mpm_peruser.so $(MODULE).new
+	sh apxs/check-symbols.sh $(MODULE).new
+	mv -f $(MODULE).new $(MODULE)
 
 deps:
 	sh scripts/install-deps.sh

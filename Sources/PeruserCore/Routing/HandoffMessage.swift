@@ -26,8 +26,8 @@ public struct HandoffMessage: Equatable {
     /// instead of looking for a next head that most likely is not its own. From a worker: 0.
     public var crossing: Bool
     /// From a worker: the response is sent and the write side shut down; the multiplexer does
-    /// the lingering close (reads what the client still sends until it closes, at most
-    /// `lingerMilliseconds`), so the worker is free at once. From a multiplexer: 0.
+    /// the lingering close (LingeringClose: a worker passes it when its environment needs it),
+    /// so the worker is free at once. From a multiplexer: 0.
     public var closing: Bool
 
     public init(hops: UInt16, consumed: [UInt8], ticket: UInt64 = 0, client: ClientAddress = .none,
@@ -42,8 +42,6 @@ public struct HandoffMessage: Equatable {
 
     static let crossingFlag: UInt8 = 1
     static let closingFlag: UInt8 = 2
-    /// httpd's own bound on a lingering close (MAX_SECS_TO_LINGER).
-    public static let lingerMilliseconds: Int64 = 2000
 
     public static let magic: [UInt8] = Array("PRU3".utf8)
     public static let headerSize = 36

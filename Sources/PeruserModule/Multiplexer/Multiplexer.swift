@@ -620,9 +620,9 @@ struct Multiplexer {
     /// httpd's lingering close does it: the worker is free for the next connection at once.
     private mutating func linger(_ fd: Int32, handback: Int, cookie: UInt64) {
         let now = monotonicMilliseconds()
-        var connection = PendingConnection(consumed: [], hops: 0, deadline: now + HandoffMessage.lingerMilliseconds,
+        var connection = PendingConnection(consumed: [], hops: 0, deadline: now + LingeringClose.idleMilliseconds,
                                            handback: handback, cookie: cookie)
-        connection.stage = .lingering(until: now + Self.longestLinger)
+        connection.stage = .lingering(until: now + LingeringClose.mostMilliseconds)
         pending[fd] = connection
         heldCookies.insert(cookie)
         handbacks[handback].holding += 1
@@ -636,9 +636,6 @@ struct Multiplexer {
         pending[fd]?.watched = true
     }
 
-    /// httpd's MAX_SECS_TO_LINGER: a client that keeps sending is cut off after this.
-    static let longestLinger: Int64 = 30_000
-
     /// Reads and drops what a lingering connection's client sent; closes it at its end.
     private mutating func drain(_ fd: Int32) {
         guard let connection = pending[fd], case .lingering(let until) = connection.stage,
@@ -646,7 +643,7 @@ struct Multiplexer {
         for _ in 0..<16 {
             let n = recv(fd, base, head.count, Int32(MSG_DONTWAIT))
             if n > 0 {
-                pending[fd]?.deadline = min(monotonicMilliseconds() + HandoffMessage.lingerMilliseconds, until)
+                pending[fd]?.deadline = min(monotonicMilliseconds() + LingeringClose.idleMilliseconds, until)
                 continue
             }
             if n < 0 && errno == EINTR { continue }

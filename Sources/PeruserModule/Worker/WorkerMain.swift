@@ -21,6 +21,8 @@ nonisolated(unsafe) var servedConnection: ServedConnection?
 /// This worker's environment, and its hand-back channel's sending end.
 nonisolated(unsafe) var workerEnvironment = -1
 nonisolated(unsafe) var handbackChannel: Channel?
+/// The receiving end of the environment's channel: a lingering close watches it.
+nonisolated(unsafe) var handoffReceiveFD: Int32 = -1
 /// Where a hand-back message is encoded: allocated once, as kept-alive connections now come
 /// back after every response whose next head is late.
 nonisolated(unsafe) let handbackMessage = UnsafeMutableRawBufferPointer.allocate(byteCount: HandoffMessage.largestMessage,
@@ -49,6 +51,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
     }
     guard channels.indices.contains(environment) else { exitChild(exitChildSick) }
     let handoff = Channel(fd: channels[environment].handoffReceive.raw)
+    handoffReceiveFD = handoff.fd
     handbackChannel = Channel(fd: channels[environment].handbackSend.raw)
     do throws(Errno) {
         try confineTableView(slot: slot, environment: environment)
@@ -162,12 +165,11 @@ func serve(_ fd: Int32, consumed: UnsafeRawBufferPointer, id: Int, pool: OpaqueP
                                                  UnsafeMutableRawPointer(scoreboard), buckets) {
         ap_process_connection(connection, UnsafeMutableRawPointer(socket))
         guard peruser_shim_connection_handed_back() == 0 else { return }
-        // httpd's lingering close, with the waiting for the client's end done by the
-        // multiplexers: this worker is free for the next connection as soon as the response
-        // is out (with a few workers per tenant, a worker waiting on the network is one less
-        // serving). If they cannot take it, the worker waits as httpd does.
-        if ap_start_lingering_close(connection) == 0 && !passLingeringClose() {
-            drainLingering(fd)
+        // httpd's lingering close: waited for here while the environment needs no more
+        // workers, by the multiplexers as soon as it does (see LingeringClose).
+        if ap_start_lingering_close(connection) == 0 {
+            ap_update_child_status(scoreboard, SERVER_CLOSING, nil)
+            linger(fd)
         }
         apr_socket_close(socket)
     }
@@ -225,7 +227,7 @@ public func peruserWorkerStartedRequest(_ request: UnsafePointer<CChar>?, _ vhos
 }
 
 /// Gives a served connection (response sent, write side shut) to the multiplexers to close;
-/// false if the hand-back channel cannot take it now (the worker then drains it itself).
+/// false if the hand-back channel cannot take it now.
 func passLingeringClose() -> Bool {
     giveBack(hops: 0, consumed: UnsafeRawBufferPointer(start: nil, count: 0), closing: true, attempts: 1) == 0
 }
@@ -253,15 +255,33 @@ private func giveBack(hops: UInt16, consumed: UnsafeRawBufferPointer, closing: B
 }
 
 /// The rest of httpd's ap_lingering_close: read and drop until the client closes, nothing comes
-/// for 2 s, or 30 s have passed.
-func drainLingering(_ fd: Int32) {
-    let started = monotonicMilliseconds()
+/// for 2 s, or 30 s have passed; handed to the multiplexers once a connection waits for this
+/// environment (in its channel, or held by them).
+func linger(_ fd: Int32) {
+    var state = LingeringClose(now: monotonicMilliseconds())
     var buffer = [UInt8](repeating: 0, count: 512)
-    while monotonicMilliseconds() - started < HandoffMessage.lingerMilliseconds * 15 {
-        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        guard poll(&entry, 1, Int32(HandoffMessage.lingerMilliseconds)) > 0 else { return }
-        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-        if n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN) { return }
+    var channelReadable = false
+    while true {
+        let now = monotonicMilliseconds()
+        let table = sharedTable
+        switch state.next(now: now, queued: table?.queued(workerEnvironment) ?? 0,
+                          waitingInMultiplexers: table?.waitingInMultiplexers(workerEnvironment) ?? 0,
+                          channelReadable: channelReadable) {
+        case .finish:
+            return
+        case .pass:
+            if passLingeringClose() { return }
+            state.passFailed()
+        case .wait(let milliseconds):
+            var entries = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
+                           pollfd(fd: state.passRefused ? -1 : handoffReceiveFD, events: Int16(POLLIN), revents: 0)]
+            guard poll(&entries, 2, milliseconds) >= 0 || errno == EINTR else { return }
+            channelReadable = entries[1].revents & Int16(POLLIN) != 0
+            guard entries[0].revents != 0 else { continue }
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN) { return }
+            state.read(now: monotonicMilliseconds())
+        }
     }
 }
 
