@@ -89,6 +89,10 @@ final class ChildTableTests: XCTestCase {
             XCTAssertEqual(s?.environment, 1)
             XCTAssertEqual(s?.request, "GET /x HTTP/1.1")
             XCTAssertEqual(s?.vhost, "a.test")
+            XCTAssertEqual(table.status(of: 1)?.status, .active)
+            XCTAssertEqual(table.status(of: 1)?.since, 9)
+            XCTAssertEqual(table.status(of: 0)?.status, .standby)
+            XCTAssertNil(table.status(of: 4))
             XCTAssertNil(table.slot(4))
             XCTAssertNil(table.slot(-1))
         }
@@ -115,6 +119,9 @@ final class ChildTableTests: XCTestCase {
                     guard let s = table.slot(i) else { return XCTFail("slot \(i)") }
                     XCTAssertTrue(s.request.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7f })
                     XCTAssertTrue(s.vhost.utf8.count < ChildTableLayout.vhostCapacity)
+                    // The parent's short read says what the full one says.
+                    XCTAssertEqual(table.status(of: i)?.status, s.status)
+                    XCTAssertEqual(table.status(of: i)?.since, s.statusSince)
                 }
                 for e in 0..<3 {
                     guard let c = table.environment(e) else { return XCTFail("env \(e)") }

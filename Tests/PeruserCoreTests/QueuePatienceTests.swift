@@ -47,4 +47,18 @@ final class QueuePatienceTests: XCTestCase {
                               hasWorkers: true, now: .min), EnvironmentLoad())
         _ = p.load(environment: 3, queued: 1, demanded: false, handedOff: 0, received: .max, hasWorkers: true, now: .max)
     }
+
+    /// The parent looks at the queues alone every 10 ms and runs a full pass only when one asks;
+    /// that pass asks again at the same instant and must hear the same.
+    func testAskedTwiceAtOneInstantItAnswersTheSame() {
+        var p = QueuePatience(patience: 10)
+        for (now, handedOff, received) in [(0, 3, 1), (4, 3, 1), (10, 5, 2), (12, 5, 5), (13, 6, 5), (30, 7, 5)] as [(Int64, UInt64, UInt64)] {
+            let queued = Int(handedOff - received)
+            let first = p.load(environment: 0, queued: queued, demanded: false, handedOff: handedOff, received: received,
+                               hasWorkers: true, now: now)
+            let second = p.load(environment: 0, queued: queued, demanded: false, handedOff: handedOff, received: received,
+                                hasWorkers: true, now: now)
+            XCTAssertEqual(first, second, "at \(now)")
+        }
+    }
 }

@@ -260,6 +260,16 @@ public struct ChildTable {
             awaitingClient: load(o + ChildTableLayout.awaitingOffset, as: Int64.self) != 0)
     }
 
+    /// A slot's status and when it began, without the text fields: what the parent's planner
+    /// reads of every child, up to every 10 ms. Same reading as `slot`.
+    public func status(of index: Int) -> (status: ChildStatus, since: Int64)? {
+        guard index >= 0 && index < slotCount else { return nil }
+        guard inUse(index) else { return (.standby, 0) }
+        let o = page(index)
+        return (ChildStatus(rawValue: load(o + ChildTableLayout.statusOffset, as: UInt8.self)) ?? .active,
+                max(0, load(o + ChildTableLayout.statusSinceOffset, as: Int64.self)))
+    }
+
     /// Whether the parent has a child in this slot (its identity says so): readers skip free
     /// slots without touching their pages, which then cost no memory.
     public func inUse(_ index: Int) -> Bool {

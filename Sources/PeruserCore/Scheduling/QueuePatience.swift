@@ -21,6 +21,9 @@ public struct QueuePatience {
     /// A queue is being watched: look again within `patience`.
     public var watching: Bool { !firstSeen.isEmpty }
 
+    /// The environments whose queues are being watched.
+    public var watched: Set<Int> { Set(firstSeen.keys) }
+
     /// The load the planner should see for `environment` now. `waitingInMultiplexers`:
     /// connections a multiplexer holds because the environment could not take them (no worker
     /// free and none to add: at MaxProcessors or MaxClients); they wait already, no patience.

@@ -28,6 +28,9 @@ struct ParentState {
     var failingStarts = Set<Int>()
     /// When each environment's channels were last renewed.
     var lastRenewal: [Int: Int64] = [:]
+    /// What the last planner pass saw: environments with workers, and MaxClients reached.
+    var staffed = Set<Int>()
+    var atMaxClients = false
 }
 
 nonisolated(unsafe) var parent: ParentState?
@@ -54,9 +57,9 @@ extension ParentState {
             let role: ChildRole = r.environment < 0 ? .multiplexer : .worker(environment: Int(r.environment))
             var status = ChildStatus.starting
             var since = r.startedAt
-            if r.generation == policy.generation, let shared = sharedTable?.slot(slot) {
+            if r.generation == policy.generation, let shared = sharedTable?.status(of: slot) {
                 status = shared.status
-                since = shared.statusSince
+                since = shared.since
             }
             out.append(ChildState(slot: slot, pid: r.pid, role: role, type: ChildType(rawValue: r.type) ?? .unknown,
                                   generation: r.generation, startedAt: r.startedAt,

@@ -75,12 +75,17 @@ func beginSupervision(records: UnsafeMutablePointer<ChildRecord>, slots: Int, ge
 
 /// Supervises until a restart or a stop is asked for.
 func superviseUntilAsked() {
-    var lastMonitor: Int64 = 0
+    var lastMonitor: Int64 = 0, lastFullLook: Int64 = .min
     while !restartOrStopPending() {
-        reapChildren(quietly: false)
+        let reaped = reapChildren(quietly: false)
         readDemands()
         let now = monotonicMilliseconds()
-        maintain(now: now)
+        // Between full looks (200 ms), only the watched queues: the children's status lives on a
+        // page per child, and reading hundreds of pages every 10 ms cost more than the queues.
+        // A multiplexer's demand is one more queue to look at (for an environment with no
+        // worker, it asks at once).
+        let everything = reaped || elapsedMilliseconds(since: lastFullLook, now: now) >= Int64(maintenanceIntervalMilliseconds)
+        if maintain(now: now, everything: everything) { lastFullLook = now }
         if now - lastMonitor >= 1000 {
             lastMonitor = now
             ap_run_monitor(configurationPool, ap_server_conf)
@@ -182,8 +187,25 @@ func demanded(_ word: UInt32) {
     parent = state
 }
 
-func maintain(now: Int64) {
-    guard var state = parent else { return }
+/// The planner's pass: retirements, starts, makeRoom. With `everything` false, the queues are
+/// looked at first, and the pass runs only if one of them asks for a worker. True if it ran.
+@discardableResult
+func maintain(now: Int64, everything: Bool = true) -> Bool {
+    guard var state = parent else { return false }
+    state.patience.keep(configuration.environments.count)  // after a graceful restart with fewer
+    if !everything {
+        // The watched queues and the demanded environments, against the environments staffed
+        // at the last pass (one staffed since then only asks for a pass that starts nothing).
+        // A queue that formed with no demand waits for the next full pass, at most 200 ms.
+        let asks = environmentLoads(&state, of: state.patience.watched.union(state.demanded), staffed: state.staffed,
+                                    atMaxClients: state.atMaxClients, now: now)
+            .contains { $0 != EnvironmentLoad() }
+        guard asks else {
+            state.demanded.removeAll()
+            parent = state
+            return false
+        }
+    }
     state.finish(everyone: false, now: now)
     // Children first, queues second: a worker that takes a connection in between then shows
     // as idle-with-work-queued or busy-with-nothing-queued, never busy-with-work-queued
@@ -194,29 +216,44 @@ func maintain(now: Int64) {
     for child in children where child.generation == state.policy.generation {
         if case .worker(let environment) = child.role { staffed.insert(environment) }
     }
-    // Connections a multiplexer holds count as demand only at MaxClients, where they are what
-    // tells the planner to make room; below it, the channel's queue says it (with patience),
-    // and the multiplexers' count (last writer wins, held for a share too) over-asked.
     let full = children.filter { $0.generation == state.policy.generation }.count >= state.policy.limits.maxClients
-    var load: [EnvironmentLoad] = []
-    state.patience.keep(configuration.environments.count)  // after a graceful restart with fewer
-    for environment in 0..<configuration.environments.count {
-        let flow = sharedTable?.flow(environment) ?? (handedOff: 0, received: 0)
-        load.append(state.patience.load(environment: environment,
-                                        queued: EnvironmentCounters.queued(handedOff: flow.handedOff, received: flow.received),
-                                        demanded: state.demanded.contains(environment), handedOff: flow.handedOff,
-                                        received: flow.received, hasWorkers: staffed.contains(environment), now: now,
-                                        waitingInMultiplexers: full ? sharedTable?.waitingInMultiplexers(environment) ?? 0 : 0))
-    }
+    let load = environmentLoads(&state, of: nil, staffed: staffed, atMaxClients: full, now: now)
+    state.staffed = staffed
+    state.atMaxClients = full
     state.demanded.removeAll()
     let plan = state.policy.plan(children: children, load: load, backoffUntil: state.backoff.until, now: now)
     state.apply(plan, now: now)
     parent = state
+    return true
 }
 
-/// Reaps every child that exited; `quietly` while the server stops every child.
-func reapChildren(quietly: Bool) {
+/// Each environment's load as the planner should see it (QueuePatience), or only those of
+/// `only` (the others empty). Asked twice at one instant (a queue look, then a pass) it
+/// answers the same.
+func environmentLoads(_ state: inout ParentState, of only: Set<Int>?, staffed: Set<Int>, atMaxClients: Bool,
+                      now: Int64) -> [EnvironmentLoad] {
+    var load = [EnvironmentLoad](repeating: EnvironmentLoad(), count: configuration.environments.count)
+    for environment in 0..<configuration.environments.count where only?.contains(environment) ?? true {
+        let flow = sharedTable?.flow(environment) ?? (handedOff: 0, received: 0)
+        // Connections a multiplexer holds count as demand only at MaxClients, where they are
+        // what tells the planner to make room; below it, the channel's queue says it (with
+        // patience), and the multiplexers' count (last writer wins, held for a share too)
+        // over-asked.
+        load[environment] = state.patience.load(
+            environment: environment, queued: EnvironmentCounters.queued(handedOff: flow.handedOff, received: flow.received),
+            demanded: state.demanded.contains(environment), handedOff: flow.handedOff, received: flow.received,
+            hasWorkers: staffed.contains(environment), now: now,
+            waitingInMultiplexers: atMaxClients ? sharedTable?.waitingInMultiplexers(environment) ?? 0 : 0)
+    }
+    return load
+}
+
+/// Reaps every child that exited; `quietly` while the server stops every child. True if any did.
+@discardableResult
+func reapChildren(quietly: Bool) -> Bool {
+    var reaped = false
     while let (pid, status) = reapOne() {
+        reaped = true
         guard var state = parent, let found = (0..<state.capacity).first(where: { state.records[$0].pid == pid }) else {
             var process = apr_proc_t()
             process.pid = pid
@@ -254,4 +291,5 @@ func reapChildren(quietly: Bool) {
             log(PERUSER_LOG_WARNING, "peruser: \(described) exited with status \(status.exitCode)")
         }
     }
+    return reaped
 }
