@@ -289,6 +289,78 @@ static void pre_read_request(request_rec *r, conn_rec *c)
     }
 }
 
+/* mod_http2 runs a connection's streams on its own threads at once; with a module that is not
+ * thread-safe loaded, each stream's request waits for the worker's turn before anything of it
+ * runs (Worker/RequestTurns.swift). It gives the turn back on its own thread when its EOR bucket
+ * passes (handler and filters done; PHP has cleaned up by then): the request's pool goes later,
+ * on the connection's thread, whenever mod_http2 purges the stream, which waited up to Timeout
+ * while every one of mod_http2's threads waited for a turn. The pool's cleanup gives it back if
+ * no EOR came. Subrequests and internal redirects (main or prev set before this hook runs) live
+ * inside their main request's turn. */
+typedef struct {
+    int held;
+} request_turn;
+
+static ap_filter_rec_t *request_turn_filter_handle;
+
+static void give_turn(request_turn *turn)
+{
+    if (turn->held) {
+        turn->held = 0;
+        peruser_request_turn_ends();
+    }
+}
+
+static apr_status_t request_turn_cleanup(void *turn)
+{
+    give_turn(turn);
+    return APR_SUCCESS;
+}
+
+static apr_status_t request_turn_filter(ap_filter_t *f, apr_bucket_brigade *bb)
+{
+    apr_bucket *b;
+    for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
+        if (AP_BUCKET_IS_EOR(b)) {
+            give_turn(f->ctx);
+            ap_remove_output_filter(f);
+            break;
+        }
+    }
+    return ap_pass_brigade(f->next, bb);
+}
+
+static int create_request(request_rec *r)
+{
+    request_turn *turn;
+    if (!is_worker || !r->connection->master || r->main || r->prev) {
+        return OK;
+    }
+    switch (peruser_request_turn_begins(apr_time_as_msec(r->server->timeout))) {
+    case 1:
+        turn = apr_pcalloc(r->pool, sizeof *turn);
+        turn->held = 1;
+        apr_pool_cleanup_register(r->pool, turn, request_turn_cleanup, apr_pool_cleanup_null);
+        ap_add_output_filter_handle(request_turn_filter_handle, turn, NULL, r->connection);
+        break;
+    case -1:
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "peruser: an HTTP/2 stream waited Timeout for its turn "
+                      "in this worker (requests run one at a time beside a module that is not thread-safe); "
+                      "answered 503");
+        apr_table_setn(r->notes, "peruser-no-turn", "1");
+        break;
+    }
+    return OK;
+}
+
+static int without_turn(const request_rec *r)
+{
+    const request_rec *main = r;
+    while (main->main) main = main->main;
+    while (main->prev) main = main->prev;
+    return is_worker && apr_table_get(main->notes, "peruser-no-turn") != NULL;
+}
+
 static int request_is_ours(const request_rec *r)
 {
     return peruser_shim_server_environment(r->server) == my_environment;
@@ -311,6 +383,9 @@ static int post_read_request(request_rec *r)
     /* HTTP/2 streams (c->master set), subrequests and internal redirects cannot move to another
      * process: another environment's vhost gets 421. */
     if (r->connection->master || r->main || r->prev || !current.record) {
+        if (without_turn(r)) {
+            return HTTP_SERVICE_UNAVAILABLE;
+        }
         return request_is_ours(r) ? DECLINED : misdirected(r, r->connection->master ? "HTTP/2 stream" : "request");
     }
     current.record->recording = 0;
@@ -340,16 +415,25 @@ static int post_read_request(request_rec *r)
  * content, every handler (CGI, PHP, files). Only what passes these runs in this worker. */
 static int gate_quick_handler(request_rec *r, int lookup)
 {
+    if (without_turn(r)) {
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
     return (!is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "internal request");
 }
 
 static int gate_translate(request_rec *r)
 {
+    if (without_turn(r)) {
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
     return (!is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "request");
 }
 
 static int gate_handler(request_rec *r)
 {
+    if (without_turn(r)) {
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
     return (!is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "handler");
 }
 
@@ -362,6 +446,7 @@ static int log_transaction(request_rec *r)
 void peruser_register_connection_hooks(void)
 {
     ap_hook_pre_connection(pre_connection, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_create_request(create_request, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_pre_read_request(pre_read_request, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_post_read_request(post_read_request, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_quick_handler(gate_quick_handler, NULL, NULL, APR_HOOK_REALLY_FIRST);
@@ -370,4 +455,6 @@ void peruser_register_connection_hooks(void)
     ap_hook_log_transaction(log_transaction, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_insert_network_bucket(insert_network_bucket, NULL, NULL, APR_HOOK_MIDDLE);
     record_filter_handle = ap_register_input_filter("PERUSER_RECORD", record_filter, NULL, AP_FTYPE_CONNECTION);
+    request_turn_filter_handle = ap_register_output_filter("PERUSER_REQUEST_TURN", request_turn_filter, NULL,
+                                                           AP_FTYPE_CONNECTION);
 }

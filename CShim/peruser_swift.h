@@ -29,8 +29,9 @@ int32_t peruser_pre_config(struct apr_pool_t *pool, const char *const *stored_na
  * when Apache must not start. */
 int32_t peruser_configure(peruser_directive *directives, int32_t count, peruser_settings *settings);
 
-/* post_config: with a module that is not thread-safe and mod_http2 loaded, h2 and h2c leave
- * every server's Protocols (apr_pool_t `pool`, the main server_rec `main`). */
+/* post_config: notes whether a module that is not thread-safe is loaded beside mod_http2, so
+ * that workers run the requests of HTTP/2 streams one at a time (apr_pool_t `pool`, the main
+ * server_rec `main`). */
 void peruser_post_config(struct apr_pool_t *pool, void *main);
 
 /* ---- Hooks (Parent/RunHook.swift, Apache/Query.swift, Status/Status.swift) ---- */
@@ -46,7 +47,13 @@ int peruser_mpm_query(int code, int *result, int *status);
  * (?auto) or, with `statistics`, the environments (?peruser_stats). */
 void peruser_status(void *request, int32_t short_report, int32_t statistics);
 
-/* ---- Worker (Worker/WorkerMain.swift) ---- */
+/* ---- Worker (Worker/WorkerMain.swift, Worker/RequestTurns.swift) ---- */
+
+/* The request of an HTTP/2 stream is being created: waits at most `timeout_ms` for the worker's
+ * turn. 1: taken (give it back with peruser_request_turn_ends when the request's pool goes);
+ * 0: no turn needed (no module that is not thread-safe is loaded); -1: none came in time. */
+int32_t peruser_request_turn_begins(int64_t timeout_ms);
+void peruser_request_turn_ends(void);
 
 /* A worker started serving a request of its own environment (request line and vhost name are
  * kept for ExpireTimeout's log line and the status page). */

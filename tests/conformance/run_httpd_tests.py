@@ -95,8 +95,8 @@ ASROOT_MODULE = "PeruserSuiteAsRoot"
 #         extra.conf's <IfModule sapi_apache2.c> PHP setup is off), and t/modules/info.t then
 #         fails under both MPMs (it expects mod_php8.2.c, the name Apache::Test derives from the
 #         file name).
-# Neither is thread-safe: while one is loaded, peruser switches HTTP/2 off (README, HTTP/2) and
-# prefork keeps it, so without them both MPMs run the suite's h2c test with HTTP/2 on.
+# Neither is thread-safe: while one is loaded, peruser runs HTTP/2 streams one at a time per
+# worker (README, HTTP/2); without them both MPMs run the suite's h2c test as mod_http2 likes.
 MODULES_DIR = "/usr/lib/apache2/modules"
 MODULES = """
 access_compat actions alias allowmethods asis auth_basic auth_digest auth_form authn_anon

@@ -4,8 +4,9 @@ import CPeruserShim
 import Glibc
 import PeruserCore
 
-/// The loaded module that is not thread-safe, for which HTTP/2 was switched off (post_config).
-nonisolated(unsafe) var http2SwitchedOffFor: String?
+/// The loaded module that is not thread-safe, for which each worker runs requests on HTTP/2
+/// streams one at a time (post_config; Worker/RequestTurns.swift).
+nonisolated(unsafe) var requestsSerializedFor: String?
 
 @_cdecl("peruser_refuse_other_mpms")
 public func peruserRefuseOtherMPMs() {
@@ -163,31 +164,13 @@ private func threadUnsafeModule() -> String? {
 }
 
 /// mod_http2 runs the streams of one connection at once on threads of its own inside the
-/// worker, and treats every MPM but prefork as able to. With a module that is not thread-safe
-/// that corrupts memory (any client can do it), so h2 and h2c are taken out of every server's
-/// Protocols: ALPN, Upgrade and prior knowledge then all stay HTTP/1.1.
+/// worker (up to H2MaxWorkers, at least 4 when unset, since this MPM answers 1 to
+/// AP_MPMQ_MAX_THREADS), and treats every MPM but prefork as able to. With a module that is not
+/// thread-safe that corrupts memory (any client can do it), so each worker then gives the
+/// requests of HTTP/2 streams one turn at a time (RequestTurns).
 @_cdecl("peruser_post_config")
 public func peruserPostConfig(_ pool: OpaquePointer?, _ main: UnsafeMutableRawPointer?) {
-    http2SwitchedOffFor = nil
-    guard let pool, let unsafe = threadUnsafeModule(), ap_find_linked_module("mod_http2.c") != nil else { return }
-    var server = main?.assumingMemoryBound(to: server_rec.self)
-    while let current = server {
-        server = current.pointee.next
-        guard let core = ap_get_core_module_config(current.pointee.module_config)?
-                .assumingMemoryBound(to: core_server_config.self),
-              let protocols = core.pointee.protocols, let names = protocols.pointee.elts else { continue }
-        let slot = MemoryLayout<UnsafePointer<CChar>?>.stride
-        let kept = apr_array_make(pool, protocols.pointee.nelts + 1, Int32(slot))
-        for index in 0..<Int(max(0, protocols.pointee.nelts)) {
-            let name = UnsafeRawPointer(names).load(fromByteOffset: index * slot, as: UnsafePointer<CChar>?.self)
-            if let name, strcasecmp(name, "h2") != 0 && strcasecmp(name, "h2c") != 0 {
-                apr_array_push(kept)?.storeBytes(of: name, as: UnsafePointer<CChar>?.self)
-            }
-        }
-        if protocols.pointee.nelts > 0 && kept?.pointee.nelts == 0 {
-            apr_array_push(kept)?.storeBytes(of: UnsafePointer(apr_pstrdup(pool, "http/1.1")), as: UnsafePointer<CChar>?.self)
-        }
-        core.pointee.protocols = kept
-    }
-    http2SwitchedOffFor = unsafe
+    requestsSerializedFor = nil
+    guard let unsafe = threadUnsafeModule(), ap_find_linked_module("mod_http2.c") != nil else { return }
+    requestsSerializedFor = unsafe
 }

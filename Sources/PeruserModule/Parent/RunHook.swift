@@ -38,11 +38,10 @@ public func peruserRun(_ pconf: OpaquePointer?, _ plog: OpaquePointer?, _ server
         return 1
     }
     log(PERUSER_LOG_NOTICE, "\(String(cString: ap_get_server_description())) configured -- resuming normal operations")
-    if let module = http2SwitchedOffFor, !wasGraceful {
-        log(PERUSER_LOG_NOTICE, "peruser: HTTP/2 (h2 and h2c) is switched off in every virtual host: \(module) is "
-            + "loaded and is not thread-safe, and mod_http2 would run several requests of one connection at once on "
-            + "its own threads inside a worker. Clients get HTTP/1.1. Servers without such a module keep HTTP/2; "
-            + "serialized HTTP/2 for them is planned (README, HTTP/2)")
+    if let module = requestsSerializedFor, !wasGraceful {
+        log(PERUSER_LOG_NOTICE, "peruser: \(module) is loaded and is not thread-safe: each worker runs the requests of "
+            + "HTTP/2 streams one at a time (mod_http2 would run a connection's streams at once on its own threads). "
+            + "HTTP/2 stays on; a connection's streams wait for each other as HTTP/1.1 requests on one connection do")
     }
     log(PERUSER_LOG_INFO, "Server built: \(String(cString: ap_get_server_built()))")
     ap_log_command_line(plog, server)

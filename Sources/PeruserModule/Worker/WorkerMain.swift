@@ -75,6 +75,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
         log(PERUSER_LOG_DEBUG, "peruser: SCHED_BATCH refused: \(Errno.current)")
     }
     peruser_shim_worker_serves(Int32(environment))
+    prepareRequestTurns()
     ap_run_child_init(childPool, ap_server_conf)
     var scoreboardHandle: OpaquePointer?
     ap_create_sb_handle(&scoreboardHandle, childPool, Int32(slot), 0)
