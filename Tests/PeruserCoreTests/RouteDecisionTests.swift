@@ -140,6 +140,13 @@ final class HeadTimeoutAnswerTests: XCTestCase {
                        "never answered in plain text")
     }
 
+    func testAnH2cPrefaceWithNoRequestGoesToTheDefaultVhost() {
+        // "PRI * HTTP/2.0" is a whole line, but a client that waits for the server's SETTINGS
+        // is not answered 408 in HTTP/1.1: the first vhost's mod_http2 speaks to it.
+        XCTAssertEqual(HeadTimeoutAnswer.decide(tls: false, http2Preface: true, requestLineDone: true,
+                                                consumed: H2Preface.preface), .routeToDefault)
+    }
+
     func testAWholeRequestLineGets408() {
         XCTAssertEqual(HeadTimeoutAnswer.decide(tls: false, requestLineDone: true, consumed: []), .requestTimeout)
         XCTAssertEqual(HeadTimeoutAnswer.decide(tls: false, requestLineDone: false,

@@ -50,6 +50,28 @@ final class TrickleScanTests: XCTestCase {
         XCTAssertLessThan(trickle(records).count, 64 + 20)
     }
 
+    private func h2Frame(_ type: UInt8, flags: UInt8, _ payload: [UInt8]) -> [UInt8] {
+        [0, UInt8(payload.count >> 8), UInt8(payload.count & 0xFF), type, flags, 0, 0, 0, 1] + payload
+    }
+
+    func testAnH2cRequestIsScannedWhenItsHeaderBlockEnds() {
+        let settings = h2Frame(0x4, flags: 0, [UInt8](repeating: 0, count: 12))
+        let headers = h2Frame(0x1, flags: 0x5, [UInt8](repeating: 0x82, count: 200))
+        let bytes = H2Preface.preface + settings + headers
+        // Sent as two writes (preface and SETTINGS, then HEADERS): the second is scanned.
+        XCTAssertEqual(trickle(bytes, step: H2Preface.preface.count + settings.count).last, bytes.count)
+        // One byte at a time: the end of the block is scanned, and not every byte.
+        let due = trickle(bytes)
+        XCTAssertEqual(due.last, bytes.count)
+        XCTAssertLessThan(due.count, 64 + 12)
+    }
+
+    func testManySmallContinuationsDoNotForceAScanEach() {
+        var bytes = H2Preface.preface + h2Frame(0x4, flags: 0, []) + h2Frame(0x1, flags: 0, [0x82])
+        for _ in 0..<3000 { bytes += h2Frame(0x9, flags: 0, [0x82]) }
+        XCTAssertLessThan(trickle(bytes).count, 64 + 20)
+    }
+
     func testNothingNewIsNotDue() {
         var scan = TrickleScan()
         let bytes: [UInt8] = Array("GET".utf8)

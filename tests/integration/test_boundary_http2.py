@@ -2,7 +2,7 @@
 421 Misdirected Request on that stream (RFC 9113 9.1.2), never a handler of another tenant.
 
 Stock mod_http2 with `Protocols h2 h2c http/1.1` (what Debian's `a2enmod http2` sets): h2c with
-prior knowledge (routed by the multiplexer to the address's first vhost), h2c by `Upgrade`, and
+prior knowledge (routed by the multiplexer by its first request's :authority), h2c by `Upgrade`, and
 h2 over TLS with one certificate whose SAN covers both tenants' vhosts (browsers coalesce such
 hosts onto one connection). Streams for both tenants travel on one connection; each is served
 under its own uid or answered 421."""
@@ -155,8 +155,8 @@ def test_prior_knowledge_streams_stay_in_their_environment(h2server):
     with socket.create_connection(("127.0.0.1", h2server.port), timeout=10) as sock:
         client = H2Client(sock)
         seen = both_tenants_on_one_connection(h2server, client)
-    # The preface goes to the address's first vhost (a.test): its streams are served there,
-    # b.test's are refused on their stream, and the connection stays usable.
+    # The connection goes where its first request's :authority (a.test) says: its streams are
+    # served there, b.test's are refused on their stream, and the connection stays usable.
     assert seen == {"a.test": {200}, "b.test": {421}}
 
 

@@ -1,4 +1,5 @@
-"""A bounded libFuzzer run of the ClientHello parser (fuzz/clienthello.sh; longer runs by hand)."""
+"""Bounded libFuzzer runs of the ClientHello parser (fuzz/clienthello.sh) and the h2c preface
+scanner with its HPACK decoder (fuzz/h2preface.sh); longer runs by hand."""
 import os
 import subprocess
 
@@ -8,6 +9,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_clienthello_parser_survives_a_bounded_fuzz_run():
     seconds = os.environ.get("PERUSER_FUZZ_SECONDS", "30")
     result = subprocess.run([os.path.join(REPO, "fuzz", "clienthello.sh"), seconds], capture_output=True,
+                            text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "Done" in output and "stat::number_of_executed_units" in output, output[-2000:]
+
+
+def test_h2c_preface_scanner_survives_a_bounded_fuzz_run():
+    seconds = os.environ.get("PERUSER_FUZZ_SECONDS", "30")
+    result = subprocess.run([os.path.join(REPO, "fuzz", "h2preface.sh"), seconds], capture_output=True,
                             text=True, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]

@@ -44,6 +44,8 @@ struct PendingConnection {
     var tls = false
     /// The head did not come at once: its bytes are consumed into `consumed` as they arrive.
     var consuming = false
+    /// An h2c connection preface and SETTINGS came, and no request yet (H2Preface).
+    var http2Preface = false
     /// When the consumed bytes are worth scanning again (linear work for a trickling client).
     var trickle = TrickleScan()
     /// The hand-back channel this connection came from (its count of held connections).
@@ -686,13 +688,14 @@ struct Multiplexer {
             connection.requestLineDone = bytes.contains(UInt8(ascii: "\n"))
             pending[fd] = connection
             let decision = classify(fd, bytes, final: n >= head.count)
-            guard case .wait(let tls) = decision else {
+            guard case .wait(let tls, let awaitingRequest) = decision else {
                 decide(fd, decision)
                 return
             }
             // Not all there: from now on take its bytes as they come.
             connection.consuming = true
             connection.tls = connection.tls || tls
+            if awaitingRequest { awaitHTTP2Request(&connection) }
         }
         var clientDone = false
         while connection.consumed.count < Self.largestHead {
@@ -726,8 +729,9 @@ struct Multiplexer {
     enum HeadDecision {
         case route(RouteHint, tls: Bool)
         case close
-        /// Not complete yet; `tls`: it opens like a TLS handshake (never answered in plain text).
-        case wait(tls: Bool)
+        /// Not complete yet; `tls`: it opens like a TLS handshake (never answered in plain text);
+        /// `awaitingRequest`: an h2c preface and SETTINGS came, no request yet.
+        case wait(tls: Bool, awaitingRequest: Bool = false)
     }
 
     /// What the bytes so far say: where to route, or nil to wait for more. `final`: no more
@@ -768,6 +772,17 @@ struct Multiplexer {
             case .notTLS: break
             }
         }
+        // Prior-knowledge h2c: routed by its first request's :authority, as a Host header is.
+        // (Only a connection no worker has read yet: a worker hands back HTTP/1.x only.)
+        if pending[fd]?.hops == 0 {
+            switch H2Preface.scan(bytes) {
+            case .notHTTP2: break
+            case .request(let hint): return .route(hint, tls: false)
+            case .malformed: return .route(RouteHint(), tls: false)  // the address's first vhost; mod_http2 answers
+            case .needMore(let awaitingRequest):
+                return final ? .route(RouteHint(), tls: false) : .wait(tls: false, awaitingRequest: awaitingRequest)
+            }
+        }
         switch RequestHead.scan(bytes, forwardedHeader: proxyTrust.header) {
         case .complete(let hint, _):
             return .route(hint, tls: false)
@@ -788,10 +803,25 @@ struct Multiplexer {
             route(fd, hint)
         case .close:
             closeConnection(fd)
-        case .wait(let tls):
+        case .wait(let tls, let awaitingRequest):
             if tls { markTLS(fd) }
+            if awaitingRequest, var connection = pending[fd] {
+                awaitHTTP2Request(&connection)
+                pending[fd] = connection
+            }
         }
     }
+
+    /// A client may wait for the server's SETTINGS before its first request, which this
+    /// multiplexer never sends: such a connection goes to the address's first vhost soon, as
+    /// every prior-knowledge connection did before it was routed by :authority.
+    private func awaitHTTP2Request(_ connection: inout PendingConnection) {
+        guard !connection.http2Preface else { return }
+        connection.http2Preface = true
+        connection.deadline = min(connection.deadline, monotonicMilliseconds() + Self.http2RequestWait)
+    }
+
+    static let http2RequestWait: Int64 = 250
 
     private mutating func markTLS(_ fd: Int32) {
         guard var connection = pending[fd], !connection.tls else { return }
@@ -1108,7 +1138,8 @@ struct Multiplexer {
                 // A head that never completed: as httpd does at its own timeout, 408 after a
                 // whole request line, a silent close before one. A ClientHello that never
                 // completed goes to the address's first vhost.
-                switch HeadTimeoutAnswer.decide(tls: connection.tls, requestLineDone: connection.requestLineDone,
+                switch HeadTimeoutAnswer.decide(tls: connection.tls, http2Preface: connection.http2Preface,
+                                                requestLineDone: connection.requestLineDone,
                                                 consumed: connection.consumed) {
                 case .routeToDefault: route(fd, RouteHint())
                 case .requestTimeout: respond(fd, .requestTimeout)
