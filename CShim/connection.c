@@ -36,6 +36,7 @@ static struct {
     /* This request's wait on the client and bytes from it, for ReaderShedTimeout. */
     int64_t waited_ms;
     uint64_t received;
+    int http2; /* __atomic: set by the first HTTP/2 stream, on one of mod_http2's threads */
 } current;
 
 static ap_filter_rec_t *record_filter_handle;
@@ -289,40 +290,50 @@ static void pre_read_request(request_rec *r, conn_rec *c)
     }
 }
 
-/* mod_http2 runs a connection's streams on its own threads at once; with a module that is not
- * thread-safe loaded, each stream's request waits for the worker's turn before anything of it
- * runs (Worker/RequestTurns.swift). It gives the turn back on its own thread when its EOR bucket
- * passes (handler and filters done; PHP has cleaned up by then): the request's pool goes later,
- * on the connection's thread, whenever mod_http2 purges the stream, which waited up to Timeout
- * while every one of mod_http2's threads waited for a turn. The pool's cleanup gives it back if
- * no EOR came. Subrequests and internal redirects (main or prev set before this hook runs) live
- * inside their main request's turn. */
+/* HTTP/2 streams (requests on secondary connections, each on a thread of mod_http2's).
+ *
+ * Counted while they run, so that an idle session (no stream running) can be told to end when
+ * its environment has connections waiting (Apache/Query.swift answers AP_MPMQ_STOPPING to it).
+ *
+ * With a module that is not thread-safe loaded, each stream's request also waits for the
+ * worker's turn before anything of it runs (Worker/RequestTurns.swift). A stream ends on its
+ * own thread when its EOR bucket passes (handler and filters done; PHP has cleaned up by then):
+ * the request's pool goes later, on the connection's thread, whenever mod_http2 purges the
+ * stream, which waited up to Timeout while every one of mod_http2's threads waited for a turn.
+ * The pool's cleanup ends it if no EOR came. Subrequests and internal redirects (main or prev
+ * set before this hook runs) live inside their main request's. */
 typedef struct {
-    int held;
-} request_turn;
+    int counted;
+    int turn;
+} stream_state;
 
-static ap_filter_rec_t *request_turn_filter_handle;
+static ap_filter_rec_t *stream_end_filter_handle;
+static int http2_streams; /* __atomic: streams run on mod_http2's threads */
 
-static void give_turn(request_turn *turn)
+static void stream_ends(stream_state *stream)
 {
-    if (turn->held) {
-        turn->held = 0;
+    if (stream->turn) {
+        stream->turn = 0;
         peruser_request_turn_ends();
+    }
+    if (stream->counted) {
+        stream->counted = 0;
+        __atomic_sub_fetch(&http2_streams, 1, __ATOMIC_SEQ_CST);
     }
 }
 
-static apr_status_t request_turn_cleanup(void *turn)
+static apr_status_t stream_cleanup(void *stream)
 {
-    give_turn(turn);
+    stream_ends(stream);
     return APR_SUCCESS;
 }
 
-static apr_status_t request_turn_filter(ap_filter_t *f, apr_bucket_brigade *bb)
+static apr_status_t stream_end_filter(ap_filter_t *f, apr_bucket_brigade *bb)
 {
     apr_bucket *b;
     for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
         if (AP_BUCKET_IS_EOR(b)) {
-            give_turn(f->ctx);
+            stream_ends(f->ctx);
             ap_remove_output_filter(f);
             break;
         }
@@ -332,16 +343,21 @@ static apr_status_t request_turn_filter(ap_filter_t *f, apr_bucket_brigade *bb)
 
 static int create_request(request_rec *r)
 {
-    request_turn *turn;
+    stream_state *stream;
     if (!is_worker || !r->connection->master || r->main || r->prev) {
         return OK;
     }
+    stream = apr_pcalloc(r->pool, sizeof *stream);
+    if (!__atomic_exchange_n(&current.http2, 1, __ATOMIC_SEQ_CST)) {
+        peruser_worker_speaks_http2(1);
+    }
+    __atomic_add_fetch(&http2_streams, 1, __ATOMIC_SEQ_CST);
+    stream->counted = 1;
+    apr_pool_cleanup_register(r->pool, stream, stream_cleanup, apr_pool_cleanup_null);
+    ap_add_output_filter_handle(stream_end_filter_handle, stream, NULL, r->connection);
     switch (peruser_request_turn_begins(apr_time_as_msec(r->server->timeout))) {
     case 1:
-        turn = apr_pcalloc(r->pool, sizeof *turn);
-        turn->held = 1;
-        apr_pool_cleanup_register(r->pool, turn, request_turn_cleanup, apr_pool_cleanup_null);
-        ap_add_output_filter_handle(request_turn_filter_handle, turn, NULL, r->connection);
+        stream->turn = 1;
         break;
     case -1:
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "peruser: an HTTP/2 stream waited Timeout for its turn "
@@ -351,6 +367,12 @@ static int create_request(request_rec *r)
         break;
     }
     return OK;
+}
+
+int peruser_shim_http2_idle(void)
+{
+    return is_worker && __atomic_load_n(&current.http2, __ATOMIC_SEQ_CST)
+           && __atomic_load_n(&http2_streams, __ATOMIC_SEQ_CST) == 0;
 }
 
 static int without_turn(const request_rec *r)
@@ -455,6 +477,6 @@ void peruser_register_connection_hooks(void)
     ap_hook_log_transaction(log_transaction, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_insert_network_bucket(insert_network_bucket, NULL, NULL, APR_HOOK_MIDDLE);
     record_filter_handle = ap_register_input_filter("PERUSER_RECORD", record_filter, NULL, AP_FTYPE_CONNECTION);
-    request_turn_filter_handle = ap_register_output_filter("PERUSER_REQUEST_TURN", request_turn_filter, NULL,
-                                                           AP_FTYPE_CONNECTION);
+    stream_end_filter_handle = ap_register_output_filter("PERUSER_STREAM_END", stream_end_filter, NULL,
+                                                         AP_FTYPE_CONNECTION);
 }

@@ -55,6 +55,10 @@ void peruser_status(void *request, int32_t short_report, int32_t statistics);
 int32_t peruser_request_turn_begins(int64_t timeout_ms);
 void peruser_request_turn_ends(void);
 
+/* The connection being served speaks HTTP/2 (1: its first stream began) or has ended (0): shown
+ * per environment on the status page. */
+void peruser_worker_speaks_http2(int32_t yes);
+
 /* A worker started serving a request of its own environment (request line and vhost name are
  * kept for ExpireTimeout's log line and the status page). */
 void peruser_worker_started_request(const char *request, const char *vhost);

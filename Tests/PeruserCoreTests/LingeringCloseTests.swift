@@ -45,3 +45,14 @@ final class LingeringCloseTests: XCTestCase {
                                                       channelReadable: false), .finish)
     }
 }
+
+final class IdleSessionYieldTests: XCTestCase {
+    func testAnIdleSessionEndsOnlyWhileConnectionsWait() {
+        XCTAssertFalse(IdleSessionYield.endsSession(idle: true, queued: 0, waitingInMultiplexers: 0))
+        XCTAssertTrue(IdleSessionYield.endsSession(idle: true, queued: 1, waitingInMultiplexers: 0))
+        XCTAssertTrue(IdleSessionYield.endsSession(idle: true, queued: 0, waitingInMultiplexers: 3))
+        XCTAssertFalse(IdleSessionYield.endsSession(idle: false, queued: 5, waitingInMultiplexers: 5),
+                       "a session with a stream running keeps going")
+        XCTAssertFalse(IdleSessionYield.endsSession(idle: true, queued: .min, waitingInMultiplexers: .min))
+    }
+}

@@ -10,7 +10,8 @@ final class StatusPageTests: XCTestCase {
                                                connections: 100, requests: 120, dropped: 0)]
         let slots = [
             StatusSnapshot.Slot(id: 0, pid: 0, status: .standby, scoreboardState: 0, type: .unknown, environment: nil),
-            StatusSnapshot.Slot(id: 1, pid: 11, status: .active, scoreboardState: 4, type: .processor, environment: 1),
+            StatusSnapshot.Slot(id: 1, pid: 11, status: .active, scoreboardState: 4, type: .processor, environment: 1,
+                                http2: true),
             StatusSnapshot.Slot(id: 2, pid: 12, status: .ready, scoreboardState: 2, type: .multiplexer, environment: nil),
             StatusSnapshot.Slot(id: 3, pid: 13, status: .active, scoreboardState: 3, type: .worker, environment: 1,
                                 awaitingClient: true),
@@ -74,10 +75,11 @@ final class StatusPageTests: XCTestCase {
         XCTAssertEqual(r.count, 2)
         XCTAssertTrue(r[0].hasPrefix("<tr><td>big</td>"))
         XCTAssertEqual(r[1], "<tr><td>1 environment with no worker: small</td><td></td><td></td><td>0/0/3</td><td>7</td>"
-                       + "<td>9</td><td>1</td><td>90%</td><td>0</td><td>3</td></tr>")
-        XCTAssertTrue(r[0].hasSuffix("<td>100%</td><td>1</td><td>0</td></tr>"), r[0])
+                       + "<td>9</td><td>1</td><td>90%</td><td>0</td><td>3</td><td>0</td></tr>")
+        // Reading 1, shed 0, one worker holding an HTTP/2 connection.
+        XCTAssertTrue(r[0].hasSuffix("<td>100%</td><td>1</td><td>0</td><td>1</td></tr>"), r[0])
         XCTAssertTrue(stats.contains("<tr><th>Total</th><th></th><th></th><th>2/0/13</th><th>107</th>"
-                                     + "<th>129</th><th>1</th><th></th><th>1</th><th>3</th></tr>"))
+                                     + "<th>129</th><th>1</th><th></th><th>1</th><th>3</th><th>1</th></tr>"), stats)
     }
 
     func testTiesAreOrderedByName() {
@@ -90,9 +92,9 @@ final class StatusPageTests: XCTestCase {
         XCTAssertEqual(StatusPage.auto(snapshot()),
                        "PeruserMultiplexers: alive=1 idle=1 max=4\n"
                        + "PeruserEnvironment: big alive=2 idle=0 max=10 connections=100 requests=120 dropped=0 "
-                       + "availability=100 waiting=0 reading=1 shed=0\n"
+                       + "availability=100 waiting=0 reading=1 shed=0 h2=1\n"
                        + "PeruserEnvironment: small alive=0 idle=0 max=3 connections=7 requests=9 dropped=1 "
-                       + "availability=90 waiting=2 reading=0 shed=3\n")
+                       + "availability=90 waiting=2 reading=0 shed=3 h2=0\n")
     }
 
     func testEscapingCoversEveryMarkupCharacter() {

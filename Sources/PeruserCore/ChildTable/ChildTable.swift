@@ -48,6 +48,7 @@ public enum ChildTableLayout {
     public static let requestsOffset = 24    // UInt64
     public static let holdingOffset = 32     // UInt32: connections a multiplexer holds
     public static let awaitingOffset = 40    // Int64 ms: since when a worker waits on its client (0: not)
+    public static let http2Offset = 48       // UInt8: 1 while the worker's connection speaks HTTP/2
     public static let requestOffset = 64     // request line, NUL-terminated
     public static let requestCapacity = 128
     public static let vhostOffset = 192      // vhost name, NUL-terminated
@@ -118,6 +119,8 @@ public struct SlotSnapshot: Equatable {
     public var holding: UInt32
     /// A worker waiting on its client right now.
     public var awaitingClient: Bool = false
+    /// A worker whose connection speaks HTTP/2.
+    public var http2: Bool = false
 }
 
 public struct EnvironmentCounters: Equatable {
@@ -257,7 +260,8 @@ public struct ChildTable {
             connections: load(o + ChildTableLayout.connectionsOffset, as: UInt64.self),
             requests: load(o + ChildTableLayout.requestsOffset, as: UInt64.self),
             holding: load(o + ChildTableLayout.holdingOffset, as: UInt32.self),
-            awaitingClient: load(o + ChildTableLayout.awaitingOffset, as: Int64.self) != 0)
+            awaitingClient: load(o + ChildTableLayout.awaitingOffset, as: Int64.self) != 0,
+            http2: load(o + ChildTableLayout.http2Offset, as: UInt8.self) != 0)
     }
 
     /// A slot's status and when it began, without the text fields: what the parent's planner

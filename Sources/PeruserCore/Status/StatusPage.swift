@@ -14,10 +14,13 @@ public struct StatusSnapshot: Equatable {
         public var environment: Int?
         /// A worker waiting on its client right now (a TLS handshake, a head, a body).
         public var awaitingClient: Bool
+        /// A worker whose connection speaks HTTP/2.
+        public var http2: Bool
 
         public init(id: Int, pid: Int32, status: ChildStatus, scoreboardState: Int, type: ChildType, environment: Int?,
-                    awaitingClient: Bool = false) {
+                    awaitingClient: Bool = false, http2: Bool = false) {
             self.awaitingClient = awaitingClient
+            self.http2 = http2
             self.id = id
             self.pid = pid
             self.status = status
@@ -80,6 +83,15 @@ public struct StatusSnapshot: Equatable {
     public func readers() -> [Int] {
         var counts = Array(repeating: 0, count: environments.count)
         for slot in slots where slot.pid > 0 && slot.awaitingClient && slot.status == .active {
+            if let e = slot.environment, counts.indices.contains(e) { counts[e] += 1 }
+        }
+        return counts
+    }
+
+    /// Workers of each environment holding an HTTP/2 connection (a browser's, often idle).
+    public func http2Connections() -> [Int] {
+        var counts = Array(repeating: 0, count: environments.count)
+        for slot in slots where slot.pid > 0 && slot.http2 && slot.status != .standby && slot.type != .multiplexer {
             if let e = slot.environment, counts.indices.contains(e) { counts[e] += 1 }
         }
         return counts
@@ -236,9 +248,9 @@ public enum StatusPage {
     public static func statistics(_ s: StatusSnapshot) -> String {
         var html = "<h2>Peruser statistics</h2>\n<table border=\"0\">\n"
             + "<tr><th>Environment</th><th>User</th><th>Group</th><th>Pss</th><th>Connections</th>"
-            + "<th>Requests</th><th>Dropped</th><th>AVAIL</th><th>Reading</th><th>Shed</th></tr>\n"
-        let readers = s.readers()
-        var alive = 0, idle = 0, maxTotal = 0, reading = 0
+            + "<th>Requests</th><th>Dropped</th><th>AVAIL</th><th>Reading</th><th>Shed</th><th>H2</th></tr>\n"
+        let readers = s.readers(), http2 = s.http2Connections()
+        var alive = 0, idle = 0, maxTotal = 0, reading = 0, http2Total = 0
         var connections: UInt64 = 0, requests: UInt64 = 0, dropped: UInt64 = 0, shed: UInt64 = 0
         let counts = s.counts().environments
         for row in ordered(s, counts: counts) where row.alive > 0 {
@@ -246,8 +258,9 @@ public enum StatusPage {
             html += "<tr><td>\(escape(env.name))</td><td>\(escape(env.user))</td><td>\(escape(env.group))</td>"
                 + "<td>\(row.alive)/\(row.idle)/\(env.maxProcessors)</td><td>\(env.connections)</td>"
                 + "<td>\(env.requests)</td><td>\(env.dropped)</td><td>\(percent(env.availability))%</td>"
-                + "<td>\(readers[row.index])</td><td>\(env.shed)</td></tr>\n"
+                + "<td>\(readers[row.index])</td><td>\(env.shed)</td><td>\(http2[row.index])</td></tr>\n"
             reading += readers[row.index]
+            http2Total += http2[row.index]
             alive += row.alive
             idle += row.idle
             maxTotal = maxTotal.saturatingAdding(env.maxProcessors)
@@ -269,7 +282,7 @@ public enum StatusPage {
             }
             html += "<tr><td>\(environmentList(group.names))</td><td></td><td></td><td>0/0/\(sums.max)</td>"
                 + "<td>\(sums.connections)</td><td>\(sums.requests)</td><td>\(sums.dropped)</td>"
-                + "<td>\(group.availability)%</td><td>0</td><td>\(sums.shed)</td></tr>\n"
+                + "<td>\(group.availability)%</td><td>0</td><td>\(sums.shed)</td><td>0</td></tr>\n"
             maxTotal = maxTotal.saturatingAdding(sums.max)
             connections = connections.saturatingAdding(sums.connections)
             requests = requests.saturatingAdding(sums.requests)
@@ -277,7 +290,8 @@ public enum StatusPage {
             shed = shed.saturatingAdding(sums.shed)
         }
         html += "<tr><th>Total</th><th></th><th></th><th>\(alive)/\(idle)/\(maxTotal)</th><th>\(connections)</th>"
-            + "<th>\(requests)</th><th>\(dropped)</th><th></th><th>\(reading)</th><th>\(shed)</th></tr>\n</table>\n"
+            + "<th>\(requests)</th><th>\(dropped)</th><th></th><th>\(reading)</th><th>\(shed)</th><th>\(http2Total)</th></tr>\n"
+            + "</table>\n"
         return html
     }
 
@@ -285,13 +299,14 @@ public enum StatusPage {
     /// `PeruserMultiplexers:` line; key=value pairs after the name, so scrapers split on spaces.
     public static func auto(_ s: StatusSnapshot) -> String {
         let m = s.count(environment: nil)
-        let readers = s.readers()
+        let readers = s.readers(), http2 = s.http2Connections()
         var text = "PeruserMultiplexers: alive=\(m.alive) idle=\(m.idle) max=\(s.maxMultiplexers)\n"
         for row in ordered(s) {
             let env = s.environments[row.index]
             text += "PeruserEnvironment: \(env.name) alive=\(row.alive) idle=\(row.idle) max=\(env.maxProcessors) "
                 + "connections=\(env.connections) requests=\(env.requests) dropped=\(env.dropped) "
-                + "availability=\(percent(env.availability)) waiting=\(max(env.waiting, 0)) reading=\(readers[row.index]) shed=\(env.shed)\n"
+                + "availability=\(percent(env.availability)) waiting=\(max(env.waiting, 0)) reading=\(readers[row.index]) shed=\(env.shed) "
+                + "h2=\(http2[row.index])\n"
         }
         return text
     }

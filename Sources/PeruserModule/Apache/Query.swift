@@ -2,6 +2,7 @@
 import CApache
 import CPeruserShim
 import Glibc
+import PeruserCore
 
 /// The retained data of this MPM: parent memory that outlives the module's unload and reload
 /// on each restart (see Parent/Generation.swift).
@@ -30,7 +31,7 @@ public func peruserMPMQuery(_ code: Int32, _ result: UnsafeMutablePointer<Int32>
     case AP_MPMQ_MAX_SPARE_DAEMONS: answer = Int32(limits.workers.maxSpare)
     case AP_MPMQ_MIN_SPARE_THREADS, AP_MPMQ_MAX_SPARE_THREADS: answer = 0
     case AP_MPMQ_MAX_REQUESTS_DAEMON: answer = ap_max_requests_per_child
-    case AP_MPMQ_MPM_STATE: answer = mpm?.mpm_state ?? AP_MPMQ_STARTING
+    case AP_MPMQ_MPM_STATE: answer = idleSessionYields() ? AP_MPMQ_STOPPING : (mpm?.mpm_state ?? AP_MPMQ_STARTING)
     case AP_MPMQ_GENERATION: answer = mpm?.my_generation ?? 0
     default: answer = nil
     }
@@ -43,4 +44,12 @@ public func peruserMPMQuery(_ code: Int32, _ result: UnsafeMutablePointer<Int32>
 func peruserSlotsInUse() -> Int32 {
     guard let state = parent else { return 0 }
     return Int32(((0..<state.capacity).last { state.records[$0].pid > 0 }).map { $0 + 1 } ?? 0)
+}
+
+/// A worker's idle HTTP/2 session is told the server is stopping while connections wait for its
+/// environment (IdleSessionYield). Asked on the connection's thread, while streams run on others.
+func idleSessionYields() -> Bool {
+    guard workerEnvironment >= 0, peruser_shim_http2_idle() != 0, let table = sharedTable else { return false }
+    return IdleSessionYield.endsSession(idle: true, queued: table.queued(workerEnvironment),
+                                        waitingInMultiplexers: table.waitingInMultiplexers(workerEnvironment))
 }

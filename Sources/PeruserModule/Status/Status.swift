@@ -14,7 +14,8 @@ func statusSnapshot(scoreboardStates: [Int]) -> StatusSnapshot? {
             ? s.environment : nil
         slots.append(StatusSnapshot.Slot(id: index, pid: s.pid, status: s.status,
                                          scoreboardState: index < scoreboardStates.count ? scoreboardStates[index] : 0,
-                                         type: s.type, environment: env, awaitingClient: s.awaitingClient))
+                                         type: s.type, environment: env, awaitingClient: s.awaitingClient,
+                                         http2: s.http2))
     }
     var envs: [StatusSnapshot.Environment] = []
     for (index, env) in configuration.environments.environments.enumerated() {

@@ -164,7 +164,10 @@ func serve(_ fd: Int32, consumed: UnsafeRawBufferPointer, id: Int, pool: OpaqueP
                                    consumed.count)
     if let connection = ap_run_create_connection(pool, ap_server_conf, socket, id,
                                                  UnsafeMutableRawPointer(scoreboard), buckets) {
+        IdleSessionWatch.serving(fd)
         ap_process_connection(connection, UnsafeMutableRawPointer(socket))
+        IdleSessionWatch.served()
+        peruserWorkerSpeaksHTTP2(0)
         guard peruser_shim_connection_handed_back() == 0 else { return }
         // httpd's lingering close: waited for here while the environment needs no more
         // workers, by the multiplexers as soon as it does (see LingeringClose).
@@ -213,6 +216,14 @@ func tookConnection(client: ClientAddress, ticket: UInt64) {
         peruser_atomic_add_u64(field, 1)
     }
     peruser_atomic_add_u64(table.field(page: page, ChildTableLayout.connectionsOffset), 1)
+}
+
+/// The connection being served speaks HTTP/2 (its first stream began), or it ended (0).
+@_cdecl("peruser_worker_speaks_http2")
+public func peruserWorkerSpeaksHTTP2(_ yes: Int32) {
+    if yes != 0 { IdleSessionWatch.start() }
+    guard let table = sharedTable, let page = ownPage else { return }
+    table.field(page: page, ChildTableLayout.http2Offset).storeBytes(of: UInt8(yes != 0 ? 1 : 0), as: UInt8.self)
 }
 
 @_cdecl("peruser_worker_started_request")

@@ -1,0 +1,127 @@
+"""Idle HTTP/2 connections cannot starve an environment. Browsers keep h2 connections open between
+page loads, and each holds a worker. While connections wait for the environment, its workers
+end their idle sessions with GOAWAY (mod_http2 is told the server is stopping) and take the
+waiting connections; the status page counts the workers holding HTTP/2 connections."""
+import os
+import socket
+import time
+
+import h2.events
+import pytest
+
+from conftest import make_site, two_environments
+from harness import Apache, free_port
+from test_boundary_http2 import H2Client, uid_in
+from test_end_to_end import get
+from test_status import auto_lines
+
+
+@pytest.fixture(scope="module")
+def server(module, accounts):
+    port = free_port()
+    apache = Apache("", name="h2idle")
+    a_site = make_site(apache.root, *accounts["peruser-a"], "a")
+    b_site = make_site(apache.root, *accounts["peruser-b"], "b")
+    # env-a: two workers at most (the first environment of two_environments).
+    environments = two_environments(apache.root).replace("MinProcessors 1", "MinProcessors 1\n    MaxProcessors 2", 1)
+    apache.write_config(f"""
+LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so
+LoadModule status_module /usr/lib/apache2/modules/mod_status.so
+Protocols h2c http/1.1
+# Long enough that only the GOAWAY can free a worker within the test.
+KeepAliveTimeout 60
+
+Timeout 60
+ProcessorWaitTimeout 30
+Listen 127.0.0.1:{port}
+MinMultiplexers 1
+MinSpareProcessors 0
+MaxClientShare 100
+{environments}
+<VirtualHost 127.0.0.1:{port}>
+    ServerName a.test
+    DocumentRoot {a_site}
+    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
+    ServerEnvironment env-a
+</VirtualHost>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName b.test
+    DocumentRoot {b_site}
+    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
+    ServerEnvironment env-b
+    <Location /server-status>
+        SetHandler server-status
+    </Location>
+</VirtualHost>
+""")
+    apache.port = port
+    apache.start(ports=(port,))
+    apache.ids = {"a.test": accounts["peruser-a"], "b.test": accounts["peruser-b"]}
+    yield apache
+    apache.stop()
+    apache.cleanup()
+
+
+def env_a(server):
+    status, body, _ = get(server.port, "b.test", "/server-status?auto")
+    assert status == 200
+    return auto_lines(body)["env-a"]
+
+
+def goaway_seen(sock, client, wait):
+    """Whether the server ended this h2 connection (GOAWAY or close) within `wait` seconds."""
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionError:
+            return True
+        if not data:
+            return True
+        for event in client.conn.receive_data(data):
+            if isinstance(event, h2.events.ConnectionTerminated):
+                return True
+    return False
+
+
+def test_idle_h2_connections_give_their_workers_to_waiting_connections(server):
+    held = []
+    try:
+        # Two browsers: one request each, then idle, holding env-a's two workers.
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            client = H2Client(sock)
+            status, body = client.request("a.test", "/cgi-bin/id.cgi")
+            assert status == 200 and uid_in(body) == server.ids["a.test"][0], (status, body)
+            held.append((sock, client))
+        line = env_a(server)
+        assert line["alive"] == "2" and line["h2"] == "2", line
+        # Nothing waits: idle sessions are left alone.
+        assert not goaway_seen(*held[0], wait=1.5)
+        # A third client waits for env-a: the idle sessions end and it is served at once, where
+        # it would otherwise wait for a KeepAliveTimeout of 60 s.
+        started = time.monotonic()
+        status, body, _ = get(server.port, "a.test", "/cgi-bin/id.cgi")
+        assert status == 200 and uid_in(body) == server.ids["a.test"][0], (status, body)
+        assert time.monotonic() - started < 5, "served while the h2 connections were idle"
+        assert any(goaway_seen(sock, client, wait=3) for sock, client in held)
+    finally:
+        for sock, _ in held:
+            sock.close()
+
+
+def test_a_session_with_a_stream_running_is_not_ended(server):
+    """A busy session keeps going under pressure: only idle ones yield."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        client = H2Client(sock)
+        status, _ = client.request("a.test", "/index.html")
+        assert status == 200
+        assert env_a(server)["h2"] in ("1", "2")
+    # After the connection ends, the worker no longer counts as HTTP/2.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and env_a(server)["h2"] != "0":
+        time.sleep(0.2)
+    assert env_a(server)["h2"] == "0"
