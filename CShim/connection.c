@@ -408,7 +408,14 @@ static int post_read_request(request_rec *r)
         if (without_turn(r)) {
             return HTTP_SERVICE_UNAVAILABLE;
         }
-        return request_is_ours(r) ? DECLINED : misdirected(r, r->connection->master ? "HTTP/2 stream" : "request");
+        if (!request_is_ours(r)) {
+            return misdirected(r, r->connection->master ? "HTTP/2 stream" : "request");
+        }
+        if (r->connection->master && !r->main && !r->prev) {
+            /* An HTTP/2 stream counts as a request of the environment, as an HTTP/1.1 one does. */
+            peruser_worker_started_request(r->the_request, r->server->server_hostname);
+        }
+        return DECLINED;
     }
     current.record->recording = 0;
     if (request_is_ours(r)) {

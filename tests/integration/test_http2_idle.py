@@ -22,8 +22,9 @@ def server(module, accounts):
     apache = Apache("", name="h2idle")
     a_site = make_site(apache.root, *accounts["peruser-a"], "a")
     b_site = make_site(apache.root, *accounts["peruser-b"], "b")
-    # env-a: two workers at most (the first environment of two_environments).
-    environments = two_environments(apache.root).replace("MinProcessors 1", "MinProcessors 1\n    MaxProcessors 2", 1)
+    # env-a: two workers, both started (the first environment of two_environments): the two
+    # browsers of the test find them idle, with nothing waiting.
+    environments = two_environments(apache.root).replace("MinProcessors 1", "MinProcessors 2\n    MaxProcessors 2", 1)
     apache.write_config(f"""
 LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so
 LoadModule status_module /usr/lib/apache2/modules/mod_status.so
@@ -56,6 +57,7 @@ MaxClientShare 100
 """)
     apache.port = port
     apache.start(ports=(port,))
+    apache.wait_children(4)  # a multiplexer, env-a's two workers, env-b's
     apache.ids = {"a.test": accounts["peruser-a"], "b.test": accounts["peruser-b"]}
     yield apache
     apache.stop()
@@ -99,6 +101,7 @@ def test_idle_h2_connections_give_their_workers_to_waiting_connections(server):
             held.append((sock, client))
         line = env_a(server)
         assert line["alive"] == "2" and line["h2"] == "2", line
+        assert int(line["requests"]) >= 2, "HTTP/2 streams count as requests" 
         # Nothing waits: idle sessions are left alone.
         assert not goaway_seen(*held[0], wait=1.5)
         # A third client waits for env-a: the idle sessions end and it is served at once, where
