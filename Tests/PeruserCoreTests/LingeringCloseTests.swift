@@ -47,12 +47,30 @@ final class LingeringCloseTests: XCTestCase {
 }
 
 final class IdleSessionYieldTests: XCTestCase {
-    func testAnIdleSessionEndsOnlyWhileConnectionsWait() {
-        XCTAssertFalse(IdleSessionYield.endsSession(idle: true, queued: 0, waitingInMultiplexers: 0))
-        XCTAssertTrue(IdleSessionYield.endsSession(idle: true, queued: 1, waitingInMultiplexers: 0))
-        XCTAssertTrue(IdleSessionYield.endsSession(idle: true, queued: 0, waitingInMultiplexers: 3))
-        XCTAssertFalse(IdleSessionYield.endsSession(idle: false, queued: 5, waitingInMultiplexers: 5),
+    func testConnectionsHeldByTheMultiplexersEndAnIdleSessionAtOnce() {
+        var y = IdleSessionYield()
+        XCTAssertTrue(y.look(idle: true, handedOff: 5, received: 5, waitingInMultiplexers: 1))
+        XCTAssertTrue(IdleSessionYield.saturated(idle: true, waitingInMultiplexers: 3))
+        XCTAssertFalse(IdleSessionYield.saturated(idle: false, waitingInMultiplexers: 3))
+        XCTAssertFalse(y.look(idle: false, handedOff: 5, received: 5, waitingInMultiplexers: 9),
                        "a session with a stream running keeps going")
-        XCTAssertFalse(IdleSessionYield.endsSession(idle: true, queued: .min, waitingInMultiplexers: .min))
+    }
+
+    func testAQueueEndsAnIdleSessionOnlyIfTheSameConnectionsStillWaitALookLater() {
+        var y = IdleSessionYield()
+        XCTAssertFalse(y.look(idle: true, handedOff: 10, received: 10, waitingInMultiplexers: 0))
+        // One queued: seen first.
+        XCTAssertFalse(y.look(idle: true, handedOff: 11, received: 10, waitingInMultiplexers: 0))
+        // Taken by an idle worker meanwhile, another one queued: watched anew.
+        XCTAssertFalse(y.look(idle: true, handedOff: 12, received: 11, waitingInMultiplexers: 0))
+        // Still there a look later: the session ends.
+        XCTAssertTrue(y.look(idle: true, handedOff: 12, received: 11, waitingInMultiplexers: 0))
+    }
+
+    func testLyingCountsNeverTrap() {
+        var y = IdleSessionYield()
+        _ = y.look(idle: true, handedOff: .max, received: 0, waitingInMultiplexers: .min)
+        _ = y.look(idle: true, handedOff: 0, received: .max, waitingInMultiplexers: .max)
+        XCTAssertFalse(IdleSessionYield.saturated(idle: true, waitingInMultiplexers: .min))
     }
 }

@@ -29,6 +29,7 @@ def server(module, accounts):
 LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so
 LoadModule status_module /usr/lib/apache2/modules/mod_status.so
 Protocols h2c http/1.1
+LogLevel info
 # Long enough that only the GOAWAY can free a worker within the test.
 KeepAliveTimeout 60
 
@@ -61,6 +62,7 @@ MaxClientShare 100
     apache.ids = {"a.test": accounts["peruser-a"], "b.test": accounts["peruser-b"]}
     yield apache
     apache.stop()
+    print(apache.read_error_log()[-4000:])
     apache.cleanup()
 
 
@@ -90,6 +92,12 @@ def goaway_seen(sock, client, wait):
 
 
 def test_idle_h2_connections_give_their_workers_to_waiting_connections(server):
+    # Both of env-a's workers up and idle first: a browser queued behind the other's idle
+    # session would end it (which is the point of this module, but not of this first step).
+    deadline = time.monotonic() + 20
+    while env_a(server)["idle"] != "2" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert env_a(server)["idle"] == "2", env_a(server)
     held = []
     try:
         # Two browsers: one request each, then idle, holding env-a's two workers.

@@ -46,10 +46,11 @@ func peruserSlotsInUse() -> Int32 {
     return Int32(((0..<state.capacity).last { state.records[$0].pid > 0 }).map { $0 + 1 } ?? 0)
 }
 
-/// A worker's idle HTTP/2 session is told the server is stopping while connections wait for its
-/// environment (IdleSessionYield). Asked on the connection's thread, while streams run on others.
+/// A worker's idle HTTP/2 session is told the server is stopping while its environment is
+/// saturated (IdleSessionYield), for mod_http2 versions that ask while idle. Asked on the
+/// connection's thread, while streams run on others.
 func idleSessionYields() -> Bool {
-    guard workerEnvironment >= 0, peruser_shim_http2_idle() != 0, let table = sharedTable else { return false }
-    return IdleSessionYield.endsSession(idle: true, queued: table.queued(workerEnvironment),
-                                        waitingInMultiplexers: table.waitingInMultiplexers(workerEnvironment))
+    guard workerEnvironment >= 0, let table = sharedTable else { return false }
+    return IdleSessionYield.saturated(idle: peruser_shim_http2_idle() != 0,
+                                      waitingInMultiplexers: table.waitingInMultiplexers(workerEnvironment))
 }

@@ -4,7 +4,8 @@
 // KeepAliveTimeout, and asks nothing of the MPM meanwhile; a signal does not end that wait (it
 // retries on EINTR). So once a worker's connection speaks HTTP/2, a thread of this worker looks
 // every 100 ms; when the session has no stream running and connections wait for the environment
-// (IdleSessionYield), it shuts the read side of the connection: mod_http2 reads the end of its
+// (IdleSessionYield: held by the multiplexers, or queued and still there a look later), it shuts
+// the read side of the connection: mod_http2 reads the end of its
 // input, sends GOAWAY and closes, and the worker takes the next connection. The thread starts
 // only in a worker that has served HTTP/2 (mod_http2 runs threads of its own there anyway).
 import CPeruserShim
@@ -53,11 +54,20 @@ enum IdleSessionWatch {
         }
     }
 
+    nonisolated(unsafe) private static var yield = IdleSessionYield()
+
+    private static func yieldsNow() -> Bool {
+        guard workerEnvironment >= 0, let table = sharedTable else { return false }
+        let flow = table.flow(workerEnvironment)
+        return yield.look(idle: peruser_shim_http2_idle() != 0, handedOff: flow.handedOff, received: flow.received,
+                          waitingInMultiplexers: table.waitingInMultiplexers(workerEnvironment))
+    }
+
     private static func watch() -> UnsafeMutableRawPointer? {
         while true {
             poll(nil, 0, lookMilliseconds)
             pthread_mutex_lock(lock)
-            if fd >= 0 && !ended && idleSessionYields() {
+            if fd >= 0 && !ended && yieldsNow() {
                 ended = true
                 shutdown(fd, Int32(SHUT_RD))
                 log(PERUSER_LOG_INFO, "peruser: ended an idle HTTP/2 connection: connections wait for this environment")
