@@ -141,3 +141,19 @@ def test_broken_prefaces_hold_up_nobody(h2server):
     os.kill(h2server.pid(), 0)  # the parent is up
     status, _, _ = get(h2server.port, "a.test", "/index.html")
     assert status == 200
+
+
+@pytest.mark.parametrize("mode", ["h2 over TLS", "h2c Upgrade", "h2c prior knowledge"])
+@pytest.mark.parametrize("tenant", ["a.test", "b.test"])
+def test_curl_speaks_http2_to_every_tenant_under_its_own_uid(h2server, tenant, mode):
+    if mode == "h2 over TLS":
+        args = ["--http2", "-k", "--resolve", f"{tenant}:{h2server.tls_port}:127.0.0.1",
+                f"https://{tenant}:{h2server.tls_port}/cgi-bin/id.cgi"]
+    else:
+        flag = "--http2" if mode == "h2c Upgrade" else "--http2-prior-knowledge"
+        args = [flag, "-H", f"Host: {tenant}", f"http://127.0.0.1:{h2server.port}/cgi-bin/id.cgi"]
+    out = subprocess.run(["curl", "-s", "-w", "\n%{http_code} %{http_version}", *args],
+                         capture_output=True, text=True, timeout=20).stdout
+    body, status = out.rsplit("\n", 1)
+    assert status == "200 2", out
+    assert uid_in(body) == h2server.ids[tenant][0], body
