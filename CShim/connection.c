@@ -442,28 +442,27 @@ static int post_read_request(request_rec *r)
 /* The same check wherever a request can start running without post_read_request: internal
  * redirects (ErrorDocument, mod_rewrite), subrequests, and, as the last gate before any
  * content, every handler (CGI, PHP, files). Only what passes these runs in this worker. */
-static int gate_quick_handler(request_rec *r, int lookup)
+static int gate(request_rec *r, const char *where)
 {
     if (without_turn(r)) {
         return HTTP_SERVICE_UNAVAILABLE;
     }
-    return (!is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "internal request");
+    return (!is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, where);
+}
+
+static int gate_quick_handler(request_rec *r, int lookup)
+{
+    return gate(r, "internal request");
 }
 
 static int gate_translate(request_rec *r)
 {
-    if (without_turn(r)) {
-        return HTTP_SERVICE_UNAVAILABLE;
-    }
-    return (!is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "request");
+    return gate(r, "request");
 }
 
 static int gate_handler(request_rec *r)
 {
-    if (without_turn(r)) {
-        return HTTP_SERVICE_UNAVAILABLE;
-    }
-    return (!is_worker || request_is_ours(r)) ? DECLINED : misdirected(r, "handler");
+    return gate(r, "handler");
 }
 
 /* A handed-back request is logged by the worker that serves it, not here. */

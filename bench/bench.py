@@ -55,8 +55,9 @@ SCENARIOS = [
 ]
 
 
-def install():
-    need = [p for p in ("wrk", "libapache2-mpm-itk", "libapache2-mod-php")
+def install(packages=("wrk", "libapache2-mpm-itk", "libapache2-mod-php")):
+    """The Debian packages a benchmark runs (those missing), and the module."""
+    need = [p for p in packages
             if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True)
             .stdout.find("install ok installed") < 0]
     if need:

@@ -16,7 +16,6 @@ section of BENCHMARKS.md. Run as root: `python3 bench/http2.py`. Loopback only, 
 """
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -56,19 +55,6 @@ MinSpareServers 5
 MaxSpareServers 10
 MaxRequestWorkers 150
 MaxConnectionsPerChild 0"""
-
-
-def install():
-    need = [p for p in ("nghttp2-client", "libapache2-mod-php", "php8.2-fpm")
-            if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True)
-            .stdout.find("install ok installed") < 0]
-    if need:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *need], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-    if not os.path.exists(MODULE):
-        subprocess.run(["make", "-C", REPO], check=True)
 
 
 def site(root, uid, gid):
@@ -200,7 +186,7 @@ def h2load(kind, port, path):
 def main():
     if os.geteuid() != 0:
         sys.exit("bench: run as root (it creates a user and starts Apache)")
-    install()
+    bench.install(("nghttp2-client", "libapache2-mod-php", "php8.2-fpm"))
     uid, gid = ensure_account(USER)
     servers = {}
     results = {(s, k): [] for s, _ in SCENARIOS for k in KINDS}

@@ -6,19 +6,19 @@ import subprocess
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_clienthello_parser_survives_a_bounded_fuzz_run():
+def fuzz(script):
+    """Runs fuzz/`script` for PERUSER_FUZZ_SECONDS (30): it must finish without a finding."""
     seconds = os.environ.get("PERUSER_FUZZ_SECONDS", "30")
-    result = subprocess.run([os.path.join(REPO, "fuzz", "clienthello.sh"), seconds], capture_output=True,
+    result = subprocess.run([os.path.join(REPO, "fuzz", script), seconds], capture_output=True,
                             text=True, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "Done" in output and "stat::number_of_executed_units" in output, output[-2000:]
+
+
+def test_clienthello_parser_survives_a_bounded_fuzz_run():
+    fuzz("clienthello.sh")
 
 
 def test_h2c_preface_scanner_survives_a_bounded_fuzz_run():
-    seconds = os.environ.get("PERUSER_FUZZ_SECONDS", "30")
-    result = subprocess.run([os.path.join(REPO, "fuzz", "h2preface.sh"), seconds], capture_output=True,
-                            text=True, timeout=900)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    assert "Done" in output and "stat::number_of_executed_units" in output, output[-2000:]
+    fuzz("h2preface.sh")

@@ -93,6 +93,8 @@ public enum H2Preface {
         return UnsafeRawBufferPointer(rebasing: payload[start..<end])
     }
 
+    static let authority = Array(":authority".utf8), path = Array(":path".utf8), hostHeader = Array("host".utf8)
+
     static func request(_ block: [UInt8]) -> Scan {
         var hint = RouteHint()
         var host: String?
@@ -100,9 +102,9 @@ public enum H2Preface {
             do {
                 try HPACK.decode(raw) { name, value in
                     switch name {
-                    case Array(":authority".utf8): if hint.host == nil { hint.host = text(value) }
-                    case Array(":path".utf8): if hint.target == nil { hint.target = text(value) }
-                    case Array("host".utf8): if host == nil { host = text(value) }
+                    case authority: if hint.host == nil { hint.host = text(value) }
+                    case path: if hint.target == nil { hint.target = text(value) }
+                    case hostHeader: if host == nil { host = text(value) }
                     default: break
                     }
                     return true

@@ -189,8 +189,7 @@ func demanded(_ word: UInt32) {
 
 /// The planner's pass: retirements, starts, makeRoom. With `everything` false, the queues are
 /// looked at first, and the pass runs only if one of them asks for a worker. True if it ran.
-@discardableResult
-func maintain(now: Int64, everything: Bool = true) -> Bool {
+func maintain(now: Int64, everything: Bool) -> Bool {
     guard var state = parent else { return false }
     state.patience.keep(configuration.environments.count)  // after a graceful restart with fewer
     if !everything {
