@@ -1,6 +1,10 @@
 /* The command table. Setters check only where a directive may appear (Apache's business) and
  * store it as written; Configuration.build (Swift) reads the stored list once, in order, at
  * check_config, and names the line of any problem. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* dladdr */
+#endif
+#include <dlfcn.h>
 #include "peruser.h"
 #include "http_core.h"
 #include "apr_strings.h"
@@ -199,6 +203,9 @@ const command_rec peruser_commands[] = {
     AP_INIT_FLAG("PeruserHandBack", store_global_flag, stored_marker, RSRC_CONF,
                  "On (default): a kept-alive connection moves to the environment of its next request; "
                  "Off: such a request gets 421 and the connection closes"),
+    AP_INIT_TAKE12("ProcessorImage", store_global, stored_marker, RSRC_CONF,
+                   "isolated (default): each environment's workers start from a process image that loaded only "
+                   "its own virtual hosts; shared: every worker is forked from the root parent"),
     AP_INIT_RAW_ARGS("<Processor", processor_section, stored_marker, RSRC_CONF,
                      "Declares a server environment: <Processor name> User u, Group g </Processor>"),
     AP_INIT_RAW_ARGS("</Processor>", stray_processor_end, NULL, RSRC_CONF, "Ends a <Processor> section"),
@@ -230,4 +237,31 @@ const char *const *peruser_directives_stored_names(int *count)
         }
     }
     return names;
+}
+
+int peruser_shim_loaded_module(int index, const char **file, const char **symbol)
+{
+    Dl_info info;
+    int i;
+    for (i = 0; i < index; i++) {
+        if (!ap_loaded_modules[i]) return 0;
+    }
+    if (!ap_loaded_modules[index]) return 0;
+    *file = NULL;
+    *symbol = NULL;
+    if (dladdr(ap_loaded_modules[index], &info) && info.dli_fname && info.dli_sname) {
+        Dl_info self;
+        /* Linked into httpd: the main program's own file. */
+        if (!(dladdr((void *)&ap_loaded_modules, &self) && self.dli_fname
+              && strcmp(self.dli_fname, info.dli_fname) == 0)) {
+            *file = info.dli_fname;
+            *symbol = info.dli_sname;
+        }
+    }
+    return 1;
+}
+
+const char *peruser_shim_runtime_dir(void *pool)
+{
+    return ap_runtime_dir_relative(pool, "");
 }

@@ -51,6 +51,9 @@ static int check_config(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp, serv
 
 static int open_logs(apr_pool_t *p, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
 {
+    if (peruser_is_image()) {
+        return OK; /* workers get their connections from the multiplexers */
+    }
     if (ap_setup_listeners(ap_server_conf) < 1) {
         int startup = mpm->module_loads == 1;
         ap_log_error(APLOG_MARK, APLOG_ALERT | (startup ? APLOG_STARTUP : 0), 0, startup ? NULL : s,

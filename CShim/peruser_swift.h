@@ -34,6 +34,9 @@ int32_t peruser_configure(peruser_directive *directives, int32_t count, peruser_
  * server_rec `main`). */
 void peruser_post_config(struct apr_pool_t *pool, void *main);
 
+/* 1 in a process image (Image/ImageMain.swift): it listens on nothing. */
+int32_t peruser_is_image(void);
+
 /* ---- Hooks (Parent/RunHook.swift, Apache/Query.swift, Status/Status.swift) ---- */
 
 /* The run hook: one generation of the parent (pconf, plog, the main server_rec). OK, DONE, or

@@ -145,6 +145,15 @@ int peruser_shim_http2_idle(void);
 
 /* The environment serving server_rec `server`, or -1 (its module configuration is a macro). */
 int peruser_shim_server_environment(const void *server);
+
+/* The index-th module Apache loaded (ap_loaded_modules, in load order): the shared object it
+ * came from and its symbol, for the LoadModule lines of a process image's configuration.
+ * Returns 1 with *file NULL for a module linked into httpd, 0 past the last. (dladdr needs
+ * _GNU_SOURCE, which Swift's Glibc module is built without.) */
+int peruser_shim_loaded_module(int index, const char **file, const char **symbol);
+
+/* DefaultRuntimeDir as Apache resolved it (allocated from `pool`). */
+const char *peruser_shim_runtime_dir(void *pool);
 /* "name (<VirtualHost addr:port> on line N of F)", allocated in apr_pool_t `pool`. */
 const char *peruser_shim_vhost_description(void *pool, const void *server);
 

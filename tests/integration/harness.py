@@ -33,6 +33,16 @@ def ensure_account(name, uid_hint=None):
     return pwd.getpwnam(name).pw_uid, grp.getgrnam(name).gr_gid
 
 
+def is_image(pid):
+    """Whether `pid` is a process image of this MPM (see Images.swift): apache2 -f /proc/self/fd/N."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    return any(a.startswith(b"/proc/self/fd/") for a in args) and b"-f" in args
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,13 +155,28 @@ KeepAliveTimeout 5
                 with open(f"/proc/{entry}/stat") as f:
                     stat = f.read()
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid != parent:
+                if ppid != parent or is_image(int(entry)):
                     continue
                 uid, gid = proc_ids(int(entry))
                 out.append((int(entry), uid, gid))
             except (OSError, IndexError, ValueError):
                 continue
         return out
+
+    def images(self):
+        """Pids of the parent's process images (ProcessorImage isolated): root children that
+        executed apache2 again with a configuration from a memfd; not counted as children."""
+        parent = self.pid()
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and is_image(int(entry)):
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                            found.append(int(entry))
+                except (OSError, IndexError, ValueError):
+                    continue
+        return found
 
     def wait_children(self, count, timeout=20):
         """Waits until `count` children run, all of them past their privilege drop."""

@@ -61,6 +61,9 @@ public struct Configuration {
     public fileprivate(set) var multiplexerGroup: NamedAccount?
     /// PeruserHandBack (On by default).
     public fileprivate(set) var handBack = true
+    /// ProcessorImage: each environment's workers start from a process image that loaded only
+    /// its own vhosts (isolated, the default), or all from the root parent (shared).
+    public fileprivate(set) var isolatedImages = true
     /// The environment each ServerEnvironment or AssignUserID names, by its index in the list
     /// of directives the configuration was built from.
     public fileprivate(set) var environmentOfDirective: [Int: Int] = [:]
@@ -205,6 +208,13 @@ private struct Builder {
             case "on": configuration.handBack = true
             case "off": configuration.handBack = false
             default: throw fail("PeruserHandBack must be On or Off")
+            }
+        case "ProcessorImage":
+            guard arguments.count == 1 else { throw fail("ProcessorImage takes one argument: isolated or shared") }
+            switch arguments[0].lowercased() {
+            case "isolated": configuration.isolatedImages = true
+            case "shared": configuration.isolatedImages = false
+            default: throw fail("ProcessorImage must be isolated or shared, not \(arguments[0])")
             }
         case "MultiplexerUser", "MultiplexerGroup":
             let isGroup = directive.name == "MultiplexerGroup"

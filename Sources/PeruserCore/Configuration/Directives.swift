@@ -78,7 +78,7 @@ public enum Directives {
     /// Directives the C command table stores for Configuration.build (the others there,
     /// mpm-itk's and Apache's own, are answered in C). Compared with the table at load.
     public static let stored: [String] = limits.map(\.name) + [
-        "ProcessorWaitTimeout", "<Processor", "ServerEnvironment", "AssignUserID", "PeruserHandBack",
+        "ProcessorWaitTimeout", "<Processor", "ServerEnvironment", "AssignUserID", "PeruserHandBack", "ProcessorImage",
         "MultiplexerUser", "MultiplexerGroup", "MultiplexerChroot",
     ]
 

@@ -22,8 +22,9 @@ public func peruserRefuseOtherMPMs() {
 nonisolated(unsafe) var oneProcess = false
 
 /// Apache's first pass over the configuration (configtest too): messages go to the console.
+/// Never in a process image: the root parent already said everything about this configuration.
 func isStartupPass() -> Bool {
-    ap_unixd_mpm_get_retained_data()?.pointee.module_loads == 1
+    imageStart == nil && ap_unixd_mpm_get_retained_data()?.pointee.module_loads == 1
 }
 
 private func refuse(_ problem: String) -> Int32 {
@@ -41,8 +42,9 @@ private func refuse(_ problem: String) -> Int32 {
 public func peruserPreConfig(_ pool: OpaquePointer?, _ storedNames: UnsafePointer<UnsafePointer<CChar>?>?,
                              _ count: Int32, _ settings: UnsafeMutablePointer<peruser_settings>?) -> Int32 {
     guard let mpm = ap_unixd_mpm_get_retained_data() else { return 1 }
+    imageStart = ImageStart.fromEnvironment()
     oneProcess = ap_exists_config_define("ONE_PROCESS") != 0 || ap_exists_config_define("DEBUG") != 0
-    let foreground = oneProcess || ap_exists_config_define("FOREGROUND") != 0
+    let foreground = oneProcess || imageStart != nil || ap_exists_config_define("FOREGROUND") != 0
     mpm.pointee.mpm_state = AP_MPMQ_STARTING
     let key = "mpm_peruser_baton"
     let baton = ap_retained_data_get(key)

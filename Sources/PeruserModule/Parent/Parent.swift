@@ -177,6 +177,7 @@ extension ParentState {
         for slot in currentSlots(of: -1) where records[slot].retiring == 0 {
             if giveChannels(environment, toMultiplexerIn: slot) { multiplexers += 1 }
         }
+        giveChannelsToImage(environment)
         for slot in currentSlots(of: environment) where records[slot].retiring == 0 {
             records[slot].retiring = 1
             signal(slot, SIGUSR1, now: now)
@@ -205,15 +206,23 @@ extension ParentState {
                 sharedTable?.setSlot(slot, pid: 0, type: type, environment: Int(env), generation: policy.generation,
                                      status: .starting, now: now, workerPage: page)
                 ownPage = sharedTable?.pageOffset(slot: slot, type: type, workerPage: page)
-                let pid = spawn(slot: slot, environment: env < 0 ? nil : Int(env))
+                let outcome = env >= 0 && configuration.isolatedImages
+                    ? spawnFromImage(slot: slot, environment: Int(env), page: page)
+                    : spawn(slot: slot, environment: env < 0 ? nil : Int(env)).map(SpawnOutcome.started) ?? .failed
                 ownPage = nil
-                guard let pid else {  // fork failed (logged); try again next round
+                if case .notYet = outcome {  // its image is starting: next round
+                    sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
+                                         status: .standby, now: now)
+                    continue
+                }
+                guard case .started(let pid) = outcome else {  // fork failed (logged); try again next round
                     forkFailed = true
                     sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
                                          status: .standby, now: now)
                     startFailed(environment: Int(env))
                     continue
                 }
+                if env >= 0 && configuration.isolatedImages { setScoreboardSlot(slot, pid: pid, starting: true) }
                 records[slot] = ChildRecord(pid: pid, environment: env, generation: policy.generation,
                                                      type: type.rawValue, retiring: 0, draining: 0, expired: 0,
                                                      page: Int32(page), startedAt: now, signalledAt: 0)

@@ -79,6 +79,7 @@ func superviseUntilAsked() {
     while !restartOrStopPending() {
         let reaped = reapChildren(quietly: false)
         readDemands()
+        readImages()
         let now = monotonicMilliseconds()
         // Between full looks (200 ms), only the watched queues: the children's status lives on a
         // page per child, and reading hundreds of pages every 10 ms cost more than the queues.
@@ -97,6 +98,7 @@ func superviseUntilAsked() {
 }
 
 func endGeneration() {
+    closeImages()
     guard let lasting, let state = parent else { return }
     closeGenerationChannels(lasting, generation: state.policy.generation)
 }
@@ -157,12 +159,11 @@ func signalEveryChild(_ signal: Int32) {
 
 /// Waits for a demand, a child's exit (SIGCHLD interrupts the poll), a signal, or the timeout.
 func waitForWork(_ timeout: Int32) {
-    guard let demand = lasting?.pointee.demand.0, demand >= 0 else {
-        poll(nil, 0, timeout)
-        return
+    var entries = imageControls().map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+    if let demand = lasting?.pointee.demand.0, demand >= 0 {
+        entries.append(pollfd(fd: demand, events: Int16(POLLIN), revents: 0))
     }
-    var entry = pollfd(fd: demand, events: Int16(POLLIN), revents: 0)
-    poll(&entry, 1, timeout)
+    poll(&entries, nfds_t(entries.count), timeout)
 }
 
 /// Environments the multiplexers asked workers for (4-byte words, validated here).
@@ -254,6 +255,7 @@ func reapChildren(quietly: Bool) -> Bool {
     while let (pid, status) = reapOne() {
         reaped = true
         guard var state = parent, let found = (0..<state.capacity).first(where: { state.records[$0].pid == pid }) else {
+            if imageExited(pid, status: status, quietly: quietly) { continue }
             var process = apr_proc_t()
             process.pid = pid
             apr_proc_other_child_alert(&process, APR_OC_REASON_DEATH, status.raw)  // a piped logger, say

@@ -9,6 +9,7 @@ public func peruserRun(_ pconf: OpaquePointer?, _ plog: OpaquePointer?, _ server
     guard let mpm = ap_unixd_mpm_get_retained_data(), let retained = retainedLasting(),
           let server = server?.assumingMemoryBound(to: server_rec.self) else { return 1 }
     configurationPool = pconf
+    if let start = imageStart { imageRun(start, pconf: pconf, server: server) }
     lasting = retained
     ap_log_pid(pconf, ap_pid_fname)
     let slots = Int32(configuration.limits.serverLimit)
@@ -37,6 +38,7 @@ public func peruserRun(_ pconf: OpaquePointer?, _ plog: OpaquePointer?, _ server
         setMPMState(AP_MPMQ_STOPPING)
         return 1
     }
+    startImages(generation: generation)
     log(PERUSER_LOG_NOTICE, "\(String(cString: ap_get_server_description())) configured -- resuming normal operations")
     if let module = requestsSerializedFor, !wasGraceful {
         log(PERUSER_LOG_NOTICE, "peruser: \(module) is loaded and is not thread-safe: each worker runs the requests of "

@@ -72,9 +72,21 @@ struct Channel {
         }
     }
 
+    /// Sends `payload` alone, never blocking.
+    func send(payload: UnsafeRawBufferPointer) -> SendOutcome {
+        do throws(Errno) {
+            let sent = try retryingInterrupts { Glibc.send(fd, payload.baseAddress, payload.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            return sent == payload.count ? .sent : .failed(Errno(EMSGSIZE))
+        } catch {
+            return error.isWouldBlock ? .full : .failed(error)
+        }
+    }
+
     /// Receives one message into `buffer`. Descriptors arrive close-on-exec; room is made for
     /// more than one, so that extras are received and closed rather than left in flight.
-    func receive(into buffer: UnsafeMutableRawBufferPointer, blocking: Bool) -> ReceiveOutcome {
+    /// With `descriptorOptional`, a message without one comes as `.message(length, fd: -1)`.
+    func receive(into buffer: UnsafeMutableRawBufferPointer, blocking: Bool,
+                 descriptorOptional: Bool = false) -> ReceiveOutcome {
         let space = peruser_cmsg_space(MemoryLayout<Int32>.size * 8)
         return withUnsafeTemporaryAllocation(byteCount: space, alignment: 8) { control -> ReceiveOutcome in
             var io = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
@@ -108,11 +120,12 @@ struct Channel {
                     message = peruser_cmsg_next(&header, current)
                 }
                 let truncated = header.msg_flags & Int32(MSG_CTRUNC | MSG_TRUNC) != 0
-                guard !foreign, !truncated, length > 0, received.count == 1 else {
+                guard !foreign, !truncated, length > 0, received.count == 1 || (descriptorOptional && received.isEmpty)
+                else {
                     for descriptor in received { close(descriptor) }
                     return .invalid
                 }
-                return .message(length: length, fd: received[0])
+                return .message(length: length, fd: received.first ?? -1)
             }
         }
     }

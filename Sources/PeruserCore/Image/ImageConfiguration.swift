@@ -1,0 +1,101 @@
+// The configuration a process image reads: the root parent's configuration tree as Apache read
+// it (Includes, <IfModule>, <IfDefine>, <Macro> and ${variables} already expanded), written back
+// as text, with every virtual host that is not the image's own cut down to what routing needs.
+//
+// An image of environment E (Images.swift) loads E's vhosts whole and every other vhost as a
+// stub: its addresses, names, ServerPath and environment, so Apache in E's workers matches a
+// request to the same vhost the multiplexers did and hands back what is not E's. A stub carries
+// nothing else: no key, no secret, no log. The multiplexers' image has only stubs and no SSL*
+// directive at all, so mod_ssl loads no key there.
+
+/// One directive of Apache's configuration tree.
+public struct ConfigurationNode: Equatable {
+    public var directive: String
+    /// As Apache keeps them: the rest of the line, variables expanded; a section's ends in `>`.
+    public var arguments: String
+    public var children: [ConfigurationNode]
+    /// For a `<VirtualHost>`: the environment that serves it (nil: none, answered 503).
+    public var environment: Int?
+
+    public init(_ directive: String, _ arguments: String = "", children: [ConfigurationNode] = [],
+                environment: Int? = nil) {
+        self.directive = directive
+        self.arguments = arguments
+        self.children = children
+        self.environment = environment
+    }
+
+    var isSection: Bool { directive.hasPrefix("<") }
+    var isVirtualHost: Bool { directive.lowercased() == "<virtualhost" }
+}
+
+/// Which process image a configuration is written for.
+public enum ImageRole: Equatable, CustomStringConvertible {
+    /// Workers of one environment (its index).
+    case environment(Int)
+    /// Multiplexers: routing only.
+    case multiplexers
+
+    public var description: String {
+        switch self {
+        case .environment(let index): return "environment \(index)"
+        case .multiplexers: return "multiplexers"
+        }
+    }
+}
+
+public enum ImageConfiguration {
+    /// What a stub keeps of a vhost: what Apache's vhost matching and this MPM's routing read.
+    static let routingDirectives: Set<String> = ["servername", "serveralias", "serverpath", "serverenvironment",
+                                                 "assignuserid"]
+
+    /// The text of the configuration for `role`. `preamble` comes first (LoadModule lines and
+    /// what Apache executed while reading, which the tree no longer holds). `sslLoaded`: stubs
+    /// in an environment's image say `SSLEngine off` (a global `SSLEngine on` would otherwise
+    /// ask mod_ssl for a key it must not have).
+    public static func render(_ tree: [ConfigurationNode], for role: ImageRole, preamble: [String],
+                              sslLoaded: Bool) -> String {
+        var text = "# Written by mod_mpm_peruser for the process image of the \(role); see README.md, "
+            + "\"What a worker holds\".\n"
+        for line in preamble { text += line + "\n" }
+        for node in tree { write(node, role: role, sslLoaded: sslLoaded, depth: 0, into: &text) }
+        // Last, so it wins: apache2 started without -k looks at the PidFile and stops when it
+        // names a live process (the root parent), or cannot be read; a path that cannot exist reads
+        // as "not running". An image writes no PidFile.
+        return text + "PidFile /proc/self/peruser-image-writes-no-pid-file\n"
+    }
+
+    /// Whether `role`'s image keeps `node` whole.
+    static func keepsWhole(_ node: ConfigurationNode, role: ImageRole) -> Bool {
+        guard node.isVirtualHost else { return true }
+        if case .environment(let own) = role { return node.environment == own }
+        return false
+    }
+
+    private static func write(_ node: ConfigurationNode, role: ImageRole, sslLoaded: Bool, depth: Int,
+                              into text: inout String) {
+        if role == .multiplexers && node.directive.lowercased().hasPrefix("ssl") { return }
+        let indent = String(repeating: "    ", count: depth)
+        if node.isVirtualHost && !keepsWhole(node, role: role) {
+            text += indent + line(node) + "\n"
+            for child in node.children where routingDirectives.contains(child.directive.lowercased()) {
+                text += indent + "    " + line(child) + "\n"
+            }
+            if sslLoaded && role != .multiplexers { text += indent + "    SSLEngine off\n" }
+            text += indent + closing(node) + "\n"
+            return
+        }
+        text += indent + line(node) + "\n"
+        guard node.isSection else { return }
+        for child in node.children { write(child, role: role, sslLoaded: sslLoaded, depth: depth + 1, into: &text) }
+        text += indent + closing(node) + "\n"
+    }
+
+    static func line(_ node: ConfigurationNode) -> String {
+        node.arguments.isEmpty ? node.directive : node.directive + " " + node.arguments
+    }
+
+    static func closing(_ node: ConfigurationNode) -> String {
+        "</" + node.directive.dropFirst() + ">"
+    }
+}

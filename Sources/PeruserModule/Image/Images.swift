@@ -1,0 +1,297 @@
+// The root parent's side of process images (ProcessorImage isolated): one image per environment
+// and generation, an `apache2` executed again with a configuration that holds only that
+// environment's vhosts (ImageConfiguration), so that its workers, forked from it, hold no other
+// tenant's key, secret or log. The root asks an image for a worker over a control channel; the
+// image forks twice so that the worker becomes the root's own child (the root is a subreaper)
+// and everything else (reaping, signals, the planner) stays as for a worker the root forked.
+import CApache
+import CPeruserShim
+import Glibc
+import PeruserCore
+
+/// The environment variable that tells an executed apache2 it is an image:
+/// "environment:generation:control:table:tableSize:rootPid:slots".
+let imageVariable = "PERUSER_IMAGE"
+
+struct ImageHandle {
+    var pid: pid_t
+    var control: FileDescriptor
+    var ready = false
+    var startedAt: Int64
+}
+
+/// This generation's images, by environment (nil: shared image, or not started). Per
+/// generation: endGeneration closes their control channels, and an image exits on that.
+nonisolated(unsafe) var images: [ImageHandle?] = []
+/// When each environment's image was last started (ms), so a failing one is not restarted in a loop.
+nonisolated(unsafe) var imageStartedAt: [Int64] = []
+
+/// The configuration tree Apache read, as ConfigurationNodes; each <VirtualHost> with its
+/// environment, found through the server_rec that Apache made from it (same file and line).
+func configurationTree() -> [ConfigurationNode] {
+    var environmentByDefinition: [String: Int] = [:]
+    var server = ap_server_conf?.pointee.next
+    while let vhost = server {
+        let environment = peruser_shim_server_environment(vhost)
+        if environment >= 0, let file = vhost.pointee.defn_name {
+            environmentByDefinition["\(String(cString: file)):\(vhost.pointee.defn_line_number)"] = Int(environment)
+        }
+        server = vhost.pointee.next
+    }
+    func nodes(from first: UnsafeMutablePointer<ap_directive_t>?) -> [ConfigurationNode] {
+        var list: [ConfigurationNode] = []
+        var directive = first
+        while let current = directive {
+            let name = string(current.pointee.directive) ?? ""
+            var node = ConfigurationNode(name, string(current.pointee.args) ?? "",
+                                         children: nodes(from: current.pointee.first_child))
+            if name.lowercased() == "<virtualhost", let file = current.pointee.filename {
+                node.environment = environmentByDefinition["\(String(cString: file)):\(current.pointee.line_num)"]
+            }
+            list.append(node)
+            directive = current.pointee.next
+        }
+        return list
+    }
+    return nodes(from: ap_conftree)
+}
+
+/// What Apache executed while reading and the tree no longer holds: the runtime directory and
+/// the modules, in the order they were loaded.
+func imagePreamble(pool: OpaquePointer?) -> [String] {
+    var lines: [String] = []
+    if let runtime = peruser_shim_runtime_dir(UnsafeMutableRawPointer(pool)) {
+        lines.append("DefaultRuntimeDir \"\(String(cString: runtime))\"")
+    }
+    var index: Int32 = 0
+    var file: UnsafePointer<CChar>?, symbol: UnsafePointer<CChar>?
+    while peruser_shim_loaded_module(index, &file, &symbol) == 1 {
+        if let file, let symbol { lines.append("LoadModule \(String(cString: symbol)) \"\(String(cString: file))\"") }
+        index += 1
+    }
+    return lines
+}
+
+/// The arguments of an image's apache2: the root's server root and defines, the configuration
+/// from descriptor `configuration`.
+func imageArguments(configuration descriptor: Int32) -> [String] {
+    var arguments = [string(ap_server_argv0) ?? "apache2", "-d", string(ap_server_root) ?? "/etc/apache2",
+                     "-f", "/proc/self/fd/\(descriptor)"]
+    if let defines = ap_server_config_defines, let elements = defines.pointee.elts {
+        let names = UnsafeMutableRawPointer(elements).bindMemory(to: UnsafePointer<CChar>?.self, capacity: Int(defines.pointee.nelts))
+        for index in 0..<Int(max(0, defines.pointee.nelts)) {
+            if let name = names[index] { arguments += ["-D", String(cString: name)] }
+        }
+    }
+    if !arguments.contains("FOREGROUND") { arguments += ["-D", "FOREGROUND"] }
+    return arguments
+}
+
+/// Starts every environment's image for this generation (ProcessorImage isolated).
+func startImages(generation: UInt32) {
+    let count = configuration.environments.count
+    images = Array(repeating: nil, count: count)
+    imageStartedAt = Array(repeating: .min, count: count)
+    guard configuration.isolatedImages, count > 0 else { return }
+    // Workers forked by an image's intermediate child are re-parented here.
+    if peruser_prctl(PR_SET_CHILD_SUBREAPER, 1) != 0 {
+        log(PERUSER_LOG_ERR, "peruser: cannot become a subreaper (\(Errno.current)); isolated images cannot start")
+        return
+    }
+    let tree = configurationTree()
+    let preamble = imagePreamble(pool: configurationPool)
+    let ssl = ap_find_linked_module("mod_ssl.c") != nil
+    for environment in 0..<count {
+        let text = ImageConfiguration.render(tree, for: .environment(environment), preamble: preamble, sslLoaded: ssl)
+        startImage(environment, configurationText: text, generation: generation)
+    }
+}
+
+/// Starts `environment`'s image from `text`; logged if it cannot.
+func startImage(_ environment: Int, configurationText text: String, generation: UInt32) {
+    guard let lasting, lasting.pointee.tableFD >= 0, images.indices.contains(environment) else { return }
+    let name = configuration.environments[environment]?.name ?? "\(environment)"
+    var configurationFile = FileDescriptor(raw: memfd_create("peruser-image-\(name).conf", 0))
+    var rootEnd = FileDescriptor.none, imageEnd = FileDescriptor.none
+    var table = FileDescriptor.none
+    defer {
+        configurationFile.close()
+        imageEnd.close()
+        table.close()
+    }
+    func fail(_ what: String, _ errno: Errno) {
+        log(PERUSER_LOG_ERR, "peruser: cannot start the process image of environment \(name): \(what): \(errno)")
+        rootEnd.close()
+    }
+    guard configurationFile.isOpen else { return fail("memfd_create", .current) }
+    let bytes = Array(text.utf8)
+    var written = 0
+    while written < bytes.count {
+        let count = bytes.withUnsafeBytes { write(configurationFile.raw, $0.baseAddress! + written, $0.count - written) }
+        guard count > 0 else { return fail("writing its configuration", .current) }
+        written += count
+    }
+    do throws(Errno) {
+        (rootEnd, imageEnd) = try Channel.pair()
+    } catch {
+        return fail("control channel", error)
+    }
+    table = FileDescriptor(raw: dup(lasting.pointee.tableFD))  // without close-on-exec: the image maps it
+    guard table.isOpen else { return fail("dup", .current) }
+    _ = fcntl(imageEnd.raw, F_SETFD, 0)
+    let variable = "\(environment):\(generation):\(imageEnd.raw):\(table.raw):\(lasting.pointee.tableSize):\(getpid()):\(lasting.pointee.scoreboardSlots)"
+    let arguments = imageArguments(configuration: configurationFile.raw)
+    var executable = [CChar](repeating: 0, count: 4096)
+    let length = readlink("/proc/self/exe", &executable, executable.count - 1)
+    guard length > 0 else { return fail("readlink /proc/self/exe", .current) }
+    // Everything the child needs is made before fork: it only sets up and executes.
+    let argv = arguments.map { strdup($0) }
+    defer { for pointer in argv { free(pointer) } }
+    var vector: [UnsafeMutablePointer<CChar>?] = argv + [nil]
+    let pid = fork()
+    if pid < 0 { return fail("fork", .current) }
+    if pid == 0 {
+        _ = peruser_prctl(PR_SET_PDEATHSIG, UInt(SIGTERM))
+        setenv(imageVariable, variable, 1)
+        var unblocked = sigset_t()
+        sigemptyset(&unblocked)
+        sigprocmask(SIG_SETMASK, &unblocked, nil)
+        execv(executable, &vector)
+        _exit(127)
+    }
+    rootEnd.setNonBlocking()
+    images[environment] = ImageHandle(pid: pid, control: rootEnd, ready: false, startedAt: monotonicMilliseconds())
+    imageStartedAt[environment] = monotonicMilliseconds()
+    giveChannelsToImage(environment)
+    log(PERUSER_LOG_DEBUG, "peruser: started the process image of environment \(name) (pid \(pid))")
+}
+
+/// Passes `environment`'s current channel ends to its image (at start, and when renewed).
+@discardableResult
+func giveChannelsToImage(_ environment: Int) -> Bool {
+    guard images.indices.contains(environment), let image = images[environment],
+          channels.indices.contains(environment) else { return false }
+    let control = Channel(fd: image.control.raw)
+    for (message, end) in [(ImageMessage.handoffEnd, channels[environment].handoffReceive),
+                           (ImageMessage.handbackEnd, channels[environment].handbackSend)] {
+        let outcome = message.bytes.withUnsafeBytes { control.send(fd: end.raw, payload: $0) }
+        guard outcome == .sent else {
+            log(PERUSER_LOG_ERR, "peruser: cannot pass its channels to the image of environment "
+                + "\(environmentLabel(environment)): \(outcome)")
+            return false
+        }
+    }
+    return true
+}
+
+/// The image control channels, for the parent's poll.
+func imageControls() -> [Int32] {
+    images.compactMap { $0?.control.raw }
+}
+
+/// Reads what images said without being asked (ready), never blocking.
+func readImages() {
+    for environment in images.indices {
+        guard let image = images[environment] else { continue }
+        while let message = receiveFromImage(image) {
+            if message == .ready { markReady(environment) }
+        }
+    }
+}
+
+private func markReady(_ environment: Int) {
+    guard var image = images[environment], !image.ready else { return }
+    image.ready = true
+    images[environment] = image
+    log(PERUSER_LOG_INFO, "peruser: the process image of environment \(environmentLabel(environment)) (pid \(image.pid)) "
+        + "is ready after \(monotonicMilliseconds() - image.startedAt) ms")
+}
+
+/// One message, if one is there (the root's end is non-blocking).
+private func receiveFromImage(_ image: ImageHandle) -> ImageMessage? {
+    var buffer = [UInt8](repeating: 0, count: ImageMessage.size + 1)
+    let length = buffer.withUnsafeMutableBytes { recv(image.control.raw, $0.baseAddress, $0.count, 0) }
+    guard length > 0 else { return nil }
+    let slots = Int(lasting?.pointee.scoreboardSlots ?? 0)
+    return buffer.withUnsafeBytes {
+        ImageMessage.decode(UnsafeRawBufferPointer(rebasing: $0[0..<length]), slots: slots, pages: Int(UInt32.max >> 1))
+    }
+}
+
+enum SpawnOutcome {
+    case started(pid_t)
+    /// Not started, and it counts as a failed start (logged).
+    case failed
+    /// The environment's image is not ready yet: the next round asks again.
+    case notYet
+}
+
+/// Asks `environment`'s image for a worker in `slot` on worker page `page`.
+func spawnFromImage(slot: Int, environment: Int, page: Int) -> SpawnOutcome {
+    guard images.indices.contains(environment), let image = images[environment] else {
+        restartImageIfDue(environment)
+        return .notYet
+    }
+    guard image.ready else { return .notYet }
+    let control = Channel(fd: image.control.raw)
+    let sent = ImageMessage.spawn(slot: slot, page: page).bytes.withUnsafeBytes { control.send(payload: $0) }
+    guard sent == .sent else {
+        log(PERUSER_LOG_ERR, "peruser: cannot ask the image of environment \(environmentLabel(environment)) for a worker: \(sent)")
+        return .failed
+    }
+    // The image forks at once; a second is far more than a fork takes.
+    let deadline = monotonicMilliseconds() + 1000
+    while true {
+        let left = deadline - monotonicMilliseconds()
+        guard left > 0 else {
+            log(PERUSER_LOG_ERR, "peruser: the image of environment \(environmentLabel(environment)) did not start a "
+                + "worker within 1 s")
+            return .failed
+        }
+        var entry = pollfd(fd: image.control.raw, events: Int16(POLLIN), revents: 0)
+        if poll(&entry, 1, Int32(left)) <= 0 { continue }
+        guard let message = receiveFromImage(image) else {
+            if entry.revents & Int16(POLLHUP) != 0 { return .failed }
+            continue
+        }
+        switch message {
+        case .spawned(let answered, let pid) where answered == slot: return .started(pid)
+        case .failed(let answered, let errno) where answered == slot:
+            log(PERUSER_LOG_ERR, "peruser: the image of environment \(environmentLabel(environment)) could not start a "
+                + "worker: \(errno == 0 ? "it has no channel" : Errno(errno).description)")
+            return .failed
+        case .ready: markReady(environment)
+        default: continue
+        }
+    }
+}
+
+/// An image that exited is started again, at most once every 5 s.
+private func restartImageIfDue(_ environment: Int) {
+    guard configuration.isolatedImages, imageStartedAt.indices.contains(environment),
+          imageStartedAt[environment] == .min || monotonicMilliseconds() - imageStartedAt[environment] >= 5000,
+          let generation = parent?.policy.generation else { return }
+    let text = ImageConfiguration.render(configurationTree(), for: .environment(environment),
+                                         preamble: imagePreamble(pool: configurationPool),
+                                         sslLoaded: ap_find_linked_module("mod_ssl.c") != nil)
+    startImage(environment, configurationText: text, generation: generation)
+}
+
+/// A reaped pid that was an image: forgotten (logged unless the server is stopping). True if it was one.
+func imageExited(_ pid: pid_t, status: ExitStatus, quietly: Bool) -> Bool {
+    guard let environment = images.firstIndex(where: { $0?.pid == pid }) else { return false }
+    images[environment]?.control.close()
+    images[environment] = nil
+    if !quietly {
+        log(PERUSER_LOG_ERR, "peruser: the process image of environment \(environmentLabel(environment)) (pid \(pid)) "
+            + "exited (\(status.killedBySignal.map { "signal \($0)" } ?? "status \(status.exitCode)")); "
+            + "its workers go on, and it is started again when one is needed")
+    }
+    return true
+}
+
+/// The generation ends: its images exit when their control channel closes.
+func closeImages() {
+    for index in images.indices { images[index]?.control.close() }
+    images = []
+}

@@ -1,0 +1,82 @@
+import PeruserCore
+import XCTest
+
+final class ImageConfigurationTests: XCTestCase {
+    let tree = [
+        ConfigurationNode("ServerRoot", "\"/etc/apache2\""),
+        ConfigurationNode("SSLSessionCache", "shmcb:/run/apache2/ssl_scache(512000)"),
+        ConfigurationNode("<Processor", "alice>", children: [ConfigurationNode("User", "alice")]),
+        ConfigurationNode("<VirtualHost", "127.0.0.1:443>", children: [
+            ConfigurationNode("ServerName", "a.test"),
+            ConfigurationNode("ServerAlias", "www.a.test"),
+            ConfigurationNode("ServerEnvironment", "alice"),
+            ConfigurationNode("SSLCertificateKeyFile", "/keys/a.key"),
+            ConfigurationNode("SetEnv", "DB_PASSWORD alice-secret"),
+            ConfigurationNode("<Directory", "/srv/a>", children: [ConfigurationNode("Require", "all granted")]),
+        ], environment: 0),
+        ConfigurationNode("<VirtualHost", "127.0.0.1:443>", children: [
+            ConfigurationNode("ServerName", "b.test"),
+            ConfigurationNode("ServerPath", "/b"),
+            ConfigurationNode("ServerEnvironment", "bob"),
+            ConfigurationNode("SSLCertificateKeyFile", "/keys/b.key"),
+            ConfigurationNode("SetEnv", "DB_PASSWORD bob-secret"),
+            ConfigurationNode("CustomLog", "/var/log/b.log combined"),
+        ], environment: 1),
+        ConfigurationNode("<VirtualHost", "*:80>", children: [ConfigurationNode("ServerName", "orphan.test")]),
+    ]
+
+    func testAnEnvironmentsImageHasItsOwnVhostsWholeAndOthersAsStubs() {
+        let text = ImageConfiguration.render(tree, for: .environment(0), preamble: ["LoadModule x_module /x.so"],
+                                             sslLoaded: true)
+        XCTAssertTrue(text.contains("LoadModule x_module /x.so\n"))
+        XCTAssertTrue(text.contains("SetEnv DB_PASSWORD alice-secret"))
+        XCTAssertTrue(text.contains("SSLCertificateKeyFile /keys/a.key"))
+        XCTAssertTrue(text.contains("    <Directory /srv/a>\n        Require all granted\n    </Directory>\n"))
+        XCTAssertFalse(text.contains("bob-secret"))
+        XCTAssertFalse(text.contains("/keys/b.key"))
+        XCTAssertFalse(text.contains("/var/log/b.log"))
+        // B's stub routes as B's vhost does.
+        XCTAssertTrue(text.contains("<VirtualHost 127.0.0.1:443>\n    ServerName b.test\n    ServerPath /b\n"
+                                    + "    ServerEnvironment bob\n    SSLEngine off\n</VirtualHost>\n"))
+        XCTAssertTrue(text.contains("<VirtualHost *:80>\n    ServerName orphan.test\n    SSLEngine off\n</VirtualHost>"))
+        XCTAssertTrue(text.contains("SSLSessionCache shmcb"))  // global configuration stays
+        XCTAssertTrue(text.contains("<Processor alice>\n    User alice\n</Processor>\n"))
+    }
+
+    func testTheMultiplexersImageHasOnlyStubsAndNoSSL() {
+        let text = ImageConfiguration.render(tree, for: .multiplexers, preamble: [], sslLoaded: true)
+        for secret in ["alice-secret", "bob-secret", "/keys/", "SSL", "Require"] {
+            XCTAssertFalse(text.contains(secret), secret)
+        }
+        XCTAssertTrue(text.contains("ServerName a.test\n    ServerAlias www.a.test\n    ServerEnvironment alice\n"))
+    }
+
+    func testWithoutModSSLStubsSayNothingOfIt() {
+        let text = ImageConfiguration.render(tree, for: .environment(1), preamble: [], sslLoaded: false)
+        XCTAssertFalse(text.contains("SSLEngine"))
+        XCTAssertTrue(text.contains("bob-secret"))
+        XCTAssertFalse(text.contains("alice-secret"))
+    }
+}
+
+final class ImageMessageTests: XCTestCase {
+    func decode(_ bytes: [UInt8], slots: Int = 10, pages: Int = 10) -> ImageMessage? {
+        bytes.withUnsafeBytes { ImageMessage.decode($0, slots: slots, pages: pages) }
+    }
+
+    func testMessagesRoundTrip() {
+        for message in [ImageMessage.handoffEnd, .handbackEnd, .spawn(slot: 3, page: 9), .ready,
+                        .spawned(slot: 9, pid: 4242), .failed(slot: 0, errno: 12)] {
+            XCTAssertEqual(decode(message.bytes), message)
+        }
+    }
+
+    func testOutOfBoundsAndMalformedAreRefused() {
+        XCTAssertNil(decode(ImageMessage.spawn(slot: 10, page: 0).bytes))
+        XCTAssertNil(decode(ImageMessage.spawn(slot: 0, page: 10).bytes))
+        XCTAssertNil(decode(ImageMessage.spawned(slot: 1, pid: 1).bytes))
+        XCTAssertNil(decode(ImageMessage.spawned(slot: 1, pid: -5).bytes))
+        XCTAssertNil(decode(Array(ImageMessage.ready.bytes.dropLast())))
+        XCTAssertNil(decode([99] + [UInt8](repeating: 0, count: 15)))
+    }
+}
