@@ -10,6 +10,8 @@ final class ImageConfigurationTests: XCTestCase {
             ConfigurationNode("ServerName", "a.test"),
             ConfigurationNode("ServerAlias", "www.a.test"),
             ConfigurationNode("ServerEnvironment", "alice"),
+            ConfigurationNode("SSLEngine", "on"),
+            ConfigurationNode("SSLCertificateFile", "/keys/a.crt"),
             ConfigurationNode("SSLCertificateKeyFile", "/keys/a.key"),
             ConfigurationNode("SetEnv", "DB_PASSWORD alice-secret"),
             ConfigurationNode("<Directory", "/srv/a>", children: [ConfigurationNode("Require", "all granted")]),
@@ -18,6 +20,7 @@ final class ImageConfigurationTests: XCTestCase {
             ConfigurationNode("ServerName", "b.test"),
             ConfigurationNode("ServerPath", "/b"),
             ConfigurationNode("ServerEnvironment", "bob"),
+            ConfigurationNode("SSLEngine", "on"),
             ConfigurationNode("SSLCertificateKeyFile", "/keys/b.key"),
             ConfigurationNode("SetEnv", "DB_PASSWORD bob-secret"),
             ConfigurationNode("CustomLog", "/var/log/b.log combined"),
@@ -35,9 +38,11 @@ final class ImageConfigurationTests: XCTestCase {
         XCTAssertFalse(text.contains("bob-secret"))
         XCTAssertFalse(text.contains("/keys/b.key"))
         XCTAssertFalse(text.contains("/var/log/b.log"))
-        // B's stub routes as B's vhost does.
+        // B's stub routes as B's vhost does, and speaks TLS with A's own certificate (mod_ssl
+        // decides TLS by the address's first vhost, before SNI).
         XCTAssertTrue(text.contains("<VirtualHost 127.0.0.1:443>\n    ServerName b.test\n    ServerPath /b\n"
-                                    + "    ServerEnvironment bob\n    SSLEngine off\n</VirtualHost>\n"))
+                                    + "    ServerEnvironment bob\n    SSLEngine on\n    SSLCertificateFile /keys/a.crt\n"
+                                    + "    SSLCertificateKeyFile /keys/a.key\n</VirtualHost>\n"), text)
         XCTAssertTrue(text.contains("<VirtualHost *:80>\n    ServerName orphan.test\n    SSLEngine off\n</VirtualHost>"))
         XCTAssertTrue(text.contains("SSLSessionCache shmcb"))  // global configuration stays
         XCTAssertTrue(text.contains("<Processor alice>\n    User alice\n</Processor>\n"))
@@ -51,11 +56,27 @@ final class ImageConfigurationTests: XCTestCase {
         XCTAssertTrue(text.contains("ServerName a.test\n    ServerAlias www.a.test\n    ServerEnvironment alice\n"))
     }
 
+    func testAnEnvironmentWithoutTLSHasStubsWithoutIt() {
+        let text = ImageConfiguration.render(tree.filter { !$0.isVirtualHostOf(0) }, for: .environment(1),
+                                             preamble: [], sslLoaded: true)
+        XCTAssertTrue(text.contains("/keys/b.key"))
+        let plain = ImageConfiguration.render(tree, for: .environment(7), preamble: [], sslLoaded: true)
+        XCTAssertTrue(plain.contains("ServerName a.test\n    ServerAlias www.a.test\n    ServerEnvironment alice\n"
+                                     + "    SSLEngine off\n"), plain)
+        XCTAssertFalse(plain.contains("/keys/"))
+    }
+
     func testWithoutModSSLStubsSayNothingOfIt() {
         let text = ImageConfiguration.render(tree, for: .environment(1), preamble: [], sslLoaded: false)
-        XCTAssertFalse(text.contains("SSLEngine"))
+        XCTAssertTrue(text.contains("ServerEnvironment alice\n</VirtualHost>"), text)
         XCTAssertTrue(text.contains("bob-secret"))
         XCTAssertFalse(text.contains("alice-secret"))
+    }
+}
+
+extension ConfigurationNode {
+    func isVirtualHostOf(_ environment: Int) -> Bool {
+        directive == "<VirtualHost" && self.environment == environment
     }
 }
 

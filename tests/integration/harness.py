@@ -40,7 +40,9 @@ def is_image(pid):
             args = f.read().split(b"\0")
     except OSError:
         return False
-    return any(a.startswith(b"/proc/self/fd/") for a in args) and b"-f" in args
+    # Its workers carry the same command line, under their environment's uid.
+    return (any(a.startswith(b"/proc/self/fd/") for a in args) and b"-f" in args
+            and proc_ids(pid)[0] == 0)
 
 
 def free_port():

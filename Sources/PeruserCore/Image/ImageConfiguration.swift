@@ -50,19 +50,46 @@ public enum ImageConfiguration {
                                                  "assignuserid"]
 
     /// The text of the configuration for `role`. `preamble` comes first (LoadModule lines and
-    /// what Apache executed while reading, which the tree no longer holds). `sslLoaded`: stubs
-    /// in an environment's image say `SSLEngine off` (a global `SSLEngine on` would otherwise
-    /// ask mod_ssl for a key it must not have).
+    /// what Apache executed while reading, which the tree no longer holds). `sslLoaded`: mod_ssl
+    /// is loaded, so stubs say whether TLS is on.
+    ///
+    /// mod_ssl decides whether a connection speaks TLS by the first vhost of its address, before
+    /// SNI picks the real one; in E's image that first vhost may be another environment's stub.
+    /// So a stub of a TLS vhost keeps TLS on, with E's own certificate (the certificate lines of
+    /// E's first TLS vhost; none if E's use the global one): its key is E's, which E's image
+    /// holds anyway. In an image of an environment without TLS vhosts, stubs have TLS off.
     public static func render(_ tree: [ConfigurationNode], for role: ImageRole, preamble: [String],
                               sslLoaded: Bool) -> String {
         var text = "# Written by mod_mpm_peruser for the process image of the \(role); see README.md, "
             + "\"What a worker holds\".\n"
         for line in preamble { text += line + "\n" }
-        for node in tree { write(node, role: role, sslLoaded: sslLoaded, depth: 0, into: &text) }
+        let globalTLS = tree.contains { $0.directive.lowercased() == "sslengine" && $0.arguments.lowercased() == "on" }
+        var stubTLS: [ConfigurationNode]?
+        if sslLoaded, case .environment(let own) = role,
+           let first = tree.first(where: { $0.isVirtualHost && $0.environment == own && speaksTLS($0, globalTLS) }) {
+            stubTLS = [ConfigurationNode("SSLEngine", "on")]
+                + first.children.filter { $0.directive.lowercased().hasPrefix("sslcertificate") }
+        }
+        let context = Context(role: role, sslLoaded: sslLoaded, globalTLS: globalTLS, stubTLS: stubTLS)
+        for node in tree { write(node, context, depth: 0, into: &text) }
         // Last, so it wins: apache2 started without -k looks at the PidFile and stops when it
         // names a live process (the root parent), or cannot be read; a path that cannot exist reads
         // as "not running". An image writes no PidFile.
         return text + "PidFile /proc/self/peruser-image-writes-no-pid-file\n"
+    }
+
+    struct Context {
+        let role: ImageRole
+        let sslLoaded: Bool
+        let globalTLS: Bool
+        /// What a stub of a TLS vhost says of TLS (nil: off).
+        let stubTLS: [ConfigurationNode]?
+    }
+
+    /// Whether a vhost has TLS on: its own SSLEngine, else the global one.
+    static func speaksTLS(_ vhost: ConfigurationNode, _ globalTLS: Bool) -> Bool {
+        guard let own = vhost.children.last(where: { $0.directive.lowercased() == "sslengine" }) else { return globalTLS }
+        return own.arguments.lowercased() == "on"
     }
 
     /// Whether `role`'s image keeps `node` whole.
@@ -72,22 +99,27 @@ public enum ImageConfiguration {
         return false
     }
 
-    private static func write(_ node: ConfigurationNode, role: ImageRole, sslLoaded: Bool, depth: Int,
-                              into text: inout String) {
-        if role == .multiplexers && node.directive.lowercased().hasPrefix("ssl") { return }
+    private static func write(_ node: ConfigurationNode, _ context: Context, depth: Int, into text: inout String) {
+        if context.role == .multiplexers && node.directive.lowercased().hasPrefix("ssl") { return }
         let indent = String(repeating: "    ", count: depth)
-        if node.isVirtualHost && !keepsWhole(node, role: role) {
+        if node.isVirtualHost && !keepsWhole(node, role: context.role) {
             text += indent + line(node) + "\n"
             for child in node.children where routingDirectives.contains(child.directive.lowercased()) {
                 text += indent + "    " + line(child) + "\n"
             }
-            if sslLoaded && role != .multiplexers { text += indent + "    SSLEngine off\n" }
+            if context.sslLoaded && context.role != .multiplexers {
+                if let tls = context.stubTLS, speaksTLS(node, context.globalTLS) {
+                    for child in tls { text += indent + "    " + line(child) + "\n" }
+                } else {
+                    text += indent + "    SSLEngine off\n"
+                }
+            }
             text += indent + closing(node) + "\n"
             return
         }
         text += indent + line(node) + "\n"
         guard node.isSection else { return }
-        for child in node.children { write(child, role: role, sslLoaded: sslLoaded, depth: depth + 1, into: &text) }
+        for child in node.children { write(child, context, depth: depth + 1, into: &text) }
         text += indent + closing(node) + "\n"
     }
 

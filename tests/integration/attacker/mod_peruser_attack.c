@@ -32,6 +32,10 @@
  *             traffic (another vhost's requests) this worker can still see.
  *   signal    SIGKILL to getppid() and to every pid in the child table's identities (never 0,
  *             1, a negative pid, or this worker itself).
+ *   holdings  what this worker holds of anyone: &needles=HEX[,HEX...] are searched for in every
+ *             readable mapping of the process (through /proc/self/mem, so nothing faults);
+ *             reports each needle's hits with the mapping they are in, then every descriptor
+ *             (readlink of /proc/self/fd) and every shared writable mapping (/proc/self/maps).
  * Only libc and the APR/httpd API. */
 
 #include "httpd.h"
@@ -1079,6 +1083,136 @@ static void attack_signal(request_rec *r)
 
 /* ------------------------------------------------------------------ */
 
+
+/* ------------------------------------------------------------------ */
+/* holdings                                                             */
+/* ------------------------------------------------------------------ */
+
+#define MAX_NEEDLES 16
+
+static int unhex(const char *text, size_t len, unsigned char *out)
+{
+    size_t i;
+    for (i = 0; i + 1 < len; i += 2) {
+        unsigned hi, lo;
+        if (sscanf(text + i, "%1x%1x", &hi, &lo) != 2) return -1;
+        out[i / 2] = (unsigned char)(hi << 4 | lo);
+    }
+    return (int)(len / 2);
+}
+
+static void attack_holdings(request_rec *r)
+{
+    const char *list = NULL;
+    unsigned char *needles[MAX_NEEDLES];
+    int lengths[MAX_NEEDLES], hits[MAX_NEEDLES], count = 0, i;
+    char *where[MAX_NEEDLES];
+    FILE *maps;
+    char text[1024];
+    int mem;
+    size_t chunk = 1 << 20;
+    unsigned char *buffer;
+    DIR *dir;
+    struct dirent *entry;
+
+    if (r->args) {
+        const char *found = strstr(r->args, "needles=");
+        if (found) list = found + strlen("needles=");
+    }
+    while (list && *list && count < MAX_NEEDLES) {
+        size_t len = strcspn(list, ",&");
+        needles[count] = apr_palloc(r->pool, len / 2 + 1);
+        lengths[count] = unhex(list, len, needles[count]);
+        hits[count] = 0;
+        where[count] = "";
+        if (lengths[count] > 0) count++;
+        list += len;
+        if (*list == ',') list++; else break;
+    }
+    buffer = malloc(chunk + 4096);
+    mem = 0; /* process_vm_readv on itself: allowed even when not dumpable, and it never faults */
+    maps = fopen("/proc/self/maps", "r");
+    step(r, "scan-open", mem >= 0 && maps && buffer, errno, "%d needles", count);
+    while (mem >= 0 && maps && buffer && fgets(text, sizeof text, maps)) {
+        unsigned long start, end, offset;
+        char perms[8] = "", path[512] = "";
+        unsigned long at;
+        if (sscanf(text, "%lx-%lx %7s %lx %*s %*s %511[^\n]", &start, &end, perms, &offset, path) < 4) continue;
+        if (perms[0] != 'r' || strstr(path, "[vvar]") || strstr(path, "[vsyscall]")) continue;
+        /* Overlapping reads so a needle across a chunk boundary is still seen; a page that
+         * cannot be read (a file mapping past its end) is skipped. */
+        for (at = start; at < end;) {
+            size_t want = end - at < chunk + 256 ? end - at : chunk + 256;
+            struct iovec local = { buffer, want }, remote = { (void *)at, want };
+            ssize_t got = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+            size_t advance;
+            int n;
+            if (got <= 0) {
+                at = (at | 4095) + 1;
+                continue;
+            }
+            advance = at + (size_t)got >= end || got <= 256 ? (size_t)got : (size_t)got - 256;
+            for (n = 0; n < count; n++) {
+                unsigned char *p = buffer, *limit = buffer + got;
+                while (p + lengths[n] <= limit) {
+                    unsigned char *q = memchr(p, needles[n][0], (size_t)(limit - p));
+                    if (!q || q + lengths[n] > limit) break;
+                    if ((size_t)(q - buffer) < advance && memcmp(q, needles[n], lengths[n]) == 0) {
+                        unsigned long address = at + (unsigned long)(q - buffer);
+                        int own = address >= (unsigned long)(uintptr_t)buffer
+                                  && address < (unsigned long)(uintptr_t)buffer + chunk + 4096;
+                        int k;
+                        /* Not the needles' own decoded copies, nor the scan buffer. */
+                        for (k = 0; k < count && !own; k++) {
+                            own = address + lengths[n] > (unsigned long)(uintptr_t)needles[k]
+                                  && address < (unsigned long)(uintptr_t)needles[k] + lengths[k];
+                        }
+                        if (!own) {
+                            hits[n]++;
+                            if (hits[n] <= 8) {
+                                where[n] = apr_psprintf(r->pool, "%s %s@%lx(%s)", where[n], perms, address,
+                                                        path[0] ? path : "anonymous");
+                            }
+                        }
+                    }
+                    p = q + 1;
+                }
+            }
+            at += advance;
+        }
+    }
+    for (i = 0; i < count; i++) {
+        line(r, apr_psprintf(r->pool, "{\"needle\": %d, \"hits\": %d, \"where\": %s}", i, hits[i],
+                             js(r->pool, where[i])));
+    }
+    if (maps) fclose(maps);
+    free(buffer);
+
+    dir = opendir("/proc/self/fd");
+    while (dir && (entry = readdir(dir))) {
+        char link[600], target[512];
+        ssize_t n;
+        if (entry->d_name[0] == '.') continue;
+        snprintf(link, sizeof link, "/proc/self/fd/%s", entry->d_name);
+        n = readlink(link, target, sizeof target - 1);
+        target[n > 0 ? n : 0] = '\0';
+        line(r, apr_psprintf(r->pool, "{\"fd\": %s, \"target\": %s}", entry->d_name, js(r->pool, target)));
+    }
+    if (dir) closedir(dir);
+
+    maps = fopen("/proc/self/maps", "r");
+    while (maps && fgets(text, sizeof text, maps)) {
+        char perms[8] = "", device[16] = "", path[512] = "";
+        unsigned long start, end, inode = 0;
+        if (sscanf(text, "%lx-%lx %7s %*s %15s %lu %511[^\n]", &start, &end, perms, device, &inode, path) < 5) continue;
+        if (perms[1] == 'w' && perms[3] == 's') {
+            line(r, apr_psprintf(r->pool, "{\"shared_writable\": %s, \"device\": %s, \"inode\": %lu, \"size\": %lu}",
+                                 js(r->pool, path), js(r->pool, device), inode, end - start));
+        }
+    }
+    if (maps) fclose(maps);
+}
+
 static int attack_handler(request_rec *r)
 {
     apr_table_t *args = NULL;
@@ -1119,6 +1253,9 @@ static int attack_handler(request_rec *r)
     }
     else if (strcmp(attack, "readkept") == 0) {
         attack_readkept(r);
+    }
+    else if (strcmp(attack, "holdings") == 0) {
+        attack_holdings(r);
     }
     else if (strcmp(attack, "signal") == 0) {
         attack_signal(r);

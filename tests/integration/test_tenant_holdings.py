@@ -1,0 +1,222 @@
+"""What a compromised worker of tenant A holds of tenant B (issue 17): nothing.
+
+Two TLS tenants with their own keys and a `SetEnv` secret each, mod_php (with its opcache) and
+per-vhost logs. The in-process attacker (tests/integration/attacker/mod_peruser_attack.c,
+`?attack=holdings`) runs inside A's worker as A's uid and:
+- searches every readable mapping of the process for needles: B's private key (its two prime
+  factors, as big-endian bytes and as OpenSSL's little-endian limbs, and a line of the PEM file),
+  B's `SetEnv` secret, and the path of a request B is serving at that moment;
+- lists its descriptors and its shared writable mappings.
+A's own key and secret are needles too: the scan must find them, so a scan that sees nothing
+cannot pass. With `ProcessorImage isolated` (the default) nothing of B is found, no descriptor
+is B's log, and no shared writable mapping of A's worker is mapped by B's worker (only the
+child table, which each worker maps writable at its own pages only, as the README says). The
+same test with `ProcessorImage shared` shows that the attacker does find B's key and secret
+there: the test is known to bite.
+"""
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import make_site, php_module, two_environments
+from harness import Apache, free_port
+from test_inprocess_attacker import build_attack_module
+from test_tls import make_cert
+
+
+def primes(key_file):
+    """The RSA key's two prime factors, as big-endian bytes."""
+    text = subprocess.run(["openssl", "rsa", "-in", key_file, "-noout", "-text"], capture_output=True,
+                          text=True, check=True).stdout
+    found = []
+    for name in ("prime1", "prime2"):
+        block = re.search(name + r":\s*\n((?:\s+[0-9a-f:]+\n)+)", text)
+        assert block, text
+        found.append(bytes.fromhex(re.sub(r"[\s:]", "", block.group(1))).lstrip(b"\0"))
+    return found
+
+
+def key_needles(key_file):
+    """32-byte windows of each prime in both byte orders, and a line from the middle of the PEM."""
+    needles = []
+    for prime in primes(key_file):
+        needles.append(prime[8:40])
+        needles.append(prime[::-1][8:40])  # OpenSSL keeps BIGNUMs as little-endian 64-bit limbs
+    with open(key_file) as f:
+        lines = [l.strip() for l in f if l.strip() and not l.startswith("-----")]
+    needles.append(lines[len(lines) // 2].encode())
+    return needles
+
+
+class Tenants:
+    def __init__(self, accounts, image):
+        self.port = free_port()
+        self.apache = Apache("", name="holdings")
+        root = self.apache.root
+        a_ids, b_ids = accounts["peruser-a"], accounts["peruser-b"]
+        self.a_site = make_site(root, *a_ids, "a")
+        self.b_site = make_site(root, *b_ids, "b")
+        with open(os.path.join(self.b_site, "cgi-bin", "slow-b-request-7f3e.cgi"), "w") as f:
+            f.write("#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nsleep 6\necho slow\n")
+        os.chmod(os.path.join(self.b_site, "cgi-bin", "slow-b-request-7f3e.cgi"), 0o755)
+        certs = os.path.join(root, "certs")
+        os.makedirs(certs)
+        self.keys = {name: make_cert(certs, name) for name in ("a.test", "b.test")}
+        self.secrets = {"a": "alpha-" + secrets.token_hex(12), "b": "bravo-" + secrets.token_hex(12)}
+        self.logs = {t: os.path.join(root, "logs", f"{t}-access.log") for t in ("a", "b")}
+        attack = build_attack_module(root)
+
+        def vhost(tenant, name, site, env, extra=""):
+            key, crt = self.keys[name]
+            return f"""<VirtualHost 127.0.0.1:{self.port}>
+    ServerName {name}
+    DocumentRoot {site}
+    ScriptAlias /cgi-bin/ {site}/cgi-bin/
+    SSLEngine on
+    SSLCertificateFile {crt}
+    SSLCertificateKeyFile {key}
+    SetEnv DB_PASSWORD {self.secrets[tenant]}
+    CustomLog {self.logs[tenant]} vhost
+    ErrorLog {root}/logs/{tenant}-error.log
+    ServerEnvironment {env}
+    {extra}
+</VirtualHost>
+"""
+        self.apache.write_config(f"""
+LoadModule ssl_module /usr/lib/apache2/modules/mod_ssl.so
+LoadModule socache_shmcb_module /usr/lib/apache2/modules/mod_socache_shmcb.so
+LoadModule status_module /usr/lib/apache2/modules/mod_status.so
+LoadModule php_module {php_module()}
+LoadModule peruser_attack_module {attack}
+<FilesMatch "\\.php$">
+    SetHandler application/x-httpd-php
+</FilesMatch>
+SSLSessionCache shmcb:{root}/run/ssl_scache(512000)
+ExtendedStatus On
+Listen 127.0.0.1:{self.port} https
+MinMultiplexers 1
+MaxMultiplexers 1
+MinSpareProcessors 0
+ProcessorImage {image}
+{two_environments(root)}
+{vhost("a", "a.test", self.a_site, "env-a", '''<Location /attack>
+        SetHandler peruser-attack
+    </Location>
+    <Location /server-status>
+        SetHandler server-status
+    </Location>''')}
+{vhost("b", "b.test", self.b_site, "env-b")}
+""")
+
+    def start(self):
+        self.apache.start(ports=(self.port,))
+        self.apache.wait_children(3)
+
+    def stop(self):
+        self.apache.stop()
+        self.apache.cleanup()
+
+    def get(self, host, path, timeout=30):
+        result = subprocess.run(["curl", "-sk", "-m", str(timeout), "--resolve", f"{host}:{self.port}:127.0.0.1",
+                                 f"https://{host}:{self.port}{path}"], capture_output=True, text=True)
+        return result.stdout
+
+    def worker_pids(self, uid):
+        return [pid for pid, u, _ in self.apache.children() if u == uid]
+
+
+def scan(server, accounts):
+    """Runs the holdings attack in A's worker while B serves a slow request; its report."""
+    server.get("b.test", "/id.php")  # B's worker has run PHP (its opcache is in use)
+    server.get("a.test", "/id.php")
+    slow = threading.Thread(target=server.get, args=("b.test", "/cgi-bin/slow-b-request-7f3e.cgi"))
+    slow.start()
+    time.sleep(1.5)
+    needles = {
+        "a-secret": server.secrets["a"].encode(),
+        "b-secret": server.secrets["b"].encode(),
+        "b-in-flight": b"slow-b-request-7f3e",
+    }
+    for tenant, name in (("a", "a.test"), ("b", "b.test")):
+        for index, needle in enumerate(key_needles(server.keys[name][0])):
+            needles[f"{tenant}-key-{index}"] = needle
+    names = list(needles)
+    query = ",".join(needles[n].hex() for n in names)
+    body = server.get("a.test", f"/attack?attack=holdings&needles={query}", timeout=60)
+    status = server.get("a.test", "/server-status")
+    slow.join()
+    report = [json.loads(line) for line in body.splitlines() if line.startswith("{")]
+    assert report and report[0].get("uid") == accounts["peruser-a"][0], body[:2000]
+    print([r for r in report if "step" in r or "attack" in r])
+    hits = {names[r["needle"]]: r for r in report if "needle" in r}
+    return report, hits, status
+
+
+def b_worker_shared_mappings(server, accounts):
+    """(inode, offset, size) of every shared writable mapping of B's workers, read as root."""
+    found = set()
+    for pid in server.worker_pids(accounts["peruser-b"][0]):
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                fields = line.split()
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                if fields[1][1] == "w" and fields[1][3] == "s":
+                    found.add((int(fields[4]), int(fields[2], 16), end - start, " ".join(fields[5:])))
+    return found
+
+
+@pytest.fixture
+def isolated(module, accounts):
+    server = Tenants(accounts, "isolated")
+    server.start()
+    yield server
+    print(server.apache.read_error_log()[-3000:])
+    server.stop()
+
+
+@pytest.fixture
+def shared(module, accounts):
+    server = Tenants(accounts, "shared")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_worker_of_a_holds_nothing_of_b(isolated, accounts):
+    report, hits, status = scan(isolated, accounts)
+    print(json.dumps(hits, indent=1))
+    # The scan works: it finds A's own key and secret.
+    assert hits["a-secret"]["hits"] > 0
+    assert any(hits[f"a-key-{i}"]["hits"] > 0 for i in range(5)), hits
+    found = {name: r["where"] for name, r in hits.items() if name.startswith("b-") and r["hits"] > 0}
+    assert not found, f"A's worker holds B's: {found}"
+    # Descriptors: nothing of B's logs (nor of B's site).
+    targets = [r["target"] for r in report if "fd" in r]
+    print(targets)
+    assert not [t for t in targets if "b-access.log" in t or "b-error.log" in t or "/b/" in t], targets
+    # Shared writable mappings: none is B's too, but for the child table (own pages only).
+    mine = [r for r in report if "shared_writable" in r]
+    theirs = b_worker_shared_mappings(isolated, accounts)
+    common = [r for r in mine if any(inode == r["inode"] for inode, _, _, _ in theirs)
+              and "peruser-child-table" not in r["shared_writable"]]
+    assert not common, f"shared writable mappings of A's worker that B's worker maps too: {common}"
+    # The status page in A's vhost says nothing of B's request.
+    assert "slow-b-request-7f3e" not in status and "b.test" not in status, status[-3000:]
+
+
+def test_the_shared_image_gives_b_away(shared, accounts):
+    """The same attack on ProcessorImage shared: every worker is forked from the root, which
+    loaded every tenant's key and configuration. The attacker finds B's secret and key."""
+    report, hits, _ = scan(shared, accounts)
+    print(json.dumps(hits, indent=1))
+    assert hits["b-secret"]["hits"] > 0
+    assert any(hits[f"b-key-{i}"]["hits"] > 0 for i in range(5)), hits
+    targets = [r["target"] for r in report if "fd" in r]
+    assert any("b-access.log" in t for t in targets), targets
