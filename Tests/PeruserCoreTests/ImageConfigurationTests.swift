@@ -86,7 +86,8 @@ final class ImageMessageTests: XCTestCase {
     }
 
     func testMessagesRoundTrip() {
-        for message in [ImageMessage.handoffEnd, .handbackEnd, .spawn(slot: 3, page: 9), .ready,
+        for message in [ImageMessage.handoffEnd(environment: 2), .handbackEnd(environment: 0),
+                        .previousHandback(environment: 9), .spawn(slot: 3, page: 9), .ready,
                         .spawned(slot: 9, pid: 4242), .failed(slot: 0, errno: 12)] {
             XCTAssertEqual(decode(message.bytes), message)
         }
@@ -99,5 +100,8 @@ final class ImageMessageTests: XCTestCase {
         XCTAssertNil(decode(ImageMessage.spawned(slot: 1, pid: -5).bytes))
         XCTAssertNil(decode(Array(ImageMessage.ready.bytes.dropLast())))
         XCTAssertNil(decode([99] + [UInt8](repeating: 0, count: 15)))
+        XCTAssertNil(ImageMessage.handoffEnd(environment: 3).bytes.withUnsafeBytes {
+            ImageMessage.decode($0, slots: 10, pages: 10, environments: 3)
+        })
     }
 }

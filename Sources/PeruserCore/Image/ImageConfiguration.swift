@@ -104,7 +104,7 @@ public enum ImageConfiguration {
         let indent = String(repeating: "    ", count: depth)
         if node.isVirtualHost && !keepsWhole(node, role: context.role) {
             text += indent + line(node) + "\n"
-            for child in node.children where routingDirectives.contains(child.directive.lowercased()) {
+            for child in node.children where keptInStub(child) {
                 text += indent + "    " + line(child) + "\n"
             }
             if context.sslLoaded && context.role != .multiplexers {
@@ -121,6 +121,12 @@ public enum ImageConfiguration {
         guard node.isSection else { return }
         for child in node.children { write(child, context, depth: depth + 1, into: &text) }
         text += indent + closing(node) + "\n"
+    }
+
+    /// Routing directives, and mod_remoteip's (the multiplexers read which peers are proxies).
+    static func keptInStub(_ node: ConfigurationNode) -> Bool {
+        let name = node.directive.lowercased()
+        return routingDirectives.contains(name) || name.hasPrefix("remoteip")
     }
 
     static func line(_ node: ConfigurationNode) -> String {

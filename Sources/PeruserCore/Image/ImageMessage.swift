@@ -3,11 +3,17 @@
 // is root too, but each side still checks what it reads.
 
 public enum ImageMessage: Equatable {
-    /// Root to image: the environment's current hand-off receiving end (with the descriptor).
-    case handoffEnd
-    /// Root to image: the environment's current hand-back sending end (with the descriptor).
-    case handbackEnd
-    /// Root to image: fork a worker into `slot`, whose status page is worker page `page`.
+    /// Root to image: an environment's current hand-off end (with the descriptor): the
+    /// receiving end for its own image, the sending end for the multiplexers'.
+    case handoffEnd(environment: Int)
+    /// Root to image: an environment's current hand-back end (sending for its own image,
+    /// receiving for the multiplexers').
+    case handbackEnd(environment: Int)
+    /// Root to the multiplexers' image: the previous generation's hand-back receiving end of an
+    /// environment (the next generation's multiplexers still read it).
+    case previousHandback(environment: Int)
+    /// Root to image: fork a child into `slot`, whose status page is worker page `page` (a
+    /// worker), or with its control channel as the descriptor (a multiplexer).
     case spawn(slot: Int, page: Int)
     /// Image to root: configured, and ready to fork.
     case ready
@@ -19,14 +25,16 @@ public enum ImageMessage: Equatable {
     public static let size = 16
 
     enum Kind: UInt32 {
-        case handoffEnd = 1, handbackEnd, spawn, ready = 10, spawned, failed
+        case handoffEnd = 1, handbackEnd, spawn, previousHandback, ready = 10, spawned, failed
     }
 
     public var bytes: [UInt8] {
         let words: [UInt32]
         switch self {
-        case .handoffEnd: words = [Kind.handoffEnd.rawValue, 0, 0, 0]
-        case .handbackEnd: words = [Kind.handbackEnd.rawValue, 0, 0, 0]
+        case .handoffEnd(let environment): words = [Kind.handoffEnd.rawValue, UInt32(truncatingIfNeeded: environment), 0, 0]
+        case .handbackEnd(let environment): words = [Kind.handbackEnd.rawValue, UInt32(truncatingIfNeeded: environment), 0, 0]
+        case .previousHandback(let environment):
+            words = [Kind.previousHandback.rawValue, UInt32(truncatingIfNeeded: environment), 0, 0]
         case .spawn(let slot, let page): words = [Kind.spawn.rawValue, UInt32(truncatingIfNeeded: slot),
                                                   UInt32(truncatingIfNeeded: page), 0]
         case .ready: words = [Kind.ready.rawValue, 0, 0, 0]
@@ -41,16 +49,18 @@ public enum ImageMessage: Equatable {
         return out
     }
 
-    /// Decodes a message; nil for anything that is not exactly one valid message. Slots and
-    /// pages are bounded by `slots` and `pages`.
-    public static func decode(_ bytes: UnsafeRawBufferPointer, slots: Int, pages: Int) -> ImageMessage? {
+    /// Decodes a message; nil for anything that is not exactly one valid message. Slots, pages
+    /// and environments are bounded by `slots`, `pages` and `environments`.
+    public static func decode(_ bytes: UnsafeRawBufferPointer, slots: Int, pages: Int,
+                              environments: Int = Int(Int32.max)) -> ImageMessage? {
         guard bytes.count == size else { return nil }
         func word(_ index: Int) -> UInt32 { UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: index * 4, as: UInt32.self)) }
         guard let kind = Kind(rawValue: word(0)) else { return nil }
         let slot = Int(word(1)), second = word(2)
         switch kind {
-        case .handoffEnd: return .handoffEnd
-        case .handbackEnd: return .handbackEnd
+        case .handoffEnd: return slot < environments ? .handoffEnd(environment: slot) : nil
+        case .handbackEnd: return slot < environments ? .handbackEnd(environment: slot) : nil
+        case .previousHandback: return slot < environments ? .previousHandback(environment: slot) : nil
         case .ready: return .ready
         case .spawn:
             guard slot < slots, Int(second) < pages else { return nil }

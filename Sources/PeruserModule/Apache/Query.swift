@@ -7,7 +7,7 @@ import PeruserCore
 /// The retained data of this MPM: parent memory that outlives the module's unload and reload
 /// on each restart (see Parent/Generation.swift).
 func retainedLasting() -> UnsafeMutablePointer<LastingState>? {
-    let key = "mpm_peruser_lasting_v3"
+    let key = "mpm_peruser_lasting_v4"
     let found = ap_retained_data_get(key) ?? ap_retained_data_create(key, MemoryLayout<LastingState>.size)
     return found?.bindMemory(to: LastingState.self, capacity: 1)
 }

@@ -8,7 +8,7 @@ import Glibc
 import PeruserCore
 
 struct ImageStart {
-    let environment: Int
+    let role: ImageRole
     let generation: UInt32
     let control: Int32
     let table: Int32
@@ -16,18 +16,61 @@ struct ImageStart {
     let rootPid: pid_t
     /// The root's slot count (a graceful restart may keep an earlier ServerLimit's).
     let slots: Int
+    /// The multiplexers' image only: the secret's and the board's memfds, the demand pipe's
+    /// writing end, and the listeners.
+    var secret: Int32 = -1
+    var board: Int32 = -1
+    var demand: Int32 = -1
+    var listeners: [Int32]?
+
+    /// "role:generation:control:table:tableSize:rootPid:slots", role an environment's index or
+    /// "m", which adds ":secret:board:demand:listener,listener...".
+    var variable: String {
+        let role: String
+        switch self.role {
+        case .environment(let index): role = "\(index)"
+        case .multiplexers: role = "m"
+        }
+        var text = "\(role):\(generation):\(control):\(table):\(tableSize):\(rootPid):\(slots)"
+        if self.role == .multiplexers {
+            text += ":\(secret):\(board):\(demand):" + (listeners ?? []).map(String.init).joined(separator: ",")
+        }
+        return text
+    }
 
     /// From the environment variable; nil when this process is not an image (or it is garbled).
     static func fromEnvironment() -> ImageStart? {
         guard let raw = getenv(imageVariable) else { return nil }
-        let fields = String(cString: raw).split(separator: ":").map(String.init)
-        guard fields.count == 7, let environment = Int(fields[0]), environment >= 0,
-              let generation = UInt32(fields[1]), let control = Int32(fields[2]), control > 2,
+        return parse(String(cString: raw))
+    }
+
+    static func parse(_ text: String) -> ImageStart? {
+        let fields = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard fields.count == 7 || fields.count == 11 else { return nil }
+        let role: ImageRole
+        if fields[0] == "m" {
+            guard fields.count == 11 else { return nil }
+            role = .multiplexers
+        } else {
+            guard fields.count == 7, let index = Int(fields[0]), index >= 0 else { return nil }
+            role = .environment(index)
+        }
+        guard let generation = UInt32(fields[1]), let control = Int32(fields[2]), control > 2,
               let table = Int32(fields[3]), table > 2, let size = Int(fields[4]), size > 0,
               let root = Int32(fields[5]), root > 1, let slots = Int(fields[6]), slots > 0,
               slots <= mostServerLimit else { return nil }
-        return ImageStart(environment: environment, generation: generation, control: control, table: table,
-                          tableSize: size, rootPid: root, slots: slots)
+        var start = ImageStart(role: role, generation: generation, control: control, table: table,
+                               tableSize: size, rootPid: root, slots: slots)
+        if role == .multiplexers {
+            let listeners = fields[10].split(separator: ",").compactMap { Int32($0) }
+            guard let secret = Int32(fields[7]), secret > 2, let board = Int32(fields[8]), board > 2,
+                  let demand = Int32(fields[9]), demand > 2, listeners.allSatisfy({ $0 > 2 }) else { return nil }
+            start.secret = secret
+            start.board = board
+            start.demand = demand
+            start.listeners = listeners
+        }
+        return start
     }
 }
 
@@ -43,35 +86,60 @@ public func peruserIsImage() -> Int32 {
 func imageRun(_ start: ImageStart, pconf: OpaquePointer?, server: UnsafeMutablePointer<server_rec>) -> Never {
     unsetenv(imageVariable)  // nothing below (PHP's getenv, CGIs) needs to see it
     configurationPool = pconf
-    let name = configuration.environments[start.environment]?.name ?? "\(start.environment)"
+    let environments = configuration.environments.count
+    let name: String
+    switch start.role {
+    case .environment(let index): name = "the process image of environment \(configuration.environments[index]?.name ?? "\(index)")"
+    case .multiplexers: name = "the multiplexers' process image"
+    }
     func die(_ text: String) -> Never {
-        log(PERUSER_LOG_EMERG, "peruser: process image of environment \(name): \(text)")
+        log(PERUSER_LOG_EMERG, "peruser: \(name): \(text)")
         exit(exitChildFatal)
     }
-    _ = fcntl(start.control, F_SETFD, FD_CLOEXEC)
-    _ = fcntl(start.table, F_SETFD, FD_CLOEXEC)
-    guard start.environment < configuration.environments.count else { die("no such environment") }
+    for fd in [start.control, start.table, start.secret, start.board, start.demand] + (start.listeners ?? []) where fd >= 0 {
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+    }
+    if case .environment(let index) = start.role, index >= environments { die("no such environment") }
     guard let retained = retainedLasting(), retained.initializeOnce() else { die("no retained data") }
     lasting = retained
     // Its sizes come from this image's configuration (the root's), never from the table's header.
     let pages = workerPagePools().total
-    guard start.tableSize >= ChildTableLayout.size(slots: start.slots, environments: configuration.environments.count,
-                                                   workerPages: pages) else { die("the child table is too small") }
+    guard start.tableSize >= ChildTableLayout.size(slots: start.slots, environments: environments, workerPages: pages)
+    else { die("the child table is too small") }
     guard let mapped = mmap(nil, start.tableSize, PROT_READ | PROT_WRITE, MAP_SHARED, start.table, 0),
           mapped != MAP_FAILED else {
         die("cannot map the child table: \(Errno.current)")
     }
-    let header = ChildTable(base: mapped, slotCount: start.slots, environmentCount: configuration.environments.count,
-                            workerPageCount: pages)
+    let table = ChildTable(base: mapped, slotCount: start.slots, environmentCount: environments, workerPageCount: pages)
     retained.pointee.table = mapped
     retained.pointee.tableSize = start.tableSize
     retained.pointee.tableFD = start.table
-    retained.pointee.tableEnvironments = Int32(header.environmentCount)
-    retained.pointee.scoreboardSlots = Int32(header.slotCount)
-    sharedTable = header
-    // A scoreboard of its own: this environment's workers are all it shows.
+    retained.pointee.tableEnvironments = Int32(environments)
+    retained.pointee.scoreboardSlots = Int32(start.slots)
+    sharedTable = table
+    if start.role == .multiplexers {
+        let page = Int(getpagesize()), boardSize = AvailabilityBoard.size(environments: environments)
+        guard let secret = mmap(nil, page, PROT_READ, MAP_SHARED, start.secret, 0), secret != MAP_FAILED,
+              let board = mmap(nil, boardSize, PROT_READ | PROT_WRITE, MAP_SHARED, start.board, 0), board != MAP_FAILED
+        else { die("cannot map the multiplexers' secret or state: \(Errno.current)") }
+        close(start.secret)
+        close(start.board)
+        retained.pointee.multiplexerSecret = secret
+        retained.pointee.multiplexerState = board
+        retained.pointee.multiplexerStateSize = boardSize
+        availabilityBoard = AvailabilityBoard(base: board, count: max(1, environments))
+        retained.pointee.demand = (-1, start.demand)
+        if environments > 0, let ends = malloc(MemoryLayout<Int32>.stride * environments)?
+            .bindMemory(to: Int32.self, capacity: environments) {
+            ends.initialize(repeating: -1, count: environments)
+            retained.pointee.previousHandbackEnds = ends
+            retained.pointee.previousHandbackCount = Int32(environments)
+            retained.pointee.previousGeneration = start.generation &- 1
+        }
+    }
+    // A scoreboard of its own: its children are all it shows.
     guard ap_run_pre_mpm(server.pointee.process.pointee.pool, SB_SHARED) == OK else { die("no scoreboard") }
-    channels = Array(repeating: EnvironmentChannels(), count: configuration.environments.count)
+    channels = Array(repeating: EnvironmentChannels(), count: environments)
     signal(SIGCHLD, SIG_DFL)
     signal(SIGHUP, SIG_IGN)    // the root restarts by closing the control channel
     signal(SIGUSR1, SIG_IGN)
@@ -87,17 +155,45 @@ func imageRun(_ start: ImageStart, pconf: OpaquePointer?, server: UnsafeMutableP
         case .empty, .failed: exit(0)  // the root closed the channel: this generation is over
         case .message(let length, let fd):
             let message = ImageMessage.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<length]),
-                                              slots: header.slotCount, pages: Int(UInt32.max >> 1))
+                                              slots: start.slots, pages: Int(UInt32.max >> 1), environments: environments)
+            let forMultiplexers = start.role == .multiplexers
             switch message {
-            case .handoffEnd? where fd >= 0:
-                channels[start.environment].handoffReceive.close()
-                channels[start.environment].handoffReceive = FileDescriptor(raw: fd)
-            case .handbackEnd? where fd >= 0:
-                channels[start.environment].handbackSend.close()
-                channels[start.environment].handbackSend = FileDescriptor(raw: fd)
+            case .handoffEnd(let environment)? where fd >= 0 && accepts(start.role, environment):
+                if forMultiplexers {
+                    channels[environment].handoffSend.close()
+                    channels[environment].handoffSend = FileDescriptor(raw: fd)
+                } else {
+                    channels[environment].handoffReceive.close()
+                    channels[environment].handoffReceive = FileDescriptor(raw: fd)
+                }
+            case .handbackEnd(let environment)? where fd >= 0 && accepts(start.role, environment):
+                if forMultiplexers {
+                    channels[environment].handbackReceive.close()
+                    channels[environment].handbackReceive = FileDescriptor(raw: fd)
+                } else {
+                    channels[environment].handbackSend.close()
+                    channels[environment].handbackSend = FileDescriptor(raw: fd)
+                }
+            case .previousHandback(let environment)? where fd >= 0 && forMultiplexers:
+                if let ends = retained.pointee.previousHandbackEnds, environment < Int(retained.pointee.previousHandbackCount) {
+                    if ends[environment] >= 0 { close(ends[environment]) }
+                    ends[environment] = fd
+                } else {
+                    close(fd)
+                }
             case .spawn(let slot, let page)?:
-                if fd >= 0 { close(fd) }
-                let answer = forkWorker(start, slot: slot, page: page, control: control)
+                let answer: ImageMessage
+                if forMultiplexers {
+                    answer = fd >= 0 ? forkChild(start, slot: slot, control: control) {
+                        startChildProcess()
+                        ownPage = table.pageOffset(slot: slot, type: .multiplexer, workerPage: 0)
+                        multiplexerMain(slot: slot, control: fd, parentPid: start.rootPid)
+                    } : .failed(slot: slot, errno: EINVAL)
+                    if fd >= 0 { close(fd) }
+                } else {
+                    if fd >= 0 { close(fd) }
+                    answer = forkWorker(start, slot: slot, page: page, control: control, table: table)
+                }
                 _ = answer.bytes.withUnsafeBytes { control.send(payload: $0) }
             default:
                 if fd >= 0 { close(fd) }
@@ -106,14 +202,31 @@ func imageRun(_ start: ImageStart, pconf: OpaquePointer?, server: UnsafeMutableP
     }
 }
 
-/// Forks a worker that ends up the root's child: the image forks a go-between, which forks the
-/// worker and exits at once; the root, a subreaper, inherits the worker.
-private func forkWorker(_ start: ImageStart, slot: Int, page: Int, control: Channel) -> ImageMessage {
-    let ends = channels[start.environment]
-    guard ends.handoffReceive.isOpen, ends.handbackSend.isOpen, let table = sharedTable else {
+/// An environment's image takes only its own environment's channel ends.
+private func accepts(_ role: ImageRole, _ environment: Int) -> Bool {
+    guard channels.indices.contains(environment) else { return false }
+    if case .environment(let own) = role { return own == environment }
+    return true
+}
+
+private func forkWorker(_ start: ImageStart, slot: Int, page: Int, control: Channel, table: ChildTable) -> ImageMessage {
+    guard case .environment(let environment) = start.role, channels.indices.contains(environment),
+          channels[environment].handoffReceive.isOpen, channels[environment].handbackSend.isOpen else {
         return .failed(slot: slot, errno: 0)
     }
-    let cgroups = configuration.environments[start.environment]?.confinement.cgroups ?? []
+    let cgroups = configuration.environments[environment]?.confinement.cgroups ?? []
+    return forkChild(start, slot: slot, control: control, cgroups: cgroups) {
+        startChildProcess()
+        ownPage = table.pageOffset(slot: slot, type: .processor, workerPage: page)
+        workerMain(slot: slot, environment: environment, parentPid: start.rootPid)
+    }
+}
+
+/// Forks a child that ends up the root's child: the image forks a go-between, which forks the
+/// child and exits at once; the root, a subreaper, inherits the child, which waits for that
+/// (and, with `cgroups`, until the image has moved it into them), then runs `main`.
+private func forkChild(_ start: ImageStart, slot: Int, control: Channel, cgroups: [String] = [],
+                       main: () -> Never) -> ImageMessage {
     var report = (read: FileDescriptor.none, write: FileDescriptor.none)
     var gate = (read: FileDescriptor.none, write: FileDescriptor.none)
     do throws(Errno) {
@@ -130,8 +243,8 @@ private func forkWorker(_ start: ImageStart, slot: Int, page: Int, control: Chan
     let between = fork()
     if between < 0 { return .failed(slot: slot, errno: Errno.current.code) }
     if between == 0 {
-        let worker = fork()
-        if worker == 0 {
+        let child = fork()
+        if child == 0 {
             close(control.fd)
             report.read.close(); report.write.close()
             gate.write.close()
@@ -148,11 +261,9 @@ private func forkWorker(_ start: ImageStart, slot: Int, page: Int, control: Chan
                 if got != 1 { _exit(exitChildSick) }  // not moved into its cgroups: never serve
                 gate.read.close()
             }
-            startChildProcess()
-            ownPage = table.pageOffset(slot: slot, type: .processor, workerPage: page)
-            workerMain(slot: slot, environment: start.environment, parentPid: start.rootPid)
+            main()
         }
-        var pid = Int32(worker < 0 ? -Errno.current.code : worker)
+        var pid = Int32(child < 0 ? -Errno.current.code : child)
         _ = write(report.write.raw, &pid, 4)
         _exit(0)
     }
@@ -168,8 +279,8 @@ private func forkWorker(_ start: ImageStart, slot: Int, page: Int, control: Chan
             try moveIntoCgroups(pid, cgroups)
             _ = write(gate.write.raw, "g", 1)
         } catch {
-            log(PERUSER_LOG_ERR, "peruser: cannot move a new worker of environment \(environmentLabel(start.environment)) "
-                + "(pid \(pid)) into cgroup \(error.directory); the worker is not started (\(error.errno))")
+            log(PERUSER_LOG_ERR, "peruser: cannot move a new worker (pid \(pid)) into cgroup \(error.directory); "
+                + "the worker is not started (\(error.errno))")
             return .failed(slot: slot, errno: error.errno.code)
         }
     }

@@ -20,11 +20,14 @@ struct ImageHandle {
     var startedAt: Int64
 }
 
-/// This generation's images, by environment (nil: shared image, or not started). Per
-/// generation: endGeneration closes their control channels, and an image exits on that.
+/// This generation's images, by environment (nil: shared image, or not started), and the
+/// multiplexers'. Per generation: endGeneration closes their control channels, and an image
+/// exits on that.
 nonisolated(unsafe) var images: [ImageHandle?] = []
+nonisolated(unsafe) var multiplexerImage: ImageHandle?
 /// When each environment's image was last started (ms), so a failing one is not restarted in a loop.
 nonisolated(unsafe) var imageStartedAt: [Int64] = []
+nonisolated(unsafe) var multiplexerImageStartedAt: Int64 = .min
 
 /// The configuration tree Apache read, as ConfigurationNodes; each <VirtualHost> with its
 /// environment, found through the server_rec that Apache made from it (same file and line).
@@ -87,13 +90,16 @@ func imageArguments(configuration descriptor: Int32) -> [String] {
     return arguments
 }
 
-/// Starts every environment's image for this generation (ProcessorImage isolated).
+/// Starts every environment's image and the multiplexers' for this generation (ProcessorImage
+/// isolated).
 func startImages(generation: UInt32) {
     let count = configuration.environments.count
     images = Array(repeating: nil, count: count)
     imageStartedAt = Array(repeating: .min, count: count)
-    guard configuration.isolatedImages, count > 0 else { return }
-    // Workers forked by an image's intermediate child are re-parented here.
+    multiplexerImage = nil
+    multiplexerImageStartedAt = .min
+    guard configuration.isolatedImages else { return }
+    // Children forked by an image's go-between are re-parented here.
     if peruser_prctl(PR_SET_CHILD_SUBREAPER, 1) != 0 {
         log(PERUSER_LOG_ERR, "peruser: cannot become a subreaper (\(Errno.current)); isolated images cannot start")
         return
@@ -101,33 +107,49 @@ func startImages(generation: UInt32) {
     let tree = configurationTree()
     let preamble = imagePreamble(pool: configurationPool)
     let ssl = ap_find_linked_module("mod_ssl.c") != nil
+    startImage(.multiplexers, ImageConfiguration.render(tree, for: .multiplexers, preamble: preamble, sslLoaded: ssl),
+               generation: generation)
     for environment in 0..<count {
-        let text = ImageConfiguration.render(tree, for: .environment(environment), preamble: preamble, sslLoaded: ssl)
-        startImage(environment, configurationText: text, generation: generation)
+        startImage(.environment(environment),
+                   ImageConfiguration.render(tree, for: .environment(environment), preamble: preamble, sslLoaded: ssl),
+                   generation: generation)
     }
 }
 
-/// Starts `environment`'s image from `text`; logged if it cannot.
-func startImage(_ environment: Int, configurationText text: String, generation: UInt32) {
-    guard let lasting, lasting.pointee.tableFD >= 0, images.indices.contains(environment) else { return }
-    let name = configuration.environments[environment]?.name ?? "\(environment)"
-    var configurationFile = FileDescriptor(raw: memfd_create("peruser-image-\(name).conf", 0))
+private func label(_ role: ImageRole) -> String {
+    switch role {
+    case .environment(let index): return "the process image of environment \(environmentLabel(index))"
+    case .multiplexers: return "the multiplexers' process image"
+    }
+}
+
+/// Starts `role`'s image from configuration `text`; logged if it cannot.
+func startImage(_ role: ImageRole, _ text: String, generation: UInt32) {
+    guard let lasting, lasting.pointee.tableFD >= 0 else { return }
+    if case .environment(let index) = role, !images.indices.contains(index) { return }
+    var kept: [FileDescriptor] = []  // descriptors the image inherits (dups without close-on-exec)
     var rootEnd = FileDescriptor.none, imageEnd = FileDescriptor.none
-    var table = FileDescriptor.none
+    var configurationFile = FileDescriptor(raw: memfd_create("peruser-image.conf", 0))
     defer {
         configurationFile.close()
         imageEnd.close()
-        table.close()
+        for index in kept.indices { kept[index].close() }
     }
     func fail(_ what: String, _ errno: Errno) {
-        log(PERUSER_LOG_ERR, "peruser: cannot start the process image of environment \(name): \(what): \(errno)")
+        log(PERUSER_LOG_ERR, "peruser: cannot start \(label(role)): \(what): \(errno)")
         rootEnd.close()
+    }
+    func inherit(_ fd: Int32) -> Int32? {
+        let copy = FileDescriptor(raw: dup(fd))  // dup clears close-on-exec
+        guard copy.isOpen else { return nil }
+        kept.append(copy)
+        return copy.raw
     }
     guard configurationFile.isOpen else { return fail("memfd_create", .current) }
     let bytes = Array(text.utf8)
     var written = 0
     while written < bytes.count {
-        let count = bytes.withUnsafeBytes { write(configurationFile.raw, $0.baseAddress! + written, $0.count - written) }
+        let count = bytes.withUnsafeBytes { write(configurationFile.raw, $0.baseAddress.map { $0 + written }, $0.count - written) }
         guard count > 0 else { return fail("writing its configuration", .current) }
         written += count
     }
@@ -136,14 +158,31 @@ func startImage(_ environment: Int, configurationText text: String, generation: 
     } catch {
         return fail("control channel", error)
     }
-    table = FileDescriptor(raw: dup(lasting.pointee.tableFD))  // without close-on-exec: the image maps it
-    guard table.isOpen else { return fail("dup", .current) }
     _ = fcntl(imageEnd.raw, F_SETFD, 0)
-    let variable = "\(environment):\(generation):\(imageEnd.raw):\(table.raw):\(lasting.pointee.tableSize):\(getpid()):\(lasting.pointee.scoreboardSlots)"
+    guard let table = inherit(lasting.pointee.tableFD) else { return fail("dup", .current) }
+    var start = ImageStart(role: role, generation: generation, control: imageEnd.raw, table: table,
+                           tableSize: lasting.pointee.tableSize, rootPid: getpid(),
+                           slots: Int(lasting.pointee.scoreboardSlots))
+    if role == .multiplexers {
+        guard let secret = inherit(lasting.pointee.multiplexerSecretFD),
+              let board = inherit(lasting.pointee.multiplexerStateFD),
+              let demand = inherit(lasting.pointee.demand.1) else { return fail("dup", .current) }
+        var listeners: [Int32] = []
+        for fd in listenerDescriptors() {
+            guard let copy = inherit(fd) else { return fail("dup", .current) }
+            listeners.append(copy)
+        }
+        start.secret = secret
+        start.board = board
+        start.demand = demand
+        start.listeners = listeners
+    }
+    let variable = start.variable
     let arguments = imageArguments(configuration: configurationFile.raw)
     var executable = [CChar](repeating: 0, count: 4096)
-    let length = readlink("/proc/self/exe", &executable, executable.count - 1)
-    guard length > 0 else { return fail("readlink /proc/self/exe", .current) }
+    guard readlink("/proc/self/exe", &executable, executable.count - 1) > 0 else {
+        return fail("readlink /proc/self/exe", .current)
+    }
     // Everything the child needs is made before fork: it only sets up and executes.
     let argv = arguments.map { strdup($0) }
     defer { for pointer in argv { free(pointer) } }
@@ -160,33 +199,49 @@ func startImage(_ environment: Int, configurationText text: String, generation: 
         _exit(127)
     }
     rootEnd.setNonBlocking()
-    images[environment] = ImageHandle(pid: pid, control: rootEnd, ready: false, startedAt: monotonicMilliseconds())
-    imageStartedAt[environment] = monotonicMilliseconds()
-    giveChannelsToImage(environment)
-    log(PERUSER_LOG_DEBUG, "peruser: started the process image of environment \(name) (pid \(pid))")
-}
-
-/// Passes `environment`'s current channel ends to its image (at start, and when renewed).
-@discardableResult
-func giveChannelsToImage(_ environment: Int) -> Bool {
-    guard images.indices.contains(environment), let image = images[environment],
-          channels.indices.contains(environment) else { return false }
-    let control = Channel(fd: image.control.raw)
-    for (message, end) in [(ImageMessage.handoffEnd, channels[environment].handoffReceive),
-                           (ImageMessage.handbackEnd, channels[environment].handbackSend)] {
-        let outcome = message.bytes.withUnsafeBytes { control.send(fd: end.raw, payload: $0) }
-        guard outcome == .sent else {
-            log(PERUSER_LOG_ERR, "peruser: cannot pass its channels to the image of environment "
-                + "\(environmentLabel(environment)): \(outcome)")
-            return false
+    let handle = ImageHandle(pid: pid, control: rootEnd, ready: false, startedAt: monotonicMilliseconds())
+    switch role {
+    case .environment(let index):
+        images[index] = handle
+        imageStartedAt[index] = handle.startedAt
+        giveChannelsToImage(index)
+    case .multiplexers:
+        multiplexerImage = handle
+        multiplexerImageStartedAt = handle.startedAt
+        for index in channels.indices { giveChannelsToImage(index) }
+        let previous = lasting.previousHandbacks
+        for (index, end) in previous.enumerated() where end >= 0 {
+            send(.previousHandback(environment: index), fd: end, to: handle, role: role)
         }
     }
-    return true
+    log(PERUSER_LOG_DEBUG, "peruser: started \(label(role)) (pid \(pid))")
+}
+
+@discardableResult
+private func send(_ message: ImageMessage, fd: Int32, to image: ImageHandle, role: ImageRole) -> Bool {
+    let outcome = message.bytes.withUnsafeBytes { Channel(fd: image.control.raw).send(fd: fd, payload: $0) }
+    if outcome != .sent { log(PERUSER_LOG_ERR, "peruser: cannot pass a channel end to \(label(role)): \(outcome)") }
+    return outcome == .sent
+}
+
+/// Passes `environment`'s current channel ends to its image and to the multiplexers' image (at
+/// their start, and when renewed).
+func giveChannelsToImage(_ environment: Int) {
+    guard channels.indices.contains(environment) else { return }
+    let ends = channels[environment]
+    if images.indices.contains(environment), let image = images[environment] {
+        send(.handoffEnd(environment: environment), fd: ends.handoffReceive.raw, to: image, role: .environment(environment))
+        send(.handbackEnd(environment: environment), fd: ends.handbackSend.raw, to: image, role: .environment(environment))
+    }
+    if let image = multiplexerImage {
+        send(.handoffEnd(environment: environment), fd: ends.handoffSend.raw, to: image, role: .multiplexers)
+        send(.handbackEnd(environment: environment), fd: ends.handbackReceive.raw, to: image, role: .multiplexers)
+    }
 }
 
 /// The image control channels, for the parent's poll.
 func imageControls() -> [Int32] {
-    images.compactMap { $0?.control.raw }
+    (images + [multiplexerImage]).compactMap { $0?.control.raw }
 }
 
 /// Reads what images said without being asked (ready), never blocking.
@@ -194,17 +249,31 @@ func readImages() {
     for environment in images.indices {
         guard let image = images[environment] else { continue }
         while let message = receiveFromImage(image) {
-            if message == .ready { markReady(environment) }
+            if message == .ready { markReady(.environment(environment)) }
+        }
+    }
+    if let image = multiplexerImage {
+        while let message = receiveFromImage(image) {
+            if message == .ready { markReady(.multiplexers) }
         }
     }
 }
 
-private func markReady(_ environment: Int) {
-    guard var image = images[environment], !image.ready else { return }
-    image.ready = true
-    images[environment] = image
-    log(PERUSER_LOG_INFO, "peruser: the process image of environment \(environmentLabel(environment)) (pid \(image.pid)) "
-        + "is ready after \(monotonicMilliseconds() - image.startedAt) ms")
+private func markReady(_ role: ImageRole) {
+    switch role {
+    case .environment(let index):
+        guard images.indices.contains(index), var image = images[index], !image.ready else { return }
+        image.ready = true
+        images[index] = image
+        log(PERUSER_LOG_INFO, "peruser: \(label(role)) (pid \(image.pid)) is ready after "
+            + "\(monotonicMilliseconds() - image.startedAt) ms")
+    case .multiplexers:
+        guard var image = multiplexerImage, !image.ready else { return }
+        image.ready = true
+        multiplexerImage = image
+        log(PERUSER_LOG_INFO, "peruser: \(label(role)) (pid \(image.pid)) is ready after "
+            + "\(monotonicMilliseconds() - image.startedAt) ms")
+    }
 }
 
 /// One message, if one is there (the root's end is non-blocking).
@@ -222,30 +291,43 @@ enum SpawnOutcome {
     case started(pid_t)
     /// Not started, and it counts as a failed start (logged).
     case failed
-    /// The environment's image is not ready yet: the next round asks again.
+    /// The image is not ready yet: the next round asks again.
     case notYet
 }
 
 /// Asks `environment`'s image for a worker in `slot` on worker page `page`.
 func spawnFromImage(slot: Int, environment: Int, page: Int) -> SpawnOutcome {
     guard images.indices.contains(environment), let image = images[environment] else {
-        restartImageIfDue(environment)
+        restartImageIfDue(.environment(environment))
         return .notYet
     }
+    return ask(image, role: .environment(environment), slot: slot, page: page, fd: -1)
+}
+
+/// Asks the multiplexers' image for a multiplexer in `slot` with `control` (the child's end).
+func spawnMultiplexerFromImage(slot: Int, control: Int32) -> SpawnOutcome {
+    guard let image = multiplexerImage else {
+        restartImageIfDue(.multiplexers)
+        return .notYet
+    }
+    return ask(image, role: .multiplexers, slot: slot, page: 0, fd: control)
+}
+
+private func ask(_ image: ImageHandle, role: ImageRole, slot: Int, page: Int, fd: Int32) -> SpawnOutcome {
     guard image.ready else { return .notYet }
     let control = Channel(fd: image.control.raw)
-    let sent = ImageMessage.spawn(slot: slot, page: page).bytes.withUnsafeBytes { control.send(payload: $0) }
+    let bytes = ImageMessage.spawn(slot: slot, page: page).bytes
+    let sent = bytes.withUnsafeBytes { fd >= 0 ? control.send(fd: fd, payload: $0) : control.send(payload: $0) }
     guard sent == .sent else {
-        log(PERUSER_LOG_ERR, "peruser: cannot ask the image of environment \(environmentLabel(environment)) for a worker: \(sent)")
+        log(PERUSER_LOG_ERR, "peruser: cannot ask \(label(role)) for a child: \(sent)")
         return .failed
     }
-    // The image forks at once; a second is far more than a fork takes.
+    // The image forks at once; a second is far more than two forks take.
     let deadline = monotonicMilliseconds() + 1000
     while true {
         let left = deadline - monotonicMilliseconds()
         guard left > 0 else {
-            log(PERUSER_LOG_ERR, "peruser: the image of environment \(environmentLabel(environment)) did not start a "
-                + "worker within 1 s")
+            log(PERUSER_LOG_ERR, "peruser: \(label(role)) did not start a child within 1 s")
             return .failed
         }
         var entry = pollfd(fd: image.control.raw, events: Int16(POLLIN), revents: 0)
@@ -257,35 +339,49 @@ func spawnFromImage(slot: Int, environment: Int, page: Int) -> SpawnOutcome {
         switch message {
         case .spawned(let answered, let pid) where answered == slot: return .started(pid)
         case .failed(let answered, let errno) where answered == slot:
-            log(PERUSER_LOG_ERR, "peruser: the image of environment \(environmentLabel(environment)) could not start a "
-                + "worker: \(errno == 0 ? "it has no channel" : Errno(errno).description)")
+            log(PERUSER_LOG_ERR, "peruser: \(label(role)) could not start a child: "
+                + "\(errno == 0 ? "it has no channel" : Errno(errno).description)")
             return .failed
-        case .ready: markReady(environment)
+        case .ready: markReady(role)
         default: continue
         }
     }
 }
 
 /// An image that exited is started again, at most once every 5 s.
-private func restartImageIfDue(_ environment: Int) {
-    guard configuration.isolatedImages, imageStartedAt.indices.contains(environment),
-          imageStartedAt[environment] == .min || monotonicMilliseconds() - imageStartedAt[environment] >= 5000,
+private func restartImageIfDue(_ role: ImageRole) {
+    let last: Int64
+    switch role {
+    case .environment(let index):
+        guard imageStartedAt.indices.contains(index) else { return }
+        last = imageStartedAt[index]
+    case .multiplexers: last = multiplexerImageStartedAt
+    }
+    guard configuration.isolatedImages, last == .min || monotonicMilliseconds() - last >= 5000,
           let generation = parent?.policy.generation else { return }
-    let text = ImageConfiguration.render(configurationTree(), for: .environment(environment),
-                                         preamble: imagePreamble(pool: configurationPool),
+    let text = ImageConfiguration.render(configurationTree(), for: role, preamble: imagePreamble(pool: configurationPool),
                                          sslLoaded: ap_find_linked_module("mod_ssl.c") != nil)
-    startImage(environment, configurationText: text, generation: generation)
+    startImage(role, text, generation: generation)
 }
 
 /// A reaped pid that was an image: forgotten (logged unless the server is stopping). True if it was one.
 func imageExited(_ pid: pid_t, status: ExitStatus, quietly: Bool) -> Bool {
-    guard let environment = images.firstIndex(where: { $0?.pid == pid }) else { return false }
-    images[environment]?.control.close()
-    images[environment] = nil
+    let role: ImageRole
+    if let environment = images.firstIndex(where: { $0?.pid == pid }) {
+        images[environment]?.control.close()
+        images[environment] = nil
+        role = .environment(environment)
+    } else if multiplexerImage?.pid == pid {
+        multiplexerImage?.control.close()
+        multiplexerImage = nil
+        role = .multiplexers
+    } else {
+        return false
+    }
     if !quietly {
-        log(PERUSER_LOG_ERR, "peruser: the process image of environment \(environmentLabel(environment)) (pid \(pid)) "
-            + "exited (\(status.killedBySignal.map { "signal \($0)" } ?? "status \(status.exitCode)")); "
-            + "its workers go on, and it is started again when one is needed")
+        log(PERUSER_LOG_ERR, "peruser: \(label(role)) (pid \(pid)) exited "
+            + "(\(status.killedBySignal.map { "signal \($0)" } ?? "status \(status.exitCode)")); "
+            + "its children go on, and it is started again when one is needed")
     }
     return true
 }
@@ -294,4 +390,6 @@ func imageExited(_ pid: pid_t, status: ExitStatus, quietly: Bool) -> Bool {
 func closeImages() {
     for index in images.indices { images[index]?.control.close() }
     images = []
+    multiplexerImage?.control.close()
+    multiplexerImage = nil
 }

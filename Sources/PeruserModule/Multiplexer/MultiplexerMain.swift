@@ -14,8 +14,11 @@ func multiplexerMain(slot: Int, control: Int32, parentPid: pid_t) -> Never {
     if let lasting {
         if lasting.pointee.demand.0 >= 0 { close(lasting.pointee.demand.0) }
         lasting.pointee.demand.0 = -1
-        if lasting.pointee.tableFD >= 0 { close(lasting.pointee.tableFD) }
+        for fd in [lasting.pointee.tableFD, lasting.pointee.multiplexerSecretFD, lasting.pointee.multiplexerStateFD]
+        where fd >= 0 { close(fd) }
         lasting.pointee.tableFD = -1
+        lasting.pointee.multiplexerSecretFD = -1
+        lasting.pointee.multiplexerStateFD = -1
         lasting.closeEveryControl()
     }
     ap_reopen_scoreboard(childPool, nil, 0)
@@ -42,7 +45,7 @@ func multiplexerMain(slot: Int, control: Int32, parentPid: pid_t) -> Never {
     anyServerPath = serverPathConfigured()
     setMPMState(AP_MPMQ_RUNNING)
     ap_update_child_status_from_indexes(Int32(slot), 0, SERVER_READY, nil)
-    let generation = parent?.policy.generation ?? 0
+    let generation = parent?.policy.generation ?? imageStart?.generation ?? 0
     guard let secret = lasting?.pointee.multiplexerSecret,
           let key = HandbackKey(UnsafeRawBufferPointer(start: secret, count: Int(getpagesize()))) else {
         log(PERUSER_LOG_ERR, "multiplexer: started without its secret")
@@ -63,7 +66,7 @@ func multiplexerMain(slot: Int, control: Int32, parentPid: pid_t) -> Never {
         handbacks.append(HandbackChannel(fd: fd, generation: lasting?.pointee.previousGeneration ?? 0,
                                          environment: environment, most: most))
     }
-    guard var multiplexer = Multiplexer(slot: slot, listeners: listenerDescriptors(),
+    guard var multiplexer = Multiplexer(slot: slot, listeners: imageStart?.listeners ?? listenerDescriptors(),
                                         handoffs: channels.map(\.handoffSend.raw), handbacks: handbacks,
                                         generation: generation, key: key,
                                         demand: lasting?.pointee.demand.1 ?? -1, control: control) else {

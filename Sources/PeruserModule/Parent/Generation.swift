@@ -32,6 +32,8 @@ struct LastingState {
     var previousHandbackCount: Int32 = 0
     var previousGeneration: UInt32 = 0
     var multiplexerSecret: UnsafeMutableRawPointer?  // one page: the key of hand-back tickets
+    var multiplexerSecretFD: Int32 = -1              // its memfd (for the multiplexers' image)
+    var multiplexerStateFD: Int32 = -1               // the board's memfd (for the multiplexers' image)
     var control: UnsafeMutablePointer<Int32>?  // the parent's end of each multiplexer's control channel, by slot
     var table: UnsafeMutableRawPointer?        // this generation's child table, and its memfd
     var tableSize = 0
@@ -142,6 +144,8 @@ extension UnsafeMutablePointer where Pointee == LastingState {
         pointee.control = control
         pointee.demand = (-1, -1)
         pointee.tableFD = -1
+        pointee.multiplexerSecretFD = -1
+        pointee.multiplexerStateFD = -1
         pointee.initialized = 1
         return true
     }
@@ -172,13 +176,14 @@ func openLastingChannels(_ lasting: UnsafeMutablePointer<LastingState>) throws(G
     if lasting.pointee.multiplexerSecret == nil {
         let size = Int(getpagesize())
         do throws(Errno) {
-            let secret = try SharedMapping.create("peruser-multiplexer-secret", size: size)
+            let secret = try SharedMapping.create("peruser-multiplexer-secret", size: size, keepDescriptor: true)
             guard getrandom(secret.base, 16, 0) == 16 else {
                 let failure = Errno.current
                 unmap(secret.base, size)
                 throw failure
             }
             lasting.pointee.multiplexerSecret = secret.base
+            lasting.pointee.multiplexerSecretFD = secret.fd.raw
         } catch {
             throw .system("cannot make the multiplexers' secret", error)
         }
@@ -249,7 +254,9 @@ func mapChildTable(_ lasting: UnsafeMutablePointer<LastingState>, slots: Int) th
     lasting.pointee.multiplexerState = nil
     let boardSize = AvailabilityBoard.size(environments: environments)
     do throws(Errno) {
-        let board = try SharedMapping.create("peruser-multiplexer-state", size: boardSize)
+        let board = try SharedMapping.create("peruser-multiplexer-state", size: boardSize, keepDescriptor: true)
+        if lasting.pointee.multiplexerStateFD >= 0 { close(lasting.pointee.multiplexerStateFD) }
+        lasting.pointee.multiplexerStateFD = board.fd.raw
         lasting.pointee.multiplexerState = board.base
         lasting.pointee.multiplexerStateSize = boardSize
         let attached = AvailabilityBoard(base: board.base, count: max(1, environments))

@@ -208,9 +208,9 @@ extension ParentState {
                 ownPage = sharedTable?.pageOffset(slot: slot, type: type, workerPage: page)
                 let outcome = env >= 0 && configuration.isolatedImages
                     ? spawnFromImage(slot: slot, environment: Int(env), page: page)
-                    : spawn(slot: slot, environment: env < 0 ? nil : Int(env)).map(SpawnOutcome.started) ?? .failed
+                    : spawn(slot: slot, environment: env < 0 ? nil : Int(env))
                 ownPage = nil
-                if case .notYet = outcome {  // its image is starting: next round
+                if case .notYet = outcome {  // the image is starting: next round
                     sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
                                          status: .standby, now: now)
                     continue

@@ -4,19 +4,20 @@ import CPeruserShim
 import Glibc
 import PeruserCore
 
-/// Forks a child into `slot` (`environment` nil: a multiplexer). Its pid, or nil (logged).
-func spawn(slot: Int, environment: Int?) -> Int32? {
+/// Forks a child into `slot` (`environment` nil: a multiplexer); with isolated images, a
+/// multiplexer comes from the multiplexers' image (Image/Images.swift).
+func spawn(slot: Int, environment: Int?) -> SpawnOutcome {
     setScoreboardSlot(slot, pid: 0, starting: true)
     var controlParent = FileDescriptor.none, controlChild = FileDescriptor.none
     var gateRead = FileDescriptor.none, gateWrite = FileDescriptor.none
-    func giveUp(_ what: String, _ failure: Errno) -> Int32? {
+    func giveUp(_ what: String, _ failure: Errno) -> SpawnOutcome {
         log(PERUSER_LOG_ERR, "peruser: \(what): \(failure)")
         setScoreboardSlot(slot, pid: 0, starting: false)
         controlParent.close()
         controlChild.close()
         gateRead.close()
         gateWrite.close()
-        return nil
+        return .failed
     }
     if environment == nil {
         do throws(Errno) {
@@ -24,6 +25,20 @@ func spawn(slot: Int, environment: Int?) -> Int32? {
         } catch {
             return giveUp("cannot create a control channel", error)
         }
+    }
+    if environment == nil && configuration.isolatedImages {
+        let outcome = spawnMultiplexerFromImage(slot: slot, control: controlChild.raw)
+        controlChild.close()
+        guard case .started(let pid) = outcome else {
+            controlParent.close()
+            setScoreboardSlot(slot, pid: 0, starting: false)
+            return outcome
+        }
+        shutdown(controlParent.raw, Int32(SHUT_RD))  // the parent only sends on it
+        lasting?.closeControl(slot)
+        lasting?.setControl(slot, controlParent.raw)
+        setScoreboardSlot(slot, pid: pid, starting: true)
+        return outcome
     }
     let cgroups = environment.flatMap { configuration.environments[$0]?.confinement.cgroups } ?? []
     if !cgroups.isEmpty {
@@ -72,5 +87,5 @@ func spawn(slot: Int, environment: Int?) -> Int32? {
         lasting?.setControl(slot, controlParent.raw)
     }
     setScoreboardSlot(slot, pid: pid, starting: true)
-    return pid
+    return .started(pid)
 }

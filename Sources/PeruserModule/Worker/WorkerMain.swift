@@ -37,6 +37,9 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
         lasting.pointee.multiplexerState = nil
         unmap(lasting.pointee.multiplexerSecret, Int(getpagesize()))
         lasting.pointee.multiplexerSecret = nil
+        for fd in [lasting.pointee.multiplexerSecretFD, lasting.pointee.multiplexerStateFD] where fd >= 0 { close(fd) }
+        lasting.pointee.multiplexerSecretFD = -1
+        lasting.pointee.multiplexerStateFD = -1
         lasting.closePreviousHandbacks()
         lasting.closeEveryControl()
         for end in [lasting.pointee.demand.0, lasting.pointee.demand.1] where end >= 0 { close(end) }
