@@ -218,6 +218,48 @@ final class ChildTableTests: XCTestCase {
         }
     }
 
+    /// Which byte ranges a worker of environment E sees as zeros: the detail pages of every
+    /// other environment's pool (one or two ranges around its own), none with the full view.
+    func testHiddenDetailRangesAreEveryOtherEnvironmentsDetailPages() {
+        let slots = 5, environments = 3, pages = 9  // pools: env 0: 0-1, env 1: 2-6, env 2: 7-8
+        let starts = [0, 2, 7]
+        func detail(_ i: Int) -> Int {
+            ChildTableLayout.detailPageOffset(slots: slots, environments: environments, workerPages: pages, index: i)
+        }
+        func hidden(_ e: Int, full: Bool = false, starts: [Int] = starts) -> [Range<Int>] {
+            ChildTableLayout.hiddenDetailRanges(slots: slots, environments: environments, workerPages: pages,
+                                                poolStarts: starts, environment: e, fullView: full)
+        }
+        XCTAssertEqual(hidden(0), [detail(2)..<detail(9)])
+        XCTAssertEqual(hidden(1), [detail(0)..<detail(2), detail(7)..<detail(9)])
+        XCTAssertEqual(hidden(2), [detail(0)..<detail(7)])
+        for e in 0..<3 { XCTAssertEqual(hidden(e, full: true), []) }
+        // No pool (an unknown environment): every detail page hidden.
+        XCTAssertEqual(hidden(5), [detail(0)..<detail(9)])
+        XCTAssertEqual(hidden(-1), [detail(0)..<detail(9)])
+        // An empty pool in the middle: one range.
+        XCTAssertEqual(hidden(1, starts: [0, 4, 4]), [detail(0)..<detail(9)])
+        // The last detail page ends the table; every range is page-aligned; worker pages, the
+        // environment pages and the records are never in a hidden range.
+        XCTAssertEqual(detail(9), ChildTableLayout.size(slots: slots, environments: environments, workerPages: pages))
+        let firstDetail = detail(0)
+        XCTAssertEqual(firstDetail, ChildTableLayout.workerPageOffset(slots: slots, environments: environments, index: pages))
+        for e in -1..<4 {
+            for range in hidden(e) {
+                XCTAssertEqual(range.lowerBound % 4096, 0)
+                XCTAssertEqual(range.upperBound % 4096, 0)
+                XCTAssertGreaterThanOrEqual(range.lowerBound, firstDetail)
+            }
+        }
+        // Every environment keeps its own detail pages visible.
+        for e in 0..<3 {
+            let own = detail(starts[e])..<detail(e + 1 < 3 ? starts[e + 1] : pages)
+            XCTAssertTrue(hidden(e).allSatisfy { !$0.overlaps(own) })
+        }
+        XCTAssertEqual(ChildTableLayout.hiddenDetailRanges(slots: slots, environments: environments, workerPages: 0,
+                                                           poolStarts: [], environment: 0, fullView: false), [])
+    }
+
     func testWorkerCountersGoToTheEnvironmentsPage() {
         withTable { table, memory, _ in
             table.environmentPageField(1, ChildTableLayout.servedOffset)?.storeBytes(of: UInt64(9), as: UInt64.self)

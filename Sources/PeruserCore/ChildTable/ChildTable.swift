@@ -16,6 +16,9 @@
 // A worker's view of the table is read-only except for its own page, its own detail page and
 // its environment's page (the module maps those three over a read-only mapping), so a
 // compromised worker can lie about itself and its own environment, and about nothing else.
+// Unless its environment has the full view (the main server's, StatusEnvironment), every other
+// environment's detail pages are replaced in its view by zeros (`hiddenDetailRanges`): it reads
+// other tenants' status and counters, never their requests, vhosts, clients or tickets.
 // Everything read back is still treated as untrusted: readers bound-check, sanitize and never trap.
 
 public enum ChildTableLayout {
@@ -106,6 +109,35 @@ public enum ChildTableLayout {
 
     public static func size(slots: Int, environments: Int, workerPages: Int = 0) -> Int {
         pagesStart(slots: slots, environments: environments) + (slots + environments + 2 * workerPages) * pageSize
+    }
+
+    /// The byte ranges of the table a worker of `environment` must not read: the detail pages
+    /// of every other environment's pool (at most two ranges, before and after its own pool),
+    /// or none when its environment has the full view. `poolStarts`: the index of each
+    /// environment's first worker page, ascending (its pool ends where the next begins, the
+    /// last at `workerPages`). An environment without a pool sees no detail page at all.
+    public static func hiddenDetailRanges(slots: Int, environments: Int, workerPages: Int, poolStarts: [Int],
+                                          environment: Int, fullView: Bool) -> [Range<Int>] {
+        guard !fullView, workerPages > 0 else { return [] }
+        func detail(_ index: Int) -> Int {
+            detailPageOffset(slots: slots, environments: environments, workerPages: workerPages, index: index)
+        }
+        var start = workerPages, end = workerPages  // no pool: everything hidden
+        if poolStarts.indices.contains(environment) {
+            start = min(max(poolStarts[environment], 0), workerPages)
+            let next = environment + 1 < poolStarts.count ? poolStarts[environment + 1] : workerPages
+            end = min(max(next, start), workerPages)
+        }
+        var ranges: [Range<Int>] = []
+        if start > 0 { ranges.append(detail(0)..<detail(start)) }
+        if end < workerPages {
+            if let last = ranges.last, last.upperBound == detail(end) {  // an empty pool: one range
+                ranges[ranges.count - 1] = last.lowerBound..<detail(workerPages)
+            } else {
+                ranges.append(detail(end)..<detail(workerPages))
+            }
+        }
+        return ranges
     }
 
     private static func pagesStart(slots: Int, environments: Int) -> Int {

@@ -29,6 +29,14 @@ func statusSnapshot(scoreboardStates: [Int]) -> StatusSnapshot? {
     return StatusSnapshot(slots: slots, environments: envs, maxMultiplexers: configuration.limits.maxMultiplexers)
 }
 
+/// Whether this generation's workers of `environment` keep every worker's details (request
+/// line, vhost, client, ticket) in their view of the child table: the main server's
+/// environment and StatusEnvironment's.
+func hasFullView(_ environment: Int) -> Bool {
+    let main = ap_server_conf.map { Int(peruser_shim_server_environment($0)) }
+    return configuration.hasFullView(environment, mainServerEnvironment: main.flatMap { $0 >= 0 ? $0 : nil })
+}
+
 /// mod_status's extension hook: Peruser's table under mod_status's own, ?peruser_stats for the
 /// environments, and Peruser lines in ?auto.
 @_cdecl("peruser_status")
