@@ -209,6 +209,9 @@ const command_rec peruser_commands[] = {
     AP_INIT_RAW_ARGS("<Processor", processor_section, stored_marker, RSRC_CONF,
                      "Declares a server environment: <Processor name> User u, Group g </Processor>"),
     AP_INIT_RAW_ARGS("</Processor>", stray_processor_end, NULL, RSRC_CONF, "Ends a <Processor> section"),
+    AP_INIT_ITERATE("StatusEnvironment", store_global_one, stored_marker, RSRC_CONF,
+                    "<Processor> environments whose workers see every worker's request, vhost and client in the "
+                    "child table and on the status page (as the main server's environment does)"),
     AP_INIT_TAKE1("ServerEnvironment", store_server_environment_one, stored_marker, RSRC_CONF,
                   "The server environment (<Processor> name) that serves this virtual host"),
     AP_INIT_TAKE2("AssignUserID", store_server_environment, stored_marker, RSRC_CONF,

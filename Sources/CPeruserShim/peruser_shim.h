@@ -24,6 +24,14 @@ extern int memfd_create(const char *name, unsigned int flags);
 extern int getresuid(uid_t *ruid, uid_t *euid, uid_t *suid);
 extern int getresgid(gid_t *rgid, gid_t *egid, gid_t *sgid);
 #define PERUSER_MFD_CLOEXEC 1U
+#define PERUSER_MFD_ALLOW_SEALING 2U
+
+/* Seals a memfd against any change (F_ADD_SEALS is Linux-only, hidden from Swift's Glibc). */
+#include <fcntl.h>
+static inline int peruser_seal_read_only(int fd)
+{
+    return fcntl(fd, 1033 /* F_ADD_SEALS */, 0x0001 | 0x0002 | 0x0004 | 0x0008 /* SEAL, SHRINK, GROW, WRITE */);
+}
 #define PERUSER_SCHED_BATCH 3
 
 /* prctl is variadic. */

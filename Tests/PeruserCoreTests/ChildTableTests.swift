@@ -2,12 +2,14 @@ import XCTest
 @testable import PeruserCore
 
 final class ChildTableTests: XCTestCase {
-    private func withTable(slots: Int = 4, environments: Int = 2, _ body: (ChildTable, UnsafeMutableRawPointer, Int) -> Void) {
-        let size = ChildTableLayout.size(slots: slots, environments: environments)
+    private func withTable(slots: Int = 4, environments: Int = 2, workerPages: Int = 0,
+                           _ body: (ChildTable, UnsafeMutableRawPointer, Int) -> Void) {
+        let size = ChildTableLayout.size(slots: slots, environments: environments, workerPages: workerPages)
         let memory = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
         defer { memory.deallocate() }
         memory.initializeMemory(as: UInt8.self, repeating: 0, count: size)
-        guard let table = ChildTable.format(memory, size: size, slots: slots, environments: environments, generation: 7)
+        guard let table = ChildTable.format(memory, size: size, slots: slots, environments: environments,
+                                            workerPages: workerPages, generation: 7)
         else { return XCTFail("format failed") }
         body(table, memory, size)
     }
@@ -74,9 +76,11 @@ final class ChildTableTests: XCTestCase {
     }
 
     func testSlotsRoundTrip() {
-        withTable { table, memory, _ in
+        withTable(workerPages: 4) { table, memory, _ in
             XCTAssertEqual(memory.load(as: UInt32.self), ChildTableLayout.magic)
-            table.setSlot(1, pid: 42, type: .processor, environment: 1, generation: 7, status: .starting, now: 5)
+            XCTAssertEqual(memory.load(fromByteOffset: ChildTableLayout.versionOffset, as: UInt32.self), 4)
+            table.setSlot(1, pid: 42, type: .processor, environment: 1, generation: 7, status: .starting, now: 5,
+                          workerPage: 2)
             table.setStatus(1, .active, now: 9)
             "GET /x HTTP/1.1".withCString { request in
                 "a.test".withCString { table.setRequest(1, request: request, vhost: $0) }
@@ -167,6 +171,93 @@ final class ChildTableTests: XCTestCase {
         // Every field of a slot's page and an environment's page fits in one page.
         XCTAssertLessThanOrEqual(ChildTableLayout.vhostOffset + ChildTableLayout.vhostCapacity, ChildTableLayout.pageSize)
         XCTAssertLessThanOrEqual(ChildTableLayout.servedOffset + 8, ChildTableLayout.pageSize)
+    }
+
+    /// What tells about a client or a request (request line, vhost, client, ticket) is on the
+    /// worker's detail page, not on its page: status and counters are readable by every
+    /// worker, the details only where the view keeps them.
+    func testDetailsLiveOnTheDetailPageNotOnTheWorkerPage() {
+        let slots = 4, environments = 2, pages = 6
+        withTable(slots: slots, environments: environments, workerPages: pages) { table, memory, size in
+            XCTAssertEqual(size, ChildTableLayout.size(slots: slots, environments: environments) + 2 * pages * 4096)
+            table.setSlot(2, pid: 10, type: .worker, environment: 1, generation: 1, status: .ready, now: 1, workerPage: 4)
+            let page = table.pageOffset(2)
+            let detail = ChildTableLayout.detailPageOffset(slots: slots, environments: environments, workerPages: pages,
+                                                           index: 4)
+            XCTAssertEqual(table.detailPage(ofPage: page), detail)
+            XCTAssertEqual(table.detailOffset(2), detail)
+            XCTAssertEqual(detail % 4096, 0)
+            XCTAssertLessThanOrEqual(detail + 4096, size)
+            "GET /secret HTTP/1.1".withCString { request in
+                "b.test".withCString { table.setRequest(page: page, request: request, vhost: $0) }
+            }
+            let client = ClientAddress(ipv4: 0x7f00_0003)
+            table.setClient(page: page, client, ticket: 0xfeed)
+            table.setStatus(page: page, .active, now: 2)
+            // Nothing but status and counters on the worker page.
+            for i in 64..<4096 { XCTAssertEqual(memory.load(fromByteOffset: page + i, as: UInt8.self), 0, "byte \(i)") }
+            let s = table.slot(2)
+            XCTAssertEqual(s?.request, "GET /secret HTTP/1.1")
+            XCTAssertEqual(s?.vhost, "b.test")
+            XCTAssertEqual(s?.client, client)
+            XCTAssertEqual(table.takenTickets(environment: 1, roster: table.roster()), [0xfeed])
+            XCTAssertEqual(table.workersServing(client, environment: 1, roster: table.roster()), 1)
+            // A view where the detail page reads zeros (another environment's worker's): the
+            // status stays, the details are gone.
+            memory.advanced(by: detail).initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+            XCTAssertEqual(table.slot(2)?.request, "")
+            XCTAssertEqual(table.slot(2)?.vhost, "")
+            XCTAssertEqual(table.slot(2)?.client, ClientAddress.none)
+            XCTAssertEqual(table.slot(2)?.status, .active)
+            // Multiplexers and free slots have no detail page.
+            table.setSlot(0, pid: 13, type: .multiplexer, environment: -1, generation: 1, status: .ready, now: 4)
+            XCTAssertNil(table.detailOffset(0))
+            XCTAssertNil(table.detailOffset(3))
+            XCTAssertNil(table.detailPage(ofPage: page + 8))
+            XCTAssertNil(table.detailPage(ofPage: detail))
+        }
+    }
+
+    /// Which byte ranges a worker of environment E sees as zeros: the detail pages of every
+    /// other environment's pool (one or two ranges around its own), none with the full view.
+    func testHiddenDetailRangesAreEveryOtherEnvironmentsDetailPages() {
+        let slots = 5, environments = 3, pages = 9  // pools: env 0: 0-1, env 1: 2-6, env 2: 7-8
+        let starts = [0, 2, 7]
+        func detail(_ i: Int) -> Int {
+            ChildTableLayout.detailPageOffset(slots: slots, environments: environments, workerPages: pages, index: i)
+        }
+        func hidden(_ e: Int, full: Bool = false, starts: [Int] = starts) -> [Range<Int>] {
+            ChildTableLayout.hiddenDetailRanges(slots: slots, environments: environments, workerPages: pages,
+                                                poolStarts: starts, environment: e, fullView: full)
+        }
+        XCTAssertEqual(hidden(0), [detail(2)..<detail(9)])
+        XCTAssertEqual(hidden(1), [detail(0)..<detail(2), detail(7)..<detail(9)])
+        XCTAssertEqual(hidden(2), [detail(0)..<detail(7)])
+        for e in 0..<3 { XCTAssertEqual(hidden(e, full: true), []) }
+        // No pool (an unknown environment): every detail page hidden.
+        XCTAssertEqual(hidden(5), [detail(0)..<detail(9)])
+        XCTAssertEqual(hidden(-1), [detail(0)..<detail(9)])
+        // An empty pool in the middle: one range.
+        XCTAssertEqual(hidden(1, starts: [0, 4, 4]), [detail(0)..<detail(9)])
+        // The last detail page ends the table; every range is page-aligned; worker pages, the
+        // environment pages and the records are never in a hidden range.
+        XCTAssertEqual(detail(9), ChildTableLayout.size(slots: slots, environments: environments, workerPages: pages))
+        let firstDetail = detail(0)
+        XCTAssertEqual(firstDetail, ChildTableLayout.workerPageOffset(slots: slots, environments: environments, index: pages))
+        for e in -1..<4 {
+            for range in hidden(e) {
+                XCTAssertEqual(range.lowerBound % 4096, 0)
+                XCTAssertEqual(range.upperBound % 4096, 0)
+                XCTAssertGreaterThanOrEqual(range.lowerBound, firstDetail)
+            }
+        }
+        // Every environment keeps its own detail pages visible.
+        for e in 0..<3 {
+            let own = detail(starts[e])..<detail(e + 1 < 3 ? starts[e + 1] : pages)
+            XCTAssertTrue(hidden(e).allSatisfy { !$0.overlaps(own) })
+        }
+        XCTAssertEqual(ChildTableLayout.hiddenDetailRanges(slots: slots, environments: environments, workerPages: 0,
+                                                           poolStarts: [], environment: 0, fullView: false), [])
     }
 
     func testWorkerCountersGoToTheEnvironmentsPage() {

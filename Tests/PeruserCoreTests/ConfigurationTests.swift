@@ -145,6 +145,10 @@ final class ConfigurationTests: XCTestCase {
             ("ServerLimit 20001", "line 1 of t.conf: ServerLimit 20001 is out of range (1 to 20000)"),
             ("ProcessorWaitTimeout 5 0", "line 1 of t.conf: ProcessorWaitTimeout levels 0 is out of range (1 to 100)"),
             ("ServerEnvironment a\n" + env, "line 1 of t.conf: ServerEnvironment a: no <Processor a> is declared before this line; declare the environment before the virtual hosts that use it"),
+            ("StatusEnvironment nosuch\n" + env,
+             "line 1 of t.conf: StatusEnvironment nosuch: no <Processor nosuch> is declared"),
+            ("AssignUserID bob bob\nStatusEnvironment assign-bob-bob",
+             "line 2 of t.conf: StatusEnvironment assign-bob-bob: no <Processor assign-bob-bob> is declared"),
             ("PeruserHandBack maybe", "line 1 of t.conf: PeruserHandBack must be On or Off"),
             ("MultiplexerUser nobody-here", "line 1 of t.conf: MultiplexerUser nobody-here: no such user on this system"),
             ("MultiplexerGroup root", "line 1 of t.conf: MultiplexerGroup root: the multiplexers must not run as root"),
@@ -189,6 +193,22 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertThrowsError(try byGroup.checkIdentities(unixd: unixd)) { error in
             XCTAssertTrue("\(error)".contains("runs as gid 33, which the multiplexers run as too (Group (the default))"))
         }
+    }
+
+    /// StatusEnvironment names <Processor> environments, before or after their declaration, and
+    /// accumulates; with the main server's environment they have the full view, no other does.
+    func testStatusEnvironmentsAndTheMainServersHaveTheFullView() throws {
+        let three = "<Processor a>\nUser alice\nGroup alice\n</Processor>\n<Processor b>\nUser bob\nGroup bob\n"
+            + "</Processor>\n<Processor c>\nUser bob\nGroup bob\n</Processor>\n"
+        let none = try build(three)
+        XCTAssertEqual(none.statusEnvironments, [])
+        XCTAssertEqual((0..<3).map { none.hasFullView($0, mainServerEnvironment: nil) }, [false, false, false])
+        XCTAssertEqual((0..<3).map { none.hasFullView($0, mainServerEnvironment: 1) }, [false, true, false])
+        let named = try build("StatusEnvironment c\n" + three + "StatusEnvironment a\n")
+        XCTAssertEqual(named.statusEnvironments, [0, 2])
+        XCTAssertEqual((0..<3).map { named.hasFullView($0, mainServerEnvironment: nil) }, [true, false, true])
+        XCTAssertFalse(named.hasFullView(-1, mainServerEnvironment: -1))
+        XCTAssertFalse(named.hasFullView(3, mainServerEnvironment: 3))
     }
 
     func testEveryStoredDirectiveIsRead() throws {

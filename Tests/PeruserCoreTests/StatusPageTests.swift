@@ -31,15 +31,48 @@ final class StatusPageTests: XCTestCase {
         let r = rows(table)
         XCTAssertEqual(r.count, 5)
         XCTAssertEqual(r[0], "<tr><td>1</td><td>11</td><td>ACTIVE</td><td>BUSY_WRITE</td><td>PROCESSOR</td>"
-                       + "<td>big</td><td>2/0/10</td><td>100%</td></tr>")
+                       + "<td>big</td><td>2/0/10</td><td>100%</td><td>-</td><td>-</td><td>-</td></tr>")
         XCTAssertEqual(r[1], "<tr><td>2</td><td>12</td><td>READY</td><td>READY</td><td>MULTIPLEXER</td>"
-                       + "<td>Multiplexer</td><td>1/1/4</td><td>100%</td></tr>")
+                       + "<td>Multiplexer</td><td>1/1/4</td><td>100%</td><td></td><td></td><td></td></tr>")
         // An environment with no worker is on one row with the others in its state, and the free
         // general slots on one row.
         XCTAssertEqual(r[3], "<tr><td>-</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>PROCESSOR</td>"
-                       + "<td>1 environment with no worker: small</td><td>0/0/-</td><td>90%</td></tr>")
+                       + "<td>1 environment with no worker: small</td><td>0/0/-</td><td>90%</td>"
+                       + "<td></td><td></td><td></td></tr>")
         XCTAssertEqual(r[4], "<tr><td>-</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>UNKNOWN</td>"
-                       + "<td>1 free slot</td><td>0/0/0</td><td>0%</td></tr>")
+                       + "<td>1 free slot</td><td>0/0/0</td><td>0%</td><td></td><td></td><td></td></tr>")
+    }
+
+    /// The details of a worker (client, vhost, request) show to a viewer of its own environment
+    /// or one with the full view, escaped; to any other viewer as `-`, even where the snapshot
+    /// holds text (hiddenness comes from the configuration, not from zeros in the table).
+    func testWorkerDetailsShowOnlyToItsEnvironmentOrTheFullView() {
+        var s = snapshot()
+        s.slots[1].client = "127.0.0.3"
+        s.slots[1].vhost = "b<i>.test"
+        s.slots[1].request = "GET /x?a=<script>alert('&')</script> HTTP/1.1"
+        s.slots[3].client = "::1"
+        let visible = "<td>127.0.0.3</td><td>b&lt;i&gt;.test</td>"
+            + "<td>GET /x?a=&lt;script&gt;alert(&#39;&amp;&#39;)&lt;/script&gt; HTTP/1.1</td></tr>"
+        for (viewer, fullView, shown) in [(1, false, true), (0, false, false), (0, true, true), (nil, false, false),
+                                          (nil, true, true)] as [(Int?, Bool, Bool)] {
+            s.viewer = viewer
+            s.fullView = fullView
+            let html = StatusPage.childTable(s)
+            let r = rows(html)
+            XCTAssertFalse(html.contains("<script>") || html.contains("<i>"), "\(viewer as Any) \(fullView)")
+            XCTAssertEqual(r[0].hasSuffix(visible), shown, r[0])
+            XCTAssertEqual(r[2].hasSuffix("<td>::1</td><td></td><td></td></tr>"), shown, r[2])
+            if !shown {
+                XCTAssertTrue(r[0].hasSuffix("<td>100%</td><td>-</td><td>-</td><td>-</td></tr>"), r[0])
+                XCTAssertFalse(html.contains("127.0.0.3") || html.contains(".test") || html.contains("GET"))
+            }
+            // The multiplexer's row never has details.
+            XCTAssertTrue(r[1].hasSuffix("<td></td><td></td><td></td></tr>"), r[1])
+            // ?auto and ?peruser_stats show no details at all.
+            XCTAssertFalse(StatusPage.auto(s).contains("127.0.0.3"))
+            XCTAssertFalse(StatusPage.statistics(s).contains("127.0.0.3"))
+        }
     }
 
     func testAFreeReservedSlotOfAnEnvironmentWithWorkersShowsItsProcessor() {
@@ -47,7 +80,8 @@ final class StatusPageTests: XCTestCase {
         // Slot 1 (big's reserved slot) is free while big has a worker in slot 3.
         s.slots[1] = StatusSnapshot.Slot(id: 1, pid: 0, status: .standby, scoreboardState: 0, type: .unknown, environment: nil)
         XCTAssertTrue(rows(StatusPage.childTable(s)).contains("<tr><td>1</td><td>0</td><td>STANDBY</td><td>DEAD</td>"
-                                                              + "<td>PROCESSOR</td><td>big</td><td>1/0/10</td><td>100%</td></tr>"))
+                                                              + "<td>PROCESSOR</td><td>big</td><td>1/0/10</td><td>100%</td>"
+                                                              + "<td></td><td></td><td></td></tr>"))
     }
 
     func testThreeHundredQuietEnvironmentsTakeOneRowPerState() {
@@ -62,8 +96,9 @@ final class StatusPageTests: XCTestCase {
         XCTAssertEqual(r.count, 5)
         XCTAssertTrue(r[0].hasPrefix("<tr><td>3</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>PROCESSOR</td><td>t3</td>"), r[0])
         XCTAssertTrue(r[2].contains("<td>298 environments with no worker: t0, t1, t10, t100,"), r[2])
-        XCTAssertTrue(r[2].hasSuffix("<td>100%</td></tr>"))
-        XCTAssertTrue(r[3].contains("<td>1 environment with no worker: t7</td>") && r[3].hasSuffix("<td>50%</td></tr>"))
+        XCTAssertTrue(r[2].hasSuffix("<td>100%</td><td></td><td></td><td></td></tr>"))
+        XCTAssertTrue(r[3].contains("<td>1 environment with no worker: t7</td>")
+                      && r[3].hasSuffix("<td>50%</td><td></td><td></td><td></td></tr>"))
         XCTAssertTrue(r[4].contains("<td>468 free slots</td>"))
         XCTAssertEqual(rows(StatusPage.statistics(s)).count, 3)
         XCTAssertEqual(StatusPage.auto(s).split(separator: "\n").count, 301)

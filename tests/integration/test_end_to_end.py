@@ -273,8 +273,17 @@ def test_process_identities(server):
     procs = session_processes(server)
     by_pid = {p: (u, g) for p, u, g in procs}
     assert by_pid[parent] == (0, 0)
-    others = [(p, u, g) for p, u, g in procs if p != parent]
+    # Root besides the parent: only its process images (ProcessorImage isolated, the default:
+    # the multiplexers' and one per environment), which never accept or serve a connection.
+    images = set(server.images())
+    assert len(images) == 3, images
+    others = [(p, u, g) for p, u, g in procs if p != parent and p not in images]
     assert all(u != 0 and g != 0 for _, u, g in others), f"a root process besides the parent: {others}"
+    # An environment's image listens on nothing (the multiplexers' image holds the listeners
+    # it passes to the multiplexers it forks).
+    listening = listening_inodes()
+    holding = {image: socket_inodes(image) & listening for image in images}
+    assert sorted(len(h) > 0 for h in holding.values()) == [False, False, True], holding
     www = (33, 33)
     a, b = server.uids["a"], server.uids["b"]
     kids = {pid: (u, g) for pid, u, g in server.children()}
@@ -285,6 +294,18 @@ def test_process_identities(server):
     assert set(kids.values()) == {www, a, b}, kids
     ps = subprocess.run(["ps", "-o", "user=", "-p", str(parent)], capture_output=True, text=True)
     assert ps.stdout.strip() == "root"
+
+
+def listening_inodes():
+    """Inodes of the listening TCP sockets of this machine."""
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":
+                    out.add(int(fields[9]))
+    return out
 
 
 def socket_inodes(pid):

@@ -324,7 +324,8 @@ def test_mod_status_sees_true_mpm_values(managed):
     fields = dict(line.split(": ", 1) for line in body.splitlines() if ": " in line)
     assert fields["ServerMPM"] == "peruser"
     assert len(fields["Scoreboard"]) == 16, "one scoreboard slot per ServerLimit"
-    # The multiplexer and the two workers occupy slots; the worker serving this page is busy.
+    # The page is rendered from the scoreboard of spare's process image (ProcessorImage
+    # isolated): spare's two workers occupy slots there; the one serving this page is busy.
     assert int(fields["BusyWorkers"]) >= 1
-    assert int(fields["BusyWorkers"]) + int(fields["IdleWorkers"]) >= 3
+    assert int(fields["BusyWorkers"]) + int(fields["IdleWorkers"]) >= 2
     assert fields["Scoreboard"].count(".") < 16

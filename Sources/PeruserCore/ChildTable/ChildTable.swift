@@ -7,17 +7,23 @@
 // - one page per slot for the multiplexers (status, counters), written by that multiplexer;
 // - one page per environment (connections received, requests served): its workers write it;
 // - a pool of MaxProcessors pages per environment, one per live worker of it (status,
-//   counters, current request): a page never changes environment, so a process a tenant left
-//   behind with a writable mapping (a forked PHP child, say) can never write the status of
-//   another tenant's worker. A worker's page is named in its identity record.
-// A worker's view of the table is read-only except for its own slot's page and its
-// environment's page (the module maps those two over a read-only mapping), so a compromised
-// worker can lie about itself and its own environment, and about nothing else.
+//   counters): a page never changes environment, so a process a tenant left behind with a
+//   writable mapping (a forked PHP child, say) can never write the status of another tenant's
+//   worker. A worker's page is named in its identity record;
+// - a second pool parallel to the first, one detail page per worker page (the current request
+//   line, vhost, client address and hand-off ticket: what tells about a client or a request).
+//   An environment's detail pages are consecutive, so they are one page-aligned range.
+// A worker's view of the table is read-only except for its own page, its own detail page and
+// its environment's page (the module maps those three over a read-only mapping), so a
+// compromised worker can lie about itself and its own environment, and about nothing else.
+// Unless its environment has the full view (the main server's, StatusEnvironment), every other
+// environment's detail pages are replaced in its view by zeros (`hiddenDetailRanges`): it reads
+// other tenants' status and counters, never their requests, vhosts, clients or tickets.
 // Everything read back is still treated as untrusted: readers bound-check, sanitize and never trap.
 
 public enum ChildTableLayout {
     public static let magic: UInt32 = 0x3143_5550  // "PUC1"
-    public static let version: UInt32 = 3
+    public static let version: UInt32 = 4
     public static let headerSize = 64
     public static let identitySize = 32
     public static let environmentSize = 128
@@ -49,6 +55,9 @@ public enum ChildTableLayout {
     public static let holdingOffset = 32     // UInt32: connections a multiplexer holds
     public static let awaitingOffset = 40    // Int64 ms: since when a worker waits on its client (0: not)
     public static let http2Offset = 48       // UInt8: 1 while the worker's connection speaks HTTP/2
+
+    // Fields of a worker's detail page (its worker). They keep the offsets they had in the
+    // worker page before version 4 (the first 64 bytes of a detail page are unused).
     public static let requestOffset = 64     // request line, NUL-terminated
     public static let requestCapacity = 128
     public static let vhostOffset = 192      // vhost name, NUL-terminated
@@ -93,8 +102,42 @@ public enum ChildTableLayout {
         pagesStart(slots: slots, environments: environments) + (slots + environments + index) * pageSize
     }
 
+    /// The detail page of the `index`-th worker page: after every worker page, in the same order.
+    public static func detailPageOffset(slots: Int, environments: Int, workerPages: Int, index: Int) -> Int {
+        workerPageOffset(slots: slots, environments: environments, index: workerPages + index)
+    }
+
     public static func size(slots: Int, environments: Int, workerPages: Int = 0) -> Int {
-        pagesStart(slots: slots, environments: environments) + (slots + environments + workerPages) * pageSize
+        pagesStart(slots: slots, environments: environments) + (slots + environments + 2 * workerPages) * pageSize
+    }
+
+    /// The byte ranges of the table a worker of `environment` must not read: the detail pages
+    /// of every other environment's pool (at most two ranges, before and after its own pool),
+    /// or none when its environment has the full view. `poolStarts`: the index of each
+    /// environment's first worker page, ascending (its pool ends where the next begins, the
+    /// last at `workerPages`). An environment without a pool sees no detail page at all.
+    public static func hiddenDetailRanges(slots: Int, environments: Int, workerPages: Int, poolStarts: [Int],
+                                          environment: Int, fullView: Bool) -> [Range<Int>] {
+        guard !fullView, workerPages > 0 else { return [] }
+        func detail(_ index: Int) -> Int {
+            detailPageOffset(slots: slots, environments: environments, workerPages: workerPages, index: index)
+        }
+        var start = workerPages, end = workerPages  // no pool: everything hidden
+        if poolStarts.indices.contains(environment) {
+            start = min(max(poolStarts[environment], 0), workerPages)
+            let next = environment + 1 < poolStarts.count ? poolStarts[environment + 1] : workerPages
+            end = min(max(next, start), workerPages)
+        }
+        var ranges: [Range<Int>] = []
+        if start > 0 { ranges.append(detail(0)..<detail(start)) }
+        if end < workerPages {
+            if let last = ranges.last, last.upperBound == detail(end) {  // an empty pool: one range
+                ranges[ranges.count - 1] = last.lowerBound..<detail(workerPages)
+            } else {
+                ranges.append(detail(end)..<detail(workerPages))
+            }
+        }
+        return ranges
     }
 
     private static func pagesStart(slots: Int, environments: Int) -> Int {
@@ -121,6 +164,8 @@ public struct SlotSnapshot: Equatable {
     public var awaitingClient: Bool = false
     /// A worker whose connection speaks HTTP/2.
     public var http2: Bool = false
+    /// The client of a worker's current (or last) connection, from its detail page.
+    public var client: ClientAddress = .none
 }
 
 public struct EnvironmentCounters: Equatable {
@@ -209,6 +254,18 @@ public struct ChildTable {
 
     private func page(_ slot: Int) -> Int { pageOffset(slot) }
 
+    /// The detail page that goes with the worker page at `o`, or nil if `o` is no worker page
+    /// (a multiplexer's or a free slot's page has none).
+    public func detailPage(ofPage o: Int) -> Int? {
+        let first = ChildTableLayout.workerPageOffset(slots: slotCount, environments: environmentCount, index: 0)
+        guard o >= first, o < first + workerPageCount * ChildTableLayout.pageSize,
+              (o - first) % ChildTableLayout.pageSize == 0 else { return nil }
+        return o + workerPageCount * ChildTableLayout.pageSize
+    }
+
+    /// The detail page of a slot's worker, as readers find it (see pageOffset(_:)).
+    public func detailOffset(_ slot: Int) -> Int? { detailPage(ofPage: page(slot)) }
+
     private func record(_ environment: Int) -> Int {
         ChildTableLayout.environmentOffset(slots: slotCount, environment: environment)
     }
@@ -239,7 +296,7 @@ public struct ChildTable {
 
     public func slot(_ index: Int) -> SlotSnapshot? {
         guard index >= 0 && index < slotCount else { return nil }
-        let i = identity(index), o = page(index)
+        let i = identity(index), o = page(index), detail = detailPage(ofPage: o)
         guard inUse(index) else {  // a free slot: its page is not read (nor allocated)
             return SlotSnapshot(request: "", vhost: "", pid: load(i + ChildTableLayout.pidOffset, as: Int32.self),
                                 type: .unknown, status: .standby, environment: -1,
@@ -247,8 +304,8 @@ public struct ChildTable {
                                 statusSince: 0, connections: 0, requests: 0, holding: 0)
         }
         return SlotSnapshot(
-            request: text(o + ChildTableLayout.requestOffset, capacity: ChildTableLayout.requestCapacity),
-            vhost: text(o + ChildTableLayout.vhostOffset, capacity: ChildTableLayout.vhostCapacity),
+            request: detail.map { text($0 + ChildTableLayout.requestOffset, capacity: ChildTableLayout.requestCapacity) } ?? "",
+            vhost: detail.map { text($0 + ChildTableLayout.vhostOffset, capacity: ChildTableLayout.vhostCapacity) } ?? "",
             pid: load(i + ChildTableLayout.pidOffset, as: Int32.self),
             type: ChildType(rawValue: load(i + ChildTableLayout.typeOffset, as: UInt8.self)) ?? .unknown,
             // An unknown status reads as busy: the safe guess for a child that lies.
@@ -261,7 +318,10 @@ public struct ChildTable {
             requests: load(o + ChildTableLayout.requestsOffset, as: UInt64.self),
             holding: load(o + ChildTableLayout.holdingOffset, as: UInt32.self),
             awaitingClient: load(o + ChildTableLayout.awaitingOffset, as: Int64.self) != 0,
-            http2: load(o + ChildTableLayout.http2Offset, as: UInt8.self) != 0)
+            http2: load(o + ChildTableLayout.http2Offset, as: UInt8.self) != 0,
+            client: detail.map { ClientAddress(high: load($0 + ChildTableLayout.clientOffset, as: UInt64.self),
+                                               low: load($0 + ChildTableLayout.clientOffset + 8, as: UInt64.self)) }
+                ?? .none)
     }
 
     /// A slot's status and when it began, without the text fields: what the parent's planner
@@ -403,8 +463,8 @@ public struct ChildTable {
         var count = 0
         for index in roster.slots(of: environment) {
             guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
-                  s.status != .ready, s.status != .standby, s.status != .starting else { continue }
-            let o = page(index)
+                  s.status != .ready, s.status != .standby, s.status != .starting,
+                  let o = detailOffset(index) else { continue }
             if load(o + ChildTableLayout.clientOffset, as: UInt64.self) == client.high
                 && load(o + ChildTableLayout.clientOffset + 8, as: UInt64.self) == client.low {
                 count += 1
@@ -413,8 +473,10 @@ public struct ChildTable {
         return count
     }
 
-    /// A worker's write to its own page: the client and ticket of the connection it took.
-    public func setClient(page o: Int, _ client: ClientAddress, ticket: UInt64) {
+    /// A worker's write to its own detail page (`page`: its worker page): the client and ticket
+    /// of the connection it took.
+    public func setClient(page: Int, _ client: ClientAddress, ticket: UInt64) {
+        guard let o = detailPage(ofPage: page) else { return }
         base.storeBytes(of: client.high, toByteOffset: o + ChildTableLayout.clientOffset, as: UInt64.self)
         base.storeBytes(of: client.low, toByteOffset: o + ChildTableLayout.clientOffset + 8, as: UInt64.self)
         base.storeBytes(of: ticket, toByteOffset: o + ChildTableLayout.ticketOffset, as: UInt64.self)
@@ -426,8 +488,8 @@ public struct ChildTable {
         var tickets = Set<UInt64>()
         for index in roster.slots(of: environment) {
             guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
-                  s.status == .active || s.status == .ready else { continue }
-            tickets.insert(load(page(index) + ChildTableLayout.ticketOffset, as: UInt64.self))
+                  s.status == .active || s.status == .ready, let o = detailOffset(index) else { continue }
+            tickets.insert(load(o + ChildTableLayout.ticketOffset, as: UInt64.self))
         }
         return tickets
     }
@@ -495,7 +557,9 @@ public struct ChildTable {
         setRequest(page: page(index), request: request, vhost: vhost)
     }
 
-    public func setRequest(page o: Int, request: UnsafePointer<CChar>?, vhost: UnsafePointer<CChar>?) {
+    /// A worker's write to its own detail page (`page`: its worker page).
+    public func setRequest(page: Int, request: UnsafePointer<CChar>?, vhost: UnsafePointer<CChar>?) {
+        guard let o = detailPage(ofPage: page) else { return }
         storeCString(request, o + ChildTableLayout.requestOffset, capacity: ChildTableLayout.requestCapacity)
         storeCString(vhost, o + ChildTableLayout.vhostOffset, capacity: ChildTableLayout.vhostCapacity)
     }

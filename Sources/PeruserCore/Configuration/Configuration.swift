@@ -64,6 +64,9 @@ public struct Configuration {
     /// ProcessorImage: each environment's workers start from a process image that loaded only
     /// its own vhosts (isolated, the default), or all from the root parent (shared).
     public fileprivate(set) var isolatedImages = true
+    /// The environments StatusEnvironment names: their workers see every worker's request line,
+    /// vhost and client in the child table (and on the status page), as the main server's do.
+    public fileprivate(set) var statusEnvironments: Set<Int> = []
     /// The environment each ServerEnvironment or AssignUserID names, by its index in the list
     /// of directives the configuration was built from.
     public fileprivate(set) var environmentOfDirective: [Int: Int] = [:]
@@ -82,6 +85,11 @@ public struct Configuration {
         for index in directives.indices where directives[index].section == nil {
             try builder.read(index, into: &configuration)
         }
+        // After every <Processor>, so StatusEnvironment may come before or after the declarations.
+        for index in directives.indices where directives[index].section == nil
+            && directives[index].name == "StatusEnvironment" {
+            try builder.readStatusEnvironment(index, into: &configuration)
+        }
         let scoped = zip(configuration.environments.environments, configuration.origins).map {
             (scope: "in \($1)", overrides: $0.overrides)
         }
@@ -98,6 +106,16 @@ public struct Configuration {
             throw ConfigurationError(error.description)
         }
         return configuration
+    }
+
+    /// Whether the workers of `environment` see every worker's details (request line, vhost,
+    /// client, ticket) in the child table: those of the main server's environment
+    /// (`mainServerEnvironment`, its ServerEnvironment or AssignUserID, which vhosts without
+    /// one inherit) and those StatusEnvironment names. Every other worker sees only its own
+    /// environment's.
+    public func hasFullView(_ environment: Int, mainServerEnvironment: Int?) -> Bool {
+        guard environment >= 0 && environment < environments.count else { return false }
+        return environment == mainServerEnvironment || statusEnvironments.contains(environment)
     }
 
     /// A tenant must never share the multiplexers' uid or gid: its code could signal or trace
@@ -203,6 +221,9 @@ private struct Builder {
             } catch {
                 throw fail("AssignUserID \(user) \(group): \(error.description)")
             }
+        case "StatusEnvironment":
+            guard arguments.count == 1, !arguments[0].isEmpty else { throw fail("StatusEnvironment takes names") }
+            // Read after every directive (readStatusEnvironment).
         case "PeruserHandBack":
             switch arguments.first?.lowercased() {
             case "on": configuration.handBack = true
@@ -244,6 +265,20 @@ private struct Builder {
         default:
             throw fail("\(directive.name) is not a Peruser directive")
         }
+    }
+
+    /// `StatusEnvironment name`: one stored directive per name (the command table iterates).
+    func readStatusEnvironment(_ index: Int, into configuration: inout Configuration) throws(ConfigurationError) {
+        let directive = directives[index]
+        let name = directive.arguments.first ?? ""
+        guard let environment = configuration.environments.index(named: name),
+              configuration.origins.indices.contains(environment),
+              configuration.origins[environment].hasPrefix("<Processor ") else {
+            throw ConfigurationError("\(directive.location): StatusEnvironment \(name): no <Processor \(name)> is "
+                                     + "declared (StatusEnvironment names the <Processor> environments whose workers "
+                                     + "see every tenant's requests on the status page)")
+        }
+        configuration.statusEnvironments.insert(environment)
     }
 
     /// `<Processor name>` and the directives inside it.

@@ -1,5 +1,6 @@
 // The Peruser views of /server-status: the child table, ?peruser_stats, and ?auto lines.
-// Pure functions of a snapshot; every name is escaped for HTML. The counts come from pages that
+// Pure functions of a snapshot; every name and every detail (request line, vhost, client: tenants
+// and their clients write them) is escaped for HTML. The counts come from pages that
 // tenants write, so sums saturate and percentages are clamped: a lie shows, it never traps.
 
 public struct StatusSnapshot: Equatable {
@@ -16,9 +17,18 @@ public struct StatusSnapshot: Equatable {
         public var awaitingClient: Bool
         /// A worker whose connection speaks HTTP/2.
         public var http2: Bool
+        /// A worker's current (or last) client address, vhost and request line, from its detail
+        /// page: empty where the viewer's view of the table holds zeros.
+        public var client: String
+        public var vhost: String
+        public var request: String
 
         public init(id: Int, pid: Int32, status: ChildStatus, scoreboardState: Int, type: ChildType, environment: Int?,
-                    awaitingClient: Bool = false, http2: Bool = false) {
+                    awaitingClient: Bool = false, http2: Bool = false, client: String = "", vhost: String = "",
+                    request: String = "") {
+            self.client = client
+            self.vhost = vhost
+            self.request = request
             self.awaitingClient = awaitingClient
             self.http2 = http2
             self.id = id
@@ -62,11 +72,25 @@ public struct StatusSnapshot: Equatable {
     public var slots: [Slot]
     public var environments: [Environment]
     public var maxMultiplexers: Int
+    /// The environment of the worker rendering the page (nil: none), and whether it has the
+    /// full view (the main server's environment, StatusEnvironment): without it, the details
+    /// of every other environment's workers show as `-`, whatever the table holds.
+    public var viewer: Int?
+    public var fullView: Bool
 
-    public init(slots: [Slot], environments: [Environment], maxMultiplexers: Int) {
+    public init(slots: [Slot], environments: [Environment], maxMultiplexers: Int, viewer: Int? = nil,
+                fullView: Bool = false) {
         self.slots = slots
         self.environments = environments
         self.maxMultiplexers = maxMultiplexers
+        self.viewer = viewer
+        self.fullView = fullView
+    }
+
+    /// Whether the viewer may see the details of a worker of `environment`.
+    public func showsDetails(of environment: Int?) -> Bool {
+        guard let environment else { return false }
+        return fullView || environment == viewer
     }
 
     /// Children alive (starting, ready or busy) and idle, of an environment (nil: multiplexers).
@@ -180,7 +204,7 @@ public enum StatusPage {
         html.reserveCapacity(400 + s.slots.count * 40)
         html += "<h2>Peruser status</h2>\n<table border=\"0\">\n"
             + "<tr><th>ID</th><th>PID</th><th>STATUS</th><th>SB STATUS</th><th>Type</th>"
-            + "<th>Processor</th><th>Pss</th><th>AVAIL</th></tr>\n"
+            + "<th>Processor</th><th>Pss</th><th>AVAIL</th><th>Client</th><th>VHost</th><th>Request</th></tr>\n"
         var freeSlots = 0
         for slot in s.slots {
             var type = slot.type
@@ -213,19 +237,28 @@ public enum StatusPage {
                 pss = "0/0/0"
                 avail = 0
             }
+            // A worker's details: `-` for another environment's (hidden from this viewer); none
+            // for a multiplexer, a free slot or a reserved one.
+            var details = ["", "", ""]
+            if slot.pid > 0 && (type == .processor || type == .worker) {
+                details = s.showsDetails(of: env) ? [escape(slot.client), escape(slot.vhost), escape(slot.request)]
+                    : ["-", "-", "-"]
+            }
             for piece in ["<tr><td>", String(slot.id), "</td><td>", String(max(slot.pid, 0)), "</td><td>",
                           status.name, "</td><td>", scoreboardName(slot.scoreboardState), "</td><td>", type.name,
-                          "</td><td>", processor, "</td><td>", pss, "</td><td>", String(avail), "%</td></tr>\n"] {
+                          "</td><td>", processor, "</td><td>", pss, "</td><td>", String(avail), "%</td><td>",
+                          details[0], "</td><td>", details[1], "</td><td>", details[2], "</td></tr>\n"] {
                 html.append(piece)
             }
         }
         for group in quiet(s, alive: counts.environments) {
             html += "<tr><td>-</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>PROCESSOR</td><td>"
-                + environmentList(group.names) + "</td><td>0/0/-</td><td>\(group.availability)%</td></tr>\n"
+                + environmentList(group.names) + "</td><td>0/0/-</td><td>\(group.availability)%</td>"
+                + "<td></td><td></td><td></td></tr>\n"
         }
         if freeSlots > 0 {
             html += "<tr><td>-</td><td>0</td><td>STANDBY</td><td>DEAD</td><td>UNKNOWN</td><td>\(freeSlots) free "
-                + "slot\(freeSlots == 1 ? "" : "s")</td><td>0/0/0</td><td>0%</td></tr>\n"
+                + "slot\(freeSlots == 1 ? "" : "s")</td><td>0/0/0</td><td>0%</td><td></td><td></td><td></td></tr>\n"
         }
         return html + "</table>\n"
     }

@@ -99,6 +99,15 @@ func imageRun(_ start: ImageStart, pconf: OpaquePointer?, server: UnsafeMutableP
     for fd in [start.control, start.table, start.secret, start.board, start.demand] + (start.listeners ?? []) where fd >= 0 {
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
     }
+    // Its configuration (/proc/self/fd/N) is read: no child of the image needs it.
+    if let process = server.pointee.process?.pointee, let argv = process.argv {
+        for index in 0..<Int(max(0, process.argc)) {
+            if let argument = string(argv[index]), argument.hasPrefix("/proc/self/fd/"),
+               let fd = Int32(argument.dropFirst(14)), fd > 2 {
+                close(fd)
+            }
+        }
+    }
     if case .environment(let index) = start.role, index >= environments { die("no such environment") }
     guard let retained = retainedLasting(), retained.initializeOnce() else { die("no retained data") }
     lasting = retained
@@ -215,7 +224,8 @@ private func forkWorker(_ start: ImageStart, slot: Int, page: Int, control: Chan
         return .failed(slot: slot, errno: 0)
     }
     let cgroups = configuration.environments[environment]?.confinement.cgroups ?? []
-    return forkChild(start, slot: slot, control: control, cgroups: cgroups) {
+    return forkChild(start, slot: slot, control: control, cgroups: cgroups,
+                     describe: "worker of environment \(environmentLabel(environment))") {
         startChildProcess()
         ownPage = table.pageOffset(slot: slot, type: .processor, workerPage: page)
         workerMain(slot: slot, environment: environment, parentPid: start.rootPid)
@@ -226,7 +236,7 @@ private func forkWorker(_ start: ImageStart, slot: Int, page: Int, control: Chan
 /// child and exits at once; the root, a subreaper, inherits the child, which waits for that
 /// (and, with `cgroups`, until the image has moved it into them), then runs `main`.
 private func forkChild(_ start: ImageStart, slot: Int, control: Channel, cgroups: [String] = [],
-                       main: () -> Never) -> ImageMessage {
+                       describe: String = "multiplexer", main: () -> Never) -> ImageMessage {
     var report = (read: FileDescriptor.none, write: FileDescriptor.none)
     var gate = (read: FileDescriptor.none, write: FileDescriptor.none)
     do throws(Errno) {
@@ -261,6 +271,8 @@ private func forkChild(_ start: ImageStart, slot: Int, control: Channel, cgroups
                 if got != 1 { _exit(exitChildSick) }  // not moved into its cgroups: never serve
                 gate.read.close()
             }
+            // This image's scoreboard (the one mod_status shows in its children) names it.
+            setScoreboardSlot(slot, pid: getpid(), starting: true)
             main()
         }
         var pid = Int32(child < 0 ? -Errno.current.code : child)
@@ -279,8 +291,8 @@ private func forkChild(_ start: ImageStart, slot: Int, control: Channel, cgroups
             try moveIntoCgroups(pid, cgroups)
             _ = write(gate.write.raw, "g", 1)
         } catch {
-            log(PERUSER_LOG_ERR, "peruser: cannot move a new worker (pid \(pid)) into cgroup \(error.directory); "
-                + "the worker is not started (\(error.errno))")
+            log(PERUSER_LOG_ERR, "peruser: cannot move a new \(describe) (pid \(pid)) into cgroup "
+                + "\(error.directory); the worker is not started (\(error.errno))")
             return .failed(slot: slot, errno: error.errno.code)
         }
     }

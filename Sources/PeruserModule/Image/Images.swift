@@ -129,7 +129,7 @@ func startImage(_ role: ImageRole, _ text: String, generation: UInt32) {
     if case .environment(let index) = role, !images.indices.contains(index) { return }
     var kept: [FileDescriptor] = []  // descriptors the image inherits (dups without close-on-exec)
     var rootEnd = FileDescriptor.none, imageEnd = FileDescriptor.none
-    var configurationFile = FileDescriptor(raw: memfd_create("peruser-image.conf", 0))
+    var configurationFile = FileDescriptor(raw: memfd_create("peruser-image.conf", PERUSER_MFD_ALLOW_SEALING))
     defer {
         configurationFile.close()
         imageEnd.close()
@@ -153,6 +153,8 @@ func startImage(_ role: ImageRole, _ text: String, generation: UInt32) {
         guard count > 0 else { return fail("writing its configuration", .current) }
         written += count
     }
+    // Sealed: the image and its children can only read it (the image closes it once read).
+    guard peruser_seal_read_only(configurationFile.raw) == 0 else { return fail("sealing its configuration", .current) }
     do throws(Errno) {
         (rootEnd, imageEnd) = try Channel.pair()
     } catch {

@@ -6,6 +6,15 @@ import Glibc
 
 @_cdecl("peruser_run")
 public func peruserRun(_ pconf: OpaquePointer?, _ plog: OpaquePointer?, _ server: UnsafeMutableRawPointer?) -> Int32 {
+    let result = runGeneration(pconf, plog, server)
+    // Apache unloads this module before the next generation loads it again: a handler left
+    // here would point into unmapped code when a child (an image, at every restart) exits
+    // in between.
+    signal(SIGCHLD, SIG_DFL)
+    return result
+}
+
+private func runGeneration(_ pconf: OpaquePointer?, _ plog: OpaquePointer?, _ server: UnsafeMutableRawPointer?) -> Int32 {
     guard let mpm = ap_unixd_mpm_get_retained_data(), let retained = retainedLasting(),
           let server = server?.assumingMemoryBound(to: server_rec.self) else { return 1 }
     configurationPool = pconf

@@ -7,15 +7,21 @@ import PeruserCore
 func statusSnapshot(scoreboardStates: [Int]) -> StatusSnapshot? {
     guard let table = sharedTable else { return nil }
     let limits = configuration.workerLimits
+    let viewer = workerEnvironment >= 0 ? workerEnvironment : nil
+    let fullView = viewer.map(hasFullView) ?? false
     var slots: [StatusSnapshot.Slot] = []
     for index in 0..<table.slotCount {
         guard let s = table.slot(index) else { continue }
         let env = (s.type == .processor || s.type == .worker) && limits.indices.contains(s.environment)
             ? s.environment : nil
+        // What this worker's view holds of another environment's details is zeros anyway
+        // (confineTableView); whatever it holds is dropped here all the same.
+        let shown = env != nil && (fullView || env == viewer)
         slots.append(StatusSnapshot.Slot(id: index, pid: s.pid, status: s.status,
                                          scoreboardState: index < scoreboardStates.count ? scoreboardStates[index] : 0,
                                          type: s.type, environment: env, awaitingClient: s.awaitingClient,
-                                         http2: s.http2))
+                                         http2: s.http2, client: shown && !s.client.isNone ? s.client.description : "",
+                                         vhost: shown ? s.vhost : "", request: shown ? s.request : ""))
     }
     var envs: [StatusSnapshot.Environment] = []
     for (index, env) in configuration.environments.environments.enumerated() {
@@ -26,7 +32,16 @@ func statusSnapshot(scoreboardStates: [Int]) -> StatusSnapshot? {
             requests: c?.totalServed ?? 0, dropped: c?.totalDropped ?? 0,
             availability: Int(c?.availability ?? 100), waiting: Int(c?.waiting ?? 0), shed: c?.totalShed ?? 0))
     }
-    return StatusSnapshot(slots: slots, environments: envs, maxMultiplexers: configuration.limits.maxMultiplexers)
+    return StatusSnapshot(slots: slots, environments: envs, maxMultiplexers: configuration.limits.maxMultiplexers,
+                          viewer: viewer, fullView: fullView)
+}
+
+/// Whether this generation's workers of `environment` keep every worker's details (request
+/// line, vhost, client, ticket) in their view of the child table: the main server's
+/// environment and StatusEnvironment's.
+func hasFullView(_ environment: Int) -> Bool {
+    let main = ap_server_conf.map { Int(peruser_shim_server_environment($0)) }
+    return configuration.hasFullView(environment, mainServerEnvironment: main.flatMap { $0 >= 0 ? $0 : nil })
 }
 
 /// mod_status's extension hook: Peruser's table under mod_status's own, ?peruser_stats for the

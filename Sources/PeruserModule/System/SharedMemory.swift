@@ -44,3 +44,14 @@ func confineMapping(base: UnsafeMutableRawPointer, size: Int, fd: Int32, writabl
                 != MAP_FAILED else { throw .current }
     }
 }
+
+/// Replaces each range (offsets into the mapping at `base`, page-aligned) by an anonymous,
+/// private, read-only, zero-filled mapping at the same address: what was there reads as zeros,
+/// and no descriptor of this process can map it back.
+func hideRanges(base: UnsafeMutableRawPointer, size: Int, _ ranges: [Range<Int>]) throws(Errno) {
+    for range in ranges where !range.isEmpty {
+        guard range.lowerBound >= 0, range.upperBound <= size else { throw Errno(EINVAL) }
+        guard mmap(base + range.lowerBound, range.count, PROT_READ, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                != MAP_FAILED else { throw .current }
+    }
+}

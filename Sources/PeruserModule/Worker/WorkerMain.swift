@@ -183,11 +183,15 @@ func serve(_ fd: Int32, consumed: UnsafeRawBufferPointer, id: Int, pool: OpaqueP
 }
 
 /// Replaces the worker's writable mapping of this generation's table by a read-only one with
-/// only its own page and its environment's page writable; drops the previous generation's.
+/// only its own page, its own detail page and its environment's page writable, and, unless its
+/// environment has the full view, every other environment's detail pages by zeros (a private
+/// anonymous read-only mapping: readers read zeros instead of faulting, and with the table's
+/// descriptor closed nothing maps them back); drops the previous generation's.
 func confineTableView(slot: Int, environment: Int) throws(Errno) {
     guard let lasting, let base = lasting.pointee.table, let table = sharedTable, let own = ownPage,
           (0..<table.environmentCount).contains(environment), lasting.pointee.tableFD >= 0,
-          own >= ChildTableLayout.workerPageOffset(slots: table.slotCount, environments: table.environmentCount, index: 0)
+          own >= ChildTableLayout.workerPageOffset(slots: table.slotCount, environments: table.environmentCount, index: 0),
+          let ownDetail = table.detailPage(ofPage: own)
     else { throw Errno(EINVAL) }
     unmap(lasting.pointee.previousTable, lasting.pointee.previousTableSize)
     lasting.pointee.previousTable = nil
@@ -195,7 +199,12 @@ func confineTableView(slot: Int, environment: Int) throws(Errno) {
                                                                  environments: table.environmentCount,
                                                                  environment: environment)
     try confineMapping(base: base, size: lasting.pointee.tableSize, fd: lasting.pointee.tableFD,
-                       writablePages: [own, environmentPage], pageSize: ChildTableLayout.pageSize)
+                       writablePages: [own, ownDetail, environmentPage], pageSize: ChildTableLayout.pageSize)
+    let hidden = ChildTableLayout.hiddenDetailRanges(slots: table.slotCount, environments: table.environmentCount,
+                                                     workerPages: table.workerPageCount,
+                                                     poolStarts: workerPagePools().starts, environment: environment,
+                                                     fullView: hasFullView(environment))
+    try hideRanges(base: base, size: lasting.pointee.tableSize, hidden)
     close(lasting.pointee.tableFD)
     lasting.pointee.tableFD = -1
 }
