@@ -146,15 +146,18 @@ def table_view(pid):
     with open(f"/proc/{pid}/maps") as f:
         lines = f.read().splitlines()
     start = end = None
-    for line in lines:
+    gap_end = None  # anonymous mappings count only between two of the table's own: one right
+    for line in lines:  # after it is the process's heap, which holds its configuration
         fields = line.split()
         low, high = (int(x, 16) for x in fields[0].split("-"))
         named = "peruser-child-table" in line
         if start is None:
             if named:
                 start, end = low, high
-        elif low == end and (named or len(fields) < 6):
-            end = high
+        elif named and low == (gap_end or end):
+            end, gap_end = high, None
+        elif not named and len(fields) < 6 and low == (gap_end or end):
+            gap_end = high
         else:
             break
     assert start is not None, lines
