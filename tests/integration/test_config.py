@@ -72,6 +72,11 @@ ProcessorWaitTimeout 5 10
      r"<Processor> cannot occur within <VirtualHost> section"),
     (GOOD_ENV + "<VirtualHost *:80>\n ServerEnvironment good\n ServerEnvironment good\n</VirtualHost>\n",
      r"ServerEnvironment is given twice"),
+    # process images
+    ("ProcessorImage maybe\n", r"ProcessorImage must be isolated or shared, not maybe"),
+    ("ProcessorImage\n", r"ProcessorImage takes 1-2 arguments"),
+    ("<Processor p>\n User peruser-a\n Group peruser-a\n ProcessorImage private\n</Processor>\n",
+     r"ProcessorImage must be isolated or shared, not private"),
     # missing and wrong accounts
     ("<Processor p>\n Group peruser-a\n</Processor>\n", r"<Processor p> \(line \d+ of \S+\): <Processor p> has no User directive"),
     ("<Processor p>\n User peruser-a\n</Processor>\n", r"<Processor p> has no Group directive"),

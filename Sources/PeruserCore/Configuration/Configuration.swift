@@ -64,6 +64,12 @@ public struct Configuration {
     /// ProcessorImage: each environment's workers start from a process image that loaded only
     /// its own vhosts (isolated, the default), or all from the root parent (shared).
     public fileprivate(set) var isolatedImages = true
+
+    /// Whether environment `index`'s workers come from an image of their own: its
+    /// `<Processor>`'s ProcessorImage, else the global one.
+    public func isolatesImage(of index: Int) -> Bool {
+        environments[index]?.confinement.isolatedImage ?? isolatedImages
+    }
     /// The environments StatusEnvironment names: their workers see every worker's request line,
     /// vhost and client in the child table (and on the status page), as the main server's do.
     public fileprivate(set) var statusEnvironments: Set<Int> = []
@@ -313,6 +319,15 @@ private struct Builder {
                                              + "directories \(at)")
                 }
                 cgroupPaths.append(value)
+            case "processorimage":
+                guard confinement.isolatedImage == nil else {
+                    throw ConfigurationError("ProcessorImage is given twice in <Processor \(name)> \(at)")
+                }
+                switch value.lowercased() {
+                case "isolated": confinement.isolatedImage = true
+                case "shared": confinement.isolatedImage = false
+                default: throw ConfigurationError("ProcessorImage must be isolated or shared, not \(value) \(at)")
+                }
             case "nicevalue":
                 guard confinement.nice == nil else {
                     throw ConfigurationError("NiceValue is given twice in <Processor \(name)> \(at)")
@@ -328,7 +343,8 @@ private struct Builder {
                 }) else {
                     throw ConfigurationError("\(directive.name) is not allowed inside <Processor \(name)> \(at); "
                                              + "allowed are User, Group, MinProcessors, MaxProcessors, "
-                                             + "MinSpareProcessors, MaxSpareProcessors, Chroot, Cgroup and NiceValue")
+                                             + "MinSpareProcessors, MaxSpareProcessors, Chroot, Cgroup, NiceValue "
+                                             + "and ProcessorImage")
                 }
                 do throws(ConfigError) {
                     limit.store(&overrides, try parseCount(value, directive: limit.name, range: limit.range))

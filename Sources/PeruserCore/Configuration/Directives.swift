@@ -83,6 +83,6 @@ public enum Directives {
     ]
 
     /// What may appear inside `<Processor>`.
-    public static let insideProcessor = ["User", "Group", "Chroot", "Cgroup", "NiceValue"]
+    public static let insideProcessor = ["User", "Group", "Chroot", "Cgroup", "NiceValue", "ProcessorImage"]
         + processorLimits.map(\.name)
 }

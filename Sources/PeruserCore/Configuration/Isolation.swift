@@ -139,6 +139,8 @@ public struct Confinement: Equatable {
     public var cgroups: [String]
     /// The workers' nice value, or nil to inherit the parent's.
     public var nice: Int?
+    /// ProcessorImage inside the block (true: isolated), or nil for the global choice.
+    public var isolatedImage: Bool?
 
     public init(chroot: String? = nil, cgroups: [String] = [], nice: Int? = nil) {
         self.chroot = chroot

@@ -28,6 +28,9 @@ nonisolated(unsafe) var multiplexerImage: ImageHandle?
 /// When each environment's image was last started (ms), so a failing one is not restarted in a loop.
 nonisolated(unsafe) var imageStartedAt: [Int64] = []
 nonisolated(unsafe) var multiplexerImageStartedAt: Int64 = .min
+/// When each environment's image was last asked for a worker (ms): an image whose environment
+/// has no worker and was not asked for a while exits (quiet tenants cost no process).
+nonisolated(unsafe) var imageUsedAt: [Int64] = []
 
 /// The configuration tree Apache read, as ConfigurationNodes; each <VirtualHost> with its
 /// environment, found through the server_rec that Apache made from it (same file and line).
@@ -90,15 +93,16 @@ func imageArguments(configuration descriptor: Int32) -> [String] {
     return arguments
 }
 
-/// Starts every environment's image and the multiplexers' for this generation (ProcessorImage
-/// isolated).
+/// Starts the multiplexers' image for this generation (always: multiplexers never hold a key),
+/// and the images of the isolated environments that keep workers (MinProcessors); the others
+/// start when their environment first needs a worker.
 func startImages(generation: UInt32) {
     let count = configuration.environments.count
     images = Array(repeating: nil, count: count)
     imageStartedAt = Array(repeating: .min, count: count)
+    imageUsedAt = Array(repeating: .min, count: count)
     multiplexerImage = nil
     multiplexerImageStartedAt = .min
-    guard configuration.isolatedImages else { return }
     // Children forked by an image's go-between are re-parented here.
     if peruser_prctl(PR_SET_CHILD_SUBREAPER, 1) != 0 {
         log(PERUSER_LOG_ERR, "peruser: cannot become a subreaper (\(Errno.current)); isolated images cannot start")
@@ -109,7 +113,8 @@ func startImages(generation: UInt32) {
     let ssl = ap_find_linked_module("mod_ssl.c") != nil
     startImage(.multiplexers, ImageConfiguration.render(tree, for: .multiplexers, preamble: preamble, sslLoaded: ssl),
                generation: generation)
-    for environment in 0..<count {
+    for environment in 0..<count where configuration.isolatesImage(of: environment)
+        && configuration.workerLimits.indices.contains(environment) && configuration.workerLimits[environment].minProcessors > 0 {
         startImage(.environment(environment),
                    ImageConfiguration.render(tree, for: .environment(environment), preamble: preamble, sslLoaded: ssl),
                    generation: generation)
@@ -267,6 +272,7 @@ private func markReady(_ role: ImageRole) {
         guard images.indices.contains(index), var image = images[index], !image.ready else { return }
         image.ready = true
         images[index] = image
+        parent?.demanded.insert(index)  // the next round starts what waited for it
         log(PERUSER_LOG_INFO, "peruser: \(label(role)) (pid \(image.pid)) is ready after "
             + "\(monotonicMilliseconds() - image.startedAt) ms")
     case .multiplexers:
@@ -299,6 +305,7 @@ enum SpawnOutcome {
 
 /// Asks `environment`'s image for a worker in `slot` on worker page `page`.
 func spawnFromImage(slot: Int, environment: Int, page: Int) -> SpawnOutcome {
+    if imageUsedAt.indices.contains(environment) { imageUsedAt[environment] = monotonicMilliseconds() }
     guard images.indices.contains(environment), let image = images[environment] else {
         restartImageIfDue(.environment(environment))
         return .notYet
@@ -359,7 +366,7 @@ private func restartImageIfDue(_ role: ImageRole) {
         last = imageStartedAt[index]
     case .multiplexers: last = multiplexerImageStartedAt
     }
-    guard configuration.isolatedImages, last == .min || monotonicMilliseconds() - last >= 5000,
+    guard last == .min || monotonicMilliseconds() - last >= 5000,
           let generation = parent?.policy.generation else { return }
     let text = ImageConfiguration.render(configurationTree(), for: role, preamble: imagePreamble(pool: configurationPool),
                                          sslLoaded: ap_find_linked_module("mod_ssl.c") != nil)
@@ -386,6 +393,24 @@ func imageExited(_ pid: pid_t, status: ExitStatus, quietly: Bool) -> Bool {
             + "its children go on, and it is started again when one is needed")
     }
     return true
+}
+
+/// Closes the image of every isolated environment that has had no worker and no request for
+/// one for max(IdleTimeout, 10 s): it exits, and starts again when a worker is needed.
+func closeIdleImages(now: Int64) {
+    guard let state = parent else { return }
+    for environment in images.indices {
+        guard let image = images[environment], image.ready, configuration.workerLimits.indices.contains(environment),
+              state.currentSlots(of: environment).isEmpty else { continue }
+        let quiet = Int64(max(configuration.limits.idleTimeout, 10)) * 1000
+        let since = max(imageUsedAt[environment], image.startedAt)
+        guard now - since >= quiet else { continue }
+        images[environment]?.control.close()
+        images[environment] = nil
+        imageStartedAt[environment] = .min  // started again at once when needed
+        log(PERUSER_LOG_INFO, "peruser: \(label(.environment(environment))) (pid \(image.pid)) exits: no worker "
+            + "and none asked for in \(quiet / 1000) s")
+    }
 }
 
 /// The generation ends: its images exit when their control channel closes.

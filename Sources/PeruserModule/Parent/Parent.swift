@@ -206,7 +206,7 @@ extension ParentState {
                 sharedTable?.setSlot(slot, pid: 0, type: type, environment: Int(env), generation: policy.generation,
                                      status: .starting, now: now, workerPage: page)
                 ownPage = sharedTable?.pageOffset(slot: slot, type: type, workerPage: page)
-                let outcome = env >= 0 && configuration.isolatedImages
+                let outcome = env >= 0 && configuration.isolatesImage(of: Int(env))
                     ? spawnFromImage(slot: slot, environment: Int(env), page: page)
                     : spawn(slot: slot, environment: env < 0 ? nil : Int(env))
                 ownPage = nil
@@ -222,7 +222,7 @@ extension ParentState {
                     startFailed(environment: Int(env))
                     continue
                 }
-                if env >= 0 && configuration.isolatedImages { setScoreboardSlot(slot, pid: pid, starting: true) }
+                if env >= 0 && configuration.isolatesImage(of: Int(env)) { setScoreboardSlot(slot, pid: pid, starting: true) }
                 records[slot] = ChildRecord(pid: pid, environment: env, generation: policy.generation,
                                                      type: type.rawValue, retiring: 0, draining: 0, expired: 0,
                                                      page: Int32(page), startedAt: now, signalledAt: 0)

@@ -89,6 +89,7 @@ func superviseUntilAsked() {
         if maintain(now: now, everything: everything) { lastFullLook = now }
         if now - lastMonitor >= 1000 {
             lastMonitor = now
+            closeIdleImages(now: now)
             ap_run_monitor(configurationPool, ap_server_conf)
             apr_proc_other_child_refresh_all(APR_OC_REASON_RUNNING)
         }

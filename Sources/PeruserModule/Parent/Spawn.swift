@@ -26,7 +26,7 @@ func spawn(slot: Int, environment: Int?) -> SpawnOutcome {
             return giveUp("cannot create a control channel", error)
         }
     }
-    if environment == nil && configuration.isolatedImages {
+    if environment == nil {
         let outcome = spawnMultiplexerFromImage(slot: slot, control: controlChild.raw)
         controlChild.close()
         guard case .started(let pid) = outcome else {
