@@ -9,7 +9,9 @@ REPEATS rounds, medians. Every tenant has mod_php and a TLS vhost with its own k
 hosting box has. Measured:
 
 - first byte from an environment with no worker (MinProcessors 0; 20 tenants, each asked once
-  right after a fresh start): the spawn through the image's double fork and the first request;
+  right after a fresh start): with isolated, its image starts first (images start when first
+  needed); then again once the workers have left (IdleTimeout 3 s) while the images stay
+  (10 s): the spawn through the image's double fork and the first request;
 - worker spawn time: from a start until every one of 20 environments has its first worker
   (MinProcessors 1), divided by 20;
 - idle memory: summed PSS of the whole server, 20 environments at MinProcessors 1, each asked
@@ -46,7 +48,7 @@ def users(count):
     return [f"bench-t{n:03d}" for n in range(count)]
 
 
-def configure(kind, tenants, min_processors):
+def configure(kind, tenants, min_processors, extra=""):
     """prefork, or peruser with ProcessorImage `kind` (isolated, shared); `tenants` TLS vhosts."""
     apache = Apache("", name=f"images-{kind}")
     port = free_port()
@@ -82,7 +84,7 @@ def configure(kind, tenants, min_processors):
         mpm = f"LoadModule mpm_prefork_module {MODULES_DIR}/mod_mpm_prefork.so"
     else:
         mpm = f"LoadModule mpm_peruser_module {MODULE}"
-        parts.append(f"ProcessorImage {kind}\nMinMultiplexers 2\nMinSpareProcessors 0\nMaxClientShare 100")
+        parts.append(f"ProcessorImage {kind}\nMinMultiplexers 2\nMinSpareProcessors 0\nMaxClientShare 100\n{extra}")
         parts += [f"<Processor t{n:03d}>\n    User {user}\n    Group {user}\n    MinProcessors {min_processors}\n"
                   "</Processor>" for n, user in enumerate(users(tenants))]
     # A plain vhost first: the port's default, so plain HTTP reaches every tenant by name.
@@ -131,25 +133,36 @@ def first_byte_ms(port, host):
 
 
 def wait_ready(apache, timeout=60):
-    """Until the error log says every image is ready (isolated) or a moment (shared)."""
+    """Until the error log says the multiplexers' image is ready (environments' images start
+    when first needed)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        text = apache.read_error_log()
-        if "isolated" not in open(apache.config).read() or text.count("is ready after") >= apache.tenants + 1:
+        if "multiplexers' process image" in apache.read_error_log() and "is ready after" in apache.read_error_log():
             return
         time.sleep(0.05)
     raise RuntimeError("images not ready")
 
 
+def worker_count(apache, tenants):
+    return len(tenant_workers(apache, tenants))
+
+
 def first_bytes(kind):
-    apache = configure(kind, 20, 0)
+    """(cold, warm) first-byte samples of 20 tenants with no worker: cold right after the start
+    (isolated: no image either, so it starts too), warm once the workers left after IdleTimeout
+    (3 s) and the images are still there (they stay 10 s)."""
+    apache = configure(kind, 20, 0, extra="IdleTimeout 3")
     apache.start(ports=(apache.port,))
     wait_ready(apache)
     time.sleep(1)
-    samples = [first_byte_ms(apache.port, f"t{n:03d}.bench") for n in range(20)]
+    cold = [first_byte_ms(apache.port, f"t{n:03d}.bench") for n in range(20)]
+    deadline = time.time() + 20
+    while worker_count(apache, 20) and time.time() < deadline:
+        time.sleep(0.1)
+    warm = [first_byte_ms(apache.port, f"t{n:03d}.bench") for n in range(20)]
     apache.stop()
     apache.cleanup()
-    return samples
+    return cold, warm
 
 
 def spawn_and_idle(kind):
@@ -211,12 +224,15 @@ def main():
     install(("libapache2-mod-php",))
     for user in users(100):
         ensure_account(user)
-    results = {k: {"first": [], "spawn": [], "pss": [], "procs": [], "restart": []} for k in ("isolated", "shared")}
+    results = {k: {"first": [], "warm": [], "spawn": [], "pss": [], "procs": [], "restart": []}
+               for k in ("isolated", "shared")}
     prefork = []
     for round_ in range(REPEATS):
         for kind in ("isolated", "shared"):
             r = results[kind]
-            r["first"] += first_bytes(kind)
+            cold, warm = first_bytes(kind)
+            r["first"] += cold
+            r["warm"] += warm
             per_worker, pss, procs = spawn_and_idle(kind)
             r["spawn"].append(per_worker)
             r["pss"].append(pss)
@@ -229,8 +245,9 @@ def main():
     rows = []
     for kind in ("isolated", "shared"):
         r = results[kind]
-        first = sorted(r["first"])
+        first, warm = sorted(r["first"]), sorted(r["warm"])
         rows.append(f"| {kind} | {statistics.median(first):.1f} ms (max {first[-1]:.1f}) "
+                    f"| {statistics.median(warm):.1f} ms (max {warm[-1]:.1f}) "
                     f"| {statistics.median(r['spawn']):.1f} ms "
                     f"| {statistics.median(r['pss']) / 1024:.0f} MiB ({statistics.median(r['pss']) / prefork_pss:.2f} × prefork, "
                     f"{r['procs'][0]} processes) | {statistics.median(r['restart']) / 1000:.2f} s |")
@@ -239,11 +256,12 @@ def main():
         f"Measured {time.strftime('%Y-%m-%d')} on {cpu_model()}, {os.cpu_count()} CPUs; {REPEATS} interleaved rounds, "
         "medians. Every tenant: mod_php, its own TLS key, a SetEnv secret.",
         "",
-        "| ProcessorImage | first byte, environment with no worker (20 tenants) | worker spawn (20 environments "
-        "from start, per environment) | idle PSS, 20 environments | graceful restart, 100 environments |",
-        "|---|---|---|---|---|",
+        "| ProcessorImage | first byte, no worker, no image (20 tenants after a start) | first byte, no worker, "
+        "image still there | worker spawn (20 environments with MinProcessors 1, from start, per environment) "
+        "| idle PSS, 20 environments with a worker each | graceful restart, 100 environments with MinProcessors 1 |",
+        "|---|---|---|---|---|---|",
         *rows,
-        f"| prefork (no isolation) | — | — | {prefork_pss / 1024:.0f} MiB ({prefork_procs} processes) | — |",
+        f"| prefork (no isolation) | — | — | — | {prefork_pss / 1024:.0f} MiB ({prefork_procs} processes) | — |",
         MARK_END,
     ])
     print(table)
