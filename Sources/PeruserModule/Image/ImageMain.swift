@@ -192,7 +192,12 @@ func imageRun(_ start: ImageStart, pconf: OpaquePointer?, server: UnsafeMutableP
                 }
             case .spawn(let slot, let page)?:
                 let answer: ImageMessage
-                if forMultiplexers {
+                // A multiplexer needs every environment's ends (they come before the first spawn).
+                let complete = channels.allSatisfy { $0.handoffSend.isOpen && $0.handbackReceive.isOpen }
+                if forMultiplexers && !complete {
+                    if fd >= 0 { close(fd) }
+                    answer = .failed(slot: slot, errno: 0)
+                } else if forMultiplexers {
                     answer = fd >= 0 ? forkChild(start, slot: slot, control: control) {
                         startChildProcess()
                         ownPage = table.pageOffset(slot: slot, type: .multiplexer, workerPage: 0)

@@ -31,6 +31,8 @@ nonisolated(unsafe) var multiplexerImageStartedAt: Int64 = .min
 /// When each environment's image was last asked for a worker (ms): an image whose environment
 /// has no worker and was not asked for a while exits (quiet tenants cost no process).
 nonisolated(unsafe) var imageUsedAt: [Int64] = []
+/// An image said it is ready since the parent's last full pass.
+nonisolated(unsafe) var imageBecameReady = false
 
 /// The configuration tree Apache read, as ConfigurationNodes; each <VirtualHost> with its
 /// environment, found through the server_rec that Apache made from it (same file and line).
@@ -224,11 +226,24 @@ func startImage(_ role: ImageRole, _ text: String, generation: UInt32) {
     log(PERUSER_LOG_DEBUG, "peruser: started \(label(role)) (pid \(pid))")
 }
 
+/// Sends a channel end to an image, waiting while its control channel is full (the
+/// multiplexers' image gets two ends per environment at once, hundreds with many tenants, and
+/// reads them only once it has started), at most 10 s.
 @discardableResult
 private func send(_ message: ImageMessage, fd: Int32, to image: ImageHandle, role: ImageRole) -> Bool {
-    let outcome = message.bytes.withUnsafeBytes { Channel(fd: image.control.raw).send(fd: fd, payload: $0) }
-    if outcome != .sent { log(PERUSER_LOG_ERR, "peruser: cannot pass a channel end to \(label(role)): \(outcome)") }
-    return outcome == .sent
+    let deadline = monotonicMilliseconds() + 10_000
+    while true {
+        let outcome = message.bytes.withUnsafeBytes { Channel(fd: image.control.raw).send(fd: fd, payload: $0) }
+        if outcome == .sent { return true }
+        let left = deadline - monotonicMilliseconds()
+        if outcome == .full && left > 0 {
+            var entry = pollfd(fd: image.control.raw, events: Int16(POLLOUT), revents: 0)
+            _ = poll(&entry, 1, Int32(min(left, 1000)))
+            continue
+        }
+        log(PERUSER_LOG_ERR, "peruser: cannot pass a channel end to \(label(role)): \(outcome)")
+        return false
+    }
 }
 
 /// Passes `environment`'s current channel ends to its image and to the multiplexers' image (at
@@ -272,7 +287,7 @@ private func markReady(_ role: ImageRole) {
         guard images.indices.contains(index), var image = images[index], !image.ready else { return }
         image.ready = true
         images[index] = image
-        parent?.demanded.insert(index)  // the next round starts what waited for it
+        imageBecameReady = true  // the next round is a full pass: it starts what waited for it
         log(PERUSER_LOG_INFO, "peruser: \(label(role)) (pid \(image.pid)) is ready after "
             + "\(monotonicMilliseconds() - image.startedAt) ms")
     case .multiplexers:

@@ -85,7 +85,9 @@ func superviseUntilAsked() {
         // page per child, and reading hundreds of pages every 10 ms cost more than the queues.
         // A multiplexer's demand is one more queue to look at (for an environment with no
         // worker, it asks at once).
-        let everything = reaped || elapsedMilliseconds(since: lastFullLook, now: now) >= Int64(maintenanceIntervalMilliseconds)
+        let everything = reaped || imageBecameReady
+            || elapsedMilliseconds(since: lastFullLook, now: now) >= Int64(maintenanceIntervalMilliseconds)
+        imageBecameReady = false
         if maintain(now: now, everything: everything) { lastFullLook = now }
         if now - lastMonitor >= 1000 {
             lastMonitor = now
