@@ -391,10 +391,16 @@ private func restartImageIfDue(_ role: ImageRole) {
 /// A reaped pid that was an image: forgotten (logged unless the server is stopping). True if it was one.
 func imageExited(_ pid: pid_t, status: ExitStatus, quietly: Bool) -> Bool {
     let role: ImageRole
+    var failedToStart = false
     if let environment = images.firstIndex(where: { $0?.pid == pid }) {
+        failedToStart = images[environment]?.ready == false
         images[environment]?.control.close()
         images[environment] = nil
         role = .environment(environment)
+        // Its configuration failed in the image (a Cgroup directory gone since the parent
+        // checked it, say; the lines above say what): a start that failed, so the
+        // environment's waiting connections get 503 and not an endless wait.
+        if failedToStart && !quietly { parent?.startFailed(environment: environment) }
     } else if multiplexerImage?.pid == pid {
         multiplexerImage?.control.close()
         multiplexerImage = nil
@@ -404,8 +410,9 @@ func imageExited(_ pid: pid_t, status: ExitStatus, quietly: Bool) -> Bool {
     }
     if !quietly {
         log(PERUSER_LOG_ERR, "peruser: \(label(role)) (pid \(pid)) exited "
-            + "(\(status.killedBySignal.map { "signal \($0)" } ?? "status \(status.exitCode)")); "
-            + "its children go on, and it is started again when one is needed")
+            + "(\(status.killedBySignal.map { "signal \($0)" } ?? "status \(status.exitCode)"))"
+            + (failedToStart ? " before it was ready: its configuration failed there (see above); it is tried again "
+                + "at most every 5 s" : "; its children go on, and it is started again when one is needed"))
     }
     return true
 }
