@@ -29,7 +29,7 @@ import time
 import pytest
 
 from conftest import make_site, php_module, two_environments
-from harness import Apache, free_port
+from harness import Apache, free_port, session_pids
 from test_inprocess_attacker import build_attack_module
 from test_tls import make_cert
 
@@ -64,6 +64,7 @@ class Tenants:
         self.apache = Apache("", name="holdings")
         root = self.apache.root
         a_ids, b_ids = accounts["peruser-a"], accounts["peruser-b"]
+        self.a_uid, self.b_uid = a_ids[0], b_ids[0]
         self.a_site = make_site(root, *a_ids, "a")
         self.b_site = make_site(root, *b_ids, "b")
         with open(os.path.join(self.b_site, "cgi-bin", "slow-b-request-7f3e.cgi"), "w") as f:
@@ -74,6 +75,14 @@ class Tenants:
         self.keys = {name: make_cert(certs, name) for name in ("a.test", "b.test")}
         self.secrets = {"a": "alpha-" + secrets.token_hex(12), "b": "bravo-" + secrets.token_hex(12)}
         self.logs = {t: os.path.join(root, "logs", f"{t}-access.log") for t in ("a", "b")}
+        # Session-ticket keys of their own (48 bytes: name, HMAC key, AES key), and a piped
+        # logger each.
+        self.ticket_keys = {}
+        for t in ("a", "b"):
+            self.ticket_keys[t] = secrets.token_bytes(48)
+            with open(os.path.join(certs, f"{t}.tkey"), "wb") as f:
+                f.write(self.ticket_keys[t])
+        self.piped = {t: os.path.join(root, "logs", f"{t}-piped.log") for t in ("a", "b")}
         attack = build_attack_module(root)
         self.www_uid = pwd.getpwnam("www-data").pw_uid
 
@@ -86,8 +95,10 @@ class Tenants:
     SSLEngine on
     SSLCertificateFile {crt}
     SSLCertificateKeyFile {key}
+    SSLSessionTicketKeyFile {certs}/{tenant}.tkey
     SetEnv DB_PASSWORD {self.secrets[tenant]}
     CustomLog {self.logs[tenant]} vhost
+    CustomLog "|/usr/bin/tee -a {self.piped[tenant]}" vhost
     ErrorLog {root}/logs/{tenant}-error.log
     ServerEnvironment {env}
     {extra}
@@ -121,7 +132,11 @@ ProcessorImage {image}
 
     def start(self):
         self.apache.start(ports=(self.port,))
-        self.apache.wait_children(3)
+        # A multiplexer and a worker of each tenant (the piped loggers are root's children too).
+        deadline = time.time() + 20
+        while {33, self.a_uid, self.b_uid} - {uid for _, uid, _ in self.apache.children()}:
+            assert time.time() < deadline, self.apache.children()
+            time.sleep(0.05)
 
     def stop(self):
         self.apache.stop()
@@ -148,6 +163,9 @@ def scan(server, accounts):
         "b-secret": server.secrets["b"].encode(),
         "b-in-flight": b"slow-b-request-7f3e",
     }
+    for tenant in ("a", "b"):  # mod_ssl keeps the name, the HMAC key and the AES key apart
+        for part, (low, high) in enumerate(((0, 16), (16, 32), (32, 48))):
+            needles[f"{tenant}-ticket-{part}"] = server.ticket_keys[tenant][low:high]
     for tenant, name in (("a", "a.test"), ("b", "b.test")):
         for index, needle in enumerate(key_needles(server.keys[name][0])):
             needles[f"{tenant}-key-{index}"] = needle
@@ -160,6 +178,20 @@ def scan(server, accounts):
     assert report and report[0].get("uid") == accounts["peruser-a"][0], body[:2000]
     hits = {names[r["needle"]]: r for r in report if "needle" in r}
     return report, hits, status
+
+
+def logger_pipes(server, tenant):
+    """The pipes into tenant's piped logger (its stdin), as /proc/PID/fd targets."""
+    found = set()
+    for pid in session_pids(os.getsid(server.apache.pid())):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if server.piped[tenant].encode() not in f.read():
+                    continue
+            found.add(os.readlink(f"/proc/{pid}/fd/0"))
+        except OSError:
+            continue
+    return {t for t in found if t.startswith("pipe:")}
 
 
 def memory_hits(pid, needles):
@@ -228,12 +260,16 @@ def test_a_worker_of_a_holds_nothing_of_b(isolated, accounts):
     # The scan works: it finds A's own key and secret.
     assert hits["a-secret"]["hits"] > 0
     assert any(hits[f"a-key-{i}"]["hits"] > 0 for i in range(5)), hits
+    assert any(hits[f"a-ticket-{i}"]["hits"] > 0 for i in range(3)), hits
     found = {name: r["where"] for name, r in hits.items() if name.startswith("b-") and r["hits"] > 0}
     assert not found, f"A's worker holds B's: {found}"
     # Descriptors: nothing of B's logs (nor of B's site).
     targets = [r["target"] for r in report if "fd" in r]
     print(targets)
     assert not [t for t in targets if "b-access.log" in t or "b-error.log" in t or "/b/" in t], targets
+    # B's piped logger: A's worker holds no end of the pipe into it.
+    assert not set(targets) & logger_pipes(isolated, "b"), (targets, logger_pipes(isolated, "b"))
+    assert logger_pipes(isolated, "b"), "B's piped logger runs"
     # Shared writable mappings: none is B's too, but for the child table (own pages only).
     mine = [r for r in report if "shared_writable" in r]
     theirs = b_worker_shared_mappings(isolated, accounts)
@@ -262,6 +298,8 @@ def test_the_shared_image_gives_b_away(shared, accounts):
     assert any(hits[f"b-key-{i}"]["hits"] > 0 for i in range(5)), hits
     targets = [r["target"] for r in report if "fd" in r]
     assert any("b-access.log" in t for t in targets), targets
+    assert any(hits[f"b-ticket-{i}"]["hits"] > 0 for i in range(3)), hits
+    assert set(targets) & logger_pipes(shared, "b"), "A's worker holds the pipe into B's logger"
     # The multiplexers come from their own image whatever ProcessorImage says: no key there.
     multiplexers = [pid for pid, uid, _ in shared.apache.children() if uid == shared.www_uid]
     needles = {f"b-key-{i}": n for i, n in enumerate(key_needles(shared.keys["b.test"][0]))}

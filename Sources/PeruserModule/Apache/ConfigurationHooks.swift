@@ -43,6 +43,7 @@ public func peruserPreConfig(_ pool: OpaquePointer?, _ storedNames: UnsafePointe
                              _ count: Int32, _ settings: UnsafeMutablePointer<peruser_settings>?) -> Int32 {
     guard let mpm = ap_unixd_mpm_get_retained_data() else { return 1 }
     imageStart = ImageStart.fromEnvironment()
+    if let start = imageStart, mpm.pointee.module_loads == 0 { closeInheritedDescriptors(start) }
     oneProcess = ap_exists_config_define("ONE_PROCESS") != 0 || ap_exists_config_define("DEBUG") != 0
     let foreground = oneProcess || imageStart != nil || ap_exists_config_define("FOREGROUND") != 0
     mpm.pointee.mpm_state = AP_MPMQ_STARTING
@@ -96,7 +97,7 @@ public func peruserConfigure(_ directives: UnsafeMutablePointer<peruser_directiv
                                 line: Int(entry.line), section: entry.section >= 0 ? Int(entry.section) : nil))
     }
     do throws(ConfigurationError) {
-        let built = try Configuration.build(raw, system: .live)
+        let built = try Configuration.build(raw, system: imageStart == nil ? .live : .checkedByTheParent)
         let unixd = UnixdIdentity(user: string(ap_unixd_config.user_name) ?? "?", uid: ap_unixd_config.user_id,
                                   gid: ap_unixd_config.group_id, userLocation: location(of: "User"),
                                   groupLocation: location(of: "Group"))

@@ -74,6 +74,30 @@ struct ImageStart {
     }
 }
 
+/// At the image's first pre_config: closes every descriptor it inherited from the root parent
+/// but those its start names and its configuration file. Not everything of the parent is
+/// close-on-exec: the writing ends of piped loggers are kept open for children on purpose,
+/// and an image of A would hand B's logger's pipe to A's workers.
+func closeInheritedDescriptors(_ start: ImageStart) {
+    var keep: Set<Int32> = [0, 1, 2, start.control, start.table, start.secret, start.board, start.demand]
+    keep.formUnion(start.listeners ?? [])
+    for index in 0..<Int(CommandLine.argc) {
+        if let argument = CommandLine.unsafeArgv[index].map({ String(cString: $0) }), argument.hasPrefix("/proc/self/fd/"),
+           let fd = Int32(argument.dropFirst(14)) {
+            keep.insert(fd)
+        }
+    }
+    guard let directory = opendir("/proc/self/fd") else { return }
+    var open: [Int32] = []
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        if let fd = Int32(name) { open.append(fd) }
+    }
+    let own = dirfd(directory)
+    closedir(directory)
+    for fd in open where !keep.contains(fd) && fd != own { close(fd) }
+}
+
 /// Set in pre_config of an image (each configuration pass: the module is reloaded between them).
 nonisolated(unsafe) var imageStart: ImageStart?
 
