@@ -74,6 +74,17 @@ struct ImageStart {
     }
 }
 
+/// The descriptor the image reads its configuration from (`-f /proc/self/fd/N`), if any.
+func configurationDescriptor() -> Int32? {
+    for index in 0..<Int(CommandLine.argc) {
+        if let argument = CommandLine.unsafeArgv[index].map({ String(cString: $0) }), argument.hasPrefix("/proc/self/fd/"),
+           let fd = Int32(argument.dropFirst(14)) {
+            return fd
+        }
+    }
+    return nil
+}
+
 /// At the image's first pre_config: closes every descriptor it inherited from the root parent
 /// but those its start names and its configuration file. Not everything of the parent is
 /// close-on-exec: the writing ends of piped loggers are kept open for children on purpose,
@@ -81,12 +92,7 @@ struct ImageStart {
 func closeInheritedDescriptors(_ start: ImageStart) {
     var keep: Set<Int32> = [0, 1, 2, start.control, start.table, start.secret, start.board, start.demand]
     keep.formUnion(start.listeners ?? [])
-    for index in 0..<Int(CommandLine.argc) {
-        if let argument = CommandLine.unsafeArgv[index].map({ String(cString: $0) }), argument.hasPrefix("/proc/self/fd/"),
-           let fd = Int32(argument.dropFirst(14)) {
-            keep.insert(fd)
-        }
-    }
+    if let fd = configurationDescriptor() { keep.insert(fd) }
     guard let directory = opendir("/proc/self/fd") else { return }
     var open: [Int32] = []
     while let entry = readdir(directory) {
@@ -124,14 +130,7 @@ func imageRun(_ start: ImageStart, pconf: OpaquePointer?, server: UnsafeMutableP
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
     }
     // Its configuration (/proc/self/fd/N) is read: no child of the image needs it.
-    if let process = server.pointee.process?.pointee, let argv = process.argv {
-        for index in 0..<Int(max(0, process.argc)) {
-            if let argument = string(argv[index]), argument.hasPrefix("/proc/self/fd/"),
-               let fd = Int32(argument.dropFirst(14)), fd > 2 {
-                close(fd)
-            }
-        }
-    }
+    if let fd = configurationDescriptor(), fd > 2 { close(fd) }
     if case .environment(let index) = start.role, index >= environments { die("no such environment") }
     guard let retained = retainedLasting(), retained.initializeOnce() else { die("no retained data") }
     lasting = retained
@@ -267,17 +266,21 @@ private func forkWorker(_ start: ImageStart, slot: Int, page: Int, control: Chan
 private func forkChild(_ start: ImageStart, slot: Int, control: Channel, cgroups: [String] = [],
                        describe: String = "multiplexer", main: () -> Never) -> ImageMessage {
     var report = (read: FileDescriptor.none, write: FileDescriptor.none)
-    var gate = (read: FileDescriptor.none, write: FileDescriptor.none)
+    var gate: StartGate
+    do throws(Errno) {
+        gate = try StartGate(cgroups: cgroups)
+    } catch {
+        return .failed(slot: slot, errno: error.code)
+    }
     do throws(Errno) {
         report = try FileDescriptor.pipe()
-        if !cgroups.isEmpty { gate = try FileDescriptor.pipe() }
     } catch {
-        report.read.close(); report.write.close()
+        gate.close()
         return .failed(slot: slot, errno: error.code)
     }
     defer {
         report.read.close(); report.write.close()
-        gate.read.close(); gate.write.close()
+        gate.close()
     }
     let between = fork()
     if between < 0 { return .failed(slot: slot, errno: Errno.current.code) }
@@ -286,7 +289,6 @@ private func forkChild(_ start: ImageStart, slot: Int, control: Channel, cgroups
         if child == 0 {
             close(control.fd)
             report.read.close(); report.write.close()
-            gate.write.close()
             // Wait to be the root's child (the go-between exits right after the fork).
             var waited = 0
             while getppid() != start.rootPid {
@@ -294,12 +296,7 @@ private func forkChild(_ start: ImageStart, slot: Int, control: Channel, cgroups
                 usleep(1000)
                 waited += 1
             }
-            if gate.read.isOpen {
-                var go: UInt8 = 0
-                let got = try? retryingInterrupts { read(gate.read.raw, &go, 1) }
-                if got != 1 { _exit(exitChildSick) }  // not moved into its cgroups: never serve
-                gate.read.close()
-            }
+            gate.waitInChild()
             // This image's scoreboard (the one mod_status shows in its children) names it.
             setScoreboardSlot(slot, pid: getpid(), starting: true)
             main()
@@ -314,16 +311,12 @@ private func forkChild(_ start: ImageStart, slot: Int, control: Channel, cgroups
     var status: Int32 = 0
     _ = try? retryingInterrupts { waitpid(between, &status, 0) }
     guard got == 4, pid > 1 else { return .failed(slot: slot, errno: got == 4 ? -pid : EIO) }
-    if gate.write.isOpen {
-        gate.read.close()
-        do throws(CgroupError) {
-            try moveIntoCgroups(pid, cgroups)
-            _ = write(gate.write.raw, "g", 1)
-        } catch {
-            log(PERUSER_LOG_ERR, "peruser: cannot move a new \(describe) (pid \(pid)) into cgroup "
-                + "\(error.directory); the worker is not started (\(error.errno))")
-            return .failed(slot: slot, errno: error.errno.code)
-        }
+    do throws(CgroupError) {
+        try gate.release(pid, into: cgroups)
+    } catch {
+        log(PERUSER_LOG_ERR, "peruser: cannot move a new \(describe) (pid \(pid)) into cgroup "
+            + "\(error.directory); the worker is not started (\(error.errno))")
+        return .failed(slot: slot, errno: error.errno.code)
     }
     return .spawned(slot: slot, pid: pid)
 }

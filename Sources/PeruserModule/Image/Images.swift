@@ -112,15 +112,20 @@ func startImages(generation: UInt32) {
     }
     let tree = configurationTree()
     let preamble = imagePreamble(pool: configurationPool)
-    let ssl = ap_find_linked_module("mod_ssl.c") != nil
-    startImage(.multiplexers, ImageConfiguration.render(tree, for: .multiplexers, preamble: preamble, sslLoaded: ssl),
+    startImage(.multiplexers, imageConfiguration(for: .multiplexers, tree: tree, preamble: preamble),
                generation: generation)
     for environment in 0..<count where configuration.isolatesImage(of: environment)
         && configuration.workerLimits.indices.contains(environment) && configuration.workerLimits[environment].minProcessors > 0 {
         startImage(.environment(environment),
-                   ImageConfiguration.render(tree, for: .environment(environment), preamble: preamble, sslLoaded: ssl),
+                   imageConfiguration(for: .environment(environment), tree: tree, preamble: preamble),
                    generation: generation)
     }
+}
+
+/// The configuration text of `role`'s image (the tree and preamble read once for many images).
+private func imageConfiguration(for role: ImageRole, tree: [ConfigurationNode] = configurationTree(),
+                                preamble: [String] = imagePreamble(pool: configurationPool)) -> String {
+    ImageConfiguration.render(tree, for: role, preamble: preamble, sslLoaded: ap_find_linked_module("mod_ssl.c") != nil)
 }
 
 private func label(_ role: ImageRole) -> String {
@@ -266,37 +271,43 @@ func imageControls() -> [Int32] {
     (images + [multiplexerImage]).compactMap { $0?.control.raw }
 }
 
+/// `role`'s image, if it runs.
+private func handle(_ role: ImageRole) -> ImageHandle? {
+    switch role {
+    case .environment(let index): return images.indices.contains(index) ? images[index] : nil
+    case .multiplexers: return multiplexerImage
+    }
+}
+
+private func setHandle(_ role: ImageRole, _ handle: ImageHandle?) {
+    switch role {
+    case .environment(let index): if images.indices.contains(index) { images[index] = handle }
+    case .multiplexers: multiplexerImage = handle
+    }
+}
+
+/// Every image that runs, with its role.
+private func runningImages() -> [(role: ImageRole, image: ImageHandle)] {
+    images.indices.compactMap { index in images[index].map { (ImageRole.environment(index), $0) } }
+        + (multiplexerImage.map { [(ImageRole.multiplexers, $0)] } ?? [])
+}
+
 /// Reads what images said without being asked (ready), never blocking.
 func readImages() {
-    for environment in images.indices {
-        guard let image = images[environment] else { continue }
+    for (role, image) in runningImages() {
         while let message = receiveFromImage(image) {
-            if message == .ready { markReady(.environment(environment)) }
-        }
-    }
-    if let image = multiplexerImage {
-        while let message = receiveFromImage(image) {
-            if message == .ready { markReady(.multiplexers) }
+            if message == .ready { markReady(role) }
         }
     }
 }
 
 private func markReady(_ role: ImageRole) {
-    switch role {
-    case .environment(let index):
-        guard images.indices.contains(index), var image = images[index], !image.ready else { return }
-        image.ready = true
-        images[index] = image
-        imageBecameReady = true  // the next round is a full pass: it starts what waited for it
-        log(PERUSER_LOG_INFO, "peruser: \(label(role)) (pid \(image.pid)) is ready after "
-            + "\(monotonicMilliseconds() - image.startedAt) ms")
-    case .multiplexers:
-        guard var image = multiplexerImage, !image.ready else { return }
-        image.ready = true
-        multiplexerImage = image
-        log(PERUSER_LOG_INFO, "peruser: \(label(role)) (pid \(image.pid)) is ready after "
-            + "\(monotonicMilliseconds() - image.startedAt) ms")
-    }
+    guard var image = handle(role), !image.ready else { return }
+    image.ready = true
+    setHandle(role, image)
+    if role != .multiplexers { imageBecameReady = true }  // the next round is a full pass: it starts what waited
+    log(PERUSER_LOG_INFO, "peruser: \(label(role)) (pid \(image.pid)) is ready after "
+        + "\(monotonicMilliseconds() - image.startedAt) ms")
 }
 
 /// One message, if one is there (the root's end is non-blocking).
@@ -383,30 +394,21 @@ private func restartImageIfDue(_ role: ImageRole) {
     }
     guard last == .min || monotonicMilliseconds() - last >= 5000,
           let generation = parent?.policy.generation else { return }
-    let text = ImageConfiguration.render(configurationTree(), for: role, preamble: imagePreamble(pool: configurationPool),
-                                         sslLoaded: ap_find_linked_module("mod_ssl.c") != nil)
-    startImage(role, text, generation: generation)
+    startImage(role, imageConfiguration(for: role), generation: generation)
 }
 
 /// A reaped pid that was an image: forgotten (logged unless the server is stopping). True if it was one.
 func imageExited(_ pid: pid_t, status: ExitStatus, quietly: Bool) -> Bool {
-    let role: ImageRole
-    var failedToStart = false
-    if let environment = images.firstIndex(where: { $0?.pid == pid }) {
-        failedToStart = images[environment]?.ready == false
-        images[environment]?.control.close()
-        images[environment] = nil
-        role = .environment(environment)
-        // Its configuration failed in the image (a Cgroup directory gone since the parent
-        // checked it, say; the lines above say what): a start that failed, so the
-        // environment's waiting connections get 503 and not an endless wait.
-        if failedToStart && !quietly { parent?.startFailed(environment: environment) }
-    } else if multiplexerImage?.pid == pid {
-        multiplexerImage?.control.close()
-        multiplexerImage = nil
-        role = .multiplexers
-    } else {
-        return false
+    guard let (role, image) = runningImages().first(where: { $0.image.pid == pid }) else { return false }
+    let failedToStart = role != .multiplexers && !image.ready
+    var gone = image
+    gone.control.close()
+    setHandle(role, nil)
+    // Its configuration failed in the image (a Cgroup directory gone since the parent checked
+    // it, say; the lines above say what): a start that failed, so the environment's waiting
+    // connections get 503 and not an endless wait.
+    if case .environment(let environment) = role, failedToStart && !quietly {
+        parent?.startFailed(environment: environment)
     }
     if !quietly {
         log(PERUSER_LOG_ERR, "peruser: \(label(role)) (pid \(pid)) exited "

@@ -37,6 +37,43 @@ func dieWithParent(_ parent: pid_t) {
     if getppid() != parent { exit(0) }  // the parent died before the signal was armed
 }
 
+/// Where a new worker waits until its parent has moved it into its cgroups: a worker outside
+/// them must never serve. Made before the fork (no gate without cgroups); the child waits,
+/// the parent moves it and lets it go, or closes the gate and the child exits.
+struct StartGate {
+    private var waiting = FileDescriptor.none
+    private var opening = FileDescriptor.none
+
+    init(cgroups: [String]) throws(Errno) {
+        if !cgroups.isEmpty { (waiting, opening) = try FileDescriptor.pipe() }
+    }
+
+    /// In the child: returns once let through; exits (APEXIT_CHILDSICK) otherwise.
+    mutating func waitInChild() {
+        guard waiting.isOpen else { return }
+        opening.close()
+        var go: UInt8 = 0
+        let got = try? retryingInterrupts { read(waiting.raw, &go, 1) }
+        if got != 1 { _exit(exitChildSick) }  // not moved into its cgroups (logged): never serve
+        waiting.close()
+    }
+
+    /// In the parent: moves `pid` into `cgroups` and lets it through; with an error, the gate
+    /// closes and the child exits.
+    mutating func release(_ pid: pid_t, into cgroups: [String]) throws(CgroupError) {
+        guard opening.isOpen else { return }
+        waiting.close()
+        defer { opening.close() }
+        try moveIntoCgroups(pid, cgroups)
+        _ = write(opening.raw, "g", 1)
+    }
+
+    mutating func close() {
+        waiting.close()
+        opening.close()
+    }
+}
+
 /// Moves `pid` into each cgroup directory (writes its pid to cgroup.procs).
 func moveIntoCgroups(_ pid: pid_t, _ directories: [String]) throws(CgroupError) {
     for directory in directories {
