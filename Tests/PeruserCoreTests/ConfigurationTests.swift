@@ -197,6 +197,51 @@ final class ConfigurationTests: XCTestCase {
 
     /// StatusEnvironment names <Processor> environments, before or after their declaration, and
     /// accumulates; with the main server's environment they have the full view, no other does.
+    func testAnImageLooksUpOnlyTheAccountsItRunsAs() throws {
+        func configuration(bUser: String = "bob", bGroup: String = "bob") -> String {
+            """
+            <Processor a>
+            User alice
+            Group alice
+            </Processor>
+            <Processor b>
+            User \(bUser)
+            Group \(bGroup)
+            </Processor>
+            ServerEnvironment b
+            MultiplexerUser mux
+            MultiplexerGroup mux
+            """
+        }
+        let text = configuration()
+        let trusting = SystemFacts(accounts: ParentResolvedAccounts(), paths: system.paths, cgroups: system.cgroups)
+        let unresolved = ParentResolvedAccounts.unresolved
+        var image = try Configuration.build(directives(text), system: trusting)
+        XCTAssertEqual(image.environments[0]?.identity.uid, unresolved)
+        // Two environments with the same placeholder are no shared trust domain.
+        let unixd = UnixdIdentity(user: "www-data", uid: 33, gid: 33, userLocation: "", groupLocation: "")
+        XCTAssertEqual(try image.checkIdentities(unixd: unixd), [])
+        try image.resolveOwnAccounts(for: .environment(1), directory: Accounts())
+        XCTAssertEqual(image.environments[1]?.identity, Identity(user: "bob", uid: 1002, group: "bob", gid: 1002))
+        XCTAssertEqual(image.environments[0]?.identity.uid, unresolved)
+        XCTAssertEqual(image.environments[0]?.identity.user, "alice")
+        XCTAssertEqual(image.multiplexerUser?.id, unresolved)
+
+        var multiplexers = try Configuration.build(directives(text), system: trusting)
+        try multiplexers.resolveOwnAccounts(for: .multiplexers, directory: Accounts())
+        XCTAssertEqual(multiplexers.multiplexerUser?.id, 999)
+        XCTAssertEqual(multiplexers.multiplexerGroup?.id, 999)
+
+        // The image checks its own accounts as the parent did: gone, or root since, it refuses.
+        var gone = try Configuration.build(directives(configuration(bUser: "carol", bGroup: "carol")),
+                                           system: trusting)
+        XCTAssertThrowsError(try gone.resolveOwnAccounts(for: .environment(1), directory: Accounts()))
+        var rooted = try Configuration.build(directives(configuration(bUser: "root")),
+                                             system: trusting)
+        XCTAssertThrowsError(try rooted.resolveOwnAccounts(for: .environment(1), directory: Accounts()))
+        XCTAssertThrowsError(try image.resolveOwnAccounts(for: .environment(7), directory: Accounts()))
+    }
+
     func testStatusEnvironmentsAndTheMainServersHaveTheFullView() throws {
         let three = "<Processor a>\nUser alice\nGroup alice\n</Processor>\n<Processor b>\nUser bob\nGroup bob\n"
             + "</Processor>\n<Processor c>\nUser bob\nGroup bob\n</Processor>\n"

@@ -124,6 +124,41 @@ public struct Configuration {
         return environment == mainServerEnvironment || statusEnvironments.contains(environment)
     }
 
+    /// For a process image, which builds its configuration with `ParentResolvedAccounts`: looks
+    /// up live the accounts the image itself runs as (its own environment's User and Group, or
+    /// MultiplexerUser and MultiplexerGroup), with the checks the parent made. The other
+    /// environments keep `ParentResolvedAccounts.unresolved`: an image forks only its own
+    /// role's processes, and nothing else of it reads another environment's ids.
+    public mutating func resolveOwnAccounts(for role: ImageRole, directory: AccountDirectory) throws(ConfigurationError) {
+        switch role {
+        case .environment(let index):
+            guard let environment = environments[index] else {
+                throw ConfigurationError("the parent started an image for environment #\(index), which this "
+                                         + "configuration does not declare")
+            }
+            do throws(ConfigError) {
+                let identity = try resolveIdentity(user: environment.identity.user, group: environment.identity.group,
+                                                   environment: environment.name, directory: directory)
+                environments.setIdentity(identity, of: index)
+            } catch {
+                throw ConfigurationError("<Processor \(environment.name)>: \(error.description)")
+            }
+        case .multiplexers:
+            if let user = multiplexerUser, !user.name.hasPrefix("#") {
+                guard let uid = directory.user(named: user.name)?.uid, uid != 0 else {
+                    throw ConfigurationError("MultiplexerUser \(user.name): no such user, or root (\(user.location))")
+                }
+                multiplexerUser?.id = uid
+            }
+            if let group = multiplexerGroup, !group.name.hasPrefix("#") {
+                guard let gid = directory.group(named: group.name), gid != 0 else {
+                    throw ConfigurationError("MultiplexerGroup \(group.name): no such group, or root (\(group.location))")
+                }
+                multiplexerGroup?.id = gid
+            }
+        }
+    }
+
     /// A tenant must never share the multiplexers' uid or gid: its code could signal or trace
     /// them and stop all routing. Environments that share a uid are one trust domain: returned
     /// as warnings.
@@ -138,6 +173,8 @@ public struct Configuration {
         var firstWithUid: [UInt32: String] = [:]
         for (index, environment) in environments.environments.enumerated() {
             let uid = environment.identity.uid, gid = environment.identity.gid
+            // An image knows other environments' names only; the parent checked their ids.
+            if uid == ParentResolvedAccounts.unresolved { continue }
             if uid == muxUid || gid == muxGid {
                 let byUid = uid == muxUid
                 throw ConfigurationError(

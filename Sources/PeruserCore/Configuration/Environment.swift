@@ -40,6 +40,24 @@ public protocol AccountDirectory {
     func group(named name: String) -> UInt32?
 }
 
+/// The accounts of a process image's configuration. The root parent resolved and checked every
+/// User and Group when it read the same configuration; an image that looked each one up again
+/// would read /etc/passwd and /etc/group once per environment, per pass: with hundreds of
+/// tenants, most of an image's start. Every name gets `unresolved`, and the image then looks up
+/// only the accounts it runs as (`Configuration.resolveOwnAccounts`).
+public struct ParentResolvedAccounts: AccountDirectory {
+    /// (uid_t)-2: no process of this module ever runs as it.
+    public static let unresolved: UInt32 = UInt32.max - 1
+
+    public init() {}
+
+    public func user(named name: String) -> (uid: UInt32, primaryGid: UInt32)? {
+        (Self.unresolved, Self.unresolved)
+    }
+
+    public func group(named name: String) -> UInt32? { Self.unresolved }
+}
+
 public enum ConfigError: Error, Equatable, CustomStringConvertible {
     case emptyName
     case invalidName(String)
@@ -126,13 +144,21 @@ private func numericId(_ text: String) -> UInt32? {
 /// Every environment of one configuration pass, in declaration order.
 public struct EnvironmentTable {
     public private(set) var environments: [Environment] = []
+    /// By name: every ServerEnvironment looks one up, so a scan would grow with tenants².
+    private var indexByName: [String: Int] = [:]
 
     public init() {}
 
     public var count: Int { environments.count }
 
     public func index(named name: String) -> Int? {
-        environments.firstIndex { $0.name == name }
+        indexByName[name]
+    }
+
+    /// An image's own identity, looked up after building (`Configuration.resolveOwnAccounts`).
+    mutating func setIdentity(_ identity: Identity, of index: Int) {
+        guard environments.indices.contains(index) else { return }
+        environments[index].identity = identity
     }
 
     /// Validates and appends an environment; returns its index.
@@ -143,6 +169,7 @@ public struct EnvironmentTable {
         guard name.utf8.allSatisfy(isNameByte) else { throw .invalidName(name) }
         guard index(named: name) == nil else { throw .duplicateEnvironment(name) }
         environments.append(environment)
+        indexByName[name] = environments.count - 1
         return environments.count - 1
     }
 

@@ -97,7 +97,8 @@ public func peruserConfigure(_ directives: UnsafeMutablePointer<peruser_directiv
                                 line: Int(entry.line), section: entry.section >= 0 ? Int(entry.section) : nil))
     }
     do throws(ConfigurationError) {
-        let built = try Configuration.build(raw, system: imageStart == nil ? .live : .checkedByTheParent)
+        var built = try Configuration.build(raw, system: imageStart == nil ? .live : .checkedByTheParent)
+        if let start = imageStart { try built.resolveOwnAccounts(for: start.role, directory: SystemAccounts()) }
         let unixd = UnixdIdentity(user: string(ap_unixd_config.user_name) ?? "?", uid: ap_unixd_config.user_id,
                                   gid: ap_unixd_config.group_id, userLocation: location(of: "User"),
                                   groupLocation: location(of: "Group"))

@@ -18,12 +18,13 @@ struct SystemAccounts: AccountDirectory {
 extension SystemFacts {
     static let live = SystemFacts(accounts: SystemAccounts(), paths: SystemPaths.facts, cgroups: SystemPaths.cgroupFacts)
 
-    /// For a process image: the root parent checked every Chroot and Cgroup directory of this
-    /// configuration when it started. An image checks none again (the multiplexers' image must
-    /// not fail on a tenant's directory); a worker that cannot enter its own jail or cgroups
-    /// is refused at its start, as with the shared image.
+    /// For a process image: the root parent checked every account, Chroot and Cgroup directory
+    /// of this configuration when it started. An image checks no directory again (the
+    /// multiplexers' image must not fail on a tenant's directory) and looks up only its own
+    /// accounts; a worker that cannot enter its own jail or cgroups is refused at its start, as
+    /// with the shared image.
     static let checkedByTheParent = SystemFacts(
-        accounts: SystemAccounts(),
+        accounts: ParentResolvedAccounts(),
         paths: { _ in PathFacts(isDirectory: true, ownerUid: 0, mode: 0o755) },
         cgroups: { _ in CgroupFacts(isDirectory: true, onCgroupFileSystem: true, hasProcsFile: true) })
 }
