@@ -1,4 +1,4 @@
-import PeruserCore
+@testable import PeruserCore
 import XCTest
 
 final class ImageConfigurationTests: XCTestCase {
@@ -64,6 +64,114 @@ final class ImageConfigurationTests: XCTestCase {
         XCTAssertTrue(plain.contains("ServerName a.test\n    ServerAlias www.a.test\n    ServerEnvironment alice\n"
                                      + "    SSLEngine off\n"), plain)
         XCTAssertFalse(plain.contains("/keys/"))
+    }
+
+    /// A vhost of environment `environment` on `address`, named `name` and www.`name`.
+    func tenant(_ name: String, _ environment: Int, _ address: String = "127.0.0.1:80>",
+                extra: [ConfigurationNode] = []) -> ConfigurationNode {
+        ConfigurationNode("<VirtualHost", address, children: [
+            ConfigurationNode("ServerName", name), ConfigurationNode("ServerAlias", "www.\(name) *.\(name)"),
+            ConfigurationNode("ServerEnvironment", "e\(environment)"),
+            ConfigurationNode("DocumentRoot", "/srv/\(name)"),
+        ] + extra, environment: environment)
+    }
+
+    func testConsecutiveStubsOfOtherEnvironmentsBecomeOneVhostInTheirPlace() {
+        let tree = [tenant("a.test", 0), tenant("b.test", 1), tenant("c.test", 2), tenant("own.test", 3),
+                    tenant("x.test", 4), ConfigurationNode("<Processor", "e5>", children: [ConfigurationNode("User", "u5")]),
+                    tenant("d.test", 4), tenant("e.test", 5),
+                    tenant("path.test", 6, extra: [ConfigurationNode("ServerPath", "/p")]),
+                    tenant("f.test", 7), tenant("other-port.test", 8, "127.0.0.1:81>"), tenant("g.test", 9)]
+        let text = ImageConfiguration.render(tree, for: .environment(3), preamble: [], sslLoaded: false)
+        let one = """
+            <VirtualHost 127.0.0.1:80>
+                ServerName a.test
+                ServerAlias www.a.test *.a.test
+                ServerEnvironment e0
+                ServerAlias b.test
+                ServerAlias www.b.test *.b.test
+                ServerAlias c.test
+                ServerAlias www.c.test *.c.test
+            </VirtualHost>
+
+            """
+        XCTAssertTrue(text.contains(one), text)
+        // E's own vhost keeps its place between the runs; other directives stay where they are
+        // (the run is written at its first stub); the next run is x, d and e (a ServerPath stub
+        // stays alone); a stub on other addresses breaks the run.
+        XCTAssertTrue(text.contains("    DocumentRoot /srv/own.test\n</VirtualHost>\n<VirtualHost 127.0.0.1:80>\n"
+                                    + "    ServerName x.test\n    ServerAlias www.x.test *.x.test\n    ServerEnvironment e4\n"
+                                    + "    ServerAlias d.test\n    ServerAlias www.d.test *.d.test\n    ServerAlias e.test\n"
+                                    + "    ServerAlias www.e.test *.e.test\n</VirtualHost>\n<Processor e5>\n    User u5\n</Processor>\n"
+                                    + "<VirtualHost"), text)
+        XCTAssertTrue(text.contains("    ServerName path.test\n    ServerAlias www.path.test *.path.test\n"
+                                    + "    ServerEnvironment e6\n    ServerPath /p\n</VirtualHost>"), text)
+        XCTAssertTrue(text.contains("    ServerName f.test\n    ServerAlias www.f.test *.f.test\n"
+                                    + "    ServerEnvironment e7\n</VirtualHost>"), text)
+        XCTAssertEqual(text.components(separatedBy: "<VirtualHost").count - 1, 7, text)
+        XCTAssertFalse(text.contains("/srv/a.test"))
+        // Every name still reaches a stub.
+        for name in ["a", "b", "c", "d", "e", "f", "g", "x", "path", "other-port"] {
+            XCTAssertTrue(text.contains(" \(name).test\n"), name)
+            XCTAssertTrue(text.contains(" www.\(name).test *.\(name).test\n"), name)
+        }
+        // The multiplexers route by each vhost's environment: no merging there.
+        let routing = ImageConfiguration.render(tree, for: .multiplexers, preamble: [], sslLoaded: false)
+        XCTAssertEqual(routing.components(separatedBy: "<VirtualHost").count - 1, tree.count - 1)
+    }
+
+    func testAStubWithAssignUserIDStaysAloneForItDeclaresAnEnvironment() {
+        func itk(_ name: String, _ user: String, _ environment: Int) -> ConfigurationNode {
+            ConfigurationNode("<VirtualHost", "*:80>", children: [
+                ConfigurationNode("ServerName", name), ConfigurationNode("AssignUserID", "\(user) \(user)"),
+            ], environment: environment)
+        }
+        let tree = [tenant("a.test", 0, "*:80>"), itk("b.test", "bob", 1), itk("c.test", "carol", 2), tenant("own.test", 3, "*:80>")]
+        let text = ImageConfiguration.render(tree, for: .environment(3), preamble: [], sslLoaded: false)
+        XCTAssertTrue(text.contains("""
+            <VirtualHost *:80>
+                ServerName a.test
+                ServerAlias www.a.test *.a.test
+                ServerEnvironment e0
+            </VirtualHost>
+            <VirtualHost *:80>
+                ServerName b.test
+                AssignUserID bob bob
+            </VirtualHost>
+            <VirtualHost *:80>
+                ServerName c.test
+                AssignUserID carol carol
+            </VirtualHost>
+
+            """), text)
+        XCTAssertFalse(ImageConfiguration.mergeable(itk("b.test", "bob", 1)))
+    }
+
+    func testStubsWhoseNamesMeanSomethingElseAsAliasesStayAlone() {
+        for name in ["https://x.test", "x.test:8080", "*.x.test"] {
+            XCTAssertFalse(ImageConfiguration.mergeable(tenant(name, 1)), name)
+        }
+        XCTAssertTrue(ImageConfiguration.mergeable(tenant("x.test", 1)))
+        let unnamed = ConfigurationNode("<VirtualHost", "*:80>", children: [ConfigurationNode("ServerEnvironment", "e1")],
+                                        environment: 1)
+        XCTAssertFalse(ImageConfiguration.mergeable(unnamed))
+        let inherited = ConfigurationNode("<VirtualHost", "*:80>", children: [ConfigurationNode("ServerName", "x.test")],
+                                          environment: 1)
+        XCTAssertFalse(ImageConfiguration.mergeable(inherited))
+        let proxied = tenant("x.test", 1, extra: [ConfigurationNode("RemoteIPHeader", "X-Forwarded-For")])
+        XCTAssertFalse(ImageConfiguration.mergeable(proxied))
+    }
+
+    func testARunOfTLSStubsSpeaksTLSWithTheImagesOwnCertificate() {
+        let tls = [ConfigurationNode("SSLEngine", "on"), ConfigurationNode("SSLCertificateFile", "/keys/x.crt")]
+        let tree = [tenant("own.test", 0, "127.0.0.1:443>", extra: tls),
+                    tenant("b.test", 1, "127.0.0.1:443>", extra: tls), tenant("c.test", 2, "127.0.0.1:443>", extra: tls),
+                    tenant("d.test", 3, "127.0.0.1:443>")]
+        let text = ImageConfiguration.render(tree, for: .environment(0), preamble: [], sslLoaded: true)
+        XCTAssertTrue(text.contains("ServerAlias www.c.test *.c.test\n    SSLEngine on\n"
+                                    + "    SSLCertificateFile /keys/x.crt\n</VirtualHost>\n"
+                                    + "<VirtualHost 127.0.0.1:443>\n    ServerName d.test\n"), text)
+        XCTAssertTrue(text.contains("ServerEnvironment e3\n    SSLEngine off\n</VirtualHost>"), text)
     }
 
     func testWithoutModSSLStubsSayNothingOfIt() {

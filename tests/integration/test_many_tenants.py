@@ -2,6 +2,7 @@
 start at the default limits with no slot arithmetic; a spare count the user did not write gives
 way to a maximum the user did; quiet environments give their workers back; the status page
 stays readable and ?auto parseable. Behaviour only: figures are in bench/many_tenants.py."""
+import http.client
 import os
 import pwd
 import random
@@ -147,6 +148,28 @@ def test_the_status_page_with_300_environments(defaults_server, tenant_accounts)
     keys = Counter(line.split(":", 1)[0] for line in lines if ":" in line and not line.startswith("Peruser"))
     assert keys and all(count == 1 for count in keys.values()), keys
     assert "ServerMPM: peruser" in auto
+
+
+def test_one_kept_alive_connection_crosses_tenants_each_served_under_its_uid(defaults_server, tenant_accounts):
+    """A front proxy's pooled connection asks for tenant after tenant. In each tenant's process
+    image the other tenants' vhosts are stubs, consecutive ones written as one vhost with all
+    their names: whatever name a worker is asked for, it serves its own and hands back the rest,
+    and the environments' indices stay the root's (or the image would refuse to start)."""
+    connection = http.client.HTTPConnection("127.0.0.1", defaults_server.port, timeout=30)
+    local = None
+    for step, n in enumerate([10, 200, 10, 299, 0, 150, 150, 11, 298]):
+        host = f"{'www.' if step % 2 else ''}t{n:03d}.test"
+        connection.request("GET", "/cgi-bin/id.cgi", headers={"Host": host})
+        response = connection.getresponse()
+        body = response.read().decode()
+        assert response.status == 200, (host, body)
+        assert f"uid={tenant_accounts[f'peruser-t{n:03d}']} " in body, (host, body)
+        local = local or connection.sock.getsockname()
+        assert connection.sock.getsockname() == local, "the connection was not kept alive"
+    connection.close()
+    errors = [line for line in defaults_server.read_error_log().splitlines()
+              if "process image" in line and ("exited" in line or "environments" in line)]
+    assert not errors, errors
 
 
 def test_quiet_environments_give_their_workers_back(module, accounts, tenant_accounts):

@@ -71,7 +71,14 @@ public enum ImageConfiguration {
                 + first.children.filter { $0.directive.lowercased().hasPrefix("sslcertificate") }
         }
         let context = Context(role: role, sslLoaded: sslLoaded, globalTLS: globalTLS, stubTLS: stubTLS)
-        for node in tree { write(node, context, depth: 0, into: &text) }
+        let merged = role == .multiplexers ? [:] : mergedStubs(tree, context)
+        for (index, node) in tree.enumerated() {
+            if let run = merged[index] {
+                if !run.isEmpty { writeMergedStub(run.map { tree[$0] }, context, into: &text) }
+                continue
+            }
+            write(node, context, depth: 0, into: &text)
+        }
         // Last, so it wins: apache2 started without -k looks at the PidFile and stops when it
         // names a live process (the root parent), or cannot be read; a path that cannot exist reads
         // as "not running". An image writes no PidFile.
@@ -121,6 +128,92 @@ public enum ImageConfiguration {
         guard node.isSection else { return }
         for child in node.children { write(child, context, depth: depth + 1, into: &text) }
         text += indent + closing(node) + "\n"
+    }
+
+    /// Stubs that an environment's image writes as one vhost: by the index of a top-level node,
+    /// the run it starts (indexes of its stubs), or an empty run for the stubs folded into an
+    /// earlier one. A worker asks only "is this request's vhost mine?" and hands back every
+    /// other request to the multiplexers, which route it with a vhost of its own each. So
+    /// consecutive stubs of other environments, on the same addresses and with the same TLS, can
+    /// be one vhost that answers to all their names, as long as the first matching vhost of an
+    /// address stays "not mine" for every name: the run keeps its place among E's own vhosts.
+    /// Environments must keep their indices (the child table's pages follow them, and an image
+    /// refuses to start otherwise): a stub with `AssignUserID` (a declaration) stays alone;
+    /// other directives between the stubs of a run (`<Processor>` blocks) stay where they are,
+    /// and the run's ServerEnvironment is its first stub's, declared before it.
+    /// With hundreds of tenants, an image otherwise builds hundreds of vhosts (each with every
+    /// module's configuration, each address resolved), twice at its start.
+    static func mergedStubs(_ tree: [ConfigurationNode], _ context: Context) -> [Int: [Int]] {
+        guard case .environment(let own) = context.role else { return [:] }
+        var runs: [Int: [Int]] = [:]
+        var current: [Int] = []
+        var key: (arguments: String, tls: Bool)?
+        func close() {
+            if current.count > 1 {
+                runs[current[0]] = current
+                for index in current.dropFirst() { runs[index] = [] }
+            }
+            current = []
+            key = nil
+        }
+        for (index, node) in tree.enumerated() where node.isVirtualHost {
+            guard let environment = node.environment, environment != own, mergeable(node) else {
+                close()
+                continue
+            }
+            let nodeKey = (arguments: node.arguments, tls: speaksTLS(node, context.globalTLS))
+            if let key, key.arguments != nodeKey.arguments || key.tls != nodeKey.tls { close() }
+            key = nodeKey
+            current.append(index)
+        }
+        close()
+        return runs
+    }
+
+    /// A stub whose names can become aliases of another: one plain ServerName (no scheme, port or
+    /// wildcard, which as an alias would mean something else), its ServerEnvironment written,
+    /// no ServerPath, no mod_remoteip directive (the multiplexers read those per vhost).
+    static func mergeable(_ vhost: ConfigurationNode) -> Bool {
+        let names = vhost.children.filter { $0.directive.lowercased() == "servername" }
+        guard names.count == 1, let name = names.first?.arguments, !name.isEmpty,
+              !name.contains(where: { ":/*?[ ".contains($0) }) else { return false }
+        var assigned = false
+        for child in vhost.children where keptInStub(child) {
+            switch child.directive.lowercased() {
+            case "servername", "serveralias": continue
+            case "serverenvironment": assigned = true
+            default: return false  // AssignUserID declares an environment, and one vhost takes one
+            }
+        }
+        return assigned
+    }
+
+    private static func writeMergedStub(_ run: [ConfigurationNode], _ context: Context, into text: inout String) {
+        guard let first = run.first else { return }
+        text += line(first) + "\n"
+        for (position, stub) in run.enumerated() {
+            for child in stub.children {
+                switch child.directive.lowercased() {
+                case "servername" where position > 0:
+                    text += "    ServerAlias " + child.arguments + "\n"
+                case "servername", "serveralias":
+                    text += "    " + line(child) + "\n"
+                case "serverenvironment":
+                    // The first stub's: any other environment reads as "not mine".
+                    if position == 0 { text += "    " + line(child) + "\n" }
+                default:
+                    continue
+                }
+            }
+        }
+        if context.sslLoaded {
+            if let tls = context.stubTLS, speaksTLS(first, context.globalTLS) {
+                for child in tls { text += "    " + line(child) + "\n" }
+            } else {
+                text += "    SSLEngine off\n"
+            }
+        }
+        text += closing(first) + "\n"
     }
 
     /// Routing directives, and mod_remoteip's (the multiplexers read which peers are proxies).

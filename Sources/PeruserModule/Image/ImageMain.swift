@@ -16,6 +16,8 @@ struct ImageStart {
     let rootPid: pid_t
     /// The root's slot count (a graceful restart may keep an earlier ServerLimit's).
     let slots: Int
+    /// How many environments the root's configuration declares: the image's must be as many.
+    let environments: Int
     /// The multiplexers' image only: the secret's and the board's memfds, the demand pipe's
     /// writing end, and the listeners.
     var secret: Int32 = -1
@@ -23,15 +25,15 @@ struct ImageStart {
     var demand: Int32 = -1
     var listeners: [Int32]?
 
-    /// "role:generation:control:table:tableSize:rootPid:slots", role an environment's index or
-    /// "m", which adds ":secret:board:demand:listener,listener...".
+    /// "role:generation:control:table:tableSize:rootPid:slots:environments", role an
+    /// environment's index or "m", which adds ":secret:board:demand:listener,listener...".
     var variable: String {
         let role: String
         switch self.role {
         case .environment(let index): role = "\(index)"
         case .multiplexers: role = "m"
         }
-        var text = "\(role):\(generation):\(control):\(table):\(tableSize):\(rootPid):\(slots)"
+        var text = "\(role):\(generation):\(control):\(table):\(tableSize):\(rootPid):\(slots):\(environments)"
         if self.role == .multiplexers {
             text += ":\(secret):\(board):\(demand):" + (listeners ?? []).map(String.init).joined(separator: ",")
         }
@@ -46,25 +48,25 @@ struct ImageStart {
 
     static func parse(_ text: String) -> ImageStart? {
         let fields = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
-        guard fields.count == 7 || fields.count == 11 else { return nil }
+        guard fields.count == 8 || fields.count == 12 else { return nil }
         let role: ImageRole
         if fields[0] == "m" {
-            guard fields.count == 11 else { return nil }
+            guard fields.count == 12 else { return nil }
             role = .multiplexers
         } else {
-            guard fields.count == 7, let index = Int(fields[0]), index >= 0 else { return nil }
+            guard fields.count == 8, let index = Int(fields[0]), index >= 0 else { return nil }
             role = .environment(index)
         }
         guard let generation = UInt32(fields[1]), let control = Int32(fields[2]), control > 2,
               let table = Int32(fields[3]), table > 2, let size = Int(fields[4]), size > 0,
               let root = Int32(fields[5]), root > 1, let slots = Int(fields[6]), slots > 0,
-              slots <= mostServerLimit else { return nil }
+              slots <= mostServerLimit, let environments = Int(fields[7]), environments >= 0 else { return nil }
         var start = ImageStart(role: role, generation: generation, control: control, table: table,
-                               tableSize: size, rootPid: root, slots: slots)
+                               tableSize: size, rootPid: root, slots: slots, environments: environments)
         if role == .multiplexers {
-            let listeners = fields[10].split(separator: ",").compactMap { Int32($0) }
-            guard let secret = Int32(fields[7]), secret > 2, let board = Int32(fields[8]), board > 2,
-                  let demand = Int32(fields[9]), demand > 2, listeners.allSatisfy({ $0 > 2 }) else { return nil }
+            let listeners = fields[11].split(separator: ",").compactMap { Int32($0) }
+            guard let secret = Int32(fields[8]), secret > 2, let board = Int32(fields[9]), board > 2,
+                  let demand = Int32(fields[10]), demand > 2, listeners.allSatisfy({ $0 > 2 }) else { return nil }
             start.secret = secret
             start.board = board
             start.demand = demand
@@ -132,6 +134,13 @@ func imageRun(_ start: ImageStart, pconf: OpaquePointer?, server: UnsafeMutableP
     // Its configuration (/proc/self/fd/N) is read: no child of the image needs it.
     if let fd = configurationDescriptor(), fd > 2 { close(fd) }
     if case .environment(let index) = start.role, index >= environments { die("no such environment") }
+    // Every page index follows the environments' order: an image whose configuration declared
+    // another number of them than the root's would use other environments' pages. (The root's
+    // count comes with the start, from its own memory, not from the table anyone may write.)
+    guard start.environments == environments else {
+        die("its configuration declares \(environments) environments, the root parent's \(start.environments) "
+            + "(an internal error in the image's configuration; set ProcessorImage shared and report it)")
+    }
     guard let retained = retainedLasting(), retained.initializeOnce() else { die("no retained data") }
     lasting = retained
     // Its sizes come from this image's configuration (the root's), never from the table's header.

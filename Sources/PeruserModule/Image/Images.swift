@@ -176,7 +176,7 @@ func startImage(_ role: ImageRole, _ text: String, generation: UInt32) {
     guard let table = inherit(lasting.pointee.tableFD) else { return fail("dup", .current) }
     var start = ImageStart(role: role, generation: generation, control: imageEnd.raw, table: table,
                            tableSize: lasting.pointee.tableSize, rootPid: getpid(),
-                           slots: Int(lasting.pointee.scoreboardSlots))
+                           slots: Int(lasting.pointee.scoreboardSlots), environments: configuration.environments.count)
     if role == .multiplexers {
         guard let secret = inherit(lasting.pointee.multiplexerSecretFD),
               let board = inherit(lasting.pointee.multiplexerStateFD),
