@@ -311,6 +311,24 @@ def cmdline(pid):
         return f.read().split(b"\0")
 
 
+def image_role(pid):
+    """An image's role as its start named it (PERUSER_IMAGE's first field: "m" for the
+    multiplexers', else an environment's index); the image unsets the variable, but its
+    initial environment block stays readable in /proc."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for entry in f.read().split(b"\0"):
+                if entry.startswith(b"PERUSER_IMAGE="):
+                    return entry.split(b"=", 1)[1].split(b":")[0].decode()
+    except OSError:
+        pass
+    return None
+
+
+def images_by_role(apache):
+    return sorted(image_role(pid) or "?" for pid in apache.images())
+
+
 def test_an_isolated_environment_image_starts_when_needed_and_leaves_when_quiet(module, accounts):
     """ProcessorImage per <Processor>: globally shared, env-a isolated with MinProcessors 0. No
     image for env-a until a.test is asked for; then its worker comes from env-a's image (its
@@ -359,25 +377,89 @@ MinMultiplexers 1
     try:
         apache.start(ports=(port,))
         apache.wait_children(2)  # a multiplexer, env-b's worker
-        assert len(apache.images()) == 1, "only the multiplexers' image at start"
+        assert images_by_role(apache) == ["m"], "only the multiplexers' image at start"
         b_worker = [pid for pid, uid, _ in apache.children() if uid == b_ids[0]][0]
         assert cmdline(b_worker) == cmdline(apache.pid()), "env-b (shared) is forked from the root parent"
         body = subprocess.run(["curl", "-s", "-m", "10", "-H", "Host: a.test", f"http://127.0.0.1:{port}/cgi-bin/id.cgi"],
                               capture_output=True, text=True).stdout
         assert f"uid={a_ids[0]} " in body, body
-        assert len(apache.images()) == 2
+        assert images_by_role(apache) == ["0", "m"]
         a_workers = [pid for pid, uid, _ in apache.children() if uid == a_ids[0]]
         assert a_workers and all(any(x.startswith(b"/proc/self/fd/") for x in cmdline(p)) for p in a_workers)
-        # The worker leaves after IdleTimeout, the image 10 s after it was last used.
+        # The worker leaves after IdleTimeout, the image 10 s after it was last used (and the
+        # multiplexers' image 10 s after its last multiplexer started).
         deadline = time.time() + 30
-        while time.time() < deadline and len(apache.images()) > 1:
+        while time.time() < deadline and "0" in images_by_role(apache):
             time.sleep(0.5)
-        assert len(apache.images()) == 1, apache.read_error_log()[-2000:]
+        assert "0" not in images_by_role(apache), apache.read_error_log()[-2000:]
         assert "exits: no worker and none asked for in 10 s" in apache.read_error_log()
         # Asked again, it starts again.
         body = subprocess.run(["curl", "-s", "-m", "10", "-H", "Host: a.test", f"http://127.0.0.1:{port}/cgi-bin/id.cgi"],
                               capture_output=True, text=True).stdout
         assert f"uid={a_ids[0]} " in body, body
+    finally:
+        apache.stop()
+        apache.cleanup()
+
+
+def test_the_multiplexers_image_leaves_when_quiet_and_comes_back_for_a_multiplexer(module, accounts):
+    """The multiplexers' image holds a whole Apache startup that nothing uses once the
+    multiplexers run: with MinMultiplexers running and none asked for during the quiet time
+    (IdleTimeout, at least 10 s), it exits. A multiplexer that dies then brings it back, and the
+    new multiplexer routes as before."""
+    port = free_port()
+    apache = Apache("", name="mux-image")
+    a_ids = accounts["peruser-a"]
+    a_site = make_site(apache.root, *a_ids, "a")
+    apache.write_config(f"""
+Listen 127.0.0.1:{port}
+IdleTimeout 2
+MinMultiplexers 1
+MaxMultiplexers 1
+<Directory {apache.root}>
+    Require all granted
+    Options +ExecCGI
+</Directory>
+<Processor env-a>
+    User peruser-a
+    Group peruser-a
+    MinProcessors 1
+</Processor>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName a.test
+    DocumentRoot {a_site}
+    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
+    ServerEnvironment env-a
+</VirtualHost>
+""")
+
+    def served():
+        return subprocess.run(["curl", "-s", "-m", "10", "-H", "Host: a.test", f"http://127.0.0.1:{port}/cgi-bin/id.cgi"],
+                              capture_output=True, text=True).stdout
+
+    def multiplexers():
+        return [pid for pid, uid, _ in apache.children() if uid not in (a_ids[0], 0)]
+
+    try:
+        apache.start(ports=(port,))
+        apache.wait_children(2)
+        assert images_by_role(apache) == ["0", "m"]
+        assert f"uid={a_ids[0]} " in served()
+        deadline = time.time() + 30
+        while time.time() < deadline and "m" in images_by_role(apache):
+            time.sleep(0.5)
+        assert images_by_role(apache) == ["0"], apache.read_error_log()[-2000:]
+        assert "the multiplexers' process image" in apache.read_error_log()
+        assert "exits: no multiplexer asked for in 10 s" in apache.read_error_log()
+        assert f"uid={a_ids[0]} " in served(), "the running multiplexer routes without its image"
+        [old] = multiplexers()
+        os.kill(old, 9)
+        deadline = time.time() + 15
+        while time.time() < deadline and [p for p in multiplexers() if p != old] == []:
+            time.sleep(0.1)
+        assert [p for p in multiplexers() if p != old], apache.read_error_log()[-2000:]
+        assert "m" in images_by_role(apache)
+        assert f"uid={a_ids[0]} " in served(), apache.read_error_log()[-2000:]
     finally:
         apache.stop()
         apache.cleanup()

@@ -31,6 +31,10 @@ nonisolated(unsafe) var multiplexerImageStartedAt: Int64 = .min
 /// When each environment's image was last asked for a worker (ms): an image whose environment
 /// has no worker and was not asked for a while exits (quiet tenants cost no process).
 nonisolated(unsafe) var imageUsedAt: [Int64] = []
+/// The same for the multiplexers' image: it exits once MinMultiplexers run and none was asked
+/// for a while (it holds a whole Apache startup, about 6 MiB of its own, that nothing uses
+/// until a multiplexer must start), and starts again when one must.
+nonisolated(unsafe) var multiplexerImageUsedAt: Int64 = .min
 /// An image said it is ready since the parent's last full pass.
 nonisolated(unsafe) var imageBecameReady = false
 
@@ -105,6 +109,7 @@ func startImages(generation: UInt32) {
     imageUsedAt = Array(repeating: .min, count: count)
     multiplexerImage = nil
     multiplexerImageStartedAt = .min
+    multiplexerImageUsedAt = .min
     // Children forked by an image's go-between are re-parented here.
     if peruser_prctl(PR_SET_CHILD_SUBREAPER, 1) != 0 {
         log(PERUSER_LOG_ERR, "peruser: cannot become a subreaper (\(Errno.current)); isolated images cannot start")
@@ -305,7 +310,7 @@ private func markReady(_ role: ImageRole) {
     guard var image = handle(role), !image.ready else { return }
     image.ready = true
     setHandle(role, image)
-    if role != .multiplexers { imageBecameReady = true }  // the next round is a full pass: it starts what waited
+    imageBecameReady = true  // the next round is a full pass: it starts what waited
     log(PERUSER_LOG_INFO, "peruser: \(label(role)) (pid \(image.pid)) is ready after "
         + "\(monotonicMilliseconds() - image.startedAt) ms")
 }
@@ -341,6 +346,7 @@ func spawnFromImage(slot: Int, environment: Int, page: Int) -> SpawnOutcome {
 
 /// Asks the multiplexers' image for a multiplexer in `slot` with `control` (the child's end).
 func spawnMultiplexerFromImage(slot: Int, control: Int32) -> SpawnOutcome {
+    multiplexerImageUsedAt = monotonicMilliseconds()
     guard let image = multiplexerImage else {
         restartImageIfDue(.multiplexers)
         return .notYet
@@ -420,7 +426,8 @@ func imageExited(_ pid: pid_t, status: ExitStatus, quietly: Bool) -> Bool {
 }
 
 /// Closes the image of every isolated environment that has had no worker and no request for
-/// one for max(IdleTimeout, 10 s): it exits, and starts again when a worker is needed.
+/// one for max(IdleTimeout, 10 s): it exits, and starts again when a worker is needed. The
+/// multiplexers' image likewise, once MinMultiplexers run and none was asked for that long.
 func closeIdleImages(now: Int64) {
     guard let state = parent else { return }
     for environment in images.indices {
@@ -434,6 +441,16 @@ func closeIdleImages(now: Int64) {
         imageStartedAt[environment] = .min  // started again at once when needed
         log(PERUSER_LOG_INFO, "peruser: \(label(.environment(environment))) (pid \(image.pid)) exits: no worker "
             + "and none asked for in \(quiet / 1000) s")
+    }
+    if let image = multiplexerImage, image.ready,
+       state.currentSlots(of: -1).count >= configuration.limits.minMultiplexers {
+        let quiet = Int64(max(configuration.limits.idleTimeout, 10)) * 1000
+        guard now - max(multiplexerImageUsedAt, image.startedAt) >= quiet else { return }
+        multiplexerImage?.control.close()
+        multiplexerImage = nil
+        multiplexerImageStartedAt = .min
+        log(PERUSER_LOG_INFO, "peruser: \(label(.multiplexers)) (pid \(image.pid)) exits: no multiplexer asked for in "
+            + "\(quiet / 1000) s (it starts again when one must)")
     }
 }
 
