@@ -264,6 +264,15 @@ int peruser_shim_loaded_module(int index, const char **file, const char **symbol
     return 1;
 }
 
+const char *peruser_shim_directive_module(const char *name)
+{
+    module *owner = NULL;
+    Dl_info info;
+    if (!name || !ap_find_command_in_modules(name, &owner) || !owner) return NULL;
+    if (!dladdr(owner, &info) || !info.dli_sname) return NULL;
+    return info.dli_sname;
+}
+
 const char *peruser_shim_runtime_dir(void *pool)
 {
     return ap_runtime_dir_relative(pool, "");

@@ -159,6 +159,9 @@ int peruser_shim_server_environment(const void *server);
  * Returns 1 with *file NULL for a module linked into httpd, 0 past the last. (dladdr needs
  * _GNU_SOURCE, which Swift's Glibc module is built without.) */
 int peruser_shim_loaded_module(int index, const char **file, const char **symbol);
+/* The symbol of the loaded module (as in its LoadModule line) that owns directive `name`, or
+ * NULL (core, a module linked into httpd, or none). */
+const char *peruser_shim_directive_module(const char *name);
 
 /* DefaultRuntimeDir as Apache resolved it (allocated from `pool`). */
 const char *peruser_shim_runtime_dir(void *pool);

@@ -174,6 +174,29 @@ final class ImageConfigurationTests: XCTestCase {
         XCTAssertTrue(text.contains("ServerEnvironment e3\n    SSLEngine off\n</VirtualHost>"), text)
     }
 
+    func testTheMultiplexersImageLoadsNoLanguageRuntime() {
+        let tree = [
+            ConfigurationNode("PHPIniDir", "/etc/php", module: "php_module"),
+            ConfigurationNode("<Directory", "/srv>", children: [
+                ConfigurationNode("php_admin_value", "open_basedir /srv", module: "php_module"),
+                ConfigurationNode("Require", "all granted", module: "authz_core_module"),
+            ]),
+            ConfigurationNode("KeepAlive", "On"),
+            tenant("a.test", 0, extra: [ConfigurationNode("php_value", "memory_limit 64M", module: "php_module")]),
+        ]
+        let preamble = ["LoadModule authz_core_module \"/m/mod_authz_core.so\"", "LoadModule php_module \"/m/libphp8.2.so\"",
+                        "LoadModule perl_module /m/mod_perl.so"]
+        let routing = ImageConfiguration.render(tree, for: .multiplexers, preamble: preamble, sslLoaded: false)
+        for gone in ["php", "PHP", "perl"] { XCTAssertFalse(routing.contains(gone), routing) }
+        XCTAssertTrue(routing.contains("LoadModule authz_core_module \"/m/mod_authz_core.so\"\n"))
+        XCTAssertTrue(routing.contains("<Directory /srv>\n    Require all granted\n</Directory>\nKeepAlive On\n"), routing)
+        let own = ImageConfiguration.render(tree, for: .environment(0), preamble: preamble, sslLoaded: false)
+        for kept in ["LoadModule php_module", "LoadModule perl_module", "PHPIniDir /etc/php", "php_admin_value open_basedir",
+                     "php_value memory_limit 64M"] {
+            XCTAssertTrue(own.contains(kept), kept)
+        }
+    }
+
     func testWithoutModSSLStubsSayNothingOfIt() {
         let text = ImageConfiguration.render(tree, for: .environment(1), preamble: [], sslLoaded: false)
         XCTAssertTrue(text.contains("ServerEnvironment alice\n</VirtualHost>"), text)

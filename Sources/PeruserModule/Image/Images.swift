@@ -56,7 +56,8 @@ func configurationTree() -> [ConfigurationNode] {
         while let current = directive {
             let name = string(current.pointee.directive) ?? ""
             var node = ConfigurationNode(name, string(current.pointee.args) ?? "",
-                                         children: nodes(from: current.pointee.first_child))
+                                         children: nodes(from: current.pointee.first_child),
+                                         module: current.pointee.directive.flatMap { string(peruser_shim_directive_module($0)) })
             if name.lowercased() == "<virtualhost", let file = current.pointee.filename {
                 node.environment = environmentByDefinition["\(String(cString: file)):\(current.pointee.line_num)"]
             }

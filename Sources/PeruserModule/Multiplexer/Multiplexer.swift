@@ -503,15 +503,21 @@ struct Multiplexer {
                      + "environment \(handbackLabel(channel)) (\(error))")
                 continue
             }
-            // A connection given back to be closed may be closed by its client already (then
-            // it has no peer any more): its ticket still proves whose it is.
+            // A connection given back may be closed by its client already (then it has no peer
+            // any more): its ticket still proves whose it is.
             let connected = isTCPStream(fd)
-            guard connected || (decoded.closing && isStreamSocket(fd)), let cookie = socketCookie(fd),
+            guard connected || isStreamSocket(fd), let cookie = socketCookie(fd),
                   key.accepts(decoded.ticket, cookie: cookie, generation: channel.generation,
                               environment: channel.environment, client: decoded.client) else {
                 close(fd)
                 note(.forgedHandback, PERUSER_LOG_WARNING, "multiplexer: dropped a hand-back from environment "
                      + "\(handbackLabel(channel)) whose connection was never handed to it")
+                continue
+            }
+            // The client left while its kept-alive connection came back for its next request
+            // (a pool closed between two): nothing to route, and nothing forged.
+            if !connected && !decoded.closing {
+                close(fd)
                 continue
             }
             // A copy of a connection this multiplexer already holds: one connection is held once
