@@ -285,6 +285,9 @@ def test_a_worker_of_a_holds_nothing_of_b(isolated, accounts):
             needles[f"{tenant}-key-{index}"] = needle
     for pid in multiplexers:
         assert memory_hits(pid, needles) == {}, f"multiplexer {pid} holds a tenant's key or secret"
+        # Nor a language runtime: their image loads no mod_php (nor its opcache segment).
+        with open(f"/proc/{pid}/maps") as f:
+            assert "libphp" not in f.read(), f"multiplexer {pid} has mod_php loaded"
     # The status page in A's vhost says nothing of B's request.
     assert "slow-b-request-7f3e" not in status and "b.test" not in status, status[-3000:]
 
