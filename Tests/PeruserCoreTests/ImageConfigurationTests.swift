@@ -174,7 +174,7 @@ final class ImageConfigurationTests: XCTestCase {
         XCTAssertTrue(text.contains("ServerEnvironment e3\n    SSLEngine off\n</VirtualHost>"), text)
     }
 
-    func testTheMultiplexersImageLoadsNoLanguageRuntime() {
+    func testTheMultiplexersImageLoadsNoLanguageRuntimeNorModSSL() {
         let tree = [
             ConfigurationNode("PHPIniDir", "/etc/php", module: "php_module"),
             ConfigurationNode("<Directory", "/srv>", children: [
@@ -185,13 +185,13 @@ final class ImageConfigurationTests: XCTestCase {
             tenant("a.test", 0, extra: [ConfigurationNode("php_value", "memory_limit 64M", module: "php_module")]),
         ]
         let preamble = ["LoadModule authz_core_module \"/m/mod_authz_core.so\"", "LoadModule php_module \"/m/libphp8.2.so\"",
-                        "LoadModule perl_module /m/mod_perl.so"]
+                        "LoadModule perl_module /m/mod_perl.so", "LoadModule ssl_module /m/mod_ssl.so"]
         let routing = ImageConfiguration.render(tree, for: .multiplexers, preamble: preamble, sslLoaded: false)
-        for gone in ["php", "PHP", "perl"] { XCTAssertFalse(routing.contains(gone), routing) }
+        for gone in ["php", "PHP", "perl", "ssl"] { XCTAssertFalse(routing.contains(gone), routing) }
         XCTAssertTrue(routing.contains("LoadModule authz_core_module \"/m/mod_authz_core.so\"\n"))
         XCTAssertTrue(routing.contains("<Directory /srv>\n    Require all granted\n</Directory>\nKeepAlive On\n"), routing)
         let own = ImageConfiguration.render(tree, for: .environment(0), preamble: preamble, sslLoaded: false)
-        for kept in ["LoadModule php_module", "LoadModule perl_module", "PHPIniDir /etc/php", "php_admin_value open_basedir",
+        for kept in ["LoadModule php_module", "LoadModule perl_module", "LoadModule ssl_module", "PHPIniDir /etc/php", "php_admin_value open_basedir",
                      "php_value memory_limit 64M"] {
             XCTAssertTrue(own.contains(kept), kept)
         }

@@ -49,12 +49,13 @@ public enum ImageRole: Equatable, CustomStringConvertible {
 }
 
 public enum ImageConfiguration {
-    /// Language runtimes the multiplexers never run (they route, and serve no request): their
-    /// image loads none of them, nor any directive they own. mod_php alone is about 6 MiB of
-    /// the image (its opcache segment, its relocations, libxml2's and ICU's), shared by every
-    /// multiplexer, and part of its start.
-    public static let runtimesMultiplexersLeaveOut: Set<String> = [
+    /// Modules the multiplexers never use (they route, read a ClientHello themselves, and serve
+    /// no request): language runtimes and mod_ssl. Their image loads none of them, nor any
+    /// directive they own. mod_php alone is about 9 MiB of the image (its opcache segment, its
+    /// relocations, libxml2's and ICU's), shared by every multiplexer, and part of its start.
+    public static let modulesMultiplexersLeaveOut: Set<String> = [
         "php_module", "php5_module", "php7_module", "php8_module", "perl_module", "python_module", "wsgi_module",
+        "ssl_module",
     ]
 
     /// What a stub keeps of a vhost: what Apache's vhost matching and this MPM's routing read.
@@ -74,7 +75,7 @@ public enum ImageConfiguration {
                               sslLoaded: Bool) -> String {
         var text = "# Written by mod_mpm_peruser for the process image of the \(role); see README.md, "
             + "\"What a worker holds\".\n"
-        for line in preamble where !(role == .multiplexers && loadsLeftOutRuntime(line)) { text += line + "\n" }
+        for line in preamble where !(role == .multiplexers && loadsLeftOutModule(line)) { text += line + "\n" }
         let globalTLS = tree.contains { $0.directive.lowercased() == "sslengine" && $0.arguments.lowercased() == "on" }
         var stubTLS: [ConfigurationNode]?
         if sslLoaded, case .environment(let own) = role,
@@ -118,16 +119,16 @@ public enum ImageConfiguration {
         return false
     }
 
-    /// A `LoadModule` line of a runtime the multiplexers leave out.
-    static func loadsLeftOutRuntime(_ line: String) -> Bool {
+    /// A `LoadModule` line of a module the multiplexers leave out.
+    static func loadsLeftOutModule(_ line: String) -> Bool {
         let words = line.split(separator: " ", maxSplits: 2)
         return words.count >= 2 && words[0].lowercased() == "loadmodule"
-            && runtimesMultiplexersLeaveOut.contains(String(words[1]))
+            && modulesMultiplexersLeaveOut.contains(String(words[1]))
     }
 
     private static func write(_ node: ConfigurationNode, _ context: Context, depth: Int, into text: inout String) {
         if context.role == .multiplexers && node.directive.lowercased().hasPrefix("ssl") { return }
-        if context.role == .multiplexers, let module = node.module, runtimesMultiplexersLeaveOut.contains(module) { return }
+        if context.role == .multiplexers, let module = node.module, modulesMultiplexersLeaveOut.contains(module) { return }
         let indent = String(repeating: "    ", count: depth)
         if node.isVirtualHost && !keepsWhole(node, role: context.role) {
             text += indent + line(node) + "\n"
