@@ -2,21 +2,24 @@
 """Benchmark: hundreds of tenants on one box (issue 15).
 
 TENANTS tenants (default 300), each with its own system user, one environment and two names
-(tNNN.bench, www.tNNN.bench), against four servers running side by side:
+(tNNN.bench, www.tNNN.bench), against five servers running side by side:
 
 - prefork: Debian's mpm_prefork.conf (StartServers 5, MinSpareServers 5, MaxSpareServers 10,
   MaxRequestWorkers 150), no isolation: the anchor;
 - itk: the same limits with AssignUserID per vhost (a fork per connection);
-- peruser, defaults: nothing but the tenants written (ServerLimit sized by the module);
+- peruser, defaults: nothing but the tenants written (ServerLimit sized by the module), so
+  ProcessorImage isolated: a process image per environment in use;
+- peruser, shared: the same with ProcessorImage shared (every worker forked from the parent);
 - peruser, package: with the values of debian/peruser.conf (the package's, for hundreds of
   tenants).
 
 Every peruser server sets MaxClientShare 100: wrk is one address playing 32 clients, and a
 share would cap it at half of a tenant's workers (real clients come from many addresses).
 
-Scenarios, interleaved (A B C D A B C D ...), REPEATS rounds, medians: a random tenant per request
-on kept-alive connections (a front proxy's pooled connections), the same with `Connection: close`,
-and one busy tenant with `Connection: close`. Then memory (summed PSS and processes of each
+First, every measured tenant is asked once on each server (a crawler's visit; timed, its own
+row). Then the scenarios, interleaved (A B C D E A B C D E ...), REPEATS rounds, medians: a
+random tenant per request on kept-alive connections (a front proxy's pooled connections), the
+same with `Connection: close`, and one busy tenant with `Connection: close`. Then memory (summed PSS and processes of each
 server's session) after start, after the load, and after IDLE_SECONDS (default 120) without
 traffic; the time to the first byte from a tenant with no worker; and the render time of
 /server-status and ?auto. Writes its section of BENCHMARKS.md.
@@ -31,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -46,7 +50,8 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
 IDLE_SECONDS = int(os.environ.get("IDLE_SECONDS", "120"))
 ONLY = os.environ.get("BENCH_ONLY")
-KINDS = [k for k in os.environ.get("BENCH_KINDS", "prefork,itk,peruser,peruser-package").split(",") if k]
+KINDS = [k for k in os.environ.get("BENCH_KINDS", "prefork,itk,peruser,peruser-shared,peruser-package").split(",")
+         if k]
 # BENCH_BEFORE_SO=/path/to/an/older/mod_mpm_peruser.so adds that build ("peruser-before").
 if os.environ.get("BENCH_BEFORE_SO") and "peruser-before" not in KINDS:
     KINDS.append("peruser-before")
@@ -130,6 +135,8 @@ def configure(kind):
             parts.append("ServerLimit 768")
         if kind == "peruser-package":
             parts.append(package_values())
+        if kind == "peruser-shared":
+            parts.append("ProcessorImage shared")
         parts.append("MaxClientShare 100")  # after the package's values: the last one counts
         # For experiments: directives added to every peruser server (BENCH_PERUSER_EXTRA).
         parts.append(os.environ.get("BENCH_PERUSER_EXTRA", "").replace("\\n", "\n"))
@@ -161,6 +168,22 @@ def run_wrk(apache, random_tenant, close):
         # The last three tenants are never asked for: the first-byte measure uses them.
         return wrk(apache.port, "/1k.html", close, RANDOM_LUA.format(tenants=TENANTS - 3))
     return wrk(apache.port, "/1k.html", close, None, host="t001.bench")
+
+
+def first_touch(apache):
+    """Seconds to ask every measured tenant once, 8 clients at a time (a crawler's visit): on
+    peruser with isolated images, each tenant's image and first worker start here."""
+    def ask(n):
+        with socket.create_connection(("127.0.0.1", apache.port), timeout=60) as s:
+            s.sendall(f"GET /1k.html HTTP/1.1\r\nHost: t{n:03d}.bench\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            return data.startswith(b"HTTP/1.1 200")
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        answered = sum(pool.map(ask, range(TENANTS - 3)))
+    return time.monotonic() - started, answered
 
 
 def memory(apache):
@@ -207,6 +230,12 @@ def main():
         time.sleep(5)
         for kind in KINDS:
             mem[kind]["start"] = memory(servers[kind])
+        # Throughput is measured on tenants that have been asked before; what the first visit
+        # costs is its own row.
+        for kind in KINDS:
+            other[(kind, "touch")] = first_touch(servers[kind])
+            print(f"first touch of {TENANTS - 3} tenants, {kind}: {other[(kind, 'touch')][0]:.1f} s, "
+                  f"{other[(kind, 'touch')][1]} answered 200", flush=True)
         for scenario, random_tenant, close in scenarios:
             for round_ in range(REPEATS):
                 for kind in KINDS:
@@ -238,13 +267,15 @@ def main():
         return statistics.median(r[index] for r in results[(scenario, kind)])
 
     names = {"prefork": "prefork", "itk": "mpm-itk", "peruser": "peruser (defaults)",
+             "peruser-shared": "peruser (defaults, ProcessorImage shared)",
              "peruser-package": "peruser (package peruser.conf)",
              "peruser-before": f"peruser before ({os.environ.get('BENCH_BEFORE_NAME', 'earlier build')}, defaults)"}
     lines = [MARK_BEGIN, f"## Hundreds of tenants (`bench/many_tenants.py`)", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs ({cpu_model()}); "
              f"{TENANTS} tenants (a system user, an environment and two names each), 1 KiB static file, "
              f"`wrk -t{bench.THREADS} -c{bench.CONNECTIONS} -d{DURATION}s` on 127.0.0.1, {REPEATS} interleaved rounds, "
-             "medians. prefork and itk: Debian's mpm_prefork.conf. peruser (defaults): no limit written. "
+             "medians. prefork and itk: Debian's mpm_prefork.conf. peruser (defaults): no limit written, so "
+             "isolated process images; shared: the same with ProcessorImage shared. "
              "peruser (package): debian/peruser.conf's values. Every peruser server: MaxClientShare 100 (wrk is "
              "one address).", "",
              "| scenario | " + " | ".join(f"{names[k]} req/s" for k in KINDS) + " | "
@@ -268,6 +299,10 @@ def main():
     if "prefork" in KINDS and all("idle" in mem[k] for k in KINDS):
         lines += ["", "Idle PSS over prefork's: " + ", ".join(
             f"{names[k]} {mem[k]['idle'][0] / mem['prefork']['idle'][0]:.2f}" for k in KINDS if k != "prefork") + "."]
+    if any(k[1] == "touch" for k in other):
+        lines += ["", f"First visit to each of the {TENANTS - 3} measured tenants, 8 clients at a time, before the "
+                  "rounds (the rounds measure tenants already asked once): " + ", ".join(
+                      f"{names[k]} {other[(k, 'touch')][0]:.1f} s" for k in KINDS if (k, "touch") in other) + "."]
     if any(k[1] == "ttfb" for k in other):
         lines += ["", "First byte from a tenant never asked for (no worker; median of 3 tenants): " + ", ".join(
             f"{names[k]} {other[(k, 'ttfb')]:.1f} ms" for k in KINDS) + "."]
