@@ -49,13 +49,14 @@ public enum ImageRole: Equatable, CustomStringConvertible {
 }
 
 public enum ImageConfiguration {
-    /// Modules the multiplexers never use (they route, read a ClientHello themselves, and serve
-    /// no request): language runtimes and mod_ssl. Their image loads none of them, nor any
-    /// directive they own. mod_php alone is about 9 MiB of the image (its opcache segment, its
-    /// relocations, libxml2's and ICU's), shared by every multiplexer, and part of its start.
+    /// Modules the multiplexers never use (they route, and serve no request): language
+    /// runtimes. Their image loads none of them, nor any directive they own. mod_php alone is
+    /// about 9 MiB of the image (its opcache segment, its relocations, libxml2's and ICU's),
+    /// shared by every multiplexer, and part of its start. mod_ssl stays, though unused there:
+    /// other modules' directives name what it registers when they are read (a `LogFormat`
+    /// with `%{SSL_PROTOCOL}x`, `Require ssl`), and would fail without it.
     public static let modulesMultiplexersLeaveOut: Set<String> = [
         "php_module", "php5_module", "php7_module", "php8_module", "perl_module", "python_module", "wsgi_module",
-        "ssl_module",
     ]
 
     /// What a stub keeps of a vhost: what Apache's vhost matching and this MPM's routing read.
