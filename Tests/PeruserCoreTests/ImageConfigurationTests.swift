@@ -98,7 +98,7 @@ final class ImageConfigurationTests: XCTestCase {
         XCTAssertTrue(text.contains(one), text)
         // E's own vhost keeps its place between the runs; other directives stay where they are
         // (the run is written at its first stub); the next run is x, d and e (a ServerPath stub
-        // stays alone); a stub on other addresses breaks the run.
+        // on the same address ends it); a vhost on other addresses does not: f and g are one.
         XCTAssertTrue(text.contains("    DocumentRoot /srv/own.test\n</VirtualHost>\n<VirtualHost 127.0.0.1:80>\n"
                                     + "    ServerName x.test\n    ServerAlias www.x.test *.x.test\n    ServerEnvironment e4\n"
                                     + "    ServerAlias d.test\n    ServerAlias www.d.test *.d.test\n    ServerAlias e.test\n"
@@ -107,8 +107,9 @@ final class ImageConfigurationTests: XCTestCase {
         XCTAssertTrue(text.contains("    ServerName path.test\n    ServerAlias www.path.test *.path.test\n"
                                     + "    ServerEnvironment e6\n    ServerPath /p\n</VirtualHost>"), text)
         XCTAssertTrue(text.contains("    ServerName f.test\n    ServerAlias www.f.test *.f.test\n"
-                                    + "    ServerEnvironment e7\n</VirtualHost>"), text)
-        XCTAssertEqual(text.components(separatedBy: "<VirtualHost").count - 1, 7, text)
+                                    + "    ServerEnvironment e7\n    ServerAlias g.test\n    ServerAlias www.g.test *.g.test\n"
+                                    + "</VirtualHost>\n<VirtualHost 127.0.0.1:81>"), text)
+        XCTAssertEqual(text.components(separatedBy: "<VirtualHost").count - 1, 6, text)
         XCTAssertFalse(text.contains("/srv/a.test"))
         // Every name still reaches a stub.
         for name in ["a", "b", "c", "d", "e", "f", "g", "x", "path", "other-port"] {
@@ -145,6 +146,43 @@ final class ImageConfigurationTests: XCTestCase {
 
             """), text)
         XCTAssertFalse(ImageConfiguration.mergeable(itk("b.test", "bob", 1)))
+    }
+
+    func testATenantsPlainAndTLSVhostsMergeByAddress() {
+        let tls = [ConfigurationNode("SSLEngine", "on")]
+        var tree: [ConfigurationNode] = []
+        for (n, name) in ["a", "b", "own", "c", "d"].enumerated() {
+            tree.append(tenant("\(name).test", n, "*:80>"))
+            tree.append(tenant("\(name).test", n, "*:443>", extra: tls))
+        }
+        let text = ImageConfiguration.render(tree, for: .environment(2), preamble: [], sslLoaded: false)
+        // a and b on :80 as one, a and b on :443 as one, own's two, c and d on each port as one.
+        XCTAssertEqual(text.components(separatedBy: "<VirtualHost").count - 1, 6, text)
+        XCTAssertTrue(text.contains("<VirtualHost *:80>\n    ServerName a.test\n    ServerAlias www.a.test *.a.test\n"
+                                    + "    ServerEnvironment e0\n    ServerAlias b.test\n"), text)
+        XCTAssertTrue(text.contains("<VirtualHost *:443>\n    ServerName a.test\n    ServerAlias www.a.test *.a.test\n"
+                                    + "    ServerEnvironment e0\n    ServerAlias b.test\n"), text)
+        // In each address's order, own's vhost still comes after a and b and before c and d.
+        let own80 = text.range(of: "DocumentRoot /srv/own.test")!.lowerBound
+        XCTAssertLessThan(text.range(of: "ServerAlias b.test")!.lowerBound, own80)
+        XCTAssertGreaterThan(text.range(of: "ServerName c.test")!.lowerBound, own80)
+    }
+
+    func testOnlyAddressesThatCannotMeetAreApart() {
+        let apart = [("127.0.0.1:80>", "127.0.0.1:443>"), ("*:80>", "*:443>"), ("127.0.0.1:80>", "127.0.0.2:80>"),
+                     ("[::1]:80>", "[::2]:80>"), ("127.0.0.1:80 127.0.0.1:81>", "*:443>")]
+        let together = [("*:80>", "127.0.0.1:80>"), ("*>", "*:443>"), ("_default_:80>", "127.0.0.1:80>"),
+                        ("www.example.com:80>", "127.0.0.1:80>"), ("127.0.0.1:80>", "[::1]:80>"),
+                        ("0.0.0.0:80>", "127.0.0.1:80>"), ("127.0.0.1:80 127.0.0.1:443>", "*:443>"), ("127.0.0.1:*>", "127.0.0.1:80>"),
+                        ("[::]:80>", "[::1]:80>"), (">", "*:80>")]
+        for (a, b) in apart {
+            XCTAssertFalse(ImageConfiguration.addressesMayOverlap(a, b), "\(a) \(b)")
+            XCTAssertFalse(ImageConfiguration.addressesMayOverlap(b, a), "\(b) \(a)")
+        }
+        for (a, b) in together {
+            XCTAssertTrue(ImageConfiguration.addressesMayOverlap(a, b), "\(a) \(b)")
+            XCTAssertTrue(ImageConfiguration.addressesMayOverlap(b, a), "\(b) \(a)")
+        }
     }
 
     func testStubsWhoseNamesMeanSomethingElseAsAliasesStayAlone() {
@@ -187,8 +225,9 @@ final class ImageConfigurationTests: XCTestCase {
         let preamble = ["LoadModule authz_core_module \"/m/mod_authz_core.so\"", "LoadModule php_module \"/m/libphp8.2.so\"",
                         "LoadModule perl_module /m/mod_perl.so", "LoadModule ssl_module /m/mod_ssl.so"]
         let routing = ImageConfiguration.render(tree, for: .multiplexers, preamble: preamble, sslLoaded: false)
-        for gone in ["php", "PHP", "perl"] { XCTAssertFalse(routing.contains(gone), routing) }
+        for gone in ["php", "PHP"] { XCTAssertFalse(routing.contains(gone), routing) }
         XCTAssertTrue(routing.contains("LoadModule ssl_module /m/mod_ssl.so\n"), routing)
+        XCTAssertTrue(routing.contains("LoadModule perl_module /m/mod_perl.so\n"), routing)
         XCTAssertTrue(routing.contains("LoadModule authz_core_module \"/m/mod_authz_core.so\"\n"))
         XCTAssertTrue(routing.contains("<Directory /srv>\n    Require all granted\n</Directory>\nKeepAlive On\n"), routing)
         let own = ImageConfiguration.render(tree, for: .environment(0), preamble: preamble, sslLoaded: false)

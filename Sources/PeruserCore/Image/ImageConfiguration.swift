@@ -52,11 +52,12 @@ public enum ImageConfiguration {
     /// Modules the multiplexers never use (they route, and serve no request): language
     /// runtimes. Their image loads none of them, nor any directive they own. mod_php alone is
     /// about 9 MiB of the image (its opcache segment, its relocations, libxml2's and ICU's),
-    /// shared by every multiplexer, and part of its start. mod_ssl stays, though unused there:
-    /// other modules' directives name what it registers when they are read (a `LogFormat`
-    /// with `%{SSL_PROTOCOL}x`, `Require ssl`), and would fail without it.
+    /// shared by every multiplexer, and part of its start. Only runtimes that register nothing
+    /// other modules' directives name when they are read: mod_ssl stays though unused there (a
+    /// `LogFormat` with `%{SSL_PROTOCOL}x`, `Require ssl` would fail without it), and so does
+    /// mod_perl (it can register `Require` providers).
     public static let modulesMultiplexersLeaveOut: Set<String> = [
-        "php_module", "php5_module", "php7_module", "php8_module", "perl_module", "python_module", "wsgi_module",
+        "php_module", "php5_module", "php7_module", "php8_module", "python_module", "wsgi_module",
     ]
 
     /// What a stub keeps of a vhost: what Apache's vhost matching and this MPM's routing read.
@@ -167,29 +168,74 @@ public enum ImageConfiguration {
     /// module's configuration, each address resolved), twice at its start.
     static func mergedStubs(_ tree: [ConfigurationNode], _ context: Context) -> [Int: [Int]] {
         guard case .environment(let own) = context.role else { return [:] }
+        struct Key: Hashable {
+            let arguments: String
+            let tls: Bool
+        }
         var runs: [Int: [Int]] = [:]
-        var current: [Int] = []
-        var key: (arguments: String, tls: Bool)?
-        func close() {
-            if current.count > 1 {
-                runs[current[0]] = current
-                for index in current.dropFirst() { runs[index] = [] }
-            }
-            current = []
-            key = nil
+        // Runs still open, by addresses: a tenant's :80 and :443 vhosts alternate, and each
+        // address keeps its own order, so a run may pass vhosts on other addresses only.
+        var open: [Key: [Int]] = [:]
+        func close(_ key: Key) {
+            guard let run = open.removeValue(forKey: key), run.count > 1 else { return }
+            runs[run[0]] = run
+            for index in run.dropFirst() { runs[index] = [] }
         }
         for (index, node) in tree.enumerated() where node.isVirtualHost {
-            guard let environment = node.environment, environment != own, mergeable(node) else {
-                close()
-                continue
+            let key = Key(arguments: node.arguments, tls: speaksTLS(node, context.globalTLS))
+            let joins = node.environment.map { $0 != own } == true && mergeable(node)
+            for other in Array(open.keys) where !(joins && other == key)
+                && addressesMayOverlap(other.arguments, node.arguments) {
+                close(other)
             }
-            let nodeKey = (arguments: node.arguments, tls: speaksTLS(node, context.globalTLS))
-            if let key, key.arguments != nodeKey.arguments || key.tls != nodeKey.tls { close() }
-            key = nodeKey
-            current.append(index)
+            if joins { open[key, default: []].append(index) }
         }
-        close()
+        for key in Array(open.keys) { close(key) }
         return runs
+    }
+
+    /// Whether two `<VirtualHost` argument lists may share an address (then their vhosts are
+    /// matched in one order). Only two explicit ports that differ, or two different IPv4 (or
+    /// two different IPv6) literals on one port, are apart: a wildcard, a name (it resolves to
+    /// some address), a missing port or `*` may meet anything.
+    static func addressesMayOverlap(_ first: String, _ second: String) -> Bool {
+        let a = addressTokens(first), b = addressTokens(second)
+        guard !a.isEmpty, !b.isEmpty else { return true }
+        return a.contains { x in b.contains { y in tokensMayOverlap(x, y) } }
+    }
+
+    static func addressTokens(_ arguments: String) -> [String] {
+        var text = arguments
+        if text.hasSuffix(">") { text.removeLast() }
+        return text.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+    }
+
+    static func tokensMayOverlap(_ x: String, _ y: String) -> Bool {
+        guard let (xHost, xPort) = hostAndPort(x), let (yHost, yPort) = hostAndPort(y) else { return true }
+        guard xPort == yPort else { return false }
+        let xFamily = literalFamily(xHost), yFamily = literalFamily(yHost)
+        guard let xFamily, let yFamily, xFamily == yFamily else { return true }
+        return xHost.lowercased() == yHost.lowercased()
+    }
+
+    /// "host:port" with a numeric port; nil without one (Apache then matches any port).
+    static func hostAndPort(_ token: String) -> (host: String, port: Int)? {
+        guard let colon = token.lastIndex(of: ":"), let port = Int(token[token.index(after: colon)...]),
+              port > 0 else { return nil }
+        let host = String(token[..<colon])
+        if host.hasPrefix("[") != host.hasSuffix("]") { return nil }
+        return (host, port)
+    }
+
+    /// 4 or 6 for an address literal that names one address; nil for a wildcard or a name.
+    static func literalFamily(_ host: String) -> Int? {
+        if host.hasPrefix("[") && host.hasSuffix("]") {
+            let inner = host.dropFirst().dropLast()
+            return inner.isEmpty || inner == "::" || !inner.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }) ? nil : 6
+        }
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4, parts.allSatisfy({ UInt8($0) != nil }), host != "0.0.0.0" else { return nil }
+        return 4
     }
 
     /// A stub whose names can become aliases of another: one plain ServerName (no scheme, port or
