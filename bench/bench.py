@@ -323,7 +323,9 @@ def main():
     lines = [f"# Benchmarks", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs ({cpu_model()}); "
              f"`wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}s` on 127.0.0.1 (wrk shares the cores), "
-             f"{REPEATS} interleaved rounds, medians. Produced by `bench/bench.py`.", "",
+             f"{REPEATS} interleaved rounds, medians. Produced by `bench/bench.py`. peruser at its defaults: "
+             "ProcessorImage isolated (each environment's workers come from a process image of its own; "
+             "README, \"What a worker holds\").", "",
              "| scenario | prefork req/s | itk req/s | peruser req/s | peruser/prefork | peruser/itk | "
              "p99 ms (prefork / itk / peruser) | non-2xx + socket errors (prefork / itk / peruser) | "
              "server CPU µs/request (prefork / itk / peruser) |",
@@ -348,8 +350,15 @@ def main():
                      f"{peruser_pss / 1024:.1f} MiB | {prefork_pss / 1024:.1f} MiB | {peruser_pss / prefork_pss:.2f} |")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
-    with open(os.path.join(REPO, "BENCHMARKS.md"), "w") as f:
-        f.write(text)
+    # Its section is the file's head, up to the first "## " heading (the other benches' sections).
+    path = os.path.join(REPO, "BENCHMARKS.md")
+    rest = ""
+    if os.path.exists(path):
+        current = open(path).read()
+        if "\n## " in current:
+            rest = current[current.index("\n## "):]
+    with open(path, "w") as f:
+        f.write(text + "\n" + rest.lstrip("\n") if rest else text)
 
 
 if __name__ == "__main__":
