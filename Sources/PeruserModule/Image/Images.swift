@@ -25,16 +25,26 @@ struct ImageHandle {
 /// exits on that.
 nonisolated(unsafe) var images: [ImageHandle?] = []
 nonisolated(unsafe) var multiplexerImage: ImageHandle?
-/// When each environment's image was last started (ms), so a failing one is not restarted in a loop.
-nonisolated(unsafe) var imageStartedAt: [Int64] = []
-nonisolated(unsafe) var multiplexerImageStartedAt: Int64 = .min
-/// When each environment's image was last asked for a worker (ms): an image whose environment
-/// has no worker and was not asked for a while exits (quiet tenants cost no process).
-nonisolated(unsafe) var imageUsedAt: [Int64] = []
-/// The same for the multiplexers' image: it exits once MinMultiplexers run and none was asked
-/// for a while (it holds a whole Apache startup, about 6 MiB of its own, that nothing uses
-/// until a multiplexer must start), and starts again when one must.
-nonisolated(unsafe) var multiplexerImageUsedAt: Int64 = .min
+/// When a role's image was last started (ms), so a failing one is not restarted in a loop, and
+/// last asked for a child: an image not asked for a while whose role has no child left (or, for
+/// the multiplexers', all it needs) exits, and starts again when one must. A quiet tenant costs
+/// no process; the multiplexers' image is a whole Apache startup nothing uses meanwhile.
+struct ImageTimes {
+    var started: Int64 = .min
+    var used: Int64 = .min
+}
+
+/// By environment, then the multiplexers' (`timesIndex`).
+nonisolated(unsafe) var imageTimes: [ImageTimes] = []
+
+private func timesIndex(_ role: ImageRole) -> Int? {
+    let index: Int
+    switch role {
+    case .environment(let environment): index = environment < images.count ? environment : -1
+    case .multiplexers: index = images.count
+    }
+    return imageTimes.indices.contains(index) ? index : nil
+}
 /// An image said it is ready since the parent's last full pass.
 nonisolated(unsafe) var imageBecameReady = false
 
@@ -106,11 +116,8 @@ func imageArguments(configuration descriptor: Int32) -> [String] {
 func startImages(generation: UInt32) {
     let count = configuration.environments.count
     images = Array(repeating: nil, count: count)
-    imageStartedAt = Array(repeating: .min, count: count)
-    imageUsedAt = Array(repeating: .min, count: count)
+    imageTimes = Array(repeating: ImageTimes(), count: count + 1)
     multiplexerImage = nil
-    multiplexerImageStartedAt = .min
-    multiplexerImageUsedAt = .min
     // Children forked by an image's go-between are re-parented here.
     if peruser_prctl(PR_SET_CHILD_SUBREAPER, 1) != 0 {
         log(PERUSER_LOG_ERR, "peruser: cannot become a subreaper (\(Errno.current)); isolated images cannot start")
@@ -220,14 +227,12 @@ func startImage(_ role: ImageRole, _ text: String, generation: UInt32) {
     }
     rootEnd.setNonBlocking()
     let handle = ImageHandle(pid: pid, control: rootEnd, ready: false, startedAt: monotonicMilliseconds())
+    setHandle(role, handle)
+    if let index = timesIndex(role) { imageTimes[index].started = handle.startedAt }
     switch role {
     case .environment(let index):
-        images[index] = handle
-        imageStartedAt[index] = handle.startedAt
         giveChannelsToImage(index)
     case .multiplexers:
-        multiplexerImage = handle
-        multiplexerImageStartedAt = handle.startedAt
         for index in channels.indices { giveChannelsToImage(index) }
         let previous = lasting.previousHandbacks
         for (index, end) in previous.enumerated() where end >= 0 {
@@ -337,7 +342,7 @@ enum SpawnOutcome {
 
 /// Asks `environment`'s image for a worker in `slot` on worker page `page`.
 func spawnFromImage(slot: Int, environment: Int, page: Int) -> SpawnOutcome {
-    if imageUsedAt.indices.contains(environment) { imageUsedAt[environment] = monotonicMilliseconds() }
+    if let index = timesIndex(.environment(environment)) { imageTimes[index].used = monotonicMilliseconds() }
     guard images.indices.contains(environment), let image = images[environment] else {
         restartImageIfDue(.environment(environment))
         return .notYet
@@ -347,7 +352,7 @@ func spawnFromImage(slot: Int, environment: Int, page: Int) -> SpawnOutcome {
 
 /// Asks the multiplexers' image for a multiplexer in `slot` with `control` (the child's end).
 func spawnMultiplexerFromImage(slot: Int, control: Int32) -> SpawnOutcome {
-    multiplexerImageUsedAt = monotonicMilliseconds()
+    if let index = timesIndex(.multiplexers) { imageTimes[index].used = monotonicMilliseconds() }
     guard let image = multiplexerImage else {
         restartImageIfDue(.multiplexers)
         return .notYet
@@ -392,13 +397,8 @@ private func ask(_ image: ImageHandle, role: ImageRole, slot: Int, page: Int, fd
 
 /// An image that exited is started again, at most once every 5 s.
 private func restartImageIfDue(_ role: ImageRole) {
-    let last: Int64
-    switch role {
-    case .environment(let index):
-        guard imageStartedAt.indices.contains(index) else { return }
-        last = imageStartedAt[index]
-    case .multiplexers: last = multiplexerImageStartedAt
-    }
+    guard let index = timesIndex(role) else { return }
+    let last = imageTimes[index].started
     guard last == .min || monotonicMilliseconds() - last >= 5000,
           let generation = parent?.policy.generation else { return }
     startImage(role, imageConfiguration(for: role), generation: generation)
@@ -431,27 +431,25 @@ func imageExited(_ pid: pid_t, status: ExitStatus, quietly: Bool) -> Bool {
 /// multiplexers' image likewise, once MinMultiplexers run and none was asked for that long.
 func closeIdleImages(now: Int64) {
     guard let state = parent else { return }
-    for environment in images.indices {
-        guard let image = images[environment], image.ready, configuration.workerLimits.indices.contains(environment),
-              state.currentSlots(of: environment).isEmpty else { continue }
-        let quiet = Int64(max(configuration.limits.idleTimeout, 10)) * 1000
-        let since = max(imageUsedAt[environment], image.startedAt)
-        guard now - since >= quiet else { continue }
-        images[environment]?.control.close()
-        images[environment] = nil
-        imageStartedAt[environment] = .min  // started again at once when needed
-        log(PERUSER_LOG_INFO, "peruser: \(label(.environment(environment))) (pid \(image.pid)) exits: no worker "
-            + "and none asked for in \(quiet / 1000) s")
-    }
-    if let image = multiplexerImage, image.ready,
-       state.currentSlots(of: -1).count >= configuration.limits.minMultiplexers {
-        let quiet = Int64(max(configuration.limits.idleTimeout, 10)) * 1000
-        guard now - max(multiplexerImageUsedAt, image.startedAt) >= quiet else { return }
-        multiplexerImage?.control.close()
-        multiplexerImage = nil
-        multiplexerImageStartedAt = .min
-        log(PERUSER_LOG_INFO, "peruser: \(label(.multiplexers)) (pid \(image.pid)) exits: no multiplexer asked for in "
-            + "\(quiet / 1000) s (it starts again when one must)")
+    let quiet = Int64(max(configuration.limits.idleTimeout, 10)) * 1000
+    for (role, image) in runningImages() where image.ready {
+        guard let index = timesIndex(role), now - max(imageTimes[index].used, image.startedAt) >= quiet else { continue }
+        let reason: String
+        switch role {
+        case .environment(let environment):
+            guard configuration.workerLimits.indices.contains(environment), state.currentSlots(of: environment).isEmpty
+            else { continue }
+            reason = "no worker and none asked for"
+        case .multiplexers:
+            guard state.currentSlots(of: -1).count >= configuration.limits.minMultiplexers else { continue }
+            reason = "no multiplexer asked for"
+        }
+        var closing = image
+        closing.control.close()
+        setHandle(role, nil)
+        imageTimes[index].started = .min  // started again at once when needed
+        log(PERUSER_LOG_INFO, "peruser: \(label(role)) (pid \(image.pid)) exits: \(reason) in \(quiet / 1000) s"
+            + (role == .multiplexers ? " (it starts again when one must)" : ""))
     }
 }
 
