@@ -137,13 +137,7 @@ public enum ImageConfiguration {
             for child in node.children where keptInStub(child) {
                 text += indent + "    " + line(child) + "\n"
             }
-            if context.sslLoaded && context.role != .multiplexers {
-                if let tls = context.stubTLS, speaksTLS(node, context.globalTLS) {
-                    for child in tls { text += indent + "    " + line(child) + "\n" }
-                } else {
-                    text += indent + "    SSLEngine off\n"
-                }
-            }
+            for tls in stubTLS(node, context) { text += indent + "    " + tls + "\n" }
             text += indent + closing(node) + "\n"
             return
         }
@@ -156,10 +150,11 @@ public enum ImageConfiguration {
     /// Stubs that an environment's image writes as one vhost: by the index of a top-level node,
     /// the run it starts (indexes of its stubs), or an empty run for the stubs folded into an
     /// earlier one. A worker asks only "is this request's vhost mine?" and hands back every
-    /// other request to the multiplexers, which route it with a vhost of its own each. So
-    /// consecutive stubs of other environments, on the same addresses and with the same TLS, can
-    /// be one vhost that answers to all their names, as long as the first matching vhost of an
-    /// address stays "not mine" for every name: the run keeps its place among E's own vhosts.
+    /// other request to the multiplexers, which route it with a vhost of its own each. So stubs
+    /// of other environments with the same addresses and TLS can be one vhost, written in the
+    /// place of the first, that answers to all their names, as long as no vhost that may share
+    /// those addresses stands between them: each address keeps its vhosts' order, so a name
+    /// meets "not mine" exactly where it did.
     /// Environments must keep their indices (the child table's pages follow them, and an image
     /// refuses to start otherwise): a stub with `AssignUserID` (a declaration) stays alone;
     /// other directives between the stubs of a run (`<Processor>` blocks) stay where they are,
@@ -274,14 +269,17 @@ public enum ImageConfiguration {
                 }
             }
         }
-        if context.sslLoaded {
-            if let tls = context.stubTLS, speaksTLS(first, context.globalTLS) {
-                for child in tls { text += "    " + line(child) + "\n" }
-            } else {
-                text += "    SSLEngine off\n"
-            }
-        }
+        for tls in stubTLS(first, context) { text += "    " + tls + "\n" }
         text += closing(first) + "\n"
+    }
+
+    /// What a stub says of TLS in an environment's image with mod_ssl loaded: TLS on with the
+    /// image's own certificate for a TLS vhost (`Context.stubTLS`), else off. Nothing in the
+    /// multiplexers' image, which has no SSL directive.
+    static func stubTLS(_ vhost: ConfigurationNode, _ context: Context) -> [String] {
+        guard context.sslLoaded && context.role != .multiplexers else { return [] }
+        if let tls = context.stubTLS, speaksTLS(vhost, context.globalTLS) { return tls.map(line) }
+        return ["SSLEngine off"]
     }
 
     /// Routing directives, and mod_remoteip's (the multiplexers read which peers are proxies).
