@@ -144,14 +144,14 @@ public struct Configuration {
                 throw ConfigurationError("<Processor \(environment.name)>: \(error.description)")
             }
         case .multiplexers:
-            if let user = multiplexerUser, !user.name.hasPrefix("#") {
-                guard let uid = directory.user(named: user.name)?.uid, uid != 0 else {
+            if let user = multiplexerUser {
+                guard let uid = multiplexerAccountId(user.name, isGroup: false, in: directory), uid != 0 else {
                     throw ConfigurationError("MultiplexerUser \(user.name): no such user, or root (\(user.location))")
                 }
                 multiplexerUser?.id = uid
             }
-            if let group = multiplexerGroup, !group.name.hasPrefix("#") {
-                guard let gid = directory.group(named: group.name), gid != 0 else {
+            if let group = multiplexerGroup {
+                guard let gid = multiplexerAccountId(group.name, isGroup: true, in: directory), gid != 0 else {
                     throw ConfigurationError("MultiplexerGroup \(group.name): no such group, or root (\(group.location))")
                 }
                 multiplexerGroup?.id = gid
@@ -193,6 +193,12 @@ public struct Configuration {
         }
         return warnings
     }
+}
+
+/// The id MultiplexerUser or MultiplexerGroup names: `#N`, or an account looked up.
+private func multiplexerAccountId(_ name: String, isGroup: Bool, in directory: AccountDirectory) -> UInt32? {
+    if name.first == "#" { return UInt32(name.dropFirst()).flatMap { $0 == UInt32.max ? nil : $0 } }
+    return isGroup ? directory.group(named: name) : directory.user(named: name)?.uid
 }
 
 /// One pass over the directives.
@@ -283,13 +289,7 @@ private struct Builder {
         case "MultiplexerUser", "MultiplexerGroup":
             let isGroup = directive.name == "MultiplexerGroup"
             let name = arguments.first ?? ""
-            let id: UInt32?
-            if name.first == "#" {
-                id = UInt32(name.dropFirst()).flatMap { $0 == UInt32.max ? nil : $0 }
-            } else {
-                id = isGroup ? system.accounts.group(named: name) : system.accounts.user(named: name)?.uid
-            }
-            guard let id else {
+            guard let id = multiplexerAccountId(name, isGroup: isGroup, in: system.accounts) else {
                 throw fail("\(directive.name) \(name): no such \(isGroup ? "group" : "user") on this system "
                            + "(the Debian package creates peruser-mux; elsewhere: useradd --system --user-group "
                            + "--no-create-home --shell /usr/sbin/nologin peruser-mux)")
