@@ -173,16 +173,10 @@ def run_wrk(apache, random_tenant, close):
 def first_touch(apache):
     """Seconds to ask every measured tenant once, 8 clients at a time (a crawler's visit): on
     peruser with isolated images, each tenant's image and first worker start here."""
-    def ask(n):
-        with socket.create_connection(("127.0.0.1", apache.port), timeout=60) as s:
-            s.sendall(f"GET /1k.html HTTP/1.1\r\nHost: t{n:03d}.bench\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-            return data.startswith(b"HTTP/1.1 200")
     started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
-        answered = sum(pool.map(ask, range(TENANTS - 3)))
+        answered = sum(pool.map(lambda n: fetch(apache, f"t{n:03d}.bench", "/1k.html")[0].startswith(b"HTTP/1.1 200"),
+                                range(TENANTS - 3)))
     return time.monotonic() - started, answered
 
 
@@ -198,17 +192,21 @@ def first_byte(apache, tenant):
         return (time.monotonic() - started) * 1000
 
 
+def fetch(apache, host, path):
+    """The whole response to one `Connection: close` request, and its ms from the request sent
+    (connected) to the last byte."""
+    with socket.create_connection(("127.0.0.1", apache.port), timeout=60) as s:
+        started = time.monotonic()
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return data, (time.monotonic() - started) * 1000
+
+
 def fetch_ms(apache, path):
-    samples = []
-    for _ in range(10):
-        with socket.create_connection(("127.0.0.1", apache.port)) as s:
-            started = time.monotonic()
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: status.bench\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-            samples.append((time.monotonic() - started) * 1000)
-    return statistics.median(samples), len(data)
+    samples = [fetch(apache, "status.bench", path) for _ in range(10)]
+    return statistics.median(ms for _, ms in samples), len(samples[-1][0])
 
 
 def main():

@@ -30,7 +30,9 @@ import pytest
 
 from conftest import make_site, php_module, two_environments
 from harness import Apache, free_port, session_pids
+from test_end_to_end import get
 from test_inprocess_attacker import build_attack_module
+from test_process_management import wait_until
 from test_tls import make_cert
 
 
@@ -383,22 +385,18 @@ MinMultiplexers 1
         assert images_by_role(apache) == ["m"], "only the multiplexers' image at start"
         b_worker = [pid for pid, uid, _ in apache.children() if uid == b_ids[0]][0]
         assert cmdline(b_worker) == cmdline(apache.pid()), "env-b (shared) is forked from the root parent"
-        body = subprocess.run(["curl", "-s", "-m", "10", "-H", "Host: a.test", f"http://127.0.0.1:{port}/cgi-bin/id.cgi"],
-                              capture_output=True, text=True).stdout
+        body = get(port, "a.test")[1]
         assert f"uid={a_ids[0]} " in body, body
         assert images_by_role(apache) == ["0", "m"]
         a_workers = [pid for pid, uid, _ in apache.children() if uid == a_ids[0]]
         assert a_workers and all(any(x.startswith(b"/proc/self/fd/") for x in cmdline(p)) for p in a_workers)
         # The worker leaves after IdleTimeout, the image 10 s after it was last used (and the
         # multiplexers' image 10 s after its last multiplexer started).
-        deadline = time.time() + 30
-        while time.time() < deadline and "0" in images_by_role(apache):
-            time.sleep(0.5)
-        assert "0" not in images_by_role(apache), apache.read_error_log()[-2000:]
+        assert wait_until(lambda: "0" not in images_by_role(apache), timeout=30, interval=0.5), \
+            apache.read_error_log()[-2000:]
         assert "exits: no worker and none asked for in 10 s" in apache.read_error_log()
         # Asked again, it starts again.
-        body = subprocess.run(["curl", "-s", "-m", "10", "-H", "Host: a.test", f"http://127.0.0.1:{port}/cgi-bin/id.cgi"],
-                              capture_output=True, text=True).stdout
+        body = get(port, "a.test")[1]
         assert f"uid={a_ids[0]} " in body, body
     finally:
         apache.stop()
@@ -437,8 +435,7 @@ MaxMultiplexers 1
 """)
 
     def served():
-        return subprocess.run(["curl", "-s", "-m", "10", "-H", "Host: a.test", f"http://127.0.0.1:{port}/cgi-bin/id.cgi"],
-                              capture_output=True, text=True).stdout
+        return get(port, "a.test")[1]
 
     def multiplexers():
         return [pid for pid, uid, _ in apache.children() if uid not in (a_ids[0], 0)]
@@ -448,19 +445,14 @@ MaxMultiplexers 1
         apache.wait_children(2)
         assert images_by_role(apache) == ["0", "m"]
         assert f"uid={a_ids[0]} " in served()
-        deadline = time.time() + 30
-        while time.time() < deadline and "m" in images_by_role(apache):
-            time.sleep(0.5)
+        assert wait_until(lambda: "m" not in images_by_role(apache), timeout=30, interval=0.5)
         assert images_by_role(apache) == ["0"], apache.read_error_log()[-2000:]
         assert "the multiplexers' process image" in apache.read_error_log()
         assert "exits: no multiplexer asked for in 10 s" in apache.read_error_log()
         assert f"uid={a_ids[0]} " in served(), "the running multiplexer routes without its image"
         [old] = multiplexers()
         os.kill(old, 9)
-        deadline = time.time() + 15
-        while time.time() < deadline and [p for p in multiplexers() if p != old] == []:
-            time.sleep(0.1)
-        assert [p for p in multiplexers() if p != old], apache.read_error_log()[-2000:]
+        assert wait_until(lambda: [p for p in multiplexers() if p != old], interval=0.1), apache.read_error_log()[-2000:]
         assert "m" in images_by_role(apache)
         assert f"uid={a_ids[0]} " in served(), apache.read_error_log()[-2000:]
     finally:
