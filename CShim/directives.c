@@ -273,6 +273,34 @@ const char *peruser_shim_directive_module(const char *name)
     return info.dli_sname;
 }
 
+int peruser_shim_drop_post_config(const char *symbol)
+{
+    apr_array_header_t *hooks = ap_hook_get_post_config();
+    ap_LINK_post_config_t *links;
+    void *base = NULL;
+    Dl_info info;
+    int i, kept = 0, dropped = 0;
+    for (i = 0; ap_loaded_modules[i]; i++) {
+        if (dladdr(ap_loaded_modules[i], &info) && info.dli_sname && strcmp(info.dli_sname, symbol) == 0) {
+            base = info.dli_fbase;
+            break;
+        }
+    }
+    if (!base || !hooks) return 0;
+    /* Linked into httpd, its hooks share the program's base with everyone else's. */
+    if (dladdr((void *)&ap_loaded_modules, &info) && info.dli_fbase == base) return 0;
+    links = (ap_LINK_post_config_t *)hooks->elts;
+    for (i = 0; i < hooks->nelts; i++) {
+        if (dladdr((void *)links[i].pFunc, &info) && info.dli_fbase == base) {
+            dropped++;
+        } else {
+            links[kept++] = links[i];
+        }
+    }
+    hooks->nelts = kept;
+    return dropped;
+}
+
 const char *peruser_shim_runtime_dir(void *pool)
 {
     return ap_runtime_dir_relative(pool, "");

@@ -292,6 +292,19 @@ def test_a_worker_of_a_holds_nothing_of_b(isolated, accounts):
             assert "libphp" not in f.read(), f"multiplexer {pid} has mod_php loaded"
     # The status page in A's vhost says nothing of B's request.
     assert "slow-b-request-7f3e" not in status and "b.test" not in status, status[-3000:]
+    # The root parent loaded mod_php but never started its engine (every worker comes from an
+    # image, which starts its own): no extension of php.ini is loaded there, no opcache segment.
+    # A's worker runs PHP all the same.
+    assert root_php(isolated) == {"libphp": True, "engine started": False}
+    assert f"uid={accounts['peruser-a'][0]} " in isolated.get("a.test", "/id.php")
+
+
+def root_php(server):
+    """What the root parent has mapped of PHP: libphp (LoadModule), and the extensions PHP's
+    start loads (opcache, listed in Debian's php.ini.d)."""
+    with open(f"/proc/{server.apache.pid()}/maps") as f:
+        maps = f.read()
+    return {"libphp": "libphp" in maps, "engine started": "opcache.so" in maps}
 
 
 def test_the_shared_image_gives_b_away(shared, accounts):
@@ -309,6 +322,8 @@ def test_the_shared_image_gives_b_away(shared, accounts):
     multiplexers = [pid for pid, uid, _ in shared.apache.children() if uid == shared.www_uid]
     needles = {f"b-key-{i}": n for i, n in enumerate(key_needles(shared.keys["b.test"][0]))}
     assert multiplexers and not any(memory_hits(pid, needles) for pid in multiplexers)
+    # Workers forked from the root run PHP started there.
+    assert root_php(shared) == {"libphp": True, "engine started": True}
 
 
 def cmdline(pid):

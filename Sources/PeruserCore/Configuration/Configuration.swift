@@ -70,6 +70,10 @@ public struct Configuration {
     public func isolatesImage(of index: Int) -> Bool {
         environments[index]?.confinement.isolatedImage ?? isolatedImages
     }
+    /// Whether no environment's workers are forked from the root parent.
+    public var everyEnvironmentIsolated: Bool {
+        (0..<environments.count).allSatisfy(isolatesImage(of:))
+    }
     /// The environments StatusEnvironment names: their workers see every worker's request line,
     /// vhost and client in the child table (and on the status page), as the main server's do.
     public fileprivate(set) var statusEnvironments: Set<Int> = []

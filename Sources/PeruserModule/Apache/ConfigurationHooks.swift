@@ -115,6 +115,12 @@ public func peruserConfigure(_ directives: UnsafeMutablePointer<peruser_directiv
         directives?[index].environment = Int32(configuration.environmentOfDirective[index] ?? -1)
     }
     settings?.pointee = configuration.settings
+    if imageStart == nil && configuration.everyEnvironmentIsolated {
+        for engine in ImageConfiguration.enginesTheRootLeavesUnstarted where peruser_shim_drop_post_config(engine) > 0 {
+            log(PERUSER_LOG_DEBUG, "peruser: the root parent leaves \(engine) unstarted: every environment's workers "
+                + "come from its own process image, which starts it")
+        }
+    }
     proxyTrust = readProxyTrust(startup: startup)
     if startup { warnAboutVirtualHostsWithoutEnvironment() }
     return 0
