@@ -262,11 +262,27 @@ final class ChildTableTests: XCTestCase {
 
     func testWorkerCountersGoToTheEnvironmentsPage() {
         withTable { table, memory, _ in
+            table.environmentField(1, ChildTableLayout.handedOffOffset)?.storeBytes(of: UInt64(3), as: UInt64.self)
             table.environmentPageField(1, ChildTableLayout.servedOffset)?.storeBytes(of: UInt64(9), as: UInt64.self)
             XCTAssertEqual(table.environment(1)?.served, 9)
             XCTAssertEqual(memory.load(fromByteOffset: ChildTableLayout.environmentPageOffset(slots: 4, environments: 2, environment: 1)
                                        + ChildTableLayout.servedOffset, as: UInt64.self), 9)
             XCTAssertEqual(table.environment(0)?.served, 0)
+        }
+    }
+
+    /// Reading a memfd's page gives it memory: the page of an environment nothing was handed
+    /// to in this table is not read (its workers count only what they took).
+    func testTheParentDoesNotReadThePageOfAnEnvironmentNeverHandedTo() {
+        withTable { table, _, _ in
+            table.environmentPageField(0, ChildTableLayout.receivedOffset)?.storeBytes(of: UInt64(5), as: UInt64.self)
+            table.environmentPageField(0, ChildTableLayout.servedOffset)?.storeBytes(of: UInt64(5), as: UInt64.self)
+            XCTAssertEqual(table.flow(0).received, 0)
+            XCTAssertEqual(table.environment(0)?.served, 0)
+            table.environmentField(0, ChildTableLayout.handedOffOffset)?.storeBytes(of: UInt64(7), as: UInt64.self)
+            XCTAssertEqual(table.flow(0).received, 5)
+            XCTAssertEqual(table.queued(0), 2)
+            XCTAssertEqual(table.environment(0)?.served, 5)
         }
     }
 

@@ -421,25 +421,31 @@ public struct ChildTable {
     /// Connections handed to an environment's channel, and taken from it, so far.
     public func flow(_ environment: Int) -> (handedOff: UInt64, received: UInt64) {
         guard environment >= 0 && environment < environmentCount else { return (0, 0) }
-        return (load(record(environment) + ChildTableLayout.handedOffOffset, as: UInt64.self),
-                load(environmentPage(environment) + ChildTableLayout.receivedOffset, as: UInt64.self))
+        let handedOff = load(record(environment) + ChildTableLayout.handedOffOffset, as: UInt64.self)
+        return (handedOff, pageCounter(environment, ChildTableLayout.receivedOffset, handedOff: handedOff))
     }
 
     /// Connections handed to an environment's channel and not yet taken (see EnvironmentCounters).
     public func queued(_ environment: Int) -> Int {
-        guard environment >= 0 && environment < environmentCount else { return 0 }
-        return EnvironmentCounters.queued(
-            handedOff: load(record(environment) + ChildTableLayout.handedOffOffset, as: UInt64.self),
-            received: load(environmentPage(environment) + ChildTableLayout.receivedOffset, as: UInt64.self))
+        let (handedOff, received) = flow(environment)
+        return EnvironmentCounters.queued(handedOff: handedOff, received: received)
+    }
+
+    /// A counter of an environment's page (its workers'), or 0 for an environment nothing was
+    /// ever handed to in this table: its workers count only what they took. Reading the page of
+    /// a memfd makes the kernel give it memory, 4 KiB for each of hundreds of quiet tenants.
+    private func pageCounter(_ environment: Int, _ offset: Int, handedOff: UInt64) -> UInt64 {
+        handedOff == 0 ? 0 : load(environmentPage(environment) + offset, as: UInt64.self)
     }
 
     public func environment(_ index: Int) -> EnvironmentCounters? {
         guard index >= 0 && index < environmentCount else { return nil }
-        let o = record(index), w = environmentPage(index)
+        let o = record(index)
+        let handedOff = load(o + ChildTableLayout.handedOffOffset, as: UInt64.self)
         return EnvironmentCounters(
-            handedOff: load(o + ChildTableLayout.handedOffOffset, as: UInt64.self),
-            received: load(w + ChildTableLayout.receivedOffset, as: UInt64.self),
-            served: load(w + ChildTableLayout.servedOffset, as: UInt64.self),
+            handedOff: handedOff,
+            received: pageCounter(index, ChildTableLayout.receivedOffset, handedOff: handedOff),
+            served: pageCounter(index, ChildTableLayout.servedOffset, handedOff: handedOff),
             dropped: load(o + ChildTableLayout.droppedOffset, as: UInt64.self),
             availability: min(load(o + ChildTableLayout.availabilityOffset, as: UInt32.self), 100),
             waiting: load(o + ChildTableLayout.waitingOffset, as: UInt32.self),
@@ -447,7 +453,7 @@ public struct ChildTable {
             carriedHandedOff: load(o + ChildTableLayout.carriedHandedOffOffset, as: UInt64.self),
             carriedServed: load(o + ChildTableLayout.carriedServedOffset, as: UInt64.self),
             carriedDropped: load(o + ChildTableLayout.carriedDroppedOffset, as: UInt64.self),
-            shed: load(w + ChildTableLayout.shedOffset, as: UInt64.self),
+            shed: pageCounter(index, ChildTableLayout.shedOffset, handedOff: handedOff),
             carriedShed: load(o + ChildTableLayout.carriedShedOffset, as: UInt64.self))
     }
 
