@@ -22,6 +22,8 @@ static ap_unixd_mpm_retained_data *mpm;
 /* Set by signals in a child: SIGUSR1 asks it to exit when done; SIGWINCH asks a worker to drain
  * its channel first (its generation's multiplexers are gone). */
 static volatile sig_atomic_t retire_requested, drain_requested;
+/* Set by SIGCHLD in the root parent: a child exited since it last reaped. */
+static volatile sig_atomic_t children_exited;
 
 #define DEFAULT_MAX_REQUESTS_PER_CHILD 1000
 
@@ -95,6 +97,26 @@ static void on_drain(int sig)
 {
     drain_requested = 1;
     mpm->mpm_state = AP_MPMQ_STOPPING;
+}
+
+static void on_child_exit(int sig)
+{
+    children_exited = 1;
+}
+
+void peruser_shim_watch_children(int watch)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = watch ? on_child_exit : SIG_DFL;
+    sigaction(SIGCHLD, &sa, NULL); /* no SA_RESTART: the exit interrupts the parent's poll */
+    children_exited = watch;       /* look once: children may have exited before */
+}
+
+int peruser_shim_children_exited(void)
+{
+    return __atomic_exchange_n(&children_exited, 0, __ATOMIC_SEQ_CST) != 0;
 }
 
 void peruser_shim_after_fork(void)

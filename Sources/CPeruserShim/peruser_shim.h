@@ -133,6 +133,13 @@ typedef struct {
 void peruser_shim_log(int level, const char *message);
 void peruser_shim_log_startup(int level, const char *message);
 
+/* The root parent's SIGCHLD (1: notes each exit and interrupts its poll; 0: the default,
+ * before the module is unloaded). peruser_shim_children_exited: whether one came since the
+ * last call (it clears the note), so the parent asks waitpid, which walks every child in the
+ * kernel, only then. Set by a signal handler, hence C. */
+void peruser_shim_watch_children(int watch);
+int peruser_shim_children_exited(void);
+
 /* In a child right after fork: APR's thread bookkeeping, and the handlers of SIGUSR1 (retire
  * when done) and SIGWINCH (drain the channel, then exit). Then, with the child's pool, its
  * main thread record. 0, or -1. */

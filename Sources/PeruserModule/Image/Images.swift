@@ -303,9 +303,10 @@ private func runningImages() -> [(role: ImageRole, image: ImageHandle)] {
         + (multiplexerImage.map { [(ImageRole.multiplexers, $0)] } ?? [])
 }
 
-/// Reads what images said without being asked (ready), never blocking.
-func readImages() {
-    for (role, image) in runningImages() {
+/// Reads what images said without being asked (ready), never blocking: those whose control
+/// is in `readable` (nil: every image).
+func readImages(_ readable: Set<Int32>? = nil) {
+    for (role, image) in runningImages() where readable?.contains(image.control.raw) ?? true {
         while let message = receiveFromImage(image) {
             if message == .ready { markReady(role) }
         }

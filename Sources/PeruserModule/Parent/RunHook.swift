@@ -10,7 +10,7 @@ public func peruserRun(_ pconf: OpaquePointer?, _ plog: OpaquePointer?, _ server
     // Apache unloads this module before the next generation loads it again: a handler left
     // here would point into unmapped code when a child (an image, at every restart) exits
     // in between.
-    signal(SIGCHLD, SIG_DFL)
+    peruser_shim_watch_children(0)
     return result
 }
 
@@ -40,7 +40,7 @@ private func runGeneration(_ pconf: OpaquePointer?, _ plog: OpaquePointer?, _ se
             + "; a full restart (apache2ctl restart) applies it")
     }
     ap_unixd_mpm_set_signals(pconf, 0)
-    signal(SIGCHLD) { _ in }  // a child's exit interrupts the parent's poll
+    peruser_shim_watch_children(1)  // a child's exit interrupts the parent's poll, and is noted
     let generation = UInt32(bitPattern: mpm.pointee.my_generation)
     guard beginGeneration(retained, slots: retained.pointee.scoreboardSlots, generation: generation,
                           wasGraceful: wasGraceful) else {
