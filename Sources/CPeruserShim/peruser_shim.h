@@ -174,6 +174,7 @@ const char *peruser_shim_directive_module(const char *name);
  * `symbol` (functions in its shared object), so that Apache does not run them; call from
  * check_config, after Apache sorted the hooks. Returns how many. */
 int peruser_shim_drop_post_config(const char *symbol);
+
 /* DefaultRuntimeDir as Apache resolved it (allocated from `pool`). */
 const char *peruser_shim_runtime_dir(void *pool);
 /* "name (<VirtualHost addr:port> on line N of F)", allocated in apr_pool_t `pool`. */

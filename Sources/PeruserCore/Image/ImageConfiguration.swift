@@ -62,9 +62,9 @@ public enum ImageConfiguration {
 
     /// Modules whose post_config the root parent does not run when every environment's workers
     /// come from images: their engine started there serves nothing (no worker is forked from
-    /// the root, and each image starts its own). For mod_php that start is about 7 MiB of the
-    /// root's memory that no other process shares: opcache's segment, its extensions loaded,
-    /// the function tables. PHP only: its post_config starts its engine and nothing else, while
+    /// the root, and each image starts its own). For mod_php that start was 13 MiB of the
+    /// root's memory with 300 tenants, shared with no other process: opcache's segment, php.ini's
+    /// extensions, the function tables, libcrypto's pages. PHP only: its post_config starts its engine and nothing else, while
     /// mod_wsgi's starts its daemon processes and mod_python's interpreters a worker inherits.
     public static let enginesTheRootLeavesUnstarted = ["php_module", "php5_module", "php7_module", "php8_module"]
 
