@@ -22,6 +22,7 @@ import pwd
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -297,6 +298,21 @@ def test_a_worker_of_a_holds_nothing_of_b(isolated, accounts):
     # A's worker runs PHP all the same.
     assert root_php(isolated) == {"libphp": True, "engine started": False}
     assert f"uid={accounts['peruser-a'][0]} " in isolated.get("a.test", "/id.php")
+
+
+def test_php_runs_after_a_graceful_restart_and_the_root_still_leaves_it_unstarted(isolated, accounts):
+    """A graceful restart reads the configuration again, hooks included: the root leaves mod_php
+    unstarted in the new generation too, and A's new worker (from A's new image) runs PHP."""
+    a_uid = accounts["peruser-a"][0]
+    assert f"uid={a_uid} " in isolated.get("a.test", "/id.php")
+    old = set(isolated.worker_pids(a_uid))
+    parent = isolated.apache.pid()
+    os.kill(parent, signal.SIGUSR1)
+    assert wait_until(lambda: "generation 1," in isolated.apache.read_error_log()), isolated.apache.read_error_log()[-2000:]
+    assert wait_until(lambda: f"uid={a_uid} " in isolated.get("a.test", "/id.php", timeout=5), timeout=20)
+    assert isolated.apache.pid() == parent
+    assert set(isolated.worker_pids(a_uid)) - old, "A's request was served by a worker of the old generation"
+    assert root_php(isolated) == {"libphp": True, "engine started": False}
 
 
 def root_php(server):
