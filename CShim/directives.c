@@ -277,21 +277,17 @@ int peruser_shim_drop_post_config(const char *symbol)
 {
     apr_array_header_t *hooks = ap_hook_get_post_config();
     ap_LINK_post_config_t *links;
-    void *base = NULL;
+    const char *file = NULL, *found, *name;
     Dl_info info;
     int i, kept = 0, dropped = 0;
-    for (i = 0; ap_loaded_modules[i]; i++) {
-        if (dladdr(ap_loaded_modules[i], &info) && info.dli_sname && strcmp(info.dli_sname, symbol) == 0) {
-            base = info.dli_fbase;
-            break;
-        }
+    /* Its shared object (a module linked into httpd has none of its own). */
+    for (i = 0; !file && peruser_shim_loaded_module(i, &found, &name); i++) {
+        if (found && strcmp(name, symbol) == 0) file = found;
     }
-    if (!base || !hooks) return 0;
-    /* Linked into httpd, its hooks share the program's base with everyone else's. */
-    if (dladdr((void *)&ap_loaded_modules, &info) && info.dli_fbase == base) return 0;
+    if (!file || !hooks) return 0;
     links = (ap_LINK_post_config_t *)hooks->elts;
     for (i = 0; i < hooks->nelts; i++) {
-        if (dladdr((void *)links[i].pFunc, &info) && info.dli_fbase == base) {
+        if (dladdr((void *)links[i].pFunc, &info) && info.dli_fname && strcmp(info.dli_fname, file) == 0) {
             dropped++;
         } else {
             links[kept++] = links[i];

@@ -56,17 +56,19 @@ public enum ImageConfiguration {
     /// other modules' directives name when they are read: mod_ssl stays though unused there (a
     /// `LogFormat` with `%{SSL_PROTOCOL}x`, `Require ssl` would fail without it), and so does
     /// mod_perl (it can register `Require` providers).
-    public static let modulesMultiplexersLeaveOut: Set<String> = [
-        "php_module", "php5_module", "php7_module", "php8_module", "python_module", "wsgi_module",
-    ]
+    public static let modulesMultiplexersLeaveOut = phpModules.union(["python_module", "wsgi_module"])
+
+    /// mod_php's LoadModule symbols, across PHP versions.
+    static let phpModules: Set<String> = ["php_module", "php5_module", "php7_module", "php8_module"]
 
     /// Modules whose post_config the root parent does not run when every environment's workers
     /// come from images: their engine started there serves nothing (no worker is forked from
-    /// the root, and each image starts its own). For mod_php that start was 13 MiB of the
-    /// root's memory with 300 tenants, shared with no other process: opcache's segment, php.ini's
-    /// extensions, the function tables, libcrypto's pages. PHP only: its post_config starts its engine and nothing else, while
-    /// mod_wsgi's starts its daemon processes and mod_python's interpreters a worker inherits.
-    public static let enginesTheRootLeavesUnstarted = ["php_module", "php5_module", "php7_module", "php8_module"]
+    /// the root, and each image starts its own). For mod_php that start was 13 MiB of the root's
+    /// memory with 300 tenants, shared with no other process: opcache's segment, php.ini's
+    /// extensions, the function tables, libcrypto's pages. PHP only: its post_config starts its
+    /// engine and nothing else, while mod_wsgi's starts its daemon processes and mod_python's
+    /// interpreters a worker inherits.
+    public static let enginesTheRootLeavesUnstarted = phpModules
 
     /// What a stub keeps of a vhost: what Apache's vhost matching and this MPM's routing read.
     static let routingDirectives: Set<String> = ["servername", "serveralias", "serverpath", "serverenvironment",
