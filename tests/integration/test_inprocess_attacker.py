@@ -572,10 +572,14 @@ def worker_socket_fds(srv):
     recvmsg = 47   # x86_64
     kids = srv.apache.children()
     a_pid = next(pid for pid, uid, _ in kids if uid == srv.a_uid)
+    # Unix sockets only: the worker may still keep a TCP connection it served (its lingering close).
+    with open("/proc/net/unix") as f:
+        unix_inodes = {row.split()[6] for row in f.read().splitlines()[1:] if len(row.split()) > 6}
     unix = []
     for name in os.listdir(f"/proc/{a_pid}/fd"):
         try:
-            if os.readlink(f"/proc/{a_pid}/fd/{name}").startswith("socket:"):
+            link = os.readlink(f"/proc/{a_pid}/fd/{name}")
+            if link.startswith("socket:[") and link[8:-1] in unix_inodes:
                 unix.append(int(name))
         except OSError:
             pass

@@ -88,20 +88,35 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
     let mostConnections = Int(max(0, ap_max_requests_per_child))
     let message = UnsafeMutableRawBufferPointer.allocate(byteCount: HandoffMessage.largestMessage, alignment: 8)
     var served = 0
+    var statusShown = false
     while true {
         // Retired, recycled (MaxConnectionsPerChild), or told to drain: never in the middle
         // of a connection.
         let draining = peruser_shim_drain_requested() != 0
         if (peruser_shim_stop_requested() != 0 && !draining) || (mostConnections > 0 && served >= mostConnections) {
+            finishHeldClosings()
             exitChild(0)
         }
-        ap_update_child_status(scoreboardHandle, SERVER_READY, nil)
-        setOwnStatus(.ready)
-        switch handoff.receive(into: message, blocking: !draining) {
+        if !statusShown {
+            // Once per connection: a wake-up to look at kept closings does not restart the idle
+            // time the parent retires spares by.
+            ap_update_child_status(scoreboardHandle, SERVER_READY, nil)
+            setOwnStatus(.ready)
+            statusShown = true
+        }
+        lookAtHeldClosings()
+        var blocking = !draining
+        if blocking, let sleep = heldClosings.sleep(now: monotonicMilliseconds()) {
+            // Kept closings to look at again: sleep on the channel only that long.
+            guard channelReadable(handoff.fd, within: sleep) else { continue }
+            blocking = false
+        }
+        switch handoff.receive(into: message, blocking: blocking) {
+        case .nothing where !draining, .interrupted:
+            continue  // another worker took it, or a signal: look at the flags again
         case .empty, .nothing:
+            finishHeldClosings()
             exitChild(0)  // drained, or every writer of this generation's channel is gone
-        case .interrupted:
-            continue
         case .invalid:
             log(PERUSER_LOG_WARNING, "peruser: worker dropped an invalid message on its channel")
         case .failed(let failure):
@@ -120,6 +135,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
                 continue
             }
             tookConnection(client: decoded.client, ticket: decoded.ticket)
+            statusShown = false
             servedConnection = ServedConnection(fd: fd, hops: decoded.hops, ticket: decoded.ticket, client: decoded.client,
                                                 crossing: decoded.crossing)
             let consumed = UnsafeRawBufferPointer(rebasing: message[HandoffMessage.headerSize..<(HandoffMessage.headerSize
@@ -172,9 +188,10 @@ func serve(_ fd: Int32, consumed: UnsafeRawBufferPointer, id: Int, pool: OpaqueP
         IdleSessionWatch.served()
         peruserWorkerSpeaksHTTP2(0)
         guard peruser_shim_connection_handed_back() == 0 else { return }
-        // httpd's lingering close: waited for here while the environment needs no more
-        // workers, by the multiplexers as soon as it does (see LingeringClose).
-        if ap_start_lingering_close(connection) == 0 {
+        // httpd's lingering close: kept beside the next connections (HeldClosings); with too
+        // many kept, waited for here while the environment needs no more workers, by the
+        // multiplexers as soon as it does (LingeringClose).
+        if ap_start_lingering_close(connection) == 0 && !keepClosing(fd) {
             ap_update_child_status(scoreboard, SERVER_CLOSING, nil)
             linger(fd)
         }
@@ -253,23 +270,25 @@ public func peruserWorkerStartedRequest(_ request: UnsafePointer<CChar>?, _ vhos
 /// Gives a served connection (response sent, write side shut) to the multiplexers to close;
 /// false if the hand-back channel cannot take it now.
 func passLingeringClose() -> Bool {
-    giveBack(hops: 0, consumed: UnsafeRawBufferPointer(start: nil, count: 0), closing: true, attempts: 1) == 0
+    guard let connection = servedConnection else { return false }
+    return giveBack(fd: connection.fd, ticket: connection.ticket, client: connection.client, hops: 0,
+                    consumed: UnsafeRawBufferPointer(start: nil, count: 0), closing: true, attempts: 1) == 0
 }
 
-/// Sends the connection being served back to the multiplexers on the environment's hand-back
-/// channel with its ticket and client: 0, or -errno. `attempts`: sends tried while the channel
-/// is full, 10 ms apart.
-private func giveBack(hops: UInt16, consumed: UnsafeRawBufferPointer, closing: Bool, attempts: Int) -> Int32 {
-    guard let connection = servedConnection, let channel = handbackChannel else { return -EINVAL }
+/// Sends a connection back to the multiplexers on the environment's hand-back channel with its
+/// ticket and client: 0, or -errno. `attempts`: sends tried while the channel is full, 10 ms apart.
+private func giveBack(fd: Int32, ticket: UInt64, client: ClientAddress, hops: UInt16,
+                      consumed: UnsafeRawBufferPointer, closing: Bool, attempts: Int) -> Int32 {
+    guard let channel = handbackChannel else { return -EINVAL }
     let encoded: Int
     do {
-        encoded = try HandoffMessage.encode(hops: hops, ticket: connection.ticket, client: connection.client,
+        encoded = try HandoffMessage.encode(hops: hops, ticket: ticket, client: client,
                                             closing: closing, consumed: consumed, into: handbackMessage)
     } catch {
         return -EMSGSIZE
     }
     for attempt in 0..<attempts {
-        switch channel.send(fd: connection.fd, payload: UnsafeRawBufferPointer(rebasing: handbackMessage[0..<encoded])) {
+        switch channel.send(fd: fd, payload: UnsafeRawBufferPointer(rebasing: handbackMessage[0..<encoded])) {
         case .sent: return 0
         case .failed(let failure): return -failure.code
         case .full: if attempt + 1 < attempts { poll(nil, 0, 10) }
@@ -278,9 +297,105 @@ private func giveBack(hops: UInt16, consumed: UnsafeRawBufferPointer, closing: B
     return -EAGAIN
 }
 
-/// The rest of httpd's ap_lingering_close: read and drop until the client closes, nothing comes
-/// for 2 s, or 30 s have passed; handed to the multiplexers once a connection waits for this
-/// environment (in its channel, or held by them).
+// MARK: Kept closings
+
+/// The lingering closes this worker keeps while it takes its next connections (HeldClosings).
+nonisolated(unsafe) var heldClosings = HeldClosings()
+/// An epoll with the environment's channel alone (EPOLLEXCLUSIVE), made the first time a
+/// worker keeps a closing: one sleeping worker, not every one, wakes for a connection.
+nonisolated(unsafe) var channelWatch: Int32 = -1
+/// Where what a closing client still sends is read and dropped.
+nonisolated(unsafe) let droppedBytes = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 8)
+
+/// Keeps the connection being served (response sent, write side shut) until its client closes;
+/// false when this worker keeps as many as it may, or cannot copy the descriptor (the caller
+/// waits the old way). A copy, close-on-exec: Apache closes its own with the connection's pool,
+/// and no CGI started later inherits it.
+func keepClosing(_ fd: Int32) -> Bool {
+    guard !heldClosings.isFull, let connection = servedConnection else { return false }
+    let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+    guard copy >= 0 else { return false }
+    guard heldClosings.keep(HeldClosings.Closing(fd: copy, ticket: connection.ticket, client: connection.client,
+                                                 now: monotonicMilliseconds())) else {
+        close(copy)
+        return false
+    }
+    return true
+}
+
+/// Reads and drops what kept clients sent, without waiting; closes those that closed, failed,
+/// or passed httpd's bounds.
+func lookAtHeldClosings() {
+    guard !heldClosings.isEmpty else { return }
+    var entries = heldClosings.descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+    if poll(&entries, nfds_t(entries.count), 0) > 0 {
+        for entry in entries where entry.revents != 0 { drainHeldClosing(entry.fd) }
+    }
+    for expired in heldClosings.releaseExpired(now: monotonicMilliseconds()) { close(expired.fd) }
+}
+
+/// At most 64 KiB at a time: a client that keeps sending is read again at the next look.
+private func drainHeldClosing(_ fd: Int32) {
+    for _ in 0..<16 {
+        let n = recv(fd, droppedBytes.baseAddress, droppedBytes.count, Int32(MSG_DONTWAIT))
+        if n > 0 {
+            heldClosings.read(fd, now: monotonicMilliseconds())
+            continue
+        }
+        if n < 0 && errno == EINTR { continue }
+        if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return }
+        // The client closed, or the connection failed.
+        heldClosings.release(fd)
+        close(fd)
+        return
+    }
+}
+
+/// Before the worker exits: the multiplexers take what is still open; what they cannot take
+/// the worker waits for itself, within httpd's bounds.
+func finishHeldClosings() {
+    lookAtHeldClosings()
+    for closing in heldClosings.closings {
+        if giveBack(fd: closing.fd, ticket: closing.ticket, client: closing.client, hops: 0,
+                    consumed: UnsafeRawBufferPointer(start: nil, count: 0), closing: true, attempts: 1) == 0 {
+            heldClosings.release(closing.fd)
+            close(closing.fd)
+        }
+    }
+    while let sleep = heldClosings.sleep(now: monotonicMilliseconds()) {
+        var entries = heldClosings.descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        guard poll(&entries, nfds_t(entries.count), sleep) >= 0 || errno == EINTR else { break }
+        lookAtHeldClosings()
+    }
+    for closing in heldClosings.closings {
+        heldClosings.release(closing.fd)
+        close(closing.fd)
+    }
+}
+
+/// Sleeps until the channel has a message or `milliseconds` pass: true if it has one (which
+/// another worker may take first).
+func channelReadable(_ channel: Int32, within milliseconds: Int32) -> Bool {
+    if channelWatch < 0 {
+        let watch = epoll_create1(Int32(EPOLL_CLOEXEC))
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue
+        if watch >= 0 && epoll_ctl(watch, EPOLL_CTL_ADD, channel, &event) == 0 {
+            channelWatch = watch
+        } else {
+            if watch >= 0 { close(watch) }
+            // Every sleeping worker with kept closings wakes for each connection: slower, not wrong.
+            var entry = pollfd(fd: channel, events: Int16(POLLIN), revents: 0)
+            return poll(&entry, 1, milliseconds) > 0
+        }
+    }
+    var event = epoll_event()
+    return epoll_wait(channelWatch, &event, 1, milliseconds) > 0
+}
+
+/// The rest of httpd's ap_lingering_close for a worker that keeps all the closings it may: read
+/// and drop until the client closes, nothing comes for 2 s, or 30 s have passed; handed to the
+/// multiplexers once a connection waits for this environment (in its channel, or held by them).
 func linger(_ fd: Int32) {
     var state = LingeringClose(now: monotonicMilliseconds())
     var buffer = [UInt8](repeating: 0, count: 512)
@@ -314,7 +429,8 @@ public func peruserWorkerHandBack(_ consumed: UnsafePointer<UInt8>?, _ length: I
     guard let connection = servedConnection else { return -EINVAL }
     let hops = requestsServed > 0 ? 1 : (connection.hops == .max ? .max : connection.hops + 1)
     // The multiplexers drain this channel in their event loops; a full one is brief.
-    return giveBack(hops: hops, consumed: UnsafeRawBufferPointer(start: length > 0 ? consumed : nil,
-                                                                 count: consumed == nil ? 0 : length),
+    return giveBack(fd: connection.fd, ticket: connection.ticket, client: connection.client, hops: hops,
+                    consumed: UnsafeRawBufferPointer(start: length > 0 ? consumed : nil,
+                                                     count: consumed == nil ? 0 : length),
                     closing: false, attempts: 100)
 }
