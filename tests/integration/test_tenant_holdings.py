@@ -257,6 +257,39 @@ def shared(module, accounts):
     server.stop()
 
 
+def image_control_root_ends(apache):
+    """The root parent's ends of its images' control channels, as /proc/PID/fd targets: an
+    image's own end is the descriptor PERUSER_IMAGE names (its third field), the root's is that
+    socket's peer (ss). Checked to be the parent's, so a check against them can bite."""
+    image_ends = set()
+    for pid in apache.images():
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for entry in f.read().split(b"\0"):
+                if entry.startswith(b"PERUSER_IMAGE="):
+                    fd = int(entry.split(b"=", 1)[1].split(b":")[2])
+                    image_ends.add(os.readlink(f"/proc/{pid}/fd/{fd}")[len("socket:["):-1])
+    out = subprocess.run(["ss", "-x", "-a"], capture_output=True, text=True, check=True).stdout
+    root_ends = set()
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[5] in image_ends:
+            root_ends.add(f"socket:[{fields[7]}]")
+    parent = apache.pid()
+    held = {os.readlink(f"/proc/{parent}/fd/{fd}") for fd in os.listdir(f"/proc/{parent}/fd")}
+    assert image_ends and len(root_ends) == len(image_ends) and root_ends <= held, (image_ends, root_ends)
+    return root_ends
+
+
+def assert_no_image_control(server, report):
+    """From inside A's worker: none of its descriptors is the root's end of an image's control
+    channel (with one, it could ask the multiplexers' image to start multiplexers with channels
+    of its own for another environment)."""
+    targets = {r["target"] for r in report if "fd" in r}
+    assert any(t.startswith("socket:") for t in targets), targets  # the listing sees sockets
+    held = targets & image_control_root_ends(server.apache)
+    assert not held, f"A's worker holds the root's end of an image's control channel: {held}"
+
+
 def test_a_worker_of_a_holds_nothing_of_b(isolated, accounts):
     report, hits, status = scan(isolated, accounts)
     print(json.dumps(hits, indent=1))
@@ -270,6 +303,7 @@ def test_a_worker_of_a_holds_nothing_of_b(isolated, accounts):
     targets = [r["target"] for r in report if "fd" in r]
     print(targets)
     assert not [t for t in targets if "b-access.log" in t or "b-error.log" in t or "/b/" in t], targets
+    assert_no_image_control(isolated, report)
     # B's piped logger: A's worker holds no end of the pipe into it.
     assert not set(targets) & logger_pipes(isolated, "b"), (targets, logger_pipes(isolated, "b"))
     assert logger_pipes(isolated, "b"), "B's piped logger runs"
@@ -334,6 +368,9 @@ def test_the_shared_image_gives_b_away(shared, accounts):
     assert any("b-access.log" in t for t in targets), targets
     assert any(hits[f"b-ticket-{i}"]["hits"] > 0 for i in range(3)), hits
     assert set(targets) & logger_pipes(shared, "b"), "A's worker holds the pipe into B's logger"
+    # But not the images' control channels, which would reach beyond B: to the multiplexers'
+    # image, and through it every environment's connections, isolated ones too.
+    assert_no_image_control(shared, report)
     # The multiplexers come from their own image whatever ProcessorImage says: no key there.
     multiplexers = [pid for pid, uid, _ in shared.apache.children() if uid == shared.www_uid]
     needles = {f"b-key-{i}": n for i, n in enumerate(key_needles(shared.keys["b.test"][0]))}

@@ -454,7 +454,8 @@ func closeIdleImages(now: Int64) {
     }
 }
 
-/// The generation ends: its images exit when their control channel closes.
+/// The generation ends: its images exit when their control channel closes. In a worker forked
+/// from the root, it drops the root's ends it inherited (the images go on: the root holds its own).
 func closeImages() {
     for index in images.indices { images[index]?.control.close() }
     images = []

@@ -45,6 +45,10 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
         for end in [lasting.pointee.demand.0, lasting.pointee.demand.1] where end >= 0 { close(end) }
         lasting.pointee.demand = (-1, -1)
     }
+    // Forked from the root (ProcessorImage shared), it inherited the root's ends of the images'
+    // control channels: whoever holds one can ask an image for a child, or give the
+    // multiplexers' image channels of its own for another environment.
+    closeImages()
     availabilityBoard = nil
     ap_close_listeners()
     for index in channels.indices {
