@@ -67,8 +67,8 @@ public struct HeldClosings {
 
     /// Forgets and returns every connection past httpd's bounds; the caller closes them.
     public mutating func releaseExpired(now: Int64) -> [Closing] {
-        let expired = closings.filter { Self.isOver($0.wait, now: now) }
-        closings.removeAll { Self.isOver($0.wait, now: now) }
+        let expired = closings.filter { $0.wait.millisecondsLeft(now: now) <= 0 }
+        closings.removeAll { $0.wait.millisecondsLeft(now: now) <= 0 }
         return expired
     }
 
@@ -76,20 +76,7 @@ public struct HeldClosings {
     /// keeps nothing (it may sleep until the next connection).
     public func sleep(now: Int64) -> Int32? {
         guard !closings.isEmpty else { return nil }
-        var least = Self.lookMilliseconds
-        for closing in closings {
-            least = min(least, Self.left(closing.wait, now: now))
-        }
+        let least = closings.reduce(Self.lookMilliseconds) { min($0, $1.wait.millisecondsLeft(now: now)) }
         return Int32(max(0, least))
-    }
-
-    private static func isOver(_ wait: LingeringClose, now: Int64) -> Bool {
-        left(wait, now: now) <= 0
-    }
-
-    private static func left(_ wait: LingeringClose, now: Int64) -> Int64 {
-        let since = elapsedMilliseconds(since: wait.started, now: now)
-        let quiet = elapsedMilliseconds(since: wait.lastRead, now: now)
-        return min(LingeringClose.idleMilliseconds - quiet, LingeringClose.mostMilliseconds - since)
     }
 }

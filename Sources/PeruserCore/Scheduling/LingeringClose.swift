@@ -37,12 +37,17 @@ public struct LingeringClose: Equatable {
     /// value clamps: a lie costs only this worker's own environment a pass it did not need),
     /// `channelReadable` from the last poll.
     public func next(now: Int64, queued: Int, waitingInMultiplexers: Int, channelReadable: Bool) -> Step {
+        let left = millisecondsLeft(now: now)
+        if left <= 0 { return .finish }
+        if !passRefused && (queued > 0 || waitingInMultiplexers > 0 || channelReadable) { return .pass }
+        return .wait(milliseconds: Int32(max(1, min(left, Self.lookMilliseconds))))
+    }
+
+    /// Until the first of httpd's bounds (quiet, or in all) is reached; 0 or less: it is.
+    public func millisecondsLeft(now: Int64) -> Int64 {
         let since = elapsedMilliseconds(since: started, now: now)
         let quiet = elapsedMilliseconds(since: lastRead, now: now)
-        if since >= Self.mostMilliseconds || quiet >= Self.idleMilliseconds { return .finish }
-        if !passRefused && (queued > 0 || waitingInMultiplexers > 0 || channelReadable) { return .pass }
-        let left = min(Self.idleMilliseconds - quiet, Self.mostMilliseconds - since, Self.lookMilliseconds)
-        return .wait(milliseconds: Int32(max(1, left)))
+        return min(Self.idleMilliseconds - quiet, Self.mostMilliseconds - since)
     }
 
     /// The client sent something (dropped): the idle bound starts again.

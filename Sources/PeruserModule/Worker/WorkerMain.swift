@@ -327,15 +327,19 @@ func keepClosing(_ fd: Int32) -> Bool {
     return true
 }
 
-/// Reads and drops what kept clients sent, without waiting; closes those that closed, failed,
-/// or passed httpd's bounds.
-func lookAtHeldClosings() {
-    guard !heldClosings.isEmpty else { return }
+/// Reads and drops what kept clients sent, waiting at most `milliseconds` for any; closes those
+/// that closed, failed, or passed httpd's bounds. False if poll failed (not interrupted).
+@discardableResult
+func lookAtHeldClosings(waiting milliseconds: Int32 = 0) -> Bool {
+    guard !heldClosings.isEmpty else { return true }
     var entries = heldClosings.descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-    if poll(&entries, nfds_t(entries.count), 0) > 0 {
+    let ready = poll(&entries, nfds_t(entries.count), milliseconds)
+    let failed = ready < 0 && errno != EINTR
+    if ready > 0 {
         for entry in entries where entry.revents != 0 { drainHeldClosing(entry.fd) }
     }
     for expired in heldClosings.releaseExpired(now: monotonicMilliseconds()) { close(expired.fd) }
+    return !failed
 }
 
 /// At most 64 KiB at a time: a client that keeps sending is read again at the next look.
@@ -366,11 +370,7 @@ func finishHeldClosings() {
             close(closing.fd)
         }
     }
-    while let sleep = heldClosings.sleep(now: monotonicMilliseconds()) {
-        var entries = heldClosings.descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        guard poll(&entries, nfds_t(entries.count), sleep) >= 0 || errno == EINTR else { break }
-        lookAtHeldClosings()
-    }
+    while let sleep = heldClosings.sleep(now: monotonicMilliseconds()), lookAtHeldClosings(waiting: sleep) {}
     for closing in heldClosings.closings {
         heldClosings.release(closing.fd)
         close(closing.fd)
