@@ -296,18 +296,6 @@ def test_process_identities(server):
     assert ps.stdout.strip() == "root"
 
 
-def listening_inodes():
-    """Inodes of the listening TCP sockets of this machine."""
-    out = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A":
-                    out.add(int(fields[9]))
-    return out
-
-
 def socket_inodes(pid):
     out = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -322,6 +310,7 @@ def socket_inodes(pid):
 
 
 def listening_inodes():
+    """Inodes of the listening TCP sockets of this machine."""
     out = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:

@@ -9,7 +9,7 @@ import tempfile
 import pytest
 
 from conftest import make_site, two_environments
-from harness import Apache, free_port
+from harness import Apache, free_port, proc_ids
 from test_tls import make_cert
 
 ASSETS = 20
@@ -67,14 +67,6 @@ LogFormat "%H %P %U %>s" h2check
     apache.cleanup()
 
 
-def uid_of(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
-    return None
-
-
 def test_chromium_loads_a_page_and_its_assets_over_http2_in_the_tenants_workers(server):
     profile = tempfile.mkdtemp(prefix="chromium-")
     try:
@@ -95,4 +87,4 @@ def test_chromium_loads_a_page_and_its_assets_over_http2_in_the_tenants_workers(
     for protocol, pid, path, status in page + assets:
         assert protocol == "HTTP/2.0", (path, protocol)
         assert status == "200", (path, status)
-        assert uid_of(int(pid)) == server.uid, f"{path} served by pid {pid} (uid {uid_of(int(pid))})"
+        assert proc_ids(int(pid))[0] == server.uid, f"{path} served by pid {pid} (uid {proc_ids(int(pid))[0]})"

@@ -45,6 +45,7 @@ import pytest
 
 from conftest import make_site, two_environments
 from harness import MODULE, Apache, free_port, session_pids
+from test_end_to_end import unix_inodes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The MPM under test (default: build/mod_mpm_peruser.so); PERUSER_TEST_MPM=path tests another
@@ -573,13 +574,11 @@ def worker_socket_fds(srv):
     kids = srv.apache.children()
     a_pid = next(pid for pid, uid, _ in kids if uid == srv.a_uid)
     # Unix sockets only: the worker may still keep a TCP connection it served (its lingering close).
-    with open("/proc/net/unix") as f:
-        unix_inodes = {row.split()[6] for row in f.read().splitlines()[1:] if len(row.split()) > 6}
+    unix_sockets = {f"socket:[{inode}]" for inode in unix_inodes()}
     unix = []
     for name in os.listdir(f"/proc/{a_pid}/fd"):
         try:
-            link = os.readlink(f"/proc/{a_pid}/fd/{name}")
-            if link.startswith("socket:[") and link[8:-1] in unix_inodes:
+            if os.readlink(f"/proc/{a_pid}/fd/{name}") in unix_sockets:
                 unix.append(int(name))
         except OSError:
             pass

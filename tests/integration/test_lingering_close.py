@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from harness import Apache, free_port
-from test_end_to_end import get
+from harness import Apache, free_port, proc_ids
+from test_end_to_end import get, socket_inodes
 from test_process_management import wait_until
 from test_status import auto_lines
 
@@ -107,24 +107,15 @@ def server_socket_holders(server_port, client_port):
             local_port = int(fields[1].rsplit(":", 1)[1], 16)
             remote_port = int(fields[2].rsplit(":", 1)[1], 16)
             if local_port == server_port and remote_port == client_port and fields[9] != "0":
-                inodes.add(f"socket:[{fields[9]}]")
+                inodes.add(int(fields[9]))
     holders = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                    holders.add(int(pid))
+            if socket_inodes(pid) & inodes:
+                holders.add(int(pid))
         except OSError:
             continue
     return holders
-
-
-def uid_of(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
-    return None
 
 
 def closing_request(server, host="one.test"):
@@ -202,7 +193,7 @@ def test_a_closing_kept_by_a_worker_that_exits_goes_to_the_multiplexers(recyclin
     try:
         def multiplexers_hold():
             holders = server_socket_holders(recycling.port, client_port)
-            return holders and all(uid_of(pid) not in (a_uid, 0) for pid in holders)
+            return holders and all(proc_ids(pid)[0] not in (a_uid, 0) for pid in holders)
         assert wait_until(multiplexers_hold, timeout=5), server_socket_holders(recycling.port, client_port)
         time.sleep(1.5)
         assert trickle.thread.is_alive() and trickle.failed is None, trickle.failed
