@@ -290,6 +290,36 @@ def assert_no_image_control(server, report):
     assert not held, f"A's worker holds the root's end of an image's control channel: {held}"
 
 
+def epoll_watches(pid):
+    """The inodes the epolls of `pid` watch (fdinfo's "ino:" fields), by descriptor."""
+    found = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventpoll]":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                found[int(fd)] = {int(line.split(" ino:")[1].split()[0], 16)
+                                  for line in f if line.startswith("tfd:") and " ino:" in line}
+        except OSError:
+            continue
+    return found
+
+
+def assert_no_root_epoll(server, report):
+    """From inside A's worker: no epoll it holds is the root's (which watches the images'
+    control channels; a worker holding it could take those watches away, and the root would
+    no longer see an image ready), and each watches only what the worker holds itself."""
+    root_ends = {int(t[len("socket:["):-1]) for t in image_control_root_ends(server.apache)}
+    root_watched = set().union(*epoll_watches(server.apache.pid()).values())
+    assert root_ends <= root_watched, (root_ends, root_watched)  # so the check below can bite
+    fds = [r for r in report if "fd" in r]
+    own = {int(r["target"].split("[")[1][:-1]) for r in fds if r["target"].startswith(("socket:[", "pipe:["))}
+    for r in fds:
+        if r["target"] == "anon_inode:[eventpoll]":
+            assert not set(r["watches"]) & root_watched, f"A's worker holds the root's epoll: {r}"
+            assert set(r["watches"]) <= own, f"an epoll of A's worker watches what it does not hold: {r}"
+
+
 def test_a_worker_of_a_holds_nothing_of_b(isolated, accounts):
     report, hits, status = scan(isolated, accounts)
     print(json.dumps(hits, indent=1))
@@ -304,6 +334,7 @@ def test_a_worker_of_a_holds_nothing_of_b(isolated, accounts):
     print(targets)
     assert not [t for t in targets if "b-access.log" in t or "b-error.log" in t or "/b/" in t], targets
     assert_no_image_control(isolated, report)
+    assert_no_root_epoll(isolated, report)
     # B's piped logger: A's worker holds no end of the pipe into it.
     assert not set(targets) & logger_pipes(isolated, "b"), (targets, logger_pipes(isolated, "b"))
     assert logger_pipes(isolated, "b"), "B's piped logger runs"
@@ -371,6 +402,7 @@ def test_the_shared_image_gives_b_away(shared, accounts):
     # But not the images' control channels, which would reach beyond B: to the multiplexers'
     # image, and through it every environment's connections, isolated ones too.
     assert_no_image_control(shared, report)
+    assert_no_root_epoll(shared, report)
     # The multiplexers come from their own image whatever ProcessorImage says: no key there.
     multiplexers = [pid for pid, uid, _ in shared.apache.children() if uid == shared.www_uid]
     needles = {f"b-key-{i}": n for i, n in enumerate(key_needles(shared.keys["b.test"][0]))}

@@ -228,6 +228,7 @@ func startImage(_ role: ImageRole, _ text: String, generation: UInt32) {
     rootEnd.setNonBlocking()
     let handle = ImageHandle(pid: pid, control: rootEnd, ready: false, startedAt: monotonicMilliseconds())
     setHandle(role, handle)
+    watchImageControl(rootEnd.raw, of: role)
     if let index = timesIndex(role) { imageTimes[index].started = handle.startedAt }
     switch role {
     case .environment(let index):
@@ -277,11 +278,6 @@ func giveChannelsToImage(_ environment: Int) {
     }
 }
 
-/// The image control channels, for the parent's poll.
-func imageControls() -> [Int32] {
-    (images + [multiplexerImage]).compactMap { $0?.control.raw }
-}
-
 /// `role`'s image, if it runs.
 private func handle(_ role: ImageRole) -> ImageHandle? {
     switch role {
@@ -297,17 +293,25 @@ private func setHandle(_ role: ImageRole, _ handle: ImageHandle?) {
     }
 }
 
+/// Closes `role`'s control channel (the image exits on that, if it has not) and forgets it.
+private func closeControl(of role: ImageRole) {
+    guard var image = handle(role) else { return }
+    forgetImageControl(image.control.raw)
+    image.control.close()
+    setHandle(role, nil)
+}
+
 /// Every image that runs, with its role.
 private func runningImages() -> [(role: ImageRole, image: ImageHandle)] {
     images.indices.compactMap { index in images[index].map { (ImageRole.environment(index), $0) } }
         + (multiplexerImage.map { [(ImageRole.multiplexers, $0)] } ?? [])
 }
 
-/// Reads what images said without being asked (ready), never blocking: those whose control
-/// is in `readable` (nil: every image).
-func readImages(_ readable: Set<Int32>? = nil) {
-    for (role, image) in runningImages() where readable?.contains(image.control.raw) ?? true {
-        while let message = receiveFromImage(image) {
+/// Reads what images said without being asked (ready), never blocking: those of `roles` (nil:
+/// every image).
+func readImages(_ roles: [ImageRole]?) {
+    for role in roles ?? runningImages().map(\.role) {
+        while let image = handle(role), let message = receiveFromImage(image) {
             if message == .ready { markReady(role) }
         }
     }
@@ -409,9 +413,7 @@ private func restartImageIfDue(_ role: ImageRole) {
 func imageExited(_ pid: pid_t, status: ExitStatus, quietly: Bool) -> Bool {
     guard let (role, image) = runningImages().first(where: { $0.image.pid == pid }) else { return false }
     let failedToStart = role != .multiplexers && !image.ready
-    var gone = image
-    gone.control.close()
-    setHandle(role, nil)
+    closeControl(of: role)
     // Its configuration failed in the image (a Cgroup directory gone since the parent checked
     // it, say; the lines above say what): a start that failed, so the environment's waiting
     // connections get 503 and not an endless wait.
@@ -445,9 +447,7 @@ func closeIdleImages(now: Int64) {
             guard state.currentSlots(of: -1).count >= configuration.limits.minMultiplexers else { continue }
             reason = "no multiplexer asked for"
         }
-        var closing = image
-        closing.control.close()
-        setHandle(role, nil)
+        closeControl(of: role)
         imageTimes[index].started = .min  // started again at once when needed
         log(PERUSER_LOG_INFO, "peruser: \(label(role)) (pid \(image.pid)) exits: \(reason) in \(quiet / 1000) s"
             + (role == .multiplexers ? " (it starts again when one must)" : ""))
@@ -455,10 +455,10 @@ func closeIdleImages(now: Int64) {
 }
 
 /// The generation ends: its images exit when their control channel closes. In a worker forked
-/// from the root, it drops the root's ends it inherited (the images go on: the root holds its own).
+/// from the root, it drops the root's ends it inherited (the images go on: the root holds its
+/// own); `dropInheritedWakeups` first, so that nothing is taken out of the root's epoll.
 func closeImages() {
-    for index in images.indices { images[index]?.control.close() }
+    for (role, _) in runningImages() { closeControl(of: role) }
     images = []
-    multiplexerImage?.control.close()
     multiplexerImage = nil
 }

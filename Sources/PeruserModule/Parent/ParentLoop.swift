@@ -76,13 +76,13 @@ func beginSupervision(records: UnsafeMutablePointer<ChildRecord>, slots: Int, ge
 /// Supervises until a restart or a stop is asked for.
 func superviseUntilAsked() {
     var lastMonitor: Int64 = 0, lastFullLook: Int64 = .min
-    var readable: Set<Int32>? = nil  // every image's control, the first time
+    var spoke: [ImageRole]? = nil  // every image, the first time
     while !restartOrStopPending() {
         // Per round, only what changed: with hundreds of images, asking each (and waitpid over
         // each child) 100 times a second was most of the parent's CPU under load.
         let reaped = peruser_shim_children_exited() != 0 && reapChildren(quietly: false)
         readDemands()
-        readImages(readable)
+        readImages(spoke)
         let now = monotonicMilliseconds()
         // Between full looks (200 ms), only the watched queues: the children's status lives on a
         // page per child, and reading hundreds of pages every 10 ms cost more than the queues.
@@ -99,13 +99,14 @@ func superviseUntilAsked() {
             apr_proc_other_child_refresh_all(APR_OC_REASON_RUNNING)
         }
         // A queue under watch (QueuePatience) is looked at again soon.
-        readable = waitForWork(parent?.patience.watching == true ? Int32(QueuePatience.defaultMilliseconds)
+        spoke = waitForWork(parent?.patience.watching == true ? Int32(QueuePatience.defaultMilliseconds)
                                                                   : maintenanceIntervalMilliseconds)
     }
 }
 
 func endGeneration() {
     closeImages()
+    closeWakeups()
     guard let lasting, let state = parent else { return }
     closeGenerationChannels(lasting, generation: state.policy.generation)
 }
@@ -162,18 +163,6 @@ func signalEveryChild(_ signal: Int32) {
     for slot in 0..<state.capacity where state.records[slot].pid > 0 {
         signalProcess(state.records[slot].pid, signal)
     }
-}
-
-/// Waits for a demand, a child's exit (SIGCHLD interrupts the poll), a signal, or the timeout.
-/// The image controls that have something to say (or hung up).
-@discardableResult
-func waitForWork(_ timeout: Int32) -> Set<Int32> {
-    var entries = imageControls().map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-    if let demand = lasting?.pointee.demand.0, demand >= 0 {
-        entries.append(pollfd(fd: demand, events: Int16(POLLIN), revents: 0))
-    }
-    guard poll(&entries, nfds_t(entries.count), timeout) > 0 else { return [] }
-    return Set(entries.lazy.filter { $0.revents != 0 }.map(\.fd))
 }
 
 /// Environments the multiplexers asked workers for (4-byte words, validated here).

@@ -47,7 +47,9 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
     }
     // Forked from the root (ProcessorImage shared), it inherited the root's ends of the images'
     // control channels: whoever holds one can ask an image for a child, or give the
-    // multiplexers' image channels of its own for another environment.
+    // multiplexers' image channels of its own for another environment. The root's epoll goes
+    // first: through a copy of it, a worker could take the root's watches away.
+    dropInheritedWakeups()
     closeImages()
     availabilityBoard = nil
     ap_close_listeners()
@@ -307,7 +309,7 @@ private func giveBack(fd: Int32, ticket: UInt64, client: ClientAddress, hops: UI
 nonisolated(unsafe) var heldClosings = HeldClosings()
 /// An epoll with the environment's channel alone (EPOLLEXCLUSIVE), made the first time a
 /// worker keeps a closing: one sleeping worker, not every one, wakes for a connection.
-nonisolated(unsafe) var channelWatch: Int32 = -1
+nonisolated(unsafe) var channelWatch: Epoll?
 /// Where what a closing client still sends is read and dropped.
 nonisolated(unsafe) let droppedBytes = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 8)
 
@@ -380,21 +382,24 @@ func finishHeldClosings() {
 /// Sleeps until the channel has a message or `milliseconds` pass: true if it has one (which
 /// another worker may take first).
 func channelReadable(_ channel: Int32, within milliseconds: Int32) -> Bool {
-    if channelWatch < 0 {
-        let watch = epoll_create1(Int32(EPOLL_CLOEXEC))
-        var event = epoll_event()
-        event.events = EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue
-        if watch >= 0 && epoll_ctl(watch, EPOLL_CTL_ADD, channel, &event) == 0 {
-            channelWatch = watch
-        } else {
-            if watch >= 0 { close(watch) }
-            // Every sleeping worker with kept closings wakes for each connection: slower, not wrong.
-            var entry = pollfd(fd: channel, events: Int16(POLLIN), revents: 0)
-            return poll(&entry, 1, milliseconds) > 0
-        }
+    if channelWatch == nil {
+        do throws(Errno) {
+            let watch = try Epoll()
+            do throws(Errno) {
+                try watch.watch(channel, tag: 0, exclusive: true)
+                channelWatch = watch
+            } catch {
+                var made = watch
+                made.close()
+            }
+        } catch {}
     }
-    var event = epoll_event()
-    return epoll_wait(channelWatch, &event, 1, milliseconds) > 0
+    guard let channelWatch else {
+        // Every sleeping worker with kept closings wakes for each connection: slower, not wrong.
+        var entry = pollfd(fd: channel, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, milliseconds) > 0
+    }
+    return !channelWatch.wait(milliseconds: milliseconds, capacity: 1).ready.isEmpty
 }
 
 /// The rest of httpd's ap_lingering_close for a worker that keeps all the closings it may: read
