@@ -107,8 +107,13 @@ public enum RequestHead {
     static func value(of name: String, in line: Slice<UnsafeRawBufferPointer>) -> String? {
         guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return nil }
         let field = line[line.startIndex..<colon]
-        guard field.count == name.utf8.count,
-              zip(field, name.utf8).allSatisfy({ lowercased($0) == $1 }) else { return nil }
+        guard field.count == name.utf8.count else { return nil }
+        // Byte by byte, not zip: this runs for every header line of every request routed.
+        var index = field.startIndex
+        for expected in name.utf8 {
+            guard lowercased(field[index]) == expected else { return nil }
+            index += 1
+        }
         var value = line[(colon + 1)...]
         while let first = value.first, first == UInt8(ascii: " ") || first == UInt8(ascii: "\t") {
             value = value.dropFirst()

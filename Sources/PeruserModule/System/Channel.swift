@@ -103,7 +103,9 @@ struct Channel {
                     return failure.isWouldBlock ? .nothing : .failed(failure)
                 }
                 if length == 0 && header.msg_controllen == 0 { return .empty }
-                var received: [Int32] = []
+                // The first descriptor is kept; any other is closed at once (no array per message:
+                // this runs for every hand-off and hand-back).
+                var first: Int32 = -1, count = 0
                 var foreign = false
                 var message = peruser_cmsg_first(&header)
                 while let current = message {
@@ -111,8 +113,10 @@ struct Channel {
                     if current.pointee.cmsg_level == SOL_SOCKET && current.pointee.cmsg_type == Int32(SCM_RIGHTS),
                        dataLength >= 0, let data = peruser_cmsg_data(current) {
                         for index in 0..<(dataLength / MemoryLayout<Int32>.size) {
-                            received.append(UnsafeRawPointer(data).loadUnaligned(
-                                fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self))
+                            let descriptor = UnsafeRawPointer(data).loadUnaligned(
+                                fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self)
+                            if count == 0 { first = descriptor } else { close(descriptor) }
+                            count += 1
                         }
                     } else {
                         foreign = true
@@ -120,12 +124,11 @@ struct Channel {
                     message = peruser_cmsg_next(&header, current)
                 }
                 let truncated = header.msg_flags & Int32(MSG_CTRUNC | MSG_TRUNC) != 0
-                guard !foreign, !truncated, length > 0, received.count == 1 || (descriptorOptional && received.isEmpty)
-                else {
-                    for descriptor in received { close(descriptor) }
+                guard !foreign, !truncated, length > 0, count == 1 || (descriptorOptional && count == 0) else {
+                    if first >= 0 { close(first) }
                     return .invalid
                 }
-                return .message(length: length, fd: received.first ?? -1)
+                return .message(length: length, fd: first)
             }
         }
     }

@@ -39,6 +39,15 @@ func isTCPStream(_ fd: Int32) -> Bool {
     return family == AF_INET || family == AF_INET6
 }
 
+/// A connected TCP stream socket's local and peer addresses (IPv4 or IPv6), from the kernel;
+/// nil for any other descriptor. One look where a worker asked the peer twice.
+func tcpAddresses(_ fd: Int32) -> (local: sockaddr_storage, peer: sockaddr_storage)? {
+    guard isStreamSocket(fd), let peer = socketAddress(fd, peer: true),
+          Int32(peer.ss_family) == AF_INET || Int32(peer.ss_family) == AF_INET6,
+          let local = socketAddress(fd, peer: false) else { return nil }
+    return (local, peer)
+}
+
 /// A socket's peer (`peer`) or local address, or nil when the kernel has none (it went away).
 func socketAddress(_ fd: Int32, peer: Bool) -> sockaddr_storage? {
     var storage = sockaddr_storage()

@@ -135,7 +135,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
                 close(fd)
                 continue
             }
-            guard isTCPStream(fd) else {
+            guard let addresses = tcpAddresses(fd) else {
                 log(PERUSER_LOG_WARNING, "peruser: received an fd that is not a connected TCP socket; dropped")
                 close(fd)
                 continue
@@ -147,8 +147,8 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
             let consumed = UnsafeRawBufferPointer(rebasing: message[HandoffMessage.headerSize..<(HandoffMessage.headerSize
                                                                                                + decoded.consumedCount)])
             apr_pool_clear(transactionPool)
-            serve(fd, consumed: consumed, id: served, pool: transactionPool, scoreboard: scoreboardHandle,
-                  buckets: bucketAllocator)
+            serve(fd, addresses: addresses, consumed: consumed, id: served, pool: transactionPool,
+                  scoreboard: scoreboardHandle, buckets: bucketAllocator)
             servedConnection = nil
             served += 1
         }
@@ -157,22 +157,18 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
 
 /// Serves one connection with Apache. Its addresses come from the kernel, never from a message,
 /// so a tenant cannot forge the client address another tenant's vhost sees.
-func serve(_ fd: Int32, consumed: UnsafeRawBufferPointer, id: Int, pool: OpaquePointer, scoreboard: OpaquePointer?,
-           buckets: OpaquePointer?) {
+func serve(_ fd: Int32, addresses: (local: sockaddr_storage, peer: sockaddr_storage), consumed: UnsafeRawBufferPointer,
+           id: Int, pool: OpaquePointer, scoreboard: OpaquePointer?, buckets: OpaquePointer?) {
     // apr takes the socket for a blocking one; a handed-back one may carry O_NONBLOCK.
     let flags = fcntl(fd, F_GETFL)
     if flags >= 0 && flags & O_NONBLOCK != 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
-    var local = sockaddr_storage(), remote = sockaddr_storage()
+    var local = addresses.local, remote = addresses.peer
     var socket: OpaquePointer?
     var descriptor = fd
     let made = withUnsafeMutablePointer(to: &local) { localPointer in
         withUnsafeMutablePointer(to: &remote) { remotePointer -> Bool in
             let localAddress = UnsafeMutableRawPointer(localPointer).assumingMemoryBound(to: sockaddr.self)
             let remoteAddress = UnsafeMutableRawPointer(remotePointer).assumingMemoryBound(to: sockaddr.self)
-            var length = socklen_t(MemoryLayout<sockaddr_storage>.size), remoteLength = length
-            guard getsockname(fd, localAddress, &length) == 0, getpeername(fd, remoteAddress, &remoteLength) == 0 else {
-                return false
-            }
             return withUnsafeMutablePointer(to: &descriptor) { descriptorPointer in
                 var info = apr_os_sock_info_t(os_sock: descriptorPointer, local: localAddress, remote: remoteAddress,
                                               family: Int32(localPointer.pointee.ss_family),
