@@ -19,10 +19,17 @@ share would cap it at half of a tenant's workers (real clients come from many ad
 First, every measured tenant is asked once on each server (a crawler's visit; timed, its own
 row). Then the scenarios, interleaved (A B C D E A B C D E ...), REPEATS rounds, medians: a
 random tenant per request on kept-alive connections (a front proxy's pooled connections), the
-same with `Connection: close`, and one busy tenant with `Connection: close`. Then memory (summed PSS and processes of each
-server's session) after start, after the load, and after IDLE_SECONDS (default 120) without
-traffic; the time to the first byte from a tenant with no worker; and the render time of
-/server-status and ?auto. Writes its section of BENCHMARKS.md.
+same with `Connection: close`, and one busy tenant with `Connection: close` and kept alive
+(no request crosses environments). Each round also gives the server's CPU time per request
+(summed over its session's processes, from /proc): steadier than req/s when wrk shares the
+cores. Then memory (summed PSS and processes of each server's session) after start, after the
+load, and after IDLE_SECONDS (default 120) without traffic; the time to the first byte from a
+tenant with no worker; and the render time of /server-status and ?auto. Writes its section of
+BENCHMARKS.md.
+
+What a request that crosses environments costs, apart from what many tenants add: the same
+with three warm tenants, `TENANTS=6 BENCH_KINDS=prefork,peruser BENCH_NO_WRITE=1` (the random
+rows then cross on two requests in three).
 
 Run as root: `python3 bench/many_tenants.py`. Loopback only, bounded in time.
 """
@@ -42,7 +49,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 sys.path.insert(0, HERE)
 
 from harness import Apache, MODULE, ensure_account, free_port  # noqa: E402
-from bench import cpu_model, install, session_count, session_pss, wrk  # noqa: E402
+from bench import cpu_model, install, session_count, session_cpu, session_pss, wrk  # noqa: E402
 import bench  # noqa: E402
 
 TENANTS = int(os.environ.get("TENANTS", "300"))
@@ -78,6 +85,8 @@ SCENARIOS = [
     ("random tenant, keep-alive", True, False),
     ("random tenant, Connection: close", True, True),
     ("one busy tenant, Connection: close", False, True),
+    # No request crosses environments: with the random rows, what a crossing costs.
+    ("one busy tenant, keep-alive", False, False),
 ]
 
 PREFORK = """StartServers 5
@@ -237,10 +246,13 @@ def main():
         for scenario, random_tenant, close in scenarios:
             for round_ in range(REPEATS):
                 for kind in KINDS:
+                    before = session_cpu(servers[kind])
                     r = run_wrk(servers[kind], random_tenant, close)
+                    cpu_us = (session_cpu(servers[kind]) - before) * 1e6 / max(r[0] * bench.DURATION, 1)
+                    r = r + (cpu_us,)
                     results[(scenario, kind)].append(r)
                     print(f"{scenario:36} {kind:16} round {round_ + 1}: {r[0]:9.0f} req/s  p99 {r[1]:8.2f} ms  "
-                          f"non-2xx {r[2]}  socket errors {r[3]}", flush=True)
+                          f"non-2xx {r[2]}  socket errors {r[3]}  server CPU {cpu_us:6.1f} us/req", flush=True)
         for kind in KINDS:
             mem[kind]["load"] = memory(servers[kind])
         for kind in KINDS:
@@ -278,15 +290,17 @@ def main():
              "one address).", "",
              "| scenario | " + " | ".join(f"{names[k]} req/s" for k in KINDS) + " | "
              + " | ".join(f"{names[k]} / prefork" for k in KINDS if k.startswith("peruser"))
-             + " | p99 ms | errors (non-2xx + socket) |",
-             "|---" * (len(KINDS) + sum(k.startswith("peruser") for k in KINDS) + 3) + "|"]
+             + " | p99 ms | server CPU µs per request | errors (non-2xx + socket) |",
+             "|---" * (len(KINDS) + sum(k.startswith("peruser") for k in KINDS) + 4) + "|"]
     for scenario, *_ in scenarios:
         rps = {k: median(scenario, k) for k in KINDS}
         base = rps.get("prefork", float("nan"))
         ratios = " | ".join(f"{rps[k] / base:.2f}" for k in KINDS if k.startswith("peruser"))
         p99 = " / ".join(f"{median(scenario, k, 1):.1f}" for k in KINDS)
+        cpu = " / ".join(f"{median(scenario, k, 4):.0f}" for k in KINDS)
         bad = " / ".join(str(sum(r[2] + r[3] for r in results[(scenario, k)])) for k in KINDS)
-        lines.append(f"| {scenario} | " + " | ".join(f"{rps[k]:.0f}" for k in KINDS) + f" | {ratios} | {p99} | {bad} |")
+        lines.append(f"| {scenario} | " + " | ".join(f"{rps[k]:.0f}" for k in KINDS) + f" | {ratios} | {p99} | {cpu} "
+                     f"| {bad} |")
     lines += ["", "| memory: PSS, processes | " + " | ".join(names[k] for k in KINDS) + " |",
               "|---" * (len(KINDS) + 1) + "|"]
     for moment, label in (("start", "after start"), ("load", "after the load"),
