@@ -136,9 +136,13 @@ ProcessorImage {image}
     def start(self):
         self.apache.start(ports=(self.port,))
         # A multiplexer and a worker of each tenant (the piped loggers are root's children too).
+        # A server that never gets there is stopped here: the fixture's teardown never runs.
         deadline = time.time() + 20
         while {33, self.a_uid, self.b_uid} - {uid for _, uid, _ in self.apache.children()}:
-            assert time.time() < deadline, self.apache.children()
+            if time.time() >= deadline:
+                children = self.apache.children()
+                self.stop()
+                raise AssertionError(children)
             time.sleep(0.05)
 
     def stop(self):

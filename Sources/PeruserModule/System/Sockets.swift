@@ -27,24 +27,21 @@ func isStreamSocket(_ fd: Int32) -> Bool {
 
 /// Whether `fd` is a connected TCP stream socket (IPv4 or IPv6).
 func isTCPStream(_ fd: Int32) -> Bool {
-    guard isStreamSocket(fd) else { return false }
-    var address = sockaddr_storage()
-    var addressLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
-    let family = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
-            guard getpeername(fd, pointer, &addressLength) == 0 else { return -1 }
-            return Int32(pointer.pointee.sa_family)
-        }
-    }
-    return family == AF_INET || family == AF_INET6
+    tcpPeer(fd) != nil
 }
 
-/// A connected TCP stream socket's local and peer addresses (IPv4 or IPv6), from the kernel;
-/// nil for any other descriptor. One look where a worker asked the peer twice.
-func tcpAddresses(_ fd: Int32) -> (local: sockaddr_storage, peer: sockaddr_storage)? {
+/// The peer of a connected TCP stream socket (IPv4 or IPv6), from the kernel; nil for any
+/// other descriptor.
+func tcpPeer(_ fd: Int32) -> sockaddr_storage? {
     guard isStreamSocket(fd), let peer = socketAddress(fd, peer: true),
-          Int32(peer.ss_family) == AF_INET || Int32(peer.ss_family) == AF_INET6,
-          let local = socketAddress(fd, peer: false) else { return nil }
+          Int32(peer.ss_family) == AF_INET || Int32(peer.ss_family) == AF_INET6 else { return nil }
+    return peer
+}
+
+/// A connected TCP stream socket's local and peer addresses, from the kernel; nil for any
+/// other descriptor. One look where a worker asked the peer twice.
+func tcpAddresses(_ fd: Int32) -> (local: sockaddr_storage, peer: sockaddr_storage)? {
+    guard let peer = tcpPeer(fd), let local = socketAddress(fd, peer: false) else { return nil }
     return (local, peer)
 }
 

@@ -378,17 +378,8 @@ func finishHeldClosings() {
 /// Sleeps until the channel has a message or `milliseconds` pass: true if it has one (which
 /// another worker may take first).
 func channelReadable(_ channel: Int32, within milliseconds: Int32) -> Bool {
-    if channelWatch == nil {
-        do throws(Errno) {
-            let watch = try Epoll()
-            do throws(Errno) {
-                try watch.watch(channel, tag: 0, exclusive: true)
-                channelWatch = watch
-            } catch {
-                var made = watch
-                made.close()
-            }
-        } catch {}
+    if channelWatch == nil, var watch = try? Epoll() {
+        if (try? watch.watch(channel, tag: 0, exclusive: true)) != nil { channelWatch = watch } else { watch.close() }
     }
     guard let channelWatch else {
         // Every sleeping worker with kept closings wakes for each connection: slower, not wrong.
