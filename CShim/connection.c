@@ -32,6 +32,7 @@ static struct {
     int requests_served;
     int handed_back;
     int socket_reads_paused; /* while handing back: take only what filters already buffered */
+    int lent; /* the multiplexer watches the socket too: nothing is read past an answer */
     head_record *record;
     /* This request's wait on the client and bytes from it, for ReaderShedTimeout. */
     int64_t waited_ms;
@@ -181,9 +182,10 @@ static apr_status_t insert_network_bucket(conn_rec *c, apr_bucket_brigade *bb, a
     return APR_SUCCESS;
 }
 
-void peruser_shim_connection_begins(void *socket, const unsigned char *consumed, size_t len)
+void peruser_shim_connection_begins(void *socket, const unsigned char *consumed, size_t len, int lent)
 {
     memset(&current, 0, sizeof current);
+    current.lent = lent;
     current.socket = socket;
     current.pending = consumed;
     current.pending_len = len;
@@ -468,6 +470,12 @@ static int gate_handler(request_rec *r)
 /* A handed-back request is logged by the worker that serves it, not here. */
 static int log_transaction(request_rec *r)
 {
+    /* A lent connection's answer is out (this runs as its EOR bucket goes): what the client
+     * sends next is the multiplexer's to read, so httpd's look for a pipelined request (or
+     * anything else) finds only what it already buffered. An upgrade goes on reading. */
+    if (is_worker && current.lent && !r->connection->master && !r->main && r->status != HTTP_SWITCHING_PROTOCOLS) {
+        current.socket_reads_paused = 1;
+    }
     return (is_worker && apr_table_get(r->notes, "peruser-handed-back")) ? DONE : DECLINED;
 }
 

@@ -151,9 +151,10 @@ int peruser_shim_drain_requested(void);
 
 /* This process is a worker of `environment`: the hooks of CShim/connection.c apply. */
 void peruser_shim_worker_serves(int environment);
-/* A connection on apr_socket_t `socket` starts, the `len` bytes already consumed of it first;
- * after it: whether it was handed back (then it must not be closed here). */
-void peruser_shim_connection_begins(void *socket, const unsigned char *consumed, size_t len);
+/* A connection on apr_socket_t `socket` starts, the `len` bytes already consumed of it first
+ * (`lent`: the multiplexer keeps watching it, so nothing is read past an answer); after it:
+ * whether it was handed back (then it must not be closed here). */
+void peruser_shim_connection_begins(void *socket, const unsigned char *consumed, size_t len, int lent);
 int peruser_shim_connection_handed_back(void);
 /* This worker's connection speaks HTTP/2 and no stream of it is running (an idle session). */
 int peruser_shim_http2_idle(void);

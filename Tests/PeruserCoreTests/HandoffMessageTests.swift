@@ -44,6 +44,20 @@ final class HandoffMessageTests: XCTestCase {
         XCTAssertEqual(try decode(out), HandoffMessage(hops: 0, consumed: consumed, ticket: 7, client: client))
     }
 
+    func testLendNumberTravelsWithTheMessage() throws {
+        let consumed = Array("GET /".utf8)
+        var out = [UInt8](repeating: 0, count: HandoffMessage.encodedSize(consumedCount: consumed.count))
+        _ = try consumed.withUnsafeBytes { source in
+            try out.withUnsafeMutableBytes {
+                try HandoffMessage.encode(hops: 1, ticket: 9, crossing: true, lend: 0x0123_4567_89ab_cdef,
+                                          consumed: source, into: $0)
+            }
+        }
+        XCTAssertEqual(try decode(out), HandoffMessage(hops: 1, consumed: consumed, ticket: 9, crossing: true,
+                                                       lend: 0x0123_4567_89ab_cdef))
+        XCTAssertEqual(try decode(try encode(hops: 0, [])).lend, 0, "not lent unless a number is given")
+    }
+
     func testRejectsShortMessages() {
         XCTAssertThrowsError(try decode([])) { XCTAssertEqual($0 as? HandoffMessage.DecodeError, .tooShort(0)) }
         XCTAssertThrowsError(try decode(Array("PRU3".utf8))) {

@@ -64,6 +64,13 @@ public enum ChildTableLayout {
     public static let vhostCapacity = 64
     public static let clientOffset = 256     // 2 × UInt64: the client of the current connection (workers)
     public static let ticketOffset = 272     // UInt64: the hand-off ticket of the current connection (workers)
+    public static let lendOffset = 280       // UInt64: the lend number of the current connection (0: not lent)
+    /// UInt64 × returnedCapacity: lend numbers of the lent connections this worker gave back,
+    /// newest overwriting oldest, with how in the top two bits (ChildTable.Returned).
+    public static let returnedOffset = 288
+    public static let returnedCapacity = 32
+    public static let returnedKindShift: UInt64 = 62
+    public static let lendMask: UInt64 = (1 << 62) - 1
 
     // Fields of an environment's record (multiplexers and parent; atomic adds).
     public static let handedOffOffset = 0    // UInt64, multiplexers
@@ -486,6 +493,68 @@ public struct ChildTable {
         base.storeBytes(of: client.high, toByteOffset: o + ChildTableLayout.clientOffset, as: UInt64.self)
         base.storeBytes(of: client.low, toByteOffset: o + ChildTableLayout.clientOffset + 8, as: UInt64.self)
         base.storeBytes(of: ticket, toByteOffset: o + ChildTableLayout.ticketOffset, as: UInt64.self)
+    }
+
+    /// A worker took a connection: its lend number, or 0 when it was not lent.
+    public func setLend(page: Int, _ lend: UInt64) {
+        guard let o = detailPage(ofPage: page) else { return }
+        base.storeBytes(of: lend, toByteOffset: o + ChildTableLayout.lendOffset, as: UInt64.self)
+    }
+
+    /// How a worker gave a lent connection back.
+    public enum Returned: UInt64, Equatable {
+        /// Answered, nothing read past the answer: the multiplexer reads the next head.
+        case answered = 0
+        /// It ended in the worker: the multiplexer shuts it down and closes it.
+        case ended = 2
+        /// Sent back on the hand-back channel with bytes read past the answer: the multiplexer
+        /// takes that copy when the message comes.
+        case sentBack = 1
+    }
+
+    /// A worker is done with a lent connection: its number and how go into the page's ring at
+    /// `position` (the worker's count of connections it gave back).
+    public func giveBackLent(page: Int, lend: UInt64, how: Returned, position: Int) {
+        guard let o = detailPage(ofPage: page), lend & ChildTableLayout.lendMask != 0 else { return }
+        let entry = (lend & ChildTableLayout.lendMask) | how.rawValue << ChildTableLayout.returnedKindShift
+        let capacity = ChildTableLayout.returnedCapacity
+        let slot = (position % capacity + capacity) % capacity
+        base.storeBytes(of: entry, toByteOffset: o + ChildTableLayout.returnedOffset + 8 * slot, as: UInt64.self)
+    }
+
+    public enum LendState: Equatable {
+        /// A worker gave it back.
+        case returned(Returned)
+        /// A live worker shows it as its current connection.
+        case serving
+        /// Neither: still in the channel, or its worker is gone (or gave back so many since that
+        /// its ring no longer holds it).
+        case unknown
+    }
+
+    /// Where lent connection `lend` is, as `environment`'s workers tell: the rings of every page
+    /// of its pool (worker page indices `pool`: a worker may give back and exit before anyone
+    /// looks), and the current connection of its live workers (`roster`). Written by that
+    /// environment's workers: a lie only misplaces that environment's own connections.
+    public func lendState(_ lend: UInt64, environment: Int, pool: Range<Int>, roster: Roster) -> LendState {
+        let wanted = lend & ChildTableLayout.lendMask
+        guard wanted != 0 else { return .unknown }
+        for index in pool.clamped(to: 0..<workerPageCount) {
+            let page = ChildTableLayout.workerPageOffset(slots: slotCount, environments: environmentCount, index: index)
+            guard let o = detailPage(ofPage: page) else { continue }
+            for slot in 0..<ChildTableLayout.returnedCapacity {
+                let entry = load(o + ChildTableLayout.returnedOffset + 8 * slot, as: UInt64.self)
+                if entry & ChildTableLayout.lendMask == wanted {
+                    return .returned(Returned(rawValue: entry >> ChildTableLayout.returnedKindShift) ?? .ended)
+                }
+            }
+        }
+        for index in roster.slots(of: environment) {
+            guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
+                  s.status == .active, let o = detailOffset(index) else { continue }
+            if load(o + ChildTableLayout.lendOffset, as: UInt64.self) == wanted { return .serving }
+        }
+        return .unknown
     }
 
     /// The tickets of the last connection each of `environment`'s workers took (busy with it

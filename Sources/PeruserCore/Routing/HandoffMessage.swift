@@ -1,11 +1,12 @@
 // The payload that travels with a connection's fd over a hand-off or hand-back channel.
 //
-// Layout (little endian): magic "PRU3", hops (UInt16), flags (UInt8: bit 0 crossing, bit 1
+// Layout (little endian): magic "PRU4", hops (UInt16), flags (UInt8: bit 0 crossing, bit 1
 // closing), reserved (UInt8, zero),
 // length of the consumed bytes (UInt32), the hand-back ticket (UInt64; see HandbackTicket),
 // the client the connection counts against (16 bytes, network order; see ClientAddress),
-// then exactly that many bytes. The fd itself travels in SCM_RIGHTS; the addresses a vhost
-// sees never travel: the receiver reads them from the socket.
+// the lend number (UInt64; 0: not lent; see Multiplexer's "Lent connections"), then exactly
+// that many bytes. The fd itself travels in SCM_RIGHTS; the addresses a vhost sees never
+// travel: the receiver reads them from the socket.
 // Messages come from other processes, some of them run by tenants, so decoding trusts nothing.
 
 public struct HandoffMessage: Equatable {
@@ -29,9 +30,14 @@ public struct HandoffMessage: Equatable {
     /// the lingering close (LingeringClose: a worker passes it when its environment needs it),
     /// so the worker is free at once. From a multiplexer: 0.
     public var closing: Bool
+    /// From a multiplexer: not 0 when the connection is lent (LentConnection): the multiplexer
+    /// keeps its own descriptor and watches it, and the worker, once it has answered, gives it
+    /// back by writing this number on its page instead of sending the descriptor. From a worker: 0.
+    public var lend: UInt64
 
     public init(hops: UInt16, consumed: [UInt8], ticket: UInt64 = 0, client: ClientAddress = .none,
-                crossing: Bool = false, closing: Bool = false) {
+                crossing: Bool = false, closing: Bool = false, lend: UInt64 = 0) {
+        self.lend = lend
         self.hops = hops
         self.consumed = consumed
         self.ticket = ticket
@@ -43,8 +49,8 @@ public struct HandoffMessage: Equatable {
     static let crossingFlag: UInt8 = 1
     static let closingFlag: UInt8 = 2
 
-    public static let magic: [UInt8] = Array("PRU3".utf8)
-    public static let headerSize = 36
+    public static let magic: [UInt8] = Array("PRU4".utf8)
+    public static let headerSize = 44
     /// A request head of up to 64 KiB plus what the worker's input filters had buffered past
     /// it (one socket read, at most 8000 bytes in httpd), with margin; one SOCK_SEQPACKET
     /// message this size fits well under the default socket buffer (208 KiB).
@@ -69,7 +75,8 @@ public struct HandoffMessage: Equatable {
 
     /// Writes the message into `out`; returns the number of bytes written.
     public static func encode(hops: UInt16, ticket: UInt64 = 0, client: ClientAddress = .none,
-                              crossing: Bool = false, closing: Bool = false, consumed: UnsafeRawBufferPointer,
+                              crossing: Bool = false, closing: Bool = false, lend: UInt64 = 0,
+                              consumed: UnsafeRawBufferPointer,
                               into out: UnsafeMutableRawBufferPointer) throws(EncodeError) -> Int {
         guard consumed.count <= largestConsumed else { throw .consumedTooLong(consumed.count) }
         let size = encodedSize(consumedCount: consumed.count)
@@ -86,6 +93,7 @@ public struct HandoffMessage: Equatable {
             out[20 + i] = UInt8(truncatingIfNeeded: client.high >> (56 - 8 * UInt64(i)))
             out[28 + i] = UInt8(truncatingIfNeeded: client.low >> (56 - 8 * UInt64(i)))
         }
+        for i in 0..<8 { out[36 + i] = UInt8(truncatingIfNeeded: lend >> (8 * UInt64(i))) }
         if consumed.count > 0, let base = consumed.baseAddress, let dest = out.baseAddress {
             (dest + headerSize).copyMemory(from: base, byteCount: consumed.count)
         }
@@ -94,7 +102,8 @@ public struct HandoffMessage: Equatable {
 
     /// Validates a received message; the consumed bytes are `message[headerSize ..< headerSize+count]`.
     public static func decodeHeader(_ message: UnsafeRawBufferPointer) throws(DecodeError)
-        -> (hops: UInt16, consumedCount: Int, ticket: UInt64, client: ClientAddress, crossing: Bool, closing: Bool)
+        -> (hops: UInt16, consumedCount: Int, ticket: UInt64, client: ClientAddress, crossing: Bool, closing: Bool,
+            lend: UInt64)
     {
         guard message.count >= headerSize else { throw .tooShort(message.count) }
         guard message.count <= largestMessage else { throw .tooLong(message.count) }
@@ -112,7 +121,7 @@ public struct HandoffMessage: Equatable {
             low = low << 8 | UInt64(message[28 + i])
         }
         return (hops, length, UInt64(littleEndianBytes: message, at: 12), ClientAddress(high: high, low: low),
-                message[6] & crossingFlag != 0, message[6] & closingFlag != 0)
+                message[6] & crossingFlag != 0, message[6] & closingFlag != 0, UInt64(littleEndianBytes: message, at: 36))
     }
 
     public static func decode(_ message: UnsafeRawBufferPointer) throws(DecodeError) -> HandoffMessage {
@@ -120,6 +129,6 @@ public struct HandoffMessage: Equatable {
         return HandoffMessage(hops: header.hops,
                               consumed: Array(message[headerSize..<(headerSize + header.consumedCount)]),
                               ticket: header.ticket, client: header.client, crossing: header.crossing,
-                              closing: header.closing)
+                              closing: header.closing, lend: header.lend)
     }
 }

@@ -27,6 +27,10 @@ struct PendingConnection {
         /// does not reset the connection before the client has read the response) until it
         /// closes, or nothing came for 2 s, or `until`.
         case lingering(until: Int64)
+        /// Lent to `environment`'s workers (see "Lent connections"): this multiplexer kept its
+        /// descriptor and watches it, and looks at the environment's pages for `number` when it
+        /// stirs; `since`: when it was lent.
+        case lent(environment: Int, number: UInt64, since: Int64)
     }
 
     var stage: Stage = .readingHead
@@ -77,7 +81,7 @@ struct HandbackChannel {
 /// Kinds of log lines a client or a tenant can cause: each is rate-limited (LogLimiter).
 enum NoisyLine: Int {
     case invalidHandback = 1, forgedHandback, handbackClosed, routingLoop, saturated, channelFull,
-         handoffFailed, descriptorsExhausted, acceptFailed, unknownEnvironment, noEnvironment, clientShare
+         handoffFailed, descriptorsExhausted, acceptFailed, unknownEnvironment, noEnvironment, clientShare, lentLost
 }
 
 struct Multiplexer {
@@ -149,6 +153,17 @@ struct Multiplexer {
     /// this multiplexer last saw it change.
     private var shedSeen: [(count: UInt64, changedAt: Int64)]
 
+    /// Lent connections that stirred before their worker gave them back: looked at again soon,
+    /// and when.
+    private var lentChecks: [Int32: Int64] = [:]
+    private var lentSweepAt: Int64 = 0
+    /// Each environment's pool of worker pages (where its workers give lent connections back),
+    /// and its hand-back channel of this generation (lent connections count on it).
+    private let pools: [Range<Int>]
+    private var currentHandback: [Int?]
+    /// Lent connections by socket cookie: a worker may send one back with bytes it read.
+    private var lentByCookie: [UInt64: Int32] = [:]
+
     private static let listenerTag: UInt64 = 1 << 32
     private static let handbackTag: UInt64 = 2 << 32
     private static let controlTag: UInt64 = 3 << 32
@@ -178,6 +193,13 @@ struct Multiplexer {
         lastDemand = Array(repeating: Int64.min / 2, count: handoffs.count)
         shedSeen = Array(repeating: (0, Int64.min / 2), count: handoffs.count)
         capacityCache = Array(repeating: nil, count: handoffs.count)
+        let starts = workerPagePools()
+        pools = starts.starts.indices.map { env in
+            starts.starts[env]..<(env + 1 < starts.starts.count ? starts.starts[env + 1] : starts.total)
+        }
+        currentHandback = handoffs.indices.map { env in
+            handbacks.firstIndex { $0.generation == generation && $0.environment == env }
+        }
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         head = .allocate(byteCount: Self.largestHead, alignment: 8)
         message = .allocate(byteCount: HandoffMessage.largestMessage, alignment: 8)
@@ -237,6 +259,8 @@ struct Multiplexer {
             // Hand-offs in flight hold their client's share until this multiplexer sees them
             // taken and releases them: look again soon, even with nothing else to do.
             if !inFlight.isEmpty { timeout = timeout < 0 ? 2 : min(timeout, 2) }
+            // A lent connection that stirred before its worker gave it back: its client waits.
+            if !lentChecks.isEmpty { timeout = timeout < 0 ? 1 : min(timeout, 1) }
             if acceptResumesAt > turn {
                 let untilResume = Int32(clamping: acceptResumesAt - turn)
                 timeout = timeout < 0 ? untilResume : min(timeout, untilResume)
@@ -259,6 +283,7 @@ struct Multiplexer {
                 }
             }
             let now = monotonicMilliseconds()
+            lookAtLent(now: now)
             pruneInFlight()
             passWaiting(now: now)
             expireAndRetry(now: now)
@@ -520,6 +545,11 @@ struct Multiplexer {
                 close(fd)
                 continue
             }
+            // A connection this multiplexer lent, sent back with bytes a worker read (before this
+            // multiplexer looked at the ring): this copy replaces ours.
+            if let lentFD = lentByCookie[cookie], case .lent? = pending[lentFD]?.stage {
+                closeConnection(lentFD)
+            }
             // A copy of a connection this multiplexer already holds: one connection is held once
             // (a worker cannot multiply what it hands back by duplicating the descriptor).
             guard !heldCookies.contains(cookie) else {
@@ -668,6 +698,10 @@ struct Multiplexer {
     private mutating func advance(_ fd: Int32, handedBack: Bool = false) {
         if case .lingering = pending[fd]?.stage {
             drain(fd)
+            return
+        }
+        if case .lent = pending[fd]?.stage {
+            lookAtLent(fd, stirred: true)
             return
         }
         guard var connection = pending[fd], case .readingHead = connection.stage,
@@ -1096,31 +1130,43 @@ struct Multiplexer {
             handbacks.indices.contains($0)
                 && (handbacks[$0].environment != environment || handbacks[$0].generation != generation)
         } ?? false
+        let cookie = connection.cookie ?? socketCookie(fd)
         // The ticket the worker must show to give this connection back (HandbackTicket).
-        let ticket = (connection.cookie ?? socketCookie(fd)).map {
+        let ticket = cookie.map {
             key.ticket(cookie: $0, generation: generation, environment: environment, client: connection.client)
         } ?? 0
-        do {
-            length = try connection.consumed.withUnsafeBytes { consumed in
-                try HandoffMessage.encode(hops: connection.hops, ticket: ticket, client: connection.client,
-                                          crossing: crossing, consumed: consumed, into: message)
-            }
-        } catch {
-            log(PERUSER_LOG_ERR, "multiplexer: cannot encode hand-off (\(error))")
-            respond(fd, .serviceUnavailable)
-            return
-        }
         // Counted before it is sent: no worker can take it, nor another multiplexer look at this
         // environment's queue, before the count shows it (MaxClientShare counts the queue).
         let handedOffCount = sharedTable?.environmentField(environment, ChildTableLayout.handedOffOffset)
         let handedOffSoFar = handedOffCount.map { peruser_atomic_add_fetch_u64($0, 1) } ?? 0
+        // Crossing: most likely it comes back after one answer, so it is lent (kept and watched
+        // here) rather than given, within the environment's share of this multiplexer.
+        let lendTo = crossing && cookie != nil && sharedTable != nil && handedOffSoFar != 0
+            && handedOffSoFar & ChildTableLayout.lendMask == handedOffSoFar
+            ? currentHandback[environment].flatMap { handbacks[$0].holding < handbacks[$0].most ? $0 : nil } : nil
+        do {
+            length = try connection.consumed.withUnsafeBytes { consumed in
+                try HandoffMessage.encode(hops: connection.hops, ticket: ticket, client: connection.client,
+                                          crossing: crossing, lend: lendTo == nil ? 0 : handedOffSoFar,
+                                          consumed: consumed, into: message)
+            }
+        } catch {
+            if let handedOffCount { _ = peruser_atomic_add_fetch_u64(handedOffCount, UInt64.max) }
+            log(PERUSER_LOG_ERR, "multiplexer: cannot encode hand-off (\(error))")
+            respond(fd, .serviceUnavailable)
+            return
+        }
         let sent = Channel(fd: handoffs[environment]).send(fd: fd, payload: UnsafeRawBufferPointer(rebasing: message[0..<length]))
         if case .sent = sent {} else if let handedOffCount { _ = peruser_atomic_add_fetch_u64(handedOffCount, UInt64.max) }
         switch sent {
         case .sent:
             pending[fd]?.reserved = false  // the reservation moves to the in-flight entry
-            forget(fd)
-            close(fd)
+            if let lendTo, let cookie {
+                lend(fd, to: environment, number: handedOffSoFar, handback: lendTo, cookie: cookie)
+            } else {
+                forget(fd)
+                close(fd)
+            }
             handedOff(to: environment)
             if connection.reserved {
                 if inFlight.count >= 64 { pruneInFlight() }
@@ -1153,7 +1199,7 @@ struct Multiplexer {
                 }
             case .lingering where now >= connection.deadline:
                 closeConnection(fd)
-            case .readingHead, .waitingForWorker, .lingering:
+            case .readingHead, .waitingForWorker, .lingering, .lent:
                 break
             case .waitingForChannel(let environment):
                 trySend(fd)
@@ -1162,6 +1208,138 @@ struct Multiplexer {
                          + "\(environmentLabel(environment))'s channel stayed full for \(channelWait) ms; answering 503")
                     drop(fd, environment: environment)
                 }
+            }
+        }
+    }
+
+    // MARK: Lent connections
+    //
+    // A connection that crosses environments (a front proxy's pooled connection) comes back
+    // after nearly every answer. Instead of giving it away and taking it back by message (two
+    // descriptor passings and a wake-up of this multiplexer for each request), this multiplexer
+    // lends it: it keeps its own descriptor, watched, and the worker, once it has answered and
+    // read nothing more, writes the lend number into its page's ring (ChildTable.giveBackLent)
+    // and closes its copy. When the client sends its next request, the socket stirs here, the
+    // ring says it is back, and it is routed as a handed-back connection. What a worker writes
+    // there misplaces only connections lent to its own environment.
+
+    /// Keeps a connection just handed to `environment` as lent.
+    private mutating func lend(_ fd: Int32, to environment: Int, number: UInt64, handback: Int, cookie: UInt64) {
+        guard var connection = pending[fd] else { return }
+        if let old = connection.handback {
+            handbacks[old].holding -= 1
+            handbacksToCheck.append(old)
+        }
+        connection.handback = handback
+        handbacks[handback].holding += 1
+        handbacksToCheck.append(handback)
+        if connection.cookie == nil {
+            connection.cookie = cookie
+            heldCookies.insert(cookie)
+        }
+        lentByCookie[cookie] = fd
+        connection.stage = .lent(environment: environment, number: number, since: monotonicMilliseconds())
+        connection.consumed = []
+        connection.consuming = false
+        connection.trickle = TrickleScan()
+        connection.requestLineDone = false
+        connection.http2Preface = false
+        pending[fd] = connection
+        // Watched from now on (edge-triggered: an ADD reports the request still unread, which
+        // its worker reads; the look finds it not back yet).
+        if !connection.watched {
+            guard watch(fd, events: Self.connectionEvents, data: UInt64(UInt32(bitPattern: fd))) else {
+                closeConnection(fd)
+                return
+            }
+            pending[fd]?.watched = true
+        }
+    }
+
+    /// Lent connections that stirred before they were back, soon; every lent one now and then
+    /// (one whose worker is gone, or ended it without the client stirring since).
+    private mutating func lookAtLent(now: Int64) {
+        if !lentChecks.isEmpty {
+            for (fd, since) in lentChecks {
+                if now - since > 200 { lentChecks[fd] = nil }  // then only the sweep
+                lookAtLent(fd, stirred: false)
+            }
+        }
+        guard now >= lentSweepAt else { return }
+        lentSweepAt = now + 250
+        for (fd, connection) in pending {
+            if case .lent = connection.stage { lookAtLent(fd, stirred: false) }
+        }
+    }
+
+    /// Where a lent connection is, and what to do about it.
+    private mutating func lookAtLent(_ fd: Int32, stirred: Bool) {
+        guard let connection = pending[fd], case .lent(let environment, let number, let since) = connection.stage,
+              let table = sharedTable, pools.indices.contains(environment) else { return }
+        let now = monotonicMilliseconds()
+        switch table.lendState(number, environment: environment, pool: pools[environment], roster: currentRoster(table)) {
+        case .returned(.answered):
+            lentChecks[fd] = nil
+            if let cookie = connection.cookie { lentByCookie[cookie] = nil }
+            var back = connection
+            back.stage = .readingHead
+            back.hops = 1
+            back.deadline = now + headTimeout
+            back.carriedClient = connection.client
+            pending[fd] = back
+            advance(fd)
+            if let now = pending[fd], case .readingHead = now.stage, !now.watched {
+                // Unwatched while it was served (below): watched again for its next head.
+                if watch(fd, events: Self.connectionEvents, data: UInt64(UInt32(bitPattern: fd))) {
+                    pending[fd]?.watched = true
+                } else {
+                    closeConnection(fd)
+                }
+            }
+        case .returned(.ended):
+            lentChecks[fd] = nil
+            if let cookie = connection.cookie { lentByCookie[cookie] = nil }
+            // Its worker shut the write side (or could not); the rest of httpd's lingering close.
+            shutdown(fd, Int32(SHUT_WR))
+            var ending = connection
+            ending.deadline = now + LingeringClose.idleMilliseconds
+            ending.stage = .lingering(until: now + LingeringClose.mostMilliseconds)
+            pending[fd] = ending
+            drain(fd)
+            if pending[fd]?.watched == false {
+                if watch(fd, events: Self.connectionEvents, data: UInt64(UInt32(bitPattern: fd))) {
+                    pending[fd]?.watched = true
+                } else {
+                    closeConnection(fd)
+                }
+            }
+        case .returned(.sentBack):
+            // Its worker sent it back with what it read: the message carries its own reference,
+            // to whichever multiplexer reads it first. This copy has done its part.
+            closeConnection(fd)
+        case .serving where stirred && now - since > 200:
+            // A long exchange (a slow answer, an upgraded HTTP/2 session): its client's every
+            // packet would wake this multiplexer. Unwatched; the sweep finds it back.
+            lentChecks[fd] = nil
+            if connection.watched {
+                epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil)
+                pending[fd]?.watched = false
+            }
+        case .serving:
+            if stirred { lentChecks[fd] = lentChecks[fd] ?? now }
+        case .unknown:
+            // In the channel still, or its worker is gone. Gone once a worker surely took it
+            // (the channel was empty since, or that many connections and a few more were taken)
+            // and, a moment later, nobody shows it.
+            let flow = table.flow(environment)
+            let slack = UInt64(max(1, configuration.limits.maxMultiplexers))
+            let taken = flow.received >= flow.handedOff || flow.received >= number.addingReportingOverflow(slack).partialValue
+            if taken && now - since > 1000 {
+                note(.lentLost, PERUSER_LOG_INFO, "multiplexer: a connection lent to environment "
+                     + "\(environmentLabel(environment)) was never given back (its worker is gone); closed")
+                closeConnection(fd)
+            } else if stirred {
+                lentChecks[fd] = lentChecks[fd] ?? now
             }
         }
     }
@@ -1204,6 +1382,10 @@ struct Multiplexer {
         if case .waitingForWorker(let env) = connection.stage {
             waiting.remove(fd)
             publish(env)
+        }
+        if case .lent = connection.stage {
+            lentChecks[fd] = nil
+            if let cookie = connection.cookie { lentByCookie[cookie] = nil }
         }
         if connection.watched { epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil) }
     }

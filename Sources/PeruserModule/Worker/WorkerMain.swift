@@ -15,6 +15,23 @@ struct ServedConnection {
     let client: ClientAddress
     /// Its last request was another environment's: after the response it goes straight back.
     let crossing: Bool
+    /// Not 0: lent (Multiplexer.swift, "Lent connections"): the multiplexer kept its descriptor,
+    /// and this worker gives it back by writing this number on its page.
+    let lend: UInt64
+}
+
+/// The lend number of the connection being served until it is given back (0: none or done).
+nonisolated(unsafe) var lendOutstanding: UInt64 = 0
+/// How many lent connections this worker gave back: where the next goes in its page's ring.
+nonisolated(unsafe) var lentGivenBack = 0
+
+/// Gives the lent connection being served back: a write on the worker's own page, no message,
+/// no wake-up (the multiplexer looks when its copy of the socket stirs).
+func giveBackLent(_ how: ChildTable.Returned) {
+    guard lendOutstanding != 0, let page = ownPage else { return }
+    sharedTable?.giveBackLent(page: page, lend: lendOutstanding, how: how, position: lentGivenBack)
+    lentGivenBack &+= 1
+    lendOutstanding = 0
 }
 
 nonisolated(unsafe) var servedConnection: ServedConnection?
@@ -140,15 +157,18 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
                 close(fd)
                 continue
             }
-            tookConnection(client: decoded.client, ticket: decoded.ticket)
+            tookConnection(client: decoded.client, ticket: decoded.ticket, lend: decoded.lend)
             statusShown = false
             servedConnection = ServedConnection(fd: fd, hops: decoded.hops, ticket: decoded.ticket, client: decoded.client,
-                                                crossing: decoded.crossing)
+                                                crossing: decoded.crossing, lend: decoded.lend)
+            lendOutstanding = decoded.lend
             let consumed = UnsafeRawBufferPointer(rebasing: message[HandoffMessage.headerSize..<(HandoffMessage.headerSize
                                                                                                + decoded.consumedCount)])
             apr_pool_clear(transactionPool)
             serve(fd, addresses: addresses, consumed: consumed, id: served, pool: transactionPool,
                   scoreboard: scoreboardHandle, buckets: bucketAllocator)
+            // A lent connection not given back ended here (or never became one for Apache).
+            giveBackLent(.ended)
             servedConnection = nil
             served += 1
         }
@@ -182,14 +202,26 @@ func serve(_ fd: Int32, addresses: (local: sockaddr_storage, peer: sockaddr_stor
         return
     }
     peruser_shim_connection_begins(UnsafeMutableRawPointer(socket), consumed.baseAddress?.assumingMemoryBound(to: UInt8.self),
-                                   consumed.count)
+                                   consumed.count, servedConnection?.lend ?? 0 != 0 ? 1 : 0)
     if let connection = ap_run_create_connection(pool, ap_server_conf, socket, id,
                                                  UnsafeMutableRawPointer(scoreboard), buckets) {
         IdleSessionWatch.serving(fd)
         ap_process_connection(connection, UnsafeMutableRawPointer(socket))
         IdleSessionWatch.served()
         peruserWorkerSpeaksHTTP2(0)
-        guard peruser_shim_connection_handed_back() == 0 else { return }
+        guard peruser_shim_connection_handed_back() == 0 else {
+            // Handed back, or lent and given back: the multiplexer holds it now. This copy goes
+            // at once (close only: no shutdown), so that a client's close ends the connection.
+            apr_socket_close(socket)
+            return
+        }
+        if servedConnection?.lend ?? 0 != 0 {
+            // Lent: the multiplexer holds the connection too, and does the lingering close once
+            // this worker's write side is shut and the end is on its page (workerMain).
+            _ = ap_start_lingering_close(connection)
+            apr_socket_close(socket)
+            return
+        }
         // httpd's lingering close: kept beside the next connections (HeldClosings); with too
         // many kept, waited for here while the environment needs no more workers, by the
         // multiplexers as soon as it does (LingeringClose).
@@ -236,8 +268,9 @@ func setOwnStatus(_ status: ChildStatus) {
 }
 
 /// A worker took a connection from its channel.
-func tookConnection(client: ClientAddress, ticket: UInt64) {
+func tookConnection(client: ClientAddress, ticket: UInt64, lend: UInt64) {
     guard let table = sharedTable, let page = ownPage else { return }
+    table.setLend(page: page, lend)
     // Its client and ticket first, then busy: a multiplexer counts the connection in flight
     // until a busy worker shows its ticket, and then as that worker's.
     // (For a moment it is both busy and queued: readers count one worker too few, never one too many.)
@@ -423,10 +456,25 @@ func linger(_ fd: Int32) {
 @_cdecl("peruser_worker_hand_back")
 public func peruserWorkerHandBack(_ consumed: UnsafePointer<UInt8>?, _ length: Int, _ requestsServed: Int32) -> Int32 {
     guard let connection = servedConnection else { return -EINVAL }
+    if connection.lend != 0 && (consumed == nil || length == 0) {
+        // Lent and nothing read past the response: the multiplexer still watches it.
+        giveBackLent(.answered)
+        return 0
+    }
     let hops = requestsServed > 0 ? 1 : (connection.hops == .max ? .max : connection.hops + 1)
+    // Lent: the ring says first that it comes back by message (with what was read of it), so the
+    // multiplexer that lent it drops its copy instead of reading the socket.
+    let lend = lendOutstanding
+    giveBackLent(.sentBack)
     // The multiplexers drain this channel in their event loops; a full one is brief.
-    return giveBack(fd: connection.fd, ticket: connection.ticket, client: connection.client, hops: hops,
-                    consumed: UnsafeRawBufferPointer(start: length > 0 ? consumed : nil,
-                                                     count: consumed == nil ? 0 : length),
-                    closing: false, attempts: 100)
+    let sent = giveBack(fd: connection.fd, ticket: connection.ticket, client: connection.client, hops: hops,
+                        consumed: UnsafeRawBufferPointer(start: length > 0 ? consumed : nil,
+                                                         count: consumed == nil ? 0 : length),
+                        closing: false, attempts: 100)
+    if sent != 0 && lend != 0 {
+        // Not sent: it ends here (421); that overwrites the same entry of the ring.
+        lentGivenBack &-= 1
+        lendOutstanding = lend
+    }
+    return sent
 }

@@ -1,0 +1,216 @@
+"""Lent connections: a kept-alive connection whose requests cross environments (a front proxy's
+pooled connection) stays in the multiplexer while a worker answers one request on it; the worker
+gives it back by a mark on its own page, and the multiplexer reads the next head itself. These
+tests look at who holds the connection, and at every way a lent connection can end: its client
+closes, a request asks to close, its worker dies, its worker reads what came next."""
+import os
+import re
+import signal
+import socket
+import time
+
+import pytest
+
+from conftest import make_site, two_environments
+from harness import Apache, free_port, proc_ids, session_pids
+from test_end_to_end import ids_of, socket_inodes, split_responses
+
+CGI = "/cgi-bin/id.cgi"
+
+
+@pytest.fixture(scope="module")
+def server(module, accounts):
+    port = free_port()
+    apache = Apache("", name="lending")
+    (a_uid, a_gid), (b_uid, b_gid) = accounts["peruser-a"], accounts["peruser-b"]
+    a_site = make_site(apache.root, a_uid, a_gid, "a")
+    b_site = make_site(apache.root, b_uid, b_gid, "b")
+    apache.write_config(f"""
+Listen 127.0.0.1:{port}
+MinMultiplexers 2
+{two_environments(apache.root)}
+<VirtualHost 127.0.0.1:{port}>
+    ServerName a.test
+    DocumentRoot {a_site}
+    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
+    ServerEnvironment env-a
+</VirtualHost>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName b.test
+    DocumentRoot {b_site}
+    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
+    ServerEnvironment env-b
+</VirtualHost>
+""")
+    apache.port = port
+    apache.uids = {"a": (a_uid, a_gid), "b": (b_uid, b_gid)}
+    apache.start(ports=(port,))
+    yield apache
+    apache.stop()
+    print(apache.read_error_log()[-3000:])
+    apache.cleanup()
+
+
+def request(host, path="/index.html", close=False):
+    return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
+            + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+
+
+def read_response(sock, timeout=15):
+    """One response (Content-Length or chunked) from a kept-alive connection."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        if b"\r\n\r\n" in data:
+            try:
+                responses = split_responses(data)
+                if len(responses) == 1 and complete(data):
+                    return responses[0]
+            except (AssertionError, ValueError):
+                pass
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {data[:300]!r}"
+        data += chunk
+
+
+def complete(data):
+    head, _, body = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?i)content-length: *(\d+)", head)
+    if m:
+        return len(body) >= int(m.group(1))
+    return body.endswith(b"0\r\n\r\n")
+
+
+def server_inode(server, client):
+    """Inode of the server's end of the TCP connection whose client end is `client`."""
+    port = client.getsockname()[1]
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].split(":")[1], 16)
+            remote_port = int(fields[2].split(":")[1], 16)
+            if local_port == server.port and remote_port == port and fields[9] != "0":
+                return int(fields[9])
+    return None
+
+
+def holders(server, inode):
+    """{pid: (uid, gid)} of the server's processes that hold a descriptor of socket `inode`."""
+    out = {}
+    for pid in session_pids(os.getsid(server.pid())):
+        try:
+            if inode in socket_inodes(pid):
+                out[pid] = proc_ids(pid)
+        except OSError:
+            pass
+    return out
+
+
+def wait_for(check, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def lent_connection(server):
+    """A connection that crossed from env-a to env-b: its next hand-off is a lend."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+    sock.sendall(request("a.test"))
+    assert read_response(sock) == (200, "site a\n")
+    sock.sendall(request("b.test"))
+    assert read_response(sock) == (200, "site b\n")
+    return sock
+
+
+MULTIPLEXER = (33, 33)
+
+
+def test_while_a_worker_answers_a_crossing_request_a_multiplexer_keeps_the_connection(server):
+    sock = lent_connection(server)
+    inode = server_inode(server, sock)
+    assert inode
+    sock.sendall(request("a.test", CGI + "?sleep=2"))
+    both = wait_for(lambda: (lambda h: h if MULTIPLEXER in h.values() and server.uids["a"] in h.values() else None)(
+        holders(server, inode)))
+    assert both, f"lent: a multiplexer and env-a's worker hold it while the CGI runs: {holders(server, inode)}"
+    status, body = read_response(sock)
+    assert status == 200 and ids_of(body)[:2] == server.uids["a"]
+    # Given back: the worker let go of its copy; the multiplexer alone holds it, waiting.
+    alone = wait_for(lambda: set(holders(server, inode).values()) == {MULTIPLEXER})
+    assert alone, f"after the answer only a multiplexer holds it: {holders(server, inode)}"
+    # And it goes on, across environments, under the right identities.
+    for host in ("b.test", "a.test", "b.test", "b.test", "a.test"):
+        sock.sendall(request(host, CGI))
+        status, body = read_response(sock)
+        assert status == 200 and ids_of(body)[:2] == server.uids[host[0]], body
+    sock.close()
+
+
+def test_a_lent_connection_its_client_closes_is_let_go(server):
+    sock = lent_connection(server)
+    inode = server_inode(server, sock)
+    sock.sendall(request("a.test"))
+    assert read_response(sock) == (200, "site a\n")
+    sock.close()
+    gone = wait_for(lambda: not holders(server, inode), 3)
+    assert gone, f"nothing of the server holds a connection its client closed: {holders(server, inode)}"
+
+
+def test_a_lent_connection_asked_to_close_ends_after_its_answer(server):
+    sock = lent_connection(server)
+    inode = server_inode(server, sock)
+    sock.sendall(request("a.test", close=True))
+    status, body = read_response(sock)
+    assert (status, body) == (200, "site a\n")
+    sock.settimeout(3)
+    started = time.monotonic()
+    assert sock.recv(100) == b"", "the server closes after Connection: close"
+    assert time.monotonic() - started < 2.5
+    sock.close()
+    assert wait_for(lambda: not holders(server, inode), 3), holders(server, inode)
+
+
+def test_requests_pipelined_on_a_lent_connection_are_answered_in_order(server):
+    sock = lent_connection(server)
+    hosts = ["a.test", "a.test", "b.test", "a.test", "b.test"]
+    sock.sendall(b"".join(request(h, CGI) for h in hosts) + request("a.test", CGI, close=True))
+    sock.settimeout(15)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    responses = split_responses(data)
+    assert [ids_of(b)[:2] for _, b in responses] == [server.uids[h[0]] for h in hosts] + [server.uids["a"]]
+    sock.close()
+
+
+def test_a_lent_connection_whose_worker_dies_is_closed_not_left_hanging(server):
+    sock = lent_connection(server)
+    inode = server_inode(server, sock)
+    sock.sendall(request("a.test", CGI + "?sleep=30"))
+    worker = wait_for(lambda: [pid for pid, ids in holders(server, inode).items() if ids == server.uids["a"]])
+    assert worker, holders(server, inode)
+    assert MULTIPLEXER in holders(server, inode).values(), "lent: a multiplexer holds it too"
+    os.kill(worker[0], signal.SIGKILL)
+    sock.settimeout(10)
+    started = time.monotonic()
+    got = b""
+    try:
+        while chunk := sock.recv(65536):  # what the CGI wrote before it slept, then the end
+            got += chunk
+    except ConnectionResetError:
+        pass
+    assert time.monotonic() - started < 6, "a lent connection whose worker died is closed within seconds"
+    assert not got.endswith(b"0\r\n\r\n"), f"the answer was cut, and the client can tell: {got!r}"
+    sock.close()
+    assert wait_for(lambda: not holders(server, inode), 3), holders(server, inode)
+    # The environment serves again (the parent replaced its worker).
+    fresh = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+    fresh.sendall(request("a.test", close=True))
+    assert read_response(fresh) == (200, "site a\n")
+    fresh.close()
