@@ -286,37 +286,37 @@ final class ChildTableTests: XCTestCase {
         }
     }
 
-    /// A lent connection is back when any page of its environment's pool has its number in the
-    /// ring (even a page whose worker has exited since); it is being served while a live worker
-    /// of the environment shows it; anything else is unknown. Only its own environment's pages
-    /// count.
+    /// A lent connection is back when a live worker of its environment has its number in the
+    /// ring; it is being served while one shows it as its current connection (active); anything
+    /// else is unknown, a worker gone since included. Only its own environment's pages count.
     func testLentConnectionsAreFoundOnlyInTheirEnvironmentsPages() {
         let slots = 4, environments = 2, pages = 4  // pool of env 0: pages 0-1, env 1: 2-3
         withTable(slots: slots, environments: environments, workerPages: pages) { table, _, _ in
             table.setSlot(1, pid: 10, type: .worker, environment: 0, generation: 7, status: .ready, now: 1, workerPage: 0)
             table.setSlot(2, pid: 11, type: .worker, environment: 1, generation: 7, status: .ready, now: 1, workerPage: 2)
             let page0 = table.pageOffset(1), page1 = table.pageOffset(2)
-            XCTAssertEqual(table.lendState(5, environment: 0, pool: 0..<2, roster: table.roster()), .unknown)
+            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .unknown)
             table.setLend(page: page0, 5)
-            XCTAssertEqual(table.lendState(5, environment: 0, pool: 0..<2, roster: table.roster()), .unknown,
+            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .unknown,
                            "a ready worker is not serving it")
             table.setStatus(page: page0, .active, now: 2)
-            XCTAssertEqual(table.lendState(5, environment: 0, pool: 0..<2, roster: table.roster()), .serving)
+            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .serving)
             table.giveBackLent(page: page0, lend: 5, how: .answered, position: 0)
-            XCTAssertEqual(table.lendState(5, environment: 0, pool: 0..<2, roster: table.roster()), .returned(.answered))
+            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .returned(.answered))
             // Environment 1's worker names number 6 of its own; environment 0's number 6 is not it.
             table.giveBackLent(page: page1, lend: 6, how: .ended, position: 0)
-            XCTAssertEqual(table.lendState(6, environment: 0, pool: 0..<2, roster: table.roster()), .unknown)
-            XCTAssertEqual(table.lendState(6, environment: 1, pool: 2..<4, roster: table.roster()), .returned(.ended))
+            XCTAssertEqual(table.lendState(6, environment: 0, roster: table.roster()), .unknown)
+            XCTAssertEqual(table.lendState(6, environment: 1, roster: table.roster()), .returned(.ended))
             table.giveBackLent(page: page0, lend: 7, how: .sentBack, position: 1)
-            XCTAssertEqual(table.lendState(7, environment: 0, pool: 0..<2, roster: table.roster()), .returned(.sentBack))
-            // The worker exits: what it gave back is still found; what it was serving is not.
+            XCTAssertEqual(table.lendState(7, environment: 0, roster: table.roster()), .returned(.sentBack))
+            // The worker exits: neither what it gave back nor what it served is read any more
+            // (its pages are not read at all).
             table.setLend(page: page0, 8)
             table.setSlot(1, pid: 0, type: .unknown, environment: 0, generation: 7, status: .standby, now: 3)
-            XCTAssertEqual(table.lendState(5, environment: 0, pool: 0..<2, roster: table.roster()), .returned(.answered))
-            XCTAssertEqual(table.lendState(8, environment: 0, pool: 0..<2, roster: table.roster()), .unknown)
-            // Number 0 is never lent, and a pool beyond the pages is clamped.
-            XCTAssertEqual(table.lendState(0, environment: 0, pool: 0..<99, roster: table.roster()), .unknown)
+            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .unknown)
+            XCTAssertEqual(table.lendState(8, environment: 0, roster: table.roster()), .unknown)
+            // Number 0 is never lent.
+            XCTAssertEqual(table.lendState(0, environment: 0, roster: table.roster()), .unknown)
         }
     }
 
@@ -329,17 +329,17 @@ final class ChildTableTests: XCTestCase {
             let capacity = ChildTableLayout.returnedCapacity
             for n in 1...(capacity + 3) { table.giveBackLent(page: page, lend: UInt64(n), how: .answered, position: n - 1) }
             for n in 1...3 {
-                XCTAssertEqual(table.lendState(UInt64(n), environment: 0, pool: 0..<2, roster: table.roster()), .unknown)
+                XCTAssertEqual(table.lendState(UInt64(n), environment: 0, roster: table.roster()), .unknown)
             }
-            XCTAssertEqual(table.lendState(UInt64(capacity + 3), environment: 0, pool: 0..<2, roster: table.roster()),
+            XCTAssertEqual(table.lendState(UInt64(capacity + 3), environment: 0, roster: table.roster()),
                            .returned(.answered))
             // Negative positions and numbers with the kind bits set still land in the ring.
             table.giveBackLent(page: page, lend: 0xc000_0000_0000_0040, how: .ended, position: -5)
-            XCTAssertEqual(table.lendState(0x40, environment: 0, pool: 0..<2, roster: table.roster()), .returned(.ended))
+            XCTAssertEqual(table.lendState(0x40, environment: 0, roster: table.roster()), .returned(.ended))
             // A kind no writer of this module writes (both bits) reads as an end.
             guard let detail = table.detailPage(ofPage: page) else { return XCTFail("no detail page") }
             memory.storeBytes(of: UInt64.max, toByteOffset: detail + ChildTableLayout.returnedOffset, as: UInt64.self)
-            XCTAssertEqual(table.lendState(ChildTableLayout.lendMask, environment: 0, pool: 0..<2, roster: table.roster()),
+            XCTAssertEqual(table.lendState(ChildTableLayout.lendMask, environment: 0, roster: table.roster()),
                            .returned(.ended))
         }
     }

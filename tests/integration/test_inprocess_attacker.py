@@ -749,3 +749,38 @@ def run_attack_on(c, attack):
         if "step" in l:
             print(f"  {'ok ' if l['ok'] else 'no '} {l['step']}  {l.get('detail', '')}")
     return lines, None if status == 200 else f"HTTP {status}"
+
+
+def test_a_workers_ring_reaches_no_connection_lent_to_another_environment(server):
+    """Lent connections (README, "How it works"): a worker gives one back by writing its lend
+    number into a ring on its own page. Tenant A's compromised worker writes every number
+    there, as answered and as ended, while a connection lent to env-b2 waits for a slow CGI
+    and its client has already sent the next request: that request must wait for b2's answer
+    (the multiplexer reads only env-b2's pages for it), and the connection goes on."""
+    import threading
+    report = {}
+    attacker = threading.Thread(target=lambda: report.update(lines=run_attack(server, "ring&seconds=6")))
+    attacker.start()
+    try:
+        time.sleep(0.5)
+        c = Conn(server.port, timeout=20)
+        status, _, body = c.request("b.test", "/cgi-bin/id.cgi")
+        assert status == 200 and "server=b.test" in body, body
+        # Handed back by env-b's worker and routed to env-b2: lent (its number is small, and in
+        # A's ring many times over). The next request goes out before the answer.
+        c.send_request("b2.test", "/cgi-bin/id.cgi?sleep=2")
+        time.sleep(0.3)
+        c.send_request("b.test", "/cgi-bin/id.cgi")
+        first = c.read_response()
+        second = c.read_response()
+        assert first[0] == 200 and "server=b2.test" in first[2], f"b2's answer first: {first}"
+        assert second[0] == 200 and "server=b.test" in second[2], f"then b's: {second}"
+        for host in ("b2.test", "b.test", "b2.test"):
+            status, _, body = c.request(host, "/cgi-bin/id.cgi")
+            assert status == 200 and f"server={host}" in body, body
+        c.close()
+    finally:
+        attacker.join(30)
+    lines, error = report.get("lines", ([], "no report"))
+    wrote = [l for l in lines if l.get("step", "").startswith("wrote")]
+    assert wrote and wrote[0]["ok"], f"the attack ran inside A's worker: {lines} {error}"

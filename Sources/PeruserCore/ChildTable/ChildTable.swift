@@ -532,29 +532,27 @@ public struct ChildTable {
         case unknown
     }
 
-    /// Where lent connection `lend` is, as `environment`'s workers tell: the rings of every page
-    /// of its pool (worker page indices `pool`: a worker may give back and exit before anyone
-    /// looks), and the current connection of its live workers (`roster`). Written by that
+    /// Where lent connection `lend` is, as `environment`'s live workers (`roster`) tell: the
+    /// rings and current connections of their detail pages. Only pages of workers that exist
+    /// are read (a page nobody wrote would be allocated by reading it); a worker that gave a
+    /// connection back and exited before anyone looked leaves it unknown. Written by that
     /// environment's workers: a lie only misplaces that environment's own connections.
-    public func lendState(_ lend: UInt64, environment: Int, pool: Range<Int>, roster: Roster) -> LendState {
+    public func lendState(_ lend: UInt64, environment: Int, roster: Roster) -> LendState {
         let wanted = lend & ChildTableLayout.lendMask
         guard wanted != 0 else { return .unknown }
-        for index in pool.clamped(to: 0..<workerPageCount) {
-            let page = ChildTableLayout.workerPageOffset(slots: slotCount, environments: environmentCount, index: index)
-            guard let o = detailPage(ofPage: page) else { continue }
+        var serving = false
+        for index in roster.slots(of: environment) {
+            guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
+                  let o = detailOffset(index) else { continue }
             for slot in 0..<ChildTableLayout.returnedCapacity {
                 let entry = load(o + ChildTableLayout.returnedOffset + 8 * slot, as: UInt64.self)
                 if entry & ChildTableLayout.lendMask == wanted {
                     return .returned(Returned(rawValue: entry >> ChildTableLayout.returnedKindShift) ?? .ended)
                 }
             }
+            if s.status == .active && load(o + ChildTableLayout.lendOffset, as: UInt64.self) == wanted { serving = true }
         }
-        for index in roster.slots(of: environment) {
-            guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
-                  s.status == .active, let o = detailOffset(index) else { continue }
-            if load(o + ChildTableLayout.lendOffset, as: UInt64.self) == wanted { return .serving }
-        }
-        return .unknown
+        return serving ? .serving : .unknown
     }
 
     /// The tickets of the last connection each of `environment`'s workers took (busy with it

@@ -157,9 +157,7 @@ struct Multiplexer {
     /// and when.
     private var lentChecks: [Int32: Int64] = [:]
     private var lentSweepAt: Int64 = 0
-    /// Each environment's pool of worker pages (where its workers give lent connections back),
-    /// and its hand-back channel of this generation (lent connections count on it).
-    private let pools: [Range<Int>]
+    /// Each environment's hand-back channel of this generation (lent connections count on it).
     private var currentHandback: [Int?]
     /// Lent connections by socket cookie: a worker may send one back with bytes it read.
     private var lentByCookie: [UInt64: Int32] = [:]
@@ -193,10 +191,6 @@ struct Multiplexer {
         lastDemand = Array(repeating: Int64.min / 2, count: handoffs.count)
         shedSeen = Array(repeating: (0, Int64.min / 2), count: handoffs.count)
         capacityCache = Array(repeating: nil, count: handoffs.count)
-        let starts = workerPagePools()
-        pools = starts.starts.indices.map { env in
-            starts.starts[env]..<(env + 1 < starts.starts.count ? starts.starts[env + 1] : starts.total)
-        }
         currentHandback = handoffs.indices.map { env in
             handbacks.firstIndex { $0.generation == generation && $0.environment == env }
         }
@@ -1275,9 +1269,9 @@ struct Multiplexer {
     /// Where a lent connection is, and what to do about it.
     private mutating func lookAtLent(_ fd: Int32, stirred: Bool) {
         guard let connection = pending[fd], case .lent(let environment, let number, let since) = connection.stage,
-              let table = sharedTable, pools.indices.contains(environment) else { return }
+              let table = sharedTable else { return }
         let now = monotonicMilliseconds()
-        switch table.lendState(number, environment: environment, pool: pools[environment], roster: currentRoster(table)) {
+        switch table.lendState(number, environment: environment, roster: currentRoster(table)) {
         case .returned(.answered):
             lentChecks[fd] = nil
             if let cookie = connection.cookie { lentByCookie[cookie] = nil }

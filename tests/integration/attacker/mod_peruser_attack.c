@@ -30,6 +30,10 @@
  *             the connection back to the multiplexers later).
  *   readkept  MSG_PEEK|MSG_DONTWAIT on the kept descriptor: what of the connection's later
  *             traffic (another vhost's requests) this worker can still see.
+ *   ring      &seconds=N (default 4): this worker's ring of given-back lend numbers (its detail page,
+ *             the highest writable page of the child table; ChildTable.swift's returnedOffset)
+ *             holds lend numbers 1..32, "answered", rewritten every millisecond: as if it had
+ *             given back the first connections lent to any environment.
  *   signal    SIGKILL to getppid() and to every pid in the child table's identities (never 0,
  *             1, a negative pid, or this worker itself).
  *   holdings  what this worker holds of anyone: &needles=HEX[,HEX...] are searched for in every
@@ -547,6 +551,46 @@ static void attack_table(request_rec *r)
             sleep_ms(20);
         }
     }
+}
+
+/* ------------------------------------------------------------------ */
+/* ring                                                                 */
+/* ------------------------------------------------------------------ */
+
+/* ChildTable.swift: a worker's detail page holds its ring of given-back lend numbers at 288,
+ * 32 words, the kind in the top two bits (0 answered, 2 ended). */
+#define RING_OFFSET 288
+#define RING_ENTRIES 32
+
+static void attack_ring(request_rec *r, int seconds)
+{
+    mapping maps[64];
+    int count = shared_state_mappings(maps, 64), i;
+    uintptr_t detail = 0;
+    long long until;
+    uint64_t number = 1, written = 0;
+    for (i = 0; i < count; i++) {
+        if (strchr(maps[i].perms, 'w') && strstr(maps[i].name, "peruser-child-table")
+            && maps[i].end - 4096 > detail) {
+            detail = maps[i].end - 4096;  /* the last writable page: this worker's detail page */
+        }
+    }
+    if (!detail) {
+        step(r, "find this worker's detail page (a writable page of the child table)", 0, ENOENT, NULL);
+        return;
+    }
+    until = now_ms() + 1000LL * seconds;
+    while (now_ms() < until) {
+        volatile uint64_t *ring = (volatile uint64_t *)(detail + RING_OFFSET);
+        for (i = 0; i < RING_ENTRIES; i++) {
+            ring[i] = number + (uint64_t)i;
+            written++;
+        }
+        sleep_ms(1);
+    }
+    step(r, apr_psprintf(r->pool, "wrote lend numbers 1..32 (answered) into the ring at %lx, %lu words in %d s",
+                         (unsigned long)detail + RING_OFFSET, (unsigned long)written, seconds),
+         1, 0, NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1277,6 +1321,10 @@ static int attack_handler(request_rec *r)
     }
     else if (strcmp(attack, "holdings") == 0) {
         attack_holdings(r);
+    }
+    else if (strcmp(attack, "ring") == 0) {
+        const char *seconds = apr_table_get(args, "seconds");
+        attack_ring(r, seconds ? atoi(seconds) : 4);
     }
     else if (strcmp(attack, "signal") == 0) {
         attack_signal(r);
