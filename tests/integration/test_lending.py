@@ -214,3 +214,39 @@ def test_a_lent_connection_whose_worker_dies_is_closed_not_left_hanging(server):
     fresh.sendall(request("a.test", close=True))
     assert read_response(fresh) == (200, "site a\n")
     fresh.close()
+
+
+def test_a_graceful_restart_finishes_a_lent_answer_and_the_old_multiplexers(server):
+    """At a graceful restart the answer in flight on a lent connection arrives whole (then the
+    connection may close, as httpd closes kept-alive connections at a restart), the old
+    multiplexers finish instead of keeping lent connections, and crossing goes on in the new
+    generation. A multiplexer that is stopping lends nothing."""
+    sock = lent_connection(server)
+    sid = os.getsid(server.pid())
+    old_multiplexers = {pid for pid in session_pids(sid) if proc_ids(pid) == MULTIPLEXER}
+    assert old_multiplexers
+    sock.sendall(request("a.test", CGI + "?sleep=1"))   # lent while the restart begins
+    time.sleep(0.3)
+    generations = server.read_error_log().count("peruser: generation ")
+    os.kill(server.pid(), signal.SIGUSR1)
+    status, body = read_response(sock)
+    assert status == 200 and ids_of(body)[:2] == server.uids["a"], body
+    sock.close()
+    assert wait_for(lambda: server.read_error_log().count("peruser: generation ") > generations, 10)
+
+    def old_ones_left():
+        alive = set()
+        for pid in old_multiplexers:
+            try:
+                os.kill(pid, 0)
+                alive.add(pid)
+            except ProcessLookupError:
+                pass
+        return alive
+    assert wait_for(lambda: not old_ones_left(), 10), f"old multiplexers still running: {old_ones_left()}"
+    fresh = lent_connection(server)
+    for host in ("a.test", "b.test", "a.test"):
+        fresh.sendall(request(host, CGI))
+        status, body = read_response(fresh)
+        assert status == 200 and ids_of(body)[:2] == server.uids[host[0]], body
+    fresh.close()

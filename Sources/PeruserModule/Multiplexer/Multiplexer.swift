@@ -1134,8 +1134,10 @@ struct Multiplexer {
         let handedOffCount = sharedTable?.environmentField(environment, ChildTableLayout.handedOffOffset)
         let handedOffSoFar = handedOffCount.map { peruser_atomic_add_fetch_u64($0, 1) } ?? 0
         // Crossing: most likely it comes back after one answer, so it is lent (kept and watched
-        // here) rather than given, within the environment's share of this multiplexer.
-        let lendTo = crossing && cookie != nil && sharedTable != nil && handedOffSoFar != 0
+        // here) rather than given, within the environment's share of this multiplexer. Not by a
+        // multiplexer that is stopping (a graceful restart): given, the connection comes back
+        // by message to the new generation's multiplexers.
+        let lendTo = !stopping && crossing && cookie != nil && sharedTable != nil && handedOffSoFar != 0
             && handedOffSoFar & ChildTableLayout.lendMask == handedOffSoFar
             ? currentHandback[environment].flatMap { handbacks[$0].holding < handbacks[$0].most ? $0 : nil } : nil
         do {
