@@ -270,6 +270,11 @@ def raw_request(port, data, read_timeout=10, shutdown_write=False):
 def request_on(sock, host, path="/cgi-bin/id.cgi"):
     """One HTTP/1.1 GET on an open connection (kept alive); (status, headers, body text)."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return response_on(sock)
+
+
+def response_on(sock):
+    """The next response on an open connection (not pipelined); (status, headers, body text)."""
     f = sock.makefile("rb")
     status = f.readline()
     headers = {}

@@ -4,7 +4,6 @@ gives it back by a mark on its own page, and the multiplexer reads the next head
 tests look at who holds the connection, and at every way a lent connection can end: its client
 closes, a request asks to close, its worker dies, its worker reads what came next."""
 import os
-import re
 import signal
 import socket
 import time
@@ -12,7 +11,7 @@ import time
 import pytest
 
 from conftest import make_site, two_environments
-from harness import Apache, free_port, proc_ids, session_pids
+from harness import Apache, free_port, proc_ids, response_on, session_pids
 from test_end_to_end import ids_of, socket_inodes, split_responses
 
 CGI = "/cgi-bin/id.cgi"
@@ -56,29 +55,10 @@ def request(host, path="/index.html", close=False):
             + ("Connection: close\r\n" if close else "") + "\r\n").encode()
 
 
-def read_response(sock, timeout=15):
-    """One response (Content-Length or chunked) from a kept-alive connection."""
-    sock.settimeout(timeout)
-    data = b""
-    while True:
-        if b"\r\n\r\n" in data:
-            try:
-                responses = split_responses(data)
-                if len(responses) == 1 and complete(data):
-                    return responses[0]
-            except (AssertionError, ValueError):
-                pass
-        chunk = sock.recv(65536)
-        assert chunk, f"closed after {data[:300]!r}"
-        data += chunk
-
-
-def complete(data):
-    head, _, body = data.partition(b"\r\n\r\n")
-    m = re.search(rb"(?i)content-length: *(\d+)", head)
-    if m:
-        return len(body) >= int(m.group(1))
-    return body.endswith(b"0\r\n\r\n")
+def read_response(sock):
+    """(status, body) of the next response on a kept-alive connection."""
+    status, _, body = response_on(sock)
+    return status, body
 
 
 def server_inode(server, client):

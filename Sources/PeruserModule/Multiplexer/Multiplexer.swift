@@ -651,21 +651,35 @@ struct Multiplexer {
     /// Takes over the end of a served connection from its worker (HandoffMessage.closing), as
     /// httpd's lingering close does it: the worker is free for the next connection at once.
     private mutating func linger(_ fd: Int32, handback: Int, cookie: UInt64) {
-        let now = monotonicMilliseconds()
-        var connection = PendingConnection(consumed: [], hops: 0, deadline: now + LingeringClose.idleMilliseconds,
-                                           handback: handback, cookie: cookie)
-        connection.stage = .lingering(until: now + LingeringClose.mostMilliseconds)
-        pending[fd] = connection
+        pending[fd] = PendingConnection(consumed: [], hops: 0, deadline: 0, handback: handback, cookie: cookie)
         heldCookies.insert(cookie)
         handbacks[handback].holding += 1
         handbacksToCheck.append(handback)
+        lingerHeld(fd)
+    }
+
+    /// The lingering close of a connection this multiplexer holds (given back to close, or lent
+    /// and ended in its worker): what the client still sends is read and dropped.
+    private mutating func lingerHeld(_ fd: Int32) {
+        let now = monotonicMilliseconds()
+        pending[fd]?.deadline = now + LingeringClose.idleMilliseconds
+        pending[fd]?.stage = .lingering(until: now + LingeringClose.mostMilliseconds)
         drain(fd)
-        guard pending[fd] != nil else { return }
+        if pending[fd] != nil { watchConnection(fd) }
+    }
+
+    /// Watches a held connection's socket unless it is already: false if epoll refused it (the
+    /// connection is closed then).
+    @discardableResult
+    private mutating func watchConnection(_ fd: Int32) -> Bool {
+        guard let connection = pending[fd] else { return false }
+        if connection.watched { return true }
         guard watch(fd, events: Self.connectionEvents, data: UInt64(UInt32(bitPattern: fd))) else {
             closeConnection(fd)
-            return
+            return false
         }
         pending[fd]?.watched = true
+        return true
     }
 
     /// Reads and drops what a lingering connection's client sent; closes it at its end.
@@ -1243,13 +1257,13 @@ struct Multiplexer {
         pending[fd] = connection
         // Watched from now on (edge-triggered: an ADD reports the request still unread, which
         // its worker reads; the look finds it not back yet).
-        if !connection.watched {
-            guard watch(fd, events: Self.connectionEvents, data: UInt64(UInt32(bitPattern: fd))) else {
-                closeConnection(fd)
-                return
-            }
-            pending[fd]?.watched = true
-        }
+        watchConnection(fd)
+    }
+
+    /// Forgets that `fd` is lent: its look-again time and its cookie's entry.
+    private mutating func unlend(_ fd: Int32, cookie: UInt64?) {
+        lentChecks[fd] = nil
+        if let cookie { lentByCookie[cookie] = nil }
     }
 
     /// Lent connections that stirred before they were back, soon; every lent one now and then
@@ -1275,8 +1289,7 @@ struct Multiplexer {
         let now = monotonicMilliseconds()
         switch table.lendState(number, environment: environment, roster: currentRoster(table)) {
         case .returned(.answered):
-            lentChecks[fd] = nil
-            if let cookie = connection.cookie { lentByCookie[cookie] = nil }
+            unlend(fd, cookie: connection.cookie)
             var back = connection
             back.stage = .readingHead
             back.hops = 1
@@ -1284,31 +1297,13 @@ struct Multiplexer {
             back.carriedClient = connection.client
             pending[fd] = back
             advance(fd)
-            if let now = pending[fd], case .readingHead = now.stage, !now.watched {
-                // Unwatched while it was served (below): watched again for its next head.
-                if watch(fd, events: Self.connectionEvents, data: UInt64(UInt32(bitPattern: fd))) {
-                    pending[fd]?.watched = true
-                } else {
-                    closeConnection(fd)
-                }
-            }
+            // Unwatched while it was served (below): watched again for its next head.
+            if case .readingHead? = pending[fd]?.stage { watchConnection(fd) }
         case .returned(.ended):
-            lentChecks[fd] = nil
-            if let cookie = connection.cookie { lentByCookie[cookie] = nil }
+            unlend(fd, cookie: connection.cookie)
             // Its worker shut the write side (or could not); the rest of httpd's lingering close.
             shutdown(fd, Int32(SHUT_WR))
-            var ending = connection
-            ending.deadline = now + LingeringClose.idleMilliseconds
-            ending.stage = .lingering(until: now + LingeringClose.mostMilliseconds)
-            pending[fd] = ending
-            drain(fd)
-            if pending[fd]?.watched == false {
-                if watch(fd, events: Self.connectionEvents, data: UInt64(UInt32(bitPattern: fd))) {
-                    pending[fd]?.watched = true
-                } else {
-                    closeConnection(fd)
-                }
-            }
+            lingerHeld(fd)
         case .returned(.sentBack):
             // Its worker sent it back with what it read: the message carries its own reference,
             // to whichever multiplexer reads it first. This copy has done its part.
@@ -1379,10 +1374,7 @@ struct Multiplexer {
             waiting.remove(fd)
             publish(env)
         }
-        if case .lent = connection.stage {
-            lentChecks[fd] = nil
-            if let cookie = connection.cookie { lentByCookie[cookie] = nil }
-        }
+        if case .lent = connection.stage { unlend(fd, cookie: connection.cookie) }
         if connection.watched { epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil) }
     }
 }
