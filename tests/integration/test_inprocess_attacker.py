@@ -567,10 +567,11 @@ def check_signal(srv, lines, failures):
 
 def worker_socket_fds(srv):
     """The Unix sockets of tenant A's (idle) worker by role: "channel", env-a's own channel, is
-    the one the worker waits on in recvmsg (from /proc/PID/syscall); "handback" is every other
-    one (one socketpair shared by all environments, or a per-environment one, depending on
-    the build). Returns comma-separated fd lists for the module's &fd=."""
-    recvmsg = 47   # x86_64
+    the one the worker waits on (from /proc/PID/syscall: in recvmsg, or in epoll_wait on an
+    epoll that watches it, from the epoll's fdinfo); "handback" is every other one (one
+    socketpair shared by all environments, or a per-environment one, depending on the build).
+    Returns comma-separated fd lists for the module's &fd=."""
+    recvmsg, epoll_waits = 47, {232, 281, 441}   # x86_64: recvmsg; epoll_wait, epoll_pwait(2)
     kids = srv.apache.children()
     a_pid = next(pid for pid, uid, _ in kids if uid == srv.a_uid)
     # Unix sockets only: the worker may still keep a TCP connection it served (its lingering close).
@@ -589,6 +590,12 @@ def worker_socket_fds(srv):
         if fields and fields[0] == str(recvmsg):
             channel = int(fields[1], 16)
             break
+        if fields and fields[0].isdigit() and int(fields[0]) in epoll_waits:
+            with open(f"/proc/{a_pid}/fdinfo/{int(fields[1], 16)}") as f:
+                watched = [int(line.split()[1]) for line in f if line.startswith("tfd:")]
+            if len(watched) == 1:
+                channel = watched[0]
+                break
         time.sleep(0.05)
     assert channel in unix, f"tenant A's worker {a_pid} is not waiting in recvmsg on one of {unix}"
     others = [fd for fd in sorted(unix) if fd != channel]

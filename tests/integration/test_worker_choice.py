@@ -1,0 +1,120 @@
+"""Which worker takes a connection: the environment's oldest idle worker, warm from its last
+request, not the one that slept longest; the others take one only while it is busy. Workers
+sleep on the environment's channel through epolls of their own registered once with
+EPOLLEXCLUSIVE, and the kernel wakes the first registered that sleeps."""
+import os
+import re
+import threading
+import time
+
+import pytest
+
+from conftest import make_site, php_module
+from harness import Apache, free_port, proc_ids, session_pids
+from test_end_to_end import get, ids_of
+from test_process_management import wait_until, workers_of
+
+CGI = "/cgi-bin/id.cgi"
+PHP = "/pid.php"
+
+
+@pytest.fixture(scope="module")
+def server(module, accounts):
+    port = free_port()
+    apache = Apache("", name="worker-choice")
+    uid, gid = accounts["peruser-a"]
+    site = make_site(apache.root, uid, gid, "a")
+    # PHP runs in the worker itself (a CGI is a child of it, which the worker reaps after the
+    # response, with a wait of its own).
+    with open(os.path.join(site, "pid.php"), "w") as f:
+        f.write('<?php echo "worker=", getmypid(), "\\n";\n')
+    os.chmod(os.path.join(site, "pid.php"), 0o644)
+    apache.write_config(f"""
+Listen 127.0.0.1:{port}
+LoadModule php_module {php_module()}
+<FilesMatch "\\.php$">
+    SetHandler application/x-httpd-php
+</FilesMatch>
+<Directory {apache.root}>
+    Require all granted
+    Options +ExecCGI
+</Directory>
+<Processor three>
+    User peruser-a
+    Group peruser-a
+    MinProcessors 3
+</Processor>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName a.test
+    DocumentRoot {site}
+    ScriptAlias /cgi-bin/ {site}/cgi-bin/
+    ServerEnvironment three
+</VirtualHost>
+""")
+    apache.port = port
+    apache.ids = (uid, gid)
+    apache.start(ports=(port,))
+    yield apache
+    apache.stop()
+    print(apache.read_error_log()[-3000:])
+    apache.cleanup()
+
+
+def workers(server):
+    return workers_of(server, server.ids)
+
+
+def runs_a_child(pid):
+    """Whether process `pid` has a child (for a worker: the CGI it runs)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return bool(f.read().split())
+    except OSError:
+        return False
+
+
+def served_by(body):
+    m = re.search(r"worker=(\d+)", body)
+    assert m, body
+    return int(m.group(1))
+
+
+def fetch(server, path=PHP):
+    status, body, _ = get(server.port, "a.test", path)
+    assert status == 200, body
+    if path.startswith(CGI):
+        assert ids_of(body)[:2] == server.ids, body
+    return served_by(body)
+
+
+def test_one_after_another_the_same_worker_serves_the_connections(server):
+    assert wait_until(lambda: len(workers(server)) >= 3), workers(server)
+    served = []
+    for _ in range(12):
+        # A tenant with light traffic: its worker is back asleep before the next connection
+        # (one that comes while the worker still finishes the last goes to another).
+        time.sleep(0.1)
+        served.append(fetch(server))
+    warm = max(set(served), key=served.count)
+    # First in, first out, three workers would serve four each. A worker awake for a moment
+    # (it looks at the closings it keeps) may leave one to a spare.
+    assert served.count(warm) >= 10, f"connections went round the workers: {served}"
+    assert len(workers(server)) >= 3, "the others slept through it, still there"
+
+
+def test_while_that_worker_is_busy_another_takes_the_connection_then_it_is_back(server):
+    assert wait_until(lambda: len(workers(server)) >= 3), workers(server)
+    time.sleep(0.1)
+    warm = fetch(server)
+    slow = {}
+    thread = threading.Thread(target=lambda: slow.update(pid=fetch(server, CGI + "?sleep=2")))
+    thread.start()
+    assert wait_until(lambda: runs_a_child(warm), timeout=5), "the warm worker runs the slow CGI"
+    other = fetch(server)
+    assert other != warm, "a busy worker cannot take a connection: another does"
+    thread.join()
+    assert slow["pid"] == warm
+    # Once it reaped its CGI and sleeps again, it takes the next connection again.
+    assert wait_until(lambda: not runs_a_child(warm), timeout=5)
+    time.sleep(0.1)
+    assert fetch(server) == warm, "once free, the first worker takes the next connection again"
