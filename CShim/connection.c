@@ -468,40 +468,15 @@ static int gate_handler(request_rec *r)
 }
 
 /* A handed-back request is logged by the worker that serves it, not here. */
-/* Whether httpd's input filters hold bytes of the connection already read from its socket (a
- * pipelined request). With socket reads paused, a speculative read finds only those. */
-static int input_buffered(request_rec *r)
-{
-    conn_rec *c = r->connection;
-    apr_bucket_brigade *bb = apr_brigade_create(r->pool, c->bucket_alloc);
-    apr_status_t rv = ap_get_brigade(c->input_filters, bb, AP_MODE_SPECULATIVE, APR_NONBLOCK_READ, 1);
-    int buffered = APR_STATUS_IS_EAGAIN(rv) ? 0 : rv != APR_SUCCESS || !APR_BRIGADE_EMPTY(bb);
-    apr_brigade_destroy(bb);
-    return buffered;
-}
-
 static int log_transaction(request_rec *r)
 {
-    conn_rec *c = r->connection;
-    if (is_worker && apr_table_get(r->notes, "peruser-handed-back")) {
-        return DONE;
-    }
-    /* A lent connection's answer is out (this runs as its EOR bucket goes, once the core output
-     * filter wrote everything before it): what the client sends next is the multiplexer's to
-     * read, so httpd's look for a pipelined request (or anything else) finds only what it
-     * already buffered. An upgrade goes on reading. */
-    if (is_worker && current.lent && !c->master && !r->main && r->status != HTTP_SWITCHING_PROTOCOLS) {
+    /* A lent connection's answer is out (this runs as its EOR bucket goes): what the client
+     * sends next is the multiplexer's to read, so httpd's look for a pipelined request (or
+     * anything else) finds only what it already buffered. An upgrade goes on reading. */
+    if (is_worker && current.lent && !r->connection->master && !r->main && r->status != HTTP_SWITCHING_PROTOCOLS) {
         current.socket_reads_paused = 1;
-        /* Kept alive with nothing of the next request read: given back now, not after this
-         * request's logging and teardown (a CGI's exit, PHP's cleanup), so the client's next
-         * request finds the multiplexer free to read it. From here this worker touches the
-         * socket no more: the next head goes to the multiplexers, a close is theirs. */
-        if (c->keepalive == AP_CONN_KEEPALIVE && !c->aborted && !input_buffered(r)) {
-            peruser_worker_answered();
-            current.handed_back = 1;
-        }
     }
-    return DECLINED;
+    return (is_worker && apr_table_get(r->notes, "peruser-handed-back")) ? DONE : DECLINED;
 }
 
 void peruser_register_connection_hooks(void)

@@ -70,10 +70,6 @@ void peruser_worker_started_request(const char *request, const char *vhost);
  * so far; `requests_served` on it by this worker decides the hop count. 0, or -errno. */
 int32_t peruser_worker_hand_back(const unsigned char *consumed, size_t len, int32_t requests_served);
 
-/* The lent connection being served was answered and nothing past the answer was read: given
- * back to the multiplexer that lent it, by a mark on the worker's page. */
-void peruser_worker_answered(void);
-
 /* Whether the head of request_rec `request` (just created, on a kept-alive connection) comes
  * whole within a moment, or the client closed; 0 when the connection should go back to the
  * multiplexers. Reads ahead without consuming. */

@@ -129,46 +129,6 @@ def test_while_a_worker_answers_a_crossing_request_a_multiplexer_keeps_the_conne
     sock.close()
 
 
-# Answers, then stays in its worker's teardown: as the request's pool goes httpd sends it SIGTERM
-# and waits for it (up to 3 s); it takes 2 s, then leaves a mark named by its query string.
-LINGERING_CGI = """#!/bin/sh
-printf 'Content-Type: text/plain\\r\\nContent-Length: 9\\r\\n\\r\\nanswered\\n'
-exec >&- 2>&-
-trap 'sleep 2; : > "$DOCUMENT_ROOT/ended-$QUERY_STRING"; kill $! 2>/dev/null; exit 0' TERM
-sleep 30 &
-wait $!
-"""
-
-
-def test_a_lent_connection_is_given_back_before_its_worker_finishes_the_request(server):
-    """The worker gives a lent connection back as its answer goes out, not after the request's
-    teardown: the client's next request is answered while the worker still waits for the CGI
-    of the one before."""
-    site = os.path.join(server.root, "b")
-    script = os.path.join(site, "cgi-bin", "lingering.cgi")
-    with open(script, "w") as f:
-        f.write(LINGERING_CGI)
-    os.chown(script, *server.uids["b"])
-    os.chmod(script, 0o755)
-    mark = os.path.join(site, "ended-1")
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
-    sock.sendall(request("a.test"))
-    assert read_response(sock) == (200, "site a\n")
-    sock.sendall(request("b.test", "/cgi-bin/lingering.cgi?1"))   # crosses, so it is lent to env-b
-    assert read_response(sock) == (200, "answered\n")
-    sock.sendall(request("a.test", CGI))
-    status, body = read_response(sock)
-    ended_before = os.path.exists(mark)
-    assert status == 200 and ids_of(body)[:2] == server.uids["a"], body
-    assert not ended_before, "the next request waited for env-b's worker to finish its request's teardown"
-    assert wait_for(lambda: os.path.exists(mark), 5), "the CGI did linger in its worker's teardown"
-    # The connection goes on, back through env-b's worker, which is free again.
-    sock.sendall(request("b.test", CGI))
-    status, body = read_response(sock)
-    assert status == 200 and ids_of(body)[:2] == server.uids["b"], body
-    sock.close()
-
-
 def test_a_lent_connection_its_client_closes_is_let_go(server):
     sock = lent_connection(server)
     inode = server_inode(server, sock)

@@ -18,8 +18,6 @@ struct ServedConnection {
     /// Not 0: lent (Multiplexer.swift, "Lent connections"): the multiplexer kept its descriptor,
     /// and this worker gives it back by writing this number on its page.
     let lend: UInt64
-
-    var lent: Bool { lend != 0 }
 }
 
 /// The lend number of the connection being served until it is given back (0: none or done).
@@ -210,7 +208,7 @@ func serve(_ fd: Int32, addresses: (local: sockaddr_storage, peer: sockaddr_stor
         return
     }
     peruser_shim_connection_begins(UnsafeMutableRawPointer(socket), consumed.baseAddress?.assumingMemoryBound(to: UInt8.self),
-                                   consumed.count, servedConnection?.lent == true ? 1 : 0)
+                                   consumed.count, servedConnection?.lend ?? 0 != 0 ? 1 : 0)
     if let connection = ap_run_create_connection(pool, ap_server_conf, socket, id,
                                                  UnsafeMutableRawPointer(scoreboard), buckets) {
         IdleSessionWatch.serving(fd)
@@ -223,7 +221,7 @@ func serve(_ fd: Int32, addresses: (local: sockaddr_storage, peer: sockaddr_stor
             apr_socket_close(socket)
             return
         }
-        if servedConnection?.lent == true {
+        if servedConnection?.lend ?? 0 != 0 {
             // Lent: the multiplexer holds the connection too, and does the lingering close once
             // this worker's write side is shut and the end is on its page (workerMain).
             _ = ap_start_lingering_close(connection)
@@ -492,25 +490,10 @@ func linger(_ fd: Int32) {
     }
 }
 
-/// A lent connection's answer is out with nothing read past it (CShim/connection.c's
-/// log_transaction): given back before the request's teardown.
-@_cdecl("peruser_worker_answered")
-public func peruserWorkerAnswered() {
-    giveBackLent(.answered)
-}
-
 @_cdecl("peruser_worker_hand_back")
 public func peruserWorkerHandBack(_ consumed: UnsafePointer<UInt8>?, _ length: Int, _ requestsServed: Int32) -> Int32 {
     guard let connection = servedConnection else { return -EINVAL }
-    if connection.lent && lendOutstanding == 0 {
-        // Given back already, as answered: the multiplexer reads the socket, and nothing may
-        // travel beside it (the log_transaction hook gives back only with nothing buffered).
-        if length > 0 {
-            log(PERUSER_LOG_ERR, "peruser: \(length) bytes read past an answer given back; dropped")
-        }
-        return 0
-    }
-    if connection.lent && (consumed == nil || length == 0) {
+    if connection.lend != 0 && (consumed == nil || length == 0) {
         // Lent and nothing read past the response: the multiplexer still watches it.
         giveBackLent(.answered)
         return 0
