@@ -347,9 +347,8 @@ nonisolated(unsafe) var heldClosings = HeldClosings()
 /// the kernel wakes the first registered that has a sleeper, one per message: the environment's
 /// oldest idle worker takes the next connection, and spares the load does not need stay asleep
 /// (IdleTimeout retires them). A blocking recvmsg would queue its sleepers first-in first-out,
-/// handing each connection to the worker that slept longest, whose memory is the coldest;
-/// measured side by side at 300 tenants, the server's CPU per request fell by 6 % (random
-/// tenant, keep-alive) and 2-8 % (Connection: close).
+/// handing each connection to the worker that slept longest, whose memory is the coldest
+/// (BENCHMARKS.md: a few per cent of CPU per request at 300 tenants).
 nonisolated(unsafe) var channelWatch: Epoll?
 /// The channel's epoll failed once: the worker sleeps on the channel itself from then on.
 nonisolated(unsafe) var channelWatchFailed = false
