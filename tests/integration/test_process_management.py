@@ -245,11 +245,19 @@ def test_kill_minus_nine_under_load_only_loses_what_was_in_flight(managed):
 
 
 def table_mapping(pid):
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
+    # /proc/PID/maps is consistent only within one read(): one read of up to 4 MiB, and a few
+    # tries, since a mapping that changes between reads can drop a line from the listing.
+    for _ in range(10):
+        fd = os.open(f"/proc/{pid}/maps", os.O_RDONLY)
+        try:
+            text = os.read(fd, 4 << 20).decode(errors="replace")
+        finally:
+            os.close(fd)
+        for line in text.splitlines():
             if "peruser-child-table" in line:
                 start, end = (int(x, 16) for x in line.split()[0].split("-"))
                 return start, end
+        time.sleep(0.1)
     return None
 
 
