@@ -597,7 +597,7 @@ def worker_socket_fds(srv):
                 channel = watched[0]
                 break
         time.sleep(0.05)
-    assert channel in unix, f"tenant A's worker {a_pid} is not waiting in recvmsg on one of {unix}"
+    assert channel in unix, f"tenant A's worker {a_pid} is not waiting (recvmsg, or its epoll) on one of {unix}"
     others = [fd for fd in sorted(unix) if fd != channel]
     assert others, f"tenant A's worker {a_pid} holds no socket but its channel: {unix}"
     return {"channel": str(channel), "handback": ",".join(map(str, others))}

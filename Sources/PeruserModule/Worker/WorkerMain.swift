@@ -130,14 +130,10 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
         }
         lookAtHeldClosings()
         var blocking = !draining
-        if blocking, let sleep = heldClosings.sleep(now: monotonicMilliseconds()) {
-            // Kept closings to look at again: sleep on the channel only that long.
+        // Through the channel's epoll (channelWatch: the kernel wakes the environment's oldest
+        // idle worker), and with kept closings to look at again, only that long.
+        if blocking, let sleep = heldClosings.sleep(now: monotonicMilliseconds()) ?? (channelWatch != nil ? -1 : nil) {
             guard channelReadable(handoff.fd, within: sleep) else { continue }
-            blocking = false
-        } else if blocking && channelWatch != nil {
-            // The kernel wakes the first-registered sleeper of the channel's epolls (see
-            // channelWatch): this environment's oldest idle worker, warm from its last request.
-            guard channelReadable(handoff.fd, within: -1) else { continue }
             blocking = false
         }
         switch handoff.receive(into: message, blocking: blocking) {
@@ -421,8 +417,7 @@ func finishHeldClosings() {
     }
 }
 
-/// Sleeps until the channel has a message or `milliseconds` pass: true if it has one (which
-/// another worker may take first).
+/// Makes channelWatch, once; if it cannot, the worker sleeps on the channel itself.
 func watchChannel(_ channel: Int32) {
     guard channelWatch == nil && !channelWatchFailed else { return }
     do {
@@ -439,6 +434,8 @@ func watchChannel(_ channel: Int32) {
     }
 }
 
+/// Sleeps until the channel has a message or `milliseconds` pass (-1: no limit): true if it has
+/// one (which another worker may take first).
 func channelReadable(_ channel: Int32, within milliseconds: Int32) -> Bool {
     watchChannel(channel)
     guard var watch = channelWatch else {
