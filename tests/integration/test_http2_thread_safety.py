@@ -185,9 +185,9 @@ def test_a_hundred_streams_at_once_never_overlap_in_a_worker(with_php):
 def test_a_stream_that_waits_past_timeout_for_its_turn_gets_503(with_php):
     """Timeout 2: beside a stream that sleeps 4 s, a second stream on the same connection waits
     for the worker's turn no longer than that, and is answered 503; the first completes."""
-    # Two streams at once on one connection: h2load takes the URIs in turn.
-    result = h2load("-n", "2", "-c", "1", "-m", "2", f"http://127.0.0.1:{with_php.port}/slow.php",
-                    f"http://127.0.0.1:{with_php.port}/w.php")
+    # Two streams at once on one connection, both to the 4 s script: which one mod_http2 runs
+    # first is not ours to choose, and either way the other one waits past Timeout.
+    result = h2load("-n", "2", "-c", "1", "-m", "2", f"http://127.0.0.1:{with_php.port}/slow.php")
     assert "Application protocol: h2c" in result["output"], result["output"]
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", result["output"])
     assert codes and codes.groups() == ("1", "0", "0", "1"), result["output"]
