@@ -237,6 +237,26 @@ def session_pids(sid):
     return out
 
 
+def read_maps(pid, name="maps"):
+    """The text of /proc/PID/maps (or smaps), the same twice in a row. Each read() gives at most
+    a page of it, and a process that maps or unmaps between two reads can lose (or repeat) a line
+    of the listing, so one pass is not enough for a process that is running."""
+    previous = None
+    for _ in range(20):
+        fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY)
+        try:
+            pieces = []
+            while piece := os.read(fd, 1 << 20):
+                pieces.append(piece)
+        finally:
+            os.close(fd)
+        text = b"".join(pieces).decode(errors="replace")
+        if text == previous:
+            break
+        previous = text
+    return text
+
+
 def proc_ids(pid):
     """(real uid, real gid) of a process, from /proc/PID/status."""
     uid = gid = None

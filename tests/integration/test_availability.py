@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import make_site
-from harness import Apache, free_port, raw_request
+from harness import Apache, free_port, raw_request, read_maps
 from test_end_to_end import CGI, get, ids_of
 from test_process_management import in_background, wait_until
 
@@ -23,8 +23,7 @@ def table_availability(server, env):
     """Availability of environment `env` as published in the shared child table (read as root
     through the parent's mapping, exactly what the status page will show)."""
     parent = server.pid()
-    with open(f"/proc/{parent}/maps") as f:
-        start = next(int(l.split("-")[0], 16) for l in f if "peruser-child-table" in l)
+    start = next(int(l.split("-")[0], 16) for l in read_maps(parent).splitlines() if "peruser-child-table" in l)
     offset = HEADER + SERVER_LIMIT * IDENTITY_SIZE + env * ENV_SIZE
     with open(f"/proc/{parent}/mem", "rb", buffering=0) as mem:
         mem.seek(start + offset)
@@ -239,9 +238,7 @@ def test_clients_that_vanish_mid_head_and_a_thousand_at_once(saturable):
 
 
 def test_workers_cannot_see_the_multiplexers_state(saturable):
-    def maps(pid):
-        with open(f"/proc/{pid}/maps") as f:
-            return f.read()
+    maps = read_maps
     kids = saturable.children()
     muxes = [pid for pid, uid, gid in kids if (uid, gid) == (33, 33)]
     workers = [pid for pid, uid, gid in kids if (uid, gid) != (33, 33)]

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from conftest import make_site, two_environments
-from harness import Apache, free_port
+from harness import Apache, free_port, read_maps
 
 ATTACK_CGI = r'''#!/usr/bin/python3
 # Runs as tenant A. Every attempt records "blocked" (with the error) or "SUCCEEDED".
@@ -239,14 +239,13 @@ def test_the_server_is_unharmed_after_the_attack(attack):
 def table_mappings(pid):
     """(size in bytes, VmFlags) of each mapping of the shared child table in process `pid`."""
     out, current = [], None
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            fields = line.split()
-            if fields and "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                current = (end - start) if "peruser-child-table" in line else None
-            elif line.startswith("VmFlags:") and current is not None:
-                out.append((current, set(fields[1:])))
+    for line in read_maps(pid, "smaps").splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            current = (end - start) if "peruser-child-table" in line else None
+        elif line.startswith("VmFlags:") and current is not None:
+            out.append((current, set(fields[1:])))
     return out
 
 
@@ -260,7 +259,6 @@ def test_a_compromised_worker_can_write_only_its_own_pages_of_the_child_table(at
     assert sorted(writable) == [4096, 4096, 4096], maps
     assert all("wr" not in flags for size, flags in maps if "mw" not in flags), maps
     assert sum(size for size, _ in maps) >= 3 * 4096
-    with open(f"/proc/{attack['b_worker']}/maps") as f:
-        assert "peruser-multiplexer-state" not in f.read(), "workers unmap the multiplexers' state"
+    assert "peruser-multiplexer-state" not in read_maps(attack["b_worker"]), "workers unmap the multiplexers' state"
     # The multiplexer keeps the whole table writable: it runs no tenant code.
     assert any("mw" in flags and size > 4096 for size, flags in table_mappings(attack["mux"]))

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import make_site
-from harness import Apache, free_port
+from harness import Apache, free_port, read_maps
 from loadgen import run_load
 from test_end_to_end import CGI, get, ids_of
 from test_lifecycle import session_states
@@ -245,15 +245,9 @@ def test_kill_minus_nine_under_load_only_loses_what_was_in_flight(managed):
 
 
 def table_mapping(pid):
-    # /proc/PID/maps is consistent only within one read(): one read of up to 4 MiB, and a few
-    # tries, since a mapping that changes between reads can drop a line from the listing.
+    # A few tries: the table may not be mapped yet.
     for _ in range(10):
-        fd = os.open(f"/proc/{pid}/maps", os.O_RDONLY)
-        try:
-            text = os.read(fd, 4 << 20).decode(errors="replace")
-        finally:
-            os.close(fd)
-        for line in text.splitlines():
+        for line in read_maps(pid).splitlines():
             if "peruser-child-table" in line:
                 start, end = (int(x, 16) for x in line.split()[0].split("-"))
                 return start, end

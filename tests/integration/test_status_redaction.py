@@ -18,7 +18,7 @@ import threading
 import time
 
 from conftest import make_site
-from harness import Apache, free_port
+from harness import Apache, free_port, read_maps
 from test_config import configtest
 
 SECRET = "b-secret-path-XYZ"
@@ -143,8 +143,7 @@ def table_view(pid):
     """What process `pid` reads of the child table: its whole range, as its own code would read
     it (through /proc/PID/mem, as root). In a worker the table is several mappings of the memfd
     with anonymous ones between them (the ranges its view replaced): all read, zeros or not."""
-    with open(f"/proc/{pid}/maps") as f:
-        lines = f.read().splitlines()
+    lines = read_maps(pid).splitlines()
     start = end = None
     gap_end = None  # anonymous mappings count only between two of the table's own: one right
     for line in lines:  # after it is the process's heap, which holds its configuration

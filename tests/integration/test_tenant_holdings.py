@@ -30,7 +30,7 @@ import time
 import pytest
 
 from conftest import make_site, php_module, two_environments
-from harness import Apache, free_port, session_pids
+from harness import Apache, free_port, read_maps, session_pids
 from test_end_to_end import get
 from test_inprocess_attacker import build_attack_module
 from test_process_management import wait_until
@@ -204,13 +204,12 @@ def logger_pipes(server, tenant):
 def memory_hits(pid, needles):
     """Which needles occur in process `pid`'s readable memory (read as root through /proc)."""
     found = {}
-    with open(f"/proc/{pid}/maps") as f:
-        ranges = []
-        for line in f:
-            fields = line.split()
-            if fields[1][0] == "r" and not any(x in line for x in ("[vvar]", "[vsyscall]")):
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                ranges.append((start, end, " ".join(fields[5:])))
+    ranges = []
+    for line in read_maps(pid).splitlines():
+        fields = line.split()
+        if fields[1][0] == "r" and not any(x in line for x in ("[vvar]", "[vsyscall]")):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((start, end, " ".join(fields[5:])))
     fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     try:
         for start, end, path in ranges:
@@ -235,12 +234,11 @@ def b_worker_shared_mappings(server, accounts):
     """(inode, offset, size) of every shared writable mapping of B's workers, read as root."""
     found = set()
     for pid in server.worker_pids(accounts["peruser-b"][0]):
-        with open(f"/proc/{pid}/maps") as f:
-            for line in f:
-                fields = line.split()
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                if fields[1][1] == "w" and fields[1][3] == "s":
-                    found.add((int(fields[4]), int(fields[2], 16), end - start, " ".join(fields[5:])))
+        for line in read_maps(pid).splitlines():
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if fields[1][1] == "w" and fields[1][3] == "s":
+                found.add((int(fields[4]), int(fields[2], 16), end - start, " ".join(fields[5:])))
     return found
 
 
@@ -358,8 +356,7 @@ def test_a_worker_of_a_holds_nothing_of_b(isolated, accounts):
     for pid in multiplexers:
         assert memory_hits(pid, needles) == {}, f"multiplexer {pid} holds a tenant's key or secret"
         # Nor a language runtime: their image loads no mod_php (nor its opcache segment).
-        with open(f"/proc/{pid}/maps") as f:
-            assert "libphp" not in f.read(), f"multiplexer {pid} has mod_php loaded"
+        assert "libphp" not in read_maps(pid), f"multiplexer {pid} has mod_php loaded"
     # The status page in A's vhost says nothing of B's request.
     assert "slow-b-request-7f3e" not in status and "b.test" not in status, status[-3000:]
     # The root parent loaded mod_php but never started its engine (every worker comes from an
@@ -387,8 +384,7 @@ def test_php_runs_after_a_graceful_restart_and_the_root_still_leaves_it_unstarte
 def root_php(server):
     """What the root parent has mapped of PHP: libphp (LoadModule), and the extensions PHP's
     start loads (opcache, listed in Debian's php.ini.d)."""
-    with open(f"/proc/{server.apache.pid()}/maps") as f:
-        maps = f.read()
+    maps = read_maps(server.apache.pid())
     return {"libphp": "libphp" in maps, "engine started": "opcache.so" in maps}
 
 
