@@ -636,14 +636,9 @@ struct Multiplexer {
             handbacksToCheck.append(handback)
         }
         advance(fd, handedBack: !consumed.isEmpty)
-        guard var connection = pending[fd], case .readingHead = connection.stage else { return }
-        guard watch(fd, events: Self.connectionEvents, data: UInt64(UInt32(bitPattern: fd))) else {
-            pending[fd] = nil
-            close(fd)
-            return
-        }
-        connection.watched = true
-        pending[fd] = connection
+        guard let connection = pending[fd], case .readingHead = connection.stage else { return }
+        // Closed through forget() if epoll refuses it: its cookie, hand-back count and footprint go too.
+        _ = watchConnection(fd)
     }
 
     // MARK: Lingering close

@@ -18,7 +18,7 @@ let nextHeadScanLimit = 64 * 1024
 @_cdecl("peruser_next_head_arrives")
 public func peruserNextHeadArrives(_ request: UnsafeMutableRawPointer?) -> Int32 {
     // Lent: the multiplexer watches the socket itself and routes the next head, wherever it goes.
-    if servedConnection?.lend ?? 0 != 0 { return 0 }
+    if servedConnection?.lent == true { return 0 }
     guard let r = request?.assumingMemoryBound(to: request_rec.self), let c = r.pointee.connection,
           let pool = r.pointee.pool, let fd = servedConnection?.fd,
           let brigade = apr_brigade_create(pool, c.pointee.bucket_alloc) else { return 1 }

@@ -18,6 +18,8 @@ struct ServedConnection {
     /// Not 0: lent (Multiplexer.swift, "Lent connections"): the multiplexer kept its descriptor,
     /// and this worker gives it back by writing this number on its page.
     let lend: UInt64
+
+    var lent: Bool { lend != 0 }
 }
 
 /// The lend number of the connection being served until it is given back (0: none or done).
@@ -204,7 +206,7 @@ func serve(_ fd: Int32, addresses: (local: sockaddr_storage, peer: sockaddr_stor
         return
     }
     peruser_shim_connection_begins(UnsafeMutableRawPointer(socket), consumed.baseAddress?.assumingMemoryBound(to: UInt8.self),
-                                   consumed.count, servedConnection?.lend ?? 0 != 0 ? 1 : 0)
+                                   consumed.count, servedConnection?.lent == true ? 1 : 0)
     if let connection = ap_run_create_connection(pool, ap_server_conf, socket, id,
                                                  UnsafeMutableRawPointer(scoreboard), buckets) {
         IdleSessionWatch.serving(fd)
@@ -217,7 +219,7 @@ func serve(_ fd: Int32, addresses: (local: sockaddr_storage, peer: sockaddr_stor
             apr_socket_close(socket)
             return
         }
-        if servedConnection?.lend ?? 0 != 0 {
+        if servedConnection?.lent == true {
             // Lent: the multiplexer holds the connection too, and does the lingering close once
             // this worker's write side is shut and the end is on its page (workerMain).
             _ = ap_start_lingering_close(connection)
