@@ -64,6 +64,17 @@ def make_site(root, owner_uid, owner_gid, name):
     return site
 
 
+def site_vhost(port, name, site, environment):
+    """A vhost of the suites' usual shape: `name` on 127.0.0.1:`port`, serving `site` and its
+    cgi-bin, in `environment`."""
+    return f"""<VirtualHost 127.0.0.1:{port}>
+    ServerName {name}
+    DocumentRoot {site}
+    ScriptAlias /cgi-bin/ {site}/cgi-bin/
+    ServerEnvironment {environment}
+</VirtualHost>"""
+
+
 def two_environments(root):
     """CGI allowed under `root`, and environments env-a (peruser-a) and env-b (peruser-b) with
     one worker each: the common part of the suites' configurations."""
@@ -135,12 +146,7 @@ LoadModule php_module {php_module()}
     ServerName noenv.test
     DocumentRoot {b_site}
 </VirtualHost>
-<VirtualHost 127.0.0.1:{ip_port}>
-    ServerName ip.test
-    DocumentRoot {b_site}
-    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
-    ServerEnvironment env-b
-</VirtualHost>
+{site_vhost(ip_port, "ip.test", b_site, "env-b")}
 """)
     apache.port, apache.ip_port = port, ip_port
     apache.uids = {"a": (a_uid, a_gid), "b": (b_uid, b_gid)}

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import make_site
+from conftest import make_site, site_vhost
 from harness import Apache, free_port, raw_request, read_maps
 from test_end_to_end import CGI, get, ids_of
 from test_process_management import in_background, wait_until
@@ -64,18 +64,8 @@ ProcessorWaitTimeout 2 10
     MinProcessors 2
     MinSpareProcessors 1
 </Processor>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName single.test
-    DocumentRoot {a_site}
-    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
-    ServerEnvironment single
-</VirtualHost>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName other.test
-    DocumentRoot {b_site}
-    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
-    ServerEnvironment other
-</VirtualHost>
+{site_vhost(port, "single.test", a_site, "single")}
+{site_vhost(port, "other.test", b_site, "other")}
 """)
     apache.port = port
     apache.start(ports=(port,))

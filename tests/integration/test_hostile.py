@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from conftest import make_site, two_environments
+from conftest import make_site, site_vhost, two_environments
 from harness import Apache, free_port, read_maps
 
 ATTACK_CGI = r'''#!/usr/bin/python3
@@ -186,18 +186,8 @@ MinMultiplexers 1
 MaxMultiplexers 1
 MinSpareProcessors 0
 {two_environments(apache.root)}
-<VirtualHost 127.0.0.1:{port}>
-    ServerName a.test
-    DocumentRoot {a_site}
-    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
-    ServerEnvironment env-a
-</VirtualHost>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName b.test
-    DocumentRoot {b_site}
-    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
-    ServerEnvironment env-b
-</VirtualHost>
+{site_vhost(port, "a.test", a_site, "env-a")}
+{site_vhost(port, "b.test", b_site, "env-b")}
 """)
     apache.start(ports=(port,))
     kids = apache.wait_children(3)

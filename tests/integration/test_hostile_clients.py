@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import make_site, two_environments
+from conftest import make_site, site_vhost, two_environments
 from harness import Apache, free_port, request_on
 from test_end_to_end import CGI, get, ids_of
 
@@ -22,18 +22,8 @@ MinSpareProcessors 0
 MultiplexerHeadTimeout 4
 {extra}
 {two_environments(apache.root)}
-<VirtualHost 127.0.0.1:{port}>
-    ServerName a.test
-    DocumentRoot {a_site}
-    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
-    ServerEnvironment env-a
-</VirtualHost>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName b.test
-    DocumentRoot {b_site}
-    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
-    ServerEnvironment env-b
-</VirtualHost>
+{site_vhost(port, "a.test", a_site, "env-a")}
+{site_vhost(port, "b.test", b_site, "env-b")}
 <VirtualHost 127.0.0.1:{port}>
     ServerName noenv.test
     DocumentRoot {b_site}

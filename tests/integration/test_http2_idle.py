@@ -9,7 +9,7 @@ import time
 import h2.events
 import pytest
 
-from conftest import make_site, two_environments
+from conftest import make_site, site_vhost, two_environments
 from harness import Apache, free_port
 from test_boundary_http2 import H2Client, uid_in
 from test_end_to_end import get
@@ -39,12 +39,7 @@ MinMultiplexers 1
 MinSpareProcessors 0
 MaxClientShare 100
 {environments}
-<VirtualHost 127.0.0.1:{port}>
-    ServerName a.test
-    DocumentRoot {a_site}
-    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
-    ServerEnvironment env-a
-</VirtualHost>
+{site_vhost(port, "a.test", a_site, "env-a")}
 <VirtualHost 127.0.0.1:{port}>
     ServerName b.test
     DocumentRoot {b_site}

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import make_site, php_module
+from conftest import make_site, php_module, site_vhost
 from harness import Apache, free_port
 
 JAILS = "/srv/peruser-tests"   # /tmp is world-writable, so no jail can live below it
@@ -286,18 +286,8 @@ LoadModule php_module {php_module()}
     ScriptAlias /cgi-bin/ /htdocs/cgi-bin/
     ServerEnvironment env-a
 </VirtualHost>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName b.test
-    DocumentRoot {b_site}
-    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
-    ServerEnvironment env-b
-</VirtualHost>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName c.test
-    DocumentRoot {c_site}
-    ScriptAlias /cgi-bin/ {c_site}/cgi-bin/
-    ServerEnvironment env-c
-</VirtualHost>
+{site_vhost(port, "b.test", b_site, "env-b")}
+{site_vhost(port, "c.test", c_site, "env-c")}
 """)
     apache.port, apache.jail, apache.mux_jail, apache.cgroups = port, jail, mux_jail, cg
     apache.ids = {"a": a_ids, "b": b_ids}
@@ -410,12 +400,7 @@ ProcessorWaitTimeout 1
     Cgroup {cgroup}
     MinProcessors 0
 </Processor>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName gone.test
-    DocumentRoot {site}
-    ScriptAlias /cgi-bin/ {site}/cgi-bin/
-    ServerEnvironment env-gone
-</VirtualHost>
+{site_vhost(port, "gone.test", site, "env-gone")}
 """)
     try:
         apache.start(ports=(port,))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import make_site, two_environments
+from conftest import make_site, site_vhost, two_environments
 from harness import Apache, free_port, proc_ids, response_on, session_pids
 from test_end_to_end import ids_of, socket_inodes, split_responses
 
@@ -28,18 +28,8 @@ def server(module, accounts):
 Listen 127.0.0.1:{port}
 MinMultiplexers 2
 {two_environments(apache.root)}
-<VirtualHost 127.0.0.1:{port}>
-    ServerName a.test
-    DocumentRoot {a_site}
-    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
-    ServerEnvironment env-a
-</VirtualHost>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName b.test
-    DocumentRoot {b_site}
-    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
-    ServerEnvironment env-b
-</VirtualHost>
+{site_vhost(port, "a.test", a_site, "env-a")}
+{site_vhost(port, "b.test", b_site, "env-b")}
 """)
     apache.port = port
     apache.uids = {"a": (a_uid, a_gid), "b": (b_uid, b_gid)}

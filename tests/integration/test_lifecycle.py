@@ -8,7 +8,7 @@ import pytest
 
 from harness import Apache, free_port, session_pids
 from test_end_to_end import CGI, get, ids_of
-from conftest import make_site
+from conftest import make_site, site_vhost
 
 
 def session_states(sid):
@@ -41,12 +41,7 @@ MinSpareProcessors 0
     Group peruser-a
     MinProcessors 1
 </Processor>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName only.test
-    DocumentRoot {site}
-    ScriptAlias /cgi-bin/ {site}/cgi-bin/
-    ServerEnvironment only
-</VirtualHost>
+{site_vhost(port, "only.test", site, "only")}
 """)
     apache.port = port
     apache.ids = (uid, gid)

@@ -4,7 +4,7 @@ directive stands); a vhost with its own keeps it; with no environment from eithe
 still gets 503."""
 import pytest
 
-from conftest import make_site, two_environments
+from conftest import make_site, site_vhost, two_environments
 from harness import Apache, free_port
 from test_end_to_end import CGI, get, ids_of
 
@@ -21,12 +21,7 @@ MinSpareProcessors 0
 {two_environments(apache.root)}
 DocumentRoot {a_site}
 ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
-<VirtualHost 127.0.0.1:{vhost_port}>
-    ServerName b.test
-    DocumentRoot {b_site}
-    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
-    ServerEnvironment env-b
-</VirtualHost>
+{site_vhost(vhost_port, "b.test", b_site, "env-b")}
 <VirtualHost 127.0.0.1:{vhost_port}>
     ServerName plain.test
     DocumentRoot {a_site}

@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import ID_CGI
+from conftest import ID_CGI, site_vhost
 from harness import Apache, ensure_account, free_port, raw_request
 from test_config import configtest
 from test_end_to_end import get
@@ -334,12 +334,7 @@ ProcessorWaitTimeout 20 10
 </Processor>
 """)
     site = os.path.join(apache.root, "site")
-    body += f"""<VirtualHost 127.0.0.1:{port}>
-    ServerName busy.test
-    DocumentRoot {site}
-    ScriptAlias /cgi-bin/ {site}/cgi-bin/
-    ServerEnvironment busy
-</VirtualHost>
+    body += f"""{site_vhost(port, "busy.test", site, "busy")}
 """
     apache.write_config(body)
     try:

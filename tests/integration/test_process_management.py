@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import make_site
+from conftest import make_site, site_vhost
 from harness import Apache, free_port, read_maps
 from loadgen import run_load
 from test_end_to_end import CGI, get, ids_of
@@ -83,18 +83,8 @@ ExpireTimeout 4
     MinSpareProcessors 0
     MaxProcessors 3
 </Processor>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName spare.test
-    DocumentRoot {a_site}
-    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
-    ServerEnvironment spare
-</VirtualHost>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName lazy.test
-    DocumentRoot {b_site}
-    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
-    ServerEnvironment lazy
-</VirtualHost>
+{site_vhost(port, "spare.test", a_site, "spare")}
+{site_vhost(port, "lazy.test", b_site, "lazy")}
 """)
     apache.port = port
     apache.a, apache.b = a, b

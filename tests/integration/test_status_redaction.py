@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 
-from conftest import make_site
+from conftest import make_site, site_vhost
 from harness import Apache, free_port, read_maps
 from test_config import configtest
 
@@ -76,12 +76,7 @@ ExtendedStatus On
     DocumentRoot {a_site}
     ServerEnvironment A
 </VirtualHost>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName b.test
-    DocumentRoot {b_site}
-    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
-    ServerEnvironment B
-</VirtualHost>
+{site_vhost(port, "b.test", b_site, "B")}
 """)
     apache.port = port
     apache.start(ports=(port,))

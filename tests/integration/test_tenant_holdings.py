@@ -29,7 +29,7 @@ import time
 
 import pytest
 
-from conftest import make_site, php_module, two_environments
+from conftest import make_site, php_module, site_vhost, two_environments
 from harness import Apache, free_port, read_maps, session_pids
 from test_end_to_end import get
 from test_inprocess_attacker import build_attack_module
@@ -466,18 +466,8 @@ MinMultiplexers 1
     Group peruser-b
     MinProcessors 1
 </Processor>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName a.test
-    DocumentRoot {a_site}
-    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
-    ServerEnvironment env-a
-</VirtualHost>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName b.test
-    DocumentRoot {b_site}
-    ScriptAlias /cgi-bin/ {b_site}/cgi-bin/
-    ServerEnvironment env-b
-</VirtualHost>
+{site_vhost(port, "a.test", a_site, "env-a")}
+{site_vhost(port, "b.test", b_site, "env-b")}
 """)
     try:
         apache.start(ports=(port,))
@@ -526,12 +516,7 @@ MaxMultiplexers 1
     Group peruser-a
     MinProcessors 1
 </Processor>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName a.test
-    DocumentRoot {a_site}
-    ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
-    ServerEnvironment env-a
-</VirtualHost>
+{site_vhost(port, "a.test", a_site, "env-a")}
 """)
 
     def served():

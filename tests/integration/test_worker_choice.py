@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import make_site, php_module
+from conftest import make_site, php_module, site_vhost
 from harness import Apache, free_port, proc_ids, session_pids
 from test_end_to_end import get, ids_of
 from test_process_management import wait_until, workers_of
@@ -44,12 +44,7 @@ LoadModule php_module {php_module()}
     Group peruser-a
     MinProcessors 3
 </Processor>
-<VirtualHost 127.0.0.1:{port}>
-    ServerName a.test
-    DocumentRoot {site}
-    ScriptAlias /cgi-bin/ {site}/cgi-bin/
-    ServerEnvironment three
-</VirtualHost>
+{site_vhost(port, "a.test", site, "three")}
 """)
     apache.port = port
     apache.ids = (uid, gid)
