@@ -37,5 +37,18 @@ struct Epoll {
         }
     }
 
+    /// Whether any watched descriptor has input (or hung up) within `milliseconds` (-1: no
+    /// limit); false on timeout or a signal. Allocates nothing: a worker sleeps on its channel
+    /// this way before each connection.
+    func waitForAny(milliseconds: Int32) throws(Errno) -> Bool {
+        var event = epoll_event()
+        let count = epoll_wait(descriptor.raw, &event, 1, milliseconds)
+        if count < 0 {
+            let failure = Errno.current
+            guard failure.code == EINTR else { throw failure }
+        }
+        return count > 0
+    }
+
     mutating func close() { descriptor.close() }
 }

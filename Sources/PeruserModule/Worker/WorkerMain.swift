@@ -445,16 +445,16 @@ func channelReadable(_ channel: Int32, within milliseconds: Int32) -> Bool {
         var entry = pollfd(fd: channel, events: Int16(POLLIN), revents: 0)
         return poll(&entry, 1, milliseconds) > 0
     }
-    let slept = watch.wait(milliseconds: milliseconds, capacity: 1)
-    if slept.failed {
-        let failure = Errno.current
+    do {
+        return try watch.waitForAny(milliseconds: milliseconds)
+    } catch {
         watch.close()
         channelWatch = nil
         channelWatchFailed = true
-        log(PERUSER_LOG_ERR, "peruser: worker's epoll on its channel failed (\(failure)); it sleeps on the "
+        log(PERUSER_LOG_ERR, "peruser: worker's epoll on its channel failed (\(error)); it sleeps on the "
             + "channel itself from now on")
+        return false
     }
-    return !slept.ready.isEmpty
 }
 
 /// The rest of httpd's ap_lingering_close for a worker that keeps all the closings it may: read
