@@ -228,10 +228,9 @@ def test_clients_that_vanish_mid_head_and_a_thousand_at_once(saturable):
 
 
 def test_workers_cannot_see_the_multiplexers_state(saturable):
-    maps = read_maps
     kids = saturable.children()
     muxes = [pid for pid, uid, gid in kids if (uid, gid) == (33, 33)]
     workers = [pid for pid, uid, gid in kids if (uid, gid) != (33, 33)]
     assert muxes and workers
-    assert all("peruser-multiplexer-state" in maps(pid) for pid in muxes)
-    assert not any("peruser-multiplexer-state" in maps(pid) for pid in workers)
+    assert all("peruser-multiplexer-state" in read_maps(pid) for pid in muxes)
+    assert not any("peruser-multiplexer-state" in read_maps(pid) for pid in workers)
