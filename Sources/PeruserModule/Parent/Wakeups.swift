@@ -91,9 +91,11 @@ func waitForWork(_ timeout: Int32) -> [ImageRole]? {
         _ = poll(&entries, 1, timeout)
         return nil
     }
-    let (ready, failed) = epoll.wait(milliseconds: timeout)
-    if failed {
-        log(PERUSER_LOG_ERR, "peruser: epoll_wait failed in the parent: \(Errno.current)")
+    let ready: [UInt64]
+    do {
+        ready = try epoll.wait(milliseconds: timeout)
+    } catch {
+        log(PERUSER_LOG_ERR, "peruser: epoll_wait failed in the parent: \(error)")
         _ = poll(nil, 0, timeout)  // no busy loop
         return nil
     }

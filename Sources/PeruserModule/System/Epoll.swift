@@ -28,13 +28,18 @@ struct Epoll {
     }
 
     /// The tags of watched descriptors with input (or hung up) within `milliseconds` (-1: no
-    /// limit), at most `capacity`; none on timeout, on a signal, or on failure (`failed` then).
-    func wait(milliseconds: Int32, capacity: Int = 32) -> (ready: [UInt64], failed: Bool) {
-        withUnsafeTemporaryAllocation(of: epoll_event.self, capacity: capacity) { events in
+    /// limit), at most `capacity`; none on timeout or a signal.
+    func wait(milliseconds: Int32, capacity: Int = 32) throws(Errno) -> [UInt64] {
+        let outcome: Result<[UInt64], Errno> = withUnsafeTemporaryAllocation(of: epoll_event.self,
+                                                                             capacity: capacity) { events in
             let count = epoll_wait(descriptor.raw, events.baseAddress, Int32(events.count), milliseconds)
-            guard count > 0 else { return ([], count < 0 && errno != EINTR) }
-            return ((0..<Int(count)).map { events[$0].data.u64 }, false)
+            if count < 0 {
+                let failure = Errno.current
+                return failure.code == EINTR ? .success([]) : .failure(failure)
+            }
+            return .success((0..<Int(count)).map { events[$0].data.u64 })
         }
+        return try outcome.get()
     }
 
     /// Whether any watched descriptor has input (or hung up) within `milliseconds` (-1: no
