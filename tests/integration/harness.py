@@ -34,7 +34,8 @@ def ensure_account(name, uid_hint=None):
 
 
 def is_image(pid):
-    """Whether `pid` is a process image of this MPM (see Images.swift): apache2 -f /proc/self/fd/N."""
+    """Whether `pid` is a process image of this MPM (see Images.swift): apache2 -f /proc/self/fd/N,
+    or the zygote the environments' images are forked from (Zygote.swift)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             args = f.read().split(b"\0")
@@ -43,6 +44,15 @@ def is_image(pid):
     # Its workers carry the same command line, under their environment's uid.
     return (any(a.startswith(b"/proc/self/fd/") for a in args) and b"-f" in args
             and proc_ids(pid)[0] == 0)
+
+
+def is_zygote(pid):
+    """Whether `pid` is the image zygote (its process name says so; its images are apache2)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() == "peruser-zygote"
+    except OSError:
+        return False
 
 
 def free_port():
@@ -167,11 +177,12 @@ KeepAliveTimeout 5
 
     def images(self):
         """Pids of the parent's process images (ProcessorImage isolated): root children that
-        executed apache2 again with a configuration from a memfd; not counted as children."""
+        run apache2 with a configuration from a memfd; not counted as children, nor is the
+        zygote (see zygote())."""
         parent = self.pid()
         found = []
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and is_image(int(entry)):
+            if entry.isdigit() and is_image(int(entry)) and not is_zygote(int(entry)):
                 try:
                     with open(f"/proc/{entry}/stat") as f:
                         if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
@@ -179,6 +190,19 @@ KeepAliveTimeout 5
                 except (OSError, IndexError, ValueError):
                     continue
         return found
+
+    def zygote(self):
+        """The pid of the parent's image zygote, or None."""
+        parent = self.pid()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and is_zygote(int(entry)):
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                            return int(entry)
+                except (OSError, IndexError, ValueError):
+                    continue
+        return None
 
     def wait_children(self, count, timeout=20):
         """Waits until `count` children run, all of them past their privilege drop."""

@@ -275,15 +275,19 @@ def test_process_identities(server):
     assert by_pid[parent] == (0, 0)
     # Root besides the parent: only its process images (ProcessorImage isolated, the default:
     # the multiplexers' and one per environment), which never accept or serve a connection.
+    # And the zygote the environments' images were forked from, which serves nothing either.
     images = set(server.images())
     assert len(images) == 3, images
-    others = [(p, u, g) for p, u, g in procs if p != parent and p not in images]
+    zygote = server.zygote()
+    assert zygote and zygote not in images
+    others = [(p, u, g) for p, u, g in procs if p not in images | {parent, zygote}]
     assert all(u != 0 and g != 0 for _, u, g in others), f"a root process besides the parent: {others}"
     # An environment's image listens on nothing (the multiplexers' image holds the listeners
-    # it passes to the multiplexers it forks).
+    # it passes to the multiplexers it forks), nor does the zygote.
     listening = listening_inodes()
     holding = {image: socket_inodes(image) & listening for image in images}
     assert sorted(len(h) > 0 for h in holding.values()) == [False, False, True], holding
+    assert not socket_inodes(zygote) & listening
     www = (33, 33)
     a, b = server.uids["a"], server.uids["b"]
     kids = {pid: (u, g) for pid, u, g in server.children()}

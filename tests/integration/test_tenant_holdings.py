@@ -259,17 +259,20 @@ def shared(module, accounts):
     server.stop()
 
 
-def image_control_root_ends(apache):
-    """The root parent's ends of its images' control channels, as /proc/PID/fd targets: an
-    image's own end is the descriptor PERUSER_IMAGE names (its third field), the root's is that
-    socket's peer (ss). Checked to be the parent's, so a check against them can bite."""
+def image_control_root_ends(apache, zygote=True):
+    """The root parent's ends of its images' and its zygote's control channels, as /proc/PID/fd
+    targets: an image's own end is the descriptor PERUSER_IMAGE names (its third field; the
+    zygote's PERUSER_ZYGOTE, its second), the root's is that socket's peer (ss). Checked to be the
+    parent's, so a check against them can bite. `zygote`: the zygote's too."""
     image_ends = set()
-    for pid in apache.images():
+    for pid in apache.images() + [p for p in [apache.zygote()] if p and zygote]:
         with open(f"/proc/{pid}/environ", "rb") as f:
             for entry in f.read().split(b"\0"):
-                if entry.startswith(b"PERUSER_IMAGE="):
-                    fd = int(entry.split(b"=", 1)[1].split(b":")[2])
-                    image_ends.add(os.readlink(f"/proc/{pid}/fd/{fd}")[len("socket:["):-1])
+                # The zygote's (Zygote.swift) names its control channel second.
+                for variable, field in ((b"PERUSER_IMAGE=", 2), (b"PERUSER_ZYGOTE=", 1)):
+                    if entry.startswith(variable):
+                        fd = int(entry.split(b"=", 1)[1].split(b":")[field])
+                        image_ends.add(os.readlink(f"/proc/{pid}/fd/{fd}")[len("socket:["):-1])
     out = subprocess.run(["ss", "-x", "-a"], capture_output=True, text=True, check=True).stdout
     root_ends = set()
     for line in out.splitlines()[1:]:
@@ -285,11 +288,18 @@ def image_control_root_ends(apache):
 def assert_no_image_control(server, report):
     """From inside A's worker: none of its descriptors is the root's end of an image's control
     channel (with one, it could ask the multiplexers' image to start multiplexers with channels
-    of its own for another environment)."""
+    of its own for another environment, or the zygote to fork an image, as root, from a
+    configuration of its own), nor the zygote's own end (its image closed it)."""
     targets = {r["target"] for r in report if "fd" in r}
     assert any(t.startswith("socket:") for t in targets), targets  # the listing sees sockets
     held = targets & image_control_root_ends(server.apache)
     assert not held, f"A's worker holds the root's end of an image's control channel: {held}"
+    zygote = server.apache.zygote()
+    if zygote:
+        with open(f"/proc/{zygote}/environ", "rb") as f:
+            fd = [e.split(b"=", 1)[1].split(b":")[1] for e in f.read().split(b"\0") if e.startswith(b"PERUSER_ZYGOTE=")][0]
+        own = os.readlink(f"/proc/{zygote}/fd/{int(fd)}")
+        assert own not in targets, f"A's worker holds the zygote's end of its control channel: {own}"
 
 
 def epoll_watches(pid):
@@ -311,7 +321,8 @@ def assert_no_root_epoll(server, report):
     """From inside A's worker: no epoll it holds is the root's (which watches the images'
     control channels; a worker holding it could take those watches away, and the root would
     no longer see an image ready), and each watches only what the worker holds itself."""
-    root_ends = {int(t[len("socket:["):-1]) for t in image_control_root_ends(server.apache)}
+    # The zygote's channel is not in the root's epoll: the root waits on it only while it asks.
+    root_ends = {int(t[len("socket:["):-1]) for t in image_control_root_ends(server.apache, zygote=False)}
     root_watched = set().union(*epoll_watches(server.apache.pid()).values())
     assert root_ends <= root_watched, (root_ends, root_watched)  # so the check below can bite
     fds = [r for r in report if "fd" in r]

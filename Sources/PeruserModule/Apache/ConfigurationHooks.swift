@@ -24,7 +24,7 @@ nonisolated(unsafe) var oneProcess = false
 /// Apache's first pass over the configuration (configtest too): messages go to the console.
 /// Never in a process image: the root parent already said everything about this configuration.
 func isStartupPass() -> Bool {
-    imageStart == nil && ap_unixd_mpm_get_retained_data()?.pointee.module_loads == 1
+    imageStart == nil && zygoteStart == nil && ap_unixd_mpm_get_retained_data()?.pointee.module_loads == 1
 }
 
 private func refuse(_ problem: String) -> Int32 {
@@ -43,9 +43,13 @@ public func peruserPreConfig(_ pool: OpaquePointer?, _ storedNames: UnsafePointe
                              _ count: Int32, _ settings: UnsafeMutablePointer<peruser_settings>?) -> Int32 {
     guard let mpm = ap_unixd_mpm_get_retained_data() else { return 1 }
     imageStart = ImageStart.fromEnvironment()
-    if let start = imageStart, mpm.pointee.module_loads == 0 { closeInheritedDescriptors(start) }
+    zygoteStart = imageStart == nil ? ZygoteStart.fromEnvironment() : nil
+    if mpm.pointee.module_loads == 0 {
+        if let start = imageStart { closeInheritedDescriptors(keeping: start.descriptors) }
+        if let start = zygoteStart { closeInheritedDescriptors(keeping: [start.control]) }
+    }
     oneProcess = ap_exists_config_define("ONE_PROCESS") != 0 || ap_exists_config_define("DEBUG") != 0
-    let foreground = oneProcess || imageStart != nil || ap_exists_config_define("FOREGROUND") != 0
+    let foreground = oneProcess || imageStart != nil || zygoteStart != nil || ap_exists_config_define("FOREGROUND") != 0
     mpm.pointee.mpm_state = AP_MPMQ_STARTING
     let key = "mpm_peruser_baton"
     let baton = ap_retained_data_get(key)
@@ -97,7 +101,7 @@ public func peruserConfigure(_ directives: UnsafeMutablePointer<peruser_directiv
                                 line: Int(entry.line), section: entry.section >= 0 ? Int(entry.section) : nil))
     }
     do throws(ConfigurationError) {
-        var built = try Configuration.build(raw, system: imageStart == nil ? .live : .checkedByTheParent)
+        var built = try Configuration.build(raw, system: imageStart == nil && zygoteStart == nil ? .live : .checkedByTheParent)
         if let start = imageStart { try built.resolveOwnAccounts(for: start.role, directory: SystemAccounts()) }
         let unixd = UnixdIdentity(user: string(ap_unixd_config.user_name) ?? "?", uid: ap_unixd_config.user_id,
                                   gid: ap_unixd_config.group_id, userLocation: location(of: "User"),
@@ -115,7 +119,9 @@ public func peruserConfigure(_ directives: UnsafeMutablePointer<peruser_directiv
         directives?[index].environment = Int32(configuration.environmentOfDirective[index] ?? -1)
     }
     settings?.pointee = configuration.settings
-    if imageStart == nil && configuration.everyEnvironmentIsolated {
+    // The zygote leaves them too: their first pass (which starts nothing) is what an image
+    // born from it has had when its own second pass starts them.
+    if imageStart == nil && zygoteStart == nil && configuration.everyEnvironmentIsolated {
         for engine in ImageConfiguration.enginesTheRootLeavesUnstarted where peruser_shim_drop_post_config(engine) > 0 {
             log(PERUSER_LOG_DEBUG, "peruser: the root parent leaves \(engine) unstarted: every environment's workers "
                 + "come from its own process image, which starts it")
@@ -180,6 +186,8 @@ private func threadUnsafeModule() -> String? {
 /// requests of HTTP/2 streams one turn at a time (RequestTurns).
 @_cdecl("peruser_post_config")
 public func peruserPostConfig(_ pool: OpaquePointer?, _ main: UnsafeMutableRawPointer?) {
+    // The zygote forks images from here, at the end of its first pass; only they return.
+    if let start = zygoteStart { zygoteRun(start) }
     requestsSerializedFor = nil
     guard let unsafe = threadUnsafeModule(), ap_find_linked_module("mod_http2.c") != nil else { return }
     requestsSerializedFor = unsafe

@@ -40,6 +40,11 @@ struct ImageStart {
         return text
     }
 
+    /// The descriptors it names.
+    var descriptors: Set<Int32> {
+        Set([control, table, secret, board, demand] + (listeners ?? [])).subtracting([-1])
+    }
+
     /// From the environment variable; nil when this process is not an image (or it is garbled).
     static func fromEnvironment() -> ImageStart? {
         guard let raw = getenv(imageVariable) else { return nil }
@@ -76,24 +81,32 @@ struct ImageStart {
     }
 }
 
-/// The descriptor the image reads its configuration from (`-f /proc/self/fd/N`), if any.
+/// The descriptor the image reads its configuration from (`-f /proc/self/fd/N`), if any. Read
+/// from /proc/self/cmdline: in an image forked from the zygote, this module's second load sees
+/// an empty CommandLine (measured: argc 0).
 func configurationDescriptor() -> Int32? {
-    for index in 0..<Int(CommandLine.argc) {
-        if let argument = CommandLine.unsafeArgv[index].map({ String(cString: $0) }), argument.hasPrefix("/proc/self/fd/"),
-           let fd = Int32(argument.dropFirst(14)) {
-            return fd
+    guard let file = fopen("/proc/self/cmdline", "r") else { return nil }
+    defer { fclose(file) }
+    var argument: [UInt8] = []
+    while true {
+        let byte = fgetc(file)
+        if byte == EOF || byte == 0 {
+            let text = String(decoding: argument, as: UTF8.self)
+            if text.hasPrefix("/proc/self/fd/"), let fd = Int32(text.dropFirst(14)) { return fd }
+            if byte == EOF { return nil }
+            argument = []
+        } else {
+            argument.append(UInt8(truncatingIfNeeded: byte))
         }
     }
-    return nil
 }
 
-/// At the image's first pre_config: closes every descriptor it inherited from the root parent
-/// but those its start names and its configuration file. Not everything of the parent is
+/// At the first pre_config of an image or the zygote: closes every descriptor it inherited
+/// from the root parent but `descriptors` (those its start names) and its configuration file. Not everything of the parent is
 /// close-on-exec: the writing ends of piped loggers are kept open for children on purpose,
 /// and an image of A would hand B's logger's pipe to A's workers.
-func closeInheritedDescriptors(_ start: ImageStart) {
-    var keep: Set<Int32> = [0, 1, 2, start.control, start.table, start.secret, start.board, start.demand]
-    keep.formUnion(start.listeners ?? [])
+func closeInheritedDescriptors(keeping descriptors: Set<Int32>) {
+    var keep = descriptors.union([0, 1, 2])
     if let fd = configurationDescriptor() { keep.insert(fd) }
     guard let directory = opendir("/proc/self/fd") else { return }
     var open: [Int32] = []
@@ -111,7 +124,7 @@ nonisolated(unsafe) var imageStart: ImageStart?
 
 @_cdecl("peruser_is_image")
 public func peruserIsImage() -> Int32 {
-    imageStart != nil ? 1 : 0
+    imageStart != nil || zygoteStart != nil ? 1 : 0
 }
 
 /// The image's run hook: never returns to Apache's restart loop.
@@ -274,41 +287,67 @@ private func forkWorker(_ start: ImageStart, slot: Int, page: Int, control: Chan
 /// (and, with `cgroups`, until the image has moved it into them), then runs `main`.
 private func forkChild(_ start: ImageStart, slot: Int, control: Channel, cgroups: [String] = [],
                        describe: String = "multiplexer", main: () -> Never) -> ImageMessage {
-    var report = (read: FileDescriptor.none, write: FileDescriptor.none)
     var gate: StartGate
     do throws(Errno) {
         gate = try StartGate(cgroups: cgroups)
     } catch {
         return .failed(slot: slot, errno: error.code)
     }
+    defer { gate.close() }
+    switch forkForTheRoot(rootPid: start.rootPid, closingInChild: [control.fd]) {
+    case .child:
+        gate.waitInChild()
+        // This image's scoreboard (the one mod_status shows in its children) names it.
+        setScoreboardSlot(slot, pid: getpid(), starting: true)
+        main()
+    case .failed(let error):
+        return .failed(slot: slot, errno: error.code)
+    case .forked(let pid):
+        do throws(CgroupError) {
+            try gate.release(pid, into: cgroups)
+        } catch {
+            log(PERUSER_LOG_ERR, "peruser: cannot move a new \(describe) (pid \(pid)) into cgroup "
+                + "\(error.directory); the worker is not started (\(error.errno))")
+            return .failed(slot: slot, errno: error.errno.code)
+        }
+        return .spawned(slot: slot, pid: pid)
+    }
+}
+
+enum ForkForTheRoot {
+    /// In the forker: the child's pid.
+    case forked(pid_t)
+    case failed(Errno)
+    /// In the child, once it is the root's.
+    case child
+}
+
+/// Forks a child that the root (a subreaper) adopts: a go-between forks it, reports its pid
+/// through a pipe and exits at once. The child closes `closingInChild` and waits (at most
+/// 2 s, else it exits) until the root is its parent, so that nothing it does is done as
+/// another process's child. Used by images for their children and by the zygote for images.
+func forkForTheRoot(rootPid: pid_t, closingInChild: [Int32]) -> ForkForTheRoot {
+    var report = (read: FileDescriptor.none, write: FileDescriptor.none)
     do throws(Errno) {
         report = try FileDescriptor.pipe()
     } catch {
-        gate.close()
-        return .failed(slot: slot, errno: error.code)
+        return .failed(error)
     }
-    defer {
-        report.read.close(); report.write.close()
-        gate.close()
-    }
+    defer { report.read.close(); report.write.close() }
     let between = fork()
-    if between < 0 { return .failed(slot: slot, errno: Errno.current.code) }
+    if between < 0 { return .failed(.current) }
     if between == 0 {
         let child = fork()
         if child == 0 {
-            close(control.fd)
+            for fd in closingInChild { close(fd) }
             report.read.close(); report.write.close()
-            // Wait to be the root's child (the go-between exits right after the fork).
             var waited = 0
-            while getppid() != start.rootPid {
+            while getppid() != rootPid {
                 guard waited < 2000 else { _exit(exitChildSick) }
                 usleep(1000)
                 waited += 1
             }
-            gate.waitInChild()
-            // This image's scoreboard (the one mod_status shows in its children) names it.
-            setScoreboardSlot(slot, pid: getpid(), starting: true)
-            main()
+            return .child
         }
         var pid = Int32(child < 0 ? -Errno.current.code : child)
         _ = write(report.write.raw, &pid, 4)
@@ -319,13 +358,6 @@ private func forkChild(_ start: ImageStart, slot: Int, control: Channel, cgroups
     let got = (try? retryingInterrupts { read(report.read.raw, &pid, 4) }) ?? 0
     var status: Int32 = 0
     _ = try? retryingInterrupts { waitpid(between, &status, 0) }
-    guard got == 4, pid > 1 else { return .failed(slot: slot, errno: got == 4 ? -pid : EIO) }
-    do throws(CgroupError) {
-        try gate.release(pid, into: cgroups)
-    } catch {
-        log(PERUSER_LOG_ERR, "peruser: cannot move a new \(describe) (pid \(pid)) into cgroup "
-            + "\(error.directory); the worker is not started (\(error.errno))")
-        return .failed(slot: slot, errno: error.errno.code)
-    }
-    return .spawned(slot: slot, pid: pid)
+    guard got == 4, pid > 1 else { return .failed(Errno(got == 4 ? -pid : EIO)) }
+    return .forked(pid)
 }

@@ -116,6 +116,7 @@ func imageArguments(configuration descriptor: Int32) -> [String] {
 func startImages(generation: UInt32) {
     let count = configuration.environments.count
     images = Array(repeating: nil, count: count)
+    zygoteFailed = false
     imageTimes = Array(repeating: ImageTimes(), count: count + 1)
     multiplexerImage = nil
     // Children forked by an image's go-between are re-parented here.
@@ -154,7 +155,7 @@ func startImage(_ role: ImageRole, _ text: String, generation: UInt32) {
     if case .environment(let index) = role, !images.indices.contains(index) { return }
     var kept: [FileDescriptor] = []  // descriptors the image inherits (dups without close-on-exec)
     var rootEnd = FileDescriptor.none, imageEnd = FileDescriptor.none
-    var configurationFile = FileDescriptor(raw: memfd_create("peruser-image.conf", PERUSER_MFD_ALLOW_SEALING))
+    var configurationFile = FileDescriptor.none
     defer {
         configurationFile.close()
         imageEnd.close()
@@ -170,16 +171,11 @@ func startImage(_ role: ImageRole, _ text: String, generation: UInt32) {
         kept.append(copy)
         return copy.raw
     }
-    guard configurationFile.isOpen else { return fail("memfd_create", .current) }
-    let bytes = Array(text.utf8)
-    var written = 0
-    while written < bytes.count {
-        let count = bytes.withUnsafeBytes { write(configurationFile.raw, $0.baseAddress.map { $0 + written }, $0.count - written) }
-        guard count > 0 else { return fail("writing its configuration", .current) }
-        written += count
+    do throws(Errno) {
+        configurationFile = try sealedConfiguration(text)
+    } catch {
+        return fail("its configuration", error)
     }
-    // Sealed: the image and its children can only read it (the image closes it once read).
-    guard peruser_seal_read_only(configurationFile.raw) == 0 else { return fail("sealing its configuration", .current) }
     do throws(Errno) {
         (rootEnd, imageEnd) = try Channel.pair()
     } catch {
@@ -204,26 +200,17 @@ func startImage(_ role: ImageRole, _ text: String, generation: UInt32) {
         start.demand = demand
         start.listeners = listeners
     }
-    let variable = start.variable
-    let arguments = imageArguments(configuration: configurationFile.raw)
-    var executable = [CChar](repeating: 0, count: 4096)
-    guard readlink("/proc/self/exe", &executable, executable.count - 1) > 0 else {
-        return fail("readlink /proc/self/exe", .current)
-    }
-    // Everything the child needs is made before fork: it only sets up and executes.
-    let argv = arguments.map { strdup($0) }
-    defer { for pointer in argv { free(pointer) } }
-    var vector: [UnsafeMutablePointer<CChar>?] = argv + [nil]
-    let pid = fork()
-    if pid < 0 { return fail("fork", .current) }
-    if pid == 0 {
-        _ = peruser_prctl(PR_SET_PDEATHSIG, UInt(SIGTERM))
-        setenv(imageVariable, variable, 1)
-        var unblocked = sigset_t()
-        sigemptyset(&unblocked)
-        sigprocmask(SIG_SETMASK, &unblocked, nil)
-        execv(executable, &vector)
-        _exit(127)
+    let pid: pid_t
+    if case .environment = role, let born = imageFromZygote(start, configuration: configurationFile.raw,
+                                                            control: imageEnd.raw, table: table, label: label(role)) {
+        pid = born
+    } else {
+        guard let executed = executeApache(configurationDescriptor: configurationFile.raw,
+                                           variable: (imageVariable, start.variable), label: label(role)) else {
+            rootEnd.close()
+            return
+        }
+        pid = executed
     }
     rootEnd.setNonBlocking()
     let handle = ImageHandle(pid: pid, control: rootEnd, ready: false, startedAt: monotonicMilliseconds())
@@ -241,6 +228,73 @@ func startImage(_ role: ImageRole, _ text: String, generation: UInt32) {
         }
     }
     log(PERUSER_LOG_DEBUG, "peruser: started \(label(role)) (pid \(pid))")
+}
+
+/// Forks and executes apache2 again with configuration `text` (sealed in a memfd) and one
+/// environment variable; the process's pid, or nil (logged).
+func executeApache(configuration text: String, variable: (String, String), label: String) -> pid_t? {
+    do throws(Errno) {
+        var file = try sealedConfiguration(text)
+        defer { file.close() }
+        return executeApache(configurationDescriptor: file.raw, variable: variable, label: label)
+    } catch {
+        log(PERUSER_LOG_ERR, "peruser: cannot start \(label): its configuration: \(error)")
+        return nil
+    }
+}
+
+/// `text` in a memfd sealed read-only: the process given it and its children can only read it
+/// (an image closes it once read).
+func sealedConfiguration(_ text: String) throws(Errno) -> FileDescriptor {
+    var file = FileDescriptor(raw: memfd_create("peruser-image.conf", PERUSER_MFD_ALLOW_SEALING))
+    guard file.isOpen else { throw Errno.current }
+    let bytes = Array(text.utf8)
+    var written = 0
+    while written < bytes.count {
+        let count = bytes.withUnsafeBytes { write(file.raw, $0.baseAddress.map { $0 + written }, $0.count - written) }
+        guard count > 0 else {
+            let error = Errno.current
+            file.close()
+            throw error
+        }
+        written += count
+    }
+    guard peruser_seal_read_only(file.raw) == 0 else {
+        let error = Errno.current
+        file.close()
+        throw error
+    }
+    return file
+}
+
+/// Forks and executes apache2 again reading its configuration from `descriptor` (inherited:
+/// not close-on-exec), with one environment variable; the pid, or nil (logged).
+func executeApache(configurationDescriptor descriptor: Int32, variable: (String, String), label: String) -> pid_t? {
+    let arguments = imageArguments(configuration: descriptor)
+    var executable = [CChar](repeating: 0, count: 4096)
+    guard readlink("/proc/self/exe", &executable, executable.count - 1) > 0 else {
+        log(PERUSER_LOG_ERR, "peruser: cannot start \(label): readlink /proc/self/exe: \(Errno.current)")
+        return nil
+    }
+    // Everything the child needs is made before fork: it only sets up and executes.
+    let argv = arguments.map { strdup($0) }
+    defer { for pointer in argv { free(pointer) } }
+    var vector: [UnsafeMutablePointer<CChar>?] = argv + [nil]
+    let pid = fork()
+    if pid < 0 {
+        log(PERUSER_LOG_ERR, "peruser: cannot start \(label): fork: \(Errno.current)")
+        return nil
+    }
+    if pid == 0 {
+        _ = peruser_prctl(PR_SET_PDEATHSIG, UInt(SIGTERM))
+        setenv(variable.0, variable.1, 1)
+        var unblocked = sigset_t()
+        sigemptyset(&unblocked)
+        sigprocmask(SIG_SETMASK, &unblocked, nil)
+        execv(executable, &vector)
+        _exit(127)
+    }
+    return pid
 }
 
 /// Sends a channel end to an image, waiting while its control channel is full (the
@@ -454,11 +508,22 @@ func closeIdleImages(now: Int64) {
     }
 }
 
+/// Ends the zygote once no environment's image has run for max(IdleTimeout, 10 s) since it last
+/// forked one: it starts again with the next image.
+func closeIdleZygote(now: Int64) {
+    guard let running = zygote, images.allSatisfy({ $0 == nil }),
+          now - running.used >= Int64(max(configuration.limits.idleTimeout, 10)) * 1000 else { return }
+    endZygote()
+    log(PERUSER_LOG_INFO, "peruser: the image zygote (pid \(running.pid)) exits: no environment's image runs "
+        + "(it starts again with the next one)")
+}
+
 /// The generation ends: its images exit when their control channel closes. In a worker forked
 /// from the root, it drops the root's ends it inherited (the images go on: the root holds its
 /// own); `dropInheritedWakeups` first, so that nothing is taken out of the root's epoll.
 func closeImages() {
     for (role, _) in runningImages() { closeControl(of: role) }
+    endZygote()
     images = []
     multiplexerImage = nil
 }

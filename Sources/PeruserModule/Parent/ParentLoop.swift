@@ -95,6 +95,7 @@ func superviseUntilAsked() {
         if now - lastMonitor >= 1000 {
             lastMonitor = now
             closeIdleImages(now: now)
+            closeIdleZygote(now: now)
             ap_run_monitor(configurationPool, ap_server_conf)
             apr_proc_other_child_refresh_all(APR_OC_REASON_RUNNING)
         }
@@ -254,7 +255,9 @@ func reapChildren(quietly: Bool) -> Bool {
     while let (pid, status) = reapOne() {
         reaped = true
         guard var state = parent, let found = (0..<state.capacity).first(where: { state.records[$0].pid == pid }) else {
-            if imageExited(pid, status: status, quietly: quietly) { continue }
+            if imageExited(pid, status: status, quietly: quietly) || zygoteExited(pid, status: status, quietly: quietly) {
+                continue
+            }
             var process = apr_proc_t()
             process.pid = pid
             apr_proc_other_child_alert(&process, APR_OC_REASON_DEATH, status.raw)  // a piped logger, say

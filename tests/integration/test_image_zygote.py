@@ -1,0 +1,155 @@
+"""Environments' images come from one zygote (Zygote.swift): an apache2 the root executes with a
+configuration that names no tenant, which loads the modules, goes through Apache's first pass
+and forks each image. The images then share the libraries' relocated pages (one physical copy)
+where executed images each made their own; the zygote holds no tenant's secret; a zygote that
+dies is started again for the next image, and one whose images all left exits.
+"""
+import os
+import signal
+import time
+
+from conftest import make_site, php_module, site_vhost
+from harness import Apache, free_port, read_maps
+from test_end_to_end import get
+from test_process_management import wait_until
+from test_tenant_holdings import images_by_role, memory_hits
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def configure(apache, port, accounts, extra=""):
+    a_site = make_site(apache.root, *accounts["peruser-a"], "a")
+    b_site = make_site(apache.root, *accounts["peruser-b"], "b")
+    secrets = {"a": "zygote-test-secret-of-a-6f1c", "b": "zygote-test-secret-of-b-92d4"}
+    vhosts = []
+    for name, site, env in (("a.test", a_site, "env-a"), ("b.test", b_site, "env-b")):
+        block = site_vhost(port, name, site, env)
+        vhosts.append(block.replace("</VirtualHost>", f"    SetEnv TENANT_SECRET {secrets[name[0]]}\n</VirtualHost>"))
+    apache.write_config(f"""
+Listen 127.0.0.1:{port}
+LoadModule php_module {php_module()}
+MinSpareProcessors 0
+MinMultiplexers 1
+{extra}
+<Directory {apache.root}>
+    Require all granted
+    Options +ExecCGI
+</Directory>
+<FilesMatch "\\.php$">
+    SetHandler application/x-httpd-php
+</FilesMatch>
+<Processor env-a>
+    User peruser-a
+    Group peruser-a
+</Processor>
+<Processor env-b>
+    User peruser-b
+    Group peruser-b
+</Processor>
+{chr(10).join(vhosts)}
+""")
+    for site in (a_site, b_site):
+        with open(os.path.join(site, "id.php"), "w") as f:
+            f.write("<?php echo 'uid=', posix_getuid(), ' ', getenv('TENANT_SECRET') ? 'has-secret' : '', \"\\n\";\n")
+        os.chmod(os.path.join(site, "id.php"), 0o644)
+    return secrets
+
+
+def image_of(apache, role):
+    from test_tenant_holdings import image_role
+    found = [pid for pid in apache.images() if image_role(pid) == role]
+    assert len(found) == 1, (role, images_by_role(apache))
+    return found[0]
+
+
+def relocated_pages(pid, library):
+    """{(mapping's file offset + page offset): physical frame} of the copied-on-write pages of
+    `library`'s mappings in `pid` (its relocations: what the dynamic loader wrote)."""
+    pages = {}
+    entries = []
+    current = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                current = None
+                if len(fields) > 5 and fields[5].endswith(library):
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    current = [start, end, int(fields[2], 16), 0]
+                    entries.append(current)
+            elif current is not None and fields[0] == "Anonymous:":
+                current[3] = int(fields[1])
+    with open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        for start, end, offset, anonymous in entries:
+            if not anonymous:
+                continue
+            for address in range(start, end, PAGE):
+                entry = int.from_bytes(os.pread(pagemap.fileno(), 8, address // PAGE * 8), "little")
+                if entry >> 63 and not entry >> 61 & 1:  # present, and not a page of the file itself
+                    pages[offset + address - start] = entry & ((1 << 55) - 1)
+    return pages
+
+
+def test_images_come_from_one_zygote_and_share_its_relocated_libraries(module, accounts):
+    port = free_port()
+    apache = Apache("", name="zygote")
+    secrets = configure(apache, port, accounts)
+    a_uid, b_uid = accounts["peruser-a"][0], accounts["peruser-b"][0]
+    try:
+        apache.start(ports=(port,))
+        assert apache.zygote() is None, "no zygote before an environment needs an image"
+        assert get(port, "a.test", "/id.php")[1] == f"uid={a_uid} has-secret\n"
+        assert get(port, "b.test", "/id.php")[1] == f"uid={b_uid} has-secret\n"
+        zygote = apache.zygote()
+        assert zygote, "the zygote runs"
+        # Each image says which it is in its environment block (/proc/PID/environ), as an
+        # executed one does; the zygote is no image.
+        assert images_by_role(apache) == ["0", "1", "m"]
+        a_image, b_image = image_of(apache, "0"), image_of(apache, "1")
+        php = os.path.basename(php_module())
+        # The images share the frames of mod_php's relocated pages (the zygote's); executed
+        # images each wrote their own copy.
+        a_pages, b_pages = relocated_pages(a_image, php), relocated_pages(b_image, php)
+        assert a_pages and b_pages, "mod_php's relocations are copied-on-write pages"
+        shared = [offset for offset, frame in a_pages.items() if b_pages.get(offset) == frame]
+        print(f"{len(shared)} of A's {len(a_pages)} relocated pages of mod_php are B's too ({len(b_pages)})")
+        assert len(shared) >= len(a_pages) // 2, (len(shared), len(a_pages), len(b_pages))
+        # The zygote holds no tenant's secret (the scan bites: A's image holds A's).
+        needles = {tenant: secret.encode() for tenant, secret in secrets.items()}
+        assert "a" in memory_hits(a_image, needles)
+        assert memory_hits(zygote, needles) == {}, "the zygote holds a tenant's secret"
+        assert "libphp" in read_maps(zygote)
+    finally:
+        apache.stop()
+        apache.cleanup()
+
+
+def test_a_zygote_that_dies_comes_back_and_one_whose_images_left_exits(module, accounts):
+    port = free_port()
+    apache = Apache("", name="zygote-life")
+    configure(apache, port, accounts, extra="IdleTimeout 2")
+    a_uid, b_uid = accounts["peruser-a"][0], accounts["peruser-b"][0]
+    try:
+        apache.start(ports=(port,))
+        assert get(port, "a.test", "/id.php")[1] == f"uid={a_uid} has-secret\n"
+        first = apache.zygote()
+        assert first
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: "the image zygote (pid %d) exited (signal 9)" % first in apache.read_error_log(),
+                          timeout=10, interval=0.1), apache.read_error_log()[-2000:]
+        # A's image goes on without it; B's image comes from a new zygote.
+        assert get(port, "a.test", "/id.php")[1] == f"uid={a_uid} has-secret\n"
+        assert get(port, "b.test", "/id.php")[1] == f"uid={b_uid} has-secret\n"
+        second = apache.zygote()
+        assert second and second != first
+        assert images_by_role(apache) == ["0", "1", "m"]
+        # With no traffic both images leave (10 s after their last worker asked), then the zygote.
+        assert wait_until(lambda: apache.zygote() is None, timeout=40, interval=0.5), apache.read_error_log()[-2000:]
+        assert "the image zygote (pid %d) exits: no environment's image runs" % second in apache.read_error_log()
+        assert not {"0", "1"} & set(images_by_role(apache))
+        # And the next request brings it back.
+        assert get(port, "a.test", "/id.php")[1] == f"uid={a_uid} has-secret\n"
+        assert apache.zygote() not in (None, first, second)
+    finally:
+        apache.stop()
+        apache.cleanup()
