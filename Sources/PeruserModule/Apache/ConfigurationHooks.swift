@@ -119,8 +119,9 @@ public func peruserConfigure(_ directives: UnsafeMutablePointer<peruser_directiv
         directives?[index].environment = Int32(configuration.environmentOfDirective[index] ?? -1)
     }
     settings?.pointee = configuration.settings
-    // The zygote leaves them too: their first pass (which starts nothing) is what an image
-    // born from it has had when its own second pass starts them.
+    // Not in the zygote: there their first-pass post_config runs (mod_php's starts nothing,
+    // it only notes in the process pool that it ran), and an image forked from the zygote
+    // needs that note for its own second pass to start PHP.
     if imageStart == nil && zygoteStart == nil && configuration.everyEnvironmentIsolated {
         for engine in ImageConfiguration.enginesTheRootLeavesUnstarted where peruser_shim_drop_post_config(engine) > 0 {
             log(PERUSER_LOG_DEBUG, "peruser: the root parent leaves \(engine) unstarted: every environment's workers "
