@@ -24,7 +24,7 @@ nonisolated(unsafe) var oneProcess = false
 /// Apache's first pass over the configuration (configtest too): messages go to the console.
 /// Never in a process image: the root parent already said everything about this configuration.
 func isStartupPass() -> Bool {
-    imageStart == nil && zygoteStart == nil && ap_unixd_mpm_get_retained_data()?.pointee.module_loads == 1
+    !startedByTheRoot && ap_unixd_mpm_get_retained_data()?.pointee.module_loads == 1
 }
 
 private func refuse(_ problem: String) -> Int32 {
@@ -49,7 +49,7 @@ public func peruserPreConfig(_ pool: OpaquePointer?, _ storedNames: UnsafePointe
         if let start = zygoteStart { closeInheritedDescriptors(keeping: [start.control]) }
     }
     oneProcess = ap_exists_config_define("ONE_PROCESS") != 0 || ap_exists_config_define("DEBUG") != 0
-    let foreground = oneProcess || imageStart != nil || zygoteStart != nil || ap_exists_config_define("FOREGROUND") != 0
+    let foreground = oneProcess || startedByTheRoot || ap_exists_config_define("FOREGROUND") != 0
     mpm.pointee.mpm_state = AP_MPMQ_STARTING
     let key = "mpm_peruser_baton"
     let baton = ap_retained_data_get(key)
@@ -101,7 +101,7 @@ public func peruserConfigure(_ directives: UnsafeMutablePointer<peruser_directiv
                                 line: Int(entry.line), section: entry.section >= 0 ? Int(entry.section) : nil))
     }
     do throws(ConfigurationError) {
-        var built = try Configuration.build(raw, system: imageStart == nil && zygoteStart == nil ? .live : .checkedByTheParent)
+        var built = try Configuration.build(raw, system: startedByTheRoot ? .checkedByTheParent : .live)
         if let start = imageStart { try built.resolveOwnAccounts(for: start.role, directory: SystemAccounts()) }
         let unixd = UnixdIdentity(user: string(ap_unixd_config.user_name) ?? "?", uid: ap_unixd_config.user_id,
                                   gid: ap_unixd_config.group_id, userLocation: location(of: "User"),
@@ -122,7 +122,7 @@ public func peruserConfigure(_ directives: UnsafeMutablePointer<peruser_directiv
     // Not in the zygote: there their first-pass post_config runs (mod_php's starts nothing,
     // it only notes in the process pool that it ran), and an image forked from the zygote
     // needs that note for its own second pass to start PHP.
-    if imageStart == nil && zygoteStart == nil && configuration.everyEnvironmentIsolated {
+    if !startedByTheRoot && configuration.everyEnvironmentIsolated {
         for engine in ImageConfiguration.enginesTheRootLeavesUnstarted where peruser_shim_drop_post_config(engine) > 0 {
             log(PERUSER_LOG_DEBUG, "peruser: the root parent leaves \(engine) unstarted: every environment's workers "
                 + "come from its own process image, which starts it")

@@ -122,9 +122,13 @@ func closeInheritedDescriptors(keeping descriptors: Set<Int32>) {
 /// Set in pre_config of an image (each configuration pass: the module is reloaded between them).
 nonisolated(unsafe) var imageStart: ImageStart?
 
+/// An image or the zygote: a process the root parent executed with a configuration it had
+/// already checked and spoken about, which listens on nothing.
+var startedByTheRoot: Bool { imageStart != nil || zygoteStart != nil }
+
 @_cdecl("peruser_is_image")
 public func peruserIsImage() -> Int32 {
-    imageStart != nil || zygoteStart != nil ? 1 : 0
+    startedByTheRoot ? 1 : 0
 }
 
 /// The image's run hook: never returns to Apache's restart loop.

@@ -147,17 +147,11 @@ private func becomeImage(_ asked: ImageStart, configuration: Int32, control: Int
 /// globals must, see ConfigurationEntry.swift).
 private func keepLibrariesLoaded() {
     let own = loadedModulePath(symbol: "mpm_peruser_module").flatMap(canonicalPath)
-    guard let maps = fopen("/proc/self/maps", "r") else { return }
-    defer { fclose(maps) }
     var seen = Set<String>()
-    var line = [CChar](repeating: 0, count: 4096)
-    while fgets(&line, Int32(line.count), maps) != nil {
-        let text = String(cString: line)
-        guard let slash = text.firstIndex(of: "/") else { continue }
-        let path = String(text[slash...].prefix(while: { $0 != "\n" }))
-        guard path.contains(".so"), path != own, seen.insert(path).inserted else { continue }
+    for mapping in ownMappings() ?? [] where mapping.path.hasPrefix("/") && mapping.path.contains(".so") {
+        guard mapping.path != own, seen.insert(mapping.path).inserted else { continue }
         // RTLD_NOLOAD: only what is loaded already; the handle is kept on purpose.
-        _ = dlopen(path, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE)
+        _ = dlopen(mapping.path, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE)
     }
 }
 
@@ -182,23 +176,10 @@ private func loadedModulePath(symbol wanted: String) -> String? {
 /// made their own. A shared mapping of a file cannot be copied so: false (logged), and the
 /// image does not start.
 private func unshareInheritedMemory() -> Bool {
-    guard let maps = fopen("/proc/self/maps", "r") else { return false }
-    var shared: [(start: UInt, end: UInt, protection: Int32, name: String)] = []
-    var line = [CChar](repeating: 0, count: 4096)
-    while fgets(&line, Int32(line.count), maps) != nil {
-        let fields = String(cString: line).split(separator: " ", omittingEmptySubsequences: true)
-        guard fields.count >= 5, fields[1].count == 4, fields[1].last == "s" else { continue }
-        let range = fields[0].split(separator: "-")
-        guard range.count == 2, let start = UInt(range[0], radix: 16), let end = UInt(range[1], radix: 16) else { continue }
-        let perms = Array(fields[1])
-        let protection = (perms[0] == "r" ? PROT_READ : 0) | (perms[1] == "w" ? PROT_WRITE : 0) | (perms[2] == "x" ? PROT_EXEC : 0)
-        let name = fields.count > 5 ? fields[5...].joined(separator: " ").trimmingNewline : ""
-        shared.append((start, end, protection, name))
-    }
-    fclose(maps)
-    for mapping in shared {
-        guard mapping.name.isEmpty || mapping.name.hasPrefix("/dev/zero") || mapping.name == "[anon_shmem]" else {
-            log(PERUSER_LOG_EMERG, "peruser: an image forked from the zygote would share \(mapping.name) with the other "
+    guard let mappings = ownMappings() else { return false }
+    for mapping in mappings where mapping.isShared {
+        guard mapping.path.isEmpty || mapping.path.hasPrefix("/dev/zero") || mapping.path == "[anon_shmem]" else {
+            log(PERUSER_LOG_EMERG, "peruser: an image forked from the zygote would share \(mapping.path) with the other "
                 + "environments' images (a module mapped it shared in the zygote); not started. Set ProcessorImage "
                 + "shared or report the module")
             return false
@@ -216,8 +197,39 @@ private func unshareInheritedMemory() -> Bool {
     return true
 }
 
-private extension String {
-    var trimmingNewline: String { hasSuffix("\n") ? String(dropLast()) : self }
+/// One line of /proc/self/maps.
+private struct Mapping {
+    let start: UInt
+    let end: UInt
+    /// "r", "w", "x" and "p" (private) or "s" (shared).
+    let permissions: [Character]
+    /// The file, a name such as "[heap]", or "" for anonymous memory.
+    let path: String
+
+    var isShared: Bool { permissions[3] == "s" }
+    var protection: Int32 {
+        (permissions[0] == "r" ? PROT_READ : 0) | (permissions[1] == "w" ? PROT_WRITE : 0)
+            | (permissions[2] == "x" ? PROT_EXEC : 0)
+    }
+}
+
+/// This process's mappings (nil if /proc/self/maps cannot be read); lines it cannot parse are
+/// left out.
+private func ownMappings() -> [Mapping]? {
+    guard let maps = fopen("/proc/self/maps", "r") else { return nil }
+    defer { fclose(maps) }
+    var mappings: [Mapping] = []
+    var line = [CChar](repeating: 0, count: 4096)
+    while fgets(&line, Int32(line.count), maps) != nil {
+        let fields = String(cString: line).split(separator: " ", omittingEmptySubsequences: true)
+        guard fields.count >= 5, fields[1].count == 4 else { continue }
+        let range = fields[0].split(separator: "-")
+        guard range.count == 2, let start = UInt(range[0], radix: 16), let end = UInt(range[1], radix: 16) else { continue }
+        let path = fields.count > 5 ? fields[5...].joined(separator: " ") : ""
+        mappings.append(Mapping(start: start, end: end, permissions: Array(fields[1]),
+                                path: path.hasSuffix("\n") ? String(path.dropLast()) : path))
+    }
+    return mappings
 }
 
 /// PERUSER_ZYGOTE as the zygote's initial environment block holds it (unsetenv leaves the bytes).
@@ -321,9 +333,7 @@ private func startZygote(generation: UInt32) {
     }
     _ = fcntl(zygoteEnd.raw, F_SETFD, 0)
     let start = ZygoteStart(generation: generation, control: zygoteEnd.raw, rootPid: getpid())
-    let text = ImageConfiguration.render(configurationTree(), for: .environment(configuration.environments.count),
-                                         preamble: imagePreamble(pool: configurationPool),
-                                         sslLoaded: ap_find_linked_module("mod_ssl.c") != nil)
+    let text = imageConfiguration(for: .environment(configuration.environments.count))
     guard let pid = executeApache(configuration: text, variable: (zygoteVariable, start.variable), label: "the image zygote")
     else { rootEnd.close(); return }
     rootEnd.setNonBlocking()
