@@ -52,7 +52,7 @@ def make_site(root, owner_uid, owner_gid, name):
         f.write(f"secret of {name}\n")
     with open(os.path.join(site, "id.php"), "w") as f:
         f.write('<?php echo "uid=", posix_getuid(), " gid=", posix_getgid(), " groups=", '
-                'implode(",", posix_getgroups()), "\\nsapi=", PHP_SAPI, "\\n";\n')
+                'implode(",", posix_getgroups()), "\\nsapi=", PHP_SAPI, "\\npid=", getmypid(), "\\n";\n')
     os.chmod(os.path.join(site, "id.php"), 0o644)
     cgi = os.path.join(site, "cgi-bin", "id.cgi")
     with open(cgi, "w") as f:
