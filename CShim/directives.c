@@ -206,6 +206,10 @@ const command_rec peruser_commands[] = {
     AP_INIT_TAKE12("ProcessorImage", store_global, stored_marker, RSRC_CONF,
                    "isolated (default): each environment's workers start from a process image that loaded only "
                    "its own virtual hosts; shared: every worker is forked from the root parent"),
+    AP_INIT_FLAG("ProcessorImageZygote", store_global_flag, stored_marker, RSRC_CONF,
+                 "On (default): isolated images are forked from one zygote that loaded the modules once (they "
+                 "share its address layout, stack canary and pointer guard); Off: each image is an apache2 "
+                 "executed on its own"),
     AP_INIT_RAW_ARGS("<Processor", processor_section, stored_marker, RSRC_CONF,
                      "Declares a server environment: <Processor name> User u, Group g </Processor>"),
     AP_INIT_RAW_ARGS("</Processor>", stray_processor_end, NULL, RSRC_CONF, "Ends a <Processor> section"),

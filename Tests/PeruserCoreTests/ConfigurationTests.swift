@@ -92,6 +92,12 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(configuration.multiplexerGroup?.id, 999)
     }
 
+    func testImagesComeFromTheZygoteUnlessItIsTurnedOff() throws {
+        XCTAssertTrue(try build("").imageZygote)
+        XCTAssertFalse(try build("ProcessorImageZygote Off").imageZygote)
+        XCTAssertTrue(try build("ProcessorImageZygote off\nProcessorImageZygote On").imageZygote)
+    }
+
     func testMaxRequestWorkersIsMaxClients() throws {
         XCTAssertEqual(try build("MaxRequestWorkers 100").limits.maxClients, 100)
     }
@@ -150,6 +156,7 @@ final class ConfigurationTests: XCTestCase {
             ("AssignUserID bob bob\nStatusEnvironment assign-bob-bob",
              "line 2 of t.conf: StatusEnvironment assign-bob-bob: no <Processor assign-bob-bob> is declared"),
             ("PeruserHandBack maybe", "line 1 of t.conf: PeruserHandBack must be On or Off"),
+            ("ProcessorImageZygote maybe", "line 1 of t.conf: ProcessorImageZygote must be On or Off"),
             ("MultiplexerUser nobody-here", "line 1 of t.conf: MultiplexerUser nobody-here: no such user on this system"),
             ("MultiplexerGroup root", "line 1 of t.conf: MultiplexerGroup root: the multiplexers must not run as root"),
             ("<Processor a>\nGroup alice\n</Processor>", "<Processor a> (line 1 of t.conf): <Processor a> has no User directive"),

@@ -2,10 +2,14 @@
 configuration that names no tenant, which loads the modules, goes through Apache's first pass
 and forks each image. The images then share the libraries' relocated pages (one physical copy)
 where executed images each made their own; the zygote holds no tenant's secret; a zygote that
-dies is started again for the next image, and one whose images all left exits.
+dies is started again for the next image, and one whose images all left exits. The price, and
+the switch that declines it (ProcessorImageZygote Off): images forked from one zygote share its
+address layout and the seed of its stack canary and pointer guard.
 """
+import contextlib
 import os
 import signal
+import struct
 import time
 
 from conftest import make_site, php_module, site_vhost
@@ -55,6 +59,20 @@ MinMultiplexers 1
     return secrets
 
 
+@contextlib.contextmanager
+def two_tenants(accounts, name, extra=""):
+    """A started server of configure()'s two tenants: (apache, port, secrets, A's uid, B's uid)."""
+    port = free_port()
+    apache = Apache("", name=name)
+    secrets = configure(apache, port, accounts, extra=extra)
+    try:
+        apache.start(ports=(port,))
+        yield apache, port, secrets, accounts["peruser-a"][0], accounts["peruser-b"][0]
+    finally:
+        apache.stop()
+        apache.cleanup()
+
+
 def image_of(apache, role):
     from test_tenant_holdings import image_role
     found = [pid for pid in apache.images() if image_role(pid) == role]
@@ -90,13 +108,20 @@ def relocated_pages(pid, library):
     return pages
 
 
+def startup_randomness(pid):
+    """Where libc is mapped in `pid`, and the 16 bytes the kernel gave it at exec (AT_RANDOM),
+    from which glibc derives the stack canary and the pointer guard."""
+    auxv = open(f"/proc/{pid}/auxv", "rb").read()
+    seed_at = dict(struct.iter_unpack("<QQ", auxv[:len(auxv) // 16 * 16]))[25]  # AT_RANDOM
+    with open(f"/proc/{pid}/mem", "rb") as memory:
+        memory.seek(seed_at)
+        seed = memory.read(16)
+    libc = min(int(line.split("-")[0], 16) for line in read_maps(pid).splitlines() if line.endswith("/libc.so.6"))
+    return libc, seed
+
+
 def test_images_come_from_one_zygote_and_share_its_relocated_libraries(module, accounts):
-    port = free_port()
-    apache = Apache("", name="zygote")
-    secrets = configure(apache, port, accounts)
-    a_uid, b_uid = accounts["peruser-a"][0], accounts["peruser-b"][0]
-    try:
-        apache.start(ports=(port,))
+    with two_tenants(accounts, "zygote") as (apache, port, secrets, a_uid, b_uid):
         assert apache.zygote() is None, "no zygote before an environment needs an image"
         assert get(port, "a.test", "/id.php")[1] == f"uid={a_uid} has-secret\n"
         assert get(port, "b.test", "/id.php")[1] == f"uid={b_uid} has-secret\n"
@@ -114,23 +139,17 @@ def test_images_come_from_one_zygote_and_share_its_relocated_libraries(module, a
         shared = [offset for offset, frame in a_pages.items() if b_pages.get(offset) == frame]
         print(f"{len(shared)} of A's {len(a_pages)} relocated pages of mod_php are B's too ({len(b_pages)})")
         assert len(shared) >= len(a_pages) // 2, (len(shared), len(a_pages), len(b_pages))
+        # The price (README): the same layout, canary and pointer guard in both tenants' images.
+        assert startup_randomness(a_image) == startup_randomness(b_image) == startup_randomness(zygote)
         # The zygote holds no tenant's secret (the scan bites: A's image holds A's).
         needles = {tenant: secret.encode() for tenant, secret in secrets.items()}
         assert "a" in memory_hits(a_image, needles)
         assert memory_hits(zygote, needles) == {}, "the zygote holds a tenant's secret"
         assert "libphp" in read_maps(zygote)
-    finally:
-        apache.stop()
-        apache.cleanup()
 
 
 def test_a_zygote_that_dies_comes_back_and_one_whose_images_left_exits(module, accounts):
-    port = free_port()
-    apache = Apache("", name="zygote-life")
-    configure(apache, port, accounts, extra="IdleTimeout 2")
-    a_uid, b_uid = accounts["peruser-a"][0], accounts["peruser-b"][0]
-    try:
-        apache.start(ports=(port,))
+    with two_tenants(accounts, "zygote-life", extra="IdleTimeout 2") as (apache, port, _, a_uid, b_uid):
         assert get(port, "a.test", "/id.php")[1] == f"uid={a_uid} has-secret\n"
         first = apache.zygote()
         assert first
@@ -150,6 +169,17 @@ def test_a_zygote_that_dies_comes_back_and_one_whose_images_left_exits(module, a
         # And the next request brings it back.
         assert get(port, "a.test", "/id.php")[1] == f"uid={a_uid} has-secret\n"
         assert apache.zygote() not in (None, first, second)
-    finally:
-        apache.stop()
-        apache.cleanup()
+
+
+def test_with_the_zygote_turned_off_each_image_is_executed_with_randomness_of_its_own(module, accounts):
+    """ProcessorImageZygote Off: no zygote; each environment's image is an apache2 the root
+    executes, with its own address layout and its own canary and pointer guard seed."""
+    with two_tenants(accounts, "zygote-off", extra="ProcessorImageZygote Off") as (apache, port, _, a_uid, b_uid):
+        assert get(port, "a.test", "/id.php")[1] == f"uid={a_uid} has-secret\n"
+        assert get(port, "b.test", "/id.php")[1] == f"uid={b_uid} has-secret\n"
+        assert images_by_role(apache) == ["0", "1", "m"]
+        assert apache.zygote() is None, "a zygote runs though ProcessorImageZygote is Off"
+        (a_libc, a_seed), (b_libc, b_seed) = (startup_randomness(image_of(apache, role)) for role in ("0", "1"))
+        assert a_libc != b_libc and a_seed != b_seed
+        assert "image zygote" not in apache.read_error_log()
+

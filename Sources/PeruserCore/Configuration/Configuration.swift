@@ -64,6 +64,10 @@ public struct Configuration {
     /// ProcessorImage: each environment's workers start from a process image that loaded only
     /// its own vhosts (isolated, the default), or all from the root parent (shared).
     public fileprivate(set) var isolatedImages = true
+    /// ProcessorImageZygote: isolated images are forked from one zygote (On, the default), or
+    /// each is an apache2 executed on its own, with an address layout, stack canary and pointer
+    /// guard of its own (Off).
+    public fileprivate(set) var imageZygote = true
 
     /// Whether environment `index`'s workers come from an image of their own: its
     /// `<Processor>`'s ProcessorImage, else the global one.
@@ -282,6 +286,12 @@ private struct Builder {
             case "on": configuration.handBack = true
             case "off": configuration.handBack = false
             default: throw fail("PeruserHandBack must be On or Off")
+            }
+        case "ProcessorImageZygote":
+            switch arguments.first?.lowercased() {
+            case "on": configuration.imageZygote = true
+            case "off": configuration.imageZygote = false
+            default: throw fail("ProcessorImageZygote must be On or Off")
             }
         case "ProcessorImage":
             guard arguments.count == 1 else { throw fail("ProcessorImage takes one argument: isolated or shared") }

@@ -79,7 +79,7 @@ public enum Directives {
     /// mpm-itk's and Apache's own, are answered in C). Compared with the table at load.
     public static let stored: [String] = limits.map(\.name) + [
         "ProcessorWaitTimeout", "<Processor", "ServerEnvironment", "AssignUserID", "PeruserHandBack", "ProcessorImage",
-        "MultiplexerUser", "MultiplexerGroup", "MultiplexerChroot", "StatusEnvironment",
+        "ProcessorImageZygote", "MultiplexerUser", "MultiplexerGroup", "MultiplexerChroot", "StatusEnvironment",
     ]
 
     /// What may appear inside `<Processor>`.

@@ -202,7 +202,8 @@ func startImage(_ role: ImageRole, _ text: String, generation: UInt32) {
         start.listeners = listeners
     }
     let pid: pid_t
-    if case .environment = role, let born = imageFromZygote(start, configuration: configurationFile.raw,
+    // ProcessorImageZygote Off: every image executed, each with a layout and canary of its own.
+    if case .environment = role, configuration.imageZygote, let born = imageFromZygote(start, configuration: configurationFile.raw,
                                                             control: imageEnd.raw, table: table, label: label(role)) {
         pid = born
     } else {

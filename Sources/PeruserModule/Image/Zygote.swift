@@ -7,7 +7,9 @@
 // already relocated. Those pages are then one copy for all images instead of one per image:
 // with 300 tenants in random order, a worker touches them on every request, and each private
 // copy is another cold page (BENCHMARKS.md). The multiplexers' image is still executed on its
-// own: it parses untrusted input, and keeps an address layout of its own.
+// own: it parses untrusted input, and keeps an address layout of its own. The price: every image
+// shares the zygote's address layout, stack canary and pointer guard; ProcessorImageZygote Off
+// (Images.swift) executes each image on its own instead.
 import CApache
 import CPeruserShim
 import Glibc
