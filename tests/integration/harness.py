@@ -282,14 +282,18 @@ def read_maps(pid, name="maps"):
 
 
 def proc_ids(pid):
-    """(real uid, real gid) of a process, from /proc/PID/status."""
+    """(real uid, real gid) of a process, from /proc/PID/status; (None, None) once it has gone
+    (a pid listed a moment ago may have exited: a CGI, a recycled worker)."""
     uid = gid = None
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Uid:"):
-                uid = int(line.split()[1])
-            elif line.startswith("Gid:"):
-                gid = int(line.split()[1])
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    uid = int(line.split()[1])
+                elif line.startswith("Gid:"):
+                    gid = int(line.split()[1])
+    except FileNotFoundError:
+        return None, None
     return uid, gid
 
 
