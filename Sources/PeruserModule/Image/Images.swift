@@ -203,8 +203,9 @@ func startImage(_ role: ImageRole, _ text: String, generation: UInt32) {
     }
     let pid: pid_t
     // ProcessorImageZygote Off: every image executed, each with a layout and canary of its own.
-    if case .environment = role, configuration.imageZygote, let born = imageFromZygote(start, configuration: configurationFile.raw,
-                                                            control: imageEnd.raw, table: table, label: label(role)) {
+    if case .environment = role, configuration.imageZygote,
+       let born = imageFromZygote(start, configuration: configurationFile.raw, control: imageEnd.raw, table: table,
+                                  label: label(role)) {
         pid = born
     } else {
         guard let executed = executeApache(configurationDescriptor: configurationFile.raw,
