@@ -282,18 +282,14 @@ def read_maps(pid, name="maps"):
 
 
 def proc_ids(pid):
-    """(real uid, real gid) of a process, from /proc/PID/status; (None, None) once it has gone
-    (a pid listed a moment ago may have exited: a CGI, a recycled worker)."""
+    """(real uid, real gid) of a process, from /proc/PID/status."""
     uid = gid = None
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    uid = int(line.split()[1])
-                elif line.startswith("Gid:"):
-                    gid = int(line.split()[1])
-    except FileNotFoundError:
-        return None, None
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                uid = int(line.split()[1])
+            elif line.startswith("Gid:"):
+                gid = int(line.split()[1])
     return uid, gid
 
 
