@@ -139,7 +139,7 @@ func startImages(generation: UInt32) {
 /// The configuration text of `role`'s image (the tree and preamble read once for many images);
 /// the zygote's is that of an environment index no vhost names.
 func imageConfiguration(for role: ImageRole, tree: [ConfigurationNode] = configurationTree(),
-                                preamble: [String] = imagePreamble(pool: configurationPool)) -> String {
+                        preamble: [String] = imagePreamble(pool: configurationPool)) -> String {
     ImageConfiguration.render(tree, for: role, preamble: preamble, sslLoaded: ap_find_linked_module("mod_ssl.c") != nil)
 }
 
