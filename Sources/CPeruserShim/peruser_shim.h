@@ -32,6 +32,7 @@ static inline int peruser_seal_read_only(int fd)
 {
     return fcntl(fd, 1033 /* F_ADD_SEALS */, 0x0001 | 0x0002 | 0x0004 | 0x0008 /* SEAL, SHRINK, GROW, WRITE */);
 }
+#define PERUSER_SCHED_OTHER 0
 #define PERUSER_SCHED_BATCH 3
 
 /* prctl is variadic. */

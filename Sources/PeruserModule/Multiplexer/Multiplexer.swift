@@ -161,6 +161,15 @@ struct Multiplexer {
     private var currentHandback: [Int?]
     /// Lent connections by socket cookie: a worker may send one back with bytes it read.
     private var lentByCookie: [UInt64: Int32] = [:]
+    /// SCHED_BATCH while no kept-alive connection is held (MultiplexerPacing).
+    private var pacing = MultiplexerPacing()
+    private var pacingRefused = false
+    /// This turn adopted a kept-alive connection handed back to read its next head.
+    private var adoptedKeptAlive = false
+    /// Whether a held connection came back from a worker (lent, or handed back) and is not
+    /// being closed, at the last look (every 250 ms: a scan of what is held).
+    private var heldKeptAlive = false
+    private var keptAliveLookAt: Int64 = 0
 
     private static let listenerTag: UInt64 = 1 << 32
     private static let handbackTag: UInt64 = 2 << 32
@@ -281,6 +290,28 @@ struct Multiplexer {
             pruneInFlight()
             passWaiting(now: now)
             expireAndRetry(now: now)
+            pace(now: now)
+        }
+    }
+
+    /// Asks for the scheduling policy MultiplexerPacing chooses. Refused (a seccomp filter, say):
+    /// logged once, and the multiplexer stays as it is.
+    private mutating func pace(now: Int64) {
+        if now >= keptAliveLookAt {
+            keptAliveLookAt = now + 250
+            heldKeptAlive = pending.values.contains { connection in
+                if case .lingering = connection.stage { return false }
+                return connection.handback != nil
+            }
+        }
+        let keptAlive = heldKeptAlive || !lentByCookie.isEmpty || adoptedKeptAlive
+        adoptedKeptAlive = false
+        guard !pacingRefused, let policy = pacing.afterTurn(holdsKeptAlive: keptAlive, now: now) else { return }
+        do {
+            try setSchedulingPolicy(policy == .batch ? .batch : .normal)
+        } catch {
+            pacingRefused = true
+            log(PERUSER_LOG_WARNING, "multiplexer: cannot change its scheduling policy: \(error)")
         }
     }
 
@@ -634,6 +665,7 @@ struct Multiplexer {
         if let handback {
             handbacks[handback].holding += 1
             handbacksToCheck.append(handback)
+            adoptedKeptAlive = true
         }
         advance(fd, handedBack: !consumed.isEmpty)
         guard let connection = pending[fd], case .readingHead = connection.stage else { return }

@@ -93,3 +93,17 @@ struct CgroupError: Error {
     let directory: String
     let errno: Errno
 }
+
+/// The scheduling policies a child may ask for itself (unprivileged processes may move between
+/// these two within their RLIMIT_NICE).
+enum SchedulingPolicy {
+    case normal
+    case batch
+}
+
+/// Sets the calling process's scheduling policy.
+func setSchedulingPolicy(_ policy: SchedulingPolicy) throws(Errno) {
+    var parameters = sched_param()
+    let value = policy == .batch ? PERUSER_SCHED_BATCH : PERUSER_SCHED_OTHER
+    guard sched_setscheduler(0, value, &parameters) == 0 else { throw Errno.current }
+}

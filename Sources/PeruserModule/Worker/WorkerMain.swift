@@ -95,13 +95,8 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
         exitChild(exitChildSick)
     }
     dieWithParent(parentPid)
-    // SCHED_BATCH: a worker woken by a hand-off does not preempt the multiplexer that is still
-    // accepting, so a burst is spread over workers instead of ping-ponging; measured +8% req/s
-    // and a quarter of the p99 for 1 KiB Connection: close (BENCHMARKS.md).
-    var batch = sched_param()
-    if sched_setscheduler(0, PERUSER_SCHED_BATCH, &batch) != 0 {
-        log(PERUSER_LOG_DEBUG, "peruser: SCHED_BATCH refused: \(Errno.current)")
-    }
+    // A worker runs as a normal process: the multiplexers turn SCHED_BATCH while they only
+    // take new connections (MultiplexerPacing), which spreads a burst over the workers.
     peruser_shim_worker_serves(Int32(environment))
     prepareRequestTurns()
     ap_run_child_init(childPool, ap_server_conf)
