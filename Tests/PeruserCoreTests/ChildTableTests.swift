@@ -333,6 +333,10 @@ final class ChildTableTests: XCTestCase {
             }
             XCTAssertEqual(table.lendState(UInt64(capacity + 3), environment: 0, roster: table.roster()),
                            .returned(.answered))
+            // The oldest still held, read last (newest first), after the worker took another.
+            table.setLend(page: page, 999)
+            XCTAssertEqual(table.lendState(4, environment: 0, roster: table.roster()), .returned(.answered))
+            XCTAssertGreaterThanOrEqual(capacity, 256, "a multiplexer starved for a while must still find it")
             // Negative positions and numbers with the kind bits set still land in the ring.
             table.giveBackLent(page: page, lend: 0xc000_0000_0000_0040, how: .ended, position: -5)
             XCTAssertEqual(table.lendState(0x40, environment: 0, roster: table.roster()), .returned(.ended))
@@ -341,6 +345,12 @@ final class ChildTableTests: XCTestCase {
             memory.storeBytes(of: UInt64.max, toByteOffset: detail + ChildTableLayout.returnedOffset, as: UInt64.self)
             XCTAssertEqual(table.lendState(ChildTableLayout.lendMask, environment: 0, roster: table.roster()),
                            .returned(.ended))
+            // A count that points anywhere only changes where the look starts.
+            for count in [UInt64.max, 1 << 63, UInt64(capacity) * 7 + 5] {
+                memory.storeBytes(of: count, toByteOffset: detail + ChildTableLayout.returnedCountOffset, as: UInt64.self)
+                XCTAssertEqual(table.lendState(0x40, environment: 0, roster: table.roster()), .returned(.ended))
+                XCTAssertEqual(table.lendState(12345, environment: 0, roster: table.roster()), .unknown)
+            }
         }
     }
 

@@ -159,6 +159,36 @@ def test_requests_pipelined_on_a_lent_connection_are_answered_in_order(server):
     sock.close()
 
 
+def test_a_multiplexer_late_to_look_still_finds_its_lent_connection_given_back(server):
+    """A multiplexer starved of CPU (here: stopped) while the worker that answered on its lent
+    connection gives back many others still finds the mark when the client's next request comes,
+    instead of closing the connection as lost. Workers gave back into a ring of 32 marks; under
+    load (alternating vhosts, 2 CPUs) multiplexers were late by more than that."""
+    sock = lent_connection(server)
+    inode = server_inode(server, sock)
+    sock.sendall(request("a.test"))  # lent to env-a, answered, given back
+    assert read_response(sock) == (200, "site a\n")
+    held = wait_for(lambda: list(holders(server, inode).values()) == [MULTIPLEXER] and holders(server, inode))
+    assert held, holders(server, inode)
+    (multiplexer,) = held
+    os.kill(multiplexer, signal.SIGSTOP)
+    try:
+        # 100 other connections lent to env-a and given back, through the other multiplexer.
+        for _ in range(100):
+            other = lent_connection(server)
+            other.sendall(request("a.test"))
+            assert read_response(other) == (200, "site a\n")
+            other.close()
+        time.sleep(1.2)  # past the second after which a lent connection nobody shows is lost
+    finally:
+        os.kill(multiplexer, signal.SIGCONT)
+    sock.sendall(request("a.test"))
+    assert read_response(sock) == (200, "site a\n")
+    sock.sendall(request("b.test", close=True))
+    assert read_response(sock) == (200, "site b\n")
+    sock.close()
+
+
 def test_a_lent_connection_whose_worker_dies_is_closed_not_left_hanging(server):
     sock = lent_connection(server)
     inode = server_inode(server, sock)

@@ -67,8 +67,13 @@ public enum ChildTableLayout {
     public static let lendOffset = 280       // UInt64: the lend number of the current connection (0: not lent)
     /// UInt64 × returnedCapacity: lend numbers of the lent connections this worker gave back,
     /// newest overwriting oldest, with how in the top two bits (ChildTable.Returned).
+    /// A multiplexer looks when the connection stirs; one starved of CPU for as long as this
+    /// worker takes to give back `returnedCapacity` more finds it overwritten (and closes it
+    /// after a second as lost). 32 were overrun under load (alternating vhosts, 2 CPUs).
     public static let returnedOffset = 288
-    public static let returnedCapacity = 32
+    public static let returnedCapacity = 256
+    /// UInt64: how many the worker gave back (the newest entry is at that count - 1).
+    public static let returnedCountOffset = returnedOffset + 8 * returnedCapacity
     public static let returnedKindShift: UInt64 = 62
     public static let lendMask: UInt64 = (1 << 62) - 1
 
@@ -520,6 +525,8 @@ public struct ChildTable {
         let capacity = ChildTableLayout.returnedCapacity
         let slot = (position % capacity + capacity) % capacity
         base.storeBytes(of: entry, toByteOffset: o + ChildTableLayout.returnedOffset + 8 * slot, as: UInt64.self)
+        base.storeBytes(of: UInt64(bitPattern: Int64(position) &+ 1), toByteOffset: o + ChildTableLayout.returnedCountOffset,
+                        as: UInt64.self)
     }
 
     public enum LendState: Equatable {
@@ -540,19 +547,48 @@ public struct ChildTable {
     public func lendState(_ lend: UInt64, environment: Int, roster: Roster) -> LendState {
         let wanted = lend & ChildTableLayout.lendMask
         guard wanted != 0 else { return .unknown }
-        var serving = false
+        // The worker that took it names it as its connection until it takes the next: its ring
+        // says whether it gave it back yet. Only when none does (it took others since) are
+        // all the rings read.
         for index in roster.slots(of: environment) {
-            guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
-                  let o = detailOffset(index) else { continue }
-            for slot in 0..<ChildTableLayout.returnedCapacity {
-                let entry = load(o + ChildTableLayout.returnedOffset + 8 * slot, as: UInt64.self)
-                if entry & ChildTableLayout.lendMask == wanted {
-                    return .returned(Returned(rawValue: entry >> ChildTableLayout.returnedKindShift) ?? .ended)
-                }
-            }
-            if s.status == .active && load(o + ChildTableLayout.lendOffset, as: UInt64.self) == wanted { serving = true }
+            guard let worker = workerDetail(index, of: environment),
+                  load(worker.offset + ChildTableLayout.lendOffset, as: UInt64.self) == wanted else { continue }
+            if let how = givenBack(wanted, ring: worker.offset) { return .returned(how) }
+            if worker.active { return .serving }
         }
-        return serving ? .serving : .unknown
+        for index in roster.slots(of: environment) {
+            if let o = workerDetail(index, of: environment)?.offset, let how = givenBack(wanted, ring: o) {
+                return .returned(how)
+            }
+        }
+        return .unknown
+    }
+
+    /// How lent connection `wanted` was given back, if the ring of detail page `o` still holds
+    /// it. Newest first, to the first slot never written: the one just given back is found at
+    /// once, and a young worker's ring is short. The count (written by the worker) only says
+    /// where to start.
+    private func givenBack(_ wanted: UInt64, ring o: Int) -> Returned? {
+        let capacity = ChildTableLayout.returnedCapacity
+        let count = Int(truncatingIfNeeded: load(o + ChildTableLayout.returnedCountOffset, as: UInt64.self))
+        let newest = ((count &- 1) % capacity + capacity) % capacity
+        for back in 0..<capacity {
+            let slot = (newest - back + capacity) % capacity
+            let entry = load(o + ChildTableLayout.returnedOffset + 8 * slot, as: UInt64.self)
+            if entry == 0 { return nil }
+            if entry & ChildTableLayout.lendMask == wanted {
+                return Returned(rawValue: entry >> ChildTableLayout.returnedKindShift) ?? .ended
+            }
+        }
+        return nil
+    }
+
+    /// The detail page of slot `index` if it holds a live worker of `environment` (the roster
+    /// checked against the identity record), and whether that worker is active.
+    private func workerDetail(_ index: Int, of environment: Int) -> (offset: Int, active: Bool)? {
+        guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
+              let o = detailOffset(index) else { return nil }
+        return (o, s.status == .active)
     }
 
     /// The tickets of the last connection each of `environment`'s workers took (busy with it
