@@ -36,14 +36,15 @@ def ensure_account(name, uid_hint=None):
 def is_image(pid):
     """Whether `pid` is a process image of this MPM (see Images.swift): apache2 -f /proc/self/fd/N,
     or the zygote the environments' images are forked from (Zygote.swift)."""
+    # Read together: a process that exits between the two reads is not an image any more.
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             args = f.read().split(b"\0")
+        root = proc_ids(pid)[0] == 0
     except OSError:
         return False
     # Its workers carry the same command line, under their environment's uid.
-    return (any(a.startswith(b"/proc/self/fd/") for a in args) and b"-f" in args
-            and proc_ids(pid)[0] == 0)
+    return any(a.startswith(b"/proc/self/fd/") for a in args) and b"-f" in args and root
 
 
 def is_zygote(pid):

@@ -228,6 +228,14 @@ private struct Builder {
         func fail(_ message: String) -> ConfigurationError {
             ConfigurationError("\(directive.location): \(message)")
         }
+        /// An On|Off directive's one argument (either case).
+        func flag(_ name: String) throws(ConfigurationError) -> Bool {
+            switch arguments.first?.lowercased() {
+            case "on": return true
+            case "off": return false
+            default: throw fail("\(name) must be On or Off")
+            }
+        }
         func count(_ text: String, _ name: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
             do throws(ConfigError) {
                 return try parseCount(text, directive: name, range: range)
@@ -282,17 +290,9 @@ private struct Builder {
             guard arguments.count == 1, !arguments[0].isEmpty else { throw fail("StatusEnvironment takes names") }
             // Read after every directive (readStatusEnvironment).
         case "PeruserHandBack":
-            switch arguments.first?.lowercased() {
-            case "on": configuration.handBack = true
-            case "off": configuration.handBack = false
-            default: throw fail("PeruserHandBack must be On or Off")
-            }
+            configuration.handBack = try flag("PeruserHandBack")
         case "ProcessorImageZygote":
-            switch arguments.first?.lowercased() {
-            case "on": configuration.imageZygote = true
-            case "off": configuration.imageZygote = false
-            default: throw fail("ProcessorImageZygote must be On or Off")
-            }
+            configuration.imageZygote = try flag("ProcessorImageZygote")
         case "ProcessorImage":
             guard arguments.count == 1 else { throw fail("ProcessorImage takes one argument: isolated or shared") }
             switch arguments[0].lowercased() {
