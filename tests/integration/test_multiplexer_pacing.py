@@ -52,8 +52,10 @@ def policy(pid):
 
 
 def the_multiplexer(server):
-    (pid,) = [pid for pid, uid, _ in server.children() if uid == 33]
-    return pid
+    """The one multiplexer (waited for: it runs as www-data once it has dropped root)."""
+    found = wait_until(lambda: [pid for pid, uid, _ in server.children() if uid == 33], timeout=10)
+    assert len(found) == 1, found
+    return found[0]
 
 
 def close_requests(server, seconds):
