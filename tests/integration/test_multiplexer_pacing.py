@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import make_site, site_vhost
-from harness import Apache, free_port
+from harness import Apache, free_port, response_on
 from test_end_to_end import get
 from test_process_management import wait_until, workers_of
 
@@ -69,16 +69,8 @@ def close_requests(server, seconds):
 
 def kept_alive_request(conn):
     conn.sendall(b"GET /index.html HTTP/1.1\r\nHost: a.test\r\n\r\n")
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        assert chunk, data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int([line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")][0])
-    while len(body) < length:
-        body += conn.recv(65536)
-    assert head.startswith(b"HTTP/1.1 200"), head
+    status, _, body = response_on(conn)
+    assert status == 200, body
 
 
 def test_a_multiplexer_taking_only_new_connections_turns_batch(server):

@@ -480,11 +480,10 @@ public struct ChildTable {
     public func workersServing(_ client: ClientAddress, environment: Int, roster: Roster) -> Int {
         var count = 0
         for index in roster.slots(of: environment) {
-            guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
-                  s.status != .ready, s.status != .standby, s.status != .starting,
-                  let o = detailOffset(index) else { continue }
-            if load(o + ChildTableLayout.clientOffset, as: UInt64.self) == client.high
-                && load(o + ChildTableLayout.clientOffset + 8, as: UInt64.self) == client.low {
+            guard let worker = workerDetail(index, of: environment),
+                  worker.status != .ready, worker.status != .standby, worker.status != .starting else { continue }
+            if load(worker.offset + ChildTableLayout.clientOffset, as: UInt64.self) == client.high
+                && load(worker.offset + ChildTableLayout.clientOffset + 8, as: UInt64.self) == client.low {
                 count += 1
             }
         }
@@ -554,7 +553,7 @@ public struct ChildTable {
             guard let worker = workerDetail(index, of: environment),
                   load(worker.offset + ChildTableLayout.lendOffset, as: UInt64.self) == wanted else { continue }
             if let how = givenBack(wanted, ring: worker.offset) { return .returned(how) }
-            if worker.active { return .serving }
+            if worker.status == .active { return .serving }
         }
         for index in roster.slots(of: environment) {
             if let o = workerDetail(index, of: environment)?.offset, let how = givenBack(wanted, ring: o) {
@@ -584,11 +583,11 @@ public struct ChildTable {
     }
 
     /// The detail page of slot `index` if it holds a live worker of `environment` (the roster
-    /// checked against the identity record), and whether that worker is active.
-    private func workerDetail(_ index: Int, of environment: Int) -> (offset: Int, active: Bool)? {
+    /// checked against the identity record), and that worker's status.
+    private func workerDetail(_ index: Int, of environment: Int) -> (offset: Int, status: ChildStatus)? {
         guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
               let o = detailOffset(index) else { return nil }
-        return (o, s.status == .active)
+        return (o, s.status)
     }
 
     /// The tickets of the last connection each of `environment`'s workers took (busy with it
@@ -596,9 +595,9 @@ public struct ChildTable {
     public func takenTickets(environment: Int, roster: Roster) -> Set<UInt64> {
         var tickets = Set<UInt64>()
         for index in roster.slots(of: environment) {
-            guard let s = brief(index), s.environment == environment, s.type == .processor || s.type == .worker,
-                  s.status == .active || s.status == .ready, let o = detailOffset(index) else { continue }
-            tickets.insert(load(o + ChildTableLayout.ticketOffset, as: UInt64.self))
+            guard let worker = workerDetail(index, of: environment),
+                  worker.status == .active || worker.status == .ready else { continue }
+            tickets.insert(load(worker.offset + ChildTableLayout.ticketOffset, as: UInt64.self))
         }
         return tickets
     }

@@ -10,16 +10,11 @@
 /// paired rounds with 300 tenants, and 7–11 % more with two environments; with the multiplexers
 /// batch all the time, kept-alive connections lost about 8 %, hence the switch.
 public struct MultiplexerPacing: Equatable {
-    public enum Policy: Equatable {
-        case normal
-        case batch
-    }
-
     /// How long a multiplexer must have held no kept-alive connection before it turns batch:
     /// a client between two keep-alive requests does not flip it back and forth.
     public static let settleMilliseconds: Int64 = 1000
 
-    public private(set) var policy: Policy = .normal
+    public private(set) var policy: SchedulingPolicy = .normal
     private var quietSince: Int64?
 
     public init() {}
@@ -27,7 +22,7 @@ public struct MultiplexerPacing: Equatable {
     /// After a turn of the event loop: the policy to switch to now, or nil to keep this one.
     /// Back to normal at once when a kept-alive connection is held; to batch only after none
     /// was held for `settleMilliseconds`.
-    public mutating func afterTurn(holdsKeptAlive: Bool, now: Int64) -> Policy? {
+    public mutating func afterTurn(holdsKeptAlive: Bool, now: Int64) -> SchedulingPolicy? {
         if holdsKeptAlive {
             quietSince = nil
             guard policy == .batch else { return nil }
@@ -40,4 +35,11 @@ public struct MultiplexerPacing: Equatable {
         policy = .batch
         return .batch
     }
+}
+
+/// The scheduling policies a child may ask for itself (an unprivileged process may move between
+/// these two within its RLIMIT_NICE).
+public enum SchedulingPolicy: Equatable {
+    case normal
+    case batch
 }

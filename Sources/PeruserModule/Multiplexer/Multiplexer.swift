@@ -308,7 +308,7 @@ struct Multiplexer {
         adoptedKeptAlive = false
         guard !pacingRefused, let policy = pacing.afterTurn(holdsKeptAlive: keptAlive, now: now) else { return }
         do {
-            try setSchedulingPolicy(policy == .batch ? .batch : .normal)
+            try setSchedulingPolicy(policy)
         } catch {
             pacingRefused = true
             log(PERUSER_LOG_WARNING, "multiplexer: cannot change its scheduling policy: \(error)")

@@ -1,6 +1,7 @@
-// Processes: signals, exits, the parent-death signal, cgroups.
+// Processes: signals, exits, the parent-death signal, cgroups, the scheduling policy.
 import CPeruserShim
 import Glibc
+import PeruserCore
 
 /// Signals a child the parent forked (pids come only from the parent's private records).
 @discardableResult
@@ -92,13 +93,6 @@ func moveIntoCgroups(_ pid: pid_t, _ directories: [String]) throws(CgroupError) 
 struct CgroupError: Error {
     let directory: String
     let errno: Errno
-}
-
-/// The scheduling policies a child may ask for itself (unprivileged processes may move between
-/// these two within their RLIMIT_NICE).
-enum SchedulingPolicy {
-    case normal
-    case batch
 }
 
 /// Sets the calling process's scheduling policy.
