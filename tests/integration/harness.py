@@ -165,9 +165,7 @@ KeepAliveTimeout 5
             if not entry.isdigit():
                 continue
             try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                ppid = int(stat_fields(entry)[1])
                 if ppid != parent or is_image(int(entry)):
                     continue
                 uid, gid = proc_ids(int(entry))
@@ -185,9 +183,8 @@ KeepAliveTimeout 5
         for entry in os.listdir("/proc"):
             if entry.isdigit() and is_image(int(entry)) and not is_zygote(int(entry)):
                 try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
-                            found.append(int(entry))
+                    if int(stat_fields(entry)[1]) == parent:
+                        found.append(int(entry))
                 except (OSError, IndexError, ValueError):
                     continue
         return found
@@ -198,9 +195,8 @@ KeepAliveTimeout 5
         for entry in os.listdir("/proc"):
             if entry.isdigit() and is_zygote(int(entry)):
                 try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
-                            return int(entry)
+                    if int(stat_fields(entry)[1]) == parent:
+                        return int(entry)
                 except (OSError, IndexError, ValueError):
                     continue
         return None
@@ -280,6 +276,13 @@ def read_maps(pid, name="maps"):
             break
         previous = text
     return text
+
+
+def stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name: [0] is the state letter, [1] the
+    parent pid; field N of proc(5) is [N - 3]. Raises OSError once the process has gone."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
 
 
 def proc_ids(pid):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import make_site, site_vhost, two_environments
-from harness import Apache, free_port, request_on
+from harness import Apache, free_port, request_on, stat_fields
 from test_end_to_end import CGI, get, ids_of
 
 
@@ -52,8 +52,7 @@ def plain(module, accounts):
 
 
 def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / 100.0
 
 

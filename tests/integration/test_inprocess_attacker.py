@@ -44,7 +44,7 @@ import time
 import pytest
 
 from conftest import make_site, two_environments
-from harness import MODULE, Apache, free_port, session_pids
+from harness import MODULE, Apache, free_port, session_pids, stat_fields
 from test_end_to_end import unix_inodes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -305,15 +305,13 @@ def run_attack(srv, attack, timeout=40):
 
 def alive(pid):
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        return stat_fields(pid)[0] != "Z"
     except OSError:
         return False
 
 
 def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = stat_fields(pid)
     return int(fields[11]) + int(fields[12])   # utime + stime
 
 

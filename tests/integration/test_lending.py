@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import make_site, site_vhost, two_environments
-from harness import Apache, free_port, proc_ids, response_on, session_pids
+from harness import Apache, free_port, proc_ids, response_on, session_pids, stat_fields
 from test_end_to_end import ids_of, session_processes, socket_inodes, split_responses
 
 CGI = "/cgi-bin/id.cgi"
@@ -173,6 +173,9 @@ def test_a_multiplexer_late_to_look_still_finds_its_lent_connection_given_back(s
     (multiplexer,) = held
     os.kill(multiplexer, signal.SIGSTOP)
     try:
+        # Connect only once it has stopped: a multiplexer woken for a new connection and stopped
+        # before it accepts keeps that wake-up (EPOLLEXCLUSIVE), and the other one sleeps on.
+        assert wait_for(lambda: stat_fields(multiplexer)[0] == "T", 2), stat_fields(multiplexer)
         # 100 other connections lent to env-a and given back, through the other multiplexer.
         for _ in range(100):
             other = lent_connection(server)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness import Apache, free_port, session_pids
+from harness import Apache, free_port, session_pids, stat_fields
 from test_end_to_end import CGI, get, ids_of
 from conftest import make_site, site_vhost
 
@@ -16,8 +16,7 @@ def session_states(sid):
     out = {}
     for pid in session_pids(sid):
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                out[pid] = f.read().rsplit(")", 1)[1].split()[0]
+            out[pid] = stat_fields(pid)[0]
         except OSError:
             pass
     return out

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import make_site, site_vhost
-from harness import Apache, free_port, response_on
+from harness import Apache, free_port, response_on, stat_fields
 from test_end_to_end import get
 from test_process_management import wait_until, workers_of
 
@@ -47,8 +47,7 @@ MaxMultiplexers 1
 
 def policy(pid):
     """The scheduling policy of process `pid` (field 41 of /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[38])
+    return int(stat_fields(pid)[38])
 
 
 def the_multiplexer(server):
