@@ -5,7 +5,7 @@ import glob
 
 import pytest
 
-from harness import Apache, MODULE, ensure_account, free_port
+from harness import MODULE, Apache, ensure_account, free_port, serving
 
 USERS = ("peruser-a", "peruser-b")
 
@@ -152,7 +152,4 @@ LoadModule php_module {php_module()}
     apache.uids = {"a": (a_uid, a_gid), "b": (b_uid, b_gid)}
     apache.start(ports=(port, ip_port))
     apache.wait_children(5)  # 2 multiplexers, 1 worker of env-a, 2 of env-b
-    yield apache
-    apache.stop()
-    print(apache.read_error_log()[-3000:])
-    apache.cleanup()
+    yield from serving(apache, log_tail=3000)

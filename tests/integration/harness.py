@@ -56,6 +56,18 @@ def is_zygote(pid):
         return False
 
 
+def serving(apache, log_tail=0):
+    """For a fixture: yields the started server `apache` to the tests, then stops it, prints the
+    last `log_tail` characters of its error log (shown with a failing test) and removes its files."""
+    try:
+        yield apache
+    finally:
+        apache.stop()
+        if log_tail:
+            print(apache.read_error_log()[-log_tail:])
+        apache.cleanup()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

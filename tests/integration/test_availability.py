@@ -1,5 +1,4 @@
 """ProcessorWaitTimeout availability, a multiplexer that never blocks, slow and bad clients."""
-import os
 import re
 import resource
 import socket
@@ -10,9 +9,9 @@ import time
 import pytest
 
 from conftest import make_site, site_vhost
-from harness import Apache, free_port, raw_request, read_maps
-from test_end_to_end import CGI, get, ids_of
-from test_process_management import in_background, wait_until
+from harness import Apache, free_port, raw_request, read_maps, serving
+from test_end_to_end import CGI, get
+from test_process_management import in_background
 
 # ChildTableLayout: header, one identity record per slot, then the environments' records.
 IDENTITY_SIZE, HEADER, ENV_SIZE = 32, 64, 128
@@ -76,9 +75,7 @@ ProcessorWaitTimeout 2 10
 @pytest.fixture
 def saturable(module, accounts):
     apache = start_saturable(accounts, "avail")
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(apache)
 
 
 def timed_get(port, host, path):

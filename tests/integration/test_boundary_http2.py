@@ -18,7 +18,7 @@ import h2.settings
 import pytest
 
 from conftest import make_site, two_environments
-from harness import Apache, free_port, request_on
+from harness import Apache, free_port, request_on, serving
 from test_tls import make_cert
 
 
@@ -72,10 +72,7 @@ MinSpareProcessors 0
     apache.ids = {"a.test": a_ids, "b.test": b_ids}
     apache.start(ports=(port, tls_port))
     apache.wait_children(3)
-    yield apache
-    apache.stop()
-    print(apache.read_error_log()[-4000:])
-    apache.cleanup()
+    yield from serving(apache, log_tail=4000)
 
 
 class H2Client:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from harness import MODULE, REPO
+from harness import REPO
 
 CHECK = os.path.join(REPO, "apxs", "check-symbols.sh")
 BOUNDARY = os.path.join(REPO, "apxs", "check-boundary.py")

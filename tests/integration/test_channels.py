@@ -10,9 +10,7 @@ import socket
 import struct
 import time
 
-import pytest
-
-from test_end_to_end import get, ids_of, CGI, socket_inodes
+from test_end_to_end import get, ids_of, CGI
 
 SYS_pidfd_getfd = 438
 libc = ctypes.CDLL(None, use_errno=True)

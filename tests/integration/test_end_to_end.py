@@ -3,7 +3,6 @@ import hashlib
 import http.client
 import os
 import re
-import socket
 import subprocess
 import time
 

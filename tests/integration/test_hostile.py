@@ -5,7 +5,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import urllib.parse
 import uuid
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import make_site, site_vhost, two_environments
-from harness import Apache, free_port, request_on, stat_fields
+from harness import Apache, free_port, request_on, serving, stat_fields
 from test_end_to_end import CGI, get, ids_of
 
 
@@ -46,9 +46,7 @@ def start(accounts, extra="", wrapper=()):
 @pytest.fixture(scope="module")
 def plain(module, accounts):
     apache = start(accounts)
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(apache)
 
 
 def cpu_seconds(pid):

@@ -9,7 +9,7 @@ import tempfile
 import pytest
 
 from conftest import make_site, two_environments
-from harness import Apache, free_port, proc_ids
+from harness import Apache, free_port, proc_ids, serving
 from test_tls import make_cert
 
 ASSETS = 20
@@ -62,9 +62,7 @@ LogFormat "%H %P %U %>s" h2check
     apache.port = port
     apache.uid = uid
     apache.start(ports=(port,))
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(apache)
 
 
 def test_chromium_loads_a_page_and_its_assets_over_http2_in_the_tenants_workers(server):

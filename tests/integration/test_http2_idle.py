@@ -2,7 +2,6 @@
 page loads, and each holds a worker. While connections wait for the environment, its workers
 end their idle sessions with GOAWAY (mod_http2 is told the server is stopping) and take the
 waiting connections; the status page counts the workers holding HTTP/2 connections."""
-import os
 import socket
 import time
 
@@ -10,7 +9,7 @@ import h2.events
 import pytest
 
 from conftest import make_site, site_vhost, two_environments
-from harness import Apache, free_port
+from harness import Apache, free_port, serving
 from test_boundary_http2 import H2Client, uid_in
 from test_end_to_end import get
 from test_status import auto_lines
@@ -54,10 +53,7 @@ MaxClientShare 100
     apache.start(ports=(port,))
     apache.wait_children(4)  # a multiplexer, env-a's two workers, env-b's
     apache.ids = {"a.test": accounts["peruser-a"], "b.test": accounts["peruser-b"]}
-    yield apache
-    apache.stop()
-    print(apache.read_error_log()[-4000:])
-    apache.cleanup()
+    yield from serving(apache, log_tail=4000)
 
 
 def env_a(server):

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from conftest import make_site, php_module, two_environments
-from harness import Apache, free_port
+from harness import Apache, free_port, serving
 from test_tls import make_cert
 
 # Some string work, as in the report that found the crash (PHP state corrupted on mod_http2's
@@ -104,18 +104,13 @@ MinSpareProcessors 0
 @pytest.fixture(scope="module")
 def with_php(module, accounts):
     apache = start(accounts, with_php=True)
-    yield apache
-    apache.stop()
-    print(apache.read_error_log()[-3000:])
-    apache.cleanup()
+    yield from serving(apache, log_tail=3000)
 
 
 @pytest.fixture(scope="module")
 def without_php(module, accounts):
     apache = start(accounts, with_php=False)
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(apache)
 
 
 def h2load(*args):

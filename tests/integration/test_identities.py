@@ -3,8 +3,6 @@ AssignUserID) running as the multiplexers' User or Group is refused at configtes
 directives and their lines; MultiplexerUser/MultiplexerGroup give such sites a way to keep
 working; multiplexers stay non-dumpable even with CoreDumpDirectory."""
 import os
-import subprocess
-import time
 import urllib.request
 
 import pytest

@@ -10,7 +10,6 @@ import contextlib
 import os
 import signal
 import struct
-import time
 
 from conftest import make_site, php_module, site_vhost
 from harness import Apache, free_port, read_maps

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from conftest import make_site, php_module, site_vhost
-from harness import Apache, free_port
+from harness import Apache, free_port, serving
 
 JAILS = "/srv/peruser-tests"   # /tmp is world-writable, so no jail can live below it
 CGROUP_V1_PIDS = "/sys/fs/cgroup/pids"
@@ -293,10 +293,7 @@ LoadModule php_module {php_module()}
     apache.ids = {"a": a_ids, "b": b_ids}
     apache.start(ports=(port,))
     apache.wait_children(3)   # 1 multiplexer, 1 worker of env-a, 1 of env-b
-    yield apache
-    apache.stop()
-    print(apache.read_error_log()[-3000:])
-    apache.cleanup()
+    yield from serving(apache, log_tail=3000)
     for path in cg.values():
         remove_cgroup(path)
     shutil.rmtree(jail, ignore_errors=True)
@@ -315,7 +312,6 @@ def test_jailed_environment_serves_static_php_and_cgi_from_inside_its_jail(confi
 
 
 def test_jailed_workers_have_the_jail_as_root_and_others_do_not(confined):
-    a_worker = jailed_worker(confined)
     (b_worker,) = workers_of(confined, confined.ids["b"][0])
     assert [os.readlink(f"/proc/{p}/root") for p in workers_of(confined, confined.ids["a"][0])].count(
         confined.jail) == 1

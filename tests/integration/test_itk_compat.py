@@ -5,7 +5,7 @@ import re
 import pytest
 
 from conftest import make_site
-from harness import Apache, free_port
+from harness import Apache, free_port, serving
 from test_end_to_end import get, ids_of
 
 CGI = "/cgi-bin/id.cgi"
@@ -40,9 +40,7 @@ LoadModule status_module /usr/lib/apache2/modules/mod_status.so
 {vhosts}""")
     apache.port, apache.ids = port, {"a": a, "a2": a, "b": b}
     apache.start(ports=(port,))
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(apache)
 
 
 @pytest.mark.parametrize("site", ["a", "a2", "b"])

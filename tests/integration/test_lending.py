@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import make_site, site_vhost, two_environments
-from harness import Apache, free_port, proc_ids, response_on, session_pids, stat_fields
+from harness import Apache, free_port, proc_ids, response_on, serving, session_pids, stat_fields
 from test_end_to_end import ids_of, session_processes, socket_inodes, split_responses
 
 CGI = "/cgi-bin/id.cgi"
@@ -34,10 +34,7 @@ MinMultiplexers 2
     apache.port = port
     apache.uids = {"a": (a_uid, a_gid), "b": (b_uid, b_gid)}
     apache.start(ports=(port,))
-    yield apache
-    apache.stop()
-    print(apache.read_error_log()[-3000:])
-    apache.cleanup()
+    yield from serving(apache, log_tail=3000)
 
 
 def request(host, path="/index.html", close=False):

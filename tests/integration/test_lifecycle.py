@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness import Apache, free_port, session_pids, stat_fields
+from harness import Apache, free_port, serving, session_pids, stat_fields
 from test_end_to_end import CGI, get, ids_of
 from conftest import make_site, site_vhost
 
@@ -46,9 +46,7 @@ MinSpareProcessors 0
     apache.ids = (uid, gid)
     apache.start(ports=(port,))
     apache.wait_children(2)
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(apache)
 
 
 def test_killed_worker_and_multiplexer_are_replaced_without_zombies(small_server):

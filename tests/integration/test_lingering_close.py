@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness import Apache, free_port, proc_ids
+from harness import Apache, free_port, proc_ids, serving
 from test_end_to_end import get, socket_inodes
 from test_process_management import wait_until
 from test_status import auto_lines
@@ -63,9 +63,7 @@ LoadModule status_module /usr/lib/apache2/modules/mod_status.so
 """)
     apache.port = port
     apache.start(ports=(port,))
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(apache)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ still gets 503."""
 import pytest
 
 from conftest import make_site, site_vhost, two_environments
-from harness import Apache, free_port
-from test_end_to_end import CGI, get, ids_of
+from harness import Apache, free_port, serving
+from test_end_to_end import get, ids_of
 
 
 def start(accounts, global_line):
@@ -38,9 +38,7 @@ ScriptAlias /cgi-bin/ {a_site}/cgi-bin/
 def global_env(module, accounts):
     # After the vhosts on purpose: Apache merges the main server into vhosts after reading all.
     apache = start(accounts, "ServerEnvironment env-a")
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(apache)
 
 
 def test_the_main_server_runs_in_its_environment(global_env, accounts):

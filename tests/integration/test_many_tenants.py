@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from conftest import ID_CGI, site_vhost
-from harness import Apache, ensure_account, free_port, raw_request
+from harness import Apache, ensure_account, free_port, raw_request, serving
 from test_config import configtest
 from test_end_to_end import get
 from test_process_management import wait_until
@@ -98,9 +98,7 @@ def defaults_server(module, accounts, tenant_accounts):
     apache.configtest_output = result.stdout + result.stderr
     assert result.returncode == 0, apache.configtest_output
     apache.start(ports=(port,), timeout=60)
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(apache)
 
 
 def test_300_environments_start_at_the_default_limits(defaults_server, tenant_accounts):

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import make_site, site_vhost
-from harness import Apache, free_port, response_on, stat_fields
+from harness import Apache, free_port, response_on, serving, stat_fields
 from test_end_to_end import get
 from test_process_management import wait_until, workers_of
 
@@ -39,10 +39,7 @@ MaxMultiplexers 1
     apache.port = port
     apache.ids = (uid, gid)
     apache.start(ports=(port,))
-    yield apache
-    apache.stop()
-    print(apache.read_error_log()[-3000:])
-    apache.cleanup()
+    yield from serving(apache, log_tail=3000)
 
 
 def policy(pid):

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import make_site, site_vhost
-from harness import Apache, free_port, read_maps
+from harness import Apache, free_port, read_maps, serving
 from loadgen import run_load
 from test_end_to_end import CGI, get, ids_of
 from test_lifecycle import session_states
@@ -89,9 +89,7 @@ ExpireTimeout 4
     apache.port = port
     apache.a, apache.b = a, b
     apache.start(ports=(port,))
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(apache)
 
 
 def test_spares_converge_to_their_bounds(managed):

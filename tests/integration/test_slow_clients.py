@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from harness import request_on
+from harness import request_on, serving
 from test_end_to_end import CGI, ids_of
 from test_hostile_clients import start
 
@@ -23,9 +23,7 @@ KeepAliveTimeout 30"""
 @pytest.fixture(scope="module")
 def slow(module, accounts):
     apache = start(accounts, SLOW)
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(apache)
 
 
 def get_from(source, port, host, path=CGI):

@@ -22,7 +22,7 @@ import time
 import pytest
 
 from conftest import make_site
-from harness import Apache, free_port
+from harness import Apache, free_port, serving
 from test_tls import make_cert
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -95,18 +95,15 @@ def start(accounts, extra="", name="slow-attack"):
     return apache
 
 
-def serving(accounts, extra="", name="slow-attack"):
+def attack_target(accounts, extra="", name="slow-attack"):
     """A module fixture's server: started, then stopped with the end of its log printed."""
     apache = start(accounts, extra, name=name)
-    yield apache
-    apache.stop()
-    print(apache.read_error_log()[-4000:])
-    apache.cleanup()
+    yield from serving(apache, log_tail=4000)
 
 
 @pytest.fixture(scope="module")
 def attacked(module, accounts):
-    yield from serving(accounts)
+    yield from attack_target(accounts)
 
 
 def attack(apache, sources, seconds, each=200, kinds=None, forwarded_for=None):
@@ -261,7 +258,7 @@ RemoteIPInternalProxy 127.0.0.1
 
 @pytest.fixture(scope="module")
 def proxied(module, accounts):
-    yield from serving(accounts, REMOTEIP, name="slow-attack-proxied")
+    yield from attack_target(accounts, REMOTEIP, name="slow-attack-proxied")
 
 
 def slow_post(apache, before=b"", header=""):
@@ -325,7 +322,7 @@ RemoteIPProxyProtocol On
 
 @pytest.fixture(scope="module")
 def proxy_protocol(module, accounts):
-    yield from serving(accounts, PROXY_PROTOCOL, name="slow-attack-proxy-protocol")
+    yield from attack_target(accounts, PROXY_PROTOCOL, name="slow-attack-proxy-protocol")
 
 
 def proxy_line(source):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from harness import serving
 from test_availability import start_saturable
 from test_end_to_end import CGI, get
 from test_process_management import in_background, wait_until
@@ -23,9 +24,7 @@ ExtendedStatus On
 <Location /server-status>
     SetHandler server-status
 </Location>""")
-    yield apache
-    apache.stop()
-    apache.cleanup()
+    yield from serving(apache)
 
 
 def table_rows(page, heading, columns):

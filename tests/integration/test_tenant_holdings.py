@@ -21,7 +21,6 @@ import os
 import pwd
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import threading

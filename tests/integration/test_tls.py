@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import make_site, two_environments
-from harness import Apache, free_port
+from harness import Apache, free_port, serving
 
 HELLO_CAPTURE_TIMEOUT = 5
 
@@ -75,10 +75,7 @@ RequestReadTimeout handshake=3 header=5 body=5
     apache.ids = {"a": a_ids, "b": b_ids}
     apache.start(ports=(port, noenv_port))
     apache.wait_children(3)
-    yield apache
-    apache.stop()
-    print(apache.read_error_log()[-3000:])
-    apache.cleanup()
+    yield from serving(apache, log_tail=3000)
 
 
 def connect(server, server_name, port=None, verify_as=None):

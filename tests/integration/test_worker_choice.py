@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import make_site, php_module, site_vhost
-from harness import Apache, free_port, proc_ids, session_pids
+from harness import Apache, free_port, serving
 from test_end_to_end import get, ids_of
 from test_process_management import wait_until, workers_of
 
@@ -49,10 +49,7 @@ LoadModule php_module {php_module()}
     apache.port = port
     apache.ids = (uid, gid)
     apache.start(ports=(port,))
-    yield apache
-    apache.stop()
-    print(apache.read_error_log()[-3000:])
-    apache.cleanup()
+    yield from serving(apache, log_tail=3000)
 
 
 def workers(server):
