@@ -345,11 +345,14 @@ func forkForTheRoot(rootPid: pid_t, closingInChild: [Int32]) -> ForkForTheRoot {
         if child == 0 {
             for fd in closingInChild { close(fd) }
             report.read.close(); report.write.close()
-            var waited = 0
+            // The go-between exits within a millisecond (it unmaps a copy of the image): look
+            // again soon, then less often; a fixed 1 ms sleep delayed half of all starts by it.
+            let deadline = monotonicMilliseconds() + 2000
+            var pause: UInt32 = 50
             while getppid() != rootPid {
-                guard waited < 2000 else { _exit(exitChildSick) }
-                usleep(1000)
-                waited += 1
+                guard monotonicMilliseconds() < deadline else { _exit(exitChildSick) }
+                usleep(pause)
+                pause = min(pause * 2, 1000)
             }
             return .child
         }
