@@ -278,6 +278,7 @@ private func forkWorker(_ start: ImageStart, slot: Int, page: Int, control: Chan
         return .failed(slot: slot, errno: 0)
     }
     let cgroups = configuration.environments[environment]?.confinement.cgroups ?? []
+    prepareGroups(for: environment)
     return forkChild(start, slot: slot, control: control, cgroups: cgroups,
                      describe: "worker of environment \(environmentLabel(environment))") {
         startChildProcess()

@@ -41,6 +41,7 @@ func spawn(slot: Int, environment: Int?) -> SpawnOutcome {
     } catch {
         return giveUp("cannot create a start gate", error)
     }
+    prepareGroups(for: environment)
     let parentPid = getpid()
     let pid = fork()
     if pid < 0 {

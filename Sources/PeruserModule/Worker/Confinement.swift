@@ -23,10 +23,19 @@ func dropToEnvironment(_ index: Int) throws(ConfinementError) {
        setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, Int32(nice)) != 0 {
         throw failed("could not set NiceValue \(nice)")
     }
-    // Groups come from the host's /etc/group, so they are set before the chroot.
+    // Groups come from the host's /etc/group, so they are set before the chroot: as the process
+    // that forked this worker looked them up (prepareGroups), else with initgroups here.
     var group = gid
     let user = environment.identity.user
-    guard (user.first == "#" ? setgroups(1, &group) : initgroups(user, gid)) == 0, setgid(gid) == 0 else {
+    let grouped: Int32
+    if user.first == "#" {
+        grouped = setgroups(1, &group)
+    } else if let list = groupsForNextWorker {
+        grouped = list.withUnsafeBufferPointer { setgroups($0.count, $0.baseAddress) }
+    } else {
+        grouped = initgroups(user, gid)
+    }
+    guard grouped == 0, setgid(gid) == 0 else {
         throw failed("could not switch to gid \(gid)")
     }
     if let jail = environment.confinement.chroot {
@@ -43,4 +52,52 @@ func dropToEnvironment(_ index: Int) throws(ConfinementError) {
                                + "to uid \(uid) gid \(gid); exiting")
     }
     guard peruser_prctl(PR_SET_NO_NEW_PRIVS, 1) == 0 else { throw failed("PR_SET_NO_NEW_PRIVS failed") }
+}
+
+// MARK: Supplementary groups, looked up before the fork
+
+/// The lists of the environments this process forks workers for (GroupLists says when to look
+/// one up again).
+nonisolated(unsafe) var groupLists = GroupLists()
+/// Set just before a worker is forked: the supplementary groups it sets (nil: it calls
+/// initgroups itself).
+nonisolated(unsafe) var groupsForNextWorker: [gid_t]?
+
+/// Called by the process about to fork a worker of `index` (the root, or the environment's image).
+/// A lookup that fails leaves the worker to call initgroups, which reports the failure.
+func prepareGroups(for index: Int) {
+    groupsForNextWorker = nil
+    guard let identity = configuration.environments[index]?.identity, identity.user.first != "#" else { return }
+    let stamp = groupSourceStamp()  // before the lookup: a change during it is seen next time
+    let now = monotonicMilliseconds()
+    if let kept = groupLists.groups(for: index, stamp: stamp, now: now) {
+        groupsForNextWorker = kept
+        return
+    }
+    guard let found = groupList(of: identity.user, primary: identity.gid) else { return }
+    groupLists.keep(found, for: index, stamp: stamp, now: now)
+    groupsForNextWorker = found
+}
+
+private func groupSourceStamp() -> GroupSourceStamp? {
+    var status = stat()
+    guard stat("/etc/group", &status) == 0 else { return nil }
+    return GroupSourceStamp(device: UInt64(status.st_dev), inode: UInt64(status.st_ino),
+                            changedSeconds: Int64(status.st_ctim.tv_sec),
+                            changedNanoseconds: Int64(status.st_ctim.tv_nsec), size: Int64(status.st_size))
+}
+
+/// getgrouplist, which initgroups uses: `primary` and every group that lists `user`.
+private func groupList(of user: String, primary: gid_t) -> [gid_t]? {
+    var room: Int32 = 64
+    for _ in 0..<4 {
+        var list = [gid_t](repeating: 0, count: Int(room))
+        var count = room
+        if getgrouplist(user, primary, &list, &count) >= 0 {
+            return Array(list.prefix(Int(max(0, min(count, room)))))
+        }
+        guard count > room, count <= 65_536 else { return nil }
+        room = count
+    }
+    return nil
 }
