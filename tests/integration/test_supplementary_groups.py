@@ -1,7 +1,7 @@
 """A worker's supplementary groups are its user's as /etc/group says when the worker starts.
-The process that forks workers (the environment's image, or the root with ProcessorImage shared)
-looks the list up once and hands it to each new worker, instead of every worker calling
-initgroups; a change to the group file is seen by the next worker forked after it."""
+With isolated images the environment's image looks the list up and hands it to each new worker
+instead of every worker calling initgroups (with ProcessorImage shared each worker still does);
+either way a change to the group file is seen by the next worker forked after it."""
 import grp
 import subprocess
 

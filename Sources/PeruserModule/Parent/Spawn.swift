@@ -41,7 +41,8 @@ func spawn(slot: Int, environment: Int?) -> SpawnOutcome {
     } catch {
         return giveUp("cannot create a start gate", error)
     }
-    prepareGroups(for: environment)
+    // No group lookup here (prepareGroups): with LDAP or sssd it can block, and the parent
+    // supervises every environment; the worker calls initgroups itself.
     let parentPid = getpid()
     let pid = fork()
     if pid < 0 {

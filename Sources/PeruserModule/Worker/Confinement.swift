@@ -63,8 +63,9 @@ nonisolated(unsafe) var groupLists = GroupLists()
 /// initgroups itself).
 nonisolated(unsafe) var groupsForNextWorker: [gid_t]?
 
-/// Called by the process about to fork a worker of `index` (the root, or the environment's image).
-/// A lookup that fails leaves the worker to call initgroups, which reports the failure.
+/// Called by an environment's image before it forks a worker of `index` (not by the root, which
+/// must not block on a directory service). A lookup that fails leaves the worker to call
+/// initgroups, which reports the failure.
 func prepareGroups(for index: Int) {
     groupsForNextWorker = nil
     guard let identity = configuration.environments[index]?.identity, identity.user.first != "#" else { return }
