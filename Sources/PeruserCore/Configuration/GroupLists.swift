@@ -1,8 +1,8 @@
 // Supplementary groups per environment, kept by the environment's image (ProcessorImage
 // isolated), which forks its workers, so that a new worker sets them instead of calling
-// initgroups: that reads all of /etc/group and loads the
-// NSS modules again in every fresh process, about 0.6 ms with 676 groups, and more the more
-// accounts the box has. The decision when to look up again is here; the lookup is the caller's.
+// initgroups: that reads all of /etc/group and loads the NSS modules again in every fresh
+// process, about 0.6 ms with 676 groups, and more the more accounts the box has. The decision
+// when to look up again is here; the lookup is the caller's.
 
 /// What identifies the group database as last read: /etc/group's device, inode, change time and
 /// size. A rewrite (usermod, gpasswd, an editor's rename) changes one of them.

@@ -23,8 +23,8 @@ func dropToEnvironment(_ index: Int) throws(ConfinementError) {
        setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, Int32(nice)) != 0 {
         throw failed("could not set NiceValue \(nice)")
     }
-    // Groups come from the host's /etc/group, so they are set before the chroot: as the process
-    // that forked this worker looked them up (prepareGroups), else with initgroups here.
+    // Groups come from the host's /etc/group, so they are set before the chroot: as this
+    // worker's image looked them up (prepareGroups), else with initgroups here.
     var group = gid
     let user = environment.identity.user
     let grouped: Int32
@@ -56,8 +56,8 @@ func dropToEnvironment(_ index: Int) throws(ConfinementError) {
 
 // MARK: Supplementary groups, looked up before the fork
 
-/// The lists of the environments this process forks workers for (GroupLists says when to look
-/// one up again).
+/// The lists of the environment this image forks workers for (GroupLists says when to look one
+/// up again).
 nonisolated(unsafe) var groupLists = GroupLists()
 /// Set just before a worker is forked: the supplementary groups it sets (nil: it calls
 /// initgroups itself).
