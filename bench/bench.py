@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 
-from harness import Apache, MODULE, ensure_account, free_port, session_pids  # noqa: E402
+from harness import Apache, MODULE, ensure_account, free_port, session_pids, stat_fields  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 # For quick looks while tuning: BENCH_ONLY="close" runs the scenarios whose name contains it
@@ -195,9 +195,7 @@ def session_cpu(apache):
     ticks = 0
     for pid in session_pids(os.getsid(apache.pid())):
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            ticks += sum(int(x) for x in stat_fields(pid)[11:15])  # utime stime cutime cstime
         except (OSError, ValueError, IndexError):
             pass
     return ticks / os.sysconf("SC_CLK_TCK")

@@ -297,6 +297,12 @@ def stat_fields(pid):
         return f.read().rsplit(")", 1)[1].split()
 
 
+def cpu_ticks(pid):
+    """User plus system time of process `pid` so far, in clock ticks (os.sysconf("SC_CLK_TCK"))."""
+    fields = stat_fields(pid)
+    return int(fields[11]) + int(fields[12])
+
+
 def proc_ids(pid):
     """(real uid, real gid) of a process, from /proc/PID/status."""
     uid = gid = None

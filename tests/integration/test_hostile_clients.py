@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import make_site, site_vhost, two_environments
-from harness import Apache, free_port, request_on, serving, stat_fields
+from harness import Apache, cpu_ticks, free_port, request_on, serving
 from test_end_to_end import CGI, get, ids_of
 
 
@@ -50,8 +50,7 @@ def plain(module, accounts):
 
 
 def cpu_seconds(pid):
-    fields = stat_fields(pid)
-    return (int(fields[11]) + int(fields[12])) / 100.0
+    return cpu_ticks(pid) / 100.0
 
 
 def multiplexers(apache):

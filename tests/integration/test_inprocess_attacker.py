@@ -44,7 +44,7 @@ import time
 import pytest
 
 from conftest import make_site, two_environments
-from harness import MODULE, Apache, free_port, session_pids, stat_fields
+from harness import MODULE, Apache, cpu_ticks, free_port, session_pids, stat_fields
 from test_end_to_end import unix_inodes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -308,11 +308,6 @@ def alive(pid):
         return stat_fields(pid)[0] != "Z"
     except OSError:
         return False
-
-
-def cpu_ticks(pid):
-    fields = stat_fields(pid)
-    return int(fields[11]) + int(fields[12])   # utime + stime
 
 
 def multiplexer_cpu(srv):
