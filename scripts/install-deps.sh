@@ -5,7 +5,8 @@ set -eu
 
 # openssl: test certificates; python3 at /usr/bin: the CGIs of the isolation and hostile suites.
 # nghttp2-client: h2load and nghttp for the HTTP/2 suites; chromium: the real-browser HTTP/2 test.
-packages="apache2 apache2-dev libapr1-dev libaprutil1-dev libapache2-mod-php curl procps passwd binutils gcc make openssl python3 nghttp2-client chromium iproute2"
+# strace: holds a moment of the parent open in a status-page test.
+packages="apache2 apache2-dev libapr1-dev libaprutil1-dev libapache2-mod-php curl procps passwd binutils gcc make openssl python3 nghttp2-client chromium iproute2 strace"
 sh "$(dirname "$0")/apt-install-missing.sh" $packages
 
 if ! python3 -m pytest --version >/dev/null 2>&1; then

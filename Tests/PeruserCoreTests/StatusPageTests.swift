@@ -84,6 +84,27 @@ final class StatusPageTests: XCTestCase {
                                                               + "<td></td><td></td><td></td></tr>"))
     }
 
+    /// The parent writes a child's pid only once the fork has returned it; a child that already
+    /// reported itself ready or active in that moment (the very worker rendering this page, say)
+    /// is alive, while a slot still starting is not.
+    func testAChildThatReportedBeforeItsPidWasWrittenIsAlive() {
+        var s = snapshot()
+        s.slots[0] = StatusSnapshot.Slot(id: 0, pid: 0, status: .active, scoreboardState: 3, type: .worker, environment: 0)
+        XCTAssertEqual(s.count(environment: 0).alive, 1)
+        XCTAssertFalse(StatusPage.childTable(s).contains("with no worker: small"))
+        XCTAssertTrue(StatusPage.auto(s).contains("PeruserEnvironment: small alive=1 "))
+        XCTAssertTrue(rows(StatusPage.childTable(s))[0].hasPrefix("<tr><td>0</td><td>0</td><td>ACTIVE</td>"))
+        for status in [ChildStatus.starting, .standby] {
+            s.slots[0].status = status
+            XCTAssertEqual(s.count(environment: 0).alive, 0, status.name)
+            XCTAssertTrue(StatusPage.childTable(s).contains("1 environment with no worker: small"), status.name)
+        }
+        // A child on its way out (standby, pid known) is shown but not counted, as before.
+        s.slots[3].status = .standby
+        XCTAssertEqual(s.count(environment: 1).alive, 1)
+        XCTAssertTrue(rows(StatusPage.childTable(s)).contains { $0.hasPrefix("<tr><td>3</td><td>13</td><td>STANDBY</td>") })
+    }
+
     func testThreeHundredQuietEnvironmentsTakeOneRowPerState() {
         let envs = (0..<300).map { StatusSnapshot.Environment(name: "t\($0)", user: "u", group: "g", maxProcessors: 10,
                                                              availability: $0 == 7 ? 50 : 100) }

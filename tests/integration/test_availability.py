@@ -34,8 +34,11 @@ def table_availability(server, env):
 
 def start_saturable(accounts, name, extra=""):
     """Environment `single` (one worker at most, as peruser-a) and `other` (two, as
-    peruser-b), ProcessorWaitTimeout 2 10; `extra` adds configuration."""
+    peruser-b), ProcessorWaitTimeout 2 10; `extra` adds configuration (a function of the port,
+    or text)."""
     port = free_port()
+    if callable(extra):
+        extra = extra(port)
     apache = Apache("", name=name)
     a, b = accounts["peruser-a"], accounts["peruser-b"]
     a_site = make_site(apache.root, *a, "a")

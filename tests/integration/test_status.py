@@ -4,6 +4,7 @@ import os
 import pwd
 import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -130,3 +131,53 @@ def test_counters_survive_a_graceful_restart_not_a_full_one(status_server):
     assert wait_until(lambda: "peruser: generation 2," in status_server.read_error_log())
     time.sleep(1)
     assert int(auto_lines(page(status_server, "?auto"))["single"]["requests"]) == 0
+
+
+@pytest.fixture
+def fresh_server(module, accounts):
+    """The status server plus environment `fresh` (peruser-a, no worker until asked), whose vhost
+    serves the status page."""
+    apache = start_saturable(accounts, "unrecorded", extra=lambda port: f"""
+LoadModule status_module /usr/lib/apache2/modules/mod_status.so
+ExtendedStatus On
+<Processor fresh>
+    User peruser-a
+    Group peruser-a
+</Processor>
+<VirtualHost 127.0.0.1:{port}>
+    ServerName fresh.test
+    DocumentRoot /usr/share/apache2
+    ServerEnvironment fresh
+    <Location /server-status>
+        SetHandler server-status
+    </Location>
+</VirtualHost>""")
+    yield from serving(apache, log_tail=3000)
+
+
+def tracer_of(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("TracerPid:")).split()[1])
+
+
+def test_a_worker_the_parent_has_not_yet_recorded_is_alive(fresh_server):
+    """The parent learns a new worker's pid from its image's answer and writes it to the table
+    after that; the worker may be serving by then. strace holds that moment open (a pause after
+    each recv of the parent's): the worker that renders this page is its environment's first,
+    and the page counts it, with its own pid."""
+    parent = fresh_server.pid()
+    tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-p", str(parent), "-e", "trace=recvfrom",
+                               "-e", "inject=recvfrom:delay_exit=700000"])
+    try:
+        assert wait_until(lambda: tracer_of(parent) != 0)
+        status, body, _ = get(fresh_server.port, "fresh.test", "/server-status")
+        assert status == 200, body
+    finally:
+        tracer.terminate()
+        tracer.wait()
+    rows = peruser_rows(body)
+    quiet = [r["processor"] for r in rows if "with no worker: " in r["processor"]]
+    assert not [q for q in quiet if "fresh" in q.split(": ", 1)[1].split(", ")], quiet
+    fresh = [r for r in rows if r["processor"] == "fresh" and r["status"] == "ACTIVE"]
+    assert len(fresh) == 1, rows
+    assert int(fresh[0]["pid"]) in {pid for pid, _, _ in fresh_server.children()}

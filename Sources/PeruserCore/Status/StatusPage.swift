@@ -23,6 +23,14 @@ public struct StatusSnapshot: Equatable {
         public var vhost: String
         public var request: String
 
+        /// A process runs in this slot. The parent writes the pid once the fork has returned it,
+        /// and by then the child may be serving: a slot whose child has already reported itself
+        /// ready or active holds one too, its pid not yet known.
+        public var hasProcess: Bool { pid > 0 || status == .ready || status == .active }
+
+        /// A child that counts as alive: one that is not on its way out (standby).
+        public var isAlive: Bool { hasProcess && status != .standby }
+
         public init(id: Int, pid: Int32, status: ChildStatus, scoreboardState: Int, type: ChildType, environment: Int?,
                     awaitingClient: Bool = false, http2: Bool = false, client: String = "", vhost: String = "",
                     request: String = "") {
@@ -106,7 +114,7 @@ public struct StatusSnapshot: Equatable {
     /// a request body (what ReaderShedTimeout bounds under pressure).
     public func readers() -> [Int] {
         var counts = Array(repeating: 0, count: environments.count)
-        for slot in slots where slot.pid > 0 && slot.awaitingClient && slot.status == .active {
+        for slot in slots where slot.isAlive && slot.awaitingClient && slot.status == .active {
             if let e = slot.environment, counts.indices.contains(e) { counts[e] += 1 }
         }
         return counts
@@ -115,7 +123,7 @@ public struct StatusSnapshot: Equatable {
     /// Workers of each environment holding an HTTP/2 connection (a browser's, often idle).
     public func http2Connections() -> [Int] {
         var counts = Array(repeating: 0, count: environments.count)
-        for slot in slots where slot.pid > 0 && slot.http2 && slot.status != .standby && slot.type != .multiplexer {
+        for slot in slots where slot.isAlive && slot.http2 && slot.type != .multiplexer {
             if let e = slot.environment, counts.indices.contains(e) { counts[e] += 1 }
         }
         return counts
@@ -125,7 +133,7 @@ public struct StatusSnapshot: Equatable {
     public func counts() -> (multiplexers: (alive: Int, idle: Int), environments: [(alive: Int, idle: Int)]) {
         var muxes = (alive: 0, idle: 0)
         var envs = Array(repeating: (alive: 0, idle: 0), count: environments.count)
-        for slot in slots where slot.pid > 0 && slot.status != .standby {
+        for slot in slots where slot.isAlive {
             let idle = slot.status == .ready ? 1 : 0
             if slot.type == .multiplexer {
                 muxes.alive += 1
@@ -210,7 +218,7 @@ public enum StatusPage {
             var type = slot.type
             var env = slot.environment
             var status = slot.status
-            if slot.pid <= 0 {
+            if !slot.hasProcess {
                 guard slot.id < s.environments.count, counts.environments[slot.id].alive > 0 else {
                     if slot.id >= s.environments.count { freeSlots += 1 }
                     continue
@@ -240,7 +248,7 @@ public enum StatusPage {
             // A worker's details: `-` for another environment's (hidden from this viewer); none
             // for a multiplexer, a free slot or a reserved one.
             var details = ["", "", ""]
-            if slot.pid > 0 && (type == .processor || type == .worker) {
+            if slot.hasProcess && (type == .processor || type == .worker) {
                 details = s.showsDetails(of: env) ? [escape(slot.client), escape(slot.vhost), escape(slot.request)]
                     : ["-", "-", "-"]
             }

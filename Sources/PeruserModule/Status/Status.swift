@@ -17,7 +17,9 @@ func statusSnapshot(scoreboardStates: [Int]) -> StatusSnapshot? {
         // What this worker's view holds of another environment's details is zeros anyway
         // (confineTableView); whatever it holds is dropped here all the same.
         let shown = env != nil && (fullView || env == viewer)
-        slots.append(StatusSnapshot.Slot(id: index, pid: s.pid, status: s.status,
+        // The parent may not have written this worker's own pid yet (it learns it from the fork).
+        let pid = s.pid == 0 && index == workerSlot ? getpid() : s.pid
+        slots.append(StatusSnapshot.Slot(id: index, pid: pid, status: s.status,
                                          scoreboardState: index < scoreboardStates.count ? scoreboardStates[index] : 0,
                                          type: s.type, environment: env, awaitingClient: s.awaitingClient,
                                          http2: s.http2, client: shown && !s.client.isNone ? s.client.description : "",

@@ -37,7 +37,8 @@ func giveBackLent(_ how: ChildTable.Returned) {
 }
 
 nonisolated(unsafe) var servedConnection: ServedConnection?
-/// This worker's environment, and its hand-back channel's sending end.
+/// This worker's slot and environment, and its hand-back channel's sending end.
+nonisolated(unsafe) var workerSlot = -1
 nonisolated(unsafe) var workerEnvironment = -1
 nonisolated(unsafe) var handbackChannel: Channel?
 /// The receiving end of the environment's channel: a lingering close watches it.
@@ -48,6 +49,7 @@ nonisolated(unsafe) let handbackMessage = UnsafeMutableRawBufferPointer.allocate
                                                                                  alignment: 8)
 
 func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
+    workerSlot = slot
     workerEnvironment = environment
     // A worker holds no listener, no other environment's channel, no demand pipe, no control
     // channel, and no view of the multiplexers' state or secret.
