@@ -157,7 +157,7 @@ def configure(kind, envs=2, min_processors=34):
         # MaxClientShare 100: wrk is one address playing 32 clients (real clients come from
         # many addresses, so the default share does not bind them; here it would cap wrk at
         # half the workers). <IfDirective>: compare_builds.py also runs builds that predate it.
-        body = (f"ServerLimit 100\nMaxClients 100\nMinMultiplexers 2\nMaxConnectionsPerChild 0\n"
+        body = ("ServerLimit 100\nMaxClients 100\nMinMultiplexers 2\nMaxConnectionsPerChild 0\n"
                 + "<IfDirective MaxClientShare>\n    MaxClientShare 100\n</IfDirective>\n"
                 + processors + common + vhosts(port, sites, lambda u: f"ServerEnvironment {u}"))
         mpm = f"LoadModule mpm_peruser_module {MODULE}"
@@ -318,7 +318,7 @@ def main():
     def median(scenario, kind, index=0):
         return statistics.median(r[index] for r in results[(scenario, kind)])
 
-    lines = [f"# Benchmarks", "",
+    lines = ["# Benchmarks", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs ({cpu_model()}); "
              f"`wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}s` on 127.0.0.1 (wrk shares the cores), "
              f"{REPEATS} interleaved rounds, medians. Produced by `bench/bench.py`. peruser at its defaults: "

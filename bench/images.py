@@ -22,7 +22,6 @@ hosting box has. Measured:
 Run as root: `python3 bench/images.py`. Writes its section of BENCHMARKS.md. Loopback only.
 """
 import os
-import re
 import signal
 import socket
 import statistics

@@ -34,11 +34,8 @@ rows then cross on two requests in three).
 Run as root: `python3 bench/many_tenants.py`. Loopback only, bounded in time.
 """
 import os
-import random
-import re
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -280,7 +277,7 @@ def main():
              "peruser-shared": "peruser (defaults, ProcessorImage shared)",
              "peruser-package": "peruser (package peruser.conf)",
              "peruser-before": f"peruser before ({os.environ.get('BENCH_BEFORE_NAME', 'earlier build')}, defaults)"}
-    lines = [MARK_BEGIN, f"## Hundreds of tenants (`bench/many_tenants.py`)", "",
+    lines = [MARK_BEGIN, "## Hundreds of tenants (`bench/many_tenants.py`)", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs ({cpu_model()}); "
              f"{TENANTS} tenants (a system user, an environment and two names each), 1 KiB static file, "
              f"`wrk -t{bench.THREADS} -c{bench.CONNECTIONS} -d{DURATION}s` on 127.0.0.1, {REPEATS} interleaved rounds, "

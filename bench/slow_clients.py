@@ -13,7 +13,6 @@ with the defaults (MaxClientShare 50, ReaderShedTimeout 1) and once with both of
 (MaxClientShare 100, ReaderShedTimeout 0), which is how this MPM behaved before.
 """
 import os
-import statistics
 import sys
 import time
 

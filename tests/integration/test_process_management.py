@@ -303,7 +303,7 @@ def test_graceful_stop_finishes_the_request_in_flight(managed):
     assert "shutting down gracefully" in managed.read_error_log()
 
 
-@pytest.mark.parametrize("managed", [f"LoadModule status_module /usr/lib/apache2/modules/mod_status.so\n"
+@pytest.mark.parametrize("managed", ["LoadModule status_module /usr/lib/apache2/modules/mod_status.so\n"
                                      "ExtendedStatus On\nServerLimit 16\n"
                                      "<Location /server-status>\n SetHandler server-status\n</Location>"],
                          indirect=True)

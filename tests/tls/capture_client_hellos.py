@@ -6,7 +6,6 @@ bytes, so the file changes each time."""
 import os
 import socket
 import subprocess
-import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(os.path.dirname(os.path.dirname(HERE)), "Tests", "PeruserCoreTests", "ClientHelloSamples.swift")
