@@ -62,6 +62,11 @@ struct PendingConnection {
     var carriedClient: ClientAddress?
     /// Holds one of its client's share (AvailabilityBoard.reserve) until a worker shows it.
     var reserved = false
+    /// The socket's local and peer addresses, asked of the kernel once (the peer comes with
+    /// accept4): they do not change while it is open, and a kept-alive connection is routed
+    /// again at each request.
+    var local: sockaddr_storage?
+    var peer: sockaddr_storage?
 }
 
 /// One environment's hand-back channel (receiving end), of this generation or the previous one.
@@ -496,7 +501,7 @@ struct Multiplexer {
                     return
                 }
             }
-            adopt(fd, consumed: [], hops: 0)
+            adopt(fd, consumed: [], hops: 0, peer: peer)
             // Until it is routed, a connection counts for its peer (a trusted proxy's for no
             // one): a client's footprint here orders the wait (passWaiting).
             if pending[fd] != nil, pending[fd]?.client.isNone == true {
@@ -655,11 +660,11 @@ struct Multiplexer {
     /// once: such a connection is routed and passed on without ever entering epoll. Only one
     /// still waiting for its head is watched (edge-triggered: an ADD reports data already there).
     private mutating func adopt(_ fd: Int32, consumed: [UInt8], hops: UInt16, handback: Int? = nil,
-                                cookie: UInt64? = nil, client: ClientAddress? = nil) {
+                                cookie: UInt64? = nil, client: ClientAddress? = nil, peer: sockaddr_storage? = nil) {
         pending[fd] = PendingConnection(consumed: consumed, hops: hops,
                                         deadline: monotonicMilliseconds() + headTimeout,
                                         consuming: !consumed.isEmpty,
-                                        handback: handback, cookie: cookie, carriedClient: client)
+                                        handback: handback, cookie: cookie, carriedClient: client, peer: peer)
         if let cookie { heldCookies.insert(cookie) }
         if let client { setClient(fd, client) }
         if let handback {
@@ -898,6 +903,17 @@ struct Multiplexer {
 
     static let http2RequestWait: Int64 = 250
 
+    /// A held connection's addresses: from its record once known, else from the kernel (and
+    /// kept in the record).
+    private mutating func socketAddresses(_ fd: Int32) -> (local: sockaddr_storage, peer: sockaddr_storage)? {
+        if let connection = pending[fd], let local = connection.local, let peer = connection.peer { return (local, peer) }
+        guard let peer = pending[fd]?.peer ?? socketAddress(fd, peer: true),
+              let local = socketAddress(fd, peer: false) else { return nil }
+        pending[fd]?.local = local
+        pending[fd]?.peer = peer
+        return (local, peer)
+    }
+
     private mutating func markTLS(_ fd: Int32) {
         guard var connection = pending[fd], !connection.tls else { return }
         connection.tls = true
@@ -906,8 +922,9 @@ struct Multiplexer {
 
     private mutating func route(_ fd: Int32, _ hint: RouteHint) {
         let env: Int
-        let peerStorage = socketAddress(fd, peer: true)
-        switch routeByVirtualHost(fd: fd, peer: peerStorage, host: hint.host, target: hint.target) {
+        let addresses = socketAddresses(fd)
+        let peerStorage = addresses?.peer
+        switch routeByVirtualHost(local: addresses?.local, peer: peerStorage, host: hint.host, target: hint.target) {
         case .environment(let found): env = found
         case .noEnvironment(let line):
             note(.noEnvironment, PERUSER_LOG_ERR, line)

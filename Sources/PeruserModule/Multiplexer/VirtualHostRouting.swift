@@ -41,11 +41,11 @@ func serverPathConfigured() -> Bool {
     return false
 }
 
-/// The environment of the vhost Apache's rules give for a connection on `fd` (its local address
-/// read from the socket; `peer`, its client's, read by the caller) with request target `target`
-/// and Host `host`.
-func routeByVirtualHost(fd: Int32, peer: sockaddr_storage?, host: String?, target: String?) -> VirtualHostRoute {
-    guard let local = socketAddress(fd, peer: false), let peer,
+/// The environment of the vhost Apache's rules give for a connection with local address `local`
+/// and client `peer` (both from the kernel; nil: the connection went away), request target
+/// `target` and Host `host`.
+func routeByVirtualHost(local: sockaddr_storage?, peer: sockaddr_storage?, host: String?, target: String?) -> VirtualHostRoute {
+    guard let local, let peer,
           [AF_INET, AF_INET6].contains(Int32(local.ss_family)) else { return .gone }
     let absolute = target.map { $0.first != "/" && $0 != "*" } ?? false
     let size = Int32(local.ss_family) == AF_INET6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
