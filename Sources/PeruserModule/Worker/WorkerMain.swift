@@ -180,9 +180,6 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
 /// so a tenant cannot forge the client address another tenant's vhost sees.
 func serve(_ fd: Int32, addresses: (local: sockaddr_storage, peer: sockaddr_storage), consumed: UnsafeRawBufferPointer,
            id: Int, pool: OpaquePointer, scoreboard: OpaquePointer?, buckets: OpaquePointer?) {
-    // apr takes the socket for a blocking one; a handed-back one may carry O_NONBLOCK.
-    let flags = fcntl(fd, F_GETFL)
-    if flags >= 0 && flags & O_NONBLOCK != 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
     var local = addresses.local, remote = addresses.peer
     var socket: OpaquePointer?
     var descriptor = fd
@@ -200,6 +197,15 @@ func serve(_ fd: Int32, addresses: (local: sockaddr_storage, peer: sockaddr_stor
     }
     guard made, let socket else {
         close(fd)
+        return
+    }
+    // The connection comes with the multiplexer's O_NONBLOCK (one open file, both copies);
+    // apr takes a socket it makes for a blocking one until a timeout is set. Set one now, as
+    // core's pre_connection would later: apr marks the socket non-blocking (its own F_GETFL and
+    // F_SETFL), so the hooks before core's see what they see after it, and core's changes
+    // nothing. Clearing the flag here first, as before, was two more calls per connection.
+    guard apr_socket_timeout_set(socket, ap_server_conf?.pointee.timeout ?? 0) == APR_SUCCESS else {
+        apr_socket_close(socket)
         return
     }
     peruser_shim_connection_begins(UnsafeMutableRawPointer(socket), consumed.baseAddress?.assumingMemoryBound(to: UInt8.self),
