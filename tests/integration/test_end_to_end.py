@@ -86,6 +86,19 @@ def test_client_address_is_the_real_one(server):
     assert "remote=127.0.0.1" in body
 
 
+def test_client_address_is_the_real_one_on_every_hop_of_a_kept_alive_connection(server):
+    """A worker asks the kernel (through apr) for the client of each connection it is given,
+    handed off or lent: from another loopback source, every environment on one connection sees it."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=15, source_address=("127.0.0.3", 0))
+    seen = []
+    for host in ("a.test", "b.test", "a.test", "b.test"):
+        conn.request("GET", CGI, headers={"Host": host})
+        body = conn.getresponse().read().decode()
+        seen.append((ids_of(body)[:2], re.search(r"remote=(\S+)", body).group(1)))
+    conn.close()
+    assert seen == [(server.uids[env], "127.0.0.3") for env in "abab"]
+
+
 def test_private_file_served_by_owner_and_refused_through_other_environment(server):
     status, body, _ = get(server.port, "a.test", "/secret.txt")
     assert status == 200 and body == "secret of a\n"

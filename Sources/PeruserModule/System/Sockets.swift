@@ -38,11 +38,13 @@ func tcpPeer(_ fd: Int32) -> sockaddr_storage? {
     return peer
 }
 
-/// A connected TCP stream socket's local and peer addresses, from the kernel; nil for any
-/// other descriptor. One look where a worker asked the peer twice.
-func tcpAddresses(_ fd: Int32) -> (local: sockaddr_storage, peer: sockaddr_storage)? {
-    guard let peer = tcpPeer(fd), let local = socketAddress(fd, peer: false) else { return nil }
-    return (local, peer)
+/// A TCP stream socket's local address (IPv4 or IPv6), from the kernel; nil for any other
+/// descriptor. A worker asks no more: apr asks the kernel for the peer itself when core makes
+/// the connection (it keeps a peer it is given marked unknown), and fails it if there is none.
+func tcpLocalAddress(_ fd: Int32) -> sockaddr_storage? {
+    guard isStreamSocket(fd), let local = socketAddress(fd, peer: false),
+          Int32(local.ss_family) == AF_INET || Int32(local.ss_family) == AF_INET6 else { return nil }
+    return local
 }
 
 /// A socket's peer (`peer`) or local address, or nil when the kernel has none (it went away).

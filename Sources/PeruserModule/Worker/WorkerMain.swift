@@ -153,8 +153,8 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
                 close(fd)
                 continue
             }
-            guard let addresses = tcpAddresses(fd) else {
-                log(PERUSER_LOG_WARNING, "peruser: received an fd that is not a connected TCP socket; dropped")
+            guard let local = tcpLocalAddress(fd) else {
+                log(PERUSER_LOG_WARNING, "peruser: received an fd that is not a TCP socket; dropped")
                 close(fd)
                 continue
             }
@@ -166,7 +166,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
             let consumed = UnsafeRawBufferPointer(rebasing: message[HandoffMessage.headerSize..<(HandoffMessage.headerSize
                                                                                                + decoded.consumedCount)])
             apr_pool_clear(transactionPool)
-            serve(fd, addresses: addresses, consumed: consumed, id: served, pool: transactionPool,
+            serve(fd, local: local, consumed: consumed, id: served, pool: transactionPool,
                   scoreboard: scoreboardHandle, buckets: bucketAllocator)
             // A lent connection not given back ended here (or never became one for Apache).
             giveBackLent(.ended)
@@ -177,22 +177,21 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
 }
 
 /// Serves one connection with Apache. Its addresses come from the kernel, never from a message,
-/// so a tenant cannot forge the client address another tenant's vhost sees.
-func serve(_ fd: Int32, addresses: (local: sockaddr_storage, peer: sockaddr_storage), consumed: UnsafeRawBufferPointer,
+/// so a tenant cannot forge the client address another tenant's vhost sees: the local one from
+/// the worker's own look, the peer from apr's when core makes the connection (a socket with no
+/// peer, its client gone, is then closed with an info line from core).
+func serve(_ fd: Int32, local: sockaddr_storage, consumed: UnsafeRawBufferPointer,
            id: Int, pool: OpaquePointer, scoreboard: OpaquePointer?, buckets: OpaquePointer?) {
-    var local = addresses.local, remote = addresses.peer
+    var local = local
     var socket: OpaquePointer?
     var descriptor = fd
     let made = withUnsafeMutablePointer(to: &local) { localPointer in
-        withUnsafeMutablePointer(to: &remote) { remotePointer -> Bool in
-            let localAddress = UnsafeMutableRawPointer(localPointer).assumingMemoryBound(to: sockaddr.self)
-            let remoteAddress = UnsafeMutableRawPointer(remotePointer).assumingMemoryBound(to: sockaddr.self)
-            return withUnsafeMutablePointer(to: &descriptor) { descriptorPointer in
-                var info = apr_os_sock_info_t(os_sock: descriptorPointer, local: localAddress, remote: remoteAddress,
-                                              family: Int32(localPointer.pointee.ss_family),
-                                              type: Int32(SOCK_STREAM.rawValue), protocol: Int32(IPPROTO_TCP))
-                return apr_os_sock_make(&socket, &info, pool) == APR_SUCCESS
-            }
+        withUnsafeMutablePointer(to: &descriptor) { descriptorPointer -> Bool in
+            var info = apr_os_sock_info_t(os_sock: descriptorPointer,
+                                          local: UnsafeMutableRawPointer(localPointer).assumingMemoryBound(to: sockaddr.self),
+                                          remote: nil, family: Int32(localPointer.pointee.ss_family),
+                                          type: Int32(SOCK_STREAM.rawValue), protocol: Int32(IPPROTO_TCP))
+            return apr_os_sock_make(&socket, &info, pool) == APR_SUCCESS
         }
     }
     guard made, let socket else {
@@ -236,6 +235,10 @@ func serve(_ fd: Int32, addresses: (local: sockaddr_storage, peer: sockaddr_stor
             ap_update_child_status(scoreboard, SERVER_CLOSING, nil)
             linger(fd)
         }
+        apr_socket_close(socket)
+    } else {
+        // Core refused it (no peer any more, say): closed now, not at the next connection's
+        // pool clear.
         apr_socket_close(socket)
     }
 }
