@@ -15,8 +15,8 @@ func retainedLasting() -> UnsafeMutablePointer<LastingState>? {
 @_cdecl("peruser_mpm_query")
 public func peruserMPMQuery(_ code: Int32, _ result: UnsafeMutablePointer<Int32>?,
                             _ status: UnsafeMutablePointer<Int32>?) -> Int32 {
-    let limits = configuration.limits
-    let mpm = ap_unixd_mpm_get_retained_data()?.pointee
+    // Asked at every request (core's AP_MPMQ_MPM_STATE): no copy of the whole configuration's
+    // limits, only the field a case needs.
     let answer: Int32?
     switch code {
     case AP_MPMQ_MAX_DAEMON_USED: answer = peruserSlotsInUse()
@@ -24,15 +24,17 @@ public func peruserMPMQuery(_ code: Int32, _ result: UnsafeMutablePointer<Int32>
     case AP_MPMQ_IS_FORKED: answer = AP_MPMQ_DYNAMIC
     case AP_MPMQ_HARD_LIMIT_DAEMONS:
         let slots = retainedLasting()?.pointee.scoreboardSlots ?? 0
-        answer = slots > 0 ? slots : Int32(limits.serverLimit)
-    case AP_MPMQ_MAX_DAEMONS: answer = Int32(clamping: limits.maxClients)
+        answer = slots > 0 ? slots : Int32(configuration.limits.serverLimit)
+    case AP_MPMQ_MAX_DAEMONS: answer = Int32(clamping: configuration.limits.maxClients)
     case AP_MPMQ_HARD_LIMIT_THREADS, AP_MPMQ_MAX_THREADS: answer = 1
-    case AP_MPMQ_MIN_SPARE_DAEMONS: answer = Int32(limits.workers.minSpare)
-    case AP_MPMQ_MAX_SPARE_DAEMONS: answer = Int32(limits.workers.maxSpare)
+    case AP_MPMQ_MIN_SPARE_DAEMONS: answer = Int32(configuration.limits.workers.minSpare)
+    case AP_MPMQ_MAX_SPARE_DAEMONS: answer = Int32(configuration.limits.workers.maxSpare)
     case AP_MPMQ_MIN_SPARE_THREADS, AP_MPMQ_MAX_SPARE_THREADS: answer = 0
     case AP_MPMQ_MAX_REQUESTS_DAEMON: answer = ap_max_requests_per_child
-    case AP_MPMQ_MPM_STATE: answer = idleSessionYields() ? AP_MPMQ_STOPPING : (mpm?.mpm_state ?? AP_MPMQ_STARTING)
-    case AP_MPMQ_GENERATION: answer = mpm?.my_generation ?? 0
+    case AP_MPMQ_MPM_STATE:
+        answer = idleSessionYields() ? AP_MPMQ_STOPPING
+            : (ap_unixd_mpm_get_retained_data()?.pointee.mpm_state ?? AP_MPMQ_STARTING)
+    case AP_MPMQ_GENERATION: answer = ap_unixd_mpm_get_retained_data()?.pointee.my_generation ?? 0
     default: answer = nil
     }
     if let answer { result?.pointee = answer }
