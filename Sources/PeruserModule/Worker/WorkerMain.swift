@@ -198,11 +198,12 @@ func serve(_ fd: Int32, local: sockaddr_storage, consumed: UnsafeRawBufferPointe
         close(fd)
         return
     }
-    // The connection comes with the multiplexer's O_NONBLOCK (one open file, both copies);
-    // apr takes a socket it makes for a blocking one until a timeout is set. Set one now, as
-    // core's pre_connection would later: apr marks the socket non-blocking (its own F_GETFL and
-    // F_SETFL), so the hooks before core's see what they see after it, and core's changes
-    // nothing. Clearing the flag here first, as before, was two more calls per connection.
+    // A new connection comes blocking, a lent one non-blocking (one open file for every copy,
+    // and apr in the worker before set the flag); apr takes a socket it makes for a blocking
+    // one until a timeout is set. Set one now, as core's pre_connection would later: apr marks
+    // the socket non-blocking (its own F_GETFL and F_SETFL), the hooks before core's see what
+    // they see after it, and core's call changes nothing. Clearing the flag of a lent one here
+    // first, as before, was two more calls per lend.
     guard apr_socket_timeout_set(socket, ap_server_conf?.pointee.timeout ?? 0) == APR_SUCCESS else {
         apr_socket_close(socket)
         return
@@ -237,8 +238,8 @@ func serve(_ fd: Int32, local: sockaddr_storage, consumed: UnsafeRawBufferPointe
         }
         apr_socket_close(socket)
     } else {
-        // Core refused it (no peer any more, say): closed now, not at the next connection's
-        // pool clear.
+        // Refused (core's, when the socket has no peer any more, closes it itself; apr makes a
+        // second close a no-op): closed now, not at the next connection's pool clear.
         apr_socket_close(socket)
     }
 }
