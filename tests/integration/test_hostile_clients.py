@@ -3,7 +3,10 @@ a head trickled one byte per packet is still routed and served, the log lines a 
 cause are rate-limited, and `PeruserHandBack Off` answers 421 and closes where a kept-alive
 connection would otherwise move to another environment."""
 import hashlib
+import os
 import socket
+import struct
+import subprocess
 import time
 
 import pytest
@@ -11,6 +14,8 @@ import pytest
 from conftest import make_site, site_vhost, two_environments
 from harness import Apache, cpu_ticks, free_port, request_on, serving
 from test_end_to_end import CGI, get, ids_of
+from test_process_management import wait_until
+from test_status import tracer_of
 
 
 def config(apache, port, sites, extra=""):
@@ -207,6 +212,49 @@ def test_heads_that_make_apache_log_while_routing_do_not_crash_a_multiplexer(mod
         assert "killed by signal" not in apache.read_error_log(), apache.read_error_log()[-2000:]
         status, body, _ = get(apache.port, "a.test")
         assert status == 200
+    finally:
+        apache.stop()
+        apache.cleanup()
+
+
+def test_a_client_that_resets_while_a_worker_takes_its_connection_costs_no_warning(module, accounts):
+    """A client sends its request and resets the connection while env-a's worker is taking it:
+    the worker is given a socket with no peer any more. Core refuses such a connection with an
+    info line (AH00138, apr's getpeername), the worker closes it and serves on; nothing at warn
+    or above, for a client's reset is not the server's trouble (the worker's own check used to
+    log "not a connected TCP socket" for it). strace holds the moment open: a pause after each
+    recvmsg of env-a's workers."""
+    apache = start(accounts)
+    try:
+        status, body, _ = get(apache.port, "a.test")
+        assert status == 200 and ids_of(body)[:2] == apache.uids["a"]
+        workers = [pid for pid, uid, gid in apache.children() if (uid, gid) == apache.uids["a"]]
+        assert workers
+        fds_before = {pid: len(os.listdir(f"/proc/{pid}/fd")) for pid in workers}
+        mark = len(apache.read_error_log())
+        tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-e", "trace=recvmsg",
+                                   "-e", "inject=recvmsg:delay_exit=1500000"]
+                                  + [arg for pid in workers for arg in ("-p", str(pid))])
+        try:
+            assert wait_until(lambda: all(tracer_of(pid) != 0 for pid in workers))
+            sock = socket.create_connection(("127.0.0.1", apache.port), timeout=10)
+            sock.sendall(b"GET /index.html HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            time.sleep(0.5)  # routed and handed off: the worker is in its pause after recvmsg
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, not a FIN
+            assert wait_until(lambda: "AH00138" in apache.read_error_log()[mark:], timeout=10), \
+                apache.read_error_log()[mark:]
+        finally:
+            tracer.terminate()
+            tracer.wait()
+        status, body, _ = get(apache.port, "a.test")
+        assert status == 200 and ids_of(body)[:2] == apache.uids["a"]
+        log = apache.read_error_log()[mark:]
+        loud = [line for line in log.splitlines()
+                if any(f":{level}]" in line for level in ("warn", "error", "crit", "alert", "emerg"))]
+        assert not loud, loud
+        assert wait_until(lambda: all(len(os.listdir(f"/proc/{pid}/fd")) <= fds_before[pid] for pid in workers)), \
+            {pid: (fds_before[pid], len(os.listdir(f"/proc/{pid}/fd"))) for pid in workers}
     finally:
         apache.stop()
         apache.cleanup()
