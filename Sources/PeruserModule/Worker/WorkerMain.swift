@@ -153,7 +153,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
                 close(fd)
                 continue
             }
-            guard let local = tcpLocalAddress(fd) else {
+            guard let local = tcpAddress(fd, peer: false) else {
                 log(PERUSER_LOG_WARNING, "peruser: received an fd that is not a TCP socket; dropped")
                 close(fd)
                 continue
@@ -198,49 +198,41 @@ func serve(_ fd: Int32, local: sockaddr_storage, consumed: UnsafeRawBufferPointe
         close(fd)
         return
     }
+    // Whatever happens below, this copy goes when the connection is done here (close only: no
+    // shutdown, so that where the multiplexer holds the connection too, a client's close still
+    // ends it). apr makes a second close a no-op (core closes a connection it refuses itself).
+    defer { apr_socket_close(socket) }
     // A new connection comes blocking, a lent one non-blocking (one open file for every copy,
     // and apr in the worker before set the flag); apr takes a socket it makes for a blocking
     // one until a timeout is set. Set one now, as core's pre_connection would later: apr marks
     // the socket non-blocking (its own F_GETFL and F_SETFL), the hooks before core's see what
     // they see after it, and core's call changes nothing. Clearing the flag of a lent one here
     // first, as before, was two more calls per lend.
-    guard apr_socket_timeout_set(socket, ap_server_conf?.pointee.timeout ?? 0) == APR_SUCCESS else {
-        apr_socket_close(socket)
-        return
-    }
+    guard apr_socket_timeout_set(socket, ap_server_conf?.pointee.timeout ?? 0) == APR_SUCCESS else { return }
     peruser_shim_connection_begins(UnsafeMutableRawPointer(socket), consumed.baseAddress?.assumingMemoryBound(to: UInt8.self),
                                    consumed.count, servedConnection?.lent == true ? 1 : 0)
-    if let connection = ap_run_create_connection(pool, ap_server_conf, socket, id,
-                                                 UnsafeMutableRawPointer(scoreboard), buckets) {
-        IdleSessionWatch.serving(fd)
-        ap_process_connection(connection, UnsafeMutableRawPointer(socket))
-        IdleSessionWatch.served()
-        peruserWorkerSpeaksHTTP2(0)
-        guard peruser_shim_connection_handed_back() == 0 else {
-            // Handed back, or lent and given back: the multiplexer holds it now. This copy goes
-            // at once (close only: no shutdown), so that a client's close ends the connection.
-            apr_socket_close(socket)
-            return
-        }
-        if servedConnection?.lent == true {
-            // Lent: the multiplexer holds the connection too, and does the lingering close once
-            // this worker's write side is shut and the end is on its page (workerMain).
-            _ = ap_start_lingering_close(connection)
-            apr_socket_close(socket)
-            return
-        }
-        // httpd's lingering close: kept beside the next connections (HeldClosings); with too
-        // many kept, waited for here while the environment needs no more workers, by the
-        // multiplexers as soon as it does (LingeringClose).
-        if ap_start_lingering_close(connection) == 0 && !keepClosing(fd) {
-            ap_update_child_status(scoreboard, SERVER_CLOSING, nil)
-            linger(fd)
-        }
-        apr_socket_close(socket)
-    } else {
-        // Refused (core's, when the socket has no peer any more, closes it itself; apr makes a
-        // second close a no-op): closed now, not at the next connection's pool clear.
-        apr_socket_close(socket)
+    // Refused (core's, when the socket has no peer any more): closed now, not at the next
+    // connection's pool clear.
+    guard let connection = ap_run_create_connection(pool, ap_server_conf, socket, id,
+                                                    UnsafeMutableRawPointer(scoreboard), buckets) else { return }
+    IdleSessionWatch.serving(fd)
+    ap_process_connection(connection, UnsafeMutableRawPointer(socket))
+    IdleSessionWatch.served()
+    peruserWorkerSpeaksHTTP2(0)
+    // Handed back, or lent and given back: the multiplexer holds it now.
+    guard peruser_shim_connection_handed_back() == 0 else { return }
+    if servedConnection?.lent == true {
+        // Lent: the multiplexer holds the connection too, and does the lingering close once
+        // this worker's write side is shut and the end is on its page (workerMain).
+        _ = ap_start_lingering_close(connection)
+        return
+    }
+    // httpd's lingering close: kept beside the next connections (HeldClosings); with too
+    // many kept, waited for here while the environment needs no more workers, by the
+    // multiplexers as soon as it does (LingeringClose).
+    if ap_start_lingering_close(connection) == 0 && !keepClosing(fd) {
+        ap_update_child_status(scoreboard, SERVER_CLOSING, nil)
+        linger(fd)
     }
 }
 
