@@ -45,8 +45,7 @@ func serverPathConfigured() -> Bool {
 /// and client `peer` (both from the kernel; nil: the connection went away), request target
 /// `target` and Host `host`.
 func routeByVirtualHost(local: sockaddr_storage?, peer: sockaddr_storage?, host: String?, target: String?) -> VirtualHostRoute {
-    guard let local, let peer,
-          [AF_INET, AF_INET6].contains(Int32(local.ss_family)) else { return .gone }
+    guard let local, let peer, local.isInternet else { return .gone }
     let absolute = target.map { $0.first != "/" && $0 != "*" } ?? false
     let size = Int32(local.ss_family) == AF_INET6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
     let key = RouteKey(local: withUnsafeBytes(of: local) { Array($0.prefix(size)) }, host: host,

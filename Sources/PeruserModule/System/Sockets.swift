@@ -27,24 +27,21 @@ func isStreamSocket(_ fd: Int32) -> Bool {
 
 /// Whether `fd` is a connected TCP stream socket (IPv4 or IPv6).
 func isTCPStream(_ fd: Int32) -> Bool {
-    tcpPeer(fd) != nil
+    tcpAddress(fd, peer: true) != nil
 }
 
-/// The peer of a connected TCP stream socket (IPv4 or IPv6), from the kernel; nil for any
-/// other descriptor.
-func tcpPeer(_ fd: Int32) -> sockaddr_storage? {
-    guard isStreamSocket(fd), let peer = socketAddress(fd, peer: true),
-          Int32(peer.ss_family) == AF_INET || Int32(peer.ss_family) == AF_INET6 else { return nil }
-    return peer
+/// A TCP stream socket's peer (`peer`: none once it is not connected) or local address, from
+/// the kernel; nil for any other descriptor. A worker asks only the local one: apr asks the
+/// kernel for the peer itself when core makes the connection (it keeps a peer it is given
+/// marked unknown), and fails it if there is none.
+func tcpAddress(_ fd: Int32, peer: Bool) -> sockaddr_storage? {
+    guard isStreamSocket(fd), let address = socketAddress(fd, peer: peer), address.isInternet else { return nil }
+    return address
 }
 
-/// A TCP stream socket's local address (IPv4 or IPv6), from the kernel; nil for any other
-/// descriptor. A worker asks no more: apr asks the kernel for the peer itself when core makes
-/// the connection (it keeps a peer it is given marked unknown), and fails it if there is none.
-func tcpLocalAddress(_ fd: Int32) -> sockaddr_storage? {
-    guard isStreamSocket(fd), let local = socketAddress(fd, peer: false),
-          Int32(local.ss_family) == AF_INET || Int32(local.ss_family) == AF_INET6 else { return nil }
-    return local
+extension sockaddr_storage {
+    /// An IPv4 or IPv6 address.
+    var isInternet: Bool { Int32(ss_family) == AF_INET || Int32(ss_family) == AF_INET6 }
 }
 
 /// A socket's peer (`peer`) or local address, or nil when the kernel has none (it went away).
