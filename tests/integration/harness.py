@@ -3,6 +3,7 @@
 Each server gets its own ServerRoot, PidFile, ErrorLog and 127.0.0.1 ports, is started in its
 own session (setsid), and is stopped by the PID from its PidFile, never by name.
 """
+import contextlib
 import grp
 import os
 import pwd
@@ -301,6 +302,31 @@ def cpu_ticks(pid):
     """User plus system time of process `pid` so far, in clock ticks (os.sysconf("SC_CLK_TCK"))."""
     fields = stat_fields(pid)
     return int(fields[11]) + int(fields[12])
+
+
+def tracer_of(pid):
+    """The pid of the process tracing `pid` (0: none), from /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("TracerPid:")).split()[1])
+
+
+@contextlib.contextmanager
+def paused_after(pids, syscall, microseconds):
+    """strace holds each of `pids` for `microseconds` after every `syscall` of theirs returns,
+    from the moment all are traced until the block ends: a moment between two steps of a
+    server's process held open, so that a test can act in it."""
+    args = ["strace", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
+            "-e", f"inject={syscall}:delay_exit={microseconds}"]
+    tracer = subprocess.Popen(args + [arg for pid in pids for arg in ("-p", str(pid))])
+    try:
+        deadline = time.time() + 15
+        while not all(tracer_of(pid) != 0 for pid in pids):
+            assert time.time() < deadline, f"strace did not attach to {pids}"
+            time.sleep(0.05)
+        yield
+    finally:
+        tracer.terminate()
+        tracer.wait()
 
 
 def proc_ids(pid):

@@ -6,16 +6,14 @@ import hashlib
 import os
 import socket
 import struct
-import subprocess
 import time
 
 import pytest
 
 from conftest import make_site, site_vhost, two_environments
-from harness import Apache, cpu_ticks, free_port, request_on, serving
+from harness import Apache, cpu_ticks, free_port, paused_after, request_on, serving
 from test_end_to_end import CGI, get, ids_of
 from test_process_management import wait_until
-from test_status import tracer_of
 
 
 def config(apache, port, sites, extra=""):
@@ -232,11 +230,7 @@ def test_a_client_that_resets_while_a_worker_takes_its_connection_costs_no_warni
         assert workers
         fds_before = {pid: len(os.listdir(f"/proc/{pid}/fd")) for pid in workers}
         mark = len(apache.read_error_log())
-        tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-e", "trace=recvmsg",
-                                   "-e", "inject=recvmsg:delay_exit=1500000"]
-                                  + [arg for pid in workers for arg in ("-p", str(pid))])
-        try:
-            assert wait_until(lambda: all(tracer_of(pid) != 0 for pid in workers))
+        with paused_after(workers, "recvmsg", 1500000):
             sock = socket.create_connection(("127.0.0.1", apache.port), timeout=10)
             sock.sendall(b"GET /index.html HTTP/1.1\r\nHost: a.test\r\n\r\n")
             time.sleep(0.5)  # routed and handed off: the worker is in its pause after recvmsg
@@ -244,9 +238,6 @@ def test_a_client_that_resets_while_a_worker_takes_its_connection_costs_no_warni
             sock.close()  # a reset, not a FIN
             assert wait_until(lambda: "AH00138" in apache.read_error_log()[mark:], timeout=10), \
                 apache.read_error_log()[mark:]
-        finally:
-            tracer.terminate()
-            tracer.wait()
         status, body, _ = get(apache.port, "a.test")
         assert status == 200 and ids_of(body)[:2] == apache.uids["a"]
         log = apache.read_error_log()[mark:]

@@ -4,12 +4,11 @@ import os
 import pwd
 import re
 import signal
-import subprocess
 import time
 
 import pytest
 
-from harness import serving
+from harness import paused_after, serving
 from test_availability import start_saturable
 from test_end_to_end import CGI, get
 from test_process_management import in_background, wait_until
@@ -155,26 +154,14 @@ ExtendedStatus On
     yield from serving(apache, log_tail=3000)
 
 
-def tracer_of(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(line for line in f if line.startswith("TracerPid:")).split()[1])
-
-
 def test_a_worker_the_parent_has_not_yet_recorded_is_alive(fresh_server):
     """The parent learns a new worker's pid from its image's answer and writes it to the table
     after that; the worker may be serving by then. strace holds that moment open (a pause after
     each recv of the parent's): the worker that renders this page is its environment's first,
     and the page counts it, with its own pid."""
-    parent = fresh_server.pid()
-    tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-p", str(parent), "-e", "trace=recvfrom",
-                               "-e", "inject=recvfrom:delay_exit=700000"])
-    try:
-        assert wait_until(lambda: tracer_of(parent) != 0)
+    with paused_after([fresh_server.pid()], "recvfrom", 700000):
         status, body, _ = get(fresh_server.port, "fresh.test", "/server-status")
         assert status == 200, body
-    finally:
-        tracer.terminate()
-        tracer.wait()
     rows = peruser_rows(body)
     quiet = [r["processor"] for r in rows if "with no worker: " in r["processor"]]
     assert not [q for q in quiet if "fresh" in q.split(": ", 1)[1].split(", ")], quiet
