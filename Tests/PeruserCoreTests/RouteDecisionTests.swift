@@ -72,6 +72,28 @@ final class RouteDecisionTests: XCTestCase {
                                             lighterWaiting: true), .loop)
     }
 
+    func testOneThatCouldGoNowWaitsBehindThoseAlreadyWaitingHere() {
+        // A kept-alive connection that gave up its worker (its turn was over) comes back at once:
+        // it must not take the worker back from those that waited first.
+        XCTAssertEqual(RouteDecision.decide(hops: 1, mostHops: 4, capacity: capacity(workers: 4, idle: 1),
+                                            availability: full, now: 1000, channelWait: 5000, waitingAhead: true),
+                       .wait(deadline: 6000, askForWorker: false))
+        XCTAssertEqual(RouteDecision.decide(hops: 1, mostHops: 4, capacity: capacity(workers: 4, idle: 1),
+                                            availability: full, now: 1000, channelWait: 5000, waitingAhead: false),
+                       .send(deadline: 6000, askForWorker: false))
+    }
+
+    func testWithNoWaitAllowedOneThatCouldGoNowIsNotDroppedForThoseAhead() {
+        XCTAssertEqual(RouteDecision.decide(hops: 0, mostHops: 4, capacity: capacity(workers: 4, idle: 1),
+                                            availability: availability(percent: 0), now: 1000, channelWait: 5000,
+                                            waitingAhead: true),
+                       .send(deadline: 6000, askForWorker: false))
+        XCTAssertEqual(RouteDecision.decide(hops: 0, mostHops: 4, capacity: capacity(workers: 4, idle: 0),
+                                            availability: availability(percent: 0), now: 1000, channelWait: 5000,
+                                            waitingAhead: true),
+                       .drop(askForWorker: true), "a saturated environment still answers 503 at availability 0")
+    }
+
     func testARoutingLoopIsAnsweredBeforeAnythingElse() {
         for hops: UInt16 in [4, 5, .max] {
             XCTAssertEqual(decide(hops: hops, capacity(workers: 2, idle: 2)), .loop, "\(hops)")

@@ -31,16 +31,22 @@ public enum RouteDecision: Equatable {
     /// - `overShare`: the connection's client holds its share of the environment's workers
     ///   (MaxClientShare): it waits for one of its own to end, and asks for no worker.
     /// - `lighterWaiting`: a lighter client's connection waits for this environment: it goes first.
+    /// - `waitingAhead`: connections wait for this environment in this multiplexer: this one
+    ///   waits behind them (they are passed first, lightest client first, in this same turn
+    ///   where there is room), so that one that comes back, a kept-alive connection whose turn
+    ///   was over (KeptAliveTurn), does not take the worker it just gave up. Unless nothing may
+    ///   wait at all (availability 0): then it goes now.
     /// Either way the connection waits under the ProcessorWaitTimeout rule, as for a saturated one.
     public static func decide(hops: UInt16, mostHops: UInt16, capacity: EnvironmentCapacity,
                               availability: Availability, now: Int64, channelWait: Int64,
-                              overShare: Bool = false, lighterWaiting: Bool = false) -> RouteDecision {
+                              overShare: Bool = false, lighterWaiting: Bool = false,
+                              waitingAhead: Bool = false) -> RouteDecision {
         guard hops < mostHops else { return .loop }
         let ask = capacity.freeWorkers == 0 && !overShare
-        if capacity.canTake && !overShare && !lighterWaiting {
+        let budget = availability.waitBudgetMilliseconds
+        if capacity.canTake && !overShare && !lighterWaiting && !(waitingAhead && budget > 0) {
             return .send(deadline: now.saturatingAdding(max(0, channelWait)), askForWorker: ask)
         }
-        let budget = availability.waitBudgetMilliseconds
         guard budget > 0 else { return .drop(askForWorker: ask) }
         return .wait(deadline: now.saturatingAdding(budget), askForWorker: ask)
     }
