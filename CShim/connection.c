@@ -283,8 +283,9 @@ static void pre_read_request(request_rec *r, conn_rec *c)
     current.record->len = 0;
     current.waited_ms = 0; /* ReaderShedTimeout counts per request */
     current.received = 0;
+    /* Nor does one client keep it while others wait for the environment (KeptAliveTurn). */
     if (current.requests_served > 0 && peruser_current_settings.hand_back && !ap_ssl_conn_is_ssl(c)
-        && !peruser_next_head_arrives(r)) {
+        && (peruser_kept_alive_turn_is_over() || !peruser_next_head_arrives(r))) {
         current.record->recording = 0;
         if (hand_back(r) != DONE) {
             c->aborted = 1; /* not handed back: closed, and the client opens a new connection */
@@ -423,6 +424,16 @@ static int post_read_request(request_rec *r)
     if (request_is_ours(r)) {
         current.requests_served++;
         peruser_worker_started_request(r->the_request, r->server->server_hostname);
+        /* A connection that cannot go back to the multiplexers (TLS, or PeruserHandBack Off)
+         * ends after this response once its turn is over while others wait (KeptAliveTurn);
+         * httpd then answers with Connection: close. */
+        if (current.requests_served > 1
+            && (ap_ssl_conn_is_ssl(r->connection) || !peruser_current_settings.hand_back)
+            && peruser_kept_alive_turn_is_over()) {
+            r->connection->keepalive = AP_CONN_CLOSE;
+            ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "peruser: connections wait for this environment; this "
+                          "kept-alive connection had its turn and closes after this response");
+        }
         return DECLINED;
     }
     if (ap_ssl_conn_is_ssl(r->connection)) {

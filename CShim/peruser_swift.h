@@ -75,6 +75,11 @@ int32_t peruser_worker_hand_back(const unsigned char *consumed, size_t len, int3
  * multiplexers. Reads ahead without consuming. */
 int32_t peruser_next_head_arrives(void *request);
 
+/* Whether the kept-alive connection being served has had this worker for its turn while
+ * connections wait for the environment (PeruserCore/Scheduling/KeptAliveTurn.swift): 1 when it
+ * should give the worker up before its next request. */
+int32_t peruser_kept_alive_turn_is_over(void);
+
 /* A worker's blocking read from its client found nothing yet: waits up to `timeout_us` (< 0:
  * no limit) for data on `fd`. Adds the time waited to `*waited_ms` (this request's total so
  * far, with `received` bytes read in it). Returns 0 when there is data, 1 when the timeout ran

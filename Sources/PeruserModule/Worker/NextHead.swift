@@ -49,3 +49,13 @@ public func peruserNextHeadArrives(_ request: UnsafeMutableRawPointer?) -> Int32
         }
     }
 }
+
+/// Whether the kept-alive HTTP/1.x connection being served has had this worker for its turn
+/// while connections wait for the environment in the multiplexers (KeptAliveTurn): then it
+/// gives the worker up before its next request.
+@_cdecl("peruser_kept_alive_turn_is_over")
+public func peruserKeptAliveTurnIsOver() -> Int32 {
+    guard let connection = servedConnection, workerEnvironment >= 0, let table = sharedTable else { return 0 }
+    return KeptAliveTurn.isOver(takenAt: connection.takenAt, now: monotonicMilliseconds(),
+                                waitingInMultiplexers: table.waitingInMultiplexers(workerEnvironment)) ? 1 : 0
+}

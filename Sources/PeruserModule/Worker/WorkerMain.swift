@@ -18,6 +18,8 @@ struct ServedConnection {
     /// Not 0: lent (Multiplexer.swift, "Lent connections"): the multiplexer kept its descriptor,
     /// and this worker gives it back by writing this number on its page.
     let lend: UInt64
+    /// When this worker took it (ms): its kept-alive turn counts from here (KeptAliveTurn).
+    let takenAt: Int64
 
     var lent: Bool { lend != 0 }
 }
@@ -161,7 +163,8 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
             tookConnection(client: decoded.client, ticket: decoded.ticket, lend: decoded.lend)
             statusShown = false
             servedConnection = ServedConnection(fd: fd, hops: decoded.hops, ticket: decoded.ticket, client: decoded.client,
-                                                crossing: decoded.crossing, lend: decoded.lend)
+                                                crossing: decoded.crossing, lend: decoded.lend,
+                                                takenAt: monotonicMilliseconds())
             lendOutstanding = decoded.lend
             let consumed = UnsafeRawBufferPointer(rebasing: message[HandoffMessage.headerSize..<(HandoffMessage.headerSize
                                                                                                + decoded.consumedCount)])
