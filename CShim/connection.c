@@ -372,10 +372,12 @@ static int create_request(request_rec *r)
     return OK;
 }
 
-int peruser_shim_http2_idle(void)
+int peruser_shim_http2_streams(void)
 {
-    return is_worker && __atomic_load_n(&current.http2, __ATOMIC_SEQ_CST)
-           && __atomic_load_n(&http2_streams, __ATOMIC_SEQ_CST) == 0;
+    if (!is_worker || !__atomic_load_n(&current.http2, __ATOMIC_SEQ_CST)) {
+        return -1;
+    }
+    return __atomic_load_n(&http2_streams, __ATOMIC_SEQ_CST);
 }
 
 static int without_turn(const request_rec *r)

@@ -157,8 +157,9 @@ void peruser_shim_worker_serves(int environment);
  * whether it was handed back (then it must not be closed here). */
 void peruser_shim_connection_begins(void *socket, const unsigned char *consumed, size_t len, int lent);
 int peruser_shim_connection_handed_back(void);
-/* This worker's connection speaks HTTP/2 and no stream of it is running (an idle session). */
-int peruser_shim_http2_idle(void);
+/* How many streams of this worker's connection are running (0: an idle session), or -1 when
+ * it does not speak HTTP/2. */
+int peruser_shim_http2_streams(void);
 
 /* The environment serving server_rec `server`, or -1 (its module configuration is a macro). */
 int peruser_shim_server_environment(const void *server);

@@ -1,20 +1,26 @@
-"""A kept-alive client that sends its next request at once does not keep its environment's
-worker while another connection waits for it (PeruserCore/Scheduling/KeptAliveTurn.swift).
+"""A kept-alive client that sends its next request at once, or an HTTP/2 client that always
+keeps a stream running, does not keep its environment's worker while another connection waits
+for it (PeruserCore/Scheduling/KeptAliveTurn.swift).
 
-Environment `single` has one worker (MaxProcessors 1) and ProcessorWaitTimeout 2 s, and
+Environment `single` has one worker (MaxProcessors 1) and ProcessorWaitTimeout 3 s, and
 MaxKeepAliveRequests 0, so nothing but the turn ends the busy client's hold: without it, the
-connection that waits is answered 503 after 2 s while the busy one goes on."""
+connection that waits is answered 503 after 3 s while the busy one goes on."""
 import http.client
 import os
+import socket
 import ssl
 import threading
 import time
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from conftest import make_site, site_vhost
 from harness import Apache, free_port, serving
-from test_end_to_end import get
+from test_end_to_end import CGI, get
+from test_process_management import in_background
 from test_tls import make_cert
 
 BUSY_SECONDS = 8
@@ -30,12 +36,14 @@ def start_single(accounts, extra=""):
     apache.write_config(f"""
 LoadModule ssl_module /usr/lib/apache2/modules/mod_ssl.so
 LoadModule socache_shmcb_module /usr/lib/apache2/modules/mod_socache_shmcb.so
+LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so
+Protocols h2c http/1.1
 SSLSessionCache shmcb:{apache.root}/run/ssl_scache(512000)
 Listen 127.0.0.1:{port}
 Listen 127.0.0.1:{tls_port} https
 MinMultiplexers 1
 MaxMultiplexers 1
-ProcessorWaitTimeout 2 10
+ProcessorWaitTimeout 3 10
 KeepAlive On
 KeepAliveTimeout 5
 MaxKeepAliveRequests 0
@@ -168,3 +176,108 @@ def test_with_hand_back_off_a_kept_alive_client_is_asked_to_reconnect_while_anot
     assert status == 200, "the waiting connection was not given the worker"
     assert any(connection == "close" for _, connection in busy.answers), busy.answers[-5:]
     assert busy.connections >= 2
+
+
+class FrameReader:
+    """Splits what the server sends into HTTP/2 frames. The h2 library stops at a GOAWAY (its
+    connection is closed then, and the next frame raises), so after one the frames are read
+    here: a stream's HEADERS (:status, through h2's own HPACK decoder), its end, or its reset."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.buffer = b""
+        self.goaway = None
+
+    def feed(self, data, streams):
+        self.buffer += data
+        while len(self.buffer) >= 9:
+            length = int.from_bytes(self.buffer[:3], "big")
+            if len(self.buffer) < 9 + length:
+                return
+            frame, self.buffer = self.buffer[:9 + length], self.buffer[9 + length:]
+            if self.goaway is None:
+                self.through_h2(frame, streams)
+            else:
+                self.after_goaway(frame, streams)
+
+    def through_h2(self, frame, streams):
+        for event in self.conn.receive_data(frame):
+            if isinstance(event, h2.events.ResponseReceived):
+                streams[event.stream_id][0] = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                streams[event.stream_id][1] = "ended"
+            elif isinstance(event, h2.events.StreamReset):
+                streams[event.stream_id][1] = "reset"
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.goaway = event
+
+    def after_goaway(self, frame, streams):
+        kind, flags, stream = frame[3], frame[4], int.from_bytes(frame[5:9], "big") & 0x7FFFFFFF
+        payload = frame[9:]
+        if stream not in streams:
+            return
+        if kind == 0x1:  # HEADERS
+            if flags & 0x8:  # PADDED
+                payload = payload[1:len(payload) - payload[0]]
+            if flags & 0x20:  # PRIORITY
+                payload = payload[5:]
+            headers = dict(self.conn.decoder.decode(payload, raw=True))
+            if b":status" in headers:
+                streams[stream][0] = int(headers[b":status"])
+        if kind == 0x3:  # RST_STREAM
+            streams[stream][1] = "reset"
+        elif kind in (0x0, 0x1) and flags & 0x1:  # END_STREAM
+            streams[stream][1] = "ended"
+
+
+def test_an_http2_session_that_always_has_a_stream_running_ends_with_goaway_while_another_waits(single):
+    """h2c with prior knowledge: a CGI stream of 1 s started every 0.4 s, so the session is never
+    idle (the idle-session rule alone never ends it). Once a connection waits, mod_http2 is told
+    the server is stopping: GOAWAY (NO_ERROR), the streams it took are finished, and the worker
+    takes the waiting connection."""
+    sock = socket.create_connection(("127.0.0.1", single.port), timeout=15)
+    sock.settimeout(0.1)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    streams = {}  # stream id: [status, "ended" or "reset" or None]
+    frames = FrameReader(conn)
+    waiter = None
+    started = time.monotonic()
+    next_stream_at = started
+    try:
+        while time.monotonic() - started < 12:
+            now = time.monotonic()
+            if frames.goaway is None and now >= next_stream_at:
+                stream = conn.get_next_available_stream_id()
+                conn.send_headers(stream, [(":method", "GET"), (":path", CGI + "?sleep=1"), (":scheme", "http"),
+                                           (":authority", "single.test")], end_stream=True)
+                sock.sendall(conn.data_to_send())
+                streams[stream] = [None, None]
+                next_stream_at = now + 0.4
+            if waiter is None and now - started >= 1.5:
+                waiter = in_background(get, single.port, "single.test", "/index.html")
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                break  # the server closed the connection
+            frames.feed(data, streams)
+            if frames.goaway is None:
+                sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
+    assert waiter is not None
+    thread, result = waiter
+    thread.join(15)
+    assert "error" not in result, result
+    assert result["value"][0] == 200, "the waiting connection was not given the worker"
+    goaway = frames.goaway
+    assert goaway is not None, "the busy session never got a GOAWAY"
+    assert goaway.error_code == 0, goaway
+    # Every stream the server took was answered whole before it closed the connection.
+    taken = {sid: tuple(state) for sid, state in streams.items() if sid <= goaway.last_stream_id}
+    assert len(taken) >= 3 and all(state == (200, "ended") for state in taken.values()), taken

@@ -21,4 +21,15 @@ public enum KeptAliveTurn {
     public static func isOver(takenAt: Int64, now: Int64, waitingInMultiplexers: Int) -> Bool {
         waitingInMultiplexers > 0 && elapsedMilliseconds(since: takenAt, now: now) >= milliseconds
     }
+
+    /// Whether an HTTP/2 session (`streams` running; negative: the connection does not speak
+    /// HTTP/2) is ended (GOAWAY, its streams finished) while connections wait: an idle one at
+    /// once (IdleSessionYield), a busy one once its connection had its turn, so that a client
+    /// that always keeps a stream running cannot hold the worker either.
+    public static func sessionEnds(streams: Int, takenAt: Int64?, now: Int64, waitingInMultiplexers: Int) -> Bool {
+        guard streams >= 0 else { return false }
+        if streams == 0 { return IdleSessionYield.saturated(idle: true, waitingInMultiplexers: waitingInMultiplexers) }
+        guard let takenAt else { return false }
+        return isOver(takenAt: takenAt, now: now, waitingInMultiplexers: waitingInMultiplexers)
+    }
 }

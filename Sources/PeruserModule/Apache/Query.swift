@@ -32,7 +32,7 @@ public func peruserMPMQuery(_ code: Int32, _ result: UnsafeMutablePointer<Int32>
     case AP_MPMQ_MIN_SPARE_THREADS, AP_MPMQ_MAX_SPARE_THREADS: answer = 0
     case AP_MPMQ_MAX_REQUESTS_DAEMON: answer = ap_max_requests_per_child
     case AP_MPMQ_MPM_STATE:
-        answer = idleSessionYields() ? AP_MPMQ_STOPPING
+        answer = http2SessionEnds() ? AP_MPMQ_STOPPING
             : (ap_unixd_mpm_get_retained_data()?.pointee.mpm_state ?? AP_MPMQ_STARTING)
     case AP_MPMQ_GENERATION: answer = ap_unixd_mpm_get_retained_data()?.pointee.my_generation ?? 0
     default: answer = nil
@@ -48,11 +48,15 @@ func peruserSlotsInUse() -> Int32 {
     return Int32(((0..<state.capacity).last { state.records[$0].pid > 0 }).map { $0 + 1 } ?? 0)
 }
 
-/// A worker's idle HTTP/2 session is told the server is stopping while its environment is
-/// saturated (IdleSessionYield), for mod_http2 versions that ask while idle. Asked on the
-/// connection's thread, while streams run on others.
-func idleSessionYields() -> Bool {
-    guard workerEnvironment >= 0, let table = sharedTable else { return false }
-    return IdleSessionYield.saturated(idle: peruser_shim_http2_idle() != 0,
-                                      waitingInMultiplexers: table.waitingInMultiplexers(workerEnvironment))
+/// A worker's HTTP/2 session is told the server is stopping while connections wait for its
+/// environment (KeptAliveTurn.sessionEnds): an idle one at once, for mod_http2 versions that ask
+/// while idle; one with streams running once it had its turn (mod_http2 asks at every turn of
+/// its loop, sends GOAWAY, and finishes the streams it took). Asked on the connection's thread,
+/// and on the streams' own (the answer means nothing to them).
+func http2SessionEnds() -> Bool {
+    // Core asks at every request: an HTTP/1.x connection costs one load here, no clock.
+    let streams = Int(peruser_shim_http2_streams())
+    guard streams >= 0, workerEnvironment >= 0, let table = sharedTable else { return false }
+    return KeptAliveTurn.sessionEnds(streams: streams, takenAt: servedConnection?.takenAt, now: monotonicMilliseconds(),
+                                     waitingInMultiplexers: table.waitingInMultiplexers(workerEnvironment))
 }

@@ -59,7 +59,7 @@ enum IdleSessionWatch {
     private static func yieldsNow() -> Bool {
         guard workerEnvironment >= 0, let table = sharedTable else { return false }
         let flow = table.flow(workerEnvironment)
-        return yield.look(idle: peruser_shim_http2_idle() != 0, handedOff: flow.handedOff, received: flow.received,
+        return yield.look(idle: peruser_shim_http2_streams() == 0, handedOff: flow.handedOff, received: flow.received,
                           waitingInMultiplexers: table.waitingInMultiplexers(workerEnvironment))
     }
 
