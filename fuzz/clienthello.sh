@@ -16,4 +16,4 @@ for i, entry in enumerate(re.findall(r'\("(\w+)", [^,]+,\n((?:\s+"[0-9a-f]+"(?: 
     hexed = "".join(re.findall(r'"([0-9a-f]+)"', entry[1]))
     open(f"{sys.argv[1]}/{entry[0]}", "wb").write(bytes.fromhex(hexed))
 PY
-"$OUT/clienthello" -max_total_time="$SECONDS_TO_RUN" -max_len=20000 -print_final_stats=1 "$OUT/corpus"
+"$OUT/clienthello" -max_total_time="$SECONDS_TO_RUN" -max_len=20000 -print_final_stats=1 -artifact_prefix="$OUT/" "$OUT/corpus"

@@ -35,4 +35,4 @@ for name, block in blocks.items():
     open(f"{sys.argv[1]}/{name}-padded", "wb").write(
         settings + frame(1, 0x2D, 1, bytes([2]) + bytes(5) + data + bytes(2)))
 PY
-"$OUT/h2preface" -max_total_time="$SECONDS_TO_RUN" -max_len=20000 -print_final_stats=1 "$OUT/h2corpus"
+"$OUT/h2preface" -max_total_time="$SECONDS_TO_RUN" -max_len=20000 -print_final_stats=1 -artifact_prefix="$OUT/" "$OUT/h2corpus"

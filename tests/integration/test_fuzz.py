@@ -1,5 +1,6 @@
-"""Bounded libFuzzer runs of the ClientHello parser (fuzz/clienthello.sh) and the h2c preface
-scanner with its HPACK decoder (fuzz/h2preface.sh); longer runs by hand."""
+"""Bounded libFuzzer runs of the ClientHello parser (fuzz/clienthello.sh), the h2c preface
+scanner with its HPACK decoder (fuzz/h2preface.sh), and the rest of what a multiplexer reads
+from clients and workers (fuzz/mux-input.sh); longer runs by hand."""
 import os
 import subprocess
 
@@ -22,3 +23,7 @@ def test_clienthello_parser_survives_a_bounded_fuzz_run():
 
 def test_h2c_preface_scanner_survives_a_bounded_fuzz_run():
     fuzz("h2preface.sh")
+
+
+def test_multiplexer_input_readers_survive_a_bounded_fuzz_run():
+    fuzz("mux-input.sh")
