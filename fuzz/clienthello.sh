@@ -3,9 +3,7 @@
 # time, seeded with the real ClientHellos of Tests/PeruserCoreTests/ClientHelloSamples.swift.
 # Usage: fuzz/clienthello.sh [seconds]   (default 60). Exits non-zero on a finding.
 set -eu
-cd "$(dirname "$0")/.."
-SECONDS_TO_RUN="${1:-60}"
-OUT=.build/fuzz
+. "$(dirname "$0")/common.sh"
 mkdir -p "$OUT/corpus"
 swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name ClientHelloFuzz \
     Sources/PeruserCore/Routing/ClientHello.swift fuzz/ClientHelloFuzz.swift -o "$OUT/clienthello"
@@ -16,4 +14,4 @@ for i, entry in enumerate(re.findall(r'\("(\w+)", [^,]+,\n((?:\s+"[0-9a-f]+"(?: 
     hexed = "".join(re.findall(r'"([0-9a-f]+)"', entry[1]))
     open(f"{sys.argv[1]}/{entry[0]}", "wb").write(bytes.fromhex(hexed))
 PY
-"$OUT/clienthello" -max_total_time="$SECONDS_TO_RUN" -max_len=20000 -print_final_stats=1 -artifact_prefix="$OUT/" "$OUT/corpus"
+run_fuzzer clienthello corpus

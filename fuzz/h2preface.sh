@@ -4,9 +4,7 @@
 # h2 send them (Huffman and literal). Usage: fuzz/h2preface.sh [seconds]   (default 60). Exits
 # non-zero on a finding.
 set -eu
-cd "$(dirname "$0")/.."
-SECONDS_TO_RUN="${1:-60}"
-OUT=.build/fuzz
+. "$(dirname "$0")/common.sh"
 mkdir -p "$OUT/h2corpus"
 swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name H2PrefaceFuzz \
     Sources/PeruserCore/Routing/H2Preface.swift Sources/PeruserCore/Routing/HPACK.swift \
@@ -35,4 +33,4 @@ for name, block in blocks.items():
     open(f"{sys.argv[1]}/{name}-padded", "wb").write(
         settings + frame(1, 0x2D, 1, bytes([2]) + bytes(5) + data + bytes(2)))
 PY
-"$OUT/h2preface" -max_total_time="$SECONDS_TO_RUN" -max_len=20000 -print_final_stats=1 -artifact_prefix="$OUT/" "$OUT/h2corpus"
+run_fuzzer h2preface h2corpus

@@ -5,9 +5,7 @@
 # of both versions and a valid hand-back message. Usage: fuzz/mux-input.sh [seconds]
 # (default 60). Exits non-zero on a finding.
 set -eu
-cd "$(dirname "$0")/.."
-SECONDS_TO_RUN="${1:-60}"
-OUT=.build/fuzz
+. "$(dirname "$0")/common.sh"
 mkdir -p "$OUT/muxcorpus"
 swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name MultiplexerInputFuzz \
     Sources/PeruserCore/Routing/*.swift fuzz/MultiplexerInputFuzz.swift -o "$OUT/mux-input"
@@ -36,4 +34,4 @@ message = (b"PRU4" + struct.pack("<HBBI", 1, 1, 0, len(consumed)) + struct.pack(
            + client + struct.pack("<Q", 7) + consumed)
 open(f"{out}/handback", "wb").write(message)
 PY
-"$OUT/mux-input" -max_total_time="$SECONDS_TO_RUN" -max_len=20000 -print_final_stats=1 -artifact_prefix="$OUT/" "$OUT/muxcorpus"
+run_fuzzer mux-input muxcorpus
