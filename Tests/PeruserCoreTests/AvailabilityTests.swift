@@ -76,6 +76,19 @@ final class WaitQueueTests: XCTestCase {
         XCTAssertEqual(q.count(for: 1), 1)
     }
 
+    func testTakeFirstTakesTheEarliestEligibleOfOneEnvironment() {
+        var q = WaitQueue<Int32>()
+        q.add(1, environment: 0, deadline: 100)
+        q.add(2, environment: 1, deadline: 150)
+        q.add(3, environment: 0, deadline: 200)
+        q.add(4, environment: 0, deadline: 300)
+        XCTAssertEqual(q.takeFirst(for: 0) { $0 != 1 }, 3, "1 is not eligible, 2 is another environment's")
+        XCTAssertEqual(q.takeFirst(for: 0) { _ in true }, 1)
+        XCTAssertNil(q.takeFirst(for: 0) { $0 == 3 }, "taken already")
+        XCTAssertNil(q.takeFirst(for: 2) { _ in true })
+        XCTAssertEqual(q.entries.map(\.item), [2, 4])
+    }
+
     func testExpiredRemovesOnlyPastDeadlines() {
         var q = WaitQueue<Int32>()
         q.add(1, environment: 0, deadline: 100)

@@ -11,9 +11,9 @@ final class RouteDecisionTests: XCTestCase {
     }
 
     private func decide(hops: UInt16 = 0, _ capacity: EnvironmentCapacity, _ availability: Availability? = nil,
-                        now: Int64 = 1000) -> RouteDecision {
+                        now: Int64 = 1000, waitingHere: Bool = false) -> RouteDecision {
         RouteDecision.decide(hops: hops, mostHops: 4, capacity: capacity, availability: availability ?? full,
-                             now: now, channelWait: 5000)
+                             now: now, channelWait: 5000, waitingHere: waitingHere)
     }
 
     private func availability(percent: Int, waitSeconds: Int = 5) -> Availability {
@@ -83,6 +83,35 @@ final class RouteDecisionTests: XCTestCase {
                        .send(deadline: 6000, askForWorker: false))
     }
 
+    func testWhereItCouldGoNowAnOlderConnectionWaitingHereMayGoInstead() {
+        XCTAssertEqual(RouteDecision.decide(hops: 0, mostHops: 4, capacity: capacity(workers: 4, idle: 1),
+                                            availability: full, now: 1000, channelWait: 5000, waitingHere: true),
+                       .sendEarlier(deadline: 6000, waitDeadline: 6000, askForWorker: false))
+        XCTAssertEqual(RouteDecision.decide(hops: 0, mostHops: 4, capacity: capacity(workers: 2, idle: 0),
+                                            availability: availability(percent: 50), now: 1000, channelWait: 5000,
+                                            waitingHere: true),
+                       .sendEarlier(deadline: 6000, waitDeadline: 3500, askForWorker: true),
+                       "a worker to come counts as one free; this one waits under the availability rule")
+        XCTAssertTrue(RouteDecision.sendEarlier(deadline: 0, waitDeadline: 0, askForWorker: true).asksForWorker)
+    }
+
+    func testConnectionsWaitingHereChangeNothingWhereThisOneCouldNotGo() {
+        XCTAssertEqual(RouteDecision.decide(hops: 0, mostHops: 4, capacity: capacity(workers: 4, idle: 0),
+                                            availability: full, now: 1000, channelWait: 5000, waitingHere: true),
+                       .wait(deadline: 6000, askForWorker: true), "saturated")
+        XCTAssertEqual(RouteDecision.decide(hops: 0, mostHops: 4, capacity: capacity(workers: 4, idle: 1),
+                                            availability: full, now: 1000, channelWait: 5000, lighterWaiting: true,
+                                            waitingHere: true),
+                       .wait(deadline: 6000, askForWorker: false), "a lighter client goes first")
+        XCTAssertEqual(RouteDecision.decide(hops: 0, mostHops: 4, capacity: capacity(workers: 4, idle: 1),
+                                            availability: availability(percent: 0), now: 1000, channelWait: 5000,
+                                            waitingHere: true),
+                       .send(deadline: 6000, askForWorker: false), "nothing may wait: this one goes now")
+        XCTAssertEqual(RouteDecision.decide(hops: 4, mostHops: 4, capacity: capacity(workers: 4, idle: 1),
+                                            availability: full, now: 1000, channelWait: 5000, waitingHere: true),
+                       .loop)
+    }
+
     func testWithNoWaitAllowedOneThatCouldGoNowIsNotDroppedForThoseAhead() {
         XCTAssertEqual(RouteDecision.decide(hops: 0, mostHops: 4, capacity: capacity(workers: 4, idle: 1),
                                             availability: availability(percent: 0), now: 1000, channelWait: 5000,
@@ -125,12 +154,16 @@ final class RouteDecisionTests: XCTestCase {
         for workers in values {
             for idle in values {
                 for queued in values {
-                    for serverFull in [false, true] {
+                    for (serverFull, same) in [(false, false), (true, false), (false, true), (true, true)] {
                         let c = EnvironmentCapacity(workers: workers, idle: idle, queued: queued, maxProcessors: 4,
                                                     serverFull: serverFull)
-                        let d = decide(c, now: .max)
+                        let d = decide(c, now: .max, waitingHere: same)
                         switch d {
-                        case .send(_, let ask): XCTAssertEqual(ask, c.freeWorkers == 0)
+                        case .send(_, let ask): XCTAssertEqual(ask, c.freeWorkers == 0); XCTAssertFalse(same)
+                        case .sendEarlier(_, let waitDeadline, let ask):
+                            XCTAssertEqual(ask, c.freeWorkers == 0)
+                            XCTAssertTrue(same)
+                            XCTAssertEqual(waitDeadline, .max)
                         case .wait(_, let ask), .drop(let ask): XCTAssertTrue(ask)
                         case .loop: XCTFail("no loop at 0 hops")
                         }

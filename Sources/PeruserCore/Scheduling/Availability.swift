@@ -90,6 +90,15 @@ public struct WaitQueue<Item: Equatable>: Equatable {
         return taken
     }
 
+    /// Takes the waiting connection of `environment` with the earliest deadline that `eligible`
+    /// admits, if any.
+    public mutating func takeFirst(for environment: Int, where eligible: (Item) -> Bool) -> Item? {
+        guard let index = entries.firstIndex(where: { $0.environment == environment && eligible($0.item) }) else {
+            return nil
+        }
+        return entries.remove(at: index).item
+    }
+
     /// Whether a connection of `environment` that `eligible` admits is waiting.
     public func contains(for environment: Int, where eligible: (Item) -> Bool) -> Bool {
         entries.contains { $0.environment == environment && eligible($0.item) }

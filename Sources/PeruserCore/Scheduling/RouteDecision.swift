@@ -9,6 +9,12 @@ public enum RouteDecision: Equatable {
     /// The environment can take it: send it down its channel, retrying while the channel is
     /// full until `deadline` (then 503).
     case send(deadline: Int64, askForWorker: Bool)
+    /// The environment can take one, and connections wait for it here: the oldest of this
+    /// one's client, if one of them is, is sent instead (until `deadline`, as for `.send`) and
+    /// this one waits in its place until `waitDeadline`; if none is, this one is sent as for
+    /// `.send`. One client's connections are served in the order they came, and the worker is
+    /// used at the same moment as by `.send`.
+    case sendEarlier(deadline: Int64, waitDeadline: Int64, askForWorker: Bool)
     /// Saturated: hold it in the wait queue until a worker frees up, at most until `deadline`
     /// ((availability / 100) * ProcessorWaitTimeout from now).
     case wait(deadline: Int64, askForWorker: Bool)
@@ -21,7 +27,7 @@ public enum RouteDecision: Equatable {
     public var asksForWorker: Bool {
         switch self {
         case .loop: return false
-        case .send(_, let ask), .wait(_, let ask): return ask
+        case .send(_, let ask), .wait(_, let ask), .sendEarlier(_, _, let ask): return ask
         case .drop(let ask): return ask
         }
     }
@@ -37,15 +43,24 @@ public enum RouteDecision: Equatable {
     ///   was over (KeptAliveTurn), does not take the worker it just gave up. Unless nothing may
     ///   wait at all (availability 0): then it goes now.
     /// Either way the connection waits under the ProcessorWaitTimeout rule, as for a saturated one.
+    /// - `waitingHere`: connections wait for this environment in this multiplexer: where this
+    ///   one could go now, the result is `.sendEarlier` (the caller sends the client's own
+    ///   oldest if one waits). Without it a client's new connections took each worker that came
+    ///   free while its older ones waited for a turn with no new arrival (BENCHMARKS.md: p99
+    ///   3-5 × longer for one busy client). Unless nothing may wait at all: then this one goes.
     public static func decide(hops: UInt16, mostHops: UInt16, capacity: EnvironmentCapacity,
                               availability: Availability, now: Int64, channelWait: Int64,
                               overShare: Bool = false, lighterWaiting: Bool = false,
-                              waitingAhead: Bool = false) -> RouteDecision {
+                              waitingAhead: Bool = false, waitingHere: Bool = false) -> RouteDecision {
         guard hops < mostHops else { return .loop }
         let ask = capacity.freeWorkers == 0 && !overShare
         let budget = availability.waitBudgetMilliseconds
         if capacity.canTake && !overShare && !lighterWaiting && !(waitingAhead && budget > 0) {
-            return .send(deadline: now.saturatingAdding(max(0, channelWait)), askForWorker: ask)
+            let deadline = now.saturatingAdding(max(0, channelWait))
+            if waitingHere && budget > 0 {
+                return .sendEarlier(deadline: deadline, waitDeadline: now.saturatingAdding(budget), askForWorker: ask)
+            }
+            return .send(deadline: deadline, askForWorker: ask)
         }
         guard budget > 0 else { return .drop(askForWorker: ask) }
         return .wait(deadline: now.saturatingAdding(budget), askForWorker: ask)
