@@ -154,15 +154,15 @@ final class RouteDecisionTests: XCTestCase {
         for workers in values {
             for idle in values {
                 for queued in values {
-                    for (serverFull, same) in [(false, false), (true, false), (false, true), (true, true)] {
+                    for (serverFull, waitingHere) in [(false, false), (true, false), (false, true), (true, true)] {
                         let c = EnvironmentCapacity(workers: workers, idle: idle, queued: queued, maxProcessors: 4,
                                                     serverFull: serverFull)
-                        let d = decide(c, now: .max, waitingHere: same)
+                        let d = decide(c, now: .max, waitingHere: waitingHere)
                         switch d {
-                        case .send(_, let ask): XCTAssertEqual(ask, c.freeWorkers == 0); XCTAssertFalse(same)
+                        case .send(_, let ask): XCTAssertEqual(ask, c.freeWorkers == 0); XCTAssertFalse(waitingHere)
                         case .sendEarlier(_, let waitDeadline, let ask):
                             XCTAssertEqual(ask, c.freeWorkers == 0)
-                            XCTAssertTrue(same)
+                            XCTAssertTrue(waitingHere)
                             XCTAssertEqual(waitDeadline, .max)
                         case .wait(_, let ask), .drop(let ask): XCTAssertTrue(ask)
                         case .loop: XCTFail("no loop at 0 hops")

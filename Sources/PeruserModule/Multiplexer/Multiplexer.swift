@@ -964,7 +964,7 @@ struct Multiplexer {
         // older ones waiting here, for the oldest of them (queueing every new connection
         // instead cost a turn of passWaiting each: 13-40% of one busy tenant's throughput on
         // `Connection: close`).
-        let waitingHere = !waiting.isEmpty && waiting.count(for: env) > 0
+        let waitingHere = waiting.contains(for: env) { _ in true }
         let waitingAhead = connection.handback != nil && waitingHere
         let decision = RouteDecision.decide(hops: connection.hops, mostHops: Self.mostHops, capacity: capacity(of: env),
                                             availability: availability(env), now: now, channelWait: channelWait,
@@ -1067,12 +1067,9 @@ struct Multiplexer {
             }
             waiting = queue
             for fd in ready {
-                guard var connection = pending[fd] else { continue }
-                availabilityBoard?.withdrawLightest(env, client: connection.client.hash32)
-                connection.stage = .waitingForChannel(environment: env)
-                connection.deadline = now.saturatingAdding(channelWait)
-                pending[fd] = connection
-                trySend(fd)
+                guard let client = pending[fd]?.client else { continue }
+                availabilityBoard?.withdrawLightest(env, client: client.hash32)
+                sendDown(fd, environment: env, until: now.saturatingAdding(channelWait))
             }
             if !ready.isEmpty { publish(env) }
             // Connections that could take a worker still wait, and no worker can be added: the
