@@ -282,7 +282,11 @@ func reapChildren(quietly: Bool) -> Bool {
         parent = state
         setScoreboardSlot(found, pid: 0, starting: false)
         lasting?.closeControl(found)
-        if quietly || status.isClean { continue }
+        if quietly { continue }
+        if status.isClean {
+            log(PERUSER_LOG_DEBUG, "peruser: \(described) exited")
+            continue
+        }
         if case .multiplexer = role, exit.isCurrentGeneration {
             // Its share reservations (MaxClientShare) would never be released: start them over.
             // Until its hand-offs are seen taken, a client may get one worker past its share.
