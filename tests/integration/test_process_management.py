@@ -162,6 +162,24 @@ def test_max_connections_per_child_recycles_without_failing_a_request(managed):
     assert max(counts.values()) <= 3, seen
 
 
+@pytest.mark.parametrize("managed", ["MaxConnectionsPerChild 24\nIdleTimeout 600"], indirect=True)
+def test_each_worker_recycles_at_its_own_count_within_max_connections_per_child(managed):
+    """Workers started together share the load evenly; with one count for all they would all
+    exit at once. Each gets its own, from three quarters of MaxConnectionsPerChild to all of it."""
+    counts = {}
+    for _ in range(24 * 8):
+        status, body, _ = get(managed.port, "lazy.test", CGI)
+        assert status == 200
+        pid = int(re.search(r"worker=(\d+)", body).group(1))
+        counts[pid] = counts.get(pid, 0) + 1
+    assert max(counts.values()) <= 24, counts
+    time.sleep(0.5)
+    finished = [n for pid, n in counts.items() if not os.path.exists(f"/proc/{pid}")]
+    assert len(finished) >= 5, counts
+    assert all(18 <= n <= 24 for n in finished), counts
+    assert len(set(finished)) >= 2, f"every worker recycled at the same count: {counts}"
+
+
 def test_graceful_restart_under_load_loses_nothing(managed):
     expect = b"site a\n"
     restarts = []

@@ -109,7 +109,9 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
     let bucketAllocator = apr_bucket_alloc_create(childPool)
     guard let transactionPool = makePool(below: childPool, tag: "transaction") else { exitChild(exitChildSick) }
     setMPMState(AP_MPMQ_RUNNING)
-    let mostConnections = Int(max(0, ap_max_requests_per_child))
+    // Not the same count for every worker: those started together would all exit together.
+    let mostConnections = Recycling.connectionLimit(configured: Int(ap_max_requests_per_child),
+                                                    seed: UInt32(bitPattern: getpid()))
     let message = UnsafeMutableRawBufferPointer.allocate(byteCount: HandoffMessage.largestMessage, alignment: 8)
     var served = 0
     var statusShown = false
