@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import make_site, site_vhost
+from conftest import make_site, php_module, site_vhost
 from harness import Apache, free_port, read_maps, serving
 from loadgen import run_load
 from test_end_to_end import CGI, get, ids_of
@@ -178,6 +178,63 @@ def test_each_worker_recycles_at_its_own_count_within_max_connections_per_child(
     assert len(finished) >= 5, counts
     assert all(18 <= n <= 24 for n in finished), counts
     assert len(set(finished)) >= 2, f"every worker recycled at the same count: {counts}"
+
+
+@pytest.fixture
+def growing(module, accounts):
+    """One environment that only the queue can grow: one worker at start, no spares, up to 8."""
+    port = free_port()
+    apache = Apache("", name="grow")
+    a = accounts["peruser-a"]
+    site = make_site(apache.root, *a, "a")
+    with open(os.path.join(site, "nap.php"), "w") as f:
+        f.write('<?php usleep(2000); echo "rested\\n";\n')
+    os.chmod(os.path.join(site, "nap.php"), 0o644)
+    apache.write_config(f"""
+Listen 127.0.0.1:{port}
+MaxConnectionsPerChild 0
+LoadModule php_module {php_module()}
+<FilesMatch "\\.php$">
+    SetHandler application/x-httpd-php
+</FilesMatch>
+<Directory {apache.root}>
+    Require all granted
+</Directory>
+<Processor busy>
+    User peruser-a
+    Group peruser-a
+    MinProcessors 1
+    MinSpareProcessors 0
+    MaxSpareProcessors 0
+    MaxProcessors 8
+</Processor>
+{site_vhost(port, "busy.test", site, "busy")}
+""")
+    apache.port = port
+    apache.a = a
+    apache.start(ports=(port,))
+    yield from serving(apache)
+
+
+def test_a_queue_that_moves_but_never_empties_grows_the_environment(growing):
+    """32 clients asking for a page that takes 2 ms (little CPU), each as soon as the last
+    answer came: the few workers take the queued connections one after another within a few
+    ms, so the ones queued first are gone by the parent's next look, yet the multiplexers keep
+    the queue filled. The environment grows to MaxProcessors (with no spares, nothing else
+    would grow it)."""
+    assert wait_until(lambda: len(workers_of(growing, growing.a)) == 1), workers_of(growing, growing.a)
+    load = subprocess.Popen(["ab", "-q", "-t", "6", "-n", "1000000", "-c", "32", "-H", "Host: busy.test",
+                             f"http://127.0.0.1:{growing.port}/nap.php"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    most = 0
+    while load.poll() is None:
+        most = max(most, len(workers_of(growing, growing.a)))
+        time.sleep(0.05)
+    report = load.stdout.read()
+    assert load.returncode == 0, report
+    assert re.search(r"Failed requests:\s+0\b", report) and "Non-2xx" not in report, report
+    assert int(re.search(r"Complete requests:\s+(\d+)", report).group(1)) > 1000, report
+    assert most == 8, f"the environment grew to {most} workers of 8 under a queue that never emptied"
 
 
 def test_graceful_restart_under_load_loses_nothing(managed):

@@ -4,15 +4,18 @@
 // finishing its response. Starting a worker for it leaves a process the load never needed, and
 // with hundreds of tenants, each with a moment of two requests at once, hundreds of them (each
 // one more cold process to wake). So, for an environment that has workers, its queue (and a
-// multiplexer's demand) counts only once the same connections are still there `patience`
-// milliseconds later. An environment with no worker gets one at once (the first byte waits on it).
+// multiplexer's demand) counts only once it has not been seen empty for `patience`
+// milliseconds: the connections seen first still wait, or others took their place (a queue
+// that moves but never empties: the workers take each connection at once and still do not
+// keep up; counting only the first ones, a busy tenant's few workers were never added to,
+// BENCHMARKS.md). An environment with no worker gets one at once (the first byte waits on it).
 
 public struct QueuePatience {
     public static let defaultMilliseconds: Int64 = 10
     public let patience: Int64
-    /// Per environment: when a queue was first seen, and how many connections had been handed
-    /// off by then (the queue is gone once that many were taken).
-    private var firstSeen: [Int: (at: Int64, handedOff: UInt64)] = [:]
+    /// Per environment: when a queue was first seen, and last seen (a look more than twice
+    /// `patience` after the last one says nothing of the time between: watched anew).
+    private var firstSeen: [Int: (at: Int64, last: Int64)] = [:]
 
     public init(patience: Int64 = QueuePatience.defaultMilliseconds) {
         self.patience = max(0, patience)
@@ -24,28 +27,34 @@ public struct QueuePatience {
     /// The environments whose queues are being watched.
     public var watched: Set<Int> { Set(firstSeen.keys) }
 
-    /// The load the planner should see for `environment` now. `waitingInMultiplexers`:
-    /// connections a multiplexer holds because the environment could not take them (no worker
-    /// free and none to add: at MaxProcessors or MaxClients); they wait already, no patience.
-    public mutating func load(environment: Int, queued: Int, demanded: Bool, handedOff: UInt64, received: UInt64,
-                              hasWorkers: Bool, now: Int64, waitingInMultiplexers: Int = 0) -> EnvironmentLoad {
+    /// The load the planner should see for `environment` now. `queued`: connections in its
+    /// channel; `waitingInMultiplexers`: connections the multiplexers hold for it (their
+    /// published count). At MaxClients those wait already, with no patience: they are what
+    /// tells the planner to make room. Below it they are part of the queue: a busy tenant's
+    /// multiplexers keep most of its waiting connections, passing one to the channel as a
+    /// worker comes free, so the channel alone is often empty at a look while dozens wait.
+    public mutating func load(environment: Int, queued: Int, demanded: Bool, hasWorkers: Bool, now: Int64,
+                              waitingInMultiplexers: Int = 0, atMaxClients: Bool = false) -> EnvironmentLoad {
+        let backlog = max(0, queued).saturatingAdding(max(0, waitingInMultiplexers))
         guard hasWorkers else {
             firstSeen[environment] = nil
-            return EnvironmentLoad(queued: queued.saturatingAdding(max(0, waitingInMultiplexers)), demanded: demanded)
+            return EnvironmentLoad(queued: backlog, demanded: demanded)
         }
-        if waitingInMultiplexers > 0 {
-            return EnvironmentLoad(queued: max(0, queued).saturatingAdding(waitingInMultiplexers), demanded: true)
+        if atMaxClients && waitingInMultiplexers > 0 {
+            return EnvironmentLoad(queued: backlog, demanded: true)
         }
-        guard queued > 0 else {
+        guard backlog > 0 else {
             firstSeen[environment] = nil  // taken (a demand that found none queued asks for nothing)
             return EnvironmentLoad()
         }
-        if let seen = firstSeen[environment], received < seen.handedOff {
-            // Some of the connections queued at first sight still wait.
+        let longestGap = patience.saturatingAdding(patience)
+        if let seen = firstSeen[environment], elapsedMilliseconds(since: seen.last, now: now) <= longestGap {
+            // Not seen empty since it was first seen.
+            firstSeen[environment] = (seen.at, max(seen.last, now))
             guard elapsedMilliseconds(since: seen.at, now: now) >= patience else { return EnvironmentLoad() }
-            return EnvironmentLoad(queued: queued, demanded: true)
+            return EnvironmentLoad(queued: backlog, demanded: true)
         }
-        firstSeen[environment] = (now, handedOff)
+        firstSeen[environment] = (now, now)
         return EnvironmentLoad()
     }
 

@@ -235,15 +235,14 @@ func environmentLoads(_ state: inout ParentState, of only: Set<Int>?, staffed: S
     var load = [EnvironmentLoad](repeating: EnvironmentLoad(), count: configuration.environments.count)
     for environment in 0..<configuration.environments.count where only?.contains(environment) ?? true {
         let flow = sharedTable?.flow(environment) ?? (handedOff: 0, received: 0)
-        // Connections a multiplexer holds count as demand only at MaxClients, where they are
-        // what tells the planner to make room; below it, the channel's queue says it (with
-        // patience), and the multiplexers' count (last writer wins, held for a share too)
-        // over-asked.
+        // The multiplexers' count is a hint: the last one to write it wins, and it includes
+        // connections of a client at its share (MaxClientShare). Below MaxClients it joins the
+        // channel's queue under QueuePatience; what it over-asks are idle workers for other
+        // clients, within MaxProcessors, gone after IdleTimeout.
         load[environment] = state.patience.load(
             environment: environment, queued: EnvironmentCounters.queued(handedOff: flow.handedOff, received: flow.received),
-            demanded: state.demanded.contains(environment), handedOff: flow.handedOff, received: flow.received,
-            hasWorkers: staffed.contains(environment), now: now,
-            waitingInMultiplexers: atMaxClients ? sharedTable?.waitingInMultiplexers(environment) ?? 0 : 0)
+            demanded: state.demanded.contains(environment), hasWorkers: staffed.contains(environment), now: now,
+            waitingInMultiplexers: sharedTable?.waitingInMultiplexers(environment) ?? 0, atMaxClients: atMaxClients)
     }
     return load
 }
@@ -291,6 +290,15 @@ func reapChildren(quietly: Bool) -> Bool {
             // Its share reservations (MaxClientShare) would never be released: start them over.
             // Until its hand-offs are seen taken, a client may get one worker past its share.
             availabilityBoard?.clearShareReservations()
+            // Its waiting counts would ask for workers for connections gone with it (the live
+            // ones write theirs again at their next change).
+            if let table = sharedTable {
+                for environment in 0..<table.environmentCount {
+                    if let field = table.environmentField(environment, ChildTableLayout.waitingOffset) {
+                        peruser_atomic_store_u32(field, 0)
+                    }
+                }
+            }
         }
         if let signal = status.killedBySignal {
             log(PERUSER_LOG_WARNING, "peruser: \(described) was killed by signal \(signal)")
