@@ -402,6 +402,9 @@ enum SpawnOutcome {
     case notYet
 }
 
+/// An image's answer slower than this is logged (two forks take a few ms).
+let slowSpawnMilliseconds: Int64 = 100
+
 /// Asks `environment`'s image for a worker in `slot` on worker page `page`.
 func spawnFromImage(slot: Int, environment: Int, page: Int) -> SpawnOutcome {
     if let index = timesIndex(.environment(environment)) { imageTimes[index].used = monotonicMilliseconds() }
@@ -432,7 +435,8 @@ private func ask(_ image: ImageHandle, role: ImageRole, slot: Int, page: Int, fd
         return .failed
     }
     // The image forks at once; a second is far more than two forks take.
-    let deadline = monotonicMilliseconds() + 1000
+    let asked = monotonicMilliseconds()
+    let deadline = asked + 1000
     while true {
         let left = deadline - monotonicMilliseconds()
         guard left > 0 else {
@@ -446,7 +450,14 @@ private func ask(_ image: ImageHandle, role: ImageRole, slot: Int, page: Int, fd
             continue
         }
         switch message {
-        case .spawned(let answered, let pid) where answered == slot: return .started(pid)
+        case .spawned(let answered, let pid) where answered == slot:
+            // The parent waits on the image: no other child starts or is reaped meanwhile.
+            let took = monotonicMilliseconds() - asked
+            if took >= slowSpawnMilliseconds {
+                log(PERUSER_LOG_INFO, "peruser: \(label(role)) took \(took) ms to start a child; no other child "
+                    + "started or was reaped meanwhile")
+            }
+            return .started(pid)
         case .failed(let answered, let errno) where answered == slot:
             log(PERUSER_LOG_ERR, "peruser: \(label(role)) could not start a child: "
                 + "\(errno == 0 ? "it has no channel" : Errno(errno).description)")
