@@ -28,6 +28,14 @@ def php_module():
     return found[-1]
 
 
+def php_config():
+    """Configuration lines: mod_php loaded, and .php files handed to it."""
+    return f"""LoadModule php_module {php_module()}
+<FilesMatch "\\.php$">
+    SetHandler application/x-httpd-php
+</FilesMatch>"""
+
+
 @pytest.fixture(scope="session")
 def module():
     if not os.path.exists(MODULE):
@@ -109,10 +117,7 @@ Listen 127.0.0.1:{port}
 Listen 127.0.0.1:{ip_port}
 MinMultiplexers 2
 MinSpareProcessors 0
-LoadModule php_module {php_module()}
-<FilesMatch "\\.php$">
-    SetHandler application/x-httpd-php
-</FilesMatch>
+{php_config()}
 <Directory {apache.root}>
     Require all granted
     Options +ExecCGI

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import make_site, php_module, two_environments
+from conftest import make_site, php_config, two_environments
 from harness import Apache, free_port, serving
 from test_tls import make_cert
 
@@ -61,10 +61,7 @@ def start(accounts, with_php):
     certs = os.path.join(apache.root, "certs")
     os.makedirs(certs)
     key, crt = make_cert(certs, "a.test")
-    php = f"""LoadModule php_module {php_module()}
-<FilesMatch "\\.php$">
-    SetHandler application/x-httpd-php
-</FilesMatch>""" if with_php else ""
+    php = php_config() if with_php else ""
     apache.write_config(f"""
 LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so
 LoadModule ssl_module /usr/lib/apache2/modules/mod_ssl.so

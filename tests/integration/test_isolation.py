@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import make_site, php_module, site_vhost
+from conftest import make_site, php_config, site_vhost
 from harness import Apache, free_port, serving
 
 JAILS = "/srv/peruser-tests"   # /tmp is world-writable, so no jail can live below it
@@ -248,10 +248,7 @@ Listen 127.0.0.1:{port}
 MinMultiplexers 1
 MinSpareProcessors 0
 MultiplexerChroot {mux_jail}
-LoadModule php_module {php_module()}
-<FilesMatch "\\.php$">
-    SetHandler application/x-httpd-php
-</FilesMatch>
+{php_config()}
 <Directory />
     Require all granted
     Options +ExecCGI

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import make_site, php_module, site_vhost
+from conftest import make_site, php_config, site_vhost
 from harness import Apache, free_port, read_maps, serving
 from loadgen import run_load
 from test_end_to_end import CGI, get, ids_of
@@ -193,10 +193,7 @@ def growing(module, accounts):
     apache.write_config(f"""
 Listen 127.0.0.1:{port}
 MaxConnectionsPerChild 0
-LoadModule php_module {php_module()}
-<FilesMatch "\\.php$">
-    SetHandler application/x-httpd-php
-</FilesMatch>
+{php_config()}
 <Directory {apache.root}>
     Require all granted
 </Directory>

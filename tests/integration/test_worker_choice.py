@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import make_site, php_module, site_vhost
+from conftest import make_site, php_config, site_vhost
 from harness import Apache, free_port, serving
 from test_end_to_end import get, ids_of
 from test_process_management import wait_until, workers_of
@@ -31,10 +31,7 @@ def server(module, accounts):
     os.chmod(os.path.join(site, "pid.php"), 0o644)
     apache.write_config(f"""
 Listen 127.0.0.1:{port}
-LoadModule php_module {php_module()}
-<FilesMatch "\\.php$">
-    SetHandler application/x-httpd-php
-</FilesMatch>
+{php_config()}
 <Directory {apache.root}>
     Require all granted
     Options +ExecCGI
