@@ -86,10 +86,15 @@ extension ClientAddress {
     /// 32 bits of the address, mixed (for LightestWaiting; a collision only makes two clients
     /// wait as one).
     public var hash32: UInt32 {
-        var x = high ^ (low &* 0x9e37_79b9_7f4a_7c15)
-        x ^= x >> 31
-        x = x &* 0xbf58_476d_1ce4_e5b9
-        x ^= x >> 29
-        return UInt32(truncatingIfNeeded: x) | 1
+        UInt32(truncatingIfNeeded: mixedBits(high ^ (low &* 0x9e37_79b9_7f4a_7c15))) | 1
     }
+}
+
+/// `x` with its bits spread (neighbouring inputs land far apart): for hashes and seeds.
+func mixedBits(_ x: UInt64) -> UInt64 {
+    var x = x
+    x ^= x >> 31
+    x = x &* 0xbf58_476d_1ce4_e5b9
+    x ^= x >> 29
+    return x
 }

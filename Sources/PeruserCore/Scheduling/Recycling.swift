@@ -12,15 +12,6 @@ public enum Recycling {
     public static func connectionLimit(configured: Int, seed: UInt32) -> Int {
         guard configured >= 4 else { return max(0, configured) }
         let spread = UInt64(configured / 4)
-        return configured - Int(mixed(seed) % (spread + 1))
-    }
-
-    /// Neighbouring pids land far apart.
-    static func mixed(_ seed: UInt32) -> UInt64 {
-        var x = UInt64(seed) &* 0x9e37_79b9_7f4a_7c15
-        x ^= x >> 32
-        x = x &* 0xd6e8_feb8_6659_fd93
-        x ^= x >> 32
-        return x
+        return configured - Int(mixedBits(UInt64(seed) &* 0x9e37_79b9_7f4a_7c15) % (spread + 1))
     }
 }
