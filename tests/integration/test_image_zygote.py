@@ -7,9 +7,13 @@ the switch that declines it (ProcessorImageZygote Off): images forked from one z
 address layout and the seed of its stack canary and pointer guard.
 """
 import contextlib
+import http.client
 import os
+import re
 import signal
 import struct
+import threading
+import time
 
 from conftest import make_site, php_module, site_vhost
 from harness import Apache, free_port, read_maps
@@ -182,3 +186,64 @@ def test_with_the_zygote_turned_off_each_image_is_executed_with_randomness_of_it
         assert a_libc != b_libc and a_seed != b_seed
         assert "image zygote" not in apache.read_error_log()
 
+
+
+def test_an_image_that_does_not_answer_holds_back_only_its_own_environment(module, accounts):
+    """The parent asks an image for a worker and goes on (PendingStarts): while env-a's image
+    is stopped (SIGSTOP; in life, its group lookup hanging on LDAP, say), env-b still gets the
+    new worker it needs, and env-a's start waits in its slot. The old parent waited up to 1 s
+    per ask, counted it failed, skipped the rest of the plan and asked again the next round:
+    env-b got no worker until env-a's image moved, and the spawns queued in the image became
+    workers nobody had on record. Once the image goes on, env-a's request is served, and every
+    worker of env-a that runs is one the parent started."""
+    with two_tenants(accounts, "image-stall", extra="LogLevel info mpm_peruser:debug") as (apache, port, _, a_uid, b_uid):
+        for site_name in ("a", "b"):  # make_site's document roots
+            path = os.path.join(apache.root, site_name, "slow.php")
+            with open(path, "w") as f:
+                f.write("<?php sleep(8); echo 'uid=', posix_getuid(), \"\\n\";\n")
+            os.chmod(path, 0o644)
+        for host, uid in (("a.test", a_uid), ("b.test", b_uid)):
+            status, body, _ = get(port, host, "/id.php")
+            assert status == 200 and f"uid={uid} " in body, body
+        a_image = image_of(apache, "0")
+        results = {}
+
+        def ask(name, host, path, timeout):
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+                conn.request("GET", path, headers={"Host": host})
+                response = conn.getresponse()
+                results[name] = (response.status, response.read().decode(errors="replace"))
+            except OSError as error:
+                results[name] = (None, repr(error))
+
+        threads = [threading.Thread(target=ask, args=(n, h, "/slow.php", 30)) for n, h in (("a1", "a.test"),
+                                                                                          ("b1", "b.test"))]
+        for thread in threads:
+            thread.start()
+        # Each environment's one worker is now busy for 8 s: a second request needs a new one.
+        assert wait_until(lambda: sum(1 for _, uid, _ in apache.children() if uid in (a_uid, b_uid)) >= 2)
+        time.sleep(0.5)
+        os.kill(a_image, signal.SIGSTOP)
+        try:
+            a2 = threading.Thread(target=ask, args=("a2", "a.test", "/id.php", 30))
+            a2.start()
+            time.sleep(0.3)  # the parent asks env-a's image first
+            ask("b2", "b.test", "/id.php", 4)
+            assert results["b2"][0] == 200 and f"uid={b_uid} " in results["b2"][1], results["b2"]
+            with open(f"/proc/{a_image}/stat") as f:
+                assert f.read().rsplit(")", 1)[1].split()[0] == "T", "env-a's image was stopped all along"
+            assert "a2" not in results
+            assert wait_until(lambda: "did not start a worker" in apache.read_error_log(), timeout=5)
+        finally:
+            os.kill(a_image, signal.SIGCONT)
+        a2.join(30)
+        assert results["a2"][0] == 200 and f"uid={a_uid} " in results["a2"][1], results["a2"]
+        for thread in threads:
+            thread.join(30)
+        time.sleep(1)
+        log = apache.read_error_log()
+        started = {int(pid) for pid in re.findall(r"started worker of env-a \(pid (\d+)", log)}
+        running = {pid for pid, uid, _ in apache.children() if uid == a_uid}
+        assert running and running <= started, (running, started)
+        assert "was not asked for" not in log

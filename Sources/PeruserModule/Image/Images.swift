@@ -369,7 +369,11 @@ private func runningImages() -> [(role: ImageRole, image: ImageHandle)] {
 func readImages(_ roles: [ImageRole]?) {
     for role in roles ?? runningImages().map(\.role) {
         while let image = handle(role), let message = receiveFromImage(image) {
-            if message == .ready { markReady(role) }
+            if message == .ready {
+                markReady(role)
+            } else if case .environment(let environment) = role {
+                imageAnswered(environment: environment, message)
+            }
         }
     }
 }
@@ -405,14 +409,31 @@ enum SpawnOutcome {
 /// An image's answer slower than this is logged (two forks take a few ms).
 let slowSpawnMilliseconds: Int64 = 100
 
-/// Asks `environment`'s image for a worker in `slot` on worker page `page`.
-func spawnFromImage(slot: Int, environment: Int, page: Int) -> SpawnOutcome {
+enum ImageAsk {
+    /// The image was asked; its answer comes with its other messages (readImages).
+    case asked
+    /// Not asked, and it counts as a failed start (logged).
+    case failed
+    /// The image is not ready yet: the next round asks again.
+    case notYet
+}
+
+/// Asks `environment`'s image for a worker in `slot` on worker page `page`, without waiting:
+/// the parent reads the answer in its loop (ParentState.imageAnswered).
+func askImageForWorker(slot: Int, environment: Int, page: Int) -> ImageAsk {
     if let index = timesIndex(.environment(environment)) { imageTimes[index].used = monotonicMilliseconds() }
     guard images.indices.contains(environment), let image = images[environment] else {
         restartImageIfDue(.environment(environment))
         return .notYet
     }
-    return ask(image, role: .environment(environment), slot: slot, page: page, fd: -1)
+    guard image.ready else { return .notYet }
+    let bytes = ImageMessage.spawn(slot: slot, page: page).bytes
+    let sent = bytes.withUnsafeBytes { Channel(fd: image.control.raw).send(payload: $0) }
+    guard sent == .sent else {
+        log(PERUSER_LOG_ERR, "peruser: cannot ask \(label(.environment(environment))) for a child: \(sent)")
+        return .failed
+    }
+    return .asked
 }
 
 /// Asks the multiplexers' image for a multiplexer in `slot` with `control` (the child's end).
@@ -425,6 +446,8 @@ func spawnMultiplexerFromImage(slot: Int, control: Int32) -> SpawnOutcome {
     return ask(image, role: .multiplexers, slot: slot, page: 0, fd: control)
 }
 
+/// Asks the multiplexers' image and waits for its answer (at most 1 s): a multiplexer's
+/// control channel is set up with its pid, and one starts only at boot or when one exits.
 private func ask(_ image: ImageHandle, role: ImageRole, slot: Int, page: Int, fd: Int32) -> SpawnOutcome {
     guard image.ready else { return .notYet }
     let control = Channel(fd: image.control.raw)
@@ -451,11 +474,11 @@ private func ask(_ image: ImageHandle, role: ImageRole, slot: Int, page: Int, fd
         }
         switch message {
         case .spawned(let answered, let pid) where answered == slot:
-            // The parent waits on the image: no other child starts or is reaped meanwhile.
+            // The parent waits on this image: no other child starts or is reaped meanwhile.
             let took = monotonicMilliseconds() - asked
             if took >= slowSpawnMilliseconds {
-                log(PERUSER_LOG_INFO, "peruser: \(label(role)) took \(took) ms to start a child; no other child "
-                    + "started or was reaped meanwhile")
+                log(PERUSER_LOG_INFO, "peruser: \(label(role)) took \(took) ms to start a multiplexer; no other "
+                    + "child started or was reaped meanwhile")
             }
             return .started(pid)
         case .failed(let answered, let errno) where answered == slot:
@@ -482,6 +505,7 @@ func imageExited(_ pid: pid_t, status: ExitStatus, quietly: Bool) -> Bool {
     guard let (role, image) = runningImages().first(where: { $0.image.pid == pid }) else { return false }
     let failedToStart = role != .multiplexers && !image.ready
     closeControl(of: role)
+    if case .environment(let environment) = role { pendingStartsLost(environment: environment, quietly: quietly) }
     // Its configuration failed in the image (a Cgroup directory gone since the parent checked
     // it, say; the lines above say what): a start that failed, so the environment's waiting
     // connections get 503 and not an endless wait.
@@ -508,8 +532,8 @@ func closeIdleImages(now: Int64) {
         let reason: String
         switch role {
         case .environment(let environment):
-            guard configuration.workerLimits.indices.contains(environment), state.currentSlots(of: environment).isEmpty
-            else { continue }
+            guard configuration.workerLimits.indices.contains(environment), state.currentSlots(of: environment).isEmpty,
+                  !state.pending.hasStarts(of: environment) else { continue }
             reason = "no worker and none asked for"
         case .multiplexers:
             guard state.currentSlots(of: -1).count >= configuration.limits.minMultiplexers else { continue }
@@ -530,6 +554,20 @@ func closeIdleZygote(now: Int64) {
     endZygote()
     log(PERUSER_LOG_INFO, "peruser: the image zygote (pid \(running.pid)) exits: no environment's image runs "
         + "(it starts again with the next one)")
+}
+
+/// Reads the images' answers until no asked start is left or `milliseconds` passed (the
+/// generation ends: a child an image forks meanwhile must be recorded, to be stopped).
+func settlePendingStarts(within milliseconds: Int64) {
+    let deadline = monotonicMilliseconds() + milliseconds
+    while parent?.pending.isEmpty == false {
+        let left = deadline - monotonicMilliseconds()
+        guard left > 0 else { break }
+        var entries = runningImages().map { pollfd(fd: $0.image.control.raw, events: Int16(POLLIN), revents: 0) }
+        guard !entries.isEmpty else { break }
+        _ = poll(&entries, nfds_t(entries.count), Int32(min(left, 50)))
+        readImages(nil)
+    }
 }
 
 /// The generation ends: its images exit when their control channel closes. In a worker forked

@@ -31,6 +31,10 @@ struct ParentState {
     /// What the last planner pass saw: environments with workers, and MaxClients reached.
     var staffed = Set<Int>()
     var atMaxClients = false
+    /// Workers asked of images and not yet answered for (they hold their slots and pages).
+    var pending = PendingStarts()
+    /// Children reaped before an image's answer named them.
+    var unclaimed = UnclaimedExits<ExitStatus>()
 }
 
 nonisolated(unsafe) var parent: ParentState?
@@ -66,7 +70,7 @@ extension ParentState {
                                   retiring: r.retiring != 0 || r.draining != 0 || r.expired != 0,
                                   status: status, statusSince: since))
         }
-        return out
+        return out + pending.children(generation: policy.generation)
     }
 
     func environmentName(_ env: Int) -> String {
@@ -152,7 +156,7 @@ extension ParentState {
             return nil
         }
         let start = pagePools.starts[environment], count = max(policy.environments[environment].maxProcessors, 1)
-        let used = Set(currentSlots(of: environment).map { Int(records[$0].page) })
+        let used = Set(currentSlots(of: environment).map { Int(records[$0].page) }).union(pending.pages(of: environment))
         return (start..<(start + count)).first { !used.contains($0) }
     }
 
@@ -182,6 +186,7 @@ extension ParentState {
             records[slot].retiring = 1
             signal(slot, SIGUSR1, now: now)
         }
+        pending.markStale(environment: environment)
         log(PERUSER_LOG_WARNING, "peruser: a channel of environment \(environmentName(environment)) was shut down "
             + "from inside one of its workers; made new ones (passed to \(multiplexers) multiplexers) and "
             + "restarting its workers")
@@ -205,10 +210,22 @@ extension ParentState {
                 }
                 sharedTable?.setSlot(slot, pid: 0, type: type, environment: Int(env), generation: policy.generation,
                                      status: .starting, now: now, workerPage: page)
+                if env >= 0 && configuration.isolatesImage(of: Int(env)) {
+                    switch askImageForWorker(slot: slot, environment: Int(env), page: page) {
+                    case .asked:
+                        pending.asked(slot: slot, PendingStart(environment: Int(env), type: type, page: page, askedAt: now))
+                    case .notYet:  // the image is starting: next round
+                        sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
+                                             status: .standby, now: now)
+                    case .failed:  // this image's trouble: other environments' starts go on
+                        sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
+                                             status: .standby, now: now)
+                        startFailed(environment: Int(env))
+                    }
+                    continue
+                }
                 ownPage = sharedTable?.pageOffset(slot: slot, type: type, workerPage: page)
-                let outcome = env >= 0 && configuration.isolatesImage(of: Int(env))
-                    ? spawnFromImage(slot: slot, environment: Int(env), page: page)
-                    : spawn(slot: slot, environment: env < 0 ? nil : Int(env))
+                let outcome = spawn(slot: slot, environment: env < 0 ? nil : Int(env))
                 ownPage = nil
                 if case .notYet = outcome {  // the image is starting: next round
                     sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
@@ -222,7 +239,6 @@ extension ParentState {
                     startFailed(environment: Int(env))
                     continue
                 }
-                if env >= 0 && configuration.isolatesImage(of: Int(env)) { setScoreboardSlot(slot, pid: pid, starting: true) }
                 records[slot] = ChildRecord(pid: pid, environment: env, generation: policy.generation,
                                                      type: type.rawValue, retiring: 0, draining: 0, expired: 0,
                                                      page: Int32(page), startedAt: now, signalledAt: 0)
@@ -247,6 +263,66 @@ extension ParentState {
             lastCapLog = now
             log(PERUSER_LOG_WARNING, "peruser: MaxClients \(policy.limits.maxClients) (or ServerLimit "
                 + "\(policy.limits.serverLimit)) reached; not starting more children (logged once a minute)")
+        }
+    }
+
+    /// `environment`'s image answered for `slot`: the worker is recorded (or the start failed).
+    /// Returns the exit status if the child was already reaped: the caller handles its exit.
+    mutating func imageAnswered(environment: Int, _ message: ImageMessage, now: Int64) -> (slot: Int, status: ExitStatus)? {
+        let slot: Int
+        switch message {
+        case .spawned(let answered, _), .failed(let answered, _): slot = answered
+        default: return nil
+        }
+        let what = "the process image of environment \(environmentName(environment))"
+        guard case .answers(let start) = pending.answer(slot: slot, environment: environment) else {
+            // Nothing was asked there: never a second child in a slot. A pid of a child not
+            // yet reaped cannot have been reused, so it is safe to stop.
+            if case .spawned(_, let pid) = message, pid > 1,
+               !(0..<capacity).contains(where: { records[$0].pid == pid }) {
+                if unclaimed.claim(pid: pid, now: now) == nil { signalProcess(pid, SIGTERM) }
+                log(PERUSER_LOG_ERR, "peruser: \(what) started a child (pid \(pid)) in slot \(slot) that was not asked "
+                    + "for; it is stopped")
+            }
+            return nil
+        }
+        let took = now - start.askedAt
+        guard case .spawned(_, let pid) = message else {
+            if case .failed(_, let errno) = message {
+                log(PERUSER_LOG_ERR, "peruser: \(what) could not start a child: "
+                    + "\(errno == 0 ? "it has no channel" : Errno(errno).description)")
+            }
+            sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
+                                 status: .standby, now: now)
+            if !start.overdue { startFailed(environment: environment) }  // an overdue one was counted
+            return nil
+        }
+        setScoreboardSlot(slot, pid: pid, starting: true)
+        records[slot] = ChildRecord(pid: pid, environment: Int32(environment), generation: policy.generation,
+                                    type: start.type.rawValue, retiring: 0, draining: 0, expired: 0,
+                                    page: Int32(start.page), startedAt: now, signalledAt: 0)
+        sharedTable?.setPid(slot, pid)  // the child may already have reported its status
+        log(PERUSER_LOG_DEBUG, "peruser: started \(describe(slot)) as \(start.type.name)")
+        if took >= slowSpawnMilliseconds {
+            log(start.overdue ? PERUSER_LOG_NOTICE : PERUSER_LOG_INFO, "peruser: \(what) took \(took) ms to start "
+                + "\(describe(slot))" + (start.overdue ? "; it was counted as a failed start at 1 s and serves now" : ""))
+        }
+        if let status = unclaimed.claim(pid: pid, now: now) { return (slot, status) }
+        if start.stale {  // it may hold the channels renewed meanwhile
+            records[slot].retiring = 1
+            signal(slot, SIGUSR1, now: now)
+        }
+        return nil
+    }
+
+    /// Asked starts unanswered for PendingStarts.deadlineMilliseconds: logged and counted as
+    /// failed (the environment's waiting connections then go by ProcessorWaitTimeout).
+    mutating func noteOverdueStarts(now: Int64) {
+        for (slot, start) in pending.becameOverdue(now: now) {
+            log(PERUSER_LOG_ERR, "peruser: the process image of environment \(environmentName(start.environment)) "
+                + "did not start a worker (slot \(slot)) within \(PendingStarts.deadlineMilliseconds) ms; counted as a "
+                + "failed start, its slot waits for the image's answer (other environments are not held up)")
+            startFailed(environment: start.environment)
         }
     }
 

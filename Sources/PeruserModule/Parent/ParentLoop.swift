@@ -84,6 +84,7 @@ func superviseUntilAsked() {
         readDemands()
         readImages(spoke)
         let now = monotonicMilliseconds()
+        parent?.noteOverdueStarts(now: now)
         // Between full looks (200 ms), only the watched queues: the children's status lives on a
         // page per child, and reading hundreds of pages every 10 ms cost more than the queues.
         // A multiplexer's demand is one more queue to look at (for an environment with no
@@ -106,6 +107,12 @@ func superviseUntilAsked() {
 }
 
 func endGeneration() {
+    // A worker an image forks now must be on record, to be stopped or drained with the rest.
+    settlePendingStarts(within: PendingStarts.deadlineMilliseconds)
+    if let slots = parent?.pending.dropAll(), !slots.isEmpty {
+        log(PERUSER_LOG_WARNING, "peruser: \(slots.count) worker start(s) asked of process images had no answer when "
+            + "the generation ended (slots \(slots.map(String.init).joined(separator: ", ")))")
+    }
     closeImages()
     closeWakeups()
     guard let lasting, let state = parent else { return }
@@ -253,58 +260,88 @@ func reapChildren(quietly: Bool) -> Bool {
     var reaped = false
     while let (pid, status) = reapOne() {
         reaped = true
-        guard var state = parent, let found = (0..<state.capacity).first(where: { state.records[$0].pid == pid }) else {
+        guard let state = parent, let found = (0..<state.capacity).first(where: { state.records[$0].pid == pid }) else {
             if imageExited(pid, status: status, quietly: quietly) || zygoteExited(pid, status: status, quietly: quietly) {
                 continue
             }
+            // A worker whose image has not answered yet, perhaps: its answer will claim this.
+            parent?.unclaimed.remember(pid: pid, status: status, now: monotonicMilliseconds())
             var process = apr_proc_t()
             process.pid = pid
             apr_proc_other_child_alert(&process, APR_OC_REASON_DEATH, status.raw)  // a piped logger, say
             continue
         }
-        let record = state.records[found]
-        let role: ChildRole = record.environment < 0 ? .multiplexer : .worker(environment: Int(record.environment))
-        let exit = ChildExit.classify(role: role, generation: record.generation, retiring: record.retiring != 0,
-                                      draining: record.draining != 0, expired: record.expired != 0,
-                                      status: sharedTable?.slot(found)?.status, exitedCleanly: status.isClean,
-                                      serverStopping: quietly, currentGeneration: state.policy.generation)
-        let now = monotonicMilliseconds()
-        if exit.isCurrentGeneration {
-            state.backoff.childExited(role: role, startedAt: record.startedAt, now: now,
-                                      cleanly: exit.countsAsClean, wasServing: exit.wasServing)
-            sharedTable?.setSlot(found, pid: 0, type: .unknown, environment: 0, generation: record.generation,
-                                 status: .standby, now: now)
-        }
-        let described = state.describe(found)
-        state.records[found] = ChildRecord()
-        if exit.failedToStart { state.startFailed(environment: Int(record.environment)) }
-        parent = state
-        setScoreboardSlot(found, pid: 0, starting: false)
-        lasting?.closeControl(found)
-        if quietly { continue }
-        if status.isClean {
-            log(PERUSER_LOG_DEBUG, "peruser: \(described) exited")
-            continue
-        }
-        if case .multiplexer = role, exit.isCurrentGeneration {
-            // Its share reservations (MaxClientShare) would never be released: start them over.
-            // Until its hand-offs are seen taken, a client may get one worker past its share.
-            availabilityBoard?.clearShareReservations()
-            // Its waiting counts would ask for workers for connections gone with it (the live
-            // ones write theirs again at their next change).
-            if let table = sharedTable {
-                for environment in 0..<table.environmentCount {
-                    if let field = table.environmentField(environment, ChildTableLayout.waitingOffset) {
-                        peruser_atomic_store_u32(field, 0)
-                    }
+        childExited(slot: found, status: status, quietly: quietly)
+    }
+    return reaped
+}
+
+/// An image answered for a worker it was asked for (Images.swift reads the answers).
+func imageAnswered(environment: Int, _ message: ImageMessage) {
+    guard var state = parent else { return }
+    let exited = state.imageAnswered(environment: environment, message, now: monotonicMilliseconds())
+    parent = state
+    if let exited { childExited(slot: exited.slot, status: exited.status, quietly: false) }
+}
+
+/// `environment`'s image exited: what it was asked for will not come. With no worker left,
+/// the environment's connections go by ProcessorWaitTimeout.
+func pendingStartsLost(environment: Int, quietly: Bool) {
+    guard var state = parent else { return }
+    let slots = state.pending.drop(environment: environment)
+    let now = monotonicMilliseconds()
+    for slot in slots {
+        sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: state.policy.generation,
+                             status: .standby, now: now)
+    }
+    if !slots.isEmpty && !quietly { state.startFailed(environment: environment) }
+    parent = state
+}
+
+/// The child in `found` exited with `status` (reaped; its record is still there).
+private func childExited(slot found: Int, status: ExitStatus, quietly: Bool) {
+    guard var state = parent, found >= 0 && found < state.capacity else { return }
+    let record = state.records[found]
+    let role: ChildRole = record.environment < 0 ? .multiplexer : .worker(environment: Int(record.environment))
+    let exit = ChildExit.classify(role: role, generation: record.generation, retiring: record.retiring != 0,
+                                  draining: record.draining != 0, expired: record.expired != 0,
+                                  status: sharedTable?.slot(found)?.status, exitedCleanly: status.isClean,
+                                  serverStopping: quietly, currentGeneration: state.policy.generation)
+    let now = monotonicMilliseconds()
+    if exit.isCurrentGeneration {
+        state.backoff.childExited(role: role, startedAt: record.startedAt, now: now,
+                                  cleanly: exit.countsAsClean, wasServing: exit.wasServing)
+        sharedTable?.setSlot(found, pid: 0, type: .unknown, environment: 0, generation: record.generation,
+                             status: .standby, now: now)
+    }
+    let described = state.describe(found)
+    state.records[found] = ChildRecord()
+    if exit.failedToStart { state.startFailed(environment: Int(record.environment)) }
+    parent = state
+    setScoreboardSlot(found, pid: 0, starting: false)
+    lasting?.closeControl(found)
+    if quietly { return }
+    if status.isClean {
+        log(PERUSER_LOG_DEBUG, "peruser: \(described) exited")
+        return
+    }
+    if case .multiplexer = role, exit.isCurrentGeneration {
+        // Its share reservations (MaxClientShare) would never be released: start them over.
+        // Until its hand-offs are seen taken, a client may get one worker past its share.
+        availabilityBoard?.clearShareReservations()
+        // Its waiting counts would ask for workers for connections gone with it (the live
+        // ones write theirs again at their next change).
+        if let table = sharedTable {
+            for environment in 0..<table.environmentCount {
+                if let field = table.environmentField(environment, ChildTableLayout.waitingOffset) {
+                    peruser_atomic_store_u32(field, 0)
                 }
             }
         }
-        if let signal = status.killedBySignal {
-            log(PERUSER_LOG_WARNING, "peruser: \(described) was killed by signal \(signal)")
-        } else {
-            log(PERUSER_LOG_WARNING, "peruser: \(described) exited with status \(status.exitCode)")
-        }
     }
-    return reaped
+    if let signal = status.killedBySignal {
+        log(PERUSER_LOG_WARNING, "peruser: \(described) was killed by signal \(signal)")
+    } else {
+        log(PERUSER_LOG_WARNING, "peruser: \(described) exited with status \(status.exitCode)")
+    }
 }
