@@ -42,6 +42,25 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(plan.actions[0], .spawn(slot: 2, role: .multiplexer, type: .multiplexer))
     }
 
+    /// At MaxClients, a freed slot goes to a waiting connection, not to the spare of an
+    /// environment earlier in the configuration: spares are planned after every environment's
+    /// needs. (Before, env 0's spare took the slot, env 1's connection went on waiting, and the
+    /// next plan made room again: a retire and a start per connection, hundreds a second with
+    /// 300 tenants at the default limits.)
+    func testAtMaxClientsAWaitingConnectionGetsTheSlotBeforeAnotherEnvironmentsSpare() {
+        let spareful = WorkerLimits(minProcessors: 0, maxProcessors: 4, minSpare: 2)
+        let p = policy(limits { $0.maxClients = 4 }, envs: [spareful, spareful])
+        let children = [mux(2), worker(0, env: 0, since: 900, type: .processor), worker(1, env: 1, .active, type: .processor)]
+        let load = [EnvironmentLoad(), EnvironmentLoad(queued: 1, demanded: true)]
+        let plan = p.plan(children: children, load: load, backoffUntil: [:], now: 1000)
+        XCTAssertEqual(spawns(plan), [.worker(environment: 1)])
+        XCTAssertTrue(plan.capReached, "env 0's spare did not fit")
+        // With room for three, the need comes first, then the spares in the environments' order.
+        let ample = policy(limits { $0.maxClients = 6 }, envs: [spareful, spareful])
+        XCTAssertEqual(spawns(ample.plan(children: children, load: load, backoffUntil: [:], now: 1000)),
+                       [.worker(environment: 1), .worker(environment: 0), .worker(environment: 1)])
+    }
+
     func testAQuietEnvironmentGoesBackToMinProcessorsAfterIdleTimeout() {
         let p = policy(limits { $0.idleTimeout = 10; $0.workers.minSpare = 2 })
         let idle = [worker(0, env: 0, since: 0, type: .processor), worker(4, env: 0, since: 1000), worker(5, env: 0, since: 2000)]

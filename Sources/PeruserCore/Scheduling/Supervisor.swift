@@ -185,6 +185,12 @@ public struct MaintenancePolicy {
 
         // Environments with connections waiting that MaxClients kept from a worker.
         var starved: [Int] = []
+        // Spares each environment wants beyond what its waiting connections and MinProcessors
+        // need: started after every environment's needs, and only if no connection was left
+        // without a worker. A slot freed at MaxClients then goes to the connection it was
+        // freed for, not to the spare of an environment earlier in the configuration (which
+        // made room again for the waiting one: a retire and a start per connection).
+        var sparesWanted: [(env: Int, count: Int, hasProcessor: Bool)] = []
 
         // Workers, environment by environment (grouped once: hundreds of environments).
         var workersOf = [[ChildState]](repeating: [], count: environments.count)
@@ -225,15 +231,18 @@ public struct MaintenancePolicy {
                              wantedIdle + waiting - idle.count - starting.count)
             wanted = min(wanted, workerLimits.maxProcessors - workers.count)
             if wanted > 0 && !backingOff(role) {
+                let needed = min(wanted, max(workerLimits.minProcessors - workers.count,
+                                             waiting - idle.count - starting.count, 0))
                 var hasProcessor = workers.contains { $0.type == .processor }
                 var started = 0
-                for _ in 0..<wanted {
+                for _ in 0..<needed {
                     guard spawn(role, asProcessor: !hasProcessor) else { break }
                     hasProcessor = true
                     started += 1
                 }
-                let short = min(waiting, wanted) - started
+                let short = min(waiting, needed) - started
                 if short > 0 { starved += Array(repeating: env, count: short) }
+                if started == needed && wanted > needed { sparesWanted.append((env, wanted - needed, hasProcessor)) }
                 continue
             }
 
@@ -255,6 +264,16 @@ public struct MaintenancePolicy {
                     break
                 }
                 count += 1
+            }
+        }
+        if starved.isEmpty {
+            for (env, count, processorPlanned) in sparesWanted {
+                let role = ChildRole.worker(environment: env)
+                var hasProcessor = processorPlanned
+                for _ in 0..<count {
+                    guard spawn(role, asProcessor: !hasProcessor) else { break }
+                    hasProcessor = true
+                }
             }
         }
         // Children already asked to exit free their slots soon: room is made only beyond them,
