@@ -128,15 +128,23 @@ final class ConfigurationTests: XCTestCase {
         func environments(_ count: Int) -> String {
             (0..<count).map { "<Processor t\($0)>\nUser alice\nGroup alice\n</Processor>" }.joined(separator: "\n")
         }
-        XCTAssertEqual(try build(environments(100)).limits.serverLimit, 256)
-        XCTAssertEqual(try build(environments(100)).notices, [])
+        // Each environment in use at once holds a busy worker and MinSpareProcessors 2.
+        XCTAssertEqual(try build(environments(80)).limits.serverLimit, 256)
+        XCTAssertEqual(try build(environments(80)).notices, [])
+        XCTAssertEqual(try build(environments(100)).limits.serverLimit, 512)
         let many = try build(environments(300))
-        XCTAssertEqual(many.limits.serverLimit, 768)
-        XCTAssertEqual(many.limits.maxClients, 768)
-        XCTAssertTrue(many.notices.contains { $0.hasPrefix("ServerLimit is 768, sized for 300 environments") })
-        XCTAssertEqual(try build(environments(1000)).limits.serverLimit, 2048)
+        XCTAssertEqual(many.limits.serverLimit, 1024)
+        XCTAssertEqual(many.limits.maxClients, 1024)
+        XCTAssertTrue(many.notices.contains { $0.hasPrefix("ServerLimit is 1024, sized for 300 environments") })
+        XCTAssertEqual(try build(environments(1000)).limits.serverLimit, 3072)
         // Adding a few tenants keeps the value (a new one needs a full restart).
-        XCTAssertEqual(try build(environments(310)).limits.serverLimit, 768)
+        XCTAssertEqual(try build(environments(310)).limits.serverLimit, 1024)
+        // Without spares, twice the environments and multiplexers (a reserved and a general slot each).
+        XCTAssertEqual(try build("MinSpareProcessors 0\n" + environments(300)).limits.serverLimit, 768)
+        XCTAssertEqual(try build("MinSpareProcessors 0\n" + environments(1000)).limits.serverLimit, 2048)
+        // An environment's own MaxProcessors bounds what it can hold.
+        let one = (0..<300).map { "<Processor t\($0)>\nUser alice\nGroup alice\nMaxProcessors 1\n</Processor>" }
+        XCTAssertEqual(try build(one.joined(separator: "\n")).limits.serverLimit, 768)
         // A written MaxClients gets its general slots beside the reserved ones.
         XCTAssertEqual(try build("MaxClients 600\n" + environments(10)).limits.serverLimit, 768)
         // A written ServerLimit is kept, and a too small one says which value to write.

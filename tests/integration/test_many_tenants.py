@@ -105,8 +105,8 @@ def test_300_environments_start_at_the_default_limits(defaults_server, tenant_ac
     out = defaults_server.configtest_output
     assert "Syntax OK" in out
     # The slot count follows the environments, and configtest says so and why.
-    assert re.search(r"ServerLimit is 768, sized for 301 environments and MaxMultiplexers 10", out), out
-    assert "peruser: generation 0, 301 environment(s), 3 to 10 multiplexer(s), 768 slots" \
+    assert re.search(r"ServerLimit is 1024, sized for 301 environments and MaxMultiplexers 10", out), out
+    assert "peruser: generation 0, 301 environment(s), 3 to 10 multiplexer(s), 1024 slots" \
         in defaults_server.read_error_log()
     # Nothing but the multiplexers runs before a tenant is asked for.
     assert wait_until(lambda: len(defaults_server.children()) == 3)

@@ -137,15 +137,23 @@ public func validate(_ limits: ServerLimits, environments: [WorkerLimits]) throw
     }
 }
 
-/// The slot count when ServerLimit is not written: the documented 256 while the environments
-/// and multiplexers take at most half of it, else twice their count (one reserved slot each
-/// and as many general ones), rounded up to a multiple of 256 so that adding a few tenants
-/// keeps the same value (a new ServerLimit needs a full restart). Also room for a written
-/// MaxClients and every environment's MinProcessors beside the reserved slots.
+/// The slot count when ServerLimit is not written: the documented 256 while it holds every
+/// environment in use at once (a busy worker and MinSpareProcessors each, or MinProcessors)
+/// and twice the environments and multiplexers (one reserved slot each and as many general
+/// ones), else the larger of those, rounded up to a multiple of 256 so that adding a few
+/// tenants keeps the same value (a new ServerLimit needs a full restart). Also room for a
+/// written MaxClients and every environment's MinProcessors beside the reserved slots.
 public func derivedServerLimit(_ limits: ServerLimits, environments: [WorkerLimits]) -> Int {
     let reserved = environments.count + limits.maxMultiplexers
     let minimums = environments.reduce(0) { $0 + $1.minProcessors } + limits.minMultiplexers
-    var needed = max(2 * reserved, minimums + environments.count)
+    // Every environment in use at once: a busy worker and its spares (or MinProcessors), within
+    // MaxProcessors. Fewer slots than that put a server whose tenants all had a request lately
+    // at MaxClients, where each new connection to a tenant without an idle worker waits for
+    // another tenant's spare to be retired.
+    let allInUse = environments.reduce(0) {
+        $0 + min(max($1.maxProcessors, 1), max($1.minProcessors, 1 + max($1.minSpare, 0)))
+    } + limits.maxMultiplexers
+    var needed = max(2 * reserved, minimums + environments.count, allInUse)
     if let maxClients = limits.configuredMaxClients { needed = max(needed, maxClients + environments.count) }
     let rounded = (needed + 255) / 256 * 256
     return min(max(256, rounded), mostServerLimit)
@@ -182,8 +190,9 @@ public func sized(_ limits: ServerLimits, environments: [(scope: String, overrid
         global.serverLimit = derivedServerLimit(global, environments: effective)
         if global.serverLimit != limits.serverLimit {
             notices.append("ServerLimit is \(global.serverLimit), sized for \(effective.count) environments and "
-                           + "MaxMultiplexers \(global.maxMultiplexers) (one reserved slot each and as many general "
-                           + "ones) since ServerLimit is not written; write it to choose (a change takes a full restart)")
+                           + "MaxMultiplexers \(global.maxMultiplexers) (every environment in use at once with its "
+                           + "spares, and at least one reserved slot each and as many general ones) since ServerLimit "
+                           + "is not written; write it to choose (a change takes a full restart)")
         }
     }
     return (global, effective, notices)
