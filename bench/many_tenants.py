@@ -54,6 +54,8 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
 IDLE_SECONDS = int(os.environ.get("IDLE_SECONDS", "120"))
 ONLY = os.environ.get("BENCH_ONLY")
+# BENCH_KEEP_LOGS=DIR: each server's error log is copied there (KIND.error_log) before cleanup.
+KEEP_LOGS = os.environ.get("BENCH_KEEP_LOGS")
 KINDS = [k for k in os.environ.get("BENCH_KINDS", "prefork,itk,peruser,peruser-shared,peruser-package").split(",")
          if k]
 # BENCH_BEFORE_SO=/path/to/an/older/mod_mpm_peruser.so adds that build ("peruser-before").
@@ -244,12 +246,13 @@ def main():
             for round_ in range(REPEATS):
                 for kind in KINDS:
                     before = session_cpu(servers[kind])
+                    began = time.strftime("%H:%M:%S", time.gmtime())
                     r = run_wrk(servers[kind], random_tenant, close)
                     cpu_us = (session_cpu(servers[kind]) - before) * 1e6 / max(r[0] * bench.DURATION, 1)
                     r = r + (cpu_us,)
                     results[(scenario, kind)].append(r)
                     print(f"{scenario:36} {kind:16} round {round_ + 1}: {r[0]:9.0f} req/s  p99 {r[1]:8.2f} ms  "
-                          f"non-2xx {r[2]}  socket errors {r[3]}  server CPU {cpu_us:6.1f} us/req", flush=True)
+                          f"non-2xx {r[2]}  socket errors {r[3]}  server CPU {cpu_us:6.1f} us/req  (from {began} UTC)", flush=True)
         for kind in KINDS:
             mem[kind]["load"] = memory(servers[kind])
         for kind in KINDS:
@@ -266,8 +269,12 @@ def main():
                 other[(kind, "ttfb")] = statistics.median(first_byte(servers[kind], n)
                                                           for n in range(TENANTS - 3, TENANTS))
     finally:
-        for apache in servers.values():
+        for kind, apache in servers.items():
             apache.stop()
+            if KEEP_LOGS:
+                os.makedirs(KEEP_LOGS, exist_ok=True)
+                with open(os.path.join(KEEP_LOGS, f"{kind}.error_log"), "w") as f:
+                    f.write(apache.read_error_log())
             apache.cleanup()
 
     def median(scenario, kind, index=0):
