@@ -31,7 +31,8 @@ Needs root, apache2 and apache2-dev (apxs; scripts/install-deps.sh) and the suit
    suite> running as peruser-suite (the user prefork's children run as), MultiplexerUser and
    MultiplexerGroup peruser-suite-mux (no environment may share the multiplexers' account),
    `ServerEnvironment suite` for the main server, MinProcessors 2 (prefork's StartServers 2 in
-   the suite's configuration) and ProcessorWaitTimeout 60 (prefork queues a connection until a
+   the suite's configuration), MaxConnectionsPerChild 0 (the suite's MaxRequestsPerChild 0, written
+   only inside the stock MPMs' <IfModule>s) and ProcessorWaitTimeout 60 (prefork queues a connection until a
    child is free; see switch_to_peruser); Apache::Test's record of the server it
    configured (t/conf/apache_test_config.pm and the httpd.conf it inherited from) names this MPM
    instead of prefork, as t/modules/info.t compares the module list. Nothing else differs
@@ -474,7 +475,12 @@ def switch_to_peruser(suite, mpm_so):
         "# instead of 5 s, after which peruser answers 503 (closes, on TLS). Workers held by\n"
         "# idle kept-alive connections (KeepAliveTimeout 5 s) of mod_proxy's backend pools\n"
         "# otherwise race that 5 s: t/ssl/proxy.t got a 503 once.\n"
-        "ProcessorWaitTimeout 60\n")
+        "ProcessorWaitTimeout 60\n"
+        "# The suite writes MaxRequestsPerChild 0 for every MPM it knows (prefork's children never\n"
+        "# recycle in it); peruser's own default is 1000. A worker that recycles takes the\n"
+        "# singleton watchdogs it holds with it, and mod_watchdog lets another child run them only\n"
+        "# 10 s later: t/modules/heartbeat.t then sees no heartbeat in its 5 s.\n"
+        "MaxConnectionsPerChild 0\n")
     text = suite.read_conf()
     matches = list(wrapped.finditer(text))
     if not matches:
