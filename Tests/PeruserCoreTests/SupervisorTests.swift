@@ -104,11 +104,10 @@ final class PlannerTests: XCTestCase {
         // less than 2 s) and env 2's (its minimum) stay; env 3's only idle one is its warm one.
         XCTAssertEqual(plan.actions, [.retire(slot: 6, reason: .makeRoom), .retire(slot: 5, reason: .makeRoom)])
         XCTAssertTrue(plan.capReached)
-        // Long idle, env 1's spares leave anyway (near MaxClients, beyond its warm worker), and
-        // room is made only beyond them: env 3's one idle worker, the longest idle.
+        // Long idle, env 1's last worker and env 3's go too.
         let later = p.plan(children: children, load: load, backoffUntil: [:], now: 10_000)
-        XCTAssertEqual(later.actions.filter { if case .retire = $0 { return true } else { return false } },
-                       [.retire(slot: 6, reason: .nearMaxClients), .retire(slot: 5, reason: .nearMaxClients),
+        XCTAssertEqual(later.actions.filter { if case .retire(_, .makeRoom) = $0 { return true } else { return false } },
+                       [.retire(slot: 6, reason: .makeRoom), .retire(slot: 5, reason: .makeRoom),
                         .retire(slot: 3, reason: .makeRoom)])
         // Two children already leaving (asked before): one more makes room, not three.
         let leaving = children.map { $0.slot == 5 || $0.slot == 6 ? worker($0.slot, env: 1, since: 0, retiring: true) : $0 }
@@ -119,30 +118,6 @@ final class PlannerTests: XCTestCase {
         XCTAssertFalse(p.plan(children: children, load: [], backoffUntil: [:], now: 1000).actions.contains {
             if case .retire(_, .makeRoom) = $0 { return true } else { return false }
         })
-    }
-
-    /// Near MaxClients (within a sixteenth of it), idle workers beyond an environment's spares
-    /// and its warm one leave once idle 2 s, so that free slots stay for new connections;
-    /// below that, they stay until IdleTimeout as before.
-    func testNearMaxClientsIdleWorkersBeyondTheSparesLeave() {
-        let twoSpares = WorkerLimits(minProcessors: 0, maxProcessors: 8, minSpare: 2)
-        let children = [mux(16)] + (0..<5).map { worker($0, env: 0, since: Int64($0) * 100, type: $0 == 0 ? .processor : .worker) }
-            + [worker(5, env: 1, since: 0, type: .processor), worker(6, env: 1, .active, since: 0)]
-        func retirements(maxClients: Int, now: Int64) -> [Action] {
-            let p = policy(limits { $0.maxClients = maxClients; $0.serverLimit = 32; $0.idleTimeout = 900 },
-                           envs: [twoSpares, WorkerLimits(minProcessors: 0, maxProcessors: 8, minSpare: 0)])
-            return p.plan(children: children, load: [], backoffUntil: [:], now: now).actions
-        }
-        // 8 children, MaxClients 8: env 0's five idle workers keep their two spares; env 1 keeps its warm one.
-        XCTAssertEqual(retirements(maxClients: 8, now: 10_000),
-                       [.retire(slot: 0, reason: .nearMaxClients), .retire(slot: 1, reason: .nearMaxClients),
-                        .retire(slot: 2, reason: .nearMaxClients)])
-        // Idle less than 2 s: they stay (a burst that just ended may come back).
-        XCTAssertEqual(retirements(maxClients: 8, now: 1_900), [])
-        XCTAssertEqual(retirements(maxClients: 8, now: 2_150),
-                       [.retire(slot: 0, reason: .nearMaxClients), .retire(slot: 1, reason: .nearMaxClients)])
-        // Far from MaxClients: nothing leaves before IdleTimeout.
-        XCTAssertEqual(retirements(maxClients: 32, now: 10_000), [])
     }
 
     func testDemandStartsTheFirstWorkerOfAnEmptyEnvironment() {

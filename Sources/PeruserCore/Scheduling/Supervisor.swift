@@ -88,10 +88,6 @@ public struct EnvironmentLoad: Equatable {
 public enum RetireReason: Equatable {
     case idleTimeout
     case tooManySpare
-    /// Within `crowdedHeadroom` of MaxClients: idle workers beyond an environment's spares (and
-    /// its one warm worker), idle for `lastIdleWorkerMilliseconds`, leave, so that a new
-    /// connection finds a free slot instead of waiting for makeRoom.
-    case nearMaxClients
     case multiplexerIdle
     /// MaxClients is reached and another environment has connections waiting: an idle worker
     /// of an environment above its MinProcessors makes room.
@@ -125,13 +121,6 @@ public struct MaintenancePolicy {
         self.environments = environments
         self.generation = generation
     }
-
-    /// Free slots the planner keeps below MaxClients by retiring idle workers beyond each
-    /// environment's MinSpareProcessors and its warm one (a sixteenth of MaxClients, at least one). Without it,
-    /// hundreds of tenants with spares fill MaxClients after a busy spell and keep it full
-    /// until IdleTimeout (900 s by default), and every connection to a tenant without an idle
-    /// worker waits for another tenant's worker to be retired and to exit.
-    public var crowdedHeadroom: Int { max(1, limits.maxClients / 16) }
 
     /// Slots [0, environments.count) are the environments' reserved PROCESSOR slots.
     public var reservedSlots: Int { environments.count }
@@ -209,7 +198,6 @@ public struct MaintenancePolicy {
             if case .worker(let env) = child.role, workersOf.indices.contains(env) { workersOf[env].append(child) }
         }
         let idleLimit = milliseconds(seconds: limits.idleTimeout)
-        let crowded = total >= limits.maxClients - crowdedHeadroom
         for (env, workerLimits) in environments.enumerated() {
             let role = ChildRole.worker(environment: env)
             let workers = workersOf[env]
@@ -264,16 +252,12 @@ public struct MaintenancePolicy {
             let retirable = min(workers.count - workerLimits.minProcessors, idle.count - keepIdle)
             guard retirable > 0 else { continue }
             let excess = workerLimits.maxSpare > 0 ? idle.count - workerLimits.maxSpare : 0
-            let crowdedExcess = crowded ? idle.count - max(keepIdle, 1) : 0
             var count = 0
             for child in idle.sorted(by: longestIdleFirst) where count < retirable {
                 let timedOut = limits.idleTimeout > 0
                     && elapsedMilliseconds(since: child.statusSince, now: now) >= idleLimit
                 if count < excess {
                     plan.actions.append(.retire(slot: child.slot, reason: .tooManySpare))
-                } else if count < crowdedExcess
-                            && elapsedMilliseconds(since: child.statusSince, now: now) >= Self.lastIdleWorkerMilliseconds {
-                    plan.actions.append(.retire(slot: child.slot, reason: .nearMaxClients))
                 } else if timedOut {
                     plan.actions.append(.retire(slot: child.slot, reason: .idleTimeout))
                 } else {
@@ -292,10 +276,9 @@ public struct MaintenancePolicy {
                 }
             }
         }
-        // Children already asked to exit, and those this plan retires, free their slots soon:
-        // room is made only beyond them, or every plan until they are gone would retire another round.
+        // Children already asked to exit free their slots soon: room is made only beyond them,
+        // or every plan until they are gone would retire another round.
         let leaving = children.filter { $0.retiring }.count
-            + plan.actions.filter { if case .retire = $0 { return true } else { return false } }.count
         makeRoom(for: Array(starved.dropFirst(leaving)), in: &plan, workersOf: workersOf, now: now)
         return plan
     }
