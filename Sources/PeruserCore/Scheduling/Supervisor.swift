@@ -160,6 +160,17 @@ public struct MaintenancePolicy {
             return true
         }
 
+        /// Adds up to `count` workers of `env`, the first its PROCESSOR unless it has one
+        /// (`hasProcessor`, updated); how many the caps and slots allowed.
+        func startWorkers(of env: Int, count: Int, hasProcessor: inout Bool) -> Int {
+            var started = 0
+            while started < count, spawn(.worker(environment: env), asProcessor: !hasProcessor) {
+                hasProcessor = true
+                started += 1
+            }
+            return started
+        }
+
         // Multiplexers: at least MinMultiplexers; one more when every one is busy; idle ones
         // above the minimum retire after MultiplexerIdleTimeout.
         let muxes = current.filter { $0.role == .multiplexer }
@@ -227,19 +238,13 @@ public struct MaintenancePolicy {
             let inUse = (!workers.isEmpty && !dormant) || queued > 0 || envLoad.demanded
             let wantedIdle = inUse ? workerLimits.minSpare : 0
             let waiting = max(queued, envLoad.demanded ? 1 : 0)
-            var wanted = max(workerLimits.minProcessors - workers.count,
-                             wantedIdle + waiting - idle.count - starting.count)
-            wanted = min(wanted, workerLimits.maxProcessors - workers.count)
+            let belowMinimum = workerLimits.minProcessors - workers.count
+            let unserved = waiting - idle.count - starting.count
+            let wanted = min(max(belowMinimum, wantedIdle + unserved), workerLimits.maxProcessors - workers.count)
             if wanted > 0 && !backingOff(role) {
-                let needed = min(wanted, max(workerLimits.minProcessors - workers.count,
-                                             waiting - idle.count - starting.count, 0))
+                let needed = min(wanted, max(belowMinimum, unserved, 0))
                 var hasProcessor = workers.contains { $0.type == .processor }
-                var started = 0
-                for _ in 0..<needed {
-                    guard spawn(role, asProcessor: !hasProcessor) else { break }
-                    hasProcessor = true
-                    started += 1
-                }
+                let started = startWorkers(of: env, count: needed, hasProcessor: &hasProcessor)
                 let short = min(waiting, needed) - started
                 if short > 0 { starved += Array(repeating: env, count: short) }
                 if started == needed && wanted > needed { sparesWanted.append((env, wanted - needed, hasProcessor)) }
@@ -268,12 +273,8 @@ public struct MaintenancePolicy {
         }
         if starved.isEmpty {
             for (env, count, processorPlanned) in sparesWanted {
-                let role = ChildRole.worker(environment: env)
                 var hasProcessor = processorPlanned
-                for _ in 0..<count {
-                    guard spawn(role, asProcessor: !hasProcessor) else { break }
-                    hasProcessor = true
-                }
+                _ = startWorkers(of: env, count: count, hasProcessor: &hasProcessor)
             }
         }
         // Children already asked to exit free their slots soon: room is made only beyond them,

@@ -215,11 +215,9 @@ extension ParentState {
                     case .asked:
                         pending.asked(slot: slot, PendingStart(environment: Int(env), type: type, page: page, askedAt: now))
                     case .notYet:  // the image is starting: next round
-                        sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
-                                             status: .standby, now: now)
+                        standBy(slot, now: now)
                     case .failed:  // this image's trouble: other environments' starts go on
-                        sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
-                                             status: .standby, now: now)
+                        standBy(slot, now: now)
                         startFailed(environment: Int(env))
                     }
                     continue
@@ -228,14 +226,12 @@ extension ParentState {
                 let outcome = spawn(slot: slot, environment: env < 0 ? nil : Int(env))
                 ownPage = nil
                 if case .notYet = outcome {  // the image is starting: next round
-                    sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
-                                         status: .standby, now: now)
+                    standBy(slot, now: now)
                     continue
                 }
                 guard case .started(let pid) = outcome else {  // fork failed (logged); try again next round
                     forkFailed = true
-                    sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
-                                         status: .standby, now: now)
+                    standBy(slot, now: now)
                     startFailed(environment: Int(env))
                     continue
                 }
@@ -292,8 +288,7 @@ extension ParentState {
                 log(PERUSER_LOG_ERR, "peruser: \(what) could not start a child: "
                     + "\(errno == 0 ? "it has no channel" : Errno(errno).description)")
             }
-            sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
-                                 status: .standby, now: now)
+            standBy(slot, now: now)
             if !start.overdue { startFailed(environment: environment) }  // an overdue one was counted
             return nil
         }
@@ -324,6 +319,12 @@ extension ParentState {
                 + "failed start, its slot waits for the image's answer (other environments are not held up)")
             startFailed(environment: start.environment)
         }
+    }
+
+    /// `slot` shows as free again in the child table (a start that did not happen).
+    func standBy(_ slot: Int, now: Int64) {
+        sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: policy.generation,
+                             status: .standby, now: now)
     }
 
     func describe(_ slot: Int) -> String {

@@ -290,10 +290,7 @@ func pendingStartsLost(environment: Int, quietly: Bool) {
     guard var state = parent else { return }
     let slots = state.pending.drop(environment: environment)
     let now = monotonicMilliseconds()
-    for slot in slots {
-        sharedTable?.setSlot(slot, pid: 0, type: .unknown, environment: 0, generation: state.policy.generation,
-                             status: .standby, now: now)
-    }
+    for slot in slots { state.standBy(slot, now: now) }
     if !slots.isEmpty && !quietly { state.startFailed(environment: environment) }
     parent = state
 }
