@@ -8,13 +8,23 @@ import PackageDescription
 let apacheHeaders = ["-I/usr/include/apache2", "-I/usr/include/apr-1.0", "-DLINUX", "-D_REENTRANT"]
     .flatMap { ["-Xcc", $0] }
 
+let releaseSpeed: [SwiftSetting] = [
+    .unsafeFlags(["-cross-module-optimization", "-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+]
+
 let package = Package(
     name: "mod_mpm_peruser",
     products: [
         .library(name: "PeruserSwift", type: .static, targets: ["PeruserModule"]),
     ],
     targets: [
-        .target(name: "PeruserCore"),
+        // Release builds: PeruserCore's generics (the multiplexer's WaitQueue) and small
+        // accessors (the child table's fields) are specialized and inlined into PeruserModule
+        // (cross-module optimization); unspecialized, each connection looked up generic
+        // metadata at run time. Exclusivity stays checked at compile time; the run-time checks
+        // (a runtime call at each access to a global or a class property) are left out: every
+        // process here is single-threaded, and the debug builds the unit tests run keep them.
+        .target(name: "PeruserCore", swiftSettings: releaseSpeed),
         // Declarations of the C shim functions Swift calls; they are defined in CShim/ and
         // resolved when apxs links the module, so only the module target may import this.
         .systemLibrary(name: "CPeruserShim", path: "Sources/CPeruserShim"),
@@ -22,7 +32,7 @@ let package = Package(
         // and defines are those `apxs -q INCLUDEDIR` and apxs's compile flags give on Debian.
         .systemLibrary(name: "CApache", path: "Sources/CApache"),
         .target(name: "PeruserModule", dependencies: ["PeruserCore", "CPeruserShim", "CApache"],
-                swiftSettings: [.unsafeFlags(apacheHeaders)]),
+                swiftSettings: [.unsafeFlags(apacheHeaders)] + releaseSpeed),
         .testTarget(name: "PeruserCoreTests", dependencies: ["PeruserCore"]),
     ],
     // Swift 5 language mode, on purpose: the module is single-threaded by design. The parent is
