@@ -61,6 +61,28 @@ final class PlannerTests: XCTestCase {
                        [.worker(environment: 1), .worker(environment: 0), .worker(environment: 1)])
     }
 
+    /// A busy tenant at MaxProcessors keeps a queue; between full passes the parent asks
+    /// `saturated` whether a pass could start anything for it. Workers asked to exit (now or in
+    /// this plan) do not count; the plan's own starts do.
+    func testSaturatedNamesOnlyEnvironmentsAtMaxProcessorsAfterThePlan() {
+        let two = WorkerLimits(minProcessors: 0, maxProcessors: 2, minSpare: 0)
+        let p = policy(limits(), envs: [two, two, two, two])
+        let children = [mux(4),
+                        worker(0, env: 0, .active, type: .processor), worker(5, env: 0, .active),
+                        worker(1, env: 1, .active, type: .processor), worker(6, env: 1, retiring: true),
+                        worker(2, env: 2, .active, type: .processor),
+                        worker(3, env: 3, .active, type: .processor), worker(7, env: 3, .ready),
+                        worker(8, env: 3, .active, generation: 0)]
+        var plan = Plan()
+        XCTAssertEqual(p.saturated(children: children, after: plan), [0, 3])
+        plan.actions = [.spawn(slot: 9, role: .worker(environment: 2), type: .worker), .retire(slot: 7, reason: .idleTimeout)]
+        XCTAssertEqual(p.saturated(children: children, after: plan), [0, 2])
+        // The planner's own pass agrees: with a queue, env 0 gets nothing, env 1 gets its worker back.
+        let load = [EnvironmentLoad(queued: 3, demanded: true), EnvironmentLoad(queued: 1, demanded: true),
+                    EnvironmentLoad(), EnvironmentLoad()]
+        XCTAssertEqual(spawns(p.plan(children: children, load: load, backoffUntil: [:], now: 0)), [.worker(environment: 1)])
+    }
+
     func testAQuietEnvironmentGoesBackToMinProcessorsAfterIdleTimeout() {
         let p = policy(limits { $0.idleTimeout = 10; $0.workers.minSpare = 2 })
         let idle = [worker(0, env: 0, since: 0, type: .processor), worker(4, env: 0, since: 1000), worker(5, env: 0, since: 2000)]

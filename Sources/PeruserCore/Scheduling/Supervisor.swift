@@ -284,6 +284,33 @@ public struct MaintenancePolicy {
         return plan
     }
 
+    /// Environments this planner can start no worker for until one of theirs exits: at
+    /// MaxProcessors with the workers of `children` (this generation's, not asked to exit) and
+    /// the starts of `plan`. Between full passes the parent skips a pass that only these ask
+    /// for: a busy tenant at its limit keeps a queue all the time, and each such pass read every
+    /// child's page and planned every environment to start nothing. A child's exit, or a worker
+    /// asked to exit, changes the count, and the pass after it looks again.
+    public func saturated(children: [ChildState], after plan: Plan) -> Set<Int> {
+        var workers = [Int](repeating: 0, count: environments.count)
+        func count(_ role: ChildRole) {
+            if case .worker(let env) = role, workers.indices.contains(env) { workers[env] += 1 }
+        }
+        for child in children where child.generation == generation && !child.retiring { count(child.role) }
+        var retired = Set<Int>()
+        for action in plan.actions {
+            switch action {
+            case .spawn(_, let role, _): count(role)
+            case .retire(let slot, _): retired.insert(slot)
+            case .expire: break
+            }
+        }
+        // A worker asked to exit in this plan no longer counts.
+        for child in children where retired.contains(child.slot) && child.generation == generation && !child.retiring {
+            if case .worker(let env) = child.role, workers.indices.contains(env) { workers[env] -= 1 }
+        }
+        return Set(environments.indices.filter { workers[$0] >= max(environments[$0].maxProcessors, 1) })
+    }
+
     /// At MaxClients, idle workers of hundreds of quiet tenants must not keep a busy one from
     /// growing: for each connection that waits without a worker, an idle worker of an
     /// environment with nothing waiting retires, never below its MinProcessors, and the next

@@ -31,6 +31,9 @@ struct ParentState {
     /// What the last planner pass saw: environments with workers, and MaxClients reached.
     var staffed = Set<Int>()
     var atMaxClients = false
+    /// Environments at MaxProcessors after the last pass (MaintenancePolicy.saturated): their
+    /// queues alone do not ask for another pass.
+    var saturated = Set<Int>()
     /// Workers asked of images and not yet answered for (they hold their slots and pages).
     var pending = PendingStarts()
     /// Children reaped before an image's answer named them.

@@ -204,9 +204,10 @@ func maintain(now: Int64, everything: Bool) -> Bool {
         // The watched queues and the demanded environments, against the environments staffed
         // at the last pass (one staffed since then only asks for a pass that starts nothing).
         // A queue that formed with no demand waits for the next full pass, at most 200 ms.
+        // An environment at MaxProcessors asks for nothing a pass could start.
         let asks = environmentLoads(&state, of: state.patience.watched.union(state.demanded), staffed: state.staffed,
                                     atMaxClients: state.atMaxClients, now: now)
-            .contains { $0 != EnvironmentLoad() }
+            .enumerated().contains { $0.element != EnvironmentLoad() && !state.saturated.contains($0.offset) }
         guard asks else {
             state.demanded.removeAll()
             parent = state
@@ -229,6 +230,7 @@ func maintain(now: Int64, everything: Bool) -> Bool {
     state.atMaxClients = full
     state.demanded.removeAll()
     let plan = state.policy.plan(children: children, load: load, backoffUntil: state.backoff.until, now: now)
+    state.saturated = state.policy.saturated(children: children, after: plan)
     state.apply(plan, now: now)
     parent = state
     return true
