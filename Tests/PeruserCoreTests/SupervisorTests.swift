@@ -83,6 +83,39 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(spawns(p.plan(children: children, load: load, backoffUntil: [:], now: 0)), [.worker(environment: 1)])
     }
 
+    /// Two requests at the same moment leave a tenant short of spares for a millisecond; a pass
+    /// that saw it started a spare kept for IdleTimeout, and with 300 tenants at the defaults
+    /// those moments added up to MaxProcessors each. With patience, spares start only once the
+    /// shortage has lasted pass after pass; a waiting connection's worker starts at once.
+    func testSparesStartOnlyOnceTheShortageHasLastedButNeedsAtOnce() {
+        var p = policy(limits(), envs: [WorkerLimits(minProcessors: 0, maxProcessors: 6, minSpare: 2)])
+        p.sparePatienceMilliseconds = 1000
+        let busy = [mux(4), worker(0, env: 0, .active, type: .processor), worker(5, env: 0, .active), worker(6, env: 0)]
+        let first = p.plan(children: busy, load: [EnvironmentLoad()], backoffUntil: [:], now: 10_000)
+        XCTAssertEqual(spawns(first), [], "a moment's shortage starts nothing")
+        XCTAssertEqual(first.shortOfSpares, [0])
+        let later = p.plan(children: busy, load: [EnvironmentLoad()], backoffUntil: [:], now: 10_600,
+                           spareShortSince: [0: 10_000])
+        XCTAssertEqual(spawns(later), [])
+        let lasting = p.plan(children: busy, load: [EnvironmentLoad()], backoffUntil: [:], now: 11_000,
+                             spareShortSince: [0: 10_000])
+        XCTAssertEqual(spawns(lasting), [.worker(environment: 0)], "short for 1 s: the missing spare")
+        // Not short: nothing to remember.
+        let rested = [mux(4), worker(0, env: 0, type: .processor), worker(5, env: 0), worker(6, env: 0, .active)]
+        XCTAssertEqual(p.plan(children: rested, load: [EnvironmentLoad()], backoffUntil: [:], now: 11_000,
+                              spareShortSince: [0: 10_000]).shortOfSpares, [])
+        // Two connections wait, one idle worker: the second one's worker starts now, the spares
+        // after the patience.
+        let waiting = p.plan(children: busy, load: [EnvironmentLoad(queued: 2, demanded: true)], backoffUntil: [:],
+                             now: 10_000)
+        XCTAssertEqual(spawns(waiting), [.worker(environment: 0)])
+        XCTAssertEqual(waiting.shortOfSpares, [0])
+        // Without patience (the planner's default), as before: the spare at once.
+        p.sparePatienceMilliseconds = 0
+        XCTAssertEqual(spawns(p.plan(children: busy, load: [EnvironmentLoad()], backoffUntil: [:], now: 10_000)),
+                       [.worker(environment: 0)])
+    }
+
     func testAQuietEnvironmentGoesBackToMinProcessorsAfterIdleTimeout() {
         let p = policy(limits { $0.idleTimeout = 10; $0.workers.minSpare = 2 })
         let idle = [worker(0, env: 0, since: 0, type: .processor), worker(4, env: 0, since: 1000), worker(5, env: 0, since: 2000)]

@@ -207,6 +207,29 @@ SLOW = """<Processor slow>
 """
 
 
+def test_a_tenant_asked_once_keeps_its_spares_not_one_more(module, accounts, tenant_accounts):
+    """MinSpareProcessors at its default 2: a tenant asked once keeps two idle workers, the
+    one that served and a spare started once the shortage lasted a second. A spare started at
+    the first request beside the worker it needed left three, and with hundreds of tenants each
+    moment of two requests at once left one more (kept for IdleTimeout) until MaxClients."""
+    port = free_port()
+    apache = Apache("", name="spares")
+    names = sorted(tenant_accounts)[:2]
+    apache.write_config(tenants_config(apache.root, port, names))
+    try:
+        apache.start(ports=(port,))
+        uid = tenant_accounts[names[0]]
+        assert get(port, "t000.test", "/index.html")[0] == 200
+        assert wait_until(lambda: workers_by_uid(apache)[uid] >= 2), workers_by_uid(apache)
+        time.sleep(2.5)  # two more seconds of passes: no third worker comes
+        assert workers_by_uid(apache)[uid] == 2, workers_by_uid(apache)
+        # The tenant nobody asked has none.
+        assert workers_by_uid(apache)[tenant_accounts[names[1]]] == 0, workers_by_uid(apache)
+    finally:
+        apache.stop()
+        apache.cleanup()
+
+
 def test_a_written_maximum_below_the_default_spares_clamps_them(module, accounts):
     rc, out = configtest(SLOW)
     assert rc == 0, out
@@ -314,16 +337,17 @@ def test_remembered_routes_still_follow_server_path(module, accounts):
 
 
 def test_at_max_clients_quiet_spares_make_room_for_a_busy_tenant(module, accounts, tenant_accounts):
-    """MaxClients 7, one multiplexer, three quiet tenants holding a worker and a spare each
-    (the cap is reached): three slow requests at once to a fourth tenant get three workers at
-    once, from the quiet tenants' spares, instead of waiting for each other."""
+    """MaxClients 7, one multiplexer, three quiet tenants holding two idle workers each
+    (MinSpareProcessors 2; the cap is reached): three slow requests at once to a fourth tenant
+    get three workers at once, from the quiet tenants' spares, instead of waiting for each
+    other."""
     port = free_port()
     apache = Apache("", name="room")
     names = sorted(tenant_accounts)[:3]
     body = tenants_config(apache.root, port, names, extra="""MaxClients 7
 MinMultiplexers 1
 MaxMultiplexers 1
-MinSpareProcessors 1
+MinSpareProcessors 2
 ProcessorWaitTimeout 20 10
 <Processor busy>
     User peruser-b
@@ -340,7 +364,8 @@ ProcessorWaitTimeout 20 10
         quiet = {tenant_accounts[name] for name in names}
         for n in range(3):
             assert get(port, f"t{n:03d}.test", "/index.html")[0] == 200
-        # Each quiet tenant: its worker and one spare; with the multiplexer, 7 children: MaxClients.
+        # Each quiet tenant: two idle workers (the second a second later: a spare starts once the
+        # shortage has lasted); with the multiplexer, 7 children: MaxClients.
         assert wait_until(lambda: sum(c for uid, c in workers_by_uid(apache).items() if uid in quiet) == 6), \
             workers_by_uid(apache)
         busy_uid = pwd.getpwnam("peruser-b").pw_uid

@@ -106,6 +106,10 @@ public struct Plan: Equatable {
     public var actions: [Action] = []
     /// A spawn was wanted but MaxClients (or the slots) did not allow it.
     public var capReached = false
+    /// Environments this pass saw wanting spares (fewer idle workers than MinSpareProcessors
+    /// beside what waits): the parent keeps when each became short (the next pass's
+    /// `spareShortSince`).
+    public var shortOfSpares = Set<Int>()
 }
 
 public struct MaintenancePolicy {
@@ -115,6 +119,13 @@ public struct MaintenancePolicy {
     public var generation: UInt32
     /// A multiplexer holding at least this many connections counts as busy.
     public var busyMultiplexerConnections = 32
+    /// How long an environment must have been short of spares, pass after pass, before one
+    /// is started (0: at once). Two requests at the same moment leave a tenant one idle worker
+    /// for a millisecond; a pass that saw it started a spare, kept for IdleTimeout (900 s by
+    /// default), and with hundreds of tenants those moments added up to MaxProcessors each and
+    /// filled MaxClients. Connections that wait never wait for this: their workers start at
+    /// once. httpd's own MPMs look at their spares once a second.
+    public var sparePatienceMilliseconds: Int64 = 0
 
     public init(limits: ServerLimits, environments: [WorkerLimits], generation: UInt32) {
         self.limits = limits
@@ -125,8 +136,9 @@ public struct MaintenancePolicy {
     /// Slots [0, environments.count) are the environments' reserved PROCESSOR slots.
     public var reservedSlots: Int { environments.count }
 
+    /// `spareShortSince`: when each environment of the last pass's `shortOfSpares` became short.
     public func plan(children: [ChildState], load: [EnvironmentLoad], backoffUntil: [ChildRole: Int64],
-                     now: Int64) -> Plan {
+                     now: Int64, spareShortSince: [Int: Int64] = [:]) -> Plan {
         var plan = Plan()
         var occupied = Set(children.map(\.slot))
         let current = children.filter { $0.generation == generation && !$0.retiring }
@@ -247,7 +259,13 @@ public struct MaintenancePolicy {
                 let started = startWorkers(of: env, count: needed, hasProcessor: &hasProcessor)
                 let short = min(waiting, needed) - started
                 if short > 0 { starved += Array(repeating: env, count: short) }
-                if started == needed && wanted > needed { sparesWanted.append((env, wanted - needed, hasProcessor)) }
+                // Spares once the shortage has lasted (sparePatienceMilliseconds); needs at once.
+                if started == needed && wanted > needed {
+                    plan.shortOfSpares.insert(env)
+                    if elapsedMilliseconds(since: spareShortSince[env] ?? now, now: now) >= sparePatienceMilliseconds {
+                        sparesWanted.append((env, wanted - needed, hasProcessor))
+                    }
+                }
                 continue
             }
 

@@ -34,6 +34,9 @@ struct ParentState {
     /// Environments at MaxProcessors after the last pass (MaintenancePolicy.saturated): their
     /// queues alone do not ask for another pass.
     var saturated = Set<Int>()
+    /// When each environment short of spares at the last pass became short (its spares start
+    /// after MaintenancePolicy.sparePatienceMilliseconds).
+    var spareShortSince: [Int: Int64] = [:]
     /// Workers asked of images and not yet answered for (they hold their slots and pages).
     var pending = PendingStarts()
     /// Children reaped before an image's answer named them.

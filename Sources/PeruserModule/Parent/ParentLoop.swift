@@ -10,6 +10,8 @@ import PeruserCore
 let stopGraceMilliseconds: Int64 = 5000
 /// The parent's maintenance round when nothing wakes it sooner.
 let maintenanceIntervalMilliseconds: Int32 = 200
+/// How long an environment is short of spares before one starts (MaintenancePolicy).
+let sparePatienceMilliseconds: Int64 = 1000
 
 /// Starts generation `generation`: channels, the child table, the multiplexers' state, the
 /// planner. False when it cannot (logged).
@@ -69,7 +71,8 @@ func beginSupervision(records: UnsafeMutablePointer<ChildRecord>, slots: Int, ge
     var limits = configuration.limits
     limits.serverLimit = slots
     limits.maxClients = min(limits.maxClients, slots)
-    let policy = MaintenancePolicy(limits: limits, environments: configuration.workerLimits, generation: generation)
+    var policy = MaintenancePolicy(limits: limits, environments: configuration.workerLimits, generation: generation)
+    policy.sparePatienceMilliseconds = sparePatienceMilliseconds
     parent = ParentState(records: records, capacity: slots, policy: policy)
 }
 
@@ -229,7 +232,9 @@ func maintain(now: Int64, everything: Bool) -> Bool {
     state.staffed = staffed
     state.atMaxClients = full
     state.demanded.removeAll()
-    let plan = state.policy.plan(children: children, load: load, backoffUntil: state.backoff.until, now: now)
+    let plan = state.policy.plan(children: children, load: load, backoffUntil: state.backoff.until, now: now,
+                                 spareShortSince: state.spareShortSince)
+    state.spareShortSince = plan.shortOfSpares.reduce(into: [:]) { $0[$1] = state.spareShortSince[$1] ?? now }
     state.saturated = state.policy.saturated(children: children, after: plan)
     state.apply(plan, now: now)
     parent = state
