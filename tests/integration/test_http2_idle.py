@@ -129,3 +129,73 @@ def test_a_session_with_a_stream_running_is_not_ended(server):
     while time.monotonic() < deadline and env_a(server)["h2"] != "0":
         time.sleep(0.2)
     assert env_a(server)["h2"] == "0"
+
+
+def test_an_ended_session_leaves_the_workers_watchdogs_running(module, accounts):
+    """mod_http2 ends an idle session when the server says it is stopping, and this MPM says so
+    while connections wait for the environment. mod_watchdog's threads ask the same question
+    and end for good on that answer, so it is given on the connection's thread only: here
+    mod_heartbeat's watchdog (a singleton in env-a's only worker) goes on beating after a
+    session of that worker was ended for a waiting connection."""
+    port = free_port()
+    beats = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    beats.bind(("127.0.0.1", 0))
+    beats.settimeout(0.2)
+    apache = Apache("", name="h2watchdog")
+    a_site = make_site(apache.root, *accounts["peruser-a"], "a")
+    apache.write_config(f"""
+LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so
+LoadModule heartbeat_module /usr/lib/apache2/modules/mod_heartbeat.so
+HeartbeatAddress 127.0.0.1:{beats.getsockname()[1]}
+Protocols h2c http/1.1
+KeepAliveTimeout 60
+Timeout 60
+ProcessorWaitTimeout 30
+Listen 127.0.0.1:{port}
+MinMultiplexers 1
+MinSpareProcessors 0
+MaxClientShare 100
+<Directory {apache.root}>
+    Require all granted
+    Options +ExecCGI
+</Directory>
+<Processor env-a>
+    User peruser-a
+    Group peruser-a
+    MinProcessors 1
+    MaxProcessors 1
+</Processor>
+{site_vhost(port, "a.test", a_site, "env-a")}
+""")
+
+    def count_beats(seconds):
+        count, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                count += beats.recv(4096).startswith(b"v=1")
+            except socket.timeout:
+                pass
+        return count
+
+    held = None
+    try:
+        apache.start(ports=(port,))
+        assert count_beats(6) >= 2, "mod_heartbeat beats from env-a's worker"
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        client = H2Client(sock)
+        status, body = client.request("a.test", "/cgi-bin/id.cgi")
+        assert status == 200 and uid_in(body) == accounts["peruser-a"][0], (status, body)
+        held = sock
+        # A connection waits for the environment's only worker: the idle session is ended.
+        status, body, _ = get(port, "a.test", "/cgi-bin/id.cgi")
+        assert status == 200 and uid_in(body) == accounts["peruser-a"][0], (status, body)
+        assert session_end(sock, client, wait=3) in ("goaway", "closed")
+        # The same worker's watchdog goes on (it beats once a second).
+        count_beats(1)
+        assert count_beats(4) >= 3, "the watchdog ended with the HTTP/2 session"
+    finally:
+        if held is not None:
+            held.close()
+        beats.close()
+        apache.stop()
+        apache.cleanup()

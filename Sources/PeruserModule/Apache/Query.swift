@@ -51,12 +51,14 @@ func peruserSlotsInUse() -> Int32 {
 /// A worker's HTTP/2 session is told the server is stopping while connections wait for its
 /// environment (KeptAliveTurn.sessionEnds): an idle one at once, for mod_http2 versions that ask
 /// while idle; one with streams running once it had its turn (mod_http2 asks at every turn of
-/// its loop, sends GOAWAY, and finishes the streams it took). Asked on the connection's thread,
-/// and on the streams' own (the answer means nothing to them).
+/// its loop, sends GOAWAY, and finishes the streams it took). Only on the connection's thread:
+/// mod_watchdog's threads ask too, and a watchdog told the server stops ends for good (a
+/// singleton such as mod_heartbeat's, then silent until the worker exits).
 func http2SessionEnds() -> Bool {
     // Core asks at every request: an HTTP/1.x connection costs one load here, no clock.
     let streams = Int(peruser_shim_http2_streams())
-    guard streams >= 0, workerEnvironment >= 0, let table = sharedTable else { return false }
+    guard streams >= 0, workerEnvironment >= 0, let table = sharedTable,
+          let thread = connectionThread, pthread_equal(thread, pthread_self()) != 0 else { return false }
     return KeptAliveTurn.sessionEnds(streams: streams, takenAt: servedConnection?.takenAt, now: monotonicMilliseconds(),
                                      waitingInMultiplexers: table.waitingInMultiplexers(workerEnvironment))
 }

@@ -41,6 +41,9 @@ func giveBackLent(_ how: ChildTable.Returned) {
 nonisolated(unsafe) var servedConnection: ServedConnection?
 /// This worker's slot and environment, and its hand-back channel's sending end.
 nonisolated(unsafe) var workerSlot = -1
+/// The thread that serves this worker's connections (its first): the only one told that an
+/// HTTP/2 session should end (http2SessionEnds).
+nonisolated(unsafe) var connectionThread: pthread_t?
 nonisolated(unsafe) var workerEnvironment = -1
 nonisolated(unsafe) var handbackChannel: Channel?
 /// The receiving end of the environment's channel: a lingering close watches it.
@@ -102,6 +105,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
     // A worker runs as a normal process: the multiplexers turn SCHED_BATCH while they only
     // take new connections (MultiplexerPacing), which spreads a burst over the workers.
     peruser_shim_worker_serves(Int32(environment))
+    connectionThread = pthread_self()
     prepareRequestTurns()
     ap_run_child_init(childPool, ap_server_conf)
     var scoreboardHandle: OpaquePointer?
