@@ -123,8 +123,9 @@ public struct MaintenancePolicy {
     /// is started (0: at once). Two requests at the same moment leave a tenant one idle worker
     /// for a millisecond; a pass that saw it started a spare, kept for IdleTimeout (900 s by
     /// default), and with hundreds of tenants those moments added up to MaxProcessors each and
-    /// filled MaxClients. Connections that wait never wait for this: their workers start at
-    /// once. httpd's own MPMs look at their spares once a second.
+    /// filled MaxClients. Connections that wait never wait for this: their workers start as
+    /// soon as their queue asks (QueuePatience). httpd's own MPMs look at their spares once a
+    /// second.
     public var sparePatienceMilliseconds: Int64 = 0
 
     public init(limits: ServerLimits, environments: [WorkerLimits], generation: UInt32) {
