@@ -83,24 +83,26 @@ def site_vhost(port, name, site, environment):
 </VirtualHost>"""
 
 
-def two_environments(root):
-    """CGI allowed under `root`, and environments env-a (peruser-a) and env-b (peruser-b) with
-    one worker each: the common part of the suites' configurations."""
+def cgi_root(root):
+    """Everything under `root` served, CGI allowed."""
     return f"""<Directory {root}>
     Require all granted
     Options +ExecCGI
 </Directory>
-<Processor env-a>
-    User peruser-a
-    Group peruser-a
-    MinProcessors 1
-</Processor>
-<Processor env-b>
-    User peruser-b
-    Group peruser-b
-    MinProcessors 1
-</Processor>
 """
+
+
+def processor(name, account, *lines):
+    """A <Processor> block running as `account` (user and group), with `lines` inside."""
+    body = "".join(f"    {line}\n" for line in (f"User {account}", f"Group {account}", *lines))
+    return f"<Processor {name}>\n{body}</Processor>\n"
+
+
+def two_environments(root):
+    """CGI allowed under `root`, and environments env-a (peruser-a) and env-b (peruser-b) with
+    one worker each: the common part of the suites' configurations."""
+    return (cgi_root(root) + processor("env-a", "peruser-a", "MinProcessors 1")
+            + processor("env-b", "peruser-b", "MinProcessors 1"))
 
 
 @pytest.fixture(scope="session")
@@ -118,21 +120,7 @@ Listen 127.0.0.1:{ip_port}
 MinMultiplexers 2
 MinSpareProcessors 0
 {php_config()}
-<Directory {apache.root}>
-    Require all granted
-    Options +ExecCGI
-</Directory>
-<Processor env-a>
-    User peruser-a
-    Group peruser-a
-    MinProcessors 1
-</Processor>
-<Processor env-b>
-    User peruser-b
-    Group peruser-b
-    MinProcessors 2
-</Processor>
-<VirtualHost 127.0.0.1:{port}>
+{cgi_root(apache.root)}{processor("env-a", "peruser-a", "MinProcessors 1")}{processor("env-b", "peruser-b", "MinProcessors 2")}<VirtualHost 127.0.0.1:{port}>
     ServerName a.test
     ServerAlias *.wild-a.test
     DocumentRoot {a_site}

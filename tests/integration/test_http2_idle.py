@@ -8,11 +8,26 @@ import time
 import h2.events
 import pytest
 
-from conftest import make_site, site_vhost, two_environments
+from conftest import cgi_root, make_site, processor, site_vhost, two_environments
 from harness import Apache, free_port, serving
 from test_boundary_http2 import H2Client, uid_in
 from test_end_to_end import get
 from test_status import auto_lines
+
+
+def h2c_basics(port):
+    """h2c on `port`, one multiplexer, no spares, and keep-alive long enough that only the
+    GOAWAY can free a worker within a test."""
+    return f"""LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so
+Protocols h2c http/1.1
+KeepAliveTimeout 60
+Timeout 60
+ProcessorWaitTimeout 30
+Listen 127.0.0.1:{port}
+MinMultiplexers 1
+MinSpareProcessors 0
+MaxClientShare 100
+"""
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +40,7 @@ def server(module, accounts):
     # browsers of the test find them idle, with nothing waiting.
     environments = two_environments(apache.root).replace("MinProcessors 1", "MinProcessors 2\n    MaxProcessors 2", 1)
     apache.write_config(f"""
-LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so
-LoadModule status_module /usr/lib/apache2/modules/mod_status.so
-Protocols h2c http/1.1
-# Long enough that only the GOAWAY can free a worker within the test.
-KeepAliveTimeout 60
-
-Timeout 60
-ProcessorWaitTimeout 30
-Listen 127.0.0.1:{port}
-MinMultiplexers 1
-MinSpareProcessors 0
-MaxClientShare 100
+{h2c_basics(port)}LoadModule status_module /usr/lib/apache2/modules/mod_status.so
 {environments}
 {site_vhost(port, "a.test", a_site, "env-a")}
 <VirtualHost 127.0.0.1:{port}>
@@ -143,29 +147,11 @@ def test_an_ended_session_leaves_the_workers_watchdogs_running(module, accounts)
     beats.settimeout(0.2)
     apache = Apache("", name="h2watchdog")
     a_site = make_site(apache.root, *accounts["peruser-a"], "a")
+    # One environment with one worker: the heartbeat's singleton can only run there.
     apache.write_config(f"""
-LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so
-LoadModule heartbeat_module /usr/lib/apache2/modules/mod_heartbeat.so
+{h2c_basics(port)}LoadModule heartbeat_module /usr/lib/apache2/modules/mod_heartbeat.so
 HeartbeatAddress 127.0.0.1:{beats.getsockname()[1]}
-Protocols h2c http/1.1
-KeepAliveTimeout 60
-Timeout 60
-ProcessorWaitTimeout 30
-Listen 127.0.0.1:{port}
-MinMultiplexers 1
-MinSpareProcessors 0
-MaxClientShare 100
-<Directory {apache.root}>
-    Require all granted
-    Options +ExecCGI
-</Directory>
-<Processor env-a>
-    User peruser-a
-    Group peruser-a
-    MinProcessors 1
-    MaxProcessors 1
-</Processor>
-{site_vhost(port, "a.test", a_site, "env-a")}
+{cgi_root(apache.root)}{processor("env-a", "peruser-a", "MinProcessors 1", "MaxProcessors 1")}{site_vhost(port, "a.test", a_site, "env-a")}
 """)
 
     def count_beats(seconds):

@@ -28,7 +28,7 @@ import time
 
 import pytest
 
-from conftest import make_site, php_module, site_vhost, two_environments
+from conftest import cgi_root, make_site, php_module, processor, site_vhost, two_environments
 from harness import Apache, free_port, read_maps, session_pids
 from test_end_to_end import get
 from test_inprocess_attacker import build_attack_module
@@ -527,16 +527,7 @@ Listen 127.0.0.1:{port}
 IdleTimeout 2
 MinMultiplexers 1
 MaxMultiplexers 1
-<Directory {apache.root}>
-    Require all granted
-    Options +ExecCGI
-</Directory>
-<Processor env-a>
-    User peruser-a
-    Group peruser-a
-    MinProcessors 1
-</Processor>
-{site_vhost(port, "a.test", a_site, "env-a")}
+{cgi_root(apache.root)}{processor("env-a", "peruser-a", "MinProcessors 1")}{site_vhost(port, "a.test", a_site, "env-a")}
 """)
 
     def served():

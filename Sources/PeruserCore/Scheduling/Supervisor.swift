@@ -110,6 +110,14 @@ public struct Plan: Equatable {
     /// beside what waits): the parent keeps when each became short (the next pass's
     /// `spareShortSince`).
     public var shortOfSpares = Set<Int>()
+
+    /// The slots this plan asks to exit.
+    public var retiredSlots: Set<Int> {
+        Set(actions.compactMap { action -> Int? in
+            if case .retire(let slot, _) = action { return slot }
+            return nil
+        })
+    }
 }
 
 public struct MaintenancePolicy {
@@ -314,19 +322,12 @@ public struct MaintenancePolicy {
         func count(_ role: ChildRole) {
             if case .worker(let env) = role, workers.indices.contains(env) { workers[env] += 1 }
         }
-        for child in children where child.generation == generation && !child.retiring { count(child.role) }
-        var retired = Set<Int>()
-        for action in plan.actions {
-            switch action {
-            case .spawn(_, let role, _): count(role)
-            case .retire(let slot, _): retired.insert(slot)
-            case .expire: break
-            }
+        // A worker asked to exit, before or in this plan, no longer counts.
+        let retired = plan.retiredSlots
+        for child in children where child.generation == generation && !child.retiring && !retired.contains(child.slot) {
+            count(child.role)
         }
-        // A worker asked to exit in this plan no longer counts.
-        for child in children where retired.contains(child.slot) && child.generation == generation && !child.retiring {
-            if case .worker(let env) = child.role, workers.indices.contains(env) { workers[env] -= 1 }
-        }
+        for case .spawn(_, let role, _) in plan.actions { count(role) }
         return Set(environments.indices.filter { workers[$0] >= max(environments[$0].maxProcessors, 1) })
     }
 
@@ -340,10 +341,7 @@ public struct MaintenancePolicy {
     private func makeRoom(for starved: [Int], in plan: inout Plan, workersOf: [[ChildState]], now: Int64) {
         guard !starved.isEmpty else { return }
         let needy = Set(starved)
-        let retiring = Set(plan.actions.compactMap { action -> Int? in
-            if case .retire(let slot, _) = action { return slot }
-            return nil
-        })
+        let retiring = plan.retiredSlots
         var spares: [ChildState] = [], lastIdle: [ChildState] = []
         for (env, workers) in workersOf.enumerated() where !needy.contains(env) && environments.indices.contains(env) {
             let above = workers.count - environments[env].minProcessors
