@@ -9,9 +9,16 @@
 // that moves but never empties: the workers take each connection at once and still do not
 // keep up; counting only the first ones, a busy tenant's few workers were never added to,
 // BENCHMARKS.md). An environment with no worker gets one at once (the first byte waits on it).
+//
+// 200 ms, not less: with hundreds of tenants on saturated CPUs a woken worker waits tens of
+// milliseconds for a CPU, so its queue outlasted a 10 ms (or 40 ms) patience about a hundred
+// times per 5 s of random-tenant load; each start added one more runnable process, stayed for
+// IdleTimeout, and at the defaults the table filled MaxClients (1,320 processes against about
+// 900, p99 75-196 ms against 28-47, BENCHMARKS.md). A queue that lasts 200 ms is a load the
+// workers do not keep up with. httpd's own MPMs look at their spares once a second.
 
 public struct QueuePatience {
-    public static let defaultMilliseconds: Int64 = 10
+    public static let defaultMilliseconds: Int64 = 200
     public let patience: Int64
     /// Per environment: when a queue was first seen, and last seen (a look more than twice
     /// `patience` after the last one says nothing of the time between: watched anew).
