@@ -298,6 +298,15 @@ def stat_fields(pid):
         return f.read().rsplit(")", 1)[1].split()
 
 
+def alive(pid):
+    """Whether `pid` runs: not gone, and not exited and waiting to be reaped (a zombie, which
+    takes a signal without dying of it)."""
+    try:
+        return stat_fields(pid)[0] != "Z"
+    except OSError:
+        return False
+
+
 def cpu_ticks(pid):
     """User plus system time of process `pid` so far, in clock ticks (os.sysconf("SC_CLK_TCK"))."""
     fields = stat_fields(pid)

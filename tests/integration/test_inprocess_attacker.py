@@ -44,7 +44,7 @@ import time
 import pytest
 
 from conftest import make_site, two_environments
-from harness import MODULE, Apache, cpu_ticks, free_port, session_pids, stat_fields
+from harness import MODULE, Apache, alive, cpu_ticks, free_port, session_pids
 from test_end_to_end import unix_inodes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -301,13 +301,6 @@ def run_attack(srv, attack, timeout=40):
         elif "done" not in l:
             print(f"  {l}")
     return lines, error
-
-
-def alive(pid):
-    try:
-        return stat_fields(pid)[0] != "Z"
-    except OSError:
-        return False
 
 
 def multiplexer_cpu(srv):

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import make_site, php_config, site_vhost
-from harness import Apache, free_port, read_maps, serving, stat_fields
+from harness import Apache, alive, free_port, read_maps, serving
 from loadgen import run_load
 from test_end_to_end import CGI, get, ids_of
 from test_lifecycle import session_states
@@ -269,13 +269,6 @@ def test_graceful_restart_applies_a_changed_configuration(managed):
     assert wait_until(lambda: workers_of(managed, managed.b) == [], timeout=10), "old workers of lazy stayed"
 
 
-def is_zombie(pid):
-    try:
-        return stat_fields(pid)[0] == "Z"
-    except OSError:
-        return True
-
-
 # No worker leaves by itself at its MaxConnectionsPerChild: one exiting at the moment of a kill
 # is logged as an ordinary exit, not as killed.
 @pytest.mark.parametrize("managed", ["MaxConnectionsPerChild 0"], indirect=True)
@@ -298,7 +291,7 @@ def test_kill_minus_nine_under_load_only_loses_what_was_in_flight(managed):
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 candidates = [pid for pid, uid, gid in managed.children()
-                              if (uid, gid) == ids and not is_zombie(pid)]
+                              if (uid, gid) == ids and alive(pid)]
                 rng.shuffle(candidates)
                 for pid in candidates:
                     try:
