@@ -116,7 +116,7 @@ struct Multiplexer {
     static let acceptPause: Int64 = 100
 
     private let epoll: Int32
-    private var pending: [Int32: PendingConnection] = [:]
+    private var pending = DescriptorTable<PendingConnection>()
     private var waiting = WaitQueue<Int32>()
     /// Availability lives on the multiplexers' own board (see AvailabilityBoard).
     private let waitSeconds: Int
@@ -304,7 +304,7 @@ struct Multiplexer {
     private mutating func pace(now: Int64) {
         if now >= keptAliveLookAt {
             keptAliveLookAt = now + 250
-            heldKeptAlive = pending.values.contains { connection in
+            heldKeptAlive = pending.contains { connection in
                 if case .lingering = connection.stage { return false }
                 return connection.handback != nil
             }
@@ -1263,7 +1263,8 @@ struct Multiplexer {
     }
 
     private mutating func expireAndRetry(now: Int64) {
-        for (fd, connection) in pending {
+        for fd in pending.descriptors {
+            guard let connection = pending[fd] else { continue }
             switch connection.stage {
             case .readingHead where now >= connection.deadline:
                 // A head that never completed: as httpd does at its own timeout, 408 after a
@@ -1346,8 +1347,8 @@ struct Multiplexer {
         }
         guard now >= lentSweepAt else { return }
         lentSweepAt = now + 250
-        for (fd, connection) in pending {
-            if case .lent = connection.stage { lookAtLent(fd, stirred: false) }
+        for fd in pending.descriptors {
+            if case .lent? = pending[fd]?.stage { lookAtLent(fd, stirred: false) }
         }
     }
 
@@ -1429,7 +1430,7 @@ struct Multiplexer {
     }
 
     private mutating func forget(_ fd: Int32) {
-        guard let connection = pending.removeValue(forKey: fd) else { return }
+        guard let connection = pending.remove(fd) else { return }
         if connection.reserved, case .waitingForChannel(let environment) = connection.stage {
             availabilityBoard?.release(connection.client, environment)  // reserved, never sent
         }
