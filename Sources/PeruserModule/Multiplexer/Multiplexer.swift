@@ -65,8 +65,8 @@ struct PendingConnection {
     /// The socket's local and peer addresses, asked of the kernel once (the peer comes with
     /// accept4): they do not change while it is open, and a kept-alive connection is routed
     /// again at each request.
-    var local: sockaddr_storage?
-    var peer: sockaddr_storage?
+    var local: InternetAddress?
+    var peer: InternetAddress?
 }
 
 /// One environment's hand-back channel (receiving end), of this generation or the previous one.
@@ -92,6 +92,10 @@ enum NoisyLine: Int {
 struct Multiplexer {
     let slot: Int
     let listeners: [Int32]
+    /// Each listener's address where it is bound to a specific one (`Listen 192.0.2.1:80`):
+    /// then it is every accepted connection's local address, and routing needs no
+    /// getsockname. A wildcard listener's connections are asked.
+    private let fixedLocal: [(listener: Int32, address: InternetAddress)]
     /// Hand-off channels' sending ends, by environment (renewed by the parent if one breaks).
     private var handoffs: [Int32]
     /// From the parent: renewed channels of an environment.
@@ -186,6 +190,11 @@ struct Multiplexer {
         self.control = control
         lastBrokenReport = Array(repeating: Int64.min / 2, count: handoffs.count)
         self.listeners = listeners
+        fixedLocal = listeners.compactMap { listener in
+            guard let address = socketAddress(listener, peer: false).flatMap(InternetAddress.init),
+                  address.isSpecific else { return nil }
+            return (listener, address)
+        }
         self.handoffs = handoffs
         self.handbacks = handbacks
         self.generation = generation
@@ -501,7 +510,8 @@ struct Multiplexer {
                     return
                 }
             }
-            adopt(fd, consumed: [], hops: 0, peer: peer)
+            adopt(fd, consumed: [], hops: 0, peer: InternetAddress(peer),
+                  local: fixedLocal.first { $0.listener == listener }?.address)
             // Until it is routed, a connection counts for its peer (a trusted proxy's for no
             // one): a client's footprint here orders the wait (passWaiting).
             if pending[fd] != nil, pending[fd]?.client.isNone == true {
@@ -660,11 +670,12 @@ struct Multiplexer {
     /// once: such a connection is routed and passed on without ever entering epoll. Only one
     /// still waiting for its head is watched (edge-triggered: an ADD reports data already there).
     private mutating func adopt(_ fd: Int32, consumed: [UInt8], hops: UInt16, handback: Int? = nil,
-                                cookie: UInt64? = nil, client: ClientAddress? = nil, peer: sockaddr_storage? = nil) {
+                                cookie: UInt64? = nil, client: ClientAddress? = nil, peer: InternetAddress? = nil,
+                                local: InternetAddress? = nil) {
         pending[fd] = PendingConnection(consumed: consumed, hops: hops,
                                         deadline: monotonicMilliseconds() + headTimeout,
                                         consuming: !consumed.isEmpty,
-                                        handback: handback, cookie: cookie, carriedClient: client, peer: peer)
+                                        handback: handback, cookie: cookie, carriedClient: client, local: local, peer: peer)
         if let cookie { heldCookies.insert(cookie) }
         if let client { setClient(fd, client) }
         if let handback {
@@ -905,10 +916,11 @@ struct Multiplexer {
 
     /// A held connection's addresses: from its record once known, else from the kernel (and
     /// kept in the record).
-    private mutating func socketAddresses(_ fd: Int32) -> (local: sockaddr_storage, peer: sockaddr_storage)? {
-        if let connection = pending[fd], let local = connection.local, let peer = connection.peer { return (local, peer) }
-        guard let peer = pending[fd]?.peer ?? socketAddress(fd, peer: true),
-              let local = socketAddress(fd, peer: false) else { return nil }
+    private mutating func socketAddresses(_ fd: Int32) -> (local: InternetAddress, peer: InternetAddress)? {
+        let known = pending[fd].map { ($0.local, $0.peer) }
+        if let local = known?.0, let peer = known?.1 { return (local, peer) }
+        guard let peer = known?.1 ?? socketAddress(fd, peer: true).flatMap(InternetAddress.init),
+              let local = known?.0 ?? socketAddress(fd, peer: false).flatMap(InternetAddress.init) else { return nil }
         pending[fd]?.local = local
         pending[fd]?.peer = peer
         return (local, peer)

@@ -19,7 +19,7 @@ enum VirtualHostRoute {
 /// What Apache's vhost rules read: the local address, the Host, and the request target when it
 /// can matter (absolute-form, or any vhost with a ServerPath). The client's address does not.
 struct RouteKey: Hashable {
-    var local: [UInt8]
+    var local: InternetAddress
     var host: String?
     var target: String?
 }
@@ -44,14 +44,13 @@ func serverPathConfigured() -> Bool {
 /// The environment of the vhost Apache's rules give for a connection with local address `local`
 /// and client `peer` (both from the kernel; nil: the connection went away), request target
 /// `target` and Host `host`.
-func routeByVirtualHost(local: sockaddr_storage?, peer: sockaddr_storage?, host: String?, target: String?) -> VirtualHostRoute {
-    guard let local, let peer, local.isInternet else { return .gone }
+func routeByVirtualHost(local: InternetAddress?, peer: InternetAddress?, host: String?, target: String?) -> VirtualHostRoute {
+    guard let local, let peer else { return .gone }
     let absolute = target.map { $0.first != "/" && $0 != "*" } ?? false
-    let size = Int32(local.ss_family) == AF_INET6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
-    let key = RouteKey(local: withUnsafeBytes(of: local) { Array($0.prefix(size)) }, host: host,
+    let key = RouteKey(local: local, host: host,
                        target: absolute || anyServerPath ? target : nil)
     if let environment = routeCache[key] { return .environment(environment) }
-    let route = matchVirtualHost(local: local, peer: peer, host: host, target: target)
+    let route = matchVirtualHost(local: local.storage, peer: peer.storage, host: host, target: target)
     if case .environment(let environment) = route {
         if routeCache.count >= mostCachedRoutes { routeCache.removeAll(keepingCapacity: true) }
         routeCache[key] = environment

@@ -39,6 +39,73 @@ func tcpAddress(_ fd: Int32, peer: Bool) -> sockaddr_storage? {
     return address
 }
 
+/// An IPv4 or IPv6 socket address in 32 bytes (a sockaddr_storage takes 128): a multiplexer
+/// keeps a connection's two in its record, which it copies several times per request.
+/// Hashable on every field, as the kernel's bytes were.
+struct InternetAddress: Hashable {
+    var family: sa_family_t
+    /// Network byte order, as in the sockaddr.
+    var port: UInt16
+    var flowInfo: UInt32
+    var scope: UInt32
+    /// The address's bytes as two words (IPv4: in `low`'s first four bytes).
+    var high: UInt64
+    var low: UInt64
+
+    /// Nil for anything but AF_INET and AF_INET6.
+    init?(_ storage: sockaddr_storage) {
+        var storage = storage
+        family = storage.ss_family
+        switch Int32(storage.ss_family) {
+        case AF_INET:
+            let address = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in.self) }
+            port = address.sin_port
+            (flowInfo, scope, high) = (0, 0, 0)
+            low = UInt64(address.sin_addr.s_addr)
+        case AF_INET6:
+            let address = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in6.self) }
+            port = address.sin6_port
+            flowInfo = address.sin6_flowinfo
+            scope = address.sin6_scope_id
+            (high, low) = withUnsafeBytes(of: address.sin6_addr) {
+                ($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+            }
+        default:
+            return nil
+        }
+    }
+
+    /// The kernel's form again.
+    var storage: sockaddr_storage {
+        var storage = sockaddr_storage()
+        withUnsafeMutableBytes(of: &storage) { bytes in
+            if Int32(family) == AF_INET6 {
+                var address = sockaddr_in6()
+                address.sin6_family = family
+                address.sin6_port = port
+                address.sin6_flowinfo = flowInfo
+                address.sin6_scope_id = scope
+                withUnsafeMutableBytes(of: &address.sin6_addr) {
+                    $0.storeBytes(of: high, as: UInt64.self)
+                    $0.storeBytes(of: low, toByteOffset: 8, as: UInt64.self)
+                }
+                bytes.storeBytes(of: address, as: sockaddr_in6.self)
+            } else {
+                var address = sockaddr_in()
+                address.sin_family = family
+                address.sin_port = port
+                address.sin_addr.s_addr = UInt32(truncatingIfNeeded: low)
+                bytes.storeBytes(of: address, as: sockaddr_in.self)
+            }
+        }
+        return storage
+    }
+
+    /// Not the wildcard: a listener bound to it accepts connections with exactly this local
+    /// address.
+    var isSpecific: Bool { high != 0 || low != 0 }
+}
+
 extension sockaddr_storage {
     /// An IPv4 or IPv6 address.
     var isInternet: Bool { Int32(ss_family) == AF_INET || Int32(ss_family) == AF_INET6 }
@@ -57,6 +124,14 @@ func socketAddress(_ fd: Int32, peer: Bool) -> sockaddr_storage? {
 }
 
 extension ClientAddress {
+    init(_ address: InternetAddress) {
+        if Int32(address.family) == AF_INET6 {
+            self.init(bytes: withUnsafeBytes(of: (address.high, address.low)) { Array($0) })
+        } else {
+            self.init(ipv4: UInt32(bigEndian: UInt32(truncatingIfNeeded: address.low)))
+        }
+    }
+
     /// A kernel socket address (AF_INET or AF_INET6); anything else is no client.
     init(_ storage: sockaddr_storage) {
         var copy = storage
