@@ -67,6 +67,14 @@ final class RequestHeadTests: XCTestCase {
         XCTAssertEqual(scan("\u{1}\u{2}\u{3}"), .malformed)
     }
 
+    func testRunsOfSpacesSeparateWordsAsOne() {
+        XCTAssertEqual(scan("GET   /a  HTTP/1.1 \r\nHost: a\r\n\r\n"),
+                       .complete(RouteHint(target: "/a", host: "a"), length: 32))
+        XCTAssertEqual(scan(" GET /b\r\n"), .complete(RouteHint(target: "/b", host: nil), length: 9))
+        XCTAssertEqual(scan("GET  \r\n\r\n"), .malformed)
+        XCTAssertEqual(scan("GET / HTTP/1.1  x\r\n\r\n"), .malformed)
+    }
+
     func testAbsoluteFormTargetIsReturnedWhole() {
         guard case .complete(let hint, _) = scan("GET http://b.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n") else {
             return XCTFail("expected a complete head")

@@ -93,13 +93,34 @@ public enum RequestHead {
 
     /// `METHOD SP target SP HTTP/x.y`, or `GET SP target` (HTTP/0.9).
     static func requestTarget(of line: Slice<UnsafeRawBufferPointer>) -> Target? {
-        let parts = line.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: true)
-        guard parts.count == 2 || parts.count == 3 else { return nil }
-        guard parts[0].allSatisfy(isTokenChar) else { return nil }
-        guard parts[1].allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { return nil }
-        let target = String(decoding: parts[1], as: UTF8.self)
-        if parts.count == 2 { return Target(value: target, isHTTP09: true) }
-        guard parts[2].starts(with: "HTTP/".utf8) else { return nil }
+        // The space-separated words (runs of spaces count as one), without an array: this runs
+        // for every request a multiplexer routes.
+        var words = (first: line[line.startIndex..<line.startIndex], second: line[line.startIndex..<line.startIndex],
+                     third: line[line.startIndex..<line.startIndex])
+        var count = 0
+        var index = line.startIndex
+        while index < line.endIndex {
+            guard line[index] != UInt8(ascii: " ") else {
+                index += 1
+                continue
+            }
+            var end = index
+            while end < line.endIndex && line[end] != UInt8(ascii: " ") { end += 1 }
+            switch count {
+            case 0: words.first = line[index..<end]
+            case 1: words.second = line[index..<end]
+            case 2: words.third = line[index..<end]
+            default: return nil  // a fourth word
+            }
+            count += 1
+            index = end
+        }
+        guard count == 2 || count == 3 else { return nil }
+        guard words.first.allSatisfy(isTokenChar) else { return nil }
+        guard words.second.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { return nil }
+        let target = String(decoding: words.second, as: UTF8.self)
+        if count == 2 { return Target(value: target, isHTTP09: true) }
+        guard words.third.starts(with: "HTTP/".utf8) else { return nil }
         return Target(value: target, isHTTP09: false)
     }
 
