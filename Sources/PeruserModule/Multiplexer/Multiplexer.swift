@@ -1064,9 +1064,9 @@ struct Multiplexer {
             }
             let mark = availabilityBoard?.lightest(env, now: now)
             var ready: [Int32] = []
-            var queue = waiting
             for _ in 0..<room {
-                let picked = queue.take(1, for: env) { fd in
+                // (The ranking reads only this pass's locals: taken from the queue in place.)
+                let picked = waiting.take(1, for: env) { fd in
                     guard let r = rank(fd) else { return nil }
                     if let mark, mark.goesFirst(before: (clientOf[fd] ?? .none).hash32, rank: r) { return nil }
                     return r
@@ -1077,7 +1077,6 @@ struct Multiplexer {
                     load[client] = (l.held + 1, l.waiting - 1)
                 }
             }
-            waiting = queue
             for fd in ready {
                 guard let client = pending[fd]?.client else { continue }
                 availabilityBoard?.withdrawLightest(env, client: client.hash32)
