@@ -2,10 +2,13 @@
 """Benchmark: hundreds of tenants on one box (issue 15).
 
 TENANTS tenants (default 300), each with its own system user, one environment and two names
-(tNNN.bench, www.tNNN.bench), against five servers running side by side:
+(tNNN.bench, www.tNNN.bench), against six servers running side by side:
 
 - prefork: Debian's mpm_prefork.conf (StartServers 5, MinSpareServers 5, MaxSpareServers 10,
-  MaxRequestWorkers 150), no isolation: the anchor;
+  MaxRequestWorkers 150, MaxConnectionsPerChild 0), no isolation: the anchor;
+- prefork, recycling: the same with MaxConnectionsPerChild 1000, the recycling peruser's
+  defaults do (the original's MaxRequestsPerChild 1000): what recycling costs an MPM without
+  isolation;
 - itk: the same limits with AssignUserID per vhost (a fork per connection);
 - peruser, defaults: nothing but the tenants written (ServerLimit sized by the module), so
   ProcessorImage isolated: a process image per environment in use;
@@ -56,7 +59,8 @@ IDLE_SECONDS = int(os.environ.get("IDLE_SECONDS", "120"))
 ONLY = os.environ.get("BENCH_ONLY")
 # BENCH_KEEP_LOGS=DIR: each server's error log is copied there (KIND.error_log) before cleanup.
 KEEP_LOGS = os.environ.get("BENCH_KEEP_LOGS")
-KINDS = [k for k in os.environ.get("BENCH_KINDS", "prefork,itk,peruser,peruser-shared,peruser-package").split(",")
+KINDS = [k for k in os.environ.get("BENCH_KINDS",
+                                   "prefork,prefork-recycling,itk,peruser,peruser-shared,peruser-package").split(",")
          if k]
 # BENCH_BEFORE_SO=/path/to/an/older/mod_mpm_peruser.so adds that build ("peruser-before").
 if os.environ.get("BENCH_BEFORE_SO") and "peruser-before" not in KINDS:
@@ -132,8 +136,9 @@ def configure(kind):
              f"<Directory {apache.root}>\n    Require all granted\n</Directory>",
              '<FilesMatch "\\.php$">\n    SetHandler application/x-httpd-php\n</FilesMatch>']
     prefork = f"LoadModule mpm_prefork_module {MODULES_DIR}/mod_mpm_prefork.so"
-    if kind in ("prefork", "itk"):
-        parts.append(PREFORK)
+    if kind in ("prefork", "prefork-recycling", "itk"):
+        parts.append(PREFORK if kind != "prefork-recycling"
+                     else PREFORK.replace("MaxConnectionsPerChild 0", "MaxConnectionsPerChild 1000"))
         mpm = prefork + (f"\nLoadModule mpm_itk_module {MODULES_DIR}/mpm_itk.so" if kind == "itk" else "")
     else:
         mpm = f"LoadModule mpm_peruser_module {MODULE}"
@@ -159,7 +164,8 @@ def configure(kind):
     {"ServerEnvironment t000" if kind.startswith("peruser") else ""}
 </VirtualHost>""")
     for n, user in enumerate(users()):
-        who = {"itk": f"AssignUserID {user} {user}", "prefork": ""}.get(kind, f"ServerEnvironment t{n:03d}")
+        who = {"itk": f"AssignUserID {user} {user}", "prefork": "", "prefork-recycling": ""}.get(
+            kind, f"ServerEnvironment t{n:03d}")
         parts.append(f"""<VirtualHost 127.0.0.1:{port}>
     ServerName t{n:03d}.bench
     ServerAlias www.t{n:03d}.bench
@@ -280,26 +286,30 @@ def main():
     def median(scenario, kind, index=0):
         return statistics.median(r[index] for r in results[(scenario, kind)])
 
-    names = {"prefork": "prefork", "itk": "mpm-itk", "peruser": "peruser (defaults)",
+    names = {"prefork": "prefork", "prefork-recycling": "prefork (MaxConnectionsPerChild 1000)", "itk": "mpm-itk",
+             "peruser": "peruser (defaults)",
              "peruser-shared": "peruser (defaults, ProcessorImage shared)",
              "peruser-package": "peruser (package peruser.conf)",
              "peruser-before": f"peruser before ({os.environ.get('BENCH_BEFORE_NAME', 'earlier build')}, defaults)"}
+    # The kinds shown as a ratio to prefork: peruser's, and prefork itself recycling.
+    compared = [k for k in KINDS if k.startswith("peruser") or k == "prefork-recycling"]
     lines = [MARK_BEGIN, "## Hundreds of tenants (`bench/many_tenants.py`)", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs ({cpu_model()}); "
              f"{TENANTS} tenants (a system user, an environment and two names each), 1 KiB static file, "
              f"`wrk -t{bench.THREADS} -c{bench.CONNECTIONS} -d{DURATION}s` on 127.0.0.1, {REPEATS} interleaved rounds, "
-             "medians. prefork and itk: Debian's mpm_prefork.conf. peruser (defaults): no limit written, so "
+             "medians. prefork and itk: Debian's mpm_prefork.conf (prefork recycling: with MaxConnectionsPerChild "
+             "1000, as peruser's defaults recycle). peruser (defaults): no limit written, so "
              "isolated process images; shared: the same with ProcessorImage shared. "
              "peruser (package): debian/peruser.conf's values. Every peruser server: MaxClientShare 100 (wrk is "
              "one address).", "",
              "| scenario | " + " | ".join(f"{names[k]} req/s" for k in KINDS) + " | "
-             + " | ".join(f"{names[k]} / prefork" for k in KINDS if k.startswith("peruser"))
+             + " | ".join(f"{names[k]} / prefork" for k in compared)
              + " | p99 ms | server CPU µs per request | errors (non-2xx + socket) |",
-             "|---" * (len(KINDS) + sum(k.startswith("peruser") for k in KINDS) + 4) + "|"]
+             "|---" * (len(KINDS) + len(compared) + 4) + "|"]
     for scenario, *_ in scenarios:
         rps = {k: median(scenario, k) for k in KINDS}
         base = rps.get("prefork", float("nan"))
-        ratios = " | ".join(f"{rps[k] / base:.2f}" for k in KINDS if k.startswith("peruser"))
+        ratios = " | ".join(f"{rps[k] / base:.2f}" for k in compared)
         p99 = " / ".join(f"{median(scenario, k, 1):.1f}" for k in KINDS)
         cpu = " / ".join(f"{median(scenario, k, 4):.0f}" for k in KINDS)
         bad = " / ".join(str(sum(r[2] + r[3] for r in results[(scenario, k)])) for k in KINDS)
