@@ -510,12 +510,13 @@ struct Multiplexer {
                     return
                 }
             }
-            adopt(fd, consumed: [], hops: 0, peer: InternetAddress(peer),
+            let peerAddress = InternetAddress(peer)
+            adopt(fd, consumed: [], hops: 0, peer: peerAddress,
                   local: fixedLocal.first { $0.listener == listener }?.address)
             // Until it is routed, a connection counts for its peer (a trusted proxy's for no
             // one): a client's footprint here orders the wait (passWaiting).
             if pending[fd] != nil, pending[fd]?.client.isNone == true {
-                let address = ClientAddress(peer)
+                let address = peerAddress.map(ClientAddress.init) ?? .none
                 setClient(fd, proxyTrust.trusts(address) ? .none : address)
             }
         }

@@ -134,16 +134,6 @@ extension ClientAddress {
 
     /// A kernel socket address (AF_INET or AF_INET6); anything else is no client.
     init(_ storage: sockaddr_storage) {
-        var copy = storage
-        switch Int32(storage.ss_family) {
-        case AF_INET:
-            let v4 = withUnsafeBytes(of: &copy) { $0.load(as: sockaddr_in.self) }
-            self.init(ipv4: UInt32(bigEndian: v4.sin_addr.s_addr))
-        case AF_INET6:
-            let v6 = withUnsafeBytes(of: &copy) { $0.load(as: sockaddr_in6.self) }
-            self.init(bytes: withUnsafeBytes(of: v6.sin6_addr) { Array($0) })
-        default:
-            self = .none
-        }
+        self = InternetAddress(storage).map(ClientAddress.init) ?? .none
     }
 }
