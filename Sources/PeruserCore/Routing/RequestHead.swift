@@ -95,8 +95,8 @@ public enum RequestHead {
     static func requestTarget(of line: Slice<UnsafeRawBufferPointer>) -> Target? {
         // The space-separated words (runs of spaces count as one), without an array: this runs
         // for every request a multiplexer routes.
-        var words = (first: line[line.startIndex..<line.startIndex], second: line[line.startIndex..<line.startIndex],
-                     third: line[line.startIndex..<line.startIndex])
+        let none = line[line.startIndex..<line.startIndex]
+        var words = (first: none, second: none, third: none)
         var count = 0
         var index = line.startIndex
         while index < line.endIndex {

@@ -191,8 +191,7 @@ struct Multiplexer {
         lastBrokenReport = Array(repeating: Int64.min / 2, count: handoffs.count)
         self.listeners = listeners
         fixedLocal = listeners.compactMap { listener in
-            guard let address = socketAddress(listener, peer: false).flatMap(InternetAddress.init),
-                  address.isSpecific else { return nil }
+            guard let address = internetAddress(listener, peer: false), address.isSpecific else { return nil }
             return (listener, address)
         }
         self.handoffs = handoffs
@@ -482,6 +481,7 @@ struct Multiplexer {
     // MARK: New connections
 
     private mutating func acceptAll(on listener: Int32) {
+        let local = fixedLocal.first { $0.listener == listener }?.address
         for _ in 0..<64 where pending.count < maxConnections {
             // Left blocking: the multiplexer only uses MSG_DONTWAIT on it, and the worker gets
             // the fd as apr expects it.
@@ -511,8 +511,7 @@ struct Multiplexer {
                 }
             }
             let peerAddress = InternetAddress(peer)
-            adopt(fd, consumed: [], hops: 0, peer: peerAddress,
-                  local: fixedLocal.first { $0.listener == listener }?.address)
+            adopt(fd, consumed: [], hops: 0, peer: peerAddress, local: local)
             // Until it is routed, a connection counts for its peer (a trusted proxy's for no
             // one): a client's footprint here orders the wait (passWaiting).
             if pending[fd] != nil, pending[fd]?.client.isNone == true {
@@ -918,10 +917,10 @@ struct Multiplexer {
     /// A held connection's addresses: from its record once known, else from the kernel (and
     /// kept in the record).
     private mutating func socketAddresses(_ fd: Int32) -> (local: InternetAddress, peer: InternetAddress)? {
-        let known = pending[fd].map { ($0.local, $0.peer) }
-        if let local = known?.0, let peer = known?.1 { return (local, peer) }
-        guard let peer = known?.1 ?? socketAddress(fd, peer: true).flatMap(InternetAddress.init),
-              let local = known?.0 ?? socketAddress(fd, peer: false).flatMap(InternetAddress.init) else { return nil }
+        let record = pending[fd]
+        if let local = record?.local, let peer = record?.peer { return (local, peer) }
+        guard let peer = record?.peer ?? internetAddress(fd, peer: true),
+              let local = record?.local ?? internetAddress(fd, peer: false) else { return nil }
         pending[fd]?.local = local
         pending[fd]?.peer = peer
         return (local, peer)

@@ -123,6 +123,12 @@ func socketAddress(_ fd: Int32, peer: Bool) -> sockaddr_storage? {
     return got ? storage : nil
 }
 
+/// A socket's peer or local address as an InternetAddress; nil when the kernel has none, or it
+/// is neither IPv4 nor IPv6.
+func internetAddress(_ fd: Int32, peer: Bool) -> InternetAddress? {
+    socketAddress(fd, peer: peer).flatMap(InternetAddress.init)
+}
+
 extension ClientAddress {
     init(_ address: InternetAddress) {
         if Int32(address.family) == AF_INET6 {
