@@ -20,6 +20,8 @@ from test_end_to_end import get
 from test_process_management import wait_until
 
 TENANTS = 300
+# The 1,000-environment box's numeric uids and gids (no accounts: `User #N`).
+THOUSAND_UIDS = 50000
 
 
 @pytest.fixture(scope="session")
@@ -115,6 +117,30 @@ def test_300_environments_start_at_the_default_limits(defaults_server, tenant_ac
         status, body, _ = get(defaults_server.port, f"www.t{n:03d}.test", "/cgi-bin/id.cgi")
         assert status == 200, body
         assert f"uid={tenant_accounts[names[n]]} " in body, (n, body)
+
+
+def test_1000_environments_start_at_the_default_limits(module, accounts):
+    """The issue's largest box: 1,000 environments and no limit written. Each runs as a numeric
+    uid of its own (`User #N`, as Apache allows), so the box needs no thousand accounts."""
+    port = free_port()
+    apache = Apache("", name="thousand")
+    try:
+        apache.write_config(tenants_config(apache.root, port, [f"#{THOUSAND_UIDS + n}" for n in range(1000)]))
+        result = apache.configtest()
+        out = result.stdout + result.stderr
+        assert result.returncode == 0 and "Syntax OK" in out, out
+        assert "ServerLimit is 3072, sized for 1001 environments and MaxMultiplexers 10" in out, out
+        apache.start(ports=(port,), timeout=60)
+        assert "peruser: generation 0, 1001 environment(s), 3 to 10 multiplexer(s), 3072 slots" \
+            in apache.read_error_log()
+        for n in (0, 1, 500, 998, 999):
+            host = f"www.t{n:03d}.test" if n % 2 else f"t{n:03d}.test"
+            status, body, _ = get(port, host, "/cgi-bin/id.cgi")
+            assert status == 200, body
+            assert f"uid={THOUSAND_UIDS + n} " in body and f"server={host} " in body, (n, body)
+    finally:
+        apache.stop()
+        apache.cleanup()
 
 
 def test_the_status_page_with_300_environments(defaults_server, tenant_accounts):
