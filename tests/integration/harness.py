@@ -320,12 +320,12 @@ def tracer_of(pid):
 
 
 @contextlib.contextmanager
-def paused_after(pids, syscall, microseconds):
-    """strace holds each of `pids` for `microseconds` after every `syscall` of theirs returns,
-    from the moment all are traced until the block ends: a moment between two steps of a
-    server's process held open, so that a test can act in it."""
+def paused_after(pids, syscall, microseconds, moment="exit"):
+    """strace holds each of `pids` for `microseconds` after every `syscall` of theirs returns
+    (`moment` "enter": before it starts), from the moment all are traced until the block ends:
+    a moment between two steps of a server's process held open, so that a test can act in it."""
     args = ["strace", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
-            "-e", f"inject={syscall}:delay_exit={microseconds}"]
+            "-e", f"inject={syscall}:delay_{moment}={microseconds}"]
     tracer = subprocess.Popen(args + [arg for pid in pids for arg in ("-p", str(pid))])
     try:
         deadline = time.time() + 15

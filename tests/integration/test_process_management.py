@@ -400,3 +400,62 @@ def test_mod_status_sees_true_mpm_values(managed):
     assert int(fields["BusyWorkers"]) >= 1
     assert int(fields["BusyWorkers"]) + int(fields["IdleWorkers"]) >= 2
     assert fields["Scoreboard"].count(".") < 16
+
+
+def test_a_worker_reaped_before_its_image_answered_leaves_no_record(module, accounts):
+    """A worker that dies before its process image's answer reaches the parent is reaped as an
+    unknown child, and its exit is kept 5 s for the answer (UnclaimedExits). An image that
+    answers later than that (starved; held here by strace before its send) names a pid that is
+    no longer the parent's child. Recorded as alive, it would never end: the stop waited for it
+    forever (seen once on a loaded box), MaxClients counted it, and a signal for it could reach
+    whatever process the system gave that pid next. The parent drops it with an error line."""
+    from harness import paused_after
+    from test_tenant_holdings import image_role
+    port = free_port()
+    apache = Apache("", name="lost-child")
+    site = make_site(apache.root, *accounts["peruser-a"], "a")
+    apache.write_config(f"""Listen 127.0.0.1:{port}
+MinSpareProcessors 0
+MinMultiplexers 1
+<Directory {apache.root}>
+    Require all granted
+</Directory>
+<Processor env-a>
+    User peruser-a
+    Group peruser-a
+</Processor>
+{site_vhost(port, "a.test", site, "env-a")}
+""")
+    ids = accounts["peruser-a"]
+    try:
+        apache.start(ports=(port,))
+        # The image starts with the first worker; that worker goes, the image stays.
+        assert get(port, "a.test", "/index.html")[0] == 200
+        for pid in workers_of(apache, ids):
+            os.kill(pid, signal.SIGTERM)
+        assert wait_until(lambda: not workers_of(apache, ids))
+        image = next(pid for pid in apache.images() if image_role(pid) == "0")
+        with paused_after([image], "sendto", 8_000_000, moment="enter"):
+            _, asked = in_background(get, port, "a.test", "/index.html")
+            lost = wait_until(lambda: workers_of(apache, ids), timeout=10)
+            assert lost, apache.read_error_log()[-2000:]
+            os.kill(lost[0], signal.SIGKILL)
+            line = f"(pid {lost[0]}, slot "
+            assert wait_until(lambda: line in apache.read_error_log()
+                              and "is no longer a child of this server" in apache.read_error_log(), timeout=20), \
+                apache.read_error_log()[-3000:]
+        assert wait_until(lambda: "value" in asked or "error" in asked, timeout=20)
+        # The environment gets a worker again, and the stop does not wait for the lost one.
+        status, body, _ = get(port, "a.test", CGI)
+        assert status == 200 and ids_of(body)[0] == ids[0], body
+        root = apache.pid()
+        apache.stop(timeout=20)
+        assert not alive(root)
+    finally:
+        try:
+            apache.stop(timeout=20)
+        except RuntimeError:
+            os.kill(apache.pid(), signal.SIGKILL)  # the old build: it would wait forever
+            raise
+        finally:
+            apache.cleanup()

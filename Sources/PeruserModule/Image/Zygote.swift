@@ -318,7 +318,7 @@ private func giveUpZygote(_ why: String) -> pid_t? {
         + "next restart, each environment's image is an apache2 executed on its own (as before the zygote: "
         + "the same isolation, more memory and CPU per image)")
     zygoteFailed = true
-    if let running = zygote { kill(running.pid, SIGKILL) }  // it may hang; reaped as an unknown child
+    if let running = zygote { signalProcess(running.pid, SIGKILL) }  // it may hang; reaped as an unknown child
     endZygote()
     return nil
 }

@@ -76,9 +76,13 @@ func beginSupervision(records: UnsafeMutablePointer<ChildRecord>, slots: Int, ge
     parent = ParentState(records: records, capacity: slots, policy: policy)
 }
 
+/// How often every record is checked against the parent's children (forgetLostChildren): a
+/// waitid each, about a millisecond for a thousand.
+let lostChildrenAuditMilliseconds: Int64 = 5000
+
 /// Supervises until a restart or a stop is asked for.
 func superviseUntilAsked() {
-    var lastMonitor: Int64 = 0, lastFullLook: Int64 = .min
+    var lastMonitor: Int64 = 0, lastFullLook: Int64 = .min, lastAudit: Int64 = 0
     var spoke: [ImageRole]? = nil  // every image, the first time
     while !restartOrStopPending() {
         // Per round, only what changed: with hundreds of images, asking each (and waitpid over
@@ -102,6 +106,10 @@ func superviseUntilAsked() {
             closeIdleZygote(now: now)
             ap_run_monitor(configurationPool, ap_server_conf)
             apr_proc_other_child_refresh_all(APR_OC_REASON_RUNNING)
+            if now - lastAudit >= lostChildrenAuditMilliseconds {
+                lastAudit = now
+                forgetLostChildren()
+            }
         }
         // A queue under watch (QueuePatience) is looked at again soon.
         spoke = waitForWork(parent?.patience.watching == true ? Int32(QueuePatience.defaultMilliseconds)
@@ -129,6 +137,7 @@ func stopChildren() {
     while liveChildren() > 0 && monotonicMilliseconds() < deadline {
         poll(nil, 0, 20)
         reapChildren(quietly: true)
+        forgetLostChildren()
     }
     if liveChildren() > 0 {
         log(PERUSER_LOG_WARNING, "peruser: children still alive \(stopGraceMilliseconds) ms after SIGTERM; sending SIGKILL")
@@ -136,6 +145,7 @@ func stopChildren() {
         while liveChildren() > 0 {
             poll(nil, 0, 20)
             reapChildren(quietly: true)
+            forgetLostChildren()
         }
     }
 }
@@ -153,6 +163,7 @@ func stopChildrenGracefully(timeoutSeconds: Int32) {
         // A queue under watch (QueuePatience) is looked at again soon.
         waitForWork(parent?.patience.watching == true ? Int32(QueuePatience.defaultMilliseconds) : maintenanceIntervalMilliseconds)
         reapChildren(quietly: false)
+        forgetLostChildren()
     }
     stopChildren()
 }
@@ -288,7 +299,28 @@ func imageAnswered(environment: Int, _ message: ImageMessage) {
     guard var state = parent else { return }
     let exited = state.imageAnswered(environment: environment, message, now: monotonicMilliseconds())
     parent = state
-    if let exited { childExited(slot: exited.slot, status: exited.status, quietly: false) }
+    if let exited {
+        childExited(slot: exited.slot, status: exited.status, quietly: false)
+    } else if case .spawned(let slot, _) = message {
+        forgetLostChildren([slot])
+    }
+}
+
+/// Forgets the records (of `slots`, or all) whose pid is no longer this parent's child, with an
+/// error line each. Such a child was reaped while nothing recorded it (its image answered after
+/// UnclaimedExits let its exit go, say), so the record would never end: the stop would wait for
+/// it forever, MaxClients would count it, and a signal for it could reach whatever process the
+/// system gives that pid next.
+func forgetLostChildren(_ slots: [Int]? = nil) {
+    guard let state = parent else { return }
+    for slot in slots ?? Array(0..<state.capacity) where slot >= 0 && slot < state.capacity {
+        let pid = state.records[slot].pid
+        guard pid > 0, !isOwnChild(pid) else { continue }
+        let described = state.describe(slot)
+        childExited(slot: slot, status: ExitStatus(raw: 0), quietly: true)
+        log(PERUSER_LOG_ERR, "peruser: \(described) is no longer a child of this server, and its exit was not "
+            + "seen (reaped before its start was recorded); its record is dropped and its slot freed")
+    }
 }
 
 /// `environment`'s image exited: what it was asked for will not come. With no worker left,

@@ -3,10 +3,24 @@ import CPeruserShim
 import Glibc
 import PeruserCore
 
-/// Signals a child the parent forked (pids come only from the parent's private records).
+/// Signals a child the parent forked (pids come only from the parent's private records). A pid
+/// that is no longer its child is left alone: once reaped, the system may give it to another
+/// process.
 @discardableResult
 func signalProcess(_ pid: Int32, _ signal: Int32) -> Bool {
-    pid > 0 && kill(pid, signal) == 0
+    isOwnChild(pid) && kill(pid, signal) == 0
+}
+
+/// Whether `pid` is this process's child, running or exited and not yet reaped (WNOWAIT: the
+/// look reaps nothing). Only an answer of ECHILD says no: on any other failure it counts as a
+/// child, so that no live child is ever forgotten.
+func isOwnChild(_ pid: Int32) -> Bool {
+    guard pid > 0 else { return false }
+    var info = siginfo_t()
+    while waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 {
+        if errno != EINTR { return errno != ECHILD }
+    }
+    return true
 }
 
 /// How a child ended, from waitpid's status.
