@@ -67,6 +67,12 @@ final class HandoffMessageTests: XCTestCase {
 
     func testRejectsBadMagicAndReservedBits() throws {
         var message = try encode(hops: 0, [1, 2, 3])
+        XCTAssertEqual(Array(message[0..<4]), Array("PRU4".utf8), "the wire format's magic")
+        for position in 0..<4 {
+            var changed = message
+            changed[position] ^= 0x20
+            XCTAssertThrowsError(try decode(changed)) { XCTAssertEqual($0 as? HandoffMessage.DecodeError, .badMagic) }
+        }
         message[0] = UInt8(ascii: "X")
         XCTAssertThrowsError(try decode(message)) { XCTAssertEqual($0 as? HandoffMessage.DecodeError, .badMagic) }
         message = try encode(hops: 0, [1, 2, 3])

@@ -49,7 +49,10 @@ public struct HandoffMessage: Equatable {
     static let crossingFlag: UInt8 = 1
     static let closingFlag: UInt8 = 2
 
-    public static let magic: [UInt8] = Array("PRU4".utf8)
+    /// "PRU4", little endian: a constant, where an array was a lazily made global (a call to
+    /// swift_once and a heap object read on every message, in the multiplexers and in the
+    /// workers, whose cold pages it added to each request).
+    static let magic: UInt32 = 0x3455_5250
     public static let headerSize = 44
     /// A request head of up to 64 KiB plus what the worker's input filters had buffered past
     /// it (one socket read, at most 8000 bytes in httpd), with margin; one SOCK_SEQPACKET
@@ -81,7 +84,7 @@ public struct HandoffMessage: Equatable {
         guard consumed.count <= largestConsumed else { throw .consumedTooLong(consumed.count) }
         let size = encodedSize(consumedCount: consumed.count)
         guard out.count >= size else { throw .bufferTooSmall(needed: size) }
-        for (i, byte) in magic.enumerated() { out[i] = byte }
+        out.storeBytes(of: magic.littleEndian, toByteOffset: 0, as: UInt32.self)
         out[4] = UInt8(truncatingIfNeeded: hops)
         out[5] = UInt8(truncatingIfNeeded: hops >> 8)
         out[6] = (crossing ? crossingFlag : 0) | (closing ? closingFlag : 0)
@@ -107,7 +110,7 @@ public struct HandoffMessage: Equatable {
     {
         guard message.count >= headerSize else { throw .tooShort(message.count) }
         guard message.count <= largestMessage else { throw .tooLong(message.count) }
-        for (i, byte) in magic.enumerated() where message[i] != byte { throw .badMagic }
+        guard message.loadUnaligned(fromByteOffset: 0, as: UInt32.self) == magic.littleEndian else { throw .badMagic }
         guard message[6] & ~(crossingFlag | closingFlag) == 0, message[7] == 0 else { throw .reservedNotZero }
         let hops = UInt16(message[4]) | UInt16(message[5]) << 8
         var length = 0
