@@ -78,24 +78,29 @@ def ask(sock, tenant, close):
 
 def touched(kind, port, tenant, crossing):
     """(pages by kind, pages by mapping) of the process that served one request to `tenant`."""
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        if crossing:
-            other = (tenant + 1) % (mt.TENANTS - 3)
-            for t in (tenant, other, tenant, other):
-                ask(sock, t, False)
+    # Crossing: one kept-alive connection for every request. Otherwise a new connection each,
+    # and none held open meanwhile (on prefork an idle connection would hold a child).
+    kept = socket.create_connection(("127.0.0.1", port)) if crossing else None
+
+    def request(t):
+        if kept:
+            ask(kept, t, False)
         else:
-            for _ in range(3):  # the process that serves next is the one that served last
-                with socket.create_connection(("127.0.0.1", port)) as warm:
-                    ask(warm, tenant, True)
+            with socket.create_connection(("127.0.0.1", port)) as once:
+                ask(once, t, True)
+    try:
+        other = (tenant + 1) % (mt.TENANTS - 3)
+        # The process that serves next is the one that served last.
+        for t in ((tenant, other, tenant, other) if crossing else (tenant,) * 3):
+            request(t)
         pids = candidates(kind, tenant)
         for pid in pids:
             with open(f"/proc/{pid}/clear_refs", "w") as f:
                 f.write("1")
-        if crossing:
-            ask(sock, tenant, False)
-        else:
-            with socket.create_connection(("127.0.0.1", port)) as once:
-                ask(once, tenant, True)
+        request(tenant)
+    finally:
+        if kept:
+            kept.close()
     served = max(((sum(m[2] for m in mappings(pid)), pid) for pid in pids), default=(0, 0))[1]
     by_kind, by_mapping = collections.Counter(), collections.Counter()
     for name, perms, kb in mappings(served):
