@@ -36,16 +36,20 @@ MODULE_NAME = "mod_mpm_peruser.so"
 
 
 def mappings(pid):
-    """[(name, perms, referenced kB)] of `pid`'s mappings, from smaps."""
+    """[(name, perms, referenced kB)] of `pid`'s mappings, from smaps; none if it has exited
+    (a prefork child or a worker may end between the listing and the read)."""
     out, current = [], None
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-                fields = line.split()
-                current = [fields[5] if len(fields) > 5 else "[anon]", fields[1], 0]
-                out.append(current)
-            elif line.startswith("Referenced:"):
-                current[2] = int(line.split()[1])
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                    fields = line.split()
+                    current = [fields[5] if len(fields) > 5 else "[anon]", fields[1], 0]
+                    out.append(current)
+                elif line.startswith("Referenced:"):
+                    current[2] = int(line.split()[1])
+    except OSError:
+        return []
     return out
 
 
@@ -95,8 +99,11 @@ def touched(kind, port, tenant, crossing):
             request(t)
         pids = candidates(kind, tenant)
         for pid in pids:
-            with open(f"/proc/{pid}/clear_refs", "w") as f:
-                f.write("1")
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w") as f:
+                    f.write("1")
+            except OSError:
+                pass  # it has exited
         request(tenant)
     finally:
         if kept:
