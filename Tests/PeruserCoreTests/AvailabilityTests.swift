@@ -116,6 +116,17 @@ final class EnvironmentCapacityTests: XCTestCase {
                        "queued connections already claim the workers still to start")
     }
 
+    func testConnectionsQueuedForIdleWorkersClaimNoWorkerStillToStart() {
+        // Eight workers, two idle, two connections in the channel for them: two more may start.
+        XCTAssertTrue(EnvironmentCapacity(workers: 8, idle: 2, queued: 2, maxProcessors: 10, serverFull: false).canTake)
+        XCTAssertTrue(EnvironmentCapacity(workers: 8, idle: 2, queued: 3, maxProcessors: 10, serverFull: false).canTake)
+        XCTAssertFalse(EnvironmentCapacity(workers: 8, idle: 2, queued: 4, maxProcessors: 10, serverFull: false).canTake)
+        XCTAssertEqual(EnvironmentCapacity(workers: 8, idle: 2, queued: 2, maxProcessors: 10, serverFull: false).roomForWaiting, 1)
+        XCTAssertEqual(EnvironmentCapacity(workers: 8, idle: 2, queued: 4, maxProcessors: 10, serverFull: false).roomForWaiting, 0)
+        XCTAssertEqual(EnvironmentCapacity(workers: 1, idle: 3, queued: .max, maxProcessors: 2, serverFull: false).queuedBeyondIdle,
+                       .max - 3)
+    }
+
     func testAnEnvironmentWithoutWorkersCanAlwaysStartItsProcessor() {
         XCTAssertTrue(EnvironmentCapacity(workers: 0, idle: 0, queued: 0, maxProcessors: 1, serverFull: true).canTake)
     }

@@ -299,6 +299,56 @@ def test_behind_a_front_proxy_the_share_follows_the_forwarded_address(proxied):
             sock.close()
 
 
+SLEEP_CGI = """#!/bin/sh
+sleep 1
+printf 'Content-Type: text/plain\\r\\n\\r\\nuid=%s\\n' "$(id -u)"
+"""
+
+
+def test_a_burst_that_idle_workers_and_room_can_take_sheds_no_reader(accounts):
+    # MaxProcessors 4: a reader past ReaderShedTimeout, two idle spares, and three requests at
+    # once. Two go to the spares and one to a worker that may still start: nothing waits for a
+    # worker, so the environment is not pressed and the reader keeps its worker. (The
+    # multiplexers once counted a connection queued for an idle worker twice, as that worker
+    # and as one still to start, read the environment as full, and the reader was shed.)
+    apache = start(accounts, extra="MaxProcessors 4\n", name="slow-attack-burst")
+    sockets = []
+    try:
+        script = os.path.join(apache.root, "a", "cgi-bin", "sleep.cgi")
+        with open(script, "w") as f:
+            f.write(SLEEP_CGI)
+        os.chown(script, apache.uids["a"], apache.uids["a"])
+        os.chmod(script, 0o755)
+        shed = int(environment_line(apache, "env-a")["shed"])
+        sockets.append(slow_post(apache))
+        assert wait_for(lambda: environment_line(apache, "env-a")["reading"] == "1", 5), environment_line(apache, "env-a")
+        assert wait_for(lambda: environment_line(apache, "env-a")["idle"] == "2", 5), environment_line(apache, "env-a")
+        time.sleep(1.5)  # the reader has waited past ReaderShedTimeout (1 s)
+        # From three other clients: none is over its share (MaxClientShare, 2 of 4 workers).
+        burst = [socket.create_connection(("127.0.0.1", apache.plain), timeout=20, source_address=(f"127.0.0.{n}", 0))
+                 for n in (2, 3, 4)]
+        sockets += burst
+        # All but the heads' last byte first, then those three bytes together: the multiplexers
+        # see the three requests complete at the same moment.
+        for sock in burst:
+            sock.sendall(b"GET /cgi-bin/sleep.cgi HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r")
+        time.sleep(0.3)
+        for sock in burst:
+            sock.sendall(b"\n")
+        for sock in burst:
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200") and f"uid={apache.uids['a']}".encode() in data, data[:300]
+        line = environment_line(apache, "env-a")
+        assert int(line["shed"]) == shed and line["reading"] == "1", line
+    finally:
+        for sock in sockets:
+            sock.close()
+        apache.stop()
+        apache.cleanup()
+
+
 def test_without_a_trusted_proxy_the_header_is_the_clients_word_only(accounts):
     # No mod_remoteip: X-Forwarded-For is anybody's to write, and the share counts the peer.
     apache = start(accounts, name="slow-attack-direct")

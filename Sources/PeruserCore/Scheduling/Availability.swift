@@ -153,10 +153,16 @@ public struct EnvironmentCapacity: Equatable {
     /// Idle workers not already spoken for by queued connections.
     public var freeWorkers: Int { max(0, idle.saturatingSubtracting(queued)) }
 
-    /// A worker is free, or one can be started for the connection.
+    /// Queued connections that no idle worker will take: each claims a worker still to start.
+    public var queuedBeyondIdle: Int { max(0, queued.saturatingSubtracting(idle)) }
+
+    /// A worker is free, or one can be started for the connection. Queued connections that
+    /// idle workers are about to take claim no worker still to start: counting them on top of
+    /// those idle workers (which `workers` includes) read an environment that can grow as full
+    /// for the moment a burst sat in its channel, and its readers were shed (ReaderShedding).
     public var canTake: Bool {
         if freeWorkers > 0 { return true }
         if workers == 0 { return !startFailing }
-        return workers.saturatingAdding(queued) < maxProcessors && !serverFull
+        return workers.saturatingAdding(queuedBeyondIdle) < maxProcessors && !serverFull
     }
 }
