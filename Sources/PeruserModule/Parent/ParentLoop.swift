@@ -134,18 +134,18 @@ func endGeneration() {
 func stopChildren() {
     let deadline = monotonicMilliseconds() + stopGraceMilliseconds
     signalEveryChild(SIGTERM)
+    // A lost record (forgetLostChildren) is looked for once a turn reaps nothing: a waitid per
+    // record, about 45,000 a second with 900 children if done every 20 ms turn.
     while liveChildren() > 0 && monotonicMilliseconds() < deadline {
         poll(nil, 0, 20)
-        reapChildren(quietly: true)
-        forgetLostChildren()
+        if !reapChildren(quietly: true) { forgetLostChildren() }
     }
     if liveChildren() > 0 {
         log(PERUSER_LOG_WARNING, "peruser: children still alive \(stopGraceMilliseconds) ms after SIGTERM; sending SIGKILL")
         signalEveryChild(SIGKILL)
         while liveChildren() > 0 {
             poll(nil, 0, 20)
-            reapChildren(quietly: true)
-            forgetLostChildren()
+            if !reapChildren(quietly: true) { forgetLostChildren() }
         }
     }
 }
@@ -162,8 +162,7 @@ func stopChildrenGracefully(timeoutSeconds: Int32) {
         guard liveChildren() > 0 else { break }
         // A queue under watch (QueuePatience) is looked at again soon.
         waitForWork(parent?.patience.watching == true ? Int32(QueuePatience.defaultMilliseconds) : maintenanceIntervalMilliseconds)
-        reapChildren(quietly: false)
-        forgetLostChildren()
+        if !reapChildren(quietly: false) { forgetLostChildren() }
     }
     stopChildren()
 }
