@@ -134,18 +134,16 @@ func endGeneration() {
 func stopChildren() {
     let deadline = monotonicMilliseconds() + stopGraceMilliseconds
     signalEveryChild(SIGTERM)
-    // A lost record (forgetLostChildren) is looked for once a turn reaps nothing: a waitid per
-    // record, about 45,000 a second with 900 children if done every 20 ms turn.
     while liveChildren() > 0 && monotonicMilliseconds() < deadline {
         poll(nil, 0, 20)
-        if !reapChildren(quietly: true) { forgetLostChildren() }
+        reapOrForgetLost(quietly: true)
     }
     if liveChildren() > 0 {
         log(PERUSER_LOG_WARNING, "peruser: children still alive \(stopGraceMilliseconds) ms after SIGTERM; sending SIGKILL")
         signalEveryChild(SIGKILL)
         while liveChildren() > 0 {
             poll(nil, 0, 20)
-            if !reapChildren(quietly: true) { forgetLostChildren() }
+            reapOrForgetLost(quietly: true)
         }
     }
 }
@@ -162,9 +160,17 @@ func stopChildrenGracefully(timeoutSeconds: Int32) {
         guard liveChildren() > 0 else { break }
         // A queue under watch (QueuePatience) is looked at again soon.
         waitForWork(parent?.patience.watching == true ? Int32(QueuePatience.defaultMilliseconds) : maintenanceIntervalMilliseconds)
-        if !reapChildren(quietly: false) { forgetLostChildren() }
+        reapOrForgetLost(quietly: false)
     }
     stopChildren()
+}
+
+/// A stop loop's turn: reaps what exited, and only when nothing did, looks for lost records
+/// (forgetLostChildren asks waitid once per record: about 45,000 calls a second with 900
+/// children if every 20 ms turn did; a lost record only holds a stop up once nothing else
+/// is reaped).
+private func reapOrForgetLost(quietly: Bool) {
+    if !reapChildren(quietly: quietly) { forgetLostChildren() }
 }
 
 /// Whether a signal asked the parent to restart or stop.
