@@ -108,9 +108,11 @@ def touched(kind, port, tenant, crossing):
     finally:
         if kept:
             kept.close()
-    served = max(((sum(m[2] for m in mappings(pid)), pid) for pid in pids), default=(0, 0))[1]
+    # Each candidate's smaps read once: the one that touched the most served the request.
+    seen = [mappings(pid) for pid in pids]
+    served = max(seen, key=lambda maps: sum(m[2] for m in maps), default=[])
     by_kind, by_mapping = collections.Counter(), collections.Counter()
-    for name, perms, kb in mappings(served):
+    for name, perms, kb in served:
         if kb:
             by_kind["text" if "x" in perms else ("writable" if "w" in perms else "read-only")] += kb // 4
             by_mapping[(os.path.basename(name) if name.startswith("/") else name, perms)] += kb // 4
