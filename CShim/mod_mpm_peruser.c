@@ -14,7 +14,11 @@
 #include "ap_listen.h"
 #include "apr_strings.h"
 
+#include <errno.h>
+#include <signal.h>
 #include <strings.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 peruser_settings peruser_current_settings;
 
@@ -117,6 +121,37 @@ void peruser_shim_watch_children(int watch)
 int peruser_shim_children_exited(void)
 {
     return __atomic_exchange_n(&children_exited, 0, __ATOMIC_SEQ_CST) != 0;
+}
+
+pid_t peruser_shim_fork_for_root(void)
+{
+    sigset_t all, saved;
+    /* Written by the go-between, which runs on this process's memory until it exits. */
+    volatile pid_t child = -EIO;
+    pid_t between;
+    int status;
+
+    sigfillset(&all);
+    if (sigprocmask(SIG_SETMASK, &all, &saved) != 0)
+        return -errno;
+    between = vfork();
+    if (between == 0) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            /* The child, with a copy of the memory as it was: it goes on in the caller. */
+            sigprocmask(SIG_SETMASK, &saved, NULL);
+            return 0;
+        }
+        child = pid < 0 ? -errno : pid;
+        _exit(0);
+    }
+    if (between < 0)
+        child = -errno;
+    else
+        while (waitpid(between, &status, 0) < 0 && errno == EINTR)
+            ;
+    sigprocmask(SIG_SETMASK, &saved, NULL);
+    return child;
 }
 
 void peruser_shim_after_fork(void)

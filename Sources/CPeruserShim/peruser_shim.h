@@ -141,6 +141,14 @@ void peruser_shim_log_startup(int level, const char *message);
 void peruser_shim_watch_children(int watch);
 int peruser_shim_children_exited(void);
 
+/* Forks a child for the root, a subreaper, to adopt: a go-between made with vfork, so that it
+ * shares this process's memory instead of copying it (and unmapping the copy at its exit), forks
+ * the child and exits at once. Returns 0 in the child, the child's pid in the caller, or -errno
+ * (no child). Every signal is blocked while the go-between runs on this process's memory, where
+ * a handler would change this process's state; the child gets the caller's mask back. C: vfork
+ * returns twice on one stack, which Swift code must not be compiled around. */
+pid_t peruser_shim_fork_for_root(void);
+
 /* In a child right after fork: APR's thread bookkeeping, and the handlers of SIGUSR1 (retire
  * when done) and SIGWINCH (drain the channel, then exit). Then, with the child's pool, its
  * main thread record. 0, or -1. */

@@ -16,7 +16,7 @@ import threading
 import time
 
 from conftest import make_site, php_module, site_vhost
-from harness import Apache, free_port, read_maps
+from harness import Apache, free_port, read_maps, stat_fields
 from test_end_to_end import get
 from test_process_management import wait_until
 from test_tenant_holdings import images_by_role, memory_hits
@@ -247,3 +247,44 @@ def test_an_image_that_does_not_answer_holds_back_only_its_own_environment(modul
         running = {pid for pid, uid, _ in apache.children() if uid == a_uid}
         assert running and running <= started, (running, started)
         assert "was not asked for" not in log
+
+
+def blocked_signals(pid):
+    """The signal numbers blocked in `pid` (SigBlk of /proc/PID/status)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("SigBlk:"):
+            mask = int(line.split()[1], 16)
+            return [n for n in range(1, 65) if mask >> (n - 1) & 1]
+    raise AssertionError(f"no SigBlk for {pid}")
+
+
+def test_a_worker_an_image_forks_is_the_roots_child_and_blocks_no_signal(module, accounts):
+    """An image forks each worker through a go-between made with vfork
+    (peruser_shim_fork_for_root), which blocks every signal while it runs on the image's memory.
+    The worker gets the image's mask back (else SIGUSR1, SIGWINCH and SIGTERM would wait
+    forever), so does the image, the worker is the root's own child, and the go-between is
+    gone: the image has no child left, not even a zombie. Twice: the zygote forks images the
+    same way."""
+    with two_tenants(accounts, "fork-for-root") as (apache, port, _, a_uid, b_uid):
+        for host, uid, role in (("a.test", a_uid, "0"), ("b.test", b_uid, "1")):
+            assert get(port, host, "/id.php")[1] == f"uid={uid} has-secret\n"
+            workers = [pid for pid, worker_uid, _ in apache.children() if worker_uid == uid]
+            assert workers, f"no worker of {host} is the root's child"
+            image = image_of(apache, role)
+            for pid in workers + [image, apache.zygote()]:
+                assert blocked_signals(pid) == [], (pid, blocked_signals(pid))
+            for forker in (image, apache.zygote()):
+                left = [entry for entry in os.listdir("/proc") if entry.isdigit() and parent_of(entry) == forker]
+                assert left == [], f"{forker} still has children {left}"
+        # The signals work: a graceful restart retires the workers (SIGUSR1 through the root).
+        old = {pid for pid, uid, _ in apache.children() if uid in (a_uid, b_uid)}
+        os.kill(apache.pid(), signal.SIGUSR1)
+        assert wait_until(lambda: not old & {pid for pid, _, _ in apache.children()}, timeout=15), \
+            apache.read_error_log()[-2000:]
+
+
+def parent_of(pid):
+    try:
+        return int(stat_fields(pid)[1])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -327,45 +327,25 @@ enum ForkForTheRoot {
     case child
 }
 
-/// Forks a child that the root (a subreaper) adopts: a go-between forks it, reports its pid
-/// through a pipe and exits at once. The child closes `closingInChild` and waits (at most
-/// 2 s, else it exits) until the root is its parent, so that nothing it does is done as
-/// another process's child. Used by images for their children and by the zygote for images.
+/// Forks a child that the root (a subreaper) adopts: a go-between forks it and exits at once
+/// (peruser_shim_fork_for_root: made with vfork, it copies none of this process's memory). The
+/// child closes `closingInChild` and waits (at most 2 s, else it exits) until the root is its
+/// parent, so that nothing it does is done as another process's child. Used by images for
+/// their children and by the zygote for images.
 func forkForTheRoot(rootPid: pid_t, closingInChild: [Int32]) -> ForkForTheRoot {
-    var report = (read: FileDescriptor.none, write: FileDescriptor.none)
-    do throws(Errno) {
-        report = try FileDescriptor.pipe()
-    } catch {
-        return .failed(error)
+    let pid = peruser_shim_fork_for_root()
+    if pid < 0 { return .failed(Errno(-pid)) }
+    if pid > 0 { return .forked(pid) }
+    for fd in closingInChild { close(fd) }
+    // The go-between's exit hands this child to the root, a moment after the forker goes on
+    // (vfork lets the forker go as the go-between leaves its memory, before the adoption):
+    // look again soon, then less often.
+    let deadline = monotonicMilliseconds() + 2000
+    var pause: UInt32 = 20
+    while getppid() != rootPid {
+        guard monotonicMilliseconds() < deadline else { _exit(exitChildSick) }
+        usleep(pause)
+        pause = min(pause * 2, 1000)
     }
-    defer { report.read.close(); report.write.close() }
-    let between = fork()
-    if between < 0 { return .failed(.current) }
-    if between == 0 {
-        let child = fork()
-        if child == 0 {
-            for fd in closingInChild { close(fd) }
-            report.read.close(); report.write.close()
-            // The go-between exits within a millisecond (it unmaps a copy of the image): look
-            // again soon, then less often; a fixed 1 ms sleep delayed half of all starts by it.
-            let deadline = monotonicMilliseconds() + 2000
-            var pause: UInt32 = 50
-            while getppid() != rootPid {
-                guard monotonicMilliseconds() < deadline else { _exit(exitChildSick) }
-                usleep(pause)
-                pause = min(pause * 2, 1000)
-            }
-            return .child
-        }
-        var pid = Int32(child < 0 ? -Errno.current.code : child)
-        _ = write(report.write.raw, &pid, 4)
-        _exit(0)
-    }
-    report.write.close()
-    var pid: Int32 = 0
-    let got = (try? retryingInterrupts { read(report.read.raw, &pid, 4) }) ?? 0
-    var status: Int32 = 0
-    _ = try? retryingInterrupts { waitpid(between, &status, 0) }
-    guard got == 4, pid > 1 else { return .failed(Errno(got == 4 ? -pid : EIO)) }
-    return .forked(pid)
+    return .child
 }

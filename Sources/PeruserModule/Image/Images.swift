@@ -2,8 +2,9 @@
 // and generation, an `apache2` executed again with a configuration that holds only that
 // environment's vhosts (ImageConfiguration), so that its workers, forked from it, hold no other
 // tenant's key, secret or log. The root asks an image for a worker over a control channel; the
-// image forks twice so that the worker becomes the root's own child (the root is a subreaper)
-// and everything else (reaping, signals, the planner) stays as for a worker the root forked.
+// image forks it through a go-between so that the worker becomes the root's own child (the root
+// is a subreaper) and everything else (reaping, signals, the planner) stays as for a worker the
+// root forked.
 import CApache
 import CPeruserShim
 import Glibc
