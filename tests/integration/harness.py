@@ -171,48 +171,27 @@ KeepAliveTimeout 5
         stop_pid(pid, timeout)
 
     def children(self):
-        """(pid, uid, gid, cmdline) of the parent's direct children, from /proc."""
-        parent = self.pid()
+        """(pid, uid, gid) of the parent's direct children other than its images and zygote, from /proc."""
         out = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
+        for pid in child_pids(self.pid()):
+            if is_image(pid):
                 continue
             try:
-                ppid = int(stat_fields(entry)[1])
-                if ppid != parent or is_image(int(entry)):
-                    continue
-                uid, gid = proc_ids(int(entry))
-                out.append((int(entry), uid, gid))
+                uid, gid = proc_ids(pid)
             except (OSError, IndexError, ValueError):
                 continue
+            out.append((pid, uid, gid))
         return out
 
     def images(self):
         """Pids of the parent's process images (ProcessorImage isolated): root children that
         run apache2 with a configuration from a memfd; not counted as children, nor is the
         zygote (see zygote())."""
-        parent = self.pid()
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and is_image(int(entry)) and not is_zygote(int(entry)):
-                try:
-                    if int(stat_fields(entry)[1]) == parent:
-                        found.append(int(entry))
-                except (OSError, IndexError, ValueError):
-                    continue
-        return found
+        return [pid for pid in child_pids(self.pid()) if is_image(pid) and not is_zygote(pid)]
 
     def zygote(self):
         """The pid of the parent's image zygote, or None."""
-        parent = self.pid()
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and is_zygote(int(entry)):
-                try:
-                    if int(stat_fields(entry)[1]) == parent:
-                        return int(entry)
-                except (OSError, IndexError, ValueError):
-                    continue
-        return None
+        return next((pid for pid in child_pids(self.pid()) if is_zygote(pid)), None)
 
     def wait_children(self, count, timeout=20):
         """Waits until `count` children run, all of them past their privilege drop."""
@@ -289,6 +268,20 @@ def read_maps(pid, name="maps"):
             break
         previous = text
     return text
+
+
+def child_pids(parent):
+    """Pids of the processes whose parent is `parent`, from /proc (those that go meanwhile are
+    left out)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(stat_fields(entry)[1]) == parent:
+                    found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
 
 
 def stat_fields(pid):

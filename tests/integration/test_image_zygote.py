@@ -16,7 +16,7 @@ import threading
 import time
 
 from conftest import make_site, php_module, site_vhost
-from harness import Apache, free_port, read_maps, stat_fields
+from harness import Apache, child_pids, free_port, read_maps
 from test_end_to_end import get
 from test_process_management import wait_until
 from test_tenant_holdings import images_by_role, memory_hits
@@ -274,17 +274,9 @@ def test_a_worker_an_image_forks_is_the_roots_child_and_blocks_no_signal(module,
             for pid in workers + [image, apache.zygote()]:
                 assert blocked_signals(pid) == [], (pid, blocked_signals(pid))
             for forker in (image, apache.zygote()):
-                left = [entry for entry in os.listdir("/proc") if entry.isdigit() and parent_of(entry) == forker]
-                assert left == [], f"{forker} still has children {left}"
+                assert child_pids(forker) == [], f"{forker} still has children {child_pids(forker)}"
         # The signals work: a graceful restart retires the workers (SIGUSR1 through the root).
         old = {pid for pid, uid, _ in apache.children() if uid in (a_uid, b_uid)}
         os.kill(apache.pid(), signal.SIGUSR1)
         assert wait_until(lambda: not old & {pid for pid, _, _ in apache.children()}, timeout=15), \
             apache.read_error_log()[-2000:]
-
-
-def parent_of(pid):
-    try:
-        return int(stat_fields(pid)[1])
-    except (OSError, IndexError, ValueError):
-        return None

@@ -309,12 +309,16 @@ def test_kill_minus_nine_under_load_only_loses_what_was_in_flight(managed):
     assert ok + len(failures) == 2400
     os.kill(managed.pid(), 0)
     assert get(managed.port, "spare.test", CGI)[0] == 200
-    def unlogged():
-        log = managed.read_error_log()
+    def unlogged(log):
         return [pid for pid in kills if f"(pid {pid}," not in log]
-    # What the log says of a pid whose kill it does not name, for when this fails.
-    assert wait_until(lambda: not unlogged()), ("every kill is logged with the pid", kills, [
-        line for line in managed.read_error_log().splitlines() if any(str(pid) in line for pid in unlogged())])
+
+    def what_the_log_says():
+        """For when this fails: the kills, and the log's lines about each one it does not name."""
+        log = managed.read_error_log()
+        missing = unlogged(log)
+        return kills, [line for line in log.splitlines() if any(f"{pid}" in line for pid in missing)]
+    assert wait_until(lambda: not unlogged(managed.read_error_log())), \
+        ("every kill is logged with the pid", what_the_log_says())
 
 
 def table_mapping(pid):
