@@ -367,6 +367,16 @@ def request_on(sock, host, path="/cgi-bin/id.cgi"):
     return response_on(sock)
 
 
+def read_until_close(sock):
+    """Everything the server sends on `sock` until it closes the connection."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def response_on(sock):
     """The next response on an open connection (not pipelined); (status, headers, body text)."""
     f = sock.makefile("rb")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness import Apache, free_port, proc_ids, serving
+from harness import Apache, free_port, proc_ids, read_until_close, serving
 from test_end_to_end import get, socket_inodes
 from test_process_management import wait_until
 from test_status import auto_lines
@@ -82,15 +82,6 @@ def one(server):
     return auto_lines(body)["one"]
 
 
-def read_response(sock):
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-
-
 def server_socket_holders(server_port, client_port):
     """Pids holding the server's end of the connection from `client_port`, from /proc."""
     inodes = set()
@@ -121,7 +112,7 @@ def closing_request(server, host="one.test"):
     the client's side left open."""
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(f"GET /index.html HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-    response = read_response(sock)
+    response = read_until_close(sock)
     assert response.startswith(b"HTTP/1.1 200") and response.endswith(b"hello\n"), response[:200]
     return sock
 
@@ -212,7 +203,7 @@ def test_bytes_sent_past_a_closing_request_do_not_cut_the_response(server):
             b"GET /big.bin HTTP/1.1\r\nHost: one.test\r\nConnection: close\r\n\r\n"
             + b"GET /index.html HTTP/1.1\r\nHost: one.test\r\n\r\n" + b"z" * 200_000))
         sender.start()
-        data = read_response(sock)
+        data = read_until_close(sock)
         sender.join()
         sock.close()
         head, _, body = data.partition(b"\r\n\r\n")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from harness import request_on, serving
+from harness import read_until_close, request_on, serving
 from test_end_to_end import CGI, ids_of
 from test_hostile_clients import start
 
@@ -89,11 +89,6 @@ def test_pipelined_requests_are_answered_in_order(slow, accounts):
         sock.sendall(b"GET /index.html HTTP/1.1\r\nHost: a.test\r\n\r\n"
                      b"GET /index.html HTTP/1.1\r\nHost: b.test\r\n\r\n"
                      b"GET /index.html HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_until_close(sock)
     bodies = [part for part in data.split(b"\r\n\r\n")[1:] if part.startswith(b"site ")]
     assert [b[:6] for b in bodies] == [b"site a", b"site b", b"site a"], data
