@@ -12,6 +12,7 @@
 #include "scoreboard.h"
 #include "util_filter.h"
 
+#include <limits.h>
 #include <string.h>
 
 /* A kept-alive request head longer than this cannot be handed to another environment. */
@@ -33,6 +34,7 @@ static struct {
     int handed_back;
     int socket_reads_paused; /* while handing back: take only what filters already buffered */
     int lent; /* the multiplexer watches the socket too: nothing is read past an answer */
+    int carried_keepalives; /* responses that kept it alive in the workers before this one */
     head_record *record;
     /* This request's wait on the client and bytes from it, for ReaderShedTimeout. */
     int64_t waited_ms;
@@ -182,10 +184,13 @@ static apr_status_t insert_network_bucket(conn_rec *c, apr_bucket_brigade *bb, a
     return APR_SUCCESS;
 }
 
-void peruser_shim_connection_begins(void *socket, const unsigned char *consumed, size_t len, int lent)
+void peruser_shim_connection_begins(void *socket, const unsigned char *consumed, size_t len, int lent,
+                                    uint32_t keepalives)
 {
     memset(&current, 0, sizeof current);
     current.lent = lent;
+    /* Beyond INT_MAX, httpd's count (an int) would wrap: any such count means "close now". */
+    current.carried_keepalives = keepalives > INT_MAX ? INT_MAX : (int)keepalives;
     current.socket = socket;
     current.pending = consumed;
     current.pending_len = len;
@@ -206,6 +211,9 @@ static int pre_connection(conn_rec *c, void *csd)
     record->buf = apr_palloc(c->pool, PERUSER_CONSUMED_MAX);
     record->filter = ap_add_input_filter_handle(record_filter_handle, record, NULL, c);
     current.record = record;
+    /* MaxKeepAliveRequests counts the client's connection, not this worker's part of it: for
+     * a connection that crosses environments, each part is a new conn_rec. */
+    c->keepalives = current.carried_keepalives;
     return DECLINED;
 }
 
@@ -249,7 +257,7 @@ static int hand_back(request_rec *r)
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "peruser: client went away before the hand-back");
         rv = 0;
     }
-    else if ((rv = peruser_worker_hand_back(record->buf, record->len, current.requests_served)) != 0) {
+    else if ((rv = peruser_worker_hand_back(record->buf, record->len, current.requests_served, c->keepalives)) != 0) {
         /* Only this environment's channel can be broken (one of its own workers shut it down,
          * say): 421 and a close send the client to a new connection, routed as usual. */
         ap_log_rerror(APLOG_MARK, APLOG_ERR, -rv, r,

@@ -67,8 +67,11 @@ void peruser_worker_speaks_http2(int32_t yes);
 void peruser_worker_started_request(const char *request, const char *vhost);
 
 /* Gives the connection being served back to the multiplexers, with the `len` bytes read of it
- * so far; `requests_served` on it by this worker decides the hop count. 0, or -errno. */
-int32_t peruser_worker_hand_back(const unsigned char *consumed, size_t len, int32_t requests_served);
+ * so far; `requests_served` on it by this worker decides the hop count; `keepalives`: its
+ * conn_rec's count of responses that kept it alive, which the next worker counts on from.
+ * 0, or -errno. */
+int32_t peruser_worker_hand_back(const unsigned char *consumed, size_t len, int32_t requests_served,
+                                 int32_t keepalives);
 
 /* Whether the head of request_rec `request` (just created, on a kept-alive connection) comes
  * whole within a moment, or the client closed; 0 when the connection should go back to the

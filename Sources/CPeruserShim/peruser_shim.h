@@ -161,9 +161,12 @@ int peruser_shim_drain_requested(void);
 /* This process is a worker of `environment`: the hooks of CShim/connection.c apply. */
 void peruser_shim_worker_serves(int environment);
 /* A connection on apr_socket_t `socket` starts, the `len` bytes already consumed of it first
- * (`lent`: the multiplexer keeps watching it, so nothing is read past an answer); after it:
- * whether it was handed back (then it must not be closed here). */
-void peruser_shim_connection_begins(void *socket, const unsigned char *consumed, size_t len, int lent);
+ * (`lent`: the multiplexer keeps watching it, so nothing is read past an answer), with
+ * `keepalives` responses that kept it alive in the workers before (its conn_rec counts on from
+ * there, for MaxKeepAliveRequests); after it: whether it was handed back (then it must not be
+ * closed here). */
+void peruser_shim_connection_begins(void *socket, const unsigned char *consumed, size_t len, int lent,
+                                    uint32_t keepalives);
 int peruser_shim_connection_handed_back(void);
 /* How many streams of this worker's connection are running (0: an idle session), or -1 when
  * it does not speak HTTP/2. */

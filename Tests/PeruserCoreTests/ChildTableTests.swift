@@ -302,13 +302,13 @@ final class ChildTableTests: XCTestCase {
             table.setStatus(page: page0, .active, now: 2)
             XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .serving)
             table.giveBackLent(page: page0, lend: 5, how: .answered, position: 0)
-            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .returned(.answered))
+            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .returned(.answered, keepalives: 0))
             // Environment 1's worker names number 6 of its own; environment 0's number 6 is not it.
             table.giveBackLent(page: page1, lend: 6, how: .ended, position: 0)
             XCTAssertEqual(table.lendState(6, environment: 0, roster: table.roster()), .unknown)
-            XCTAssertEqual(table.lendState(6, environment: 1, roster: table.roster()), .returned(.ended))
+            XCTAssertEqual(table.lendState(6, environment: 1, roster: table.roster()), .returned(.ended, keepalives: 0))
             table.giveBackLent(page: page0, lend: 7, how: .sentBack, position: 1)
-            XCTAssertEqual(table.lendState(7, environment: 0, roster: table.roster()), .returned(.sentBack))
+            XCTAssertEqual(table.lendState(7, environment: 0, roster: table.roster()), .returned(.sentBack, keepalives: 0))
             // The worker exits: neither what it gave back nor what it served is read any more
             // (its pages are not read at all).
             table.setLend(page: page0, 8)
@@ -332,26 +332,47 @@ final class ChildTableTests: XCTestCase {
                 XCTAssertEqual(table.lendState(UInt64(n), environment: 0, roster: table.roster()), .unknown)
             }
             XCTAssertEqual(table.lendState(UInt64(capacity + 3), environment: 0, roster: table.roster()),
-                           .returned(.answered))
+                           .returned(.answered, keepalives: 0))
             // The oldest still held, read last (newest first), after the worker took another.
             table.setLend(page: page, 999)
-            XCTAssertEqual(table.lendState(4, environment: 0, roster: table.roster()), .returned(.answered))
+            XCTAssertEqual(table.lendState(4, environment: 0, roster: table.roster()), .returned(.answered, keepalives: 0))
             XCTAssertGreaterThanOrEqual(capacity, 256, "a multiplexer starved for a while must still find it")
             // Negative positions and numbers with the kind bits set still land in the ring.
             table.giveBackLent(page: page, lend: 0xc000_0000_0000_0040, how: .ended, position: -5)
-            XCTAssertEqual(table.lendState(0x40, environment: 0, roster: table.roster()), .returned(.ended))
+            XCTAssertEqual(table.lendState(0x40, environment: 0, roster: table.roster()), .returned(.ended, keepalives: 0))
             // A kind no writer of this module writes (both bits) reads as an end.
             guard let detail = table.detailPage(ofPage: page) else { return XCTFail("no detail page") }
             memory.storeBytes(of: UInt64.max, toByteOffset: detail + ChildTableLayout.returnedOffset, as: UInt64.self)
             XCTAssertEqual(table.lendState(ChildTableLayout.lendMask, environment: 0, roster: table.roster()),
-                           .returned(.ended))
+                           .returned(.ended, keepalives: 0))
             // A count that points anywhere only changes where the look starts.
             for count in [UInt64.max, 1 << 63, UInt64(capacity) * 7 + 5] {
                 memory.storeBytes(of: count, toByteOffset: detail + ChildTableLayout.returnedCountOffset, as: UInt64.self)
-                XCTAssertEqual(table.lendState(0x40, environment: 0, roster: table.roster()), .returned(.ended))
+                XCTAssertEqual(table.lendState(0x40, environment: 0, roster: table.roster()), .returned(.ended, keepalives: 0))
                 XCTAssertEqual(table.lendState(12345, environment: 0, roster: table.roster()), .unknown)
             }
         }
+    }
+
+    /// Each give-back carries the connection's kept-alive responses so far, read with its entry
+    /// (the slot beside it, not the newest one), and the whole ring fits in the detail page.
+    func testTheRingCarriesEachConnectionsKeptAliveResponses() {
+        withTable(slots: 4, environments: 1, workerPages: 2) { table, _, _ in
+            table.setSlot(1, pid: 10, type: .worker, environment: 0, generation: 7, status: .ready, now: 1, workerPage: 0)
+            let page = table.pageOffset(1)
+            table.giveBackLent(page: page, lend: 5, how: .answered, position: 0, keepalives: 41)
+            table.giveBackLent(page: page, lend: 6, how: .sentBack, position: 1, keepalives: .max)
+            table.giveBackLent(page: page, lend: 7, how: .ended, position: 2)
+            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .returned(.answered, keepalives: 41))
+            XCTAssertEqual(table.lendState(6, environment: 0, roster: table.roster()), .returned(.sentBack, keepalives: .max))
+            XCTAssertEqual(table.lendState(7, environment: 0, roster: table.roster()), .returned(.ended, keepalives: 0))
+            // The slot is written again when the ring wraps: the newer count replaces the older.
+            table.giveBackLent(page: page, lend: 8, how: .answered, position: ChildTableLayout.returnedCapacity,
+                               keepalives: 3)
+            XCTAssertEqual(table.lendState(8, environment: 0, roster: table.roster()), .returned(.answered, keepalives: 3))
+        }
+        XCTAssertLessThanOrEqual(ChildTableLayout.returnedKeepalivesOffset + 4 * ChildTableLayout.returnedCapacity,
+                                 ChildTableLayout.pageSize)
     }
 
     func testFormatRefusesASmallBuffer() {

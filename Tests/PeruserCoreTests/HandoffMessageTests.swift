@@ -58,6 +58,22 @@ final class HandoffMessageTests: XCTestCase {
         XCTAssertEqual(try decode(try encode(hops: 0, [])).lend, 0, "not lent unless a number is given")
     }
 
+    func testKeptAliveResponsesTravelWithTheMessage() throws {
+        let consumed = Array("GET /".utf8)
+        for keepalives: UInt32 in [1, 99, 0x0102_0304, .max] {
+            var out = [UInt8](repeating: 0, count: HandoffMessage.encodedSize(consumedCount: consumed.count))
+            _ = try consumed.withUnsafeBytes { source in
+                try out.withUnsafeMutableBytes {
+                    try HandoffMessage.encode(hops: 1, lend: 5, keepalives: keepalives, consumed: source, into: $0)
+                }
+            }
+            let decoded = try decode(out)
+            XCTAssertEqual(decoded, HandoffMessage(hops: 1, consumed: consumed, lend: 5, keepalives: keepalives))
+            XCTAssertEqual(decoded.consumed, consumed, "the count does not run into the consumed bytes")
+        }
+        XCTAssertEqual(try decode(try encode(hops: 0, [])).keepalives, 0, "none unless a count is given")
+    }
+
     func testRejectsShortMessages() {
         XCTAssertThrowsError(try decode([])) { XCTAssertEqual($0 as? HandoffMessage.DecodeError, .tooShort(0)) }
         XCTAssertThrowsError(try decode(Array("PRU3".utf8))) {
@@ -67,7 +83,7 @@ final class HandoffMessageTests: XCTestCase {
 
     func testRejectsBadMagicAndReservedBits() throws {
         var message = try encode(hops: 0, [1, 2, 3])
-        XCTAssertEqual(Array(message[0..<4]), Array("PRU4".utf8), "the wire format's magic")
+        XCTAssertEqual(Array(message[0..<4]), Array("PRU5".utf8), "the wire format's magic")
         for position in 0..<4 {
             var changed = message
             changed[position] ^= 0x20

@@ -46,8 +46,9 @@ def seqpacket_fds(pid):
 
 
 def header(hops, consumed, ticket=0, client=bytes(16)):
-    """HandoffMessage: magic, hops, flags, length, ticket, client (16 bytes), lend number, consumed bytes."""
-    return b"PRU4" + struct.pack("<HHIQ", hops, 0, len(consumed), ticket) + client + bytes(8) + consumed
+    """HandoffMessage: magic, hops, flags, length, ticket, client (16 bytes), lend number,
+    kept-alive responses, consumed bytes."""
+    return b"PRU5" + struct.pack("<HHIQ", hops, 0, len(consumed), ticket) + client + bytes(12) + consumed
 
 
 def bad_messages():
@@ -58,7 +59,7 @@ def bad_messages():
     yield "a unix socket instead of TCP", header(0, b""), [tcp_a.fileno()]
     yield "two fds", header(0, b""), [r, w]
     yield "bad magic", b"XXXX" + header(0, b"")[4:], [r]
-    yield "length beyond the message", b"PRU4" + struct.pack("<HHIQ", 0, 0, 4096, 0) + bytes(24) + b"abc", [r]
+    yield "length beyond the message", b"PRU5" + struct.pack("<HHIQ", 0, 0, 4096, 0) + bytes(28) + b"abc", [r]
     yield "short", b"PRU", [r]
     os.close(r)
     os.close(w)

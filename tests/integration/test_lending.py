@@ -11,7 +11,8 @@ import time
 import pytest
 
 from conftest import make_site, site_vhost, two_environments
-from harness import Apache, free_port, proc_ids, response_on, serving, session_pids, stat_fields
+from harness import (Apache, free_port, proc_ids, read_until_close, response_on, serving, session_pids,
+                     stat_fields)
 from test_end_to_end import ids_of, session_processes, socket_inodes, split_responses
 
 CGI = "/cgi-bin/id.cgi"
@@ -145,15 +146,46 @@ def test_requests_pipelined_on_a_lent_connection_are_answered_in_order(server):
     hosts = ["a.test", "a.test", "b.test", "a.test", "b.test"]
     sock.sendall(b"".join(request(h, CGI) for h in hosts) + request("a.test", CGI, close=True))
     sock.settimeout(15)
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = read_until_close(sock)
     responses = split_responses(data)
     assert [ids_of(b)[:2] for _, b in responses] == [server.uids[h[0]] for h in hosts] + [server.uids["a"]]
     sock.close()
+
+
+def test_max_keep_alive_requests_counts_the_connection_not_each_environments_part(server):
+    """MaxKeepAliveRequests 100 (the harness's): a connection whose requests alternate between
+    environments gets 100 kept-alive answers and a 101st with Connection: close, as on one
+    environment and as httpd counts it. Each environment's part is a new conn_rec in its worker;
+    counted there alone, the connection never reached the limit."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    served_by = set()
+    for n in range(1, 106):
+        host = "ab"[n % 2]
+        sock.sendall(request(f"{host}.test", CGI))
+        status, headers, body = response_on(sock)
+        assert status == 200, (n, status, body)
+        served_by.add(tuple(ids_of(body)[:2]))
+        if headers.get("connection", "").lower() == "close":
+            break
+    assert n == 101, f"the connection was told to close after {n} answers, not 101"
+    assert served_by == {server.uids["a"], server.uids["b"]}, served_by
+    sock.settimeout(3)
+    assert sock.recv(100) == b"", "the server closes after the 101st answer"
+    sock.close()
+
+
+def test_max_keep_alive_requests_counts_pipelined_requests_that_cross(server):
+    """The same with every request sent at once: a worker that read the next head hands the
+    connection back by message with what it read, and the count travels with it."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+    sock.sendall(b"".join(request("ab"[n % 2] + ".test") for n in range(1, 121)))
+    data = read_until_close(sock)
+    sock.close()
+    responses = split_responses(data)
+    assert len(responses) == 101, f"{len(responses)} answers before the close, not 101"
+    assert [body for _, body in responses[:4]] == ["site b\n", "site a\n"] * 2
+    assert data.rsplit(b"HTTP/1.1 200", 1)[1].lower().count(b"connection: close") == 1, "the last says it closes"
+    assert data.lower().count(b"connection: close") == 1
 
 
 def test_a_multiplexer_late_to_look_still_finds_its_lent_connection_given_back(server):

@@ -74,6 +74,9 @@ public enum ChildTableLayout {
     public static let returnedCapacity = 256
     /// UInt64: how many the worker gave back (the newest entry is at that count - 1).
     public static let returnedCountOffset = returnedOffset + 8 * returnedCapacity
+    /// UInt32 × returnedCapacity, beside the ring: the connection's kept-alive responses so far
+    /// (Apache's `keepalives`) when that entry was written; MaxKeepAliveRequests counts on.
+    public static let returnedKeepalivesOffset = returnedCountOffset + 8
     public static let returnedKindShift: UInt64 = 62
     public static let lendMask: UInt64 = (1 << 62) - 1
 
@@ -517,20 +520,23 @@ public struct ChildTable {
     }
 
     /// A worker is done with a lent connection: its number and how go into the page's ring at
-    /// `position` (the worker's count of connections it gave back).
-    public func giveBackLent(page: Int, lend: UInt64, how: Returned, position: Int) {
+    /// `position` (the worker's count of connections it gave back), with the responses that kept
+    /// it alive so far (`keepalives`, written first: the entry is what a multiplexer looks for).
+    public func giveBackLent(page: Int, lend: UInt64, how: Returned, position: Int, keepalives: UInt32 = 0) {
         guard let o = detailPage(ofPage: page), lend & ChildTableLayout.lendMask != 0 else { return }
         let entry = (lend & ChildTableLayout.lendMask) | how.rawValue << ChildTableLayout.returnedKindShift
         let capacity = ChildTableLayout.returnedCapacity
         let slot = (position % capacity + capacity) % capacity
+        base.storeBytes(of: keepalives, toByteOffset: o + ChildTableLayout.returnedKeepalivesOffset + 4 * slot,
+                        as: UInt32.self)
         base.storeBytes(of: entry, toByteOffset: o + ChildTableLayout.returnedOffset + 8 * slot, as: UInt64.self)
         base.storeBytes(of: UInt64(bitPattern: Int64(position) &+ 1), toByteOffset: o + ChildTableLayout.returnedCountOffset,
                         as: UInt64.self)
     }
 
     public enum LendState: Equatable {
-        /// A worker gave it back.
-        case returned(Returned)
+        /// A worker gave it back, with the responses that kept it alive so far (as it says).
+        case returned(Returned, keepalives: UInt32)
         /// A live worker shows it as its current connection.
         case serving
         /// Neither: still in the channel, or its worker is gone (or gave back so many since that
@@ -552,12 +558,12 @@ public struct ChildTable {
         for index in roster.slots(of: environment) {
             guard let worker = workerDetail(index, of: environment),
                   load(worker.offset + ChildTableLayout.lendOffset, as: UInt64.self) == wanted else { continue }
-            if let how = givenBack(wanted, ring: worker.offset) { return .returned(how) }
+            if let back = givenBack(wanted, ring: worker.offset) { return .returned(back.how, keepalives: back.keepalives) }
             if worker.status == .active { return .serving }
         }
         for index in roster.slots(of: environment) {
-            if let o = workerDetail(index, of: environment)?.offset, let how = givenBack(wanted, ring: o) {
-                return .returned(how)
+            if let o = workerDetail(index, of: environment)?.offset, let back = givenBack(wanted, ring: o) {
+                return .returned(back.how, keepalives: back.keepalives)
             }
         }
         return .unknown
@@ -567,7 +573,7 @@ public struct ChildTable {
     /// it. Newest first, to the first slot never written: the one just given back is found at
     /// once, and a young worker's ring is short. The count (written by the worker) only says
     /// where to start.
-    private func givenBack(_ wanted: UInt64, ring o: Int) -> Returned? {
+    private func givenBack(_ wanted: UInt64, ring o: Int) -> (how: Returned, keepalives: UInt32)? {
         let capacity = ChildTableLayout.returnedCapacity
         let count = Int(truncatingIfNeeded: load(o + ChildTableLayout.returnedCountOffset, as: UInt64.self))
         let newest = ((count &- 1) % capacity + capacity) % capacity
@@ -576,7 +582,8 @@ public struct ChildTable {
             let entry = load(o + ChildTableLayout.returnedOffset + 8 * slot, as: UInt64.self)
             if entry == 0 { return nil }
             if entry & ChildTableLayout.lendMask == wanted {
-                return Returned(rawValue: entry >> ChildTableLayout.returnedKindShift) ?? .ended
+                return (Returned(rawValue: entry >> ChildTableLayout.returnedKindShift) ?? .ended,
+                        load(o + ChildTableLayout.returnedKeepalivesOffset + 4 * slot, as: UInt32.self))
             }
         }
         return nil

@@ -1,11 +1,11 @@
 // The payload that travels with a connection's fd over a hand-off or hand-back channel.
 //
-// Layout (little endian): magic "PRU4", hops (UInt16), flags (UInt8: bit 0 crossing, bit 1
+// Layout (little endian): magic "PRU5", hops (UInt16), flags (UInt8: bit 0 crossing, bit 1
 // closing), reserved (UInt8, zero),
 // length of the consumed bytes (UInt32), the hand-back ticket (UInt64; see HandbackTicket),
 // the client the connection counts against (16 bytes, network order; see ClientAddress),
-// the lend number (UInt64; 0: not lent; see Multiplexer's "Lent connections"), then exactly
-// that many bytes. The fd itself travels in SCM_RIGHTS; the addresses a vhost sees never
+// the lend number (UInt64; 0: not lent; see Multiplexer's "Lent connections"), the
+// connection's kept-alive responses so far (UInt32), then exactly that many bytes. The fd itself travels in SCM_RIGHTS; the addresses a vhost sees never
 // travel: the receiver reads them from the socket.
 // Messages come from other processes, some of them run by tenants, so decoding trusts nothing.
 
@@ -34,10 +34,15 @@ public struct HandoffMessage: Equatable {
     /// keeps its own descriptor and watches it, and the worker, once it has answered, gives it
     /// back by writing this number on its page instead of sending the descriptor. From a worker: 0.
     public var lend: UInt64
+    /// How many responses kept the connection alive so far, in every worker it went through
+    /// (Apache's `keepalives`): MaxKeepAliveRequests counts the connection, not each worker's
+    /// part of it. Written by workers too: a lie only moves the close of that one connection.
+    public var keepalives: UInt32
 
     public init(hops: UInt16, consumed: [UInt8], ticket: UInt64 = 0, client: ClientAddress = .none,
-                crossing: Bool = false, closing: Bool = false, lend: UInt64 = 0) {
+                crossing: Bool = false, closing: Bool = false, lend: UInt64 = 0, keepalives: UInt32 = 0) {
         self.lend = lend
+        self.keepalives = keepalives
         self.hops = hops
         self.consumed = consumed
         self.ticket = ticket
@@ -49,11 +54,11 @@ public struct HandoffMessage: Equatable {
     static let crossingFlag: UInt8 = 1
     static let closingFlag: UInt8 = 2
 
-    /// "PRU4", little endian: a constant, where an array was a lazily made global (a call to
+    /// "PRU5", little endian: a constant, where an array was a lazily made global (a call to
     /// swift_once and a heap object read on every message, in the multiplexers and in the
     /// workers, whose cold pages it added to each request).
-    static let magic: UInt32 = 0x3455_5250
-    public static let headerSize = 44
+    static let magic: UInt32 = 0x3555_5250
+    public static let headerSize = 48
     /// A request head of up to 64 KiB plus what the worker's input filters had buffered past
     /// it (one socket read, at most 8000 bytes in httpd), with margin; one SOCK_SEQPACKET
     /// message this size fits well under the default socket buffer (208 KiB).
@@ -79,7 +84,7 @@ public struct HandoffMessage: Equatable {
     /// Writes the message into `out`; returns the number of bytes written.
     public static func encode(hops: UInt16, ticket: UInt64 = 0, client: ClientAddress = .none,
                               crossing: Bool = false, closing: Bool = false, lend: UInt64 = 0,
-                              consumed: UnsafeRawBufferPointer,
+                              keepalives: UInt32 = 0, consumed: UnsafeRawBufferPointer,
                               into out: UnsafeMutableRawBufferPointer) throws(EncodeError) -> Int {
         guard consumed.count <= largestConsumed else { throw .consumedTooLong(consumed.count) }
         let size = encodedSize(consumedCount: consumed.count)
@@ -97,6 +102,7 @@ public struct HandoffMessage: Equatable {
             out[28 + i] = UInt8(truncatingIfNeeded: client.low >> (56 - 8 * UInt64(i)))
         }
         for i in 0..<8 { out[36 + i] = UInt8(truncatingIfNeeded: lend >> (8 * UInt64(i))) }
+        for i in 0..<4 { out[44 + i] = UInt8(truncatingIfNeeded: keepalives >> (8 * UInt32(i))) }
         if consumed.count > 0, let base = consumed.baseAddress, let dest = out.baseAddress {
             (dest + headerSize).copyMemory(from: base, byteCount: consumed.count)
         }
@@ -106,7 +112,7 @@ public struct HandoffMessage: Equatable {
     /// Validates a received message; the consumed bytes are `message[headerSize ..< headerSize+count]`.
     public static func decodeHeader(_ message: UnsafeRawBufferPointer) throws(DecodeError)
         -> (hops: UInt16, consumedCount: Int, ticket: UInt64, client: ClientAddress, crossing: Bool, closing: Bool,
-            lend: UInt64)
+            lend: UInt64, keepalives: UInt32)
     {
         guard message.count >= headerSize else { throw .tooShort(message.count) }
         guard message.count <= largestMessage else { throw .tooLong(message.count) }
@@ -123,8 +129,11 @@ public struct HandoffMessage: Equatable {
             high = high << 8 | UInt64(message[20 + i])
             low = low << 8 | UInt64(message[28 + i])
         }
+        var keepalives: UInt32 = 0
+        for i in 0..<4 { keepalives |= UInt32(message[44 + i]) << (8 * UInt32(i)) }
         return (hops, length, UInt64(littleEndianBytes: message, at: 12), ClientAddress(high: high, low: low),
-                message[6] & crossingFlag != 0, message[6] & closingFlag != 0, UInt64(littleEndianBytes: message, at: 36))
+                message[6] & crossingFlag != 0, message[6] & closingFlag != 0, UInt64(littleEndianBytes: message, at: 36),
+                keepalives)
     }
 
     public static func decode(_ message: UnsafeRawBufferPointer) throws(DecodeError) -> HandoffMessage {
@@ -132,6 +141,6 @@ public struct HandoffMessage: Equatable {
         return HandoffMessage(hops: header.hops,
                               consumed: Array(message[headerSize..<(headerSize + header.consumedCount)]),
                               ticket: header.ticket, client: header.client, crossing: header.crossing,
-                              closing: header.closing, lend: header.lend)
+                              closing: header.closing, lend: header.lend, keepalives: header.keepalives)
     }
 }

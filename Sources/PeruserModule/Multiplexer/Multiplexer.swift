@@ -38,6 +38,9 @@ struct PendingConnection {
     var consumed: [UInt8]
     var hops: UInt16
     var deadline: Int64
+    /// Responses that kept it alive so far, in every worker it went through: its next worker's
+    /// Apache counts on from here, so MaxKeepAliveRequests ends it as httpd would.
+    var keepalives: UInt32 = 0
     /// Whether the client sent a whole request line: at the head timeout, httpd answers 408
     /// only after one and closes silently before.
     var requestLineDone = false
@@ -586,8 +589,11 @@ struct Multiplexer {
                 continue
             }
             // A connection this multiplexer lent, sent back with bytes a worker read (before this
-            // multiplexer looked at the ring): this copy replaces ours.
-            if let lentFD = lentByCookie[cookie], case .lent? = pending[lentFD]?.stage {
+            // multiplexer looked at the ring): this copy replaces ours, and its count of
+            // kept-alive answers never goes below what ours said.
+            var keepalives = decoded.keepalives
+            if let lentFD = lentByCookie[cookie], let lent = pending[lentFD], case .lent = lent.stage {
+                keepalives = max(keepalives, lent.keepalives)
                 closeConnection(lentFD)
             }
             // A copy of a connection this multiplexer already holds: one connection is held once
@@ -602,7 +608,7 @@ struct Multiplexer {
                 if connected { linger(fd, handback: index, cookie: cookie) } else { close(fd) }
             } else {
                 adopt(fd, consumed: decoded.consumed, hops: decoded.hops, handback: index, cookie: cookie,
-                      client: decoded.client)
+                      client: decoded.client, keepalives: keepalives)
             }
         }
     }
@@ -671,9 +677,9 @@ struct Multiplexer {
     /// still waiting for its head is watched (edge-triggered: an ADD reports data already there).
     private mutating func adopt(_ fd: Int32, consumed: [UInt8], hops: UInt16, handback: Int? = nil,
                                 cookie: UInt64? = nil, client: ClientAddress? = nil, peer: InternetAddress? = nil,
-                                local: InternetAddress? = nil) {
+                                local: InternetAddress? = nil, keepalives: UInt32 = 0) {
         pending[fd] = PendingConnection(consumed: consumed, hops: hops,
-                                        deadline: monotonicMilliseconds() + headTimeout,
+                                        deadline: monotonicMilliseconds() + headTimeout, keepalives: keepalives,
                                         consuming: !consumed.isEmpty,
                                         handback: handback, cookie: cookie, carriedClient: client, local: local, peer: peer)
         if let cookie { heldCookies.insert(cookie) }
@@ -1238,7 +1244,7 @@ struct Multiplexer {
             length = try connection.consumed.withUnsafeBytes { consumed in
                 try HandoffMessage.encode(hops: connection.hops, ticket: ticket, client: connection.client,
                                           crossing: crossing, lend: lendTo == nil ? 0 : handedOffSoFar,
-                                          consumed: consumed, into: message)
+                                          keepalives: connection.keepalives, consumed: consumed, into: message)
             }
         } catch {
             if let handedOffCount { _ = peruser_atomic_add_fetch_u64(handedOffCount, UInt64.max) }
@@ -1369,23 +1375,26 @@ struct Multiplexer {
               let table = sharedTable else { return }
         let now = monotonicMilliseconds()
         switch table.lendState(number, environment: environment, roster: currentRoster(table)) {
-        case .returned(.answered):
+        case .returned(.answered, let keepalives):
             unlend(fd, cookie: connection.cookie)
             var back = connection
             back.stage = .readingHead
             back.hops = 1
+            // Its worker answered at least once more and kept it alive: a lower count is a lie.
+            back.keepalives = max(keepalives, connection.keepalives.addingReportingOverflow(1).overflow
+                                  ? .max : connection.keepalives + 1)
             back.deadline = now + headTimeout
             back.carriedClient = connection.client
             pending[fd] = back
             advance(fd)
             // Unwatched while it was served (below): watched again for its next head.
             if case .readingHead? = pending[fd]?.stage { watchConnection(fd) }
-        case .returned(.ended):
+        case .returned(.ended, _):
             unlend(fd, cookie: connection.cookie)
             // Its worker shut the write side (or could not); the rest of httpd's lingering close.
             shutdown(fd, Int32(SHUT_WR))
             lingerHeld(fd)
-        case .returned(.sentBack):
+        case .returned(.sentBack, _):
             // Its worker sent it back with what it read: the message carries its own reference,
             // to whichever multiplexer reads it first. This copy has done its part.
             closeConnection(fd)

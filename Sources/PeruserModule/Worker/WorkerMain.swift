@@ -20,6 +20,8 @@ struct ServedConnection {
     let lend: UInt64
     /// When this worker took it (ms): its kept-alive turn counts from here (KeptAliveTurn).
     let takenAt: Int64
+    /// Responses that kept it alive in the workers before this one (MaxKeepAliveRequests).
+    let keepalives: UInt32
 
     var lent: Bool { lend != 0 }
 }
@@ -30,10 +32,12 @@ nonisolated(unsafe) var lendOutstanding: UInt64 = 0
 nonisolated(unsafe) var lentGivenBack = 0
 
 /// Gives the lent connection being served back: a write on the worker's own page, no message,
-/// no wake-up (the multiplexer looks when its copy of the socket stirs).
-func giveBackLent(_ how: ChildTable.Returned) {
+/// no wake-up (the multiplexer looks when its copy of the socket stirs). `keepalives`: the
+/// responses that kept it alive so far, which its next worker counts on from.
+func giveBackLent(_ how: ChildTable.Returned, keepalives: UInt32 = 0) {
     guard lendOutstanding != 0, let page = ownPage else { return }
-    sharedTable?.giveBackLent(page: page, lend: lendOutstanding, how: how, position: lentGivenBack)
+    sharedTable?.giveBackLent(page: page, lend: lendOutstanding, how: how, position: lentGivenBack,
+                              keepalives: keepalives)
     lentGivenBack &+= 1
     lendOutstanding = 0
 }
@@ -170,7 +174,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
             statusShown = false
             servedConnection = ServedConnection(fd: fd, hops: decoded.hops, ticket: decoded.ticket, client: decoded.client,
                                                 crossing: decoded.crossing, lend: decoded.lend,
-                                                takenAt: monotonicMilliseconds())
+                                                takenAt: monotonicMilliseconds(), keepalives: decoded.keepalives)
             lendOutstanding = decoded.lend
             let consumed = UnsafeRawBufferPointer(rebasing: message[HandoffMessage.headerSize..<(HandoffMessage.headerSize
                                                                                                + decoded.consumedCount)])
@@ -219,7 +223,8 @@ func serve(_ fd: Int32, local: sockaddr_storage, consumed: UnsafeRawBufferPointe
     // first, as before, was two more calls per lend.
     guard apr_socket_timeout_set(socket, ap_server_conf?.pointee.timeout ?? 0) == APR_SUCCESS else { return }
     peruser_shim_connection_begins(UnsafeMutableRawPointer(socket), consumed.baseAddress?.assumingMemoryBound(to: UInt8.self),
-                                   consumed.count, servedConnection?.lent == true ? 1 : 0)
+                                   consumed.count, servedConnection?.lent == true ? 1 : 0,
+                                   servedConnection?.keepalives ?? 0)
     // Refused (core's, when the socket has no peer any more): closed now, not at the next
     // connection's pool clear.
     guard let connection = ap_run_create_connection(pool, ap_server_conf, socket, id,
@@ -319,18 +324,19 @@ public func peruserWorkerStartedRequest(_ request: UnsafePointer<CChar>?, _ vhos
 func passLingeringClose() -> Bool {
     guard let connection = servedConnection else { return false }
     return giveBack(fd: connection.fd, ticket: connection.ticket, client: connection.client, hops: 0,
-                    consumed: UnsafeRawBufferPointer(start: nil, count: 0), closing: true, attempts: 1) == 0
+                    consumed: UnsafeRawBufferPointer(start: nil, count: 0), closing: true, keepalives: 0,
+                    attempts: 1) == 0
 }
 
 /// Sends a connection back to the multiplexers on the environment's hand-back channel with its
 /// ticket and client: 0, or -errno. `attempts`: sends tried while the channel is full, 10 ms apart.
 private func giveBack(fd: Int32, ticket: UInt64, client: ClientAddress, hops: UInt16,
-                      consumed: UnsafeRawBufferPointer, closing: Bool, attempts: Int) -> Int32 {
+                      consumed: UnsafeRawBufferPointer, closing: Bool, keepalives: UInt32, attempts: Int) -> Int32 {
     guard let channel = handbackChannel else { return -EINVAL }
     let encoded: Int
     do {
-        encoded = try HandoffMessage.encode(hops: hops, ticket: ticket, client: client,
-                                            closing: closing, consumed: consumed, into: handbackMessage)
+        encoded = try HandoffMessage.encode(hops: hops, ticket: ticket, client: client, closing: closing,
+                                            keepalives: keepalives, consumed: consumed, into: handbackMessage)
     } catch {
         return -EMSGSIZE
     }
@@ -415,7 +421,8 @@ func finishHeldClosings() {
     lookAtHeldClosings()
     for closing in heldClosings.closings {
         if giveBack(fd: closing.fd, ticket: closing.ticket, client: closing.client, hops: 0,
-                    consumed: UnsafeRawBufferPointer(start: nil, count: 0), closing: true, attempts: 1) == 0 {
+                    consumed: UnsafeRawBufferPointer(start: nil, count: 0), closing: true, keepalives: 0,
+                    attempts: 1) == 0 {
             heldClosings.release(closing.fd)
             close(closing.fd)
         }
@@ -497,11 +504,13 @@ func linger(_ fd: Int32) {
 }
 
 @_cdecl("peruser_worker_hand_back")
-public func peruserWorkerHandBack(_ consumed: UnsafePointer<UInt8>?, _ length: Int, _ requestsServed: Int32) -> Int32 {
+public func peruserWorkerHandBack(_ consumed: UnsafePointer<UInt8>?, _ length: Int, _ requestsServed: Int32,
+                                  _ keptAlive: Int32) -> Int32 {
     guard let connection = servedConnection else { return -EINVAL }
+    let keepalives = UInt32(clamping: keptAlive)
     if connection.lend != 0 && (consumed == nil || length == 0) {
         // Lent and nothing read past the response: the multiplexer still watches it.
-        giveBackLent(.answered)
+        giveBackLent(.answered, keepalives: keepalives)
         return 0
     }
     let hops = requestsServed > 0 ? 1 : (connection.hops == .max ? .max : connection.hops + 1)
@@ -513,7 +522,7 @@ public func peruserWorkerHandBack(_ consumed: UnsafePointer<UInt8>?, _ length: I
     let sent = giveBack(fd: connection.fd, ticket: connection.ticket, client: connection.client, hops: hops,
                         consumed: UnsafeRawBufferPointer(start: length > 0 ? consumed : nil,
                                                          count: consumed == nil ? 0 : length),
-                        closing: false, attempts: 100)
+                        closing: false, keepalives: keepalives, attempts: 100)
     if sent != 0 && lend != 0 {
         // Not sent: it ends here (421); that overwrites the same entry of the ring.
         lentGivenBack &-= 1

@@ -21,7 +21,7 @@
  *   (sockets and forge take &fd=N[,M] to attack only those descriptors.)
  *   sockets   every socket but this request's client connection: SO_SNDBUF/SO_RCVBUF to the
  *             minimum, a flood of garbage (MSG_DONTWAIT), shutdown(SHUT_RDWR), a send after it.
- *   forge     every Unix socket: forged hand-back messages (HandoffMessage.swift's "PRU4" header
+ *   forge     every Unix socket: forged hand-back messages (HandoffMessage.swift's "PRU5" header
  *             and garbage) carrying a fresh TCP connection to this server, a listening socket, a
  *             socketpair end, /dev/null, this client connection, no fd, two fds; then ~2 s of
  *             as many as the channels take.
@@ -77,11 +77,11 @@
 
 module AP_MODULE_DECLARE_DATA peruser_attack_module;
 
-/* The hand-off message (Sources/PeruserCore/Routing/HandoffMessage.swift): "PRU4", hops (u16 LE),
+/* The hand-off message (Sources/PeruserCore/Routing/HandoffMessage.swift): "PRU5", hops (u16 LE),
  * flags and reserved (u16, zero), length of the consumed bytes (u32 LE), a hand-back ticket (u64; a
  * forger cannot compute one: zero here), the client (16 bytes), the lend number (u64, zero from a
- * worker), the consumed bytes. */
-#define MSG_HEADER 44
+ * worker), the kept-alive responses so far (u32), the consumed bytes. */
+#define MSG_HEADER 48
 #define MSG_LARGEST_CONSUMED (96 * 1024)
 
 /* Survives across requests in this worker process (keepfd / readkept). */
@@ -656,7 +656,7 @@ static void attack_sockets(request_rec *r, int client_fd)
 static size_t header(unsigned char *out, unsigned hops, unsigned reserved, uint32_t declared)
 {
     memset(out, 0, MSG_HEADER);
-    memcpy(out, "PRU4", 4);
+    memcpy(out, "PRU5", 4);
     out[4] = hops & 0xff;
     out[5] = (hops >> 8) & 0xff;
     out[6] = reserved & 0xff;
