@@ -12,8 +12,11 @@
 #include "scoreboard.h"
 #include "util_filter.h"
 
-#include <limits.h>
 #include <string.h>
+
+/* The most kept-alive answers a connection carries into a worker: any MaxKeepAliveRequests is
+ * below it, and a billion more answers in one worker never reach INT_MAX. */
+#define PERUSER_KEEPALIVES_MAX (1 << 30)
 
 /* A kept-alive request head longer than this cannot be handed to another environment. */
 #define HEAD_RECORD_MAX (64 * 1024)
@@ -189,8 +192,8 @@ void peruser_shim_connection_begins(void *socket, const unsigned char *consumed,
 {
     memset(&current, 0, sizeof current);
     current.lent = lent;
-    /* Beyond INT_MAX, httpd's count (an int) would wrap: any such count means "close now". */
-    current.carried_keepalives = keepalives > INT_MAX ? INT_MAX : (int)keepalives;
+    /* A worker wrote it: kept far below INT_MAX, as httpd adds one per answer to its int. */
+    current.carried_keepalives = keepalives > PERUSER_KEEPALIVES_MAX ? PERUSER_KEEPALIVES_MAX : (int)keepalives;
     current.socket = socket;
     current.pending = consumed;
     current.pending_len = len;

@@ -5,8 +5,9 @@
 // length of the consumed bytes (UInt32), the hand-back ticket (UInt64; see HandbackTicket),
 // the client the connection counts against (16 bytes, network order; see ClientAddress),
 // the lend number (UInt64; 0: not lent; see Multiplexer's "Lent connections"), the
-// connection's kept-alive responses so far (UInt32), then exactly that many bytes. The fd itself travels in SCM_RIGHTS; the addresses a vhost sees never
-// travel: the receiver reads them from the socket.
+// connection's kept-alive responses so far (UInt32), then exactly that many bytes. The fd
+// itself travels in SCM_RIGHTS; the addresses a vhost sees never travel: the receiver reads
+// them from the socket.
 // Messages come from other processes, some of them run by tenants, so decoding trusts nothing.
 
 public struct HandoffMessage: Equatable {
