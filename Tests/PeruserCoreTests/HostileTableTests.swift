@@ -474,6 +474,8 @@ final class HostileTableTests: XCTestCase {
         XCTAssertEqual(milliseconds(seconds: .min), .min)
         XCTAssertEqual(UInt64.max.saturatingAdding(1), .max)
         XCTAssertEqual(UInt64(2).saturatingAdding(3), 5)
+        XCTAssertEqual(UInt32.max.saturatingAdding(1), .max)
+        XCTAssertEqual(UInt32(99).saturatingAdding(1), 100)
         XCTAssertEqual(Int.max.saturatingAdding(1), .max)
         XCTAssertEqual(Int.min.saturatingAdding(-1), .min)
         XCTAssertEqual(Int.min.saturatingSubtracting(1), .min)

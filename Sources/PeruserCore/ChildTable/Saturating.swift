@@ -16,10 +16,10 @@ public func milliseconds(seconds: Int) -> Int64 {
     return overflow ? (seconds < 0 ? .min : .max) : product
 }
 
-extension UInt64 {
+extension FixedWidthInteger where Self: UnsignedInteger {
     /// A sum that sticks at the maximum: an inflated counter then shows as huge, rather than
     /// wrapping round to a small, believable number.
-    public func saturatingAdding(_ other: UInt64) -> UInt64 {
+    public func saturatingAdding(_ other: Self) -> Self {
         let (sum, overflow) = addingReportingOverflow(other)
         return overflow ? .max : sum
     }

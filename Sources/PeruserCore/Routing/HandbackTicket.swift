@@ -106,12 +106,14 @@ public enum SipHash24 {
     }
 }
 
-extension UInt64 {
+extension FixedWidthInteger {
     init(littleEndianBytes bytes: UnsafeRawBufferPointer, at offset: Int) {
-        var value: UInt64 = 0
-        for i in 0..<8 { value |= UInt64(bytes[offset + i]) << (8 * UInt64(i)) }
+        var value: Self = 0
+        for i in 0..<(Self.bitWidth / 8) { value |= Self(truncatingIfNeeded: bytes[offset + i]) << (8 * i) }
         self = value
     }
+}
 
+extension UInt64 {
     func rotatedLeft(_ count: UInt64) -> UInt64 { self << count | self >> (64 - count) }
 }

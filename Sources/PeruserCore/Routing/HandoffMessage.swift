@@ -120,8 +120,7 @@ public struct HandoffMessage: Equatable {
         guard message.loadUnaligned(fromByteOffset: 0, as: UInt32.self) == magic.littleEndian else { throw .badMagic }
         guard message[6] & ~(crossingFlag | closingFlag) == 0, message[7] == 0 else { throw .reservedNotZero }
         let hops = UInt16(message[4]) | UInt16(message[5]) << 8
-        var length = 0
-        for i in 0..<4 { length |= Int(message[8 + i]) << (8 * i) }
+        let length = Int(UInt32(littleEndianBytes: message, at: 8))
         guard length == message.count - headerSize else {
             throw .lengthMismatch(declared: length, actual: message.count - headerSize)
         }
@@ -130,11 +129,9 @@ public struct HandoffMessage: Equatable {
             high = high << 8 | UInt64(message[20 + i])
             low = low << 8 | UInt64(message[28 + i])
         }
-        var keepalives: UInt32 = 0
-        for i in 0..<4 { keepalives |= UInt32(message[44 + i]) << (8 * UInt32(i)) }
         return (hops, length, UInt64(littleEndianBytes: message, at: 12), ClientAddress(high: high, low: low),
                 message[6] & crossingFlag != 0, message[6] & closingFlag != 0, UInt64(littleEndianBytes: message, at: 36),
-                keepalives)
+                UInt32(littleEndianBytes: message, at: 44))
     }
 
     public static func decode(_ message: UnsafeRawBufferPointer) throws(DecodeError) -> HandoffMessage {

@@ -1381,8 +1381,7 @@ struct Multiplexer {
             back.stage = .readingHead
             back.hops = 1
             // Its worker answered at least once more and kept it alive: a lower count is a lie.
-            back.keepalives = max(keepalives, connection.keepalives.addingReportingOverflow(1).overflow
-                                  ? .max : connection.keepalives + 1)
+            back.keepalives = max(keepalives, connection.keepalives.saturatingAdding(1))
             back.deadline = now + headTimeout
             back.carriedClient = connection.client
             pending[fd] = back
