@@ -191,14 +191,24 @@ def wrk(port, path, close, lua, host=HOSTS[0]):
 
 def session_cpu(apache):
     """CPU seconds used by the server's processes so far: each live process's own time, plus
-    the time of the children they have reaped (itk's per-connection forks, CGI scripts)."""
-    ticks = 0
+    the time of the children they have reaped (itk's per-connection forks, CGI scripts).
+
+    A live process's time comes from /proc/PID/schedstat (nanoseconds), not from stat's utime
+    and stime: those are whole clock ticks per process and per field, and with hundreds of
+    workers that each run less than a tick in a round, most of the round's CPU was truncated
+    away (a round of young workers then looked cheaper than a later one). What reaped children
+    used is only kept in ticks (cutime, cstime), summed by the kernel before it rounds."""
+    seconds = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
     for pid in session_pids(os.getsid(apache.pid())):
         try:
-            ticks += sum(int(x) for x in stat_fields(pid)[11:15])  # utime stime cutime cstime
+            with open(f"/proc/{pid}/schedstat") as f:
+                own_ns = int(f.read().split()[0])
+            reaped_ticks = sum(int(x) for x in stat_fields(pid)[13:15])  # cutime cstime
         except (OSError, ValueError, IndexError):
-            pass
-    return ticks / os.sysconf("SC_CLK_TCK")
+            continue
+        seconds += own_ns / 1e9 + reaped_ticks / tick
+    return seconds
 
 
 def warm(port):
