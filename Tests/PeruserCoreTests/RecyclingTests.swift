@@ -37,3 +37,43 @@ final class RecyclingTests: XCTestCase {
         XCTAssertEqual(mean, 875, accuracy: 10, "about even over the quarter")
     }
 }
+
+final class ServedConnectionsTests: XCTestCase {
+    /// A pooled connection lent again and again to one worker counts once; each other
+    /// connection counts once too.
+    func testAConnectionThatComesBackCountsOnce() {
+        var served = ServedConnections()
+        let pooled: [UInt64] = (1...32).map { 0xdead_beef_0000 &+ $0 &* 7919 }
+        var counted = 0
+        for round in 0..<50 {
+            for ticket in pooled where served.counts(ticket: ticket) { counted += 1 }
+            XCTAssertEqual(counted, 32, "round \(round)")
+        }
+        XCTAssertTrue(served.counts(ticket: 42))
+        XCTAssertFalse(served.counts(ticket: 42))
+    }
+
+    func testAConnectionWithoutATicketAlwaysCounts() {
+        var served = ServedConnections()
+        for _ in 0..<5 { XCTAssertTrue(served.counts(ticket: 0)) }
+    }
+
+    /// More live connections than it remembers: forgotten ones count again, so a worker
+    /// recycles sooner than with a perfect memory, never later; a new connection always counts.
+    func testForgettingOnlyEverCountsMore() {
+        var served = ServedConnections(remembering: 8)
+        let tickets: [UInt64] = (1...9).map { $0 &* 0x9e37_79b9 }
+        var counted = 0
+        for _ in 0..<3 {
+            for ticket in tickets where served.counts(ticket: ticket) { counted += 1 }
+        }
+        XCTAssertEqual(counted, 27, "nine in turn through a memory of eight: each is forgotten before it is back")
+        for ticket in tickets.suffix(8) { XCTAssertFalse(served.counts(ticket: ticket)) }
+        XCTAssertTrue(served.counts(ticket: 0xfeed))
+        var tiny = ServedConnections(remembering: 0)
+        XCTAssertTrue(tiny.counts(ticket: 5))
+        XCTAssertFalse(tiny.counts(ticket: 5))
+        XCTAssertTrue(tiny.counts(ticket: 6))
+        XCTAssertTrue(tiny.counts(ticket: 5))
+    }
+}

@@ -4,16 +4,17 @@ gives it back by a mark on its own page, and the multiplexer reads the next head
 tests look at who holds the connection, and at every way a lent connection can end: its client
 closes, a request asks to close, its worker dies, its worker reads what came next."""
 import os
+import re
 import signal
 import socket
 import time
 
 import pytest
 
-from conftest import make_site, site_vhost, two_environments
+from conftest import cgi_root, make_site, processor, site_vhost, two_environments
 from harness import (Apache, free_port, proc_ids, read_until_close, response_on, serving, session_pids,
                      stat_fields)
-from test_end_to_end import ids_of, session_processes, socket_inodes, split_responses
+from test_end_to_end import get, ids_of, session_processes, socket_inodes, split_responses
 
 CGI = "/cgi-bin/id.cgi"
 
@@ -282,3 +283,58 @@ def test_a_graceful_restart_finishes_a_lent_answer_and_the_old_multiplexers(serv
         status, body = read_response(fresh)
         assert status == 200 and ids_of(body)[:2] == server.uids[host[0]], body
     fresh.close()
+
+
+@pytest.fixture(scope="module")
+def recycling(module, accounts):
+    """MaxConnectionsPerChild 3, one worker per environment (MaxProcessors 1): every request of
+    an environment goes to the same worker until it recycles."""
+    port = free_port()
+    apache = Apache("", name="lending-recycling")
+    (a_uid, a_gid), (b_uid, b_gid) = accounts["peruser-a"], accounts["peruser-b"]
+    a_site = make_site(apache.root, a_uid, a_gid, "a")
+    b_site = make_site(apache.root, b_uid, b_gid, "b")
+    apache.write_config(f"""
+Listen 127.0.0.1:{port}
+MaxConnectionsPerChild 3
+{cgi_root(apache.root)}{processor("env-a", "peruser-a", "MinProcessors 1", "MaxProcessors 1")}{processor("env-b", "peruser-b", "MinProcessors 1", "MaxProcessors 1")}
+{site_vhost(port, "a.test", a_site, "env-a")}
+{site_vhost(port, "b.test", b_site, "env-b")}
+""")
+    apache.port = port
+    apache.start(ports=(port,))
+    yield from serving(apache, log_tail=3000)
+
+
+def worker_of(body):
+    m = re.search(r"worker=(\d+)", body)
+    assert m, f"no worker pid in CGI output: {body!r}"
+    return int(m.group(1))
+
+
+def test_a_connection_lent_back_again_counts_once_toward_max_connections_per_child(recycling):
+    """A front proxy's pooled connection crosses environments at every request, so each of its
+    requests reaches a worker as a lend. It is one connection: with MaxConnectionsPerChild 3,
+    twelve requests alternating between two environments are answered by the same two
+    workers (counting each lend, each would have been replaced after its third). New
+    connections still count: the third after it is answered by a new worker."""
+    sock = socket.create_connection(("127.0.0.1", recycling.port), timeout=15)
+    pids = {"a": [], "b": []}
+    for n in range(12):
+        host = "ab"[n % 2]
+        sock.sendall(request(f"{host}.test", CGI))
+        status, headers, body = response_on(sock)
+        assert status == 200, (n, status, body)
+        assert headers.get("connection", "").lower() != "close", (n, headers)
+        pids[host].append(worker_of(body))
+    sock.close()
+    assert len(set(pids["a"])) == 1 and len(set(pids["b"])) == 1, pids
+    first = pids["a"][0]
+    after = []
+    for _ in range(4):
+        status, body, _ = get(recycling.port, "a.test", CGI)
+        assert status == 200, body
+        after.append(worker_of(body))
+    # The kept-alive connection counted 1 in env-a's worker; two new ones make 3, and it exits.
+    assert after[:2] == [first, first], (first, after)
+    assert first not in after[2:], (first, after)

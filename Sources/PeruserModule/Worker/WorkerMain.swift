@@ -122,13 +122,16 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
                                                     seed: UInt32(bitPattern: getpid()))
     let message = UnsafeMutableRawBufferPointer.allocate(byteCount: HandoffMessage.largestMessage, alignment: 8)
     var served = 0
+    // Toward MaxConnectionsPerChild: a connection lent back again counts once (ServedConnections).
+    var counted = 0
+    var servedConnections = ServedConnections()
     var statusShown = false
     watchChannel(handoff.fd)
     while true {
         // Retired, recycled (MaxConnectionsPerChild), or told to drain: never in the middle
         // of a connection.
         let draining = peruser_shim_drain_requested() != 0
-        if (peruser_shim_stop_requested() != 0 && !draining) || (mostConnections > 0 && served >= mostConnections) {
+        if (peruser_shim_stop_requested() != 0 && !draining) || (mostConnections > 0 && counted >= mostConnections) {
             finishHeldClosings()
             exitChild(0)
         }
@@ -185,6 +188,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
             giveBackLent(.ended)
             servedConnection = nil
             served += 1
+            if servedConnections.counts(ticket: decoded.ticket) { counted += 1 }
         }
     }
 }
