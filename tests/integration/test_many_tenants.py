@@ -131,8 +131,9 @@ def test_1000_environments_start_at_the_default_limits(module, accounts):
         assert result.returncode == 0 and "Syntax OK" in out, out
         assert "ServerLimit is 3072, sized for 1001 environments and MaxMultiplexers 10" in out, out
         apache.start(ports=(port,), timeout=60)
-        assert "peruser: generation 0, 1001 environment(s), 3 to 10 multiplexer(s), 3072 slots" \
-            in apache.read_error_log()
+        # The port takes connections from Apache's listen(), before the MPM's first line.
+        started = "peruser: generation 0, 1001 environment(s), 3 to 10 multiplexer(s), 3072 slots"
+        assert wait_until(lambda: started in apache.read_error_log(), timeout=30), apache.read_error_log()[-2000:]
         for n in (0, 1, 500, 998, 999):
             host = f"www.t{n:03d}.test" if n % 2 else f"t{n:03d}.test"
             status, body, _ = get(port, host, "/cgi-bin/id.cgi")
