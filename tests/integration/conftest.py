@@ -98,11 +98,11 @@ def processor(name, account, *lines):
     return f"<Processor {name}>\n{body}</Processor>\n"
 
 
-def two_environments(root):
+def two_environments(root, *lines):
     """CGI allowed under `root`, and environments env-a (peruser-a) and env-b (peruser-b) with
-    one worker each: the common part of the suites' configurations."""
-    return (cgi_root(root) + processor("env-a", "peruser-a", "MinProcessors 1")
-            + processor("env-b", "peruser-b", "MinProcessors 1"))
+    one worker each and `lines` inside both: the common part of the suites' configurations."""
+    return (cgi_root(root) + processor("env-a", "peruser-a", "MinProcessors 1", *lines)
+            + processor("env-b", "peruser-b", "MinProcessors 1", *lines))
 
 
 @pytest.fixture(scope="session")

@@ -4,32 +4,33 @@ gives it back by a mark on its own page, and the multiplexer reads the next head
 tests look at who holds the connection, and at every way a lent connection can end: its client
 closes, a request asks to close, its worker dies, its worker reads what came next."""
 import os
-import re
 import signal
 import socket
 import time
 
 import pytest
 
-from conftest import cgi_root, make_site, processor, site_vhost, two_environments
+from conftest import make_site, site_vhost, two_environments
 from harness import (Apache, free_port, proc_ids, read_until_close, response_on, serving, session_pids,
                      stat_fields)
 from test_end_to_end import get, ids_of, session_processes, socket_inodes, split_responses
+from test_worker_choice import served_by
 
 CGI = "/cgi-bin/id.cgi"
 
 
-@pytest.fixture(scope="module")
-def server(module, accounts):
+def two_tenant_server(accounts, name, settings, *environment_lines):
+    """a.test in env-a (peruser-a) and b.test in env-b (peruser-b), one worker each at start
+    and `environment_lines` in both <Processor> blocks, CGI allowed; `settings` server-wide."""
     port = free_port()
-    apache = Apache("", name="lending")
+    apache = Apache("", name=name)
     (a_uid, a_gid), (b_uid, b_gid) = accounts["peruser-a"], accounts["peruser-b"]
     a_site = make_site(apache.root, a_uid, a_gid, "a")
     b_site = make_site(apache.root, b_uid, b_gid, "b")
     apache.write_config(f"""
 Listen 127.0.0.1:{port}
-MinMultiplexers 2
-{two_environments(apache.root)}
+{settings}
+{two_environments(apache.root, *environment_lines)}
 {site_vhost(port, "a.test", a_site, "env-a")}
 {site_vhost(port, "b.test", b_site, "env-b")}
 """)
@@ -37,6 +38,11 @@ MinMultiplexers 2
     apache.uids = {"a": (a_uid, a_gid), "b": (b_uid, b_gid)}
     apache.start(ports=(port,))
     yield from serving(apache, log_tail=3000)
+
+
+@pytest.fixture(scope="module")
+def server(module, accounts):
+    yield from two_tenant_server(accounts, "lending", "MinMultiplexers 2")
 
 
 def request(host, path="/index.html", close=False):
@@ -159,17 +165,17 @@ def test_max_keep_alive_requests_counts_the_connection_not_each_environments_par
     environment and as httpd counts it. Each environment's part is a new conn_rec in its worker;
     counted there alone, the connection never reached the limit."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    served_by = set()
+    answered_as = set()
     for n in range(1, 106):
         host = "ab"[n % 2]
         sock.sendall(request(f"{host}.test", CGI))
         status, headers, body = response_on(sock)
         assert status == 200, (n, status, body)
-        served_by.add(tuple(ids_of(body)[:2]))
+        answered_as.add(tuple(ids_of(body)[:2]))
         if headers.get("connection", "").lower() == "close":
             break
     assert n == 101, f"the connection was told to close after {n} answers, not 101"
-    assert served_by == {server.uids["a"], server.uids["b"]}, served_by
+    assert answered_as == {server.uids["a"], server.uids["b"]}, answered_as
     sock.settimeout(3)
     assert sock.recv(100) == b"", "the server closes after the 101st answer"
     sock.close()
@@ -289,27 +295,7 @@ def test_a_graceful_restart_finishes_a_lent_answer_and_the_old_multiplexers(serv
 def recycling(module, accounts):
     """MaxConnectionsPerChild 3, one worker per environment (MaxProcessors 1): every request of
     an environment goes to the same worker until it recycles."""
-    port = free_port()
-    apache = Apache("", name="lending-recycling")
-    (a_uid, a_gid), (b_uid, b_gid) = accounts["peruser-a"], accounts["peruser-b"]
-    a_site = make_site(apache.root, a_uid, a_gid, "a")
-    b_site = make_site(apache.root, b_uid, b_gid, "b")
-    apache.write_config(f"""
-Listen 127.0.0.1:{port}
-MaxConnectionsPerChild 3
-{cgi_root(apache.root)}{processor("env-a", "peruser-a", "MinProcessors 1", "MaxProcessors 1")}{processor("env-b", "peruser-b", "MinProcessors 1", "MaxProcessors 1")}
-{site_vhost(port, "a.test", a_site, "env-a")}
-{site_vhost(port, "b.test", b_site, "env-b")}
-""")
-    apache.port = port
-    apache.start(ports=(port,))
-    yield from serving(apache, log_tail=3000)
-
-
-def worker_of(body):
-    m = re.search(r"worker=(\d+)", body)
-    assert m, f"no worker pid in CGI output: {body!r}"
-    return int(m.group(1))
+    yield from two_tenant_server(accounts, "lending-recycling", "MaxConnectionsPerChild 3", "MaxProcessors 1")
 
 
 def test_a_connection_lent_back_again_counts_once_toward_max_connections_per_child(recycling):
@@ -326,7 +312,7 @@ def test_a_connection_lent_back_again_counts_once_toward_max_connections_per_chi
         status, headers, body = response_on(sock)
         assert status == 200, (n, status, body)
         assert headers.get("connection", "").lower() != "close", (n, headers)
-        pids[host].append(worker_of(body))
+        pids[host].append(served_by(body))
     sock.close()
     assert len(set(pids["a"])) == 1 and len(set(pids["b"])) == 1, pids
     first = pids["a"][0]
@@ -334,7 +320,7 @@ def test_a_connection_lent_back_again_counts_once_toward_max_connections_per_chi
     for _ in range(4):
         status, body, _ = get(recycling.port, "a.test", CGI)
         assert status == 200, body
-        after.append(worker_of(body))
+        after.append(served_by(body))
     # The kept-alive connection counted 1 in env-a's worker; two new ones make 3, and it exits.
     assert after[:2] == [first, first], (first, after)
     assert first not in after[2:], (first, after)
