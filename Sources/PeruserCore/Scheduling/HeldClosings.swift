@@ -67,6 +67,8 @@ public struct HeldClosings {
 
     /// Forgets and returns every connection past httpd's bounds; the caller closes them.
     public mutating func releaseExpired(now: Int64) -> [Closing] {
+        // Looked at before every wait: nothing allocated unless something expired.
+        guard closings.contains(where: { $0.wait.millisecondsLeft(now: now) <= 0 }) else { return [] }
         let expired = closings.filter { $0.wait.millisecondsLeft(now: now) <= 0 }
         closings.removeAll { $0.wait.millisecondsLeft(now: now) <= 0 }
         return expired

@@ -358,6 +358,8 @@ private func giveBack(fd: Int32, ticket: UInt64, client: ClientAddress, hops: UI
 
 /// The lingering closes this worker keeps while it takes its next connections (HeldClosings).
 nonisolated(unsafe) var heldClosings = HeldClosings()
+/// lookAtHeldClosings' poll set, one entry per connection a worker may keep.
+nonisolated(unsafe) let heldPollSet = UnsafeMutableBufferPointer<pollfd>.allocate(capacity: HeldClosings.capacity)
 /// An epoll with the environment's channel alone (EPOLLEXCLUSIVE), made as the worker starts
 /// serving; every sleep on the channel goes through it. Of the epolls registered on one file
 /// the kernel wakes the first registered that has a sleeper, one per message: the environment's
@@ -392,11 +394,16 @@ func keepClosing(_ fd: Int32) -> Bool {
 @discardableResult
 func lookAtHeldClosings(waiting milliseconds: Int32 = 0) -> Bool {
     guard !heldClosings.isEmpty else { return true }
-    var entries = heldClosings.descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-    let ready = poll(&entries, nfds_t(entries.count), milliseconds)
+    // Once per connection on `Connection: close`: the poll set is filled in place, not allocated.
+    var count = 0
+    for closing in heldClosings.closings where count < heldPollSet.count {
+        heldPollSet[count] = pollfd(fd: closing.fd, events: Int16(POLLIN), revents: 0)
+        count += 1
+    }
+    let ready = poll(heldPollSet.baseAddress, nfds_t(count), milliseconds)
     let failed = ready < 0 && errno != EINTR
     if ready > 0 {
-        for entry in entries where entry.revents != 0 { drainHeldClosing(entry.fd) }
+        for entry in heldPollSet[0..<count] where entry.revents != 0 { drainHeldClosing(entry.fd) }
     }
     for expired in heldClosings.releaseExpired(now: monotonicMilliseconds()) { close(expired.fd) }
     return !failed
