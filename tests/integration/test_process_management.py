@@ -162,6 +162,24 @@ def test_max_connections_per_child_recycles_without_failing_a_request(managed):
     assert max(counts.values()) <= 3, seen
 
 
+@pytest.mark.parametrize("managed", ["MaxConnectionsPerChild 3\nBufferedLogs On"], indirect=True)
+def test_a_recycled_worker_runs_its_child_cleanups_before_it_goes(managed):
+    """A worker that reaches its count runs its own pool's cleanups before it exits, as httpd's
+    children do: with BufferedLogs On, mod_log_config writes a worker's access-log lines only
+    then, so none may be lost."""
+    served = {}
+    for n in range(12):
+        status, body, _ = get(managed.port, "lazy.test", f"{CGI}?line={n}")
+        assert status == 200
+        served[n] = int(re.search(r"worker=(\d+)", body).group(1))
+    # Each worker exits after its third connection; the last one may still be waiting for one.
+    gone = wait_until(lambda: [pid for pid in set(served.values()) if not os.path.exists(f"/proc/{pid}")])
+    assert len(gone) >= 3, served
+    log = managed.read_access_log()
+    missing = [n for n, pid in served.items() if pid in gone and f"?line={n} HTTP/1.1" not in log]
+    assert not missing, (missing, served, log[-2000:])
+
+
 @pytest.mark.parametrize("managed", ["MaxConnectionsPerChild 24\nIdleTimeout 600"], indirect=True)
 def test_each_worker_recycles_at_its_own_count_within_max_connections_per_child(managed):
     """Workers started together share the load evenly; with one count for all they would all
