@@ -20,7 +20,9 @@ such as the shared hand-back socket). After the attack, whatever the attack repo
 - the error log grew by at most LOG_FLOOD_LIMIT lines.
 Attacks: table, sockets (every socket of the worker), sockets-handback / sockets-channel (only the
 hand-back socket(s), or only env-a's own channel: which of them breaks what), forge,
-forge-empty (zero-length messages, which read like a peer's EOF), signal.
+forge-empty (zero-length messages, which read like a peer's EOF), signal. On its own: ring (a
+worker's ring of given-back lends) and keepalives (a hand-back of its own connection that lies
+about the kept-alive answers so far).
 Run with -s to see the reports, timings and the new error-log lines of every attack.
 PERUSER_TEST_MPM=/path/to/mod_mpm_peruser.so tests another build than build/.
 
@@ -777,3 +779,23 @@ def test_a_workers_ring_reaches_no_connection_lent_to_another_environment(server
     lines, error = report.get("lines", ([], "no report"))
     wrote = [l for l in lines if l.get("step", "").startswith("wrote")]
     assert wrote and wrote[0]["ok"], f"the attack ran inside A's worker: {lines} {error}"
+
+
+def test_a_lie_about_kept_alive_answers_only_ends_that_connection(server):
+    """MaxKeepAliveRequests counts a connection across environments: a hand-back carries the
+    kept-alive answers it had so far, as the worker giving it back says. Tenant A's compromised
+    worker hands its own client's connection back, with its true ticket and a request for
+    b.test, saying 2^32 - 1. B's worker starts its conn_rec at no more than 2^30, so httpd's
+    int count neither reads as -1 (a connection kept alive for ever) nor overflows: B answers
+    as B, says Connection: close, and closes. The lie only ends the liar's own connection."""
+    fds = worker_socket_fds(server)["handback"]
+    c = Conn(server.port, timeout=15)
+    c.send_request("a.test", f"/attack?attack=keepalives&fd={fds}")
+    status, headers, body = c.read_response()
+    assert status == 200 and "server=b.test" in body, (status, body)
+    assert f"uid={server.b_uid} " in body, body
+    assert headers.get("connection", "").lower() == "close", headers
+    c.sock.settimeout(5)
+    assert c.sock.recv(1) == b"", "B's worker kept the connection open"
+    c.close()
+    assert "peruser-attack keepalives: ticket" in server.apache.read_error_log()

