@@ -799,3 +799,27 @@ def test_a_lie_about_kept_alive_answers_only_ends_that_connection(server):
     assert c.sock.recv(1) == b"", "B's worker kept the connection open"
     c.close()
     assert "peruser-attack keepalives: ticket" in server.apache.read_error_log()
+
+
+def test_a_lie_that_a_lent_connection_was_never_kept_alive_does_not_reset_its_count(server):
+    """A worker gives a lent connection back through its ring, with the kept-alive answers so
+    far beside the entry. Tenant A's compromised worker leaves a helper that writes 0 over every
+    count in its ring: each time A answers, the connection would start again at 0 and never
+    reach MaxKeepAliveRequests 100. The multiplexer that lent it keeps its own count plus one
+    as the floor, so the 101st answer still says Connection: close, as without the lie."""
+    c = Conn(server.port, timeout=15)
+    status, _, body = c.request("a.test", "/attack?attack=ringzero&seconds=30")
+    assert status == 200 and '"ok": true' in body and "left a helper" in body, body
+    answered = 1
+    for n in range(150):
+        host = "b.test" if n % 2 == 0 else "a.test"
+        status, headers, body = c.request(host, "/cgi-bin/id.cgi")
+        assert status == 200 and f"server={host}" in body, (n, status, body)
+        answered += 1
+        if headers.get("connection", "").lower() == "close":
+            break
+        time.sleep(0.005)  # the helper zeroes A's last entry before the multiplexer reads it
+    assert answered == 101, f"the connection was told to close after {answered} answers, not 101"
+    c.sock.settimeout(3)
+    assert c.sock.recv(1) == b"", "the server closes after the 101st answer"
+    c.close()

@@ -32,8 +32,14 @@
  *             traffic (another vhost's requests) this worker can still see.
  *   ring      &seconds=N (default 4): this worker's ring of given-back lend numbers (its detail page,
  *             the highest writable page of the child table; ChildTable.swift's returnedOffset)
- *             holds lend numbers 1..32, "answered", rewritten every millisecond: as if it had
+ *             holds lend numbers 1..256, "answered", rewritten every millisecond: as if it had
  *             given back the first connections lent to any environment.
+ *   ringzero  &seconds=N (default 10): a helper process writes 0 over the kept-alive count beside
+ *             every entry of that ring, so each lent connection this worker answers reads as
+ *             never kept alive before (MaxKeepAliveRequests).
+ *   keepalives  with &fd= the hand-back channel: this client connection handed back with its
+ *             true ticket, a request for b.test and a kept-alive count of 2^32 - 1; writes
+ *             nothing to the client (reported in the error log).
  *   signal    SIGKILL to getppid() and to every pid in the child table's identities (never 0,
  *             1, a negative pid, or this worker itself).
  *   holdings  what this worker holds of anyone: &needles=HEX[,HEX...] are searched for in every
@@ -558,9 +564,9 @@ static void attack_table(request_rec *r)
 /* ------------------------------------------------------------------ */
 
 /* ChildTable.swift: a worker's detail page holds its ring of given-back lend numbers at 288,
- * 32 words, the kind in the top two bits (0 answered, 2 ended). */
+ * 256 words, the kind in the top two bits (0 answered, 2 ended). */
 #define RING_OFFSET 288
-#define RING_ENTRIES 32
+#define RING_ENTRIES 256
 
 static void attack_ring(request_rec *r, int seconds)
 {
@@ -588,9 +594,54 @@ static void attack_ring(request_rec *r, int seconds)
         }
         sleep_ms(1);
     }
-    step(r, apr_psprintf(r->pool, "wrote lend numbers 1..32 (answered) into the ring at %lx, %lu words in %d s",
+    step(r, apr_psprintf(r->pool, "wrote lend numbers 1..256 (answered) into the ring at %lx, %lu words in %d s",
                          (unsigned long)detail + RING_OFFSET, (unsigned long)written, seconds),
          1, 0, NULL);
+}
+
+/* ChildTable.swift: beside the ring, one UInt32 per entry: the kept-alive answers of that
+ * connection so far (returnedKeepalivesOffset = 288 + 8 * 256 + 8). */
+#define RING_KEEPALIVES_OFFSET (RING_OFFSET + 8 * RING_ENTRIES + 8)
+
+/* Leaves a helper process (this tenant's uid, this worker's mappings) that writes 0 over every
+ * kept-alive count of this worker's ring for `seconds`: each lent connection this worker
+ * answers then reads as never kept alive before. Double-forked, so nobody has to reap it. */
+static void attack_ringzero(request_rec *r, int seconds)
+{
+    mapping maps[64];
+    int count = shared_state_mappings(maps, 64), i, status;
+    uintptr_t detail = 0;
+    pid_t child;
+    for (i = 0; i < count; i++) {
+        if (strchr(maps[i].perms, 'w') && strstr(maps[i].name, "peruser-child-table")
+            && maps[i].end - 4096 > detail) {
+            detail = maps[i].end - 4096;  /* the last writable page: this worker's detail page */
+        }
+    }
+    if (!detail) {
+        step(r, "find this worker's detail page (a writable page of the child table)", 0, ENOENT, NULL);
+        return;
+    }
+    child = fork();
+    if (child == 0) {
+        if (fork() == 0) {
+            long long until = now_ms() + 1000LL * seconds;
+            volatile uint32_t *counts = (volatile uint32_t *)(detail + RING_KEEPALIVES_OFFSET);
+            while (now_ms() < until) {
+                for (i = 0; i < RING_ENTRIES; i++) {
+                    counts[i] = 0;
+                }
+                usleep(20);
+            }
+        }
+        _exit(0);
+    }
+    if (child > 0) {
+        waitpid(child, &status, 0);
+    }
+    step(r, apr_psprintf(r->pool, "left a helper writing 0 over the ring's kept-alive counts at %lx for %d s",
+                         (unsigned long)detail + RING_KEEPALIVES_OFFSET, seconds),
+         child > 0, child > 0 ? 0 : errno, NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1397,6 +1448,10 @@ static int attack_handler(request_rec *r)
     else if (strcmp(attack, "ring") == 0) {
         const char *seconds = apr_table_get(args, "seconds");
         attack_ring(r, seconds ? atoi(seconds) : 4);
+    }
+    else if (strcmp(attack, "ringzero") == 0) {
+        const char *seconds = apr_table_get(args, "seconds");
+        attack_ringzero(r, seconds ? atoi(seconds) : 10);
     }
     else if (strcmp(attack, "signal") == 0) {
         attack_signal(r);
