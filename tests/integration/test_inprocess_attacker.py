@@ -173,7 +173,8 @@ def build_attack_module(root):
 
 
 class Server:
-    def __init__(self, accounts, extra=""):
+    def __init__(self, accounts, extra="", multiplexers=2):
+        self.multiplexers = multiplexers
         self.port = free_port()
         self.apache = Apache("", name="inproc")
         root = self.apache.root
@@ -188,8 +189,8 @@ class Server:
         shutil.copy(MPM_UNDER_TEST, self.mpm)
         self.apache.write_config(module=self.mpm, body=f"""
 Listen 127.0.0.1:{self.port}
-MinMultiplexers 2
-MaxMultiplexers 2
+MinMultiplexers {multiplexers}
+MaxMultiplexers {multiplexers}
 MinSpareProcessors 0
 LoadModule peruser_attack_module {so}
 {extra}
@@ -233,7 +234,7 @@ LoadModule peruser_attack_module {so}
         self.apache.start(ports=(self.port,))
         self.parent = self.apache.pid()
         self.sid = os.getsid(self.parent)
-        self.apache.wait_children(5)   # 2 multiplexers, 1 worker each of env-a, env-b, env-b2
+        self.apache.wait_children(self.multiplexers + 3)   # 1 worker each of env-a, env-b, env-b2
 
     def stop(self):
         try:
@@ -822,4 +823,42 @@ def test_a_lie_that_a_lent_connection_was_never_kept_alive_does_not_reset_its_co
     assert answered == 101, f"the connection was told to close after {answered} answers, not 101"
     c.sock.settimeout(3)
     assert c.sock.recv(1) == b"", "the server closes after the 101st answer"
+    c.close()
+
+
+@pytest.fixture
+def one_multiplexer(module, accounts):
+    """The attack server with a single multiplexer: whatever a worker sends back reaches the
+    multiplexer that lent the connection."""
+    srv = Server(accounts, multiplexers=1)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_a_lent_connection_handed_back_by_message_keeps_its_count(one_multiplexer):
+    """The same lie on the other way back: a connection lent to A (it came from B) is handed
+    back by message, saying it was never kept alive. The multiplexer that lent it keeps the
+    larger of that and its own count, so every answer the client saw still counts and the
+    101st says Connection: close (the forged b.test request's answer stands in for A's). One
+    multiplexer: with two, the other may read the message while the lender, finding "ended"
+    in A's ring (A's own worker never gave the connection back itself), shuts it down, which
+    A could do anyway with its copy."""
+    server = one_multiplexer
+    fds = worker_socket_fds(server)["handback"]
+    c = Conn(server.port, timeout=15)
+    status, _, body = c.request("b.test", "/cgi-bin/id.cgi")
+    assert status == 200 and "server=b.test" in body, body
+    # Handed back by B and lent to A, whose worker hands it back again with a count of 0.
+    status, _, body = c.request("a.test", f"/attack?attack=keepalives&count=0&fd={fds}")
+    assert status == 200 and "server=b.test" in body, (status, body)
+    answered = 2
+    for n in range(150):
+        host = "a.test" if n % 2 == 0 else "b.test"
+        status, headers, body = c.request(host, "/cgi-bin/id.cgi")
+        assert status == 200 and f"server={host}" in body, (n, status, body)
+        answered += 1
+        if headers.get("connection", "").lower() == "close":
+            break
+    assert answered == 101, f"the connection was told to close after {answered} answers, not 101"
     c.close()

