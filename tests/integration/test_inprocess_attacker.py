@@ -263,9 +263,11 @@ LoadModule peruser_attack_module {so}
 @pytest.fixture
 def server(module, accounts):
     srv = Server(accounts)
-    srv.start()
-    yield srv
-    srv.stop()
+    try:  # a server that failed to start completely is stopped too
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -659,9 +661,9 @@ def test_kept_descriptor_of_a_handed_back_connection(module, accounts, handback)
             pytest.skip(f"`PeruserHandBack off` is not accepted by configtest yet: {output[-200:]}")
         extra = "PeruserHandBack off"
     srv = Server(accounts, extra=extra)
-    srv.start()
     failures = []
     try:
+        srv.start()
         offset = srv.log_offset()
         c = Conn(srv.port, 15)
         # 1. Tenant A's worker serves a request on this kept-alive connection and keeps a dup.
@@ -831,9 +833,11 @@ def one_multiplexer(module, accounts):
     """The attack server with a single multiplexer: whatever a worker sends back reaches the
     multiplexer that lent the connection."""
     srv = Server(accounts, multiplexers=1)
-    srv.start()
-    yield srv
-    srv.stop()
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
 
 
 def test_a_lent_connection_handed_back_by_message_keeps_its_count(one_multiplexer):
