@@ -804,6 +804,20 @@ def test_a_lie_about_kept_alive_answers_only_ends_that_connection(server):
     assert "peruser-attack keepalives: ticket" in server.apache.read_error_log()
 
 
+def answers_until_close(c, hosts, answered, pause=0.0, most=150):
+    """Requests on `c` to each of `hosts` in turn, each answered as that host, until an answer
+    says Connection: close (or `most` more): the count of answers, `answered` before included."""
+    for n in range(most):
+        host = hosts[n % len(hosts)]
+        status, headers, body = c.request(host, "/cgi-bin/id.cgi")
+        assert status == 200 and f"server={host}" in body, (n, status, body)
+        answered += 1
+        if headers.get("connection", "").lower() == "close":
+            break
+        time.sleep(pause)
+    return answered
+
+
 def test_a_lie_that_a_lent_connection_was_never_kept_alive_does_not_reset_its_count(server):
     """A worker gives a lent connection back through its ring, with the kept-alive answers so
     far beside the entry. Tenant A's compromised worker leaves a helper that writes 0 over every
@@ -813,15 +827,8 @@ def test_a_lie_that_a_lent_connection_was_never_kept_alive_does_not_reset_its_co
     c = Conn(server.port, timeout=15)
     status, _, body = c.request("a.test", "/attack?attack=ringzero&seconds=30")
     assert status == 200 and '"ok": true' in body and "left a helper" in body, body
-    answered = 1
-    for n in range(150):
-        host = "b.test" if n % 2 == 0 else "a.test"
-        status, headers, body = c.request(host, "/cgi-bin/id.cgi")
-        assert status == 200 and f"server={host}" in body, (n, status, body)
-        answered += 1
-        if headers.get("connection", "").lower() == "close":
-            break
-        time.sleep(0.005)  # the helper zeroes A's last entry before the multiplexer reads it
+    # A pause after each answer: the helper zeroes A's last entry before the multiplexer reads it.
+    answered = answers_until_close(c, ("b.test", "a.test"), answered=1, pause=0.005)
     assert answered == 101, f"the connection was told to close after {answered} answers, not 101"
     c.sock.settimeout(3)
     assert c.sock.recv(1) == b"", "the server closes after the 101st answer"
@@ -856,13 +863,6 @@ def test_a_lent_connection_handed_back_by_message_keeps_its_count(one_multiplexe
     # Handed back by B and lent to A, whose worker hands it back again with a count of 0.
     status, _, body = c.request("a.test", f"/attack?attack=keepalives&count=0&fd={fds}")
     assert status == 200 and "server=b.test" in body, (status, body)
-    answered = 2
-    for n in range(150):
-        host = "a.test" if n % 2 == 0 else "b.test"
-        status, headers, body = c.request(host, "/cgi-bin/id.cgi")
-        assert status == 200 and f"server={host}" in body, (n, status, body)
-        answered += 1
-        if headers.get("connection", "").lower() == "close":
-            break
+    answered = answers_until_close(c, ("a.test", "b.test"), answered=2)
     assert answered == 101, f"the connection was told to close after {answered} answers, not 101"
     c.close()

