@@ -75,6 +75,20 @@ final class ChildTableTests: XCTestCase {
         }
     }
 
+    /// A generation's table says whether the parent ended it; a new one starts not ended, and
+    /// the mark sits in the header, outside every page a child may write.
+    func testTheParentMarksItsGenerationEnded() {
+        withTable(slots: 4, environments: 2) { table, _, _ in
+            XCTAssertFalse(table.generationEnded)
+            table.setSlot(1, pid: 10, type: .worker, environment: 1, generation: 3, status: .active, now: 1)
+            XCTAssertFalse(table.generationEnded)
+            table.markGenerationEnded()
+            XCTAssertTrue(table.generationEnded)
+            XCTAssertLessThan(ChildTableLayout.generationEndedOffset + 4, ChildTableLayout.headerSize)
+            XCTAssertEqual(table.roster().slots, [[], [1]])
+        }
+    }
+
     func testSlotsRoundTrip() {
         withTable(workerPages: 4) { table, memory, _ in
             XCTAssertEqual(memory.load(as: UInt32.self), ChildTableLayout.magic)

@@ -7,6 +7,7 @@ import os
 import pwd
 import random
 import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -411,6 +412,41 @@ ProcessorWaitTimeout 20 10
         assert [r[0] for r in results] == [200, 200, 200]
         # The quiet tenants kept a worker each.
         assert all(workers_by_uid(apache)[uid] >= 1 for uid in quiet), workers_by_uid(apache)
+    finally:
+        apache.stop()
+        apache.cleanup()
+
+
+@pytest.mark.parametrize("ending", ["graceful restart, then stop", "graceful stop"])
+def test_a_generation_ends_without_warnings_for_environments_with_no_worker(module, accounts, tenant_accounts,
+                                                                            ending):
+    """When a generation ends, the parent closes its channels. The hand-back channel of an
+    environment with no worker then ends at once, and a multiplexer still running used to warn
+    that a sender shut it down (three lines per such environment at every stop, and at a
+    graceful restart the parent renewed those channels as broken)."""
+    port = free_port()
+    apache = Apache("", name="ending")
+    names = sorted(tenant_accounts)[:40]
+    apache.write_config(tenants_config(apache.root, port, names))
+    try:
+        apache.start(ports=(port,), timeout=60)
+        for n in range(5):  # five environments with workers, 35 without
+            assert get(port, f"t{n:03d}.test", "/index.html")[0] == 200
+        pid = apache.pid()
+        if ending == "graceful stop":
+            os.kill(pid, signal.SIGWINCH)
+            assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)
+        else:
+            os.kill(pid, signal.SIGUSR1)
+            assert wait_until(lambda: "peruser: generation 1," in apache.read_error_log(), timeout=30)
+            for n in range(5):
+                assert get(port, f"t{n:03d}.test", "/index.html")[0] == 200
+            time.sleep(1)  # the old generation's workers finish meanwhile
+            apache.stop()
+        log = apache.read_error_log()
+        assert "caught SIG" in log, log[-2000:]
+        complaints = [line for line in log.splitlines() if re.search(r":(warn|error|crit|alert|emerg)\]", line)]
+        assert not complaints, "\n".join(complaints[:6])
     finally:
         apache.stop()
         apache.cleanup()

@@ -39,6 +39,8 @@ public enum ChildTableLayout {
     public static let generationOffset = 16
     /// UInt64, parent: bumped whenever an identity record changes (see ChildTable.Roster).
     public static let rosterVersionOffset = 24
+    /// UInt32, parent: 1 once the parent ended this generation (its channels close next).
+    public static let generationEndedOffset = 32
 
     // Identity fields of a slot (parent).
     public static let pidOffset = 0          // Int32
@@ -382,6 +384,15 @@ public struct ChildTable {
         public func slots(of environment: Int) -> [Int] {
             slots.indices.contains(environment) ? slots[environment] : []
         }
+    }
+
+    /// Whether the parent ended this generation: a channel of it that ends now was closed by
+    /// the parent, not shut down by a sender.
+    public var generationEnded: Bool { load(ChildTableLayout.generationEndedOffset, as: UInt32.self) != 0 }
+
+    /// The parent, before it closes the generation's channels.
+    public func markGenerationEnded() {
+        base.storeBytes(of: UInt32(1), toByteOffset: ChildTableLayout.generationEndedOffset, as: UInt32.self)
     }
 
     /// Bumped by `setSlot`: a reader's roster is stale once this differs from its version.

@@ -546,7 +546,14 @@ struct Multiplexer {
                 handbacks[index].closed = true
                 handbacksToCheck.append(index)
                 updateWatches(now: monotonicMilliseconds())
-                if channel.generation == generation { reportBroken(channel.environment) }
+                guard channel.generation == generation, sharedTable?.generationEnded != true else {
+                    // The parent closed its end when the generation ended: the channel ends
+                    // with the last of that generation's workers, as expected.
+                    log(PERUSER_LOG_INFO, "multiplexer: the hand-back channel of environment "
+                        + "\(handbackLabel(channel)) ended with its generation")
+                    return
+                }
+                reportBroken(channel.environment)
                 note(.handbackClosed, PERUSER_LOG_WARNING, "multiplexer: the hand-back channel of environment "
                      + "\(handbackLabel(channel)) was shut down by a sender; kept-alive connections of that "
                      + "environment can no longer move to another environment (until the next restart)")

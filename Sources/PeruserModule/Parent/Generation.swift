@@ -204,6 +204,9 @@ func openGenerationChannels() throws(GenerationError) {
 /// Ends this generation's channels. The receiving ends of its hand-back channels stay open
 /// one generation more (the next generation's multiplexers read them); older ones are closed.
 func closeGenerationChannels(_ lasting: UnsafeMutablePointer<LastingState>, generation: UInt32) {
+    // Said first: the multiplexers then take the end of a hand-back channel that no worker
+    // holds (an environment without workers) for the parent's close, not a sender's shutdown.
+    sharedTable?.markGenerationEnded()
     lasting.closePreviousHandbacks()
     free(lasting.pointee.previousHandbackEnds)
     lasting.pointee.previousHandbackEnds = nil
