@@ -49,14 +49,35 @@ def roles(apache):
     return out
 
 
-def cpu_ns(by_pid):
-    total = collections.Counter()
+def cpu_ns(by_pid, kind):
+    """pid -> (role, own ns, ns of the children it reaped). A reaper's children are charged
+    to the role it reaps: the parent and the images reap workers (prefork's parent its
+    children), anyone else its own kind (a worker's CGI scripts). Reaped time is kept in
+    clock ticks only (cutime, cstime)."""
+    tick_ns = 1e9 / os.sysconf("SC_CLK_TCK")
+    out = {}
     for pid, role in by_pid.items():
         try:
             with open(f"/proc/{pid}/schedstat") as f:
-                total[role] += int(f.read().split()[0])
+                own = int(f.read().split()[0])
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            reaped = (int(fields[13]) + int(fields[14])) * tick_ns
         except (OSError, IndexError, ValueError):
-            pass  # gone: its time is lost to both ends alike
+            continue  # gone: its time since `before` is in its reaper's
+        out[pid] = (role, own, reaped)
+    return out
+
+
+def spent_ns(before, after, kind):
+    """Each role's CPU between two looks: the time of processes alive at both, all of the
+    ones started between, and the reaped time of those that ended (not their time before)."""
+    total = collections.Counter()
+    reaped_role = {"root": "child" if kind == "prefork" else "worker"}
+    for pid, (role, own, reaped) in after.items():
+        _, own_before, reaped_before = before.get(pid, (role, 0, 0))
+        total[role] += own - own_before
+        total[reaped_role.get(role, role)] += reaped - reaped_before
     return total
 
 
@@ -86,13 +107,13 @@ def profile(kind):
         mt.first_touch(apache)
         mt.run_wrk(apache, True, CLOSE)
         by_pid = roles(apache)
-        before = cpu_ns(by_pid)
+        before = cpu_ns(by_pid, kind)
         perf = subprocess.Popen(["perf", "record", "-q", "-g", "-a", "-e", "cpu-clock", "-F", str(SAMPLE_HZ),
                                  "-o", data, "--", "sleep", str(mt.bench.DURATION)])
         rps = mt.run_wrk(apache, True, CLOSE)[0]
         perf.wait()
         by_pid.update(roles(apache))  # workers started during the run
-        after = cpu_ns(by_pid)
+        spent = spent_ns(before, cpu_ns(by_pid, kind), kind)
         script = subprocess.run(["perf", "script", "-i", data, "-F", "pid,ip,sym,dso"],
                                 capture_output=True, text=True).stdout
     finally:
@@ -114,9 +135,9 @@ def profile(kind):
     print(f"{kind}, {mt.TENANTS} tenants, random tenant, {'Connection: close' if CLOSE else 'keep-alive'}: "
           f"{rps:.0f} req/s", flush=True)
     for role, counts in sorted(samples.items()):
-        spent = (after[role] - before[role]) / 1e3 / requests
-        scale = spent / max(1, sum(counts.values()))
-        print(f"  {role}: {spent:.1f} µs per request ({sum(counts.values())} samples)")
+        per_request = spent[role] / 1e3 / requests
+        scale = per_request / max(1, sum(counts.values()))
+        print(f"  {role}: {per_request:.1f} µs per request ({sum(counts.values())} samples)")
         for what, count in counts.most_common(TOP):
             print(f"    {what:44} {count * scale:6.2f}")
 
