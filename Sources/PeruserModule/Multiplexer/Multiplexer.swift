@@ -548,8 +548,9 @@ struct Multiplexer {
                 updateWatches(now: monotonicMilliseconds())
                 guard channel.generation == generation, sharedTable?.generationEnded != true else {
                     // The parent closed its end when the generation ended: the channel ends
-                    // with the last of that generation's workers, as expected.
-                    log(PERUSER_LOG_INFO, "multiplexer: the hand-back channel of environment "
+                    // with the last of that generation's workers, as expected (debug: a line
+                    // per environment and multiplexer at every stop).
+                    log(PERUSER_LOG_DEBUG, "multiplexer: the hand-back channel of environment "
                         + "\(handbackLabel(channel)) ended with its generation")
                     return
                 }
