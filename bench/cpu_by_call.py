@@ -27,7 +27,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import many_tenants as mt  # noqa: E402
-from bench import session_pids  # noqa: E402
+from bench import session_pids, stat_fields  # noqa: E402
 
 KINDS = os.environ.get("KIND", "prefork,peruser").split(",")
 CLOSE = os.environ.get("CLOSE") == "1"
@@ -60,9 +60,7 @@ def cpu_ns(by_pid, kind):
         try:
             with open(f"/proc/{pid}/schedstat") as f:
                 own = int(f.read().split()[0])
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            reaped = (int(fields[13]) + int(fields[14])) * tick_ns
+            reaped = sum(int(x) for x in stat_fields(pid)[13:15]) * tick_ns  # cutime cstime
         except (OSError, IndexError, ValueError):
             continue  # gone: its time since `before` is in its reaper's
         out[pid] = (role, own, reaped)
