@@ -14,7 +14,7 @@ final class HeldClosingsTests: XCTestCase {
         var held = HeldClosings()
         XCTAssertTrue(held.keep(closing(7, at: 1_000)))
         XCTAssertEqual(held.sleep(now: 1_000), Int32(HeldClosings.lookMilliseconds))
-        XCTAssertEqual(held.descriptors, [7])
+        XCTAssertEqual(held.closings.map(\.fd), [7])
         XCTAssertTrue(held.releaseExpired(now: 1_500).isEmpty, "a quiet client has 2 s")
     }
 
@@ -40,7 +40,7 @@ final class HeldClosingsTests: XCTestCase {
         var held = HeldClosings()
         for fd in Int32(10)..<13 { XCTAssertTrue(held.keep(closing(fd, at: Int64(fd) * 100))) }
         XCTAssertEqual(held.releaseExpired(now: 3_150).map(\.fd), [10, 11])
-        XCTAssertEqual(held.descriptors, [12])
+        XCTAssertEqual(held.closings.map(\.fd), [12])
         XCTAssertEqual(held.release(12)?.fd, 12)
         XCTAssertNil(held.release(12))
         XCTAssertTrue(held.isEmpty)

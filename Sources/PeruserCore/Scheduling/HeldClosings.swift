@@ -42,7 +42,6 @@ public struct HeldClosings {
 
     public var isEmpty: Bool { closings.isEmpty }
     public var isFull: Bool { closings.count >= Self.capacity }
-    public var descriptors: [Int32] { closings.map(\.fd) }
 
     /// Keeps a connection whose response is sent; false when full (the caller does the wait the
     /// old way).
