@@ -11,6 +11,8 @@ kept-alive). Every sample of the server's processes is charged to the system cal
 runs in (user space). The samples of each role are scaled to that role's CPU time from
 /proc/PID/schedstat, so the figures are µs per request and add up to the role's total.
 
+SYMBOLS=mod_mpm_peruser.so,apache2 breaks those libraries' user time down by function.
+
 Roles: `child` (a prefork child, or a peruser multiplexer: both run as the server's User),
 `worker` (a tenant's uid), `root` (the parent, images). Needs `perf` (Debian: linux-perf).
 Writes nothing; the findings are in BENCHMARKS.md.
@@ -32,6 +34,9 @@ from bench import session_pids, stat_fields  # noqa: E402
 KINDS = os.environ.get("KIND", "prefork,peruser").split(",")
 CLOSE = os.environ.get("CLOSE") == "1"
 TOP = int(os.environ.get("TOP", "25"))
+# Libraries whose user-space samples are charged to the function they are in (a build with
+# symbols: `make LINK_STRIP=` for this module).
+SYMBOLS = [name for name in os.environ.get("SYMBOLS", "").split(",") if name]
 SAMPLE_HZ = 999
 
 
@@ -92,6 +97,8 @@ def charge(frames):
         if any("page_fault" in s for s in kernel):
             return "kernel: page faults"
         return "kernel: " + kernel[-1]
+    if frames[0][1] in SYMBOLS:
+        return f"user: {frames[0][1]} {frames[0][0].split('+')[0][:60]}"
     return "user: " + frames[0][1]
 
 
