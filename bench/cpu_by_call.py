@@ -11,7 +11,8 @@ kept-alive). Every sample of the server's processes is charged to the system cal
 runs in (user space). The samples of each role are scaled to that role's CPU time from
 /proc/PID/schedstat, so the figures are µs per request and add up to the role's total.
 
-SYMBOLS=mod_mpm_peruser.so,apache2 breaks those libraries' user time down by function.
+SYMBOLS=mod_mpm_peruser.so,apache2 breaks those libraries' user time down by function (Swift's
+names come mangled and whole: pipe the output through `swift demangle --simplified`).
 
 Roles: `child` (a prefork child, or a peruser multiplexer: both run as the server's User),
 `worker` (a tenant's uid), `root` (the parent, images). Needs `perf` (Debian: linux-perf).
@@ -98,7 +99,7 @@ def charge(frames):
             return "kernel: page faults"
         return "kernel: " + kernel[-1]
     if frames[0][1] in SYMBOLS:
-        return f"user: {frames[0][1]} {frames[0][0].split('+')[0][:60]}"
+        return f"user: {frames[0][1]} {frames[0][0].split('+')[0]}"
     return "user: " + frames[0][1]
 
 
