@@ -8,9 +8,9 @@
  * a mapping all of them share (as the libraries' text), then writes to the next pipe. A hop
  * is the shape of a crossing: one process wakes another, which touches about what a worker
  * touches for a 1 KiB response (bench/footprint.py: ~95 private and ~170 text pages).
- * Printed: CPU per hop (all processes, from /proc/PID/schedstat) for each N. If the cost
- * grows by tens of µs from N = 6 to N = 300 here, so will a worker's request: the cost is
- * the machine's caches and page walks, not the code that runs.
+ * Printed: CPU per hop (all processes, from /proc/PID/schedstat) for each N. As much as the
+ * cost grows from N = 6 to N = 300 here, a worker's request at 300 tenants grows at least
+ * that much: the machine's caches and page walks, not the code that runs.
  *
  *   cc -O2 -o /tmp/cold_ring bench/cold_ring.c && /tmp/cold_ring [PRIVATE SHARED LINES [N...]]
  *
@@ -83,12 +83,19 @@ static int run(int n, int private_pages, int shared_pages, int lines) {
     volatile long *hops = mmap(0, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (shared == MAP_FAILED || hops == MAP_FAILED) { perror("mmap"); return 1; }
     for (size_t i = 0; i < (size_t)shared_pages * PAGE; i += LINE) shared[i] = 1;
-    for (int i = 0; i < n; i++) {
-        kids[i] = fork();
-        if (kids[i] < 0) { perror("fork"); n = i; break; }
-        if (kids[i] == 0) member(pipes[i][0], pipes[(i + 1) % n][1], shared, shared_pages, private_pages, lines, hops);
+    int forked = 0;
+    for (; forked < n; forked++) {
+        kids[forked] = fork();
+        if (kids[forked] < 0) { perror("fork"); break; }
+        if (kids[forked] == 0)
+            member(pipes[forked][0], pipes[(forked + 1) % n][1], shared, shared_pages, private_pages, lines, hops);
     }
-    for (int t = 0; t < 2 && n > 0; t++)
+    if (forked < n) { /* a broken ring measures nothing */
+        for (int i = 0; i < forked; i++) kill(kids[i], SIGKILL);
+        while (wait(NULL) > 0) {}
+        return 1;
+    }
+    for (int t = 0; t < 2; t++)
         if (write(pipes[t * n / 2][1], "x", 1) != 1) perror("write");
     usleep(500000); /* every member has run a few times: its memory is faulted in */
     long hops_before = *hops;
@@ -120,14 +127,20 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: cold_ring [PRIVATE_PAGES SHARED_PAGES LINES(1-64) [N...]]\n");
         return 2;
     }
-    int defaults[] = {6, 12, 100, 300, 600};
-    printf("%d private pages x %d lines, %d shared pages, two tokens\n", private_pages, lines, shared_pages);
+    int sizes[64] = {6, 12, 100, 300, 600};
+    int count = 5;
     if (argc > 4) {
-        for (int i = 4; i < argc; i++)
-            if (atoi(argv[i]) >= 2 && run(atoi(argv[i]), private_pages, shared_pages, lines) != 0) return 1;
-    } else {
-        for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++)
-            if (run(defaults[i], private_pages, shared_pages, lines) != 0) return 1;
+        count = argc - 4 < 64 ? argc - 4 : 64;
+        for (int i = 0; i < count; i++) {
+            sizes[i] = atoi(argv[4 + i]);
+            if (sizes[i] < 2) {
+                fprintf(stderr, "cold_ring: N must be 2 or more, not %s\n", argv[4 + i]);
+                return 2;
+            }
+        }
     }
+    printf("%d private pages x %d lines, %d shared pages, two tokens\n", private_pages, lines, shared_pages);
+    for (int i = 0; i < count; i++)
+        if (run(sizes[i], private_pages, shared_pages, lines) != 0) return 1;
     return 0;
 }
