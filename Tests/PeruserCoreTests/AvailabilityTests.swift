@@ -42,10 +42,10 @@ final class AvailabilityTests: XCTestCase {
 final class WaitQueueTests: XCTestCase {
     func testTakesEarliestDeadlineFirstPerEnvironment() {
         var q = WaitQueue<Int32>()
-        q.add(1, environment: 0, deadline: 300)
-        q.add(2, environment: 1, deadline: 100)
-        q.add(3, environment: 0, deadline: 200)
-        q.add(4, environment: 0, deadline: 200)
+        q.add(1, environment: 0, deadline: 300, since: 0)
+        q.add(2, environment: 1, deadline: 100, since: 0)
+        q.add(3, environment: 0, deadline: 200, since: 0)
+        q.add(4, environment: 0, deadline: 200, since: 0)
         XCTAssertEqual(q.count(for: 0), 3)
         XCTAssertEqual(q.take(2, for: 0), [3, 4])
         XCTAssertEqual(q.take(5, for: 0), [1])
@@ -57,9 +57,9 @@ final class WaitQueueTests: XCTestCase {
         var q = WaitQueue<Int32>()
         // Odd items are a heavy client's (rank 5), even ones light clients' (rank 1).
         for (item, deadline) in [(1, 100), (2, 200), (3, 300), (4, 400), (5, 500), (6, 600)] {
-            q.add(Int32(item), environment: 0, deadline: Int64(deadline))
+            q.add(Int32(item), environment: 0, deadline: Int64(deadline), since: 0)
         }
-        q.add(7, environment: 1, deadline: 50)
+        q.add(7, environment: 1, deadline: 50, since: 0)
         XCTAssertEqual(q.take(2, for: 0) { $0 % 2 == 1 ? 5 : 1 }, [2, 4])
         // The heavy client may take one more worker: the rank counts what was taken.
         var heavyTaken = 0
@@ -69,7 +69,7 @@ final class WaitQueueTests: XCTestCase {
         XCTAssertEqual(taken, [6, 1, 3, 5])  // this rank did not count: all three heavy ones came
         heavyTaken = 1
         XCTAssertEqual(q.count(for: 0), 0)
-        for item: Int32 in [1, 3, 5] { q.add(item, environment: 0, deadline: 100 * Int64(item)) }
+        for item: Int32 in [1, 3, 5] { q.add(item, environment: 0, deadline: 100 * Int64(item), since: 0) }
         XCTAssertEqual(q.take(5, for: 0) { _ in heavyTaken < 1 ? 5 : nil }, [])
         XCTAssertTrue(q.contains(for: 0) { $0 == 5 })
         XCTAssertFalse(q.contains(for: 2) { _ in true })
@@ -78,10 +78,10 @@ final class WaitQueueTests: XCTestCase {
 
     func testTakeFirstTakesTheEarliestEligibleOfOneEnvironment() {
         var q = WaitQueue<Int32>()
-        q.add(1, environment: 0, deadline: 100)
-        q.add(2, environment: 1, deadline: 150)
-        q.add(3, environment: 0, deadline: 200)
-        q.add(4, environment: 0, deadline: 300)
+        q.add(1, environment: 0, deadline: 100, since: 0)
+        q.add(2, environment: 1, deadline: 150, since: 0)
+        q.add(3, environment: 0, deadline: 200, since: 0)
+        q.add(4, environment: 0, deadline: 300, since: 0)
         XCTAssertEqual(q.takeFirst(for: 0) { $0 != 1 }, 3, "1 is not eligible, 2 is another environment's")
         XCTAssertEqual(q.takeFirst(for: 0) { _ in true }, 1)
         XCTAssertNil(q.takeFirst(for: 0) { $0 == 3 }, "taken already")
@@ -91,9 +91,9 @@ final class WaitQueueTests: XCTestCase {
 
     func testExpiredRemovesOnlyPastDeadlines() {
         var q = WaitQueue<Int32>()
-        q.add(1, environment: 0, deadline: 100)
-        q.add(2, environment: 1, deadline: 150)
-        q.add(3, environment: 0, deadline: 400)
+        q.add(1, environment: 0, deadline: 100, since: 0)
+        q.add(2, environment: 1, deadline: 150, since: 0)
+        q.add(3, environment: 0, deadline: 400, since: 0)
         XCTAssertEqual(q.expired(at: 150).map(\.item), [1, 2])
         XCTAssertEqual(q.count, 1)
         XCTAssertEqual(q.expired(at: 399).map(\.item), [])

@@ -96,6 +96,32 @@ final class ClientShareAndSheddingTests: XCTestCase {
         XCTAssertFalse(ReaderShedding.pressed(pressedAt: .min, now: 10_000))
     }
 
+    func testAnEnvironmentIsPressedOnlyOnceAConnectionHasWaitedAWhile() {
+        let after = ReaderShedding.pressureAfterMilliseconds
+        // A wait of a few milliseconds (a worker finishing its response) is no pressure.
+        XCTAssertFalse(ReaderShedding.presses(canTake: false, oldestWaitingSince: 10_000, now: 10_003))
+        XCTAssertFalse(ReaderShedding.presses(canTake: false, oldestWaitingSince: 10_000, now: 10_000 + after - 1))
+        XCTAssertTrue(ReaderShedding.presses(canTake: false, oldestWaitingSince: 10_000, now: 10_000 + after))
+        // Nobody waiting, or room for a worker: never.
+        XCTAssertFalse(ReaderShedding.presses(canTake: false, oldestWaitingSince: nil, now: 10_000))
+        XCTAssertFalse(ReaderShedding.presses(canTake: true, oldestWaitingSince: 0, now: 10_000))
+        // A time from the future or from far back does not trap.
+        XCTAssertFalse(ReaderShedding.presses(canTake: false, oldestWaitingSince: .max, now: 10_000))
+        XCTAssertTrue(ReaderShedding.presses(canTake: false, oldestWaitingSince: .min, now: .max))
+    }
+
+    func testTheLongestWaitIsTheEarliestStartAmongEligibleConnections() {
+        var q = WaitQueue<Int32>()
+        q.add(1, environment: 0, deadline: 500, since: 300)
+        q.add(2, environment: 0, deadline: 900, since: 100)  // waited longest, later deadline
+        q.add(3, environment: 1, deadline: 400, since: 50)
+        XCTAssertEqual(q.oldestSince(for: 0) { _ in true }, 100)
+        XCTAssertEqual(q.oldestSince(for: 0) { $0 != 2 }, 300)
+        XCTAssertEqual(q.oldestSince(for: 1) { _ in true }, 50)
+        XCTAssertNil(q.oldestSince(for: 0) { _ in false })
+        XCTAssertNil(q.oldestSince(for: 2) { _ in true })
+    }
+
     func testOnlyPressedEnvironmentsShedAndOnlyPastTheBound() {
         XCTAssertFalse(ReaderShedding.shouldShed(waited: 60_000, received: 0, bound: 1000, pressed: false))
         XCTAssertFalse(ReaderShedding.shouldShed(waited: 900, received: 0, bound: 1000, pressed: true))

@@ -250,6 +250,51 @@ def test_an_idle_environment_keeps_its_patience(attacked):
     assert int(environment_line(attacked, "env-b")["shed"]) == before
 
 
+BLIP_CGI = """#!/bin/sh
+sleep 0.02
+printf 'Content-Type: text/plain\\r\\n\\r\\nuid=%s\\n' "$(id -u)"
+"""
+
+
+def test_a_request_that_waits_a_moment_for_a_worker_sheds_no_reader(accounts):
+    # MaxProcessors 2: a reader past ReaderShedTimeout holds one worker; a request keeps the
+    # other busy for some 20 ms, and one more comes meanwhile and waits for it. A wait that
+    # short is no pressure (ReaderShedding.pressureAfterMilliseconds): the reader keeps its
+    # worker. (Any wait once marked the environment pressed, and slow uploads were given up
+    # each time a worker was a few milliseconds from free.)
+    apache = start(accounts, extra="MaxProcessors 2\n", name="slow-attack-blip")
+    sockets = []
+    try:
+        script = os.path.join(apache.root, "a", "cgi-bin", "blip.cgi")
+        with open(script, "w") as f:
+            f.write(BLIP_CGI)
+        os.chown(script, apache.uids["a"], apache.uids["a"])
+        os.chmod(script, 0o755)
+        shed = int(environment_line(apache, "env-a")["shed"])
+        sockets.append(slow_post(apache))
+        assert wait_for(lambda: environment_line(apache, "env-a")["reading"] == "1", 5), environment_line(apache, "env-a")
+        assert wait_for(lambda: environment_line(apache, "env-a")["idle"] == "1", 5), environment_line(apache, "env-a")
+        time.sleep(1.5)  # the reader has waited past ReaderShedTimeout (1 s)
+        busy, waiter = (socket.create_connection(("127.0.0.1", apache.plain), timeout=20, source_address=(f"127.0.0.{n}", 0))
+                        for n in (2, 3))
+        sockets += [busy, waiter]
+        busy.sendall(b"GET /cgi-bin/blip.cgi HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        time.sleep(0.005)
+        waiter.sendall(b"GET /cgi-bin/id.cgi HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        for sock in (busy, waiter):
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200") and f"uid={apache.uids['a']}".encode() in data, data[:300]
+        time.sleep(0.3)  # a reader looks at the pressure every 100 ms past its bound
+        line = environment_line(apache, "env-a")
+        assert int(line["shed"]) == shed and line["reading"] == "1", str(line) + apache.read_error_log()[-2000:]
+    finally:
+        for sock in sockets:
+            sock.close()
+        apache.stop()
+
+
 REMOTEIP = """LoadModule remoteip_module /usr/lib/apache2/modules/mod_remoteip.so
 RemoteIPHeader X-Forwarded-For
 RemoteIPInternalProxy 127.0.0.1

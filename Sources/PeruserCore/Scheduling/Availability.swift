@@ -41,6 +41,8 @@ public struct WaitQueue<Item: Equatable>: Equatable {
         public var item: Item
         public var environment: Int
         public var deadline: Int64
+        /// When it began to wait (ReaderShedding: how long connections have waited).
+        public var since: Int64
     }
 
     public private(set) var entries: [Entry] = []
@@ -56,9 +58,9 @@ public struct WaitQueue<Item: Equatable>: Equatable {
 
     /// Adds a connection. Entries stay sorted by deadline, earliest first, ties in arrival
     /// order (a later arrival can have an earlier deadline when availability fell meanwhile).
-    public mutating func add(_ item: Item, environment: Int, deadline: Int64) {
+    public mutating func add(_ item: Item, environment: Int, deadline: Int64, since: Int64) {
         let index = entries.firstIndex { $0.deadline > deadline } ?? entries.endIndex
-        entries.insert(Entry(item: item, environment: environment, deadline: deadline), at: index)
+        entries.insert(Entry(item: item, environment: environment, deadline: deadline, since: since), at: index)
     }
 
     /// Takes up to `count` waiting connections of `environment`, earliest deadline first.
@@ -102,6 +104,16 @@ public struct WaitQueue<Item: Equatable>: Equatable {
     /// Whether a connection of `environment` that `eligible` admits is waiting.
     public func contains(for environment: Int, where eligible: (Item) -> Bool) -> Bool {
         entries.contains { $0.environment == environment && eligible($0.item) }
+    }
+
+    /// When the longest-waiting connection of `environment` that `eligible` admits began to
+    /// wait, if one does.
+    public func oldestSince(for environment: Int, where eligible: (Item) -> Bool) -> Int64? {
+        var oldest: Int64?
+        for entry in entries where entry.environment == environment && eligible(entry.item) {
+            oldest = min(oldest ?? entry.since, entry.since)
+        }
+        return oldest
     }
 
     /// Removes and returns every connection whose deadline has passed at `now`.

@@ -12,6 +12,21 @@ public enum ReaderShedding {
     /// wait for it (at least every 100 ms); a mark older than this has lapsed.
     public static let pressureLapseMilliseconds: Int64 = 500
 
+    /// How long a connection that could take a worker must have waited for one before its
+    /// environment counts as pressed. A worker finishing a response, or one just started, comes
+    /// free within milliseconds: a wait that short once had every reader past
+    /// ReaderShedTimeout given up (five slow uploads shed for a request that waited 3 ms).
+    /// Short against any attack the shedding answers (ReaderShedTimeout is whole seconds).
+    public static let pressureAfterMilliseconds: Int64 = 100
+
+    /// Whether a multiplexer marks an environment pressed at `now`: no worker can be added or
+    /// is free (`canTake` false), and a connection that could take one has waited for it since
+    /// `oldestWaitingSince` (nil: none waits) for at least `pressureAfterMilliseconds`.
+    public static func presses(canTake: Bool, oldestWaitingSince: Int64?, now: Int64) -> Bool {
+        guard !canTake, let since = oldestWaitingSince else { return false }
+        return elapsedMilliseconds(since: since, now: now) >= pressureAfterMilliseconds
+    }
+
     /// Whether an environment marked pressed at `pressedAt` (0: never) is pressed at `now`.
     /// The mark is a multiplexer's; a mark from the future is read as lapsed.
     public static func pressed(pressedAt: Int64, now: Int64) -> Bool {

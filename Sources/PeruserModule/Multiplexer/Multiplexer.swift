@@ -89,7 +89,7 @@ struct HandbackChannel {
 /// Kinds of log lines a client or a tenant can cause: each is rate-limited (LogLimiter).
 enum NoisyLine: Int {
     case invalidHandback = 1, forgedHandback, handbackClosed, routingLoop, saturated, channelFull,
-         handoffFailed, descriptorsExhausted, acceptFailed, unknownEnvironment, noEnvironment, clientShare, lentLost
+         handoffFailed, descriptorsExhausted, acceptFailed, unknownEnvironment, noEnvironment, clientShare, lentLost, pressed
 }
 
 struct Multiplexer {
@@ -1016,13 +1016,13 @@ struct Multiplexer {
             connection.stage = .waitingForWorker(environment: env)
             connection.deadline = waitDeadline
             pending[fd] = connection
-            waiting.add(fd, environment: env, deadline: waitDeadline)
+            waiting.add(fd, environment: env, deadline: waitDeadline, since: now)
         case .wait(let deadline, _):
             // Saturated: wait at most (availability / 100) * ProcessorWaitTimeout.
             connection.stage = .waitingForWorker(environment: env)
             connection.deadline = deadline
             pending[fd] = connection
-            waiting.add(fd, environment: env, deadline: deadline)
+            waiting.add(fd, environment: env, deadline: deadline, since: now)
             publish(env)
         case .drop:
             drop(fd, environment: env)
@@ -1097,10 +1097,22 @@ struct Multiplexer {
                 sendDown(fd, environment: env, until: now.saturatingAdding(channelWait))
             }
             if !ready.isEmpty { publish(env) }
-            // Connections that could take a worker still wait, and no worker can be added: the
-            // environment is pressed, and its workers give up clients they have waited on too
-            // long (ReaderShedding).
-            if !capacity(of: env).canTake, waiting.contains(for: env, where: { rank($0) != nil }), let field = sharedTable?.environmentField(env, ChildTableLayout.pressedAtOffset) {
+            // Connections that could take a worker have waited for one a while, and none can be
+            // added: the environment is pressed, and its workers give up clients they have
+            // waited on too long (ReaderShedding).
+            let full = capacity(of: env)
+            if ReaderShedding.presses(canTake: full.canTake, oldestWaitingSince: waiting.oldestSince(for: env, where: { rank($0) != nil }), now: now),
+               let field = sharedTable?.environmentField(env, ChildTableLayout.pressedAtOffset) {
+                // Said when the pressure starts (the last mark, this multiplexer's or another's,
+                // has lapsed): why the environment's slow clients are about to be given up.
+                let last = Int64(bitPattern: peruser_atomic_load_u64(field))
+                if !ReaderShedding.pressed(pressedAt: last, now: now) {
+                    note(.pressed, PERUSER_LOG_INFO, "multiplexer: environment \(environmentLabel(env)) is full "
+                         + "(\(full.workers) of \(full.maxProcessors) workers alive, \(full.idle) idle, "
+                         + "\(full.queued) connections in its channel\(full.serverFull ? ", MaxClients reached" : "")) "
+                         + "and \(waiting.count(for: env)) wait here: its workers give up clients they have "
+                         + "waited on past ReaderShedTimeout")
+                }
                 peruser_atomic_store_u64(field, UInt64(bitPattern: now))
             }
         }
@@ -1218,7 +1230,7 @@ struct Multiplexer {
                 connection.stage = .waitingForWorker(environment: environment)
                 connection.deadline = monotonicMilliseconds().saturatingAdding(Int64(waitSeconds) * 1000)
                 pending[fd] = connection
-                waiting.add(fd, environment: environment, deadline: connection.deadline)
+                waiting.add(fd, environment: environment, deadline: connection.deadline, since: monotonicMilliseconds())
                 publish(environment)
                 return
             }
