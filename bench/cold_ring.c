@@ -16,16 +16,40 @@
  *
  * Defaults: 150 private pages, 120 shared, 16 lines; N = 6 12 100 300 600. No network;
  * about 4 s per N. Writes nothing; BENCHMARKS.md has the findings.
+ *
+ * COLD_RING_HUGE=shared, private or both puts that memory in 2 MiB pages (MADV_HUGEPAGE;
+ * the kernel's transparent huge pages must allow madvise): a member then needs one or two
+ * TLB entries instead of hundreds, so what is left of the rise with N is the caches'.
  */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 enum { PAGE = 4096, LINE = 64 };
+#define HUGE_PAGE ((size_t)2 << 20)
+
+/* `bytes` of private anonymous memory starting on a 2 MiB boundary, in huge pages if `huge`
+ * (else in 4 KiB ones, whatever the system's default); *mapped and *length to unmap it. */
+static char *region(size_t bytes, int huge, char **mapped, size_t *length) {
+    size_t rounded = (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+    char *raw = mmap(0, rounded + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return NULL;
+    char *start = (char *)(((unsigned long)raw + HUGE_PAGE - 1) & ~(unsigned long)(HUGE_PAGE - 1));
+    if (madvise(start, rounded, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) != 0) perror("madvise");
+    *mapped = raw;
+    *length = rounded + HUGE_PAGE;
+    return start;
+}
+
+static int huge_wanted(const char *which) {
+    const char *huge = getenv("COLD_RING_HUGE");
+    return huge && (strcmp(huge, which) == 0 || strcmp(huge, "both") == 0);
+}
 
 /* ns this process has run, or 0 if it is gone. */
 static unsigned long long cpu_ns(pid_t pid) {
@@ -55,7 +79,9 @@ static double now(void) {
 /* One process of the ring: waits on its pipe, touches its memory, passes the token on. */
 static void member(int in, int out, volatile char *shared, int shared_pages, int private_pages,
                    int lines, volatile long *hops) {
-    volatile char *mine = malloc((size_t)private_pages * PAGE + PAGE);
+    char *mapped;
+    size_t length;
+    volatile char *mine = region((size_t)private_pages * PAGE + PAGE, huge_wanted("private"), &mapped, &length);
     if (!mine) _exit(1);
     for (size_t j = 0; j < (size_t)private_pages * PAGE; j++) mine[j] = (char)j;
     int stride = PAGE / lines;
@@ -78,10 +104,14 @@ static int run(int n, int private_pages, int shared_pages, int lines) {
     if (!pipes || !kids) return 1;
     for (int i = 0; i < n; i++)
         if (pipe(pipes[i]) != 0) { perror("pipe"); return 1; }
-    volatile char *shared = mmap(0, (size_t)shared_pages * PAGE + PAGE, PROT_READ | PROT_WRITE,
-                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    /* Written here, only read by the members: after fork they share its pages (as workers
+     * share the libraries' text). */
+    char *shared_mapped;
+    size_t shared_length;
+    volatile char *shared = region((size_t)shared_pages * PAGE + PAGE, huge_wanted("shared"),
+                                   &shared_mapped, &shared_length);
     volatile long *hops = mmap(0, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (shared == MAP_FAILED || hops == MAP_FAILED) { perror("mmap"); return 1; }
+    if (!shared || hops == MAP_FAILED) { perror("mmap"); return 1; }
     for (size_t i = 0; i < (size_t)shared_pages * PAGE; i += LINE) shared[i] = 1;
     int forked = 0;
     for (; forked < n; forked++) {
@@ -111,7 +141,7 @@ static int run(int n, int private_pages, int shared_pages, int lines) {
                (double)(cpu_after - cpu_before) / 1e3 / (double)count);
     for (int i = 0; i < n; i++) kill(kids[i], SIGKILL);
     while (wait(NULL) > 0) {}
-    munmap((void *)shared, (size_t)shared_pages * PAGE + PAGE);
+    munmap(shared_mapped, shared_length);
     munmap((void *)hops, PAGE);
     for (int i = 0; i < n; i++) { close(pipes[i][0]); close(pipes[i][1]); }
     free(pipes);
@@ -139,7 +169,9 @@ int main(int argc, char **argv) {
             }
         }
     }
-    printf("%d private pages x %d lines, %d shared pages, two tokens\n", private_pages, lines, shared_pages);
+    const char *huge = getenv("COLD_RING_HUGE");
+    printf("%d private pages x %d lines, %d shared pages, two tokens%s%s\n", private_pages, lines, shared_pages,
+           huge ? ", huge pages: " : "", huge ? huge : "");
     for (int i = 0; i < count; i++)
         if (run(sizes[i], private_pages, shared_pages, lines) != 0) return 1;
     return 0;
