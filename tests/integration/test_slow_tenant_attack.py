@@ -337,7 +337,8 @@ def test_behind_a_front_proxy_the_share_follows_the_forwarded_address(proxied):
             assert took < 1.0, took
         # And clients with one slow body each fill the other workers: the proxy itself has no share.
         # One at a time, each once the last is read: five at once may find a worker still busy
-        # with the requests above, wait, and so (rightly) have the first client's readers shed.
+        # with the requests above and wait for it (a moment: no pressure, nothing shed), and
+        # the count would be read before that one is reading.
         for n in range(10, 15):
             socks += slow_posts(proxied, [f"198.51.100.{n}"])
             assert wait_for(lambda: int(environment_line(proxied, "env-a")["reading"]) == n - 4, 1.5), \
