@@ -22,7 +22,7 @@ import time
 import pytest
 
 from conftest import make_site
-from harness import Apache, free_port, serving
+from harness import Apache, free_port, read_until_close, serving
 from test_tls import make_cert
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -242,18 +242,35 @@ def test_an_idle_environment_keeps_its_patience(attacked):
                              server_hostname="b.test") as sock:
         time.sleep(3)
         sock.sendall(b"GET /cgi-bin/id.cgi HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+        data = read_until_close(sock)
     assert data.startswith(b"HTTP/1.1 200"), data[:200]
     assert f"uid={attacked.uids['b']}".encode() in data
     assert int(environment_line(attacked, "env-b")["shed"]) == before
 
 
-BLIP_CGI = """#!/bin/sh
-sleep 0.02
-printf 'Content-Type: text/plain\\r\\n\\r\\nuid=%s\\n' "$(id -u)"
-"""
+def install_sleep_cgi(apache, name, seconds):
+    """A CGI of tenant A that sleeps `seconds`, then answers its uid: /cgi-bin/NAME."""
+    script = os.path.join(apache.root, "a", "cgi-bin", name)
+    with open(script, "w") as f:
+        f.write(f"#!/bin/sh\nsleep {seconds}\n"
+                "printf 'Content-Type: text/plain\\r\\n\\r\\nuid=%s\\n' \"$(id -u)\"\n")
+    os.chown(script, apache.uids["a"], apache.uids["a"])
+    os.chmod(script, 0o755)
+
+
+def reader_past_its_bound(apache, spares):
+    """A slow POST to A that a worker has waited on past ReaderShedTimeout (1 s), with `spares`
+    idle workers beside it: its socket."""
+    sock = slow_post(apache)
+    assert wait_for(lambda: environment_line(apache, "env-a")["reading"] == "1", 5), environment_line(apache, "env-a")
+    assert wait_for(lambda: environment_line(apache, "env-a")["idle"] == str(spares), 5), environment_line(apache, "env-a")
+    time.sleep(1.5)
+    return sock
+
+
+def assert_served_by_a(apache, sock):
+    data = read_until_close(sock)
+    assert data.startswith(b"HTTP/1.1 200") and f"uid={apache.uids['a']}".encode() in data, data[:300]
 
 
 def test_a_request_that_waits_a_moment_for_a_worker_sheds_no_reader(accounts):
@@ -265,16 +282,9 @@ def test_a_request_that_waits_a_moment_for_a_worker_sheds_no_reader(accounts):
     apache = start(accounts, extra="MaxProcessors 2\n", name="slow-attack-blip")
     sockets = []
     try:
-        script = os.path.join(apache.root, "a", "cgi-bin", "blip.cgi")
-        with open(script, "w") as f:
-            f.write(BLIP_CGI)
-        os.chown(script, apache.uids["a"], apache.uids["a"])
-        os.chmod(script, 0o755)
+        install_sleep_cgi(apache, "blip.cgi", 0.02)
         shed = int(environment_line(apache, "env-a")["shed"])
-        sockets.append(slow_post(apache))
-        assert wait_for(lambda: environment_line(apache, "env-a")["reading"] == "1", 5), environment_line(apache, "env-a")
-        assert wait_for(lambda: environment_line(apache, "env-a")["idle"] == "1", 5), environment_line(apache, "env-a")
-        time.sleep(1.5)  # the reader has waited past ReaderShedTimeout (1 s)
+        sockets.append(reader_past_its_bound(apache, spares=1))
         busy, waiter = (socket.create_connection(("127.0.0.1", apache.plain), timeout=20, source_address=(f"127.0.0.{n}", 0))
                         for n in (2, 3))
         sockets += [busy, waiter]
@@ -282,10 +292,7 @@ def test_a_request_that_waits_a_moment_for_a_worker_sheds_no_reader(accounts):
         time.sleep(0.005)
         waiter.sendall(b"GET /cgi-bin/id.cgi HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
         for sock in (busy, waiter):
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-            assert data.startswith(b"HTTP/1.1 200") and f"uid={apache.uids['a']}".encode() in data, data[:300]
+            assert_served_by_a(apache, sock)
         time.sleep(0.3)  # a reader looks at the pressure every 100 ms past its bound
         line = environment_line(apache, "env-a")
         assert int(line["shed"]) == shed and line["reading"] == "1", str(line) + apache.read_error_log()[-2000:]
@@ -293,6 +300,7 @@ def test_a_request_that_waits_a_moment_for_a_worker_sheds_no_reader(accounts):
         for sock in sockets:
             sock.close()
         apache.stop()
+        apache.cleanup()
 
 
 REMOTEIP = """LoadModule remoteip_module /usr/lib/apache2/modules/mod_remoteip.so
@@ -349,12 +357,6 @@ def test_behind_a_front_proxy_the_share_follows_the_forwarded_address(proxied):
             sock.close()
 
 
-SLEEP_CGI = """#!/bin/sh
-sleep 1
-printf 'Content-Type: text/plain\\r\\n\\r\\nuid=%s\\n' "$(id -u)"
-"""
-
-
 def test_a_burst_that_idle_workers_and_room_can_take_sheds_no_reader(accounts):
     # MaxProcessors 4: a reader past ReaderShedTimeout, two idle spares, and three requests at
     # once. Two go to the spares and one to a worker that may still start: nothing waits for a
@@ -364,16 +366,9 @@ def test_a_burst_that_idle_workers_and_room_can_take_sheds_no_reader(accounts):
     apache = start(accounts, extra="MaxProcessors 4\n", name="slow-attack-burst")
     sockets = []
     try:
-        script = os.path.join(apache.root, "a", "cgi-bin", "sleep.cgi")
-        with open(script, "w") as f:
-            f.write(SLEEP_CGI)
-        os.chown(script, apache.uids["a"], apache.uids["a"])
-        os.chmod(script, 0o755)
+        install_sleep_cgi(apache, "sleep.cgi", 1)
         shed = int(environment_line(apache, "env-a")["shed"])
-        sockets.append(slow_post(apache))
-        assert wait_for(lambda: environment_line(apache, "env-a")["reading"] == "1", 5), environment_line(apache, "env-a")
-        assert wait_for(lambda: environment_line(apache, "env-a")["idle"] == "2", 5), environment_line(apache, "env-a")
-        time.sleep(1.5)  # the reader has waited past ReaderShedTimeout (1 s)
+        sockets.append(reader_past_its_bound(apache, spares=2))
         # From three other clients: none is over its share (MaxClientShare, 2 of 4 workers).
         burst = [socket.create_connection(("127.0.0.1", apache.plain), timeout=20, source_address=(f"127.0.0.{n}", 0))
                  for n in (2, 3, 4)]
@@ -386,10 +381,7 @@ def test_a_burst_that_idle_workers_and_room_can_take_sheds_no_reader(accounts):
         for sock in burst:
             sock.sendall(b"\n")
         for sock in burst:
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-            assert data.startswith(b"HTTP/1.1 200") and f"uid={apache.uids['a']}".encode() in data, data[:300]
+            assert_served_by_a(apache, sock)
         line = environment_line(apache, "env-a")
         assert int(line["shed"]) == shed and line["reading"] == "1", line
     finally:
@@ -440,9 +432,7 @@ def environment_line_via_proxy(apache, env):
     with socket.create_connection(("127.0.0.1", apache.plain), timeout=20) as sock:
         sock.sendall(proxy_line("192.0.2.200") + b"GET /server-status?auto HTTP/1.1\r\nHost: b.test\r\n"
                      b"Connection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+        data = read_until_close(sock)
     return environment_fields(data.decode(errors="replace"), env)
 
 
@@ -451,9 +441,7 @@ def test_proxy_protocol_connections_are_routed_by_their_host_and_server_name(pro
         with socket.create_connection(("127.0.0.1", proxy_protocol.plain), timeout=20) as sock:
             sock.sendall(proxy_line("198.51.100.1") + f"GET /cgi-bin/id.cgi HTTP/1.1\r\nHost: {host}\r\n"
                          "Connection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
+            data = read_until_close(sock)
         assert data.startswith(b"HTTP/1.1 200"), data[:300]
         assert f"uid={proxy_protocol.uids[tenant]}".encode() in data
         # TLS behind a PROXY header (version 2 here): routed by the ClientHello's server name.
@@ -464,9 +452,7 @@ def test_proxy_protocol_connections_are_routed_by_their_host_and_server_name(pro
         raw.sendall(proxy_v2("198.51.100.1"))
         with context.wrap_socket(raw, server_hostname=host) as sock:
             sock.sendall(f"GET /cgi-bin/id.cgi HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
+            data = read_until_close(sock)
         assert data.startswith(b"HTTP/1.1 200"), data[:300]
         assert f"uid={proxy_protocol.uids[tenant]}".encode() in data
 
