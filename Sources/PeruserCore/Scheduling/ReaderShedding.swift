@@ -21,9 +21,11 @@ public enum ReaderShedding {
 
     /// Whether a multiplexer marks an environment pressed at `now`: no worker can be added or
     /// is free (`canTake` false), and a connection that could take one has waited for it since
-    /// `oldestWaitingSince` (nil: none waits) for at least `pressureAfterMilliseconds`.
-    public static func presses(canTake: Bool, oldestWaitingSince: Int64?, now: Int64) -> Bool {
-        guard !canTake, let since = oldestWaitingSince else { return false }
+    /// `oldestWaitingSince` (nil: none waits) for at least `pressureAfterMilliseconds`. The
+    /// queue is only looked at when the environment cannot take a connection (every turn of a
+    /// multiplexer's loop while connections wait).
+    public static func presses(canTake: Bool, oldestWaitingSince: @autoclosure () -> Int64?, now: Int64) -> Bool {
+        guard !canTake, let since = oldestWaitingSince() else { return false }
         return elapsedMilliseconds(since: since, now: now) >= pressureAfterMilliseconds
     }
 

@@ -1228,9 +1228,10 @@ struct Multiplexer {
                                 limit: clientLimit(environment)) else {
                 // Another multiplexer gave this client the last of its share meanwhile: wait.
                 connection.stage = .waitingForWorker(environment: environment)
-                connection.deadline = monotonicMilliseconds().saturatingAdding(Int64(waitSeconds) * 1000)
+                let now = monotonicMilliseconds()
+                connection.deadline = now.saturatingAdding(Int64(waitSeconds) * 1000)
                 pending[fd] = connection
-                waiting.add(fd, environment: environment, deadline: connection.deadline, since: monotonicMilliseconds())
+                waiting.add(fd, environment: environment, deadline: connection.deadline, since: now)
                 publish(environment)
                 return
             }
