@@ -324,3 +324,37 @@ def test_a_connection_lent_back_again_counts_once_toward_max_connections_per_chi
     # The kept-alive connection counted 1 in env-a's worker; two new ones make 3, and it exits.
     assert after[:2] == [first, first], (first, after)
     assert first not in after[2:], (first, after)
+
+
+def crossed_to_a(server):
+    """A connection whose first request went to env-b and whose second, to env-a, was lent:
+    env-a's worker counted it (a new connection for it) and gave it back by its ring."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+    sock.sendall(request("b.test"))
+    assert read_response(sock) == (200, "site b\n")
+    sock.sendall(request("a.test", CGI))
+    status, body = read_response(sock)
+    assert status == 200 and ids_of(body)[:2] == server.uids["a"], body
+    return sock, served_by(body)
+
+
+def test_a_worker_that_recycles_right_after_a_lent_answer_leaves_that_connection_open(recycling):
+    """A worker that reaches MaxConnectionsPerChild with a lent connection exits right after it
+    gave it back by the mark on its page; a multiplexer that had not looked at the page by then
+    found nobody showing the connection and closed it a second later: a front proxy's pooled
+    connection lost, once per recycled worker. Each of these four connections is the first of
+    its kind for env-a's worker (MaxProcessors 1, MaxConnectionsPerChild 3), so at least one is
+    the last its worker serves; every one still answers after that second."""
+    connections = [crossed_to_a(recycling) for _ in range(4)]
+    pids = [pid for _, pid in connections]
+    assert len(set(pids)) >= 2, f"env-a's worker recycled during the test: {pids}"
+    time.sleep(1.5)  # past the second after which a lent connection nobody shows is lost
+    for n, (sock, _) in enumerate(connections):
+        sock.sendall(request("b.test", close=True))
+        try:
+            answer = read_response(sock)
+        except (OSError, IndexError, ValueError) as error:  # closed: no status line
+            answer = error
+        assert answer == (200, "site b\n"), (n, pids, answer)
+        sock.close()
+

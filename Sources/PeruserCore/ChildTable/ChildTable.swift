@@ -74,6 +74,14 @@ public enum ChildTableLayout {
     /// after a second as lost). 32 were overrun under load (alternating vhosts, 2 CPUs).
     public static let returnedOffset = 288
     public static let returnedCapacity = 256
+    /// How often a multiplexer reads the rings of every connection it lent, stirred or not.
+    public static let lentSweepMilliseconds: Int64 = 250
+    /// How long a worker that leaves (recycled, retired, drained) stays, on standby, after its
+    /// last give-back by the ring: a ring is read only while its worker is in the roster, and
+    /// what an exited worker gave back unread was closed a second later as lost (a front
+    /// proxy's pooled connection, at every recycle). Two sweeps, each at most a loop turn
+    /// (100 ms with connections held) late.
+    public static let leaveAfterGiveBackMilliseconds: Int64 = 2 * lentSweepMilliseconds
     /// UInt64: how many the worker gave back (the newest entry is at that count - 1).
     public static let returnedCountOffset = returnedOffset + 8 * returnedCapacity
     /// UInt32 × returnedCapacity, beside the ring: the connection's kept-alive responses so far

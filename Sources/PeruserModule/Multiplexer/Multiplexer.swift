@@ -1384,7 +1384,7 @@ struct Multiplexer {
             }
         }
         guard now >= lentSweepAt else { return }
-        lentSweepAt = now + 250
+        lentSweepAt = now + ChildTableLayout.lentSweepMilliseconds
         for fd in pending.descriptors {
             if case .lent? = pending[fd]?.stage { lookAtLent(fd, stirred: false) }
         }

@@ -40,6 +40,25 @@ func giveBackLent(_ how: ChildTable.Returned, keepalives: UInt32 = 0) {
                               keepalives: keepalives)
     lentGivenBack &+= 1
     lendOutstanding = 0
+    lastGiveBackAt = monotonicMilliseconds()
+}
+
+/// When this worker last gave a lent connection back by its ring (nil: never).
+nonisolated(unsafe) var lastGiveBackAt: Int64?
+
+/// Exits once the multiplexers have surely read what this worker last gave back by its ring:
+/// they read only the rings of workers in the roster, and a lent connection nobody shows is
+/// closed as lost (ChildTableLayout.leaveAfterGiveBackMilliseconds). On standby meanwhile, so
+/// that no multiplexer counts it as a worker that could take a connection.
+func leave(_ code: Int32) -> Never {
+    if let page = ownPage { sharedTable?.setStatus(page: page, .standby, now: monotonicMilliseconds()) }
+    if let lastGiveBackAt {
+        let until = lastGiveBackAt + ChildTableLayout.leaveAfterGiveBackMilliseconds
+        while case let left = until - monotonicMilliseconds(), left > 0 {
+            _ = poll(nil, 0, Int32(clamping: left))  // a signal only shortens one turn
+        }
+    }
+    exitChild(code)
 }
 
 nonisolated(unsafe) var servedConnection: ServedConnection?
@@ -133,7 +152,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
         let draining = peruser_shim_drain_requested() != 0
         if (peruser_shim_stop_requested() != 0 && !draining) || (mostConnections > 0 && counted >= mostConnections) {
             finishHeldClosings()
-            exitChild(0)
+            leave(0)
         }
         if !statusShown {
             // Once per connection: a wake-up to look at kept closings does not restart the idle
@@ -155,12 +174,12 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
             continue  // another worker took it, or a signal: look at the flags again
         case .empty, .nothing:
             finishHeldClosings()
-            exitChild(0)  // drained, or every writer of this generation's channel is gone
+            leave(0)  // drained, or every writer of this generation's channel is gone
         case .invalid:
             log(PERUSER_LOG_WARNING, "peruser: worker dropped an invalid message on its channel")
         case .failed(let failure):
             log(PERUSER_LOG_ERR, "peruser: worker lost its channel (\(failure)); exiting")
-            exitChild(exitChildSick)
+            leave(exitChildSick)
         case .message(let length, let fd):
             guard let decoded = try? HandoffMessage.decodeHeader(UnsafeRawBufferPointer(rebasing: message[0..<length]))
             else {
