@@ -62,6 +62,18 @@ def runs_a_child(pid):
         return False
 
 
+def asleep_on_its_channel(pid):
+    """Whether worker `pid` sleeps in epoll_wait: done with its last connection, ready to be
+    the one the kernel wakes. (Its answer reaches the client before the worker has logged and
+    cleaned up; under load that moment is long enough for the next connection to go to a
+    spare.)"""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return "epoll_wait" in f.read()
+    except OSError:
+        return False
+
+
 def served_by(body):
     m = re.search(r"worker=(\d+)", body)
     assert m, body
@@ -95,6 +107,7 @@ def test_while_that_worker_is_busy_another_takes_the_connection_then_it_is_back(
     assert wait_until(lambda: len(workers(server)) >= 3), workers(server)
     time.sleep(0.1)
     warm = fetch(server)
+    assert wait_until(lambda: asleep_on_its_channel(warm), timeout=5)
     slow = {}
     thread = threading.Thread(target=lambda: slow.update(pid=fetch(server, CGI + "?sleep=2")))
     thread.start()
@@ -105,5 +118,5 @@ def test_while_that_worker_is_busy_another_takes_the_connection_then_it_is_back(
     assert slow["pid"] == warm
     # Once it reaped its CGI and sleeps again, it takes the next connection again.
     assert wait_until(lambda: not runs_a_child(warm), timeout=5)
-    time.sleep(0.1)
+    assert wait_until(lambda: asleep_on_its_channel(warm), timeout=5)
     assert fetch(server) == warm, "once free, the first worker takes the next connection again"
