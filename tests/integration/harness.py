@@ -69,10 +69,20 @@ def serving(apache, log_tail=0):
         apache.cleanup()
 
 
+_ports_given = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and never handed out before in this run: the kernel may give
+    the same one to two bind(0) calls in a row once the first socket is closed (CI saw a
+    configuration with the same port twice)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def load_modules(*names):

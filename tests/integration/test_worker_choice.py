@@ -94,6 +94,8 @@ def test_one_after_another_the_same_worker_serves_the_connections(server):
     for _ in range(12):
         # A tenant with light traffic: its worker is back asleep before the next connection
         # (one that comes while the worker still finishes the last goes to another).
+        if served:
+            assert wait_until(lambda: asleep_on_its_channel(served[-1]), timeout=5)
         time.sleep(0.1)
         served.append(fetch(server))
     warm = max(set(served), key=served.count)
