@@ -146,6 +146,8 @@ def configure(kind):
             # An earlier build (BENCH_BEFORE_SO) at its defaults, with the slots it could not size.
             mpm = f"LoadModule mpm_peruser_module {os.environ['BENCH_BEFORE_SO']}"
             parts.append("ServerLimit 768")
+            # For experiments: directives for this server alone (BENCH_BEFORE_EXTRA).
+            parts.append(os.environ.get("BENCH_BEFORE_EXTRA", "").replace("\\n", "\n"))
         if kind == "peruser-package":
             parts.append(package_values())
         if kind == "peruser-shared":
