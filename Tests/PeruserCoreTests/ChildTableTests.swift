@@ -92,7 +92,7 @@ final class ChildTableTests: XCTestCase {
     func testSlotsRoundTrip() {
         withTable(workerPages: 4) { table, memory, _ in
             XCTAssertEqual(memory.load(as: UInt32.self), ChildTableLayout.magic)
-            XCTAssertEqual(memory.load(fromByteOffset: ChildTableLayout.versionOffset, as: UInt32.self), 4)
+            XCTAssertEqual(memory.load(fromByteOffset: ChildTableLayout.versionOffset, as: UInt32.self), 5)
             table.setSlot(1, pid: 42, type: .processor, environment: 1, generation: 7, status: .starting, now: 5,
                           workerPage: 2)
             table.setStatus(1, .active, now: 9)
@@ -300,93 +300,113 @@ final class ChildTableTests: XCTestCase {
         }
     }
 
-    /// A lent connection is back when a live worker of its environment has its number in the
-    /// ring; it is being served while one shows it as its current connection (active); anything
-    /// else is unknown, a worker gone since included. Only its own environment's pages count.
-    func testLentConnectionsAreFoundOnlyInTheirEnvironmentsPages() {
+    private func lend(_ count: UInt64, cell: Int) -> UInt64 {
+        guard let number = ChildTable.lendNumber(count: count, cell: cell) else {
+            XCTFail("count \(count) and cell \(cell) make no lend number")
+            return 0
+        }
+        return number
+    }
+
+    /// A lent connection is back when the cell its number names, in its environment's page,
+    /// holds that number; it is being served while a live worker of that environment shows it as
+    /// its current connection (active); anything else is unknown. Only its own environment's
+    /// page counts, and what a worker gave back stays there after it exits.
+    func testLentConnectionsAreFoundOnlyInTheirEnvironmentsCells() {
         let slots = 4, environments = 2, pages = 4  // pool of env 0: pages 0-1, env 1: 2-3
         withTable(slots: slots, environments: environments, workerPages: pages) { table, _, _ in
             table.setSlot(1, pid: 10, type: .worker, environment: 0, generation: 7, status: .ready, now: 1, workerPage: 0)
             table.setSlot(2, pid: 11, type: .worker, environment: 1, generation: 7, status: .ready, now: 1, workerPage: 2)
-            let page0 = table.pageOffset(1), page1 = table.pageOffset(2)
-            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .unknown)
-            table.setLend(page: page0, 5)
-            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .unknown,
+            let page0 = table.pageOffset(1)
+            let five = lend(5, cell: 0), six = lend(6, cell: 1), seven = lend(7, cell: 2), eight = lend(8, cell: 3)
+            XCTAssertEqual(table.lendState(five, environment: 0, roster: table.roster()), .unknown)
+            table.setLend(page: page0, five)
+            XCTAssertEqual(table.lendState(five, environment: 0, roster: table.roster()), .unknown,
                            "a ready worker is not serving it")
             table.setStatus(page: page0, .active, now: 2)
-            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .serving)
-            table.giveBackLent(page: page0, lend: 5, how: .answered, position: 0)
-            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .returned(.answered, keepalives: 0))
-            // Environment 1's worker names number 6 of its own; environment 0's number 6 is not it.
-            table.giveBackLent(page: page1, lend: 6, how: .ended, position: 0)
-            XCTAssertEqual(table.lendState(6, environment: 0, roster: table.roster()), .unknown)
-            XCTAssertEqual(table.lendState(6, environment: 1, roster: table.roster()), .returned(.ended, keepalives: 0))
-            table.giveBackLent(page: page0, lend: 7, how: .sentBack, position: 1)
-            XCTAssertEqual(table.lendState(7, environment: 0, roster: table.roster()), .returned(.sentBack, keepalives: 0))
-            // The worker exits: neither what it gave back nor what it served is read any more
-            // (its pages are not read at all).
-            table.setLend(page: page0, 8)
+            XCTAssertEqual(table.lendState(five, environment: 0, roster: table.roster()), .serving)
+            table.giveBackLent(environment: 0, lend: five, how: .answered)
+            XCTAssertEqual(table.lendState(five, environment: 0, roster: table.roster()), .returned(.answered, keepalives: 0))
+            // Environment 1's number 6 is in environment 1's page; environment 0's number 6 is not it.
+            table.giveBackLent(environment: 1, lend: six, how: .ended)
+            XCTAssertEqual(table.lendState(six, environment: 0, roster: table.roster()), .unknown)
+            XCTAssertEqual(table.lendState(six, environment: 1, roster: table.roster()), .returned(.ended, keepalives: 0))
+            table.giveBackLent(environment: 0, lend: seven, how: .sentBack)
+            XCTAssertEqual(table.lendState(seven, environment: 0, roster: table.roster()), .returned(.sentBack, keepalives: 0))
+            // The worker exits: what it served is not read any more, what it gave back still is.
+            table.setLend(page: page0, eight)
             table.setSlot(1, pid: 0, type: .unknown, environment: 0, generation: 7, status: .standby, now: 3)
-            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .unknown)
-            XCTAssertEqual(table.lendState(8, environment: 0, roster: table.roster()), .unknown)
+            XCTAssertEqual(table.lendState(eight, environment: 0, roster: table.roster()), .unknown)
+            XCTAssertEqual(table.lendState(five, environment: 0, roster: table.roster()), .returned(.answered, keepalives: 0))
+            XCTAssertEqual(table.lendState(seven, environment: 0, roster: table.roster()), .returned(.sentBack, keepalives: 0))
             // Number 0 is never lent.
             XCTAssertEqual(table.lendState(0, environment: 0, roster: table.roster()), .unknown)
         }
     }
 
-    /// The ring keeps the last `returnedCapacity` give-backs of a worker; what its worker wrote
-    /// there is read as it is, never trusted beyond its own environment, and never traps.
-    func testTheRingWrapsAndGarbageOnlyMisplacesItsOwnEnvironment() {
-        withTable(slots: 4, environments: 2, workerPages: 4) { table, memory, _ in
+    /// A cell holds its entry until a later lend with the same cell is given back: however many
+    /// connections the environment's workers give back in other cells meanwhile, it is found
+    /// (a ring of a worker's last 256 give-backs lost it after 256). Each entry carries its
+    /// connection's kept-alive answers so far.
+    func testACellKeepsItsEntryHoweverManyOthersAreGivenBack() {
+        withTable(slots: 4, environments: 1, workerPages: 2) { table, _, _ in
             table.setSlot(1, pid: 10, type: .worker, environment: 0, generation: 7, status: .active, now: 1, workerPage: 0)
-            let page = table.pageOffset(1)
-            let capacity = ChildTableLayout.returnedCapacity
-            for n in 1...(capacity + 3) { table.giveBackLent(page: page, lend: UInt64(n), how: .answered, position: n - 1) }
-            for n in 1...3 {
-                XCTAssertEqual(table.lendState(UInt64(n), environment: 0, roster: table.roster()), .unknown)
+            let kept = lend(1, cell: 0)
+            table.giveBackLent(environment: 0, lend: kept, how: .answered, keepalives: 41)
+            let others = ChildTableLayout.lendCellCount - 1
+            for count in UInt64(2)...100_000 {
+                table.giveBackLent(environment: 0, lend: lend(count, cell: 1 + Int(count) % others), how: .answered,
+                                   keepalives: 7)
             }
-            XCTAssertEqual(table.lendState(UInt64(capacity + 3), environment: 0, roster: table.roster()),
-                           .returned(.answered, keepalives: 0))
-            // The oldest still held, read last (newest first), after the worker took another.
-            table.setLend(page: page, 999)
-            XCTAssertEqual(table.lendState(4, environment: 0, roster: table.roster()), .returned(.answered, keepalives: 0))
-            XCTAssertGreaterThanOrEqual(capacity, 256, "a multiplexer starved for a while must still find it")
-            // Negative positions and numbers with the kind bits set still land in the ring.
-            table.giveBackLent(page: page, lend: 0xc000_0000_0000_0040, how: .ended, position: -5)
-            XCTAssertEqual(table.lendState(0x40, environment: 0, roster: table.roster()), .returned(.ended, keepalives: 0))
-            // A kind no writer of this module writes (both bits) reads as an end.
-            guard let detail = table.detailPage(ofPage: page) else { return XCTFail("no detail page") }
-            memory.storeBytes(of: UInt64.max, toByteOffset: detail + ChildTableLayout.returnedOffset, as: UInt64.self)
-            XCTAssertEqual(table.lendState(ChildTableLayout.lendMask, environment: 0, roster: table.roster()),
-                           .returned(.ended, keepalives: 0))
-            // A count that points anywhere only changes where the look starts.
-            for count in [UInt64.max, 1 << 63, UInt64(capacity) * 7 + 5] {
-                memory.storeBytes(of: count, toByteOffset: detail + ChildTableLayout.returnedCountOffset, as: UInt64.self)
-                XCTAssertEqual(table.lendState(0x40, environment: 0, roster: table.roster()), .returned(.ended, keepalives: 0))
-                XCTAssertEqual(table.lendState(12345, environment: 0, roster: table.roster()), .unknown)
-            }
+            XCTAssertEqual(table.lendState(kept, environment: 0, roster: table.roster()), .returned(.answered, keepalives: 41))
+            XCTAssertEqual(table.lendState(lend(99_999, cell: 1 + 99_999 % others), environment: 0, roster: table.roster()),
+                           .returned(.answered, keepalives: 7))
+            // The same cell taken again for another connection: the new entry replaces the old.
+            let next = lend(100_001, cell: 0)
+            table.giveBackLent(environment: 0, lend: next, how: .sentBack, keepalives: .max)
+            XCTAssertEqual(table.lendState(next, environment: 0, roster: table.roster()), .returned(.sentBack, keepalives: .max))
+            XCTAssertEqual(table.lendState(kept, environment: 0, roster: table.roster()), .unknown)
         }
     }
 
-    /// Each give-back carries the connection's kept-alive responses so far, read with its entry
-    /// (the slot beside it, not the newest one), and the whole ring fits in the detail page.
-    func testTheRingCarriesEachConnectionsKeptAliveResponses() {
-        withTable(slots: 4, environments: 1, workerPages: 2) { table, _, _ in
-            table.setSlot(1, pid: 10, type: .worker, environment: 0, generation: 7, status: .ready, now: 1, workerPage: 0)
-            let page = table.pageOffset(1)
-            table.giveBackLent(page: page, lend: 5, how: .answered, position: 0, keepalives: 41)
-            table.giveBackLent(page: page, lend: 6, how: .sentBack, position: 1, keepalives: .max)
-            table.giveBackLent(page: page, lend: 7, how: .ended, position: 2)
-            XCTAssertEqual(table.lendState(5, environment: 0, roster: table.roster()), .returned(.answered, keepalives: 41))
-            XCTAssertEqual(table.lendState(6, environment: 0, roster: table.roster()), .returned(.sentBack, keepalives: .max))
-            XCTAssertEqual(table.lendState(7, environment: 0, roster: table.roster()), .returned(.ended, keepalives: 0))
-            // The slot is written again when the ring wraps: the newer count replaces the older.
-            table.giveBackLent(page: page, lend: 8, how: .answered, position: ChildTableLayout.returnedCapacity,
-                               keepalives: 3)
-            XCTAssertEqual(table.lendState(8, environment: 0, roster: table.roster()), .returned(.answered, keepalives: 3))
+    /// Lend numbers: the count below lendCellShift, the cell above; none for a count or cell that
+    /// does not fit. What a worker wrote in a cell is read as it is, never trusted beyond its own
+    /// environment, and never traps.
+    func testLendNumbersAndGarbageInCells() {
+        XCTAssertNil(ChildTable.lendNumber(count: 0, cell: 0))
+        XCTAssertNil(ChildTable.lendNumber(count: 1 << ChildTableLayout.lendCellShift, cell: 0))
+        XCTAssertNil(ChildTable.lendNumber(count: 1, cell: ChildTableLayout.lendCellCount))
+        XCTAssertNil(ChildTable.lendNumber(count: 1, cell: -1))
+        let number = lend((1 << ChildTableLayout.lendCellShift) - 1, cell: ChildTableLayout.lendCellCount - 1)
+        XCTAssertEqual(ChildTable.lendCell(of: number), ChildTableLayout.lendCellCount - 1)
+        XCTAssertEqual(ChildTable.lendCount(of: number), (1 << ChildTableLayout.lendCellShift) - 1)
+        XCTAssertEqual(number & ChildTableLayout.lendMask, number, "the kind bits stay free")
+        XCTAssertGreaterThanOrEqual(ChildTableLayout.lendCellsOffset, ChildTableLayout.shedOffset + 8)
+        XCTAssertLessThanOrEqual(ChildTableLayout.lendCellsOffset + ChildTableLayout.lendCellCount * ChildTableLayout.lendCellSize,
+                                 ChildTableLayout.pageSize, "the cells fit in the environment's page")
+        withTable(slots: 4, environments: 2, workerPages: 4) { table, memory, _ in
+            table.setSlot(1, pid: 10, type: .worker, environment: 0, generation: 7, status: .active, now: 1, workerPage: 0)
+            // A number naming a cell past the page reads as unknown, and is not written.
+            let beyond = UInt64(ChildTableLayout.lendCellCount) << ChildTableLayout.lendCellShift | 3
+            table.giveBackLent(environment: 0, lend: beyond, how: .answered)
+            XCTAssertEqual(table.lendState(beyond, environment: 0, roster: table.roster()), .unknown)
+            XCTAssertEqual(table.lendState(ChildTableLayout.lendMask, environment: 0, roster: table.roster()), .unknown)
+            XCTAssertEqual(table.lendState(lend(3, cell: 0), environment: 5, roster: table.roster()), .unknown)
+            // Kind bits in the number given back are dropped; both bits (no writer here writes
+            // them) read as an end.
+            table.giveBackLent(environment: 0, lend: 0xc000_0000_0000_0040, how: .ended)
+            XCTAssertEqual(table.lendState(0x40, environment: 0, roster: table.roster()), .returned(.ended, keepalives: 0))
+            guard let cell = table.environmentPageField(0, ChildTableLayout.lendCellsOffset) else { return XCTFail("no page") }
+            cell.storeBytes(of: UInt64(0xc000_0000_0000_0041), as: UInt64.self)
+            XCTAssertEqual(table.lendState(0x41, environment: 0, roster: table.roster()), .returned(.ended, keepalives: 0))
+            // All ones name a cell past the page: nothing matches it.
+            cell.storeBytes(of: UInt64.max, as: UInt64.self)
+            XCTAssertEqual(table.lendState(ChildTableLayout.lendMask, environment: 0, roster: table.roster()), .unknown)
+            XCTAssertEqual(table.lendState(0x41, environment: 0, roster: table.roster()), .unknown)
+            // Environment 0's garbage says nothing about environment 1's connections.
+            XCTAssertEqual(table.lendState(0x40, environment: 1, roster: table.roster()), .unknown)
+            _ = memory
         }
-        XCTAssertLessThanOrEqual(ChildTableLayout.returnedKeepalivesOffset + 4 * ChildTableLayout.returnedCapacity,
-                                 ChildTableLayout.pageSize)
     }
 
     func testFormatRefusesASmallBuffer() {

@@ -20,8 +20,8 @@ such as the shared hand-back socket). After the attack, whatever the attack repo
 - the error log grew by at most LOG_FLOOD_LIMIT lines.
 Attacks: table, sockets (every socket of the worker), sockets-handback / sockets-channel (only the
 hand-back socket(s), or only env-a's own channel: which of them breaks what), forge,
-forge-empty (zero-length messages, which read like a peer's EOF), signal. On its own: ring (a
-worker's ring of given-back lends) and keepalives (a hand-back of its own connection that lies
+forge-empty (zero-length messages, which read like a peer's EOF), signal. On its own: cells (its
+environment's lend cells, where its workers give lent connections back) and keepalives (a hand-back of its own connection that lies
 about the kept-alive answers so far).
 Run with -s to see the reports, timings and the new error-log lines of every attack.
 PERUSER_TEST_MPM=/path/to/mod_mpm_peruser.so tests another build than build/.
@@ -749,23 +749,24 @@ def run_attack_on(c, attack):
     return lines, None if status == 200 else f"HTTP {status}"
 
 
-def test_a_workers_ring_reaches_no_connection_lent_to_another_environment(server):
+def test_a_workers_lend_cells_reach_no_connection_lent_to_another_environment(server):
     """Lent connections (README, "How it works"): a worker gives one back by writing its lend
-    number into a ring on its own page. Tenant A's compromised worker writes every number
-    there, as answered and as ended, while a connection lent to env-b2 waits for a slow CGI
-    and its client has already sent the next request: that request must wait for b2's answer
-    (the multiplexer reads only env-b2's pages for it), and the connection goes on."""
+    number into the cell that number names, on its environment's page. Tenant A's compromised
+    worker writes a number into every cell there, as answered, again and again, while a
+    connection lent to env-b2 waits for a slow CGI and its client has already sent the next
+    request: that request must wait for b2's answer (the multiplexer reads only env-b2's page
+    for it), and the connection goes on."""
     import threading
     report = {}
-    attacker = threading.Thread(target=lambda: report.update(lines=run_attack(server, "ring&seconds=6")))
+    attacker = threading.Thread(target=lambda: report.update(lines=run_attack(server, "cells&seconds=6")))
     attacker.start()
     try:
         time.sleep(0.5)
         c = Conn(server.port, timeout=20)
         status, _, body = c.request("b.test", "/cgi-bin/id.cgi")
         assert status == 200 and "server=b.test" in body, body
-        # Handed back by env-b's worker and routed to env-b2: lent (its number is small, and in
-        # A's ring many times over). The next request goes out before the answer.
+        # Handed back by env-b's worker and routed to env-b2: lent (its number is small, and
+        # one like it is in A's cells). The next request goes out before the answer.
         c.send_request("b2.test", "/cgi-bin/id.cgi?sleep=2")
         time.sleep(0.3)
         c.send_request("b.test", "/cgi-bin/id.cgi")
@@ -819,13 +820,14 @@ def answers_until_close(c, hosts, answered, pause=0.0, most=150):
 
 
 def test_a_lie_that_a_lent_connection_was_never_kept_alive_does_not_reset_its_count(server):
-    """A worker gives a lent connection back through its ring, with the kept-alive answers so
-    far beside the entry. Tenant A's compromised worker leaves a helper that writes 0 over every
-    count in its ring: each time A answers, the connection would start again at 0 and never
-    reach MaxKeepAliveRequests 100. The multiplexer that lent it keeps its own count plus one
-    as the floor, so the 101st answer still says Connection: close, as without the lie."""
+    """A worker gives a lent connection back through a lend cell of its environment's page,
+    with the kept-alive answers so far beside the entry. Tenant A's compromised worker leaves a
+    helper that writes 0 over every count in those cells: each time A answers, the connection
+    would start again at 0 and never reach MaxKeepAliveRequests 100. The multiplexer that lent
+    it keeps its own count plus one as the floor, so the 101st answer still says Connection:
+    close, as without the lie."""
     c = Conn(server.port, timeout=15)
-    status, _, body = c.request("a.test", "/attack?attack=ringzero&seconds=30")
+    status, _, body = c.request("a.test", "/attack?attack=cellszero&seconds=30")
     assert status == 200 and '"ok": true' in body and "left a helper" in body, body
     # A pause after each answer: the helper zeroes A's last entry before the multiplexer reads it.
     answered = answers_until_close(c, ("b.test", "a.test"), answered=1, pause=0.005)
@@ -853,7 +855,7 @@ def test_a_lent_connection_handed_back_by_message_keeps_its_count(one_multiplexe
     larger of that and its own count, so every answer the client saw still counts and the
     101st says Connection: close (the forged b.test request's answer stands in for A's). One
     multiplexer: with two, the other may read the message while the lender, finding "ended"
-    in A's ring (A's own worker never gave the connection back itself), shuts it down, which
+    in A's lend cell (A's own worker never gave the connection back itself), shuts it down, which
     A could do anyway with its copy."""
     server = one_multiplexer
     fds = worker_socket_fds(server)["handback"]

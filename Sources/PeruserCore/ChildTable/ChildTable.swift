@@ -23,7 +23,7 @@
 
 public enum ChildTableLayout {
     public static let magic: UInt32 = 0x3143_5550  // "PUC1"
-    public static let version: UInt32 = 4
+    public static let version: UInt32 = 5
     public static let headerSize = 64
     public static let identitySize = 32
     public static let environmentSize = 128
@@ -67,26 +67,8 @@ public enum ChildTableLayout {
     public static let clientOffset = 256     // 2 × UInt64: the client of the current connection (workers)
     public static let ticketOffset = 272     // UInt64: the hand-off ticket of the current connection (workers)
     public static let lendOffset = 280       // UInt64: the lend number of the current connection (0: not lent)
-    /// UInt64 × returnedCapacity: lend numbers of the lent connections this worker gave back,
-    /// newest overwriting oldest, with how in the top two bits (ChildTable.Returned).
-    /// A multiplexer looks when the connection stirs; one starved of CPU for as long as this
-    /// worker takes to give back `returnedCapacity` more finds it overwritten (and closes it
-    /// after a second as lost). 32 were overrun under load (alternating vhosts, 2 CPUs).
-    public static let returnedOffset = 288
-    public static let returnedCapacity = 256
-    /// How often a multiplexer reads the rings of every connection it lent, stirred or not.
+    /// How often a multiplexer reads the cells of every connection it lent, stirred or not.
     public static let lentSweepMilliseconds: Int64 = 250
-    /// How long a worker that leaves (recycled, retired, drained) stays, on standby, after its
-    /// last give-back by the ring: a ring is read only while its worker is in the roster, and
-    /// what an exited worker gave back unread was closed a second later as lost (a front
-    /// proxy's pooled connection, at every recycle). Two sweeps, each at most a loop turn
-    /// (100 ms with connections held) late.
-    public static let leaveAfterGiveBackMilliseconds: Int64 = 2 * lentSweepMilliseconds
-    /// UInt64: how many the worker gave back (the newest entry is at that count - 1).
-    public static let returnedCountOffset = returnedOffset + 8 * returnedCapacity
-    /// UInt32 × returnedCapacity, beside the ring: the connection's kept-alive responses so far
-    /// (Apache's `keepalives`) when that entry was written; MaxKeepAliveRequests counts on.
-    public static let returnedKeepalivesOffset = returnedCountOffset + 8
     public static let returnedKindShift: UInt64 = 62
     public static let lendMask: UInt64 = (1 << 62) - 1
 
@@ -107,6 +89,20 @@ public enum ChildTableLayout {
     public static let receivedOffset = 8     // UInt64 connections taken from the channel
     public static let servedOffset = 16      // UInt64 requests
     public static let shedOffset = 24        // UInt64 connections given up under pressure (ReaderShedding)
+    /// Lend cells, after the counters: where the environment's workers give lent connections
+    /// back (ChildTable.giveBackLent). Each is an UInt64 entry (the lend number, with how in the
+    /// top two bits) and the UInt32 count of kept-alive answers so far. A multiplexer takes a
+    /// cell for each connection it lends (AvailabilityBoard.takeLendCell) and frees it once it
+    /// has read it, and the cell travels in the lend number: an entry stays until its
+    /// multiplexer looked, however late, however many others the workers gave back meanwhile.
+    /// (A ring of the last 256 give-backs per worker was overrun: a busy tenant's worker behind
+    /// a front proxy gives back 256 in about 20 ms, and a multiplexer kept off the CPU that
+    /// long closed the connection as lost.)
+    public static let lendCellsOffset = 64
+    public static let lendCellSize = 16
+    public static let lendCellCount = (pageSize - lendCellsOffset) / lendCellSize
+    /// A lend number: the environment's hand-off count in the bits below this, its cell above.
+    public static let lendCellShift: UInt64 = 48
 
     public static func identityOffset(_ slot: Int) -> Int { headerSize + slot * identitySize }
 
@@ -538,19 +534,38 @@ public struct ChildTable {
         case sentBack = 1
     }
 
-    /// A worker is done with a lent connection: its number and how go into the page's ring at
-    /// `position` (the worker's count of connections it gave back), with the responses that kept
-    /// it alive so far (`keepalives`, written first: the entry is what a multiplexer looks for).
-    public func giveBackLent(page: Int, lend: UInt64, how: Returned, position: Int, keepalives: UInt32 = 0) {
-        guard let o = detailPage(ofPage: page), lend & ChildTableLayout.lendMask != 0 else { return }
+    /// The lend number of a connection lent with `cell` as the environment's `count`-th
+    /// hand-off, or nil when either does not fit (then it is given, not lent).
+    public static func lendNumber(count: UInt64, cell: Int) -> UInt64? {
+        guard count != 0, count < 1 << ChildTableLayout.lendCellShift,
+              cell >= 0, cell < ChildTableLayout.lendCellCount else { return nil }
+        return UInt64(cell) << ChildTableLayout.lendCellShift | count
+    }
+
+    /// The cell a lend number names (it may name none: readers check it against the count).
+    public static func lendCell(of lend: UInt64) -> Int {
+        Int((lend & ChildTableLayout.lendMask) >> ChildTableLayout.lendCellShift)
+    }
+
+    /// The environment's hand-off count a lend number carries.
+    public static func lendCount(of lend: UInt64) -> UInt64 { lend & (1 << ChildTableLayout.lendCellShift - 1) }
+
+    /// Where the cell named in lend number `lend` is, in `environment`'s page.
+    private func lendCell(_ environment: Int, _ lend: UInt64) -> Int? {
+        guard environment >= 0 && environment < environmentCount else { return nil }
+        let cell = Self.lendCell(of: lend)
+        guard cell < ChildTableLayout.lendCellCount else { return nil }
+        return environmentPage(environment) + ChildTableLayout.lendCellsOffset + cell * ChildTableLayout.lendCellSize
+    }
+
+    /// A worker of `environment` is done with lent connection `lend`: how, and the responses
+    /// that kept it alive so far (`keepalives`, written first: the entry is what a multiplexer
+    /// looks for), go into the cell its number names.
+    public func giveBackLent(environment: Int, lend: UInt64, how: Returned, keepalives: UInt32 = 0) {
+        guard lend & ChildTableLayout.lendMask != 0, let o = lendCell(environment, lend) else { return }
         let entry = (lend & ChildTableLayout.lendMask) | how.rawValue << ChildTableLayout.returnedKindShift
-        let capacity = ChildTableLayout.returnedCapacity
-        let slot = (position % capacity + capacity) % capacity
-        base.storeBytes(of: keepalives, toByteOffset: o + ChildTableLayout.returnedKeepalivesOffset + 4 * slot,
-                        as: UInt32.self)
-        base.storeBytes(of: entry, toByteOffset: o + ChildTableLayout.returnedOffset + 8 * slot, as: UInt64.self)
-        base.storeBytes(of: UInt64(bitPattern: Int64(position) &+ 1), toByteOffset: o + ChildTableLayout.returnedCountOffset,
-                        as: UInt64.self)
+        base.storeBytes(of: keepalives, toByteOffset: o + 8, as: UInt32.self)
+        base.storeBytes(of: entry, toByteOffset: o, as: UInt64.self)
     }
 
     public enum LendState: Equatable {
@@ -563,49 +578,25 @@ public struct ChildTable {
         case unknown
     }
 
-    /// Where lent connection `lend` is, as `environment`'s live workers (`roster`) tell: the
-    /// rings and current connections of their detail pages. Only pages of workers that exist
-    /// are read (a page nobody wrote would be allocated by reading it); a worker that gave a
-    /// connection back and exited before anyone looked leaves it unknown. Written by that
-    /// environment's workers: a lie only misplaces that environment's own connections.
+    /// Where lent connection `lend` is: given back if its cell in `environment`'s page says so,
+    /// else served while a live worker of the environment (`roster`) names it as its current
+    /// connection. Only pages of workers that exist are read (a page nobody wrote would be
+    /// allocated by reading it). Written by that environment's workers: a lie only misplaces
+    /// that environment's own connections.
     public func lendState(_ lend: UInt64, environment: Int, roster: Roster) -> LendState {
         let wanted = lend & ChildTableLayout.lendMask
-        guard wanted != 0 else { return .unknown }
-        // The worker that took it names it as its connection until it takes the next: its ring
-        // says whether it gave it back yet. Only when none does (it took others since) are
-        // all the rings read.
-        for index in roster.slots(of: environment) {
-            guard let worker = workerDetail(index, of: environment),
-                  load(worker.offset + ChildTableLayout.lendOffset, as: UInt64.self) == wanted else { continue }
-            if let back = givenBack(wanted, ring: worker.offset) { return .returned(back.how, keepalives: back.keepalives) }
-            if worker.status == .active { return .serving }
+        guard wanted != 0, let cell = lendCell(environment, wanted) else { return .unknown }
+        let entry = load(cell, as: UInt64.self)
+        if entry & ChildTableLayout.lendMask == wanted {
+            return .returned(Returned(rawValue: entry >> ChildTableLayout.returnedKindShift) ?? .ended,
+                             keepalives: load(cell + 8, as: UInt32.self))
         }
         for index in roster.slots(of: environment) {
-            if let o = workerDetail(index, of: environment)?.offset, let back = givenBack(wanted, ring: o) {
-                return .returned(back.how, keepalives: back.keepalives)
-            }
+            guard let worker = workerDetail(index, of: environment), worker.status == .active,
+                  load(worker.offset + ChildTableLayout.lendOffset, as: UInt64.self) == wanted else { continue }
+            return .serving
         }
         return .unknown
-    }
-
-    /// How lent connection `wanted` was given back, if the ring of detail page `o` still holds
-    /// it. Newest first, to the first slot never written: the one just given back is found at
-    /// once, and a young worker's ring is short. The count (written by the worker) only says
-    /// where to start.
-    private func givenBack(_ wanted: UInt64, ring o: Int) -> (how: Returned, keepalives: UInt32)? {
-        let capacity = ChildTableLayout.returnedCapacity
-        let count = Int(truncatingIfNeeded: load(o + ChildTableLayout.returnedCountOffset, as: UInt64.self))
-        let newest = ((count &- 1) % capacity + capacity) % capacity
-        for back in 0..<capacity {
-            let slot = (newest - back + capacity) % capacity
-            let entry = load(o + ChildTableLayout.returnedOffset + 8 * slot, as: UInt64.self)
-            if entry == 0 { return nil }
-            if entry & ChildTableLayout.lendMask == wanted {
-                return (Returned(rawValue: entry >> ChildTableLayout.returnedKindShift) ?? .ended,
-                        load(o + ChildTableLayout.returnedKeepalivesOffset + 4 * slot, as: UInt32.self))
-            }
-        }
-        return nil
     }
 
     /// The detail page of slot `index` if it holds a live worker of `environment` (the roster

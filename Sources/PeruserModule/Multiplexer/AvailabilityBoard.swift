@@ -14,7 +14,9 @@ struct AvailabilityBoard {
     /// Buckets of the clients' footprint (client.hash32 modulo this).
     static let footprintBuckets = 8192
 
-    static func size(environments: Int) -> Int { max(1, environments) * recordSize + footprintBuckets * 8 }
+    static func size(environments: Int) -> Int {
+        max(1, environments) * (recordSize + ChildTableLayout.lendCellCount * 4) + footprintBuckets * 8
+    }
 
     /// How many connections the multiplexers hold, together, for clients in `client`'s bucket:
     /// what ranks a client in the wait (a client spread over many connections and multiplexers
@@ -65,6 +67,47 @@ struct AvailabilityBoard {
             let old = peruser_atomic_load_u32(f)
             guard old > 0 else { return }
             if peruser_atomic_cas_u32(f, old, old - 1) != 0 { return }
+        }
+    }
+
+    /// Who holds each of an environment's lend cells (ChildTableLayout.lendCellsOffset): 0,
+    /// or the slot + 1 of the multiplexer that lent a connection with it and has not yet read
+    /// it back. Here, where no tenant writes, so no tenant can free a cell in use.
+    private func lendCellOwners(_ environment: Int) -> UnsafeMutableRawPointer? {
+        guard environment >= 0 && environment < count else { return nil }
+        return base + count * Self.recordSize + Self.footprintBuckets * 8
+            + environment * ChildTableLayout.lendCellCount * 4
+    }
+
+    /// A free lend cell of `environment`, taken for the multiplexer in `slot`, looking from
+    /// cell `from` on; nil when every cell is in use (the connection is then given, not lent).
+    func takeLendCell(_ environment: Int, slot: Int, from: Int) -> Int? {
+        guard let owners = lendCellOwners(environment) else { return nil }
+        let cells = ChildTableLayout.lendCellCount, mark = UInt32(truncatingIfNeeded: slot &+ 1)
+        let first = (from % cells + cells) % cells
+        for step in 0..<cells {
+            let cell = (first + step) % cells
+            let field = owners + cell * 4
+            if peruser_atomic_load_u32(field) == 0 && peruser_atomic_cas_u32(field, 0, mark) != 0 { return cell }
+        }
+        return nil
+    }
+
+    /// The multiplexer in `slot` read what `environment`'s cell `cell` held for it.
+    func releaseLendCell(_ environment: Int, _ cell: Int, slot: Int) {
+        guard let owners = lendCellOwners(environment), cell >= 0, cell < ChildTableLayout.lendCellCount else { return }
+        _ = peruser_atomic_cas_u32(owners + cell * 4, UInt32(truncatingIfNeeded: slot &+ 1), 0)
+    }
+
+    /// After the multiplexer in `slot` died: the cells it held (the parent's call, before the
+    /// slot is given to another).
+    func releaseLendCells(ownedBy slot: Int) {
+        let mark = UInt32(truncatingIfNeeded: slot &+ 1)
+        for environment in 0..<count {
+            guard let owners = lendCellOwners(environment) else { continue }
+            for cell in 0..<ChildTableLayout.lendCellCount {
+                _ = peruser_atomic_cas_u32(owners + cell * 4, mark, 0)
+            }
         }
     }
 

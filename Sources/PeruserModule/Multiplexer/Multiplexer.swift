@@ -169,6 +169,9 @@ struct Multiplexer {
     /// and when.
     private var lentChecks: [Int32: Int64] = [:]
     private var lentSweepAt: Int64 = 0
+    /// Where the search for a free lend cell starts: after the last one taken, so that a cell
+    /// just read is taken again last.
+    private var lendCellHint = 0
     /// Each environment's hand-back channel of this generation (lent connections count on it).
     private var currentHandback: [Int?]
     /// Lent connections by socket cookie: a worker may send one back with bytes it read.
@@ -597,7 +600,7 @@ struct Multiplexer {
                 continue
             }
             // A connection this multiplexer lent, sent back with bytes a worker read (before this
-            // multiplexer looked at the ring): this copy replaces ours, and its count of
+            // multiplexer looked at its lend cell): this copy replaces ours, and its count of
             // kept-alive answers never goes below what ours said.
             var keepalives = decoded.keepalives
             if let lentFD = lentByCookie[cookie], let lent = pending[lentFD], case .lent = lent.stage {
@@ -1258,28 +1261,52 @@ struct Multiplexer {
         // here) rather than given, within the environment's share of this multiplexer. Not by a
         // multiplexer that is stopping (a graceful restart): given, the connection comes back
         // by message to the new generation's multiplexers.
-        let lendTo = !stopping && crossing && cookie != nil && sharedTable != nil && handedOffSoFar != 0
-            && handedOffSoFar & ChildTableLayout.lendMask == handedOffSoFar
+        // It needs a lend cell for its worker's answer: with none free, it is given.
+        var lendTo = !stopping && crossing && cookie != nil && sharedTable != nil
             ? currentHandback[environment].flatMap { handbacks[$0].holding < handbacks[$0].most ? $0 : nil } : nil
+        var lendNumber: UInt64 = 0
+        if lendTo != nil {
+            if let cell = availabilityBoard?.takeLendCell(environment, slot: slot, from: lendCellHint) {
+                lendCellHint = cell + 1
+                if let number = ChildTable.lendNumber(count: handedOffSoFar, cell: cell) {
+                    lendNumber = number
+                } else {
+                    availabilityBoard?.releaseLendCell(environment, cell, slot: slot)
+                    lendTo = nil
+                }
+            } else {
+                lendTo = nil
+            }
+        }
+        /// A lend cell taken for a connection that did not go.
+        func releaseCell() {
+            if lendNumber != 0 {
+                availabilityBoard?.releaseLendCell(environment, ChildTable.lendCell(of: lendNumber), slot: slot)
+            }
+        }
         do {
             length = try connection.consumed.withUnsafeBytes { consumed in
                 try HandoffMessage.encode(hops: connection.hops, ticket: ticket, client: connection.client,
-                                          crossing: crossing, lend: lendTo == nil ? 0 : handedOffSoFar,
+                                          crossing: crossing, lend: lendNumber,
                                           keepalives: connection.keepalives, consumed: consumed, into: message)
             }
         } catch {
+            releaseCell()
             if let handedOffCount { _ = peruser_atomic_add_fetch_u64(handedOffCount, UInt64.max) }
             log(PERUSER_LOG_ERR, "multiplexer: cannot encode hand-off (\(error))")
             respond(fd, .serviceUnavailable)
             return
         }
         let sent = Channel(fd: handoffs[environment]).send(fd: fd, payload: UnsafeRawBufferPointer(rebasing: message[0..<length]))
-        if case .sent = sent {} else if let handedOffCount { _ = peruser_atomic_add_fetch_u64(handedOffCount, UInt64.max) }
+        if case .sent = sent {} else {
+            releaseCell()
+            if let handedOffCount { _ = peruser_atomic_add_fetch_u64(handedOffCount, UInt64.max) }
+        }
         switch sent {
         case .sent:
             pending[fd]?.reserved = false  // the reservation moves to the in-flight entry
             if let lendTo, let cookie {
-                lend(fd, to: environment, number: handedOffSoFar, handback: lendTo, cookie: cookie)
+                lend(fd, to: environment, number: lendNumber, handback: lendTo, cookie: cookie)
             } else {
                 forget(fd)
                 close(fd)
@@ -1336,10 +1363,12 @@ struct Multiplexer {
     // after nearly every answer. Instead of giving it away and taking it back by message (two
     // descriptor passings and a wake-up of this multiplexer for each request), this multiplexer
     // lends it: it keeps its own descriptor, watched, and the worker, once it has answered and
-    // read nothing more, writes the lend number into its page's ring (ChildTable.giveBackLent)
-    // and closes its copy. When the client sends its next request, the socket stirs here, the
-    // ring says it is back, and it is routed as a handed-back connection. What a worker writes
-    // there misplaces only connections lent to its own environment.
+    // read nothing more, writes the lend number into the lend cell it names, on its
+    // environment's page (ChildTable.giveBackLent), and closes its copy. The cell is this
+    // multiplexer's until it has read it (AvailabilityBoard.takeLendCell). When the client sends
+    // its next request, the socket stirs here, the cell says it is back, and it is routed as a
+    // handed-back connection. What a worker writes there misplaces only connections lent to its
+    // own environment.
 
     /// Keeps a connection just handed to `environment` as lent.
     private mutating func lend(_ fd: Int32, to environment: Int, number: UInt64, handback: Int, cookie: UInt64) {
@@ -1368,10 +1397,14 @@ struct Multiplexer {
         watchConnection(fd)
     }
 
-    /// Forgets that `fd` is lent: its look-again time and its cookie's entry.
-    private mutating func unlend(_ fd: Int32, cookie: UInt64?) {
+    /// Forgets that `fd` (`connection`) is lent: its look-again time, its cookie's entry and
+    /// its lend cell, read for the last time.
+    private mutating func unlend(_ fd: Int32, _ connection: PendingConnection) {
         lentChecks[fd] = nil
-        if let cookie { lentByCookie[cookie] = nil }
+        if let cookie = connection.cookie { lentByCookie[cookie] = nil }
+        if case .lent(let environment, let number, _) = connection.stage {
+            availabilityBoard?.releaseLendCell(environment, ChildTable.lendCell(of: number), slot: slot)
+        }
     }
 
     /// Lent connections that stirred before they were back, soon; every lent one now and then
@@ -1397,7 +1430,7 @@ struct Multiplexer {
         let now = monotonicMilliseconds()
         switch table.lendState(number, environment: environment, roster: currentRoster(table)) {
         case .returned(.answered, let keepalives):
-            unlend(fd, cookie: connection.cookie)
+            unlend(fd, connection)
             var back = connection
             back.stage = .readingHead
             back.hops = 1
@@ -1410,7 +1443,7 @@ struct Multiplexer {
             // Unwatched while it was served (below): watched again for its next head.
             if case .readingHead? = pending[fd]?.stage { watchConnection(fd) }
         case .returned(.ended, _):
-            unlend(fd, cookie: connection.cookie)
+            unlend(fd, connection)
             // Its worker shut the write side (or could not); the rest of httpd's lingering close.
             shutdown(fd, Int32(SHUT_WR))
             lingerHeld(fd)
@@ -1434,7 +1467,8 @@ struct Multiplexer {
             // and, a moment later, nobody shows it.
             let flow = table.flow(environment)
             let slack = UInt64(max(1, configuration.limits.maxMultiplexers))
-            let taken = flow.received >= flow.handedOff || flow.received >= number.addingReportingOverflow(slack).partialValue
+            let count = ChildTable.lendCount(of: number)
+            let taken = flow.received >= flow.handedOff || flow.received >= count.addingReportingOverflow(slack).partialValue
             if taken && now - since > 1000 {
                 note(.lentLost, PERUSER_LOG_INFO, "multiplexer: a connection lent to environment "
                      + "\(environmentLabel(environment)) was never given back (its worker is gone); closed")
@@ -1484,7 +1518,7 @@ struct Multiplexer {
             waiting.remove(fd)
             publish(env)
         }
-        if case .lent = connection.stage { unlend(fd, cookie: connection.cookie) }
+        if case .lent = connection.stage { unlend(fd, connection) }
         if connection.watched { epoll_ctl(epoll, EPOLL_CTL_DEL, fd, nil) }
     }
 }

@@ -361,6 +361,8 @@ private func childExited(slot found: Int, status: ExitStatus, quietly: Bool) {
     parent = state
     setScoreboardSlot(found, pid: 0, starting: false)
     lasting?.closeControl(found)
+    // The lend cells it held are nobody's now (before its slot goes to another multiplexer).
+    if case .multiplexer = role, exit.isCurrentGeneration { availabilityBoard?.releaseLendCells(ownedBy: found) }
     if quietly { return }
     if status.isClean {
         log(PERUSER_LOG_DEBUG, "peruser: \(described) exited")

@@ -28,36 +28,21 @@ struct ServedConnection {
 
 /// The lend number of the connection being served until it is given back (0: none or done).
 nonisolated(unsafe) var lendOutstanding: UInt64 = 0
-/// How many lent connections this worker gave back: where the next goes in its page's ring.
-nonisolated(unsafe) var lentGivenBack = 0
 
-/// Gives the lent connection being served back: a write on the worker's own page, no message,
-/// no wake-up (the multiplexer looks when its copy of the socket stirs). `keepalives`: the
-/// responses that kept it alive so far, which its next worker counts on from.
+/// Gives the lent connection being served back: a write in the cell its lend number names on
+/// the environment's page, no message, no wake-up (the multiplexer looks when its copy of the
+/// socket stirs). `keepalives`: the responses that kept it alive so far, which its next worker
+/// counts on from.
 func giveBackLent(_ how: ChildTable.Returned, keepalives: UInt32 = 0) {
-    guard lendOutstanding != 0, let page = ownPage else { return }
-    sharedTable?.giveBackLent(page: page, lend: lendOutstanding, how: how, position: lentGivenBack,
-                              keepalives: keepalives)
-    lentGivenBack &+= 1
+    guard lendOutstanding != 0 else { return }
+    sharedTable?.giveBackLent(environment: workerEnvironment, lend: lendOutstanding, how: how, keepalives: keepalives)
     lendOutstanding = 0
-    lastGiveBackAt = monotonicMilliseconds()
 }
 
-/// When this worker last gave a lent connection back by its ring (nil: never).
-nonisolated(unsafe) var lastGiveBackAt: Int64?
-
-/// Exits once the multiplexers have surely read what this worker last gave back by its ring:
-/// they read only the rings of workers in the roster, and a lent connection nobody shows is
-/// closed as lost (ChildTableLayout.leaveAfterGiveBackMilliseconds). On standby meanwhile, so
-/// that no multiplexer counts it as a worker that could take a connection.
+/// Exits on standby, so that no multiplexer counts it as a worker that could take a
+/// connection. What it gave back stays in its environment's cells after it is gone.
 func leave(_ code: Int32) -> Never {
     if let page = ownPage { sharedTable?.setStatus(page: page, .standby, now: monotonicMilliseconds()) }
-    if let lastGiveBackAt {
-        let until = lastGiveBackAt + ChildTableLayout.leaveAfterGiveBackMilliseconds
-        while case let left = until - monotonicMilliseconds(), left > 0 {
-            _ = poll(nil, 0, Int32(clamping: left))  // a signal only shortens one turn
-        }
-    }
     exitChild(code)
 }
 
@@ -544,19 +529,15 @@ public func peruserWorkerHandBack(_ consumed: UnsafePointer<UInt8>?, _ length: I
         return 0
     }
     let hops = requestsServed > 0 ? 1 : (connection.hops == .max ? .max : connection.hops + 1)
-    // Lent: the ring says first that it comes back by message (with what was read of it), so the
-    // multiplexer that lent it drops its copy instead of reading the socket.
-    let lend = lendOutstanding
+    // Lent: its cell says first that it comes back by message (with what was read of it), so
+    // the multiplexer that lent it drops its copy instead of reading the socket. Written once,
+    // before the message: the cell may be another connection's as soon as that multiplexer
+    // read it or took the message. If the message cannot go, the connection ends here (421)
+    // on this worker's copy alone.
     giveBackLent(.sentBack)
     // The multiplexers drain this channel in their event loops; a full one is brief.
-    let sent = giveBack(fd: connection.fd, ticket: connection.ticket, client: connection.client, hops: hops,
-                        consumed: UnsafeRawBufferPointer(start: length > 0 ? consumed : nil,
-                                                         count: consumed == nil ? 0 : length),
-                        closing: false, keepalives: keepalives, attempts: 100)
-    if sent != 0 && lend != 0 {
-        // Not sent: it ends here (421); that overwrites the same entry of the ring.
-        lentGivenBack &-= 1
-        lendOutstanding = lend
-    }
-    return sent
+    return giveBack(fd: connection.fd, ticket: connection.ticket, client: connection.client, hops: hops,
+                    consumed: UnsafeRawBufferPointer(start: length > 0 ? consumed : nil,
+                                                     count: consumed == nil ? 0 : length),
+                    closing: false, keepalives: keepalives, attempts: 100)
 }

