@@ -783,6 +783,8 @@ def test_a_workers_lend_cells_reach_no_connection_lent_to_another_environment(se
     lines, error = report.get("lines", ([], "no report"))
     wrote = [l for l in lines if l.get("step", "").startswith("wrote")]
     assert wrote and wrote[0]["ok"], f"the attack ran inside A's worker: {lines} {error}"
+    received = int(wrote[0]["step"].rsplit("received=", 1)[1])
+    assert 1 <= received < 10**6, f"it wrote env-a's page (connections received so far): {wrote[0]}"
 
 
 def test_a_lie_about_kept_alive_answers_only_ends_that_connection(server):

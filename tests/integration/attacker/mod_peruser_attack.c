@@ -564,36 +564,26 @@ static void attack_table(request_rec *r)
 /* lend cells                                                           */
 /* ------------------------------------------------------------------ */
 
-/* This worker's detail page: the highest writable page of its child-table mappings (0: none). */
-static uintptr_t own_detail_page(void)
-{
-    mapping maps[64];
-    int count = shared_state_mappings(maps, 64), i;
-    uintptr_t detail = 0;
-    for (i = 0; i < count; i++) {
-        if (strchr(maps[i].perms, 'w') && strstr(maps[i].name, "peruser-child-table")
-            && maps[i].end - 4096 > detail) {
-            detail = maps[i].end - 4096;
-        }
-    }
-    return detail;
-}
-
-/* This worker's environment page: the lowest writable page of its child-table mappings (0:
- * none). The table's environment pages come before its worker and detail pages. */
-static uintptr_t own_environment_page(void)
+/* The highest (`highest`) or lowest writable page of this worker's child-table mappings (0:
+ * none): its detail page, or its environment page (the table's environment pages come before
+ * its worker and detail pages). */
+static uintptr_t writable_table_page(int highest)
 {
     mapping maps[64];
     int count = shared_state_mappings(maps, 64), i;
     uintptr_t page = 0;
     for (i = 0; i < count; i++) {
+        uintptr_t here = highest ? maps[i].end - 4096 : maps[i].start;
         if (strchr(maps[i].perms, 'w') && strstr(maps[i].name, "peruser-child-table")
-            && (page == 0 || maps[i].start < page)) {
-            page = maps[i].start;
+            && (page == 0 || (highest ? here > page : here < page))) {
+            page = here;
         }
     }
     return page;
 }
+
+static uintptr_t own_detail_page(void) { return writable_table_page(1); }
+static uintptr_t own_environment_page(void) { return writable_table_page(0); }
 
 /* ChildTable.swift: an environment page holds its lend cells from 64 on, 16 bytes each: the
  * lend number (the hand-off count below bit 48, the cell above, the kind in the top two bits:
@@ -621,8 +611,11 @@ static void attack_cells(request_rec *r, int seconds)
         }
         sleep_ms(1);
     }
-    step(r, apr_psprintf(r->pool, "wrote lend numbers (answered) into the %d lend cells at %lx, %lu words in %d s",
-                         CELL_COUNT, (unsigned long)page + CELLS_OFFSET, (unsigned long)written, seconds),
+    /* The page's connections-received counter (offset 8), which says it is the environment's
+     * page: a detail page has 0 there, a worker page a time in milliseconds. */
+    step(r, apr_psprintf(r->pool, "wrote lend numbers (answered) into the %d lend cells at %lx, %lu words in %d s; "
+                         "received=%" APR_UINT64_T_FMT, CELL_COUNT, (unsigned long)page + CELLS_OFFSET,
+                         (unsigned long)written, seconds, (apr_uint64_t)*(volatile uint64_t *)(page + 8)),
          1, 0, NULL);
 }
 
