@@ -548,7 +548,7 @@ public struct ChildTable {
     }
 
     /// The environment's hand-off count a lend number carries.
-    public static func lendCount(of lend: UInt64) -> UInt64 { lend & (1 << ChildTableLayout.lendCellShift - 1) }
+    public static func lendCount(of lend: UInt64) -> UInt64 { lend & ((1 << ChildTableLayout.lendCellShift) - 1) }
 
     /// Where the cell named in lend number `lend` is, in `environment`'s page.
     private func lendCell(_ environment: Int, _ lend: UInt64) -> Int? {

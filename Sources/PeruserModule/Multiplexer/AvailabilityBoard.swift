@@ -79,11 +79,14 @@ struct AvailabilityBoard {
             + environment * ChildTableLayout.lendCellCount * 4
     }
 
+    /// What an owned cell holds for the multiplexer in `slot` (0 is a free cell).
+    private static func owner(_ slot: Int) -> UInt32 { UInt32(truncatingIfNeeded: slot &+ 1) }
+
     /// A free lend cell of `environment`, taken for the multiplexer in `slot`, looking from
     /// cell `from` on; nil when every cell is in use (the connection is then given, not lent).
     func takeLendCell(_ environment: Int, slot: Int, from: Int) -> Int? {
         guard let owners = lendCellOwners(environment) else { return nil }
-        let cells = ChildTableLayout.lendCellCount, mark = UInt32(truncatingIfNeeded: slot &+ 1)
+        let cells = ChildTableLayout.lendCellCount, mark = Self.owner(slot)
         let first = (from % cells + cells) % cells
         for step in 0..<cells {
             let cell = (first + step) % cells
@@ -96,13 +99,13 @@ struct AvailabilityBoard {
     /// The multiplexer in `slot` read what `environment`'s cell `cell` held for it.
     func releaseLendCell(_ environment: Int, _ cell: Int, slot: Int) {
         guard let owners = lendCellOwners(environment), cell >= 0, cell < ChildTableLayout.lendCellCount else { return }
-        _ = peruser_atomic_cas_u32(owners + cell * 4, UInt32(truncatingIfNeeded: slot &+ 1), 0)
+        _ = peruser_atomic_cas_u32(owners + cell * 4, Self.owner(slot), 0)
     }
 
     /// After the multiplexer in `slot` died: the cells it held (the parent's call, before the
     /// slot is given to another).
     func releaseLendCells(ownedBy slot: Int) {
-        let mark = UInt32(truncatingIfNeeded: slot &+ 1)
+        let mark = Self.owner(slot)
         for environment in 0..<count {
             guard let owners = lendCellOwners(environment) else { continue }
             for cell in 0..<ChildTableLayout.lendCellCount {

@@ -1265,19 +1265,15 @@ struct Multiplexer {
         var lendTo = !stopping && crossing && cookie != nil && sharedTable != nil
             ? currentHandback[environment].flatMap { handbacks[$0].holding < handbacks[$0].most ? $0 : nil } : nil
         var lendNumber: UInt64 = 0
-        if lendTo != nil {
-            if let cell = availabilityBoard?.takeLendCell(environment, slot: slot, from: lendCellHint) {
-                lendCellHint = cell + 1
-                if let number = ChildTable.lendNumber(count: handedOffSoFar, cell: cell) {
-                    lendNumber = number
-                } else {
-                    availabilityBoard?.releaseLendCell(environment, cell, slot: slot)
-                    lendTo = nil
-                }
+        if lendTo != nil, let cell = availabilityBoard?.takeLendCell(environment, slot: slot, from: lendCellHint) {
+            lendCellHint = cell + 1
+            if let number = ChildTable.lendNumber(count: handedOffSoFar, cell: cell) {
+                lendNumber = number
             } else {
-                lendTo = nil
+                availabilityBoard?.releaseLendCell(environment, cell, slot: slot)
             }
         }
+        if lendNumber == 0 { lendTo = nil }
         /// A lend cell taken for a connection that did not go.
         func releaseCell() {
             if lendNumber != 0 {
