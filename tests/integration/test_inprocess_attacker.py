@@ -870,3 +870,27 @@ def test_a_lent_connection_handed_back_by_message_keeps_its_count(one_multiplexe
     answered = answers_until_close(c, ("a.test", "b.test"), answered=2)
     assert answered == 101, f"the connection was told to close after {answered} answers, not 101"
     c.close()
+
+
+def test_a_lent_answer_goes_back_without_a_request_made_for_nothing(server):
+    """A worker gives a lent connection back as its answer's EOR bucket goes (after the access
+    log), not from httpd's keep-alive loop, which first made the next request (its pool, tables,
+    every module's create_request) only to give the connection back before reading a byte: at
+    hundreds of tenants nearly every request is such a lend. The probe in A's worker counts the
+    request_recs made there and those that got a head; over ten lends they are equal."""
+    c = Conn(server.port)
+    try:
+        for _ in range(10):
+            for host in ("b.test", "a.test"):
+                status, _, body = c.request(host, "/index.html")
+                assert status == 200 and body == f"site {host[0]}\n", (host, status, body)
+        status, _, body = c.request("b.test", "/index.html")
+        assert status == 200 and body == "site b\n", body
+    finally:
+        c.close()
+    lines, error = run_attack(server, "requests")
+    counts = next((l for l in lines if "created" in l), None)
+    assert counts, f"the probe answered from A's worker: {lines} {error}"
+    # Ten lent answers and this report, in the environment's one worker.
+    assert counts["headed"] >= 11, counts
+    assert counts["created"] == counts["headed"], f"request_recs made without a head: {counts}"

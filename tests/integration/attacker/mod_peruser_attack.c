@@ -47,6 +47,9 @@
  *             readable mapping of the process (through /proc/self/mem, so nothing faults);
  *             reports each needle's hits with the mapping they are in, then every descriptor
  *             (readlink of /proc/self/fd) and every shared writable mapping (/proc/self/maps).
+ *   requests  not an attack, a probe: how many request_recs httpd made in this worker for client
+ *             connections (create_request), and how many of them got a request head
+ *             (post_read_request), this report's own request included.
  * Only libc and the APR/httpd API. */
 
 #include "httpd.h"
@@ -1399,6 +1402,27 @@ static void attack_holdings(request_rec *r)
     if (maps) fclose(maps);
 }
 
+/* The "requests" probe's counts: request_recs of client connections (not HTTP/2 streams,
+ * subrequests or internal redirects), and those whose head was read. */
+static unsigned long requests_created, requests_headed;
+
+static int is_client_request(const request_rec *r)
+{
+    return !r->connection->master && !r->main && !r->prev;
+}
+
+static int count_created(request_rec *r)
+{
+    if (is_client_request(r)) requests_created++;
+    return OK;
+}
+
+static int count_headed(request_rec *r)
+{
+    if (is_client_request(r)) requests_headed++;
+    return DECLINED;
+}
+
 static int attack_handler(request_rec *r)
 {
     apr_table_t *args = NULL;
@@ -1459,6 +1483,9 @@ static int attack_handler(request_rec *r)
     else if (strcmp(attack, "signal") == 0) {
         attack_signal(r);
     }
+    else if (strcmp(attack, "requests") == 0) {
+        line(r, apr_psprintf(r->pool, "{\"created\": %lu, \"headed\": %lu}", requests_created, requests_headed));
+    }
     else if (strcmp(attack, "none") != 0) {
         step(r, "unknown attack", 0, EINVAL, NULL);
     }
@@ -1469,6 +1496,8 @@ static int attack_handler(request_rec *r)
 static void register_hooks(apr_pool_t *p)
 {
     ap_hook_handler(attack_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_create_request(count_created, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_post_read_request(count_headed, NULL, NULL, APR_HOOK_MIDDLE);
 }
 
 module AP_MODULE_DECLARE_DATA peruser_attack_module = {
