@@ -274,6 +274,25 @@ final class ChildTableTests: XCTestCase {
                                                            poolStarts: [], environment: 0, fullView: false), [])
     }
 
+    /// A worker sleeps in recvmsg only when no other worker of its environment is ready: it
+    /// looks at its pool's pages, not at its own, and not at another environment's pool.
+    func testAnotherReadyWorkerIsLookedForInTheEnvironmentsPoolOnly() {
+        withTable(slots: 6, environments: 2, workerPages: 6) { table, memory, _ in  // pools 0-2, 3-5
+            table.setSlot(0, pid: 10, type: .worker, environment: 0, generation: 7, status: .ready, now: 1, workerPage: 0)
+            let own = table.pageOffset(0)
+            XCTAssertFalse(table.anotherWorkerReady(among: 0..<3, except: own), "itself")
+            table.setSlot(1, pid: 11, type: .worker, environment: 1, generation: 7, status: .ready, now: 1, workerPage: 3)
+            XCTAssertFalse(table.anotherWorkerReady(among: 0..<3, except: own), "another environment's")
+            table.setSlot(2, pid: 12, type: .worker, environment: 0, generation: 7, status: .active, now: 1, workerPage: 2)
+            XCTAssertFalse(table.anotherWorkerReady(among: 0..<3, except: own), "a busy one")
+            table.setStatus(2, .ready, now: 2)
+            XCTAssertTrue(table.anotherWorkerReady(among: 0..<3, except: own))
+            // A range past the pages (garbage in a configuration) reads nothing past them.
+            XCTAssertTrue(table.anotherWorkerReady(among: 2..<99, except: own))
+            XCTAssertFalse(table.anotherWorkerReady(among: 6..<99, except: own))
+        }
+    }
+
     func testWorkerCountersGoToTheEnvironmentsPage() {
         withTable { table, memory, _ in
             table.environmentField(1, ChildTableLayout.handedOffOffset)?.storeBytes(of: UInt64(3), as: UInt64.self)

@@ -122,3 +122,65 @@ def test_while_that_worker_is_busy_another_takes_the_connection_then_it_is_back(
     assert wait_until(lambda: not runs_a_child(warm), timeout=5)
     assert wait_until(lambda: asleep_on_its_channel(warm), timeout=5)
     assert fetch(server) == warm, "once free, the first worker takes the next connection again"
+
+
+# The system call a process sleeps in (/proc/PID/syscall's first field), by machine.
+SYSCALLS = {"x86_64": {"recvmsg": 47, "epoll_wait": 232}, "aarch64": {"recvmsg": 212, "epoll_wait": 22}}
+
+
+def sleeps_in(pid, call):
+    """Whether process `pid` sleeps in system call `call` (epoll_pwait on machines without
+    epoll_wait)."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            number = f.read().split()[0]
+    except (OSError, IndexError):
+        return False
+    return number.isdigit() and int(number) == SYSCALLS[os.uname().machine][call]
+
+
+@pytest.fixture(scope="module")
+def lone(module, accounts):
+    port = free_port()
+    apache = Apache("", name="worker-alone")
+    uid, gid = accounts["peruser-a"]
+    site = make_site(apache.root, uid, gid, "a")
+    with open(os.path.join(site, "pid.php"), "w") as f:
+        f.write('<?php echo "worker=", getmypid(), "\\n";\n')
+    os.chmod(os.path.join(site, "pid.php"), 0o644)
+    apache.write_config(f"""
+Listen 127.0.0.1:{port}
+{php_config()}
+<Directory {apache.root}>
+    Require all granted
+</Directory>
+<Processor one>
+    User peruser-a
+    Group peruser-a
+    MinProcessors 1
+    MinSpareProcessors 0
+    MaxSpareProcessors 0
+</Processor>
+{site_vhost(port, "a.test", site, "one")}
+""")
+    apache.port = port
+    apache.ids = (uid, gid)
+    apache.start(ports=(port,))
+    yield from serving(apache, log_tail=3000)
+
+
+@pytest.mark.skipif(os.uname().machine not in SYSCALLS, reason="system call numbers of this machine not listed")
+def test_a_worker_with_no_other_ready_sleeps_in_recvmsg_itself(lone, server):
+    """With no other worker of its environment ready, a worker waits for its next connection in
+    recvmsg on the channel (one call per connection instead of epoll_wait and then recvmsg);
+    with others ready, through the channel's epoll, which the kernel serves first (the tests
+    above: the same warm worker takes one connection after another)."""
+    assert wait_until(lambda: len(workers_of(lone, lone.ids)) >= 1), workers_of(lone, lone.ids)
+    first = fetch(lone)
+    assert wait_until(lambda: sleeps_in(first, "recvmsg"), timeout=5), \
+        f"the lone worker waits in recvmsg ({open(f'/proc/{first}/syscall').read().split()[0]})"
+    assert fetch(lone) == first, "and takes the next connection from there"
+    # Three workers, all ready: the one that served sleeps in epoll_wait.
+    assert wait_until(lambda: len(workers(server)) >= 3), workers(server)
+    warm = fetch(server)
+    assert wait_until(lambda: sleeps_in(warm, "epoll_wait"), timeout=5)

@@ -345,6 +345,20 @@ public struct ChildTable {
                 ?? .none)
     }
 
+    /// Whether a worker page among `pages` (indices in the worker pages: an environment's pool)
+    /// other than the one at offset `own` says ready. A worker asks before it sleeps on its
+    /// environment's channel: alone, it waits in recvmsg itself (WorkerMain). A page a dead
+    /// worker left ready only makes the answer yes, which is the careful one.
+    public func anotherWorkerReady(among pages: Range<Int>, except own: Int) -> Bool {
+        for index in pages where index >= 0 && index < workerPageCount {
+            let o = ChildTableLayout.workerPageOffset(slots: slotCount, environments: environmentCount, index: index)
+            if o != own && load(o + ChildTableLayout.statusOffset, as: UInt8.self) == ChildStatus.ready.rawValue {
+                return true
+            }
+        }
+        return false
+    }
+
     /// A slot's status and when it began, without the text fields: what the parent's planner
     /// reads of every child, up to every 10 ms. Same reading as `slot`.
     public func status(of index: Int) -> (status: ChildStatus, since: Int64)? {

@@ -130,6 +130,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
     var counted = 0
     var servedConnections = ServedConnections()
     var statusShown = false
+    let ownPool = environmentPagePool(environment)
     watchChannel(handoff.fd)
     while true {
         // Retired, recycled (MaxConnectionsPerChild), or told to drain: never in the middle
@@ -149,10 +150,16 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
         lookAtHeldClosings()
         var blocking = !draining
         // Through the channel's epoll (channelWatch: the kernel wakes the environment's oldest
-        // idle worker), and with kept closings to look at again, only that long.
-        if blocking, let sleep = heldClosings.sleep(now: monotonicMilliseconds()) ?? (channelWatch != nil ? -1 : nil) {
-            guard channelReadable(handoff.fd, within: sleep) else { continue }
-            blocking = false
+        // idle worker), and with kept closings to look at again, only that long. With none, and
+        // no other worker of the environment ready, in recvmsg itself: one call per connection
+        // instead of two. The kernel still serves the epolls first (their entries are older on
+        // the channel), so a worker that becomes ready meanwhile takes the next connection.
+        if blocking {
+            let sleep = heldClosings.sleep(now: monotonicMilliseconds())
+            if sleep != nil || (channelWatch != nil && !waitsAlone(pool: ownPool)) {
+                guard channelReadable(handoff.fd, within: sleep ?? -1) else { continue }
+                blocking = false
+            }
         }
         switch handoff.receive(into: message, blocking: blocking) {
         case .nothing where !draining, .interrupted:
@@ -172,8 +179,11 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
                 close(fd)
                 continue
             }
-            guard let local = tcpAddress(fd, peer: false) else {
-                log(PERUSER_LOG_WARNING, "peruser: received an fd that is not a TCP socket; dropped")
+            // Only the multiplexers write this channel, and only TCP streams they accepted or
+            // checked (a hand-back's: SO_TYPE and a peer): the local address is all that is
+            // asked here (one call per connection fewer; an IPv4 or IPv6 socket, or dropped).
+            guard let local = socketAddress(fd, peer: false), local.isInternet else {
+                log(PERUSER_LOG_WARNING, "peruser: received an fd that is not an IPv4 or IPv6 socket; dropped")
                 close(fd)
                 continue
             }
@@ -325,6 +335,21 @@ public func peruserWorkerStartedRequest(_ request: UnsafePointer<CChar>?, _ vhos
     if let field = table.environmentPageField(workerEnvironment, ChildTableLayout.servedOffset) {
         peruser_atomic_add_u64(field, 1)
     }
+}
+
+/// This environment's worker pages (its pool in the child table).
+func environmentPagePool(_ environment: Int) -> Range<Int> {
+    let pools = workerPagePools()
+    guard pools.starts.indices.contains(environment) else { return 0..<0 }
+    let start = pools.starts[environment]
+    let end = environment + 1 < pools.starts.count ? pools.starts[environment + 1] : pools.total
+    return start..<max(start, end)
+}
+
+/// No other worker of this environment is ready: this one waits on the channel alone.
+func waitsAlone(pool: Range<Int>) -> Bool {
+    guard let table = sharedTable, let page = ownPage else { return false }
+    return !table.anotherWorkerReady(among: pool, except: page)
 }
 
 /// Gives a served connection (response sent, write side shut) to the multiplexers to close;
