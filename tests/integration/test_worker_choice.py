@@ -18,10 +18,11 @@ CGI = "/cgi-bin/id.cgi"
 PHP = "/pid.php"
 
 
-@pytest.fixture(scope="module")
-def server(module, accounts):
+def one_environment(accounts, name, processor):
+    """a.test in one environment of peruser-a, whose <Processor> block says `processor`; its
+    site has pid.php (PHP runs in the worker itself) and the CGIs of make_site."""
     port = free_port()
-    apache = Apache("", name="worker-choice")
+    apache = Apache("", name=name)
     uid, gid = accounts["peruser-a"]
     site = make_site(apache.root, uid, gid, "a")
     # PHP runs in the worker itself (a CGI is a child of it, which the worker reaps after the
@@ -36,17 +37,22 @@ Listen 127.0.0.1:{port}
     Require all granted
     Options +ExecCGI
 </Directory>
-<Processor three>
+<Processor pool>
     User peruser-a
     Group peruser-a
-    MinProcessors 3
+{processor}
 </Processor>
-{site_vhost(port, "a.test", site, "three")}
+{site_vhost(port, "a.test", site, "pool")}
 """)
     apache.port = port
     apache.ids = (uid, gid)
     apache.start(ports=(port,))
     yield from serving(apache, log_tail=3000)
+
+
+@pytest.fixture(scope="module")
+def server(module, accounts):
+    yield from one_environment(accounts, "worker-choice", "    MinProcessors 3")
 
 
 def workers(server):
@@ -141,32 +147,8 @@ def sleeps_in(pid, call):
 
 @pytest.fixture(scope="module")
 def lone(module, accounts):
-    port = free_port()
-    apache = Apache("", name="worker-alone")
-    uid, gid = accounts["peruser-a"]
-    site = make_site(apache.root, uid, gid, "a")
-    with open(os.path.join(site, "pid.php"), "w") as f:
-        f.write('<?php echo "worker=", getmypid(), "\\n";\n')
-    os.chmod(os.path.join(site, "pid.php"), 0o644)
-    apache.write_config(f"""
-Listen 127.0.0.1:{port}
-{php_config()}
-<Directory {apache.root}>
-    Require all granted
-</Directory>
-<Processor one>
-    User peruser-a
-    Group peruser-a
-    MinProcessors 1
-    MinSpareProcessors 0
-    MaxSpareProcessors 0
-</Processor>
-{site_vhost(port, "a.test", site, "one")}
-""")
-    apache.port = port
-    apache.ids = (uid, gid)
-    apache.start(ports=(port,))
-    yield from serving(apache, log_tail=3000)
+    yield from one_environment(accounts, "worker-alone",
+                               "    MinProcessors 1\n    MinSpareProcessors 0\n    MaxSpareProcessors 0")
 
 
 @pytest.mark.skipif(os.uname().machine not in SYSCALLS, reason="system call numbers of this machine not listed")
