@@ -491,13 +491,20 @@ static int gate_handler(request_rec *r)
     return gate(r, "handler");
 }
 
+/* The answer to a lent connection's client request (not a subrequest, an HTTP/2 stream or an
+ * upgrade, which goes on reading), as its EOR bucket goes. */
+static int lent_answer(const request_rec *r)
+{
+    return is_worker && current.lent && !r->connection->master && !r->main && r->status != HTTP_SWITCHING_PROTOCOLS;
+}
+
 /* A handed-back request is logged by the worker that serves it, not here. */
 static int log_transaction(request_rec *r)
 {
-    /* A lent connection's answer is out (this runs as its EOR bucket goes): what the client
-     * sends next is the multiplexer's to read, so httpd's look for a pipelined request (or
-     * anything else) finds only what it already buffered. An upgrade goes on reading. */
-    if (is_worker && current.lent && !r->connection->master && !r->main && r->status != HTTP_SWITCHING_PROTOCOLS) {
+    /* A lent connection's answer is out: what the client sends next is the multiplexer's to
+     * read, so httpd's look for a pipelined request (or anything else) finds only what it
+     * already buffered. */
+    if (lent_answer(r)) {
         current.socket_reads_paused = 1;
     }
     return (is_worker && apr_table_get(r->notes, "peruser-handed-back")) ? DONE : DECLINED;
@@ -515,9 +522,9 @@ static int give_back_answered(request_rec *r)
     apr_bucket_brigade *bb;
     apr_status_t rv;
 
-    if (!is_worker || !current.lent || !current.record || current.handed_back || c->master || r->main
-        || c->aborted || c->keepalive != AP_CONN_KEEPALIVE || r->status == HTTP_SWITCHING_PROTOCOLS
-        || !peruser_current_settings.hand_back || apr_table_get(r->notes, "peruser-handed-back")) {
+    /* Handed back already (a hand-back that failed set close or aborted), or ending here. */
+    if (!lent_answer(r) || current.handed_back || c->aborted || c->keepalive != AP_CONN_KEEPALIVE
+        || !peruser_current_settings.hand_back) {
         return DECLINED;
     }
     /* Reads are paused (log_transaction above): this sees only what the filters buffered. */

@@ -143,12 +143,8 @@ public enum ChildTableLayout {
         func detail(_ index: Int) -> Int {
             detailPageOffset(slots: slots, environments: environments, workerPages: workerPages, index: index)
         }
-        var start = workerPages, end = workerPages  // no pool: everything hidden
-        if poolStarts.indices.contains(environment) {
-            start = min(max(poolStarts[environment], 0), workerPages)
-            let next = environment + 1 < poolStarts.count ? poolStarts[environment + 1] : workerPages
-            end = min(max(next, start), workerPages)
-        }
+        let pool = workerPool(poolStarts: poolStarts, workerPages: workerPages, environment: environment)
+        let start = pool.lowerBound, end = pool.upperBound
         var ranges: [Range<Int>] = []
         if start > 0 { ranges.append(detail(0)..<detail(start)) }
         if end < workerPages {
@@ -159,6 +155,16 @@ public enum ChildTableLayout {
             }
         }
         return ranges
+    }
+
+    /// The worker pages of `environment`'s pool (indices): from its start in `poolStarts`
+    /// (ascending) to the next pool's, the last to `workerPages`; an environment without a pool
+    /// has the empty range at `workerPages`.
+    public static func workerPool(poolStarts: [Int], workerPages: Int, environment: Int) -> Range<Int> {
+        guard poolStarts.indices.contains(environment) else { return workerPages..<workerPages }
+        let start = min(max(poolStarts[environment], 0), workerPages)
+        let next = environment + 1 < poolStarts.count ? poolStarts[environment + 1] : workerPages
+        return start..<min(max(next, start), workerPages)
     }
 
     private static func pagesStart(slots: Int, environments: Int) -> Int {

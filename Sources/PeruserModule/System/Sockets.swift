@@ -25,18 +25,10 @@ func isStreamSocket(_ fd: Int32) -> Bool {
     return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 && type == Int32(SOCK_STREAM.rawValue)
 }
 
-/// Whether `fd` is a connected TCP stream socket (IPv4 or IPv6).
+/// Whether `fd` is a connected TCP stream socket (IPv4 or IPv6): a stream socket with an
+/// internet peer (none once it is not connected).
 func isTCPStream(_ fd: Int32) -> Bool {
-    tcpAddress(fd, peer: true) != nil
-}
-
-/// A TCP stream socket's peer (`peer`: none once it is not connected) or local address, from
-/// the kernel; nil for any other descriptor. A worker asks only the local one: apr asks the
-/// kernel for the peer itself when core makes the connection (it keeps a peer it is given
-/// marked unknown), and fails it if there is none.
-func tcpAddress(_ fd: Int32, peer: Bool) -> sockaddr_storage? {
-    guard isStreamSocket(fd), let address = socketAddress(fd, peer: peer), address.isInternet else { return nil }
-    return address
+    isStreamSocket(fd) && socketAddress(fd, peer: true)?.isInternet == true
 }
 
 /// An IPv4 or IPv6 socket address in 32 bytes (a sockaddr_storage takes 128): a multiplexer

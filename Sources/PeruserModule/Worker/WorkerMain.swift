@@ -130,7 +130,8 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
     var counted = 0
     var servedConnections = ServedConnections()
     var statusShown = false
-    let ownPool = environmentPagePool(environment)
+    let pools = workerPagePools()
+    let ownPool = ChildTableLayout.workerPool(poolStarts: pools.starts, workerPages: pools.total, environment: environment)
     watchChannel(handoff.fd)
     while true {
         // Retired, recycled (MaxConnectionsPerChild), or told to drain: never in the middle
@@ -335,15 +336,6 @@ public func peruserWorkerStartedRequest(_ request: UnsafePointer<CChar>?, _ vhos
     if let field = table.environmentPageField(workerEnvironment, ChildTableLayout.servedOffset) {
         peruser_atomic_add_u64(field, 1)
     }
-}
-
-/// This environment's worker pages (its pool in the child table).
-func environmentPagePool(_ environment: Int) -> Range<Int> {
-    let pools = workerPagePools()
-    guard pools.starts.indices.contains(environment) else { return 0..<0 }
-    let start = pools.starts[environment]
-    let end = environment + 1 < pools.starts.count ? pools.starts[environment + 1] : pools.total
-    return start..<max(start, end)
 }
 
 /// No other worker of this environment is ready: this one waits on the channel alone.
