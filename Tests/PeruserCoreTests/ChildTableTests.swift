@@ -214,7 +214,9 @@ final class ChildTableTests: XCTestCase {
             XCTAssertEqual(s?.request, "GET /secret HTTP/1.1")
             XCTAssertEqual(s?.vhost, "b.test")
             XCTAssertEqual(s?.client, client)
-            XCTAssertEqual(table.takenTickets(environment: 1, roster: table.roster()), [0xfeed])
+            XCTAssertTrue(table.showsTaken(0xfeed, environment: 1, roster: table.roster()))
+            XCTAssertFalse(table.showsTaken(0xfeee, environment: 1, roster: table.roster()))
+            XCTAssertFalse(table.showsTaken(0xfeed, environment: 0, roster: table.roster()))
             XCTAssertEqual(table.workersServing(client, environment: 1, roster: table.roster()), 1)
             // A view where the detail page reads zeros (another environment's worker's): the
             // status stays, the details are gone.

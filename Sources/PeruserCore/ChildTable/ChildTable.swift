@@ -627,16 +627,17 @@ public struct ChildTable {
         return (o, s.status)
     }
 
-    /// The tickets of the last connection each of `environment`'s workers took (busy with it
-    /// or done): a multiplexer's hand-off is in flight until its ticket shows here.
-    public func takenTickets(environment: Int, roster: Roster) -> Set<UInt64> {
-        var tickets = Set<UInt64>()
+    /// Whether one of `environment`'s workers shows `ticket` as the last connection it took
+    /// (busy with it or done): a multiplexer's hand-off is in flight until it does. A look at
+    /// the environment's few pages, with nothing allocated: it runs for every hand-off in
+    /// flight that counts against a client's share.
+    public func showsTaken(_ ticket: UInt64, environment: Int, roster: Roster) -> Bool {
         for index in roster.slots(of: environment) {
             guard let worker = workerDetail(index, of: environment),
                   worker.status == .active || worker.status == .ready else { continue }
-            tickets.insert(load(worker.offset + ChildTableLayout.ticketOffset, as: UInt64.self))
+            if load(worker.offset + ChildTableLayout.ticketOffset, as: UInt64.self) == ticket { return true }
         }
-        return tickets
+        return false
     }
 
     // Writes by the parent (display fields of a slot) and by the slot's own child.

@@ -164,6 +164,7 @@ struct Multiplexer {
     /// Each environment's count of connections its workers gave up (ReaderShedding), and when
     /// this multiplexer last saw it change.
     private var shedSeen: [(count: UInt64, changedAt: Int64)]
+    private var inFlightPrunedAt: Int64 = 0
 
     /// Lent connections that stirred before their worker gave them back: looked at again soon,
     /// and when.
@@ -306,7 +307,7 @@ struct Multiplexer {
             }
             let now = monotonicMilliseconds()
             lookAtLent(now: now)
-            pruneInFlight()
+            pruneInFlight(now: now)
             passWaiting(now: now)
             expireAndRetry(now: now)
             pace(now: now)
@@ -1192,26 +1193,25 @@ struct Multiplexer {
     /// No longer in flight: a worker of its environment shows its ticket (the last connection it
     /// took); or that many connections and a few more (hand-offs of several multiplexers may
     /// reach the channel out of their count's order) were taken since; or it is lost.
-    private mutating func pruneInFlight() {
-        guard let table = sharedTable, !inFlight.isEmpty else { return }
-        let now = monotonicMilliseconds()
-        var taken: [Int: (tickets: Set<UInt64>, received: UInt64)] = [:]
-        for entry in inFlight where taken[entry.environment] == nil {
-            let received = table.environmentPageField(entry.environment, ChildTableLayout.receivedOffset)
-                .map { peruser_atomic_load_u64($0) } ?? 0
-            taken[entry.environment] = (table.takenTickets(environment: entry.environment,
-                                                           roster: currentRoster(table)), received)
-        }
+    ///
+    /// Each entry costs a look at its environment's pages, which workers on the other CPU keep
+    /// writing; with a random tenant per request the entries name as many environments as they
+    /// are. So it runs once a millisecond (a release only lowers a count that is too high:
+    /// never too few), or `force`d when a reservation was refused. Looked at before each
+    /// hand-off and with sets built each time, it was half of a multiplexer's time at 300
+    /// tenants with the default MaxClientShare.
+    private mutating func pruneInFlight(now: Int64, force: Bool = false) {
+        guard let table = sharedTable, !inFlight.isEmpty, force || now != inFlightPrunedAt else { return }
+        inFlightPrunedAt = now
+        let roster = currentRoster(table)
         let slack = UInt64(max(1, configuration.limits.maxMultiplexers))
         var released: [(ClientAddress, Int)] = []
         inFlight.removeAll { entry in
-            let gone: Bool
-            if now - entry.at > 2000 { gone = true } else if let seen = taken[entry.environment] {
-                gone = seen.tickets.contains(entry.ticket)
-                    || seen.received >= entry.handedOff.addingReportingOverflow(slack).partialValue
-            } else {
-                gone = true
-            }
+            let gone = now - entry.at > 2000
+                || table.showsTaken(entry.ticket, environment: entry.environment, roster: roster)
+                || (table.environmentPageField(entry.environment, ChildTableLayout.receivedOffset)
+                    .map { peruser_atomic_load_u64($0) } ?? 0)
+                    >= entry.handedOff.addingReportingOverflow(slack).partialValue
             if gone { released.append((entry.client, entry.environment)) }
             return gone
         }
@@ -1224,11 +1224,15 @@ struct Multiplexer {
         }
         if !connection.reserved && !connection.client.isNone && clientLimit(environment) < Int.max,
            let board = availabilityBoard, let table = sharedTable {
-            pruneInFlight()
-            guard board.reserve(connection.client, environment,
-                                held: table.workersServing(connection.client, environment: environment,
-                                                           roster: currentRoster(table)),
-                                limit: clientLimit(environment)) else {
+            let held = table.workersServing(connection.client, environment: environment, roster: currentRoster(table))
+            let limit = clientLimit(environment)
+            // Refused: perhaps only for this multiplexer's hand-offs that were taken meanwhile.
+            var reserved = board.reserve(connection.client, environment, held: held, limit: limit)
+            if !reserved {
+                pruneInFlight(now: monotonicMilliseconds(), force: true)
+                reserved = board.reserve(connection.client, environment, held: held, limit: limit)
+            }
+            guard reserved else {
                 // Another multiplexer gave this client the last of its share meanwhile: wait.
                 connection.stage = .waitingForWorker(environment: environment)
                 let now = monotonicMilliseconds()
@@ -1309,7 +1313,7 @@ struct Multiplexer {
             }
             handedOff(to: environment)
             if connection.reserved {
-                if inFlight.count >= 64 { pruneInFlight() }
+                if inFlight.count >= 64 { pruneInFlight(now: monotonicMilliseconds(), force: true) }
                 inFlight.append((environment, connection.client, ticket, handedOffSoFar, monotonicMilliseconds()))
             }
         case .full:
