@@ -1180,8 +1180,8 @@ struct Multiplexer {
     }
 
     /// How many of `environment`'s workers `client` holds: those whose pages name it, and its
-    /// reserved hand-offs no worker has shown taken yet (released once a turn of the loop, and
-    /// before each reservation: until then they count twice, never too few).
+    /// reserved hand-offs no worker has shown taken yet (released once a millisecond, and when a
+    /// reservation is refused: until then they count twice, never too few).
     /// `always`: counted even when MaxClientShare sets no limit (for the order of the wait).
     private mutating func clientHolds(_ client: ClientAddress, environment: Int, always: Bool = false) -> Int {
         guard !client.isNone, always || clientLimit(environment) < Int.max, let table = sharedTable else { return 0 }
