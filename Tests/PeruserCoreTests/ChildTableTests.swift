@@ -238,6 +238,38 @@ final class ChildTableTests: XCTestCase {
     /// other environment's pool (one or two ranges around its own), none with the full view.
     /// An environment's pool runs to the next one's start, the last to the end of the pages;
     /// garbage starts are clamped, and an environment with no start has an empty pool.
+    /// A hand-off is in flight until a worker shows its ticket: still shown after the worker
+    /// took seven more connections, gone after eight; and only for the worker's environment.
+    func testATakenTicketShowsForTheWorkersLastEightConnections() {
+        withTable(slots: 4, environments: 2, workerPages: 6) { table, _, _ in
+            table.setSlot(2, pid: 10, type: .worker, environment: 1, generation: 1, status: .ready, now: 1, workerPage: 4)
+            let page = table.pageOffset(2)
+            let roster = table.roster()
+            let client = ClientAddress(ipv4: 0x7f00_0001)
+            func take(_ ticket: UInt64) {
+                table.setClient(page: page, client, ticket: ticket)
+                table.field(page: page, ChildTableLayout.connectionsOffset).storeBytes(
+                    of: table.field(page: page, ChildTableLayout.connectionsOffset).load(as: UInt64.self) + 1,
+                    as: UInt64.self)
+            }
+            XCTAssertFalse(table.showsTaken(0xa1, environment: 1, roster: roster))
+            take(0xa1)
+            for n in 0..<7 { take(0xb0 + UInt64(n)) }
+            XCTAssertTrue(table.showsTaken(0xa1, environment: 1, roster: roster))
+            XCTAssertTrue(table.showsTaken(0xb6, environment: 1, roster: roster))
+            XCTAssertFalse(table.showsTaken(0xa1, environment: 0, roster: roster))
+            take(0xc0)
+            XCTAssertFalse(table.showsTaken(0xa1, environment: 1, roster: roster))
+            XCTAssertTrue(table.showsTaken(0xb0, environment: 1, roster: roster))
+            // A worker that is starting shows nothing yet.
+            table.setStatus(page: page, .starting, now: 2)
+            XCTAssertFalse(table.showsTaken(0xc0, environment: 1, roster: roster))
+        }
+        XCTAssertEqual(ChildTableLayout.recentTicketsOffset % 64, 0)
+        XCTAssertLessThanOrEqual(ChildTableLayout.recentTicketsOffset, ChildTableLayout.pageSize - 64)
+        XCTAssertGreaterThanOrEqual(ChildTableLayout.recentTicketsOffset, ChildTableLayout.lendOffset + 8)
+    }
+
     func testAnEnvironmentsPoolRunsToTheNextOnesStart() {
         XCTAssertEqual(ChildTableLayout.workerPool(poolStarts: [0, 3, 3, 5], workerPages: 8, environment: 0), 0..<3)
         XCTAssertEqual(ChildTableLayout.workerPool(poolStarts: [0, 3, 3, 5], workerPages: 8, environment: 1), 3..<3)

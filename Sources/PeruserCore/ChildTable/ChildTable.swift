@@ -67,6 +67,13 @@ public enum ChildTableLayout {
     public static let clientOffset = 256     // 2 × UInt64: the client of the current connection (workers)
     public static let ticketOffset = 272     // UInt64: the hand-off ticket of the current connection (workers)
     public static let lendOffset = 280       // UInt64: the lend number of the current connection (0: not lent)
+    /// 8 × UInt64, one cache line: the tickets of the last connections the worker took, at its
+    /// count of connections modulo 8 (workers). A hand-off stays in flight until its ticket
+    /// shows here. With only the current ticket, a worker that took another connection before
+    /// the multiplexer looked (about one hand-off in nine at 300 tenants) hid it until ten more
+    /// reached its environment, and it was looked at again every millisecond meanwhile.
+    public static let recentTicketsOffset = 320
+    public static let recentTicketCount = 8
     /// How often a multiplexer reads the cells of every connection it lent, stirred or not.
     public static let lentSweepMilliseconds: Int64 = 250
     public static let returnedKindShift: UInt64 = 62
@@ -535,6 +542,9 @@ public struct ChildTable {
         base.storeBytes(of: client.high, toByteOffset: o + ChildTableLayout.clientOffset, as: UInt64.self)
         base.storeBytes(of: client.low, toByteOffset: o + ChildTableLayout.clientOffset + 8, as: UInt64.self)
         base.storeBytes(of: ticket, toByteOffset: o + ChildTableLayout.ticketOffset, as: UInt64.self)
+        let taken = load(page + ChildTableLayout.connectionsOffset, as: UInt64.self)
+        let recent = Int(taken % UInt64(ChildTableLayout.recentTicketCount))
+        base.storeBytes(of: ticket, toByteOffset: o + ChildTableLayout.recentTicketsOffset + recent * 8, as: UInt64.self)
     }
 
     /// A worker took a connection: its lend number, or 0 when it was not lent.
@@ -627,15 +637,20 @@ public struct ChildTable {
         return (o, s.status)
     }
 
-    /// Whether one of `environment`'s workers shows `ticket` as the last connection it took
-    /// (busy with it or done): a multiplexer's hand-off is in flight until it does. A look at
+    /// Whether one of `environment`'s workers shows `ticket` among the last connections it took
+    /// (busy with one or done): a multiplexer's hand-off is in flight until it does. A look at
     /// the environment's few pages, with nothing allocated: it runs for every hand-off in
-    /// flight that counts against a client's share.
+    /// flight that counts against a client's share. (A connection lent to the same environment
+    /// again has the same ticket: its reservation may go a moment early, as it could when only
+    /// the last ticket showed.)
     public func showsTaken(_ ticket: UInt64, environment: Int, roster: Roster) -> Bool {
         for index in roster.slots(of: environment) {
             guard let worker = workerDetail(index, of: environment),
                   worker.status == .active || worker.status == .ready else { continue }
-            if load(worker.offset + ChildTableLayout.ticketOffset, as: UInt64.self) == ticket { return true }
+            let recent = worker.offset + ChildTableLayout.recentTicketsOffset
+            for i in 0..<ChildTableLayout.recentTicketCount where load(recent + i * 8, as: UInt64.self) == ticket {
+                return true
+            }
         }
         return false
     }

@@ -1207,6 +1207,8 @@ struct Multiplexer {
         let slack = UInt64(max(1, configuration.limits.maxMultiplexers))
         var released: [(ClientAddress, Int)] = []
         inFlight.removeAll { entry in
+            // Sent this very millisecond: most likely still in the channel (unless forced).
+            guard force || entry.at != now else { return false }
             let gone = now - entry.at > 2000
                 || table.showsTaken(entry.ticket, environment: entry.environment, roster: roster)
                 || (table.environmentPageField(entry.environment, ChildTableLayout.receivedOffset)
