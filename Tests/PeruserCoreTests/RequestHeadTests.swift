@@ -96,4 +96,16 @@ final class RequestHeadTests: XCTestCase {
         }
         XCTAssertNil(hint.host)
     }
+
+    func testABlankLineAtTheEndIsTold() {
+        func ends(_ text: String) -> Bool { Array(text.utf8).withUnsafeBytes { RequestHead.endsWithBlankLine($0) } }
+        XCTAssertTrue(ends("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+        XCTAssertTrue(ends("GET / HTTP/1.0\n\n"))
+        XCTAssertTrue(ends("\n\r\n"))
+        XCTAssertFalse(ends("GET / HTTP/1.1\r\nHost: a\r\n"))
+        XCTAssertFalse(ends("GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"))
+        XCTAssertFalse(ends("\r\n"))
+        XCTAssertFalse(ends("\n"))
+        XCTAssertFalse(ends(""))
+    }
 }

@@ -124,6 +124,43 @@ def test_while_a_worker_answers_a_crossing_request_a_multiplexer_keeps_the_conne
     sock.close()
 
 
+def read_calls(server, uid):
+    """{pid: read(2) calls so far} of the server's processes running as `uid` (/proc/PID/io
+    syscr: read and readv, the calls apr's socket reads make; recvmsg on a channel is not one)."""
+    out = {}
+    for pid in session_pids(os.getsid(server.pid())):
+        try:
+            if proc_ids(pid)[0] != uid:
+                continue
+            with open(f"/proc/{pid}/io") as f:
+                out[pid] = int(next(l for l in f if l.startswith("syscr:")).split()[1])
+        except (OSError, StopIteration, TypeError):
+            pass
+    return out
+
+
+def test_a_lent_connections_head_comes_with_it_so_its_worker_reads_nothing_from_the_socket(server):
+    """A connection back from a worker is read by the multiplexer, not peeked: the next head
+    travels with the descriptor, and the worker that answers a request without a body parses
+    those bytes and reads nothing from the socket. (Before, each lend cost a peek in the
+    multiplexer and a read in the worker: ten lends, ten reads.) A static file is mapped, not
+    read, so the worker's read calls are its socket's."""
+    sock = lent_connection(server)
+    uid = server.uids["a"][0]
+    before = read_calls(server, uid)
+    assert before, "env-a has a worker"
+    for _ in range(10):
+        sock.sendall(request("a.test"))
+        assert read_response(sock) == (200, "site a\n")
+        sock.sendall(request("b.test"))
+        assert read_response(sock) == (200, "site b\n")
+    after = read_calls(server, uid)
+    sock.close()
+    assert set(after) == set(before), f"the same env-a workers answered: {before} then {after}"
+    reads = sum(after[pid] - before[pid] for pid in before)
+    assert reads < 5, f"env-a's worker read its socket {reads} times for ten lent requests"
+
+
 def test_a_lent_connection_its_client_closes_is_let_go(server):
     sock = lent_connection(server)
     inode = server_inode(server, sock)

@@ -39,6 +39,14 @@ public enum RequestHead {
     /// A header value longer than this is not kept (Apache will reject it anyway).
     static let longestKeptValue = 8192
 
+    /// Whether `bytes` end with an empty line (CRLF CRLF or LF LF, as the end of a head does).
+    public static func endsWithBlankLine(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        let n = bytes.count
+        guard n >= 2, bytes[n - 1] == UInt8(ascii: "\n") else { return false }
+        if bytes[n - 2] == UInt8(ascii: "\n") { return true }
+        return n >= 3 && bytes[n - 2] == UInt8(ascii: "\r") && bytes[n - 3] == UInt8(ascii: "\n")
+    }
+
     /// `forwardedHeader`: a header (lower case) whose values to collect into `hint.forwarded`.
     public static func scan(_ bytes: UnsafeRawBufferPointer, forwardedHeader: String? = nil) -> HeadScan {
         var lines = LineReader(bytes)

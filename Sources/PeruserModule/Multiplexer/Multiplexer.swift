@@ -782,8 +782,15 @@ struct Multiplexer {
                 return
             }
         }
+        // A connection back from a worker (lent or handed back: plain HTTP/1.x, hops > 0) is
+        // read, not peeked: its head travels with it, and the worker, which parses those very
+        // bytes, reads nothing from the socket for a request without a body. One read of the
+        // socket per request instead of two (a kept-alive connection whose requests cross
+        // environments comes back here after nearly every answer).
+        if !connection.consuming && connection.hops > 0 { connection.consuming = true }
         if !connection.consuming {
-            // The usual case: the whole head is already there. Peek, route, pass the socket.
+            // A new connection, whose head is usually there at once (a TLS ClientHello, an h2c
+            // preface, a PROXY header or a request): peek, route, pass the socket untouched.
             let n = recv(fd, base, head.count, Int32(MSG_PEEK | MSG_DONTWAIT))
             if n == 0 {
                 closeConnection(fd)  // gone before saying anything
@@ -808,11 +815,18 @@ struct Multiplexer {
         }
         var clientDone = false
         while connection.consumed.count < Self.largestHead {
-            let n = recv(fd, base, min(head.count, Self.largestHead - connection.consumed.count), Int32(MSG_DONTWAIT))
+            let wanted = min(head.count, Self.largestHead - connection.consumed.count)
+            let n = recv(fd, base, wanted, Int32(MSG_DONTWAIT))
             if n > 0 {
                 let bytes = UnsafeRawBufferPointer(start: base, count: n)
                 if !connection.requestLineDone { connection.requestLineDone = bytes.contains(UInt8(ascii: "\n")) }
                 connection.consumed.append(contentsOf: bytes)
+                // Less than asked, ending with a blank line: the socket held no more just now,
+                // and a head is complete (a request without a body, the usual kept-alive one).
+                // No second call only to learn EAGAIN; what comes later wakes this multiplexer
+                // again (edge-triggered epoll reports each arrival). Anything else reads on, so
+                // that a client's end after part of a head is seen now.
+                if n < wanted && RequestHead.endsWithBlankLine(bytes) { break }
                 continue
             }
             if n == 0 {
