@@ -1202,8 +1202,8 @@ struct Multiplexer {
     }
 
     /// How many of `environment`'s workers `client` holds: those whose pages name it, and its
-    /// reserved hand-offs no worker has shown taken yet (released once a millisecond, and when a
-    /// reservation is refused: until then they count twice, never too few).
+    /// reserved hand-offs no worker has shown taken yet (released as `pruneInFlight` says: until
+    /// then they count twice, never too few).
     /// `always`: counted even when MaxClientShare sets no limit (for the order of the wait).
     private mutating func clientHolds(_ client: ClientAddress, environment: Int, always: Bool = false) -> Int {
         guard !client.isNone, always || clientLimit(environment) < Int.max, let table = sharedTable else { return 0 }
@@ -1212,8 +1212,8 @@ struct Multiplexer {
             + (availabilityBoard?.reserved(client, environment) ?? 0)
     }
 
-    /// No longer in flight: a worker of its environment shows its ticket (the last connection it
-    /// took); or that many connections and a few more (hand-offs of several multiplexers may
+    /// No longer in flight: a worker of its environment shows its ticket (among the last
+    /// connections it took); or that many connections and a few more (hand-offs of several multiplexers may
     /// reach the channel out of their count's order) were taken since; or it is lost.
     ///
     /// Each entry costs a look at its environment's pages, which workers on the other CPU keep
