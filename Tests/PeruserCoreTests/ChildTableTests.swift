@@ -234,10 +234,6 @@ final class ChildTableTests: XCTestCase {
         }
     }
 
-    /// Which byte ranges a worker of environment E sees as zeros: the detail pages of every
-    /// other environment's pool (one or two ranges around its own), none with the full view.
-    /// An environment's pool runs to the next one's start, the last to the end of the pages;
-    /// garbage starts are clamped, and an environment with no start has an empty pool.
     /// A hand-off is in flight until a worker shows its ticket: still shown after the worker
     /// took seven more connections, gone after eight; and only for the worker's environment.
     func testATakenTicketShowsForTheWorkersLastEightConnections() {
@@ -270,6 +266,8 @@ final class ChildTableTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(ChildTableLayout.recentTicketsOffset, ChildTableLayout.lendOffset + 8)
     }
 
+    /// An environment's pool runs to the next one's start, the last to the end of the pages;
+    /// garbage starts are clamped, and an environment with no start has an empty pool.
     func testAnEnvironmentsPoolRunsToTheNextOnesStart() {
         XCTAssertEqual(ChildTableLayout.workerPool(poolStarts: [0, 3, 3, 5], workerPages: 8, environment: 0), 0..<3)
         XCTAssertEqual(ChildTableLayout.workerPool(poolStarts: [0, 3, 3, 5], workerPages: 8, environment: 1), 3..<3)
@@ -279,6 +277,8 @@ final class ChildTableTests: XCTestCase {
         XCTAssertEqual(ChildTableLayout.workerPool(poolStarts: [6, 2], workerPages: 8, environment: 0), 6..<6)
     }
 
+    /// Which byte ranges a worker of environment E sees as zeros: the detail pages of every
+    /// other environment's pool (one or two ranges around its own), none with the full view.
     func testHiddenDetailRangesAreEveryOtherEnvironmentsDetailPages() {
         let slots = 5, environments = 3, pages = 9  // pools: env 0: 0-1, env 1: 2-6, env 2: 7-8
         let starts = [0, 2, 7]

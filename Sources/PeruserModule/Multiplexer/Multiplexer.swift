@@ -790,8 +790,7 @@ struct Multiplexer {
         // bytes, reads nothing from the socket for a request without a body. One read of the
         // socket per request instead of two (a kept-alive connection whose requests cross
         // environments comes back here after nearly every answer).
-        if !connection.consuming && connection.hops > 0 { connection.consuming = true }
-        if !connection.consuming {
+        if !connection.consuming && connection.hops == 0 {
             // A new connection, whose head is usually there at once (a TLS ClientHello, an h2c
             // preface, a PROXY header or a request): peek, route, pass the socket untouched.
             let n = recv(fd, base, head.count, Int32(MSG_PEEK | MSG_DONTWAIT))
@@ -1213,8 +1212,9 @@ struct Multiplexer {
     }
 
     /// No longer in flight: a worker of its environment shows its ticket (among the last
-    /// connections it took); or that many connections and a few more (hand-offs of several multiplexers may
-    /// reach the channel out of their count's order) were taken since; or it is lost.
+    /// connections it took); or that many connections and a few more (hand-offs of several
+    /// multiplexers may reach the channel out of their count's order) were taken since; or it
+    /// is lost.
     ///
     /// Each entry costs a look at its environment's pages, which workers on the other CPU keep
     /// writing; with a random tenant per request the entries name as many environments as they
