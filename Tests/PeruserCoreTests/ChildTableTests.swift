@@ -319,6 +319,43 @@ final class ChildTableTests: XCTestCase {
                                                            poolStarts: [], environment: 0, fullView: false), [])
     }
 
+    /// The pages given back when a pool's workers are gone: each free worker page and its detail
+    /// page, consecutive ones in one range; nothing outside the worker pages, duplicates and
+    /// indices out of range ignored.
+    func testFreeWorkerPagesAreGivenBackAsRangesOfWorkerAndDetailPages() {
+        let slots = 5, environments = 3, pages = 9
+        func page(_ i: Int) -> Int {
+            ChildTableLayout.workerPageOffset(slots: slots, environments: environments, index: i)
+        }
+        func detail(_ i: Int) -> Int {
+            ChildTableLayout.detailPageOffset(slots: slots, environments: environments, workerPages: pages, index: i)
+        }
+        func ranges(_ indices: [Int]) -> [Range<Int>] {
+            ChildTableLayout.workerPageRanges(indices, slots: slots, environments: environments, workerPages: pages)
+        }
+        XCTAssertEqual(ranges([2, 3, 4, 6]), [page(2)..<page(5), page(6)..<page(7),
+                                               detail(2)..<detail(5), detail(6)..<detail(7)])
+        XCTAssertEqual(ranges([6, 4, 3, 2, 3]), ranges([2, 3, 4, 6]))
+        XCTAssertEqual(ranges([8]), [page(8)..<page(9), detail(8)..<detail(9)])
+        XCTAssertEqual(detail(9), ChildTableLayout.size(slots: slots, environments: environments, workerPages: pages))
+        XCTAssertEqual(ranges([-1, 9, 100]), [])
+        XCTAssertEqual(ranges([]), [])
+        // The environment pages and the slots' pages stay.
+        let firstWorkerPage = page(0)
+        XCTAssertTrue(ranges(Array(0..<9)).allSatisfy { $0.lowerBound >= firstWorkerPage && $0.lowerBound % 4096 == 0 })
+    }
+
+    /// A free slot's page is not written when the parent frees the slot: it is never read, and
+    /// a write would allocate it.
+    func testFreeingASlotLeavesItsPageUntouched() {
+        withTable(slots: 6, environments: 2, workerPages: 6) { table, memory, _ in
+            let o = table.pageOffset(slot: 4, type: .unknown, workerPage: 0)
+            table.setSlot(4, pid: 0, type: .unknown, environment: 0, generation: 7, status: .standby, now: 9)
+            XCTAssertEqual(memory.load(fromByteOffset: o + ChildTableLayout.statusSinceOffset, as: Int64.self), 0)
+            XCTAssertEqual(table.status(of: 4)?.status, .standby)
+        }
+    }
+
     /// A worker sleeps in recvmsg only when no other worker of its environment is ready: it
     /// looks at its pool's pages, not at its own, and not at another environment's pool.
     func testAnotherReadyWorkerIsLookedForInTheEnvironmentsPoolOnly() {

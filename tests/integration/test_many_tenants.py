@@ -227,6 +227,53 @@ def test_quiet_environments_give_their_workers_back(module, accounts, tenant_acc
         apache.cleanup()
 
 
+def child_table_bytes(apache):
+    """Bytes of the parent's shared child table (its memfd) in memory: the file's allocated
+    blocks, which count every page any process wrote (or read) and nobody gave back."""
+    pid = apache.pid()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:peruser-child-table"):
+                return os.stat(f"/proc/{pid}/fd/{fd}").st_blocks * 512
+        except OSError:
+            continue
+    raise AssertionError("the parent holds no child table memfd")
+
+
+def test_the_child_table_gives_back_the_pages_of_workers_gone(module, accounts, tenant_accounts):
+    """IdleTimeout 2: 30 tenants served, then quiet. The pages their workers wrote in the shared
+    child table (a worker page and a detail page each) are freed once the workers are gone, not
+    kept until the next restart (with 300 tenants they were most of a quiet server's memory);
+    a tenant asked again gets a worker on a freed page."""
+    port = free_port()
+    apache = Apache("", name="pages")
+    names = sorted(tenant_accounts)[:40]
+    apache.write_config(tenants_config(apache.root, port, names, extra="IdleTimeout 2\n"))
+    page = 4096
+    try:
+        apache.start(ports=(port,), timeout=60)
+        assert get(port, "status.test", "/index.html")[0] == 200
+        time.sleep(1)
+        at_start = child_table_bytes(apache)
+        for n in range(30):
+            assert get(port, f"t{n:03d}.test", "/index.html")[0] == 200
+        uids = {tenant_accounts[name] for name in names[:30]}
+        assert wait_until(lambda: sum(c for uid, c in workers_by_uid(apache).items() if uid in uids) >= 45,
+                          timeout=15), workers_by_uid(apache)
+        loaded = child_table_bytes(apache)
+        # Each worker wrote its page and its detail page; each environment its own page.
+        assert loaded - at_start >= 30 * 3 * page, (at_start, loaded)
+        assert wait_until(lambda: not uids & set(workers_by_uid(apache)), timeout=30), workers_by_uid(apache)
+        # What stays: the 30 environments' pages (their counters) and a few pages of records.
+        assert wait_until(lambda: child_table_bytes(apache) <= at_start + (30 + 8) * page, timeout=5), \
+            (at_start, loaded, child_table_bytes(apache))
+        status, body, _ = get(port, "t007.test", "/cgi-bin/id.cgi")
+        assert status == 200 and f"uid={tenant_accounts[names[7]]} " in body
+    finally:
+        apache.stop()
+        apache.cleanup()
+
+
 SLOW = """<Processor slow>
     User peruser-b
     Group peruser-b

@@ -164,6 +164,27 @@ public enum ChildTableLayout {
         return ranges
     }
 
+    /// The byte ranges of the worker pages at `indices` and of their detail pages, consecutive
+    /// pages as one range (ascending, bounds-checked): what a pool's pages without a worker
+    /// take up, to be given back to the system (their next reader finds zeros: standby,
+    /// nothing counted, no client).
+    public static func workerPageRanges(_ indices: [Int], slots: Int, environments: Int,
+                                        workerPages: Int) -> [Range<Int>] {
+        var runs: [Range<Int>] = []
+        for index in indices.sorted() where index >= 0 && index < workerPages {
+            if let last = runs.last, last.upperBound == index {
+                runs[runs.count - 1] = last.lowerBound..<(index + 1)
+            } else if runs.last.map({ $0.upperBound <= index }) ?? true {
+                runs.append(index..<(index + 1))
+            }
+        }
+        func bytes(_ run: Range<Int>, _ first: Int) -> Range<Int> {
+            let start = workerPageOffset(slots: slots, environments: environments, index: first + run.lowerBound)
+            return start..<(start + run.count * pageSize)
+        }
+        return runs.map { bytes($0, 0) } + runs.map { bytes($0, workerPages) }
+    }
+
     /// The worker pages of `environment`'s pool (indices): from its start in `poolStarts`
     /// (ascending) to the next pool's, the last to `workerPages`; an environment without a pool
     /// has the empty range at `workerPages`.
@@ -670,7 +691,9 @@ public struct ChildTable {
         base.storeBytes(of: Int32(clamping: environment), toByteOffset: i + ChildTableLayout.environmentOffset,
                         as: Int32.self)
         base.storeBytes(of: generation, toByteOffset: i + ChildTableLayout.slotGenerationOffset, as: UInt32.self)
-        setStatus(page: o, status, now: now)
+        // A free slot's page is never read (slot(_:), status(of:)): writing it would only
+        // allocate it, and a worker's slot keeps its page in its pool.
+        if type != .unknown { setStatus(page: o, status, now: now) }
         let version = load(ChildTableLayout.rosterVersionOffset, as: UInt64.self) &+ 1
         base.storeBytes(of: version, toByteOffset: ChildTableLayout.rosterVersionOffset, as: UInt64.self)
         if status == .starting {

@@ -55,3 +55,12 @@ func hideRanges(base: UnsafeMutableRawPointer, size: Int, _ ranges: [Range<Int>]
                 != MAP_FAILED else { throw .current }
     }
 }
+
+/// Gives back the memory of each range (offsets into the shared mapping at `base`,
+/// page-aligned): the memfd's pages there are freed (a hole punched, for every process mapping
+/// it) and read as zeros from then on.
+func releasePages(base: UnsafeMutableRawPointer, _ ranges: [Range<Int>]) throws(Errno) {
+    for range in ranges where !range.isEmpty {
+        guard madvise(base + range.lowerBound, range.count, MADV_REMOVE) == 0 else { throw .current }
+    }
+}
