@@ -6,7 +6,7 @@ spends its time in. This runs one server from bench/many_tenants.py (KIND, defau
 `prefork` and `peruser`, one after the other) with TENANTS tenants (default 300), visits every
 tenant once, warms up on a random tenant per request, then records `perf record -a -g -e
 cpu-clock` during a second run of the same load (`Connection: close` with CLOSE=1, else
-kept-alive). Every sample of the server's processes is charged to the system call it is in
+kept-alive; one busy tenant instead of a random one with BUSY=1). Every sample of the server's processes is charged to the system call it is in
 (the libc function that entered the kernel), to interrupts, page faults, or to the library it
 runs in (user space). The samples of each role are scaled to that role's CPU time from
 /proc/PID/schedstat, so the figures are µs per request and add up to the role's total.
@@ -34,6 +34,8 @@ from bench import session_pids, stat_fields  # noqa: E402
 
 KINDS = os.environ.get("KIND", "prefork,peruser").split(",")
 CLOSE = os.environ.get("CLOSE") == "1"
+# BUSY=1: one busy tenant (many_tenants.py's busy rows) instead of a random tenant per request.
+RANDOM_TENANT = os.environ.get("BUSY") != "1"
 TOP = int(os.environ.get("TOP", "25"))
 # Libraries whose user-space samples are charged to the function they are in (a build with
 # symbols: `make LINK_STRIP=` for this module).
@@ -111,12 +113,12 @@ def profile(kind):
     data = tempfile.NamedTemporaryFile(prefix="cpu-by-call-", suffix=".data", delete=False).name
     try:
         mt.first_touch(apache)
-        mt.run_wrk(apache, True, CLOSE)
+        mt.run_wrk(apache, RANDOM_TENANT, CLOSE)
         by_pid = roles(apache)
         before = cpu_ns(by_pid, kind)
         perf = subprocess.Popen(["perf", "record", "-q", "-g", "-a", "-e", "cpu-clock", "-F", str(SAMPLE_HZ),
                                  "-o", data, "--", "sleep", str(mt.bench.DURATION)])
-        rps = mt.run_wrk(apache, True, CLOSE)[0]
+        rps = mt.run_wrk(apache, RANDOM_TENANT, CLOSE)[0]
         perf.wait()
         by_pid.update(roles(apache))  # workers started during the run
         spent = spent_ns(before, cpu_ns(by_pid, kind), kind)
@@ -138,7 +140,7 @@ def profile(kind):
                   (re.match(r"^\s*[0-9a-f]+\s+(.*?)\s+\((.*)\)\s*$", line) for line in lines[1:]) if m]
         if frames:
             samples[role][charge(frames)] += 1
-    print(f"{kind}, {mt.TENANTS} tenants, random tenant, {'Connection: close' if CLOSE else 'keep-alive'}: "
+    print(f"{kind}, {mt.TENANTS} tenants, {'random tenant' if RANDOM_TENANT else 'one busy tenant'}, {'Connection: close' if CLOSE else 'keep-alive'}: "
           f"{rps:.0f} req/s", flush=True)
     for role, counts in sorted(samples.items()):
         per_request = spent[role] / 1e3 / requests

@@ -14,6 +14,24 @@ final class ChildExitTests: XCTestCase {
                            serverStopping: serverStopping, currentGeneration: 3)
     }
 
+    func testARecycledWorkerBesideOthersLeavesItsPoolsPagesForItsReplacement() {
+        let recycled = exit(status: .ready, exitedCleanly: true)
+        XCTAssertFalse(recycled.releasesPoolPages(otherWorkersLive: true),
+                       "replaced under load: the replacement takes a page of the pool again")
+        XCTAssertTrue(recycled.releasesPoolPages(otherWorkersLive: false), "the last one: nothing would give them back")
+        XCTAssertFalse(exit(status: .active).releasesPoolPages(otherWorkersLive: true), "a crash beside others: the same")
+    }
+
+    func testAWorkerTheParentStoppedGivesBackItsPoolsFreePages() {
+        for (retiring, draining, expired) in [(true, false, false), (false, true, false), (false, false, true)] {
+            let e = exit(retiring: retiring, draining: draining, expired: expired, status: .ready, exitedCleanly: true)
+            XCTAssertTrue(e.releasesPoolPages(otherWorkersLive: true),
+                          "retiring \(retiring) draining \(draining) expired \(expired): an idle or surplus worker gone")
+        }
+        let older = exit(generation: 2, retiring: true, status: .ready, exitedCleanly: true)
+        XCTAssertFalse(older.releasesPoolPages(otherWorkersLive: false), "an older generation's pages are not this table's")
+    }
+
     func testAWorkerThatDiesBeforeItReportedReadyFailedToStart() {
         let e = exit(status: .starting)
         XCTAssertTrue(e.failedToStart, "its jail, cgroup or user is missing, say")

@@ -358,7 +358,10 @@ private func childExited(slot found: Int, status: ExitStatus, quietly: Bool) {
     let described = state.describe(found)
     state.records[found] = ChildRecord()
     if exit.failedToStart { state.startFailed(environment: Int(record.environment)) }
-    if case .worker(let environment) = role, exit.isCurrentGeneration { state.releaseFreePages(of: environment) }
+    if case .worker(let environment) = role,
+       exit.releasesPoolPages(otherWorkersLive: !state.currentSlots(of: environment).isEmpty) {
+        state.releaseFreePages(of: environment)
+    }
     parent = state
     setScoreboardSlot(found, pid: 0, starting: false)
     lasting?.closeControl(found)
