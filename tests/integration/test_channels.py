@@ -164,3 +164,39 @@ def test_worker_drops_invalid_hand_offs(server):
     assert log.count("dropped") - before >= 7, log[-3000:]
     assert set(children_by_ids(server, server.uids["b"])) == workers_b, "a worker died of a bad message"
     everyone_serves(server)
+
+
+def test_a_flood_of_free_signals_from_a_worker_is_only_wake_ups(server):
+    """FreeSignal: four bytes, no descriptor, from a worker that came free while connections
+    waited. A compromised worker can send it at will on its hand-back channel: each one costs a
+    multiplexer a turn and nothing else (no log line, no connection moved, no other
+    environment touched). A message without a descriptor that is not the signal is still an
+    invalid hand-back."""
+    time.sleep(5.5)  # lines of one kind are written once per 5 s: let an earlier test's age out
+    worker = children_by_ids(server, server.uids["a"])[0]
+    before = server.read_error_log().count("dropped an invalid message")
+    sent = 0
+    for fd in seqpacket_fds(worker):
+        with socket.socket(fileno=steal_fd(worker, fd)) as chan:
+            try:
+                for _ in range(2000):
+                    try:
+                        chan.sendmsg([b"PRUF"], [], socket.MSG_DONTWAIT)
+                        sent += 1
+                    except BlockingIOError:
+                        time.sleep(0.01)
+            except BrokenPipeError:
+                continue  # the hand-off channel's receiving end
+    assert sent >= 1000, sent
+    time.sleep(0.5)
+    assert server.read_error_log().count("dropped an invalid message") == before, server.read_error_log()[-2000:]
+    everyone_serves(server)
+    for fd in seqpacket_fds(worker):
+        with socket.socket(fileno=steal_fd(worker, fd)) as chan:
+            try:
+                chan.sendmsg([b"PRUG"], [], socket.MSG_DONTWAIT)
+            except BrokenPipeError:
+                continue
+    time.sleep(0.5)
+    assert server.read_error_log().count("dropped an invalid message") > before
+    everyone_serves(server)

@@ -274,10 +274,11 @@ struct Multiplexer {
             updateWatches(now: turn)
             reportHolding()
             // Wake periodically while connections wait: free workers, full channels, deadlines;
-            // and when accepting resumes after fd exhaustion. No worker tells a multiplexer it
-            // is free, so while connections wait for one the look is frequent: a worker serves
-            // a small request in well under a millisecond, and a 20 ms look left a client at
-            // its share (MaxClientShare) with most of its workers idle.
+            // and when accepting resumes after fd exhaustion. A worker that comes free while
+            // the environment's waiting count shows some says so (FreeSignal), but that count
+            // is the last writer's among the multiplexers, so the look stays frequent: a worker
+            // serves a small request in well under a millisecond, and a 20 ms look left a client
+            // at its share (MaxClientShare) with most of its workers idle.
             var timeout: Int32 = pending.isEmpty ? -1 : (waiting.isEmpty ? 100 : 2)
             // Hand-offs in flight hold their client's share until this multiplexer sees them
             // taken and releases them: look again soon, even with nothing else to do.
@@ -540,7 +541,7 @@ struct Multiplexer {
         for _ in 0..<64 {
             guard pending.count < maxConnections, handbacks[index].holding < channel.most else { return }
             let length: Int, fd: Int32
-            switch Channel(fd: channel.fd).receive(into: message, blocking: false) {
+            switch Channel(fd: channel.fd).receive(into: message, blocking: false, descriptorOptional: true) {
             case .nothing: return
             case .interrupted: continue
             case .empty where !receiveSideShutDown(channel.fd):
@@ -574,6 +575,12 @@ struct Multiplexer {
                 note(.invalidHandback, PERUSER_LOG_ERR, "multiplexer: hand-back receive on environment "
                      + "\(handbackLabel(channel)) failed: \(failure)")
                 return
+            case .message(let received, let descriptor) where descriptor < 0:
+                // A worker came free: this turn's passWaiting gives it a waiting connection.
+                if FreeSignal.matches(UnsafeRawBufferPointer(rebasing: message[0..<received])) { continue }
+                note(.invalidHandback, PERUSER_LOG_WARNING, "multiplexer: dropped an invalid message on the "
+                     + "hand-back channel of environment \(handbackLabel(channel)) (truncated, or not exactly one fd)")
+                continue
             case .message(let received, let descriptor):
                 (length, fd) = (received, descriptor)
             }

@@ -39,6 +39,15 @@ func giveBackLent(_ how: ChildTable.Returned, keepalives: UInt32 = 0) {
     lendOutstanding = 0
 }
 
+/// Ready (started, or done with a connection): while connections wait in a multiplexer for
+/// this environment, one multiplexer is woken to pass one (FreeSignal). Never blocks; a full
+/// channel means the multiplexers have messages to read anyway.
+func tellMultiplexersFree() {
+    guard let table = sharedTable, let channel = handbackChannel,
+          FreeSignal.worthSending(waitingInMultiplexers: table.waitingInMultiplexers(workerEnvironment)) else { return }
+    withUnsafeBytes(of: FreeSignal.value.littleEndian) { _ = channel.send(payload: $0) }
+}
+
 /// Exits on standby, so that no multiplexer counts it as a worker that could take a
 /// connection. What it gave back stays in its environment's cells after it is gone.
 func leave(_ code: Int32) -> Never {
@@ -147,6 +156,7 @@ func workerMain(slot: Int, environment: Int, parentPid: pid_t) -> Never {
             ap_update_child_status(scoreboardHandle, SERVER_READY, nil)
             setOwnStatus(.ready)
             statusShown = true
+            tellMultiplexersFree()
         }
         lookAtHeldClosings()
         var blocking = !draining
