@@ -323,13 +323,9 @@ def tracer_of(pid):
 
 
 @contextlib.contextmanager
-def paused_after(pids, syscall, microseconds, moment="exit"):
-    """strace holds each of `pids` for `microseconds` after every `syscall` of theirs returns
-    (`moment` "enter": before it starts), from the moment all are traced until the block ends:
-    a moment between two steps of a server's process held open, so that a test can act in it."""
-    args = ["strace", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
-            "-e", f"inject={syscall}:delay_{moment}={microseconds}"]
-    tracer = subprocess.Popen(args + [arg for pid in pids for arg in ("-p", str(pid))])
+def strace_attached(pids, args):
+    """strace with `args` on each of `pids`, from the moment all are traced until the block ends."""
+    tracer = subprocess.Popen(["strace"] + args + [arg for pid in pids for arg in ("-p", str(pid))])
     try:
         deadline = time.time() + 15
         while not all(tracer_of(pid) != 0 for pid in pids):
@@ -339,6 +335,20 @@ def paused_after(pids, syscall, microseconds, moment="exit"):
     finally:
         tracer.terminate()
         tracer.wait()
+
+
+def paused_after(pids, syscall, microseconds, moment="exit"):
+    """strace holds each of `pids` for `microseconds` after every `syscall` of theirs returns
+    (`moment` "enter": before it starts), from the moment all are traced until the block ends:
+    a moment between two steps of a server's process held open, so that a test can act in it."""
+    return strace_attached(pids, ["-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
+                                  "-e", f"inject={syscall}:delay_{moment}={microseconds}"])
+
+
+def traced(pids, syscalls, output):
+    """strace writes `syscalls` of `pids` (payloads up to 16 bytes) into `output` from the moment
+    all are traced until the block ends."""
+    return strace_attached(pids, ["-qq", "-s", "16", "-e", f"trace={syscalls}", "-o", output])
 
 
 def proc_ids(pid):

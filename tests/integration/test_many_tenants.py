@@ -8,7 +8,6 @@ import pwd
 import random
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -16,7 +15,7 @@ from collections import Counter
 import pytest
 
 from conftest import ID_CGI, site_vhost
-from harness import Apache, ensure_account, free_port, raw_request, serving, tracer_of
+from harness import Apache, ensure_account, free_port, raw_request, serving, traced
 from test_config import configtest
 from test_end_to_end import get
 from test_process_management import wait_until
@@ -278,10 +277,10 @@ def test_the_child_table_gives_back_the_pages_of_workers_gone(module, accounts, 
 def test_a_recycled_worker_leaves_its_pools_pages_to_its_replacement(module, accounts, tenant_accounts):
     """MaxConnectionsPerChild 4, MinProcessors 4: one tenant's workers recycle every few
     connections beside the others. The parent punches no page of the child table out at those
-    exits: the replacement
-    takes a page of the pool again, and MADV_REMOVE unmaps the range in every process that maps
-    the table (1.5 µs per request for one busy tenant on close at the defaults, which recycle a
-    worker every 0.7 s). The pages come back when the parent retires them (the test above)."""
+    exits: the replacement takes a page of the pool again, and MADV_REMOVE unmaps the range in
+    every process that maps the table (1.5 µs per request for one busy tenant on close at the
+    defaults, which recycle a worker every 0.7 s). The pages come back when the parent retires
+    them (the test above)."""
     port = free_port()
     apache = Apache("", name="recycled")
     names = sorted(tenant_accounts)[:1]
@@ -291,12 +290,7 @@ def test_a_recycled_worker_leaves_its_pools_pages_to_its_replacement(module, acc
         apache.start(ports=(port,), timeout=60)
         uid = tenant_accounts[names[0]]
         assert wait_until(lambda: workers_by_uid(apache)[uid] >= 4, timeout=15), workers_by_uid(apache)
-        tracer = subprocess.Popen(["strace", "-qq", "-e", "trace=madvise", "-o", trace, "-p", str(apache.pid())])
-        try:
-            deadline = time.time() + 15
-            while tracer_of(apache.pid()) == 0:
-                assert time.time() < deadline, "strace did not attach to the parent"
-                time.sleep(0.05)
+        with traced([apache.pid()], "madvise", trace):
             pids = set()
             for _ in range(60):
                 assert get(port, "t000.test", "/index.html")[0] == 200
@@ -305,9 +299,6 @@ def test_a_recycled_worker_leaves_its_pools_pages_to_its_replacement(module, acc
             # Three or four connections each: a dozen workers came and went beside the others.
             assert len(pids) >= 8, pids
             time.sleep(0.5)  # the parent reaped the last of them
-        finally:
-            tracer.terminate()
-            tracer.wait()
         with open(trace) as f:
             calls = f.read()
         assert "MADV_REMOVE" not in calls, calls
@@ -335,13 +326,7 @@ def test_a_worker_that_comes_free_while_a_connection_waits_wakes_a_multiplexer(m
         assert get(port, "t000.test", "/index.html")[0] == 200  # its worker, with nobody waiting
         muxes = [pid for pid, child_uid, _ in apache.children() if child_uid == 33]
         assert muxes
-        tracer = subprocess.Popen(["strace", "-qq", "-s", "16", "-e", "trace=recvmsg", "-o", trace]
-                                  + [arg for pid in muxes for arg in ("-p", str(pid))])
-        try:
-            deadline = time.time() + 15
-            while not all(tracer_of(pid) for pid in muxes):
-                assert time.time() < deadline, "strace did not attach to the multiplexers"
-                time.sleep(0.05)
+        with traced(muxes, "recvmsg", trace):
             assert get(port, "t000.test", "/index.html")[0] == 200
             time.sleep(0.3)
             with open(trace) as f:
@@ -355,9 +340,6 @@ def test_a_worker_that_comes_free_while_a_connection_waits_wakes_a_multiplexer(m
             assert status == 200 and f"uid={uid} " in body
             assert answers["slow"][0] == 200
             time.sleep(0.3)
-        finally:
-            tracer.terminate()
-            tracer.wait()
         with open(trace) as f:
             calls = f.read()
         assert re.search(r'iov_base="PRUF".*\) = 4$', calls, re.M), calls[-3000:]
