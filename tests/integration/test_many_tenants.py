@@ -318,7 +318,7 @@ def test_a_worker_that_comes_free_while_a_connection_waits_wakes_a_multiplexer(m
     port = free_port()
     apache = Apache("", name="free")
     names = sorted(tenant_accounts)[:1]
-    apache.write_config(tenants_config(apache.root, port, names, extra="MaxProcessors 1\nMinMultiplexers 1\n"))
+    apache.write_config(tenants_config(apache.root, port, names, extra="MaxProcessors 1\nMinMultiplexers 1\nMaxMultiplexers 1\n"))
     trace = os.path.join(apache.root, "mux.strace")
     try:
         apache.start(ports=(port,), timeout=60)
