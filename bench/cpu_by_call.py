@@ -6,9 +6,9 @@ spends its time in. This runs one server from bench/many_tenants.py (KIND, defau
 `prefork` and `peruser`, one after the other) with TENANTS tenants (default 300), visits every
 tenant once, warms up on a random tenant per request, then records `perf record -a -g -e
 cpu-clock` during a second run of the same load (`Connection: close` with CLOSE=1, else
-kept-alive; one busy tenant instead of a random one with BUSY=1). Every sample of the server's processes is charged to the system call it is in
-(the libc function that entered the kernel), to interrupts, page faults, or to the library it
-runs in (user space). The samples of each role are scaled to that role's CPU time from
+kept-alive; one busy tenant instead of a random one with BUSY=1). Every sample of the server's
+processes is charged to the system call it is in (the libc function that entered the kernel),
+to interrupts, page faults, or to the library it runs in (user space). The samples of each role are scaled to that role's CPU time from
 /proc/PID/schedstat, so the figures are µs per request and add up to the role's total.
 
 SYMBOLS=mod_mpm_peruser.so,apache2 breaks those libraries' user time down by function (Swift's
@@ -140,7 +140,8 @@ def profile(kind):
                   (re.match(r"^\s*[0-9a-f]+\s+(.*?)\s+\((.*)\)\s*$", line) for line in lines[1:]) if m]
         if frames:
             samples[role][charge(frames)] += 1
-    print(f"{kind}, {mt.TENANTS} tenants, {'random tenant' if RANDOM_TENANT else 'one busy tenant'}, {'Connection: close' if CLOSE else 'keep-alive'}: "
+    load = "random tenant" if RANDOM_TENANT else "one busy tenant"
+    print(f"{kind}, {mt.TENANTS} tenants, {load}, {'Connection: close' if CLOSE else 'keep-alive'}: "
           f"{rps:.0f} req/s", flush=True)
     for role, counts in sorted(samples.items()):
         per_request = spent[role] / 1e3 / requests

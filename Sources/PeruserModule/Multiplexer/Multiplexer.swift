@@ -567,6 +567,11 @@ struct Multiplexer {
                      + "\(handbackLabel(channel)) was shut down by a sender; kept-alive connections of that "
                      + "environment can no longer move to another environment (until the next restart)")
                 return
+            case .message(let received, let descriptor) where descriptor < 0:
+                // A worker came free: this turn's passWaiting gives it a waiting connection.
+                // Anything else without a descriptor is an invalid hand-back.
+                if FreeSignal.matches(UnsafeRawBufferPointer(rebasing: message[0..<received])) { continue }
+                fallthrough
             case .invalid:
                 note(.invalidHandback, PERUSER_LOG_WARNING, "multiplexer: dropped an invalid message on the "
                      + "hand-back channel of environment \(handbackLabel(channel)) (truncated, or not exactly one fd)")
@@ -575,12 +580,6 @@ struct Multiplexer {
                 note(.invalidHandback, PERUSER_LOG_ERR, "multiplexer: hand-back receive on environment "
                      + "\(handbackLabel(channel)) failed: \(failure)")
                 return
-            case .message(let received, let descriptor) where descriptor < 0:
-                // A worker came free: this turn's passWaiting gives it a waiting connection.
-                if FreeSignal.matches(UnsafeRawBufferPointer(rebasing: message[0..<received])) { continue }
-                note(.invalidHandback, PERUSER_LOG_WARNING, "multiplexer: dropped an invalid message on the "
-                     + "hand-back channel of environment \(handbackLabel(channel)) (truncated, or not exactly one fd)")
-                continue
             case .message(let received, let descriptor):
                 (length, fd) = (received, descriptor)
             }

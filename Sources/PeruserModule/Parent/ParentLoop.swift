@@ -359,7 +359,7 @@ private func childExited(slot found: Int, status: ExitStatus, quietly: Bool) {
     state.records[found] = ChildRecord()
     if exit.failedToStart { state.startFailed(environment: Int(record.environment)) }
     if case .worker(let environment) = role,
-       exit.releasesPoolPages(otherWorkersLive: !state.currentSlots(of: environment).isEmpty) {
+       exit.releasesPoolPages(otherWorkersLive: state.liveWorkers(of: environment) > 0) {
         state.releaseFreePages(of: environment)
     }
     parent = state
