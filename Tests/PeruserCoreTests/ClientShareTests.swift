@@ -88,6 +88,22 @@ final class ClientShareAndSheddingTests: XCTestCase {
         XCTAssertEqual(ClientShare.limit(maxProcessors: Int.max, percent: 99).map { $0 > 0 }, true)
     }
 
+    func testAHandOffAWorkerTookCountsOnceWhateverItsReservation() {
+        // Two reserved, both taken (the channel is empty): the workers' pages count them.
+        XCTAssertEqual(ClientShare.holds(serving: 2, reserved: 2, queued: 0), 2)
+        // One of them still in the channel, beside another client's.
+        XCTAssertEqual(ClientShare.holds(serving: 1, reserved: 2, queued: 2), 3)
+        // Fewer reserved than queued: the rest of the channel is other clients'.
+        XCTAssertEqual(ClientShare.holds(serving: 3, reserved: 1, queued: 5), 4)
+        XCTAssertEqual(ClientShare.holds(serving: 0, reserved: 0, queued: 7), 0)
+    }
+
+    func testCountsWorkersWriteAreClampedNotTrusted() {
+        XCTAssertEqual(ClientShare.holds(serving: -3, reserved: 4, queued: -1), 0)
+        XCTAssertEqual(ClientShare.holds(serving: Int.max, reserved: Int.max, queued: Int.max), Int.max)
+        XCTAssertEqual(ClientShare.holds(serving: 2, reserved: -5, queued: 9), 2)
+    }
+
     func testPressureLapses() {
         XCTAssertFalse(ReaderShedding.pressed(pressedAt: 0, now: 10_000))
         XCTAssertTrue(ReaderShedding.pressed(pressedAt: 9_800, now: 10_000))

@@ -201,4 +201,22 @@ public enum ClientShare {
         guard !overflow else { return max(1, maxProcessors / 100 * percent) }
         return max(1, product / 100 + (product % 100 > 0 ? 1 : 0))
     }
+
+    /// How many of an environment's workers a client holds: the workers whose pages name it,
+    /// and its hand-offs still in the environment's channel. Those are `reserved` by the
+    /// multiplexers that sent them and released only when that multiplexer next looks, so a
+    /// hand-off a worker took counts twice until then; but no more of them can be in flight
+    /// than the channel holds (`queued`). Without that bound, a client at its share waited for
+    /// whichever multiplexer had sent its last connection to run a turn, while another
+    /// multiplexer held its next one and the worker that served it sat free.
+    ///
+    /// Never too few: a multiplexer counts a hand-off in the queue before it reserves for it, and
+    /// a worker names the client and shows itself busy before it counts the connection taken;
+    /// so a reader that reads `queued` before `serving` finds each connection in one count or
+    /// the other, and two multiplexers reserving the last of a share at once see each other's.
+    /// Counts a tenant's workers write (`serving`, the taken count
+    /// behind `queued`) can skew only their own environment's shares; clamped, never trapping.
+    public static func holds(serving: Int, reserved: Int, queued: Int) -> Int {
+        max(0, serving).saturatingAdding(min(max(0, reserved), max(0, queued)))
+    }
 }

@@ -44,13 +44,14 @@ struct AvailabilityBoard {
         reservedField(client, environment).map { Int(peruser_atomic_load_u32($0)) } ?? 0
     }
 
-    /// Takes one of `client`'s share in `environment` if it holds fewer than `limit` with the
-    /// `held` its workers show.
-    func reserve(_ client: ClientAddress, _ environment: Int, held: Int, limit: Int) -> Bool {
+    /// Takes one of `client`'s share in `environment` if it holds fewer than `limit`, with the
+    /// `serving` workers its pages show and `queued` connections in the environment's channel
+    /// (ClientShare.holds).
+    func reserve(_ client: ClientAddress, _ environment: Int, serving: Int, queued: Int, limit: Int) -> Bool {
         guard let f = reservedField(client, environment) else { return true }
         while true {
             let old = peruser_atomic_load_u32(f)
-            guard held + Int(old) < limit else { return false }
+            guard ClientShare.holds(serving: serving, reserved: Int(old), queued: queued) < limit else { return false }
             if peruser_atomic_cas_u32(f, old, old &+ 1) != 0 { return true }
         }
     }

@@ -1207,14 +1207,14 @@ struct Multiplexer {
     }
 
     /// How many of `environment`'s workers `client` holds: those whose pages name it, and its
-    /// reserved hand-offs no worker has shown taken yet (released as `pruneInFlight` says: until
-    /// then they count twice, never too few).
+    /// hand-offs from every multiplexer still in the channel (ClientShare.holds).
     /// `always`: counted even when MaxClientShare sets no limit (for the order of the wait).
     private mutating func clientHolds(_ client: ClientAddress, environment: Int, always: Bool = false) -> Int {
         guard !client.isNone, always || clientLimit(environment) < Int.max, let table = sharedTable else { return 0 }
-        // Its workers, and its hand-offs in flight from every multiplexer (reserved, see trySend).
-        return table.workersServing(client, environment: environment, roster: currentRoster(table))
-            + (availabilityBoard?.reserved(client, environment) ?? 0)
+        let queued = table.queued(environment)  // before the workers' pages (ClientShare.holds)
+        let serving = table.workersServing(client, environment: environment, roster: currentRoster(table))
+        return ClientShare.holds(serving: serving, reserved: availabilityBoard?.reserved(client, environment) ?? 0,
+                                 queued: queued)
     }
 
     /// No longer in flight: a worker of its environment shows its ticket (among the last
@@ -1253,18 +1253,27 @@ struct Multiplexer {
         guard var connection = pending[fd], case .waitingForChannel(let environment) = connection.stage else {
             return
         }
+        // Counted before its share is reserved and before it is sent: no worker can take it, nor
+        // another multiplexer look at this environment's queue or reserve for the same client,
+        // before the count shows it (MaxClientShare bounds reservations by the queue).
+        let handedOffCount = sharedTable?.environmentField(environment, ChildTableLayout.handedOffOffset)
+        let handedOffSoFar = handedOffCount.map { peruser_atomic_add_fetch_u64($0, 1) } ?? 0
         if !connection.reserved && !connection.client.isNone && clientLimit(environment) < Int.max,
            let board = availabilityBoard, let table = sharedTable {
-            let held = table.workersServing(connection.client, environment: environment, roster: currentRoster(table))
+            // Others' connections in the channel (this one is counted already), read before the
+            // workers' pages (ClientShare.holds).
+            let queued = max(0, table.queued(environment) - 1)
+            let serving = table.workersServing(connection.client, environment: environment, roster: currentRoster(table))
             let limit = clientLimit(environment)
             // Refused: perhaps only for this multiplexer's hand-offs that were taken meanwhile.
-            var reserved = board.reserve(connection.client, environment, held: held, limit: limit)
+            var reserved = board.reserve(connection.client, environment, serving: serving, queued: queued, limit: limit)
             if !reserved {
                 pruneInFlight(now: monotonicMilliseconds(), force: true)
-                reserved = board.reserve(connection.client, environment, held: held, limit: limit)
+                reserved = board.reserve(connection.client, environment, serving: serving, queued: queued, limit: limit)
             }
             guard reserved else {
                 // Another multiplexer gave this client the last of its share meanwhile: wait.
+                if let handedOffCount { _ = peruser_atomic_add_fetch_u64(handedOffCount, UInt64.max) }
                 connection.stage = .waitingForWorker(environment: environment)
                 let now = monotonicMilliseconds()
                 connection.deadline = now.saturatingAdding(Int64(waitSeconds) * 1000)
@@ -1288,10 +1297,6 @@ struct Multiplexer {
         let ticket = cookie.map {
             key.ticket(cookie: $0, generation: generation, environment: environment, client: connection.client)
         } ?? 0
-        // Counted before it is sent: no worker can take it, nor another multiplexer look at this
-        // environment's queue, before the count shows it (MaxClientShare counts the queue).
-        let handedOffCount = sharedTable?.environmentField(environment, ChildTableLayout.handedOffOffset)
-        let handedOffSoFar = handedOffCount.map { peruser_atomic_add_fetch_u64($0, 1) } ?? 0
         // Crossing: most likely it comes back after one answer, so it is lent (kept and watched
         // here) rather than given, within the environment's share of this multiplexer. Not by a
         // multiplexer that is stopping (a graceful restart): given, the connection comes back
