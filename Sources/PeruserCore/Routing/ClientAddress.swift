@@ -217,6 +217,8 @@ public enum ClientShare {
     /// Counts a tenant's workers write (`serving`, the taken count
     /// behind `queued`) can skew only their own environment's shares; clamped, never trapping.
     public static func holds(serving: Int, reserved: Int, queued: Int) -> Int {
-        max(0, serving).saturatingAdding(min(max(0, reserved), max(0, queued)))
+        // (Routing's files build alone for the fuzzers: no helpers from elsewhere.)
+        let (sum, overflow) = max(0, serving).addingReportingOverflow(min(max(0, reserved), max(0, queued)))
+        return overflow ? .max : sum
     }
 }
