@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import make_site, site_vhost
+from conftest import cgi_root, make_site, processor, site_vhost
 from harness import Apache, free_port, paused_after, read_until_close, serving, stat_fields
 
 
@@ -32,15 +32,7 @@ MinMultiplexers 2
 MaxMultiplexers 2
 MaxClientShare 50
 ProcessorWaitTimeout 3
-<Directory {apache.root}>
-    Require all granted
-</Directory>
-<Processor env-a>
-    User peruser-a
-    Group peruser-a
-    MinProcessors 2
-    MaxProcessors 2
-</Processor>
+{cgi_root(apache.root)}{processor("env-a", "peruser-a", "MinProcessors 2", "MaxProcessors 2")}
 {site_vhost(port, "a.test", a_site, "env-a")}
 """)
     apache.port = port

@@ -214,8 +214,8 @@ public enum ClientShare {
     /// a worker names the client and shows itself busy before it counts the connection taken;
     /// so a reader that reads `queued` before `serving` finds each connection in one count or
     /// the other, and two multiplexers reserving the last of a share at once see each other's.
-    /// Counts a tenant's workers write (`serving`, the taken count
-    /// behind `queued`) can skew only their own environment's shares; clamped, never trapping.
+    /// Counts a tenant's workers write (`serving`, the taken count behind `queued`) can skew only
+    /// their own environment's shares; clamped, never trapping.
     public static func holds(serving: Int, reserved: Int, queued: Int) -> Int {
         // (Routing's files build alone for the fuzzers: no helpers from elsewhere.)
         let (sum, overflow) = max(0, serving).addingReportingOverflow(min(max(0, reserved), max(0, queued)))
