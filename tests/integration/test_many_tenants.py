@@ -2,6 +2,7 @@
 start at the default limits with no slot arithmetic; a spare count the user did not write gives
 way to a maximum the user did; quiet environments give their workers back; the status page
 stays readable and ?auto parseable. Behaviour only: figures are in bench/many_tenants.py."""
+import contextlib
 import http.client
 import os
 import pwd
@@ -89,6 +90,22 @@ ExtendedStatus On
 
 def workers_by_uid(apache):
     return Counter(uid for _, uid, _ in apache.children())
+
+
+@contextlib.contextmanager
+def tenants_server(name, tenant_accounts, count, extra="", timeout=20):
+    """A server of the first `count` tenants (tenants_config with `extra`), started; yields
+    (apache, port, names) and stops it after the block."""
+    port = free_port()
+    apache = Apache("", name=name)
+    names = sorted(tenant_accounts)[:count]
+    apache.write_config(tenants_config(apache.root, port, names, extra=extra))
+    try:
+        apache.start(ports=(port,), timeout=timeout)
+        yield apache, port, names
+    finally:
+        apache.stop()
+        apache.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -201,12 +218,7 @@ def test_one_kept_alive_connection_crosses_tenants_each_served_under_its_uid(def
 def test_quiet_environments_give_their_workers_back(module, accounts, tenant_accounts):
     """IdleTimeout 2 (short for the test), MinSpareProcessors at its default 2: 30 tenants
     served get workers and spares, then go back to none."""
-    port = free_port()
-    apache = Apache("", name="idle")
-    names = sorted(tenant_accounts)[:40]
-    apache.write_config(tenants_config(apache.root, port, names, extra="IdleTimeout 2\n"))
-    try:
-        apache.start(ports=(port,), timeout=60)
+    with tenants_server("idle", tenant_accounts, 40, extra="IdleTimeout 2\n", timeout=60) as (apache, port, names):
         for n in range(30):
             assert get(port, f"t{n:03d}.test", "/index.html")[0] == 200
         uids = {tenant_accounts[name] for name in names[:30]}
@@ -222,9 +234,6 @@ def test_quiet_environments_give_their_workers_back(module, accounts, tenant_acc
         # A quiet tenant still answers, from a fresh worker.
         status, body, _ = get(port, "t007.test", "/cgi-bin/id.cgi")
         assert status == 200 and f"uid={tenant_accounts[names[7]]} " in body
-    finally:
-        apache.stop()
-        apache.cleanup()
 
 
 def child_table_bytes(apache):
@@ -245,13 +254,8 @@ def test_the_child_table_gives_back_the_pages_of_workers_gone(module, accounts, 
     child table (a worker page and a detail page each) are freed once the workers are gone, not
     kept until the next restart (with 300 tenants they were most of a quiet server's memory);
     a tenant asked again gets a worker on a freed page."""
-    port = free_port()
-    apache = Apache("", name="pages")
-    names = sorted(tenant_accounts)[:40]
-    apache.write_config(tenants_config(apache.root, port, names, extra="IdleTimeout 2\n"))
     page = 4096
-    try:
-        apache.start(ports=(port,), timeout=60)
+    with tenants_server("pages", tenant_accounts, 40, extra="IdleTimeout 2\n", timeout=60) as (apache, port, names):
         assert get(port, "status.test", "/index.html")[0] == 200
         time.sleep(1)
         at_start = child_table_bytes(apache)
@@ -269,9 +273,6 @@ def test_the_child_table_gives_back_the_pages_of_workers_gone(module, accounts, 
             (at_start, loaded, child_table_bytes(apache))
         status, body, _ = get(port, "t007.test", "/cgi-bin/id.cgi")
         assert status == 200 and f"uid={tenant_accounts[names[7]]} " in body
-    finally:
-        apache.stop()
-        apache.cleanup()
 
 
 def test_a_recycled_worker_leaves_its_pools_pages_to_its_replacement(module, accounts, tenant_accounts):
@@ -281,13 +282,9 @@ def test_a_recycled_worker_leaves_its_pools_pages_to_its_replacement(module, acc
     every process that maps the table (1.5 µs per request for one busy tenant on close at the
     defaults, which recycle a worker every 0.7 s). The pages come back when the parent retires
     them (the test above)."""
-    port = free_port()
-    apache = Apache("", name="recycled")
-    names = sorted(tenant_accounts)[:1]
-    apache.write_config(tenants_config(apache.root, port, names, extra="MaxConnectionsPerChild 4\nMinProcessors 4\n"))
-    trace = os.path.join(apache.root, "parent.strace")
-    try:
-        apache.start(ports=(port,), timeout=60)
+    extra = "MaxConnectionsPerChild 4\nMinProcessors 4\n"
+    with tenants_server("recycled", tenant_accounts, 1, extra=extra, timeout=60) as (apache, port, names):
+        trace = os.path.join(apache.root, "parent.strace")
         uid = tenant_accounts[names[0]]
         assert wait_until(lambda: workers_by_uid(apache)[uid] >= 4, timeout=15), workers_by_uid(apache)
         with traced([apache.pid()], "madvise", trace):
@@ -303,9 +300,6 @@ def test_a_recycled_worker_leaves_its_pools_pages_to_its_replacement(module, acc
             calls = f.read()
         assert "MADV_REMOVE" not in calls, calls
         assert workers_by_uid(apache)[uid] >= 1
-    finally:
-        apache.stop()
-        apache.cleanup()
 
 
 def test_a_worker_that_comes_free_while_a_connection_waits_wakes_a_multiplexer(module, accounts, tenant_accounts):
@@ -315,13 +309,9 @@ def test_a_worker_that_comes_free_while_a_connection_waits_wakes_a_multiplexer(m
     there and passes the waiting connection in that turn; before, no worker woke it and it
     looked again after 2 ms (one busy tenant at MaxProcessors 10 with 32 clients left the CPU
     8 % idle). A word from nobody else: with nothing waiting the worker says nothing."""
-    port = free_port()
-    apache = Apache("", name="free")
-    names = sorted(tenant_accounts)[:1]
-    apache.write_config(tenants_config(apache.root, port, names, extra="MaxProcessors 1\nMinMultiplexers 1\nMaxMultiplexers 1\n"))
-    trace = os.path.join(apache.root, "mux.strace")
-    try:
-        apache.start(ports=(port,), timeout=60)
+    extra = "MaxProcessors 1\nMinMultiplexers 1\nMaxMultiplexers 1\n"
+    with tenants_server("free", tenant_accounts, 1, extra=extra, timeout=60) as (apache, port, names):
+        trace = os.path.join(apache.root, "mux.strace")
         uid = tenant_accounts[names[0]]
         assert get(port, "t000.test", "/index.html")[0] == 200  # its worker, with nobody waiting
         muxes = [pid for pid, child_uid, _ in apache.children() if child_uid == 33]
@@ -344,9 +334,6 @@ def test_a_worker_that_comes_free_while_a_connection_waits_wakes_a_multiplexer(m
             calls = f.read()
         assert re.search(r'iov_base="PRUF".*\) = 4$', calls, re.M), calls[-3000:]
         assert "invalid message" not in apache.read_error_log()
-    finally:
-        apache.stop()
-        apache.cleanup()
 
 
 SLOW = """<Processor slow>
@@ -362,12 +349,7 @@ def test_a_tenant_asked_once_keeps_its_spares_not_one_more(module, accounts, ten
     one that served and a spare started once the shortage lasted a second. A spare started at
     the first request beside the worker it needed left three, and with hundreds of tenants each
     moment of two requests at once left one more (kept for IdleTimeout) until MaxClients."""
-    port = free_port()
-    apache = Apache("", name="spares")
-    names = sorted(tenant_accounts)[:2]
-    apache.write_config(tenants_config(apache.root, port, names))
-    try:
-        apache.start(ports=(port,))
+    with tenants_server("spares", tenant_accounts, 2) as (apache, port, names):
         uid = tenant_accounts[names[0]]
         assert get(port, "t000.test", "/index.html")[0] == 200
         assert wait_until(lambda: workers_by_uid(apache)[uid] >= 2), workers_by_uid(apache)
@@ -375,9 +357,6 @@ def test_a_tenant_asked_once_keeps_its_spares_not_one_more(module, accounts, ten
         assert workers_by_uid(apache)[uid] == 2, workers_by_uid(apache)
         # The tenant nobody asked has none.
         assert workers_by_uid(apache)[tenant_accounts[names[1]]] == 0, workers_by_uid(apache)
-    finally:
-        apache.stop()
-        apache.cleanup()
 
 
 def test_a_written_maximum_below_the_default_spares_clamps_them(module, accounts):
@@ -546,12 +525,7 @@ def test_a_generation_ends_without_warnings_for_environments_with_no_worker(modu
     environment with no worker then ends at once, and a multiplexer still running used to warn
     that a sender shut it down (three lines per such environment at every stop, and at a
     graceful restart the parent renewed those channels as broken)."""
-    port = free_port()
-    apache = Apache("", name="ending")
-    names = sorted(tenant_accounts)[:40]
-    apache.write_config(tenants_config(apache.root, port, names))
-    try:
-        apache.start(ports=(port,), timeout=60)
+    with tenants_server("ending", tenant_accounts, 40, timeout=60) as (apache, port, names):
         for n in range(5):  # five environments with workers, 35 without
             assert get(port, f"t{n:03d}.test", "/index.html")[0] == 200
         pid = apache.pid()
@@ -569,6 +543,3 @@ def test_a_generation_ends_without_warnings_for_environments_with_no_worker(modu
         assert "caught SIG" in log, log[-2000:]
         complaints = [line for line in log.splitlines() if re.search(r":(warn|error|crit|alert|emerg)\]", line)]
         assert not complaints, "\n".join(complaints[:6])
-    finally:
-        apache.stop()
-        apache.cleanup()
