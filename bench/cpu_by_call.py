@@ -8,8 +8,9 @@ tenant once, warms up on a random tenant per request, then records `perf record 
 cpu-clock` during a second run of the same load (`Connection: close` with CLOSE=1, else
 kept-alive; one busy tenant instead of a random one with BUSY=1). Every sample of the server's
 processes is charged to the system call it is in (the libc function that entered the kernel),
-to interrupts, page faults, or to the library it runs in (user space). The samples of each role are scaled to that role's CPU time from
-/proc/PID/schedstat, so the figures are µs per request and add up to the role's total.
+to interrupts, page faults, or to the library it runs in (user space). The samples of each
+role are scaled to that role's CPU time from /proc/PID/schedstat, so the figures are µs per
+request and add up to the role's total.
 
 SYMBOLS=mod_mpm_peruser.so,apache2 breaks those libraries' user time down by function (Swift's
 names come mangled and whole: pipe the output through `swift demangle --simplified`).

@@ -178,10 +178,10 @@ extension ParentState {
     /// one of its workers exited (ChildExit.releasesPoolPages: one the parent stopped, or the
     /// last). Each page a worker wrote stays allocated in the table's memfd (and counted in the
     /// PSS of every process that read it) until it is released: with 300 tenants, 16 MiB of a
-    /// quiet server's 35 after a load. Its next worker finds zeros, as in a
-    /// fresh table; readers look only at live workers' pages, so none is allocated again by a
-    /// look. The whole free part of the pool each time: a live worker's look for a ready
-    /// neighbour (anotherWorkerReady) allocates the free pages it reads.
+    /// quiet server's 35 after a load. Its next worker finds zeros, as in a fresh table; readers
+    /// look only at live workers' pages, so none is allocated again by a look. The whole free
+    /// part of the pool each time: a live worker's look for a ready neighbour
+    /// (anotherWorkerReady) allocates the free pages it reads.
     mutating func releaseFreePages(of environment: Int) {
         guard let table = sharedTable, !pageReleaseRefused else { return }
         let ranges = ChildTableLayout.workerPageRanges(freeWorkerPages(environment), slots: table.slotCount,
