@@ -9,7 +9,15 @@ TENANTS tenants (default 300), each with its own system user, one environment an
 - prefork, recycling: the same with MaxConnectionsPerChild 1000, the recycling peruser's
   defaults do (the original's MaxRequestsPerChild 1000): what recycling costs an MPM without
   isolation;
-- itk: the same limits with AssignUserID per vhost (a fork per connection);
+- prefork, rotating: one idle child per tenant (StartServers and both spare limits at
+  TENANTS). Its children wait in accept(), and the kernel gives each new connection to the one
+  that has waited longest, so on `Connection: close` each request runs in a process that last
+  ran about TENANTS connections ago, as a tenant's worker does under a random tenant per
+  request, with no routing, no isolation and every page shared with its siblings: the floor
+  of any design with a process per tenant on this machine. (Kept-alive connections stay with
+  the child that accepted them, so its keep-alive rows are prefork's.) The table says how many
+  of its children took connections;
+- itk: the same limits as prefork with AssignUserID per vhost (a fork per connection);
 - peruser, defaults: nothing but the tenants written (ServerLimit sized by the module), so
   ProcessorImage isolated: a process image per environment in use;
 - peruser, shared: the same with ProcessorImage shared (every worker forked from the parent);
@@ -42,6 +50,7 @@ rows then cross on two requests in three).
 Run as root: `python3 bench/many_tenants.py`. Loopback only, bounded in time.
 """
 import os
+import re
 import socket
 import statistics
 import sys
@@ -65,7 +74,8 @@ ONLY = os.environ.get("BENCH_ONLY")
 # BENCH_KEEP_LOGS=DIR: each server's error log is copied there (KIND.error_log) before cleanup.
 KEEP_LOGS = os.environ.get("BENCH_KEEP_LOGS")
 KINDS = [k for k in os.environ.get("BENCH_KINDS",
-                                   "prefork,prefork-recycling,itk,peruser,peruser-shared,peruser-package").split(",")
+                                   "prefork,prefork-recycling,prefork-rotating,itk,peruser,peruser-shared,"
+                                   "peruser-package").split(",")
          if k]
 # BENCH_BEFORE_SO=/path/to/an/older/mod_mpm_peruser.so adds that build ("peruser-before").
 if os.environ.get("BENCH_BEFORE_SO") and "peruser-before" not in KINDS:
@@ -105,6 +115,13 @@ MaxConnectionsPerChild 0
 """
 
 
+def prefork_rotating(children):
+    """`children` idle prefork children (and room for ten more), none retired while idle: see
+    the docstring."""
+    return (f"StartServers {children}\nMinSpareServers {children}\nMaxSpareServers {children + 10}\n"
+            f"ServerLimit {children + 10}\nMaxRequestWorkers {children + 10}\nMaxConnectionsPerChild 0\n")
+
+
 def users():
     return [f"bench-t{n:03d}" for n in range(TENANTS)]
 
@@ -130,7 +147,7 @@ def package_values():
                      if line.strip() and not line.strip().startswith(("#", "MultiplexerUser", "MultiplexerGroup")))
 
 
-def configure(kind):
+def configure(kind, rotating_children=TENANTS):
     apache = Apache("", name=f"tenants-{kind}")
     port = free_port()
     docroot = site(apache.root)
@@ -141,9 +158,9 @@ def configure(kind):
              f"<Directory {apache.root}>\n    Require all granted\n</Directory>",
              '<FilesMatch "\\.php$">\n    SetHandler application/x-httpd-php\n</FilesMatch>']
     prefork = f"LoadModule mpm_prefork_module {MODULES_DIR}/mod_mpm_prefork.so"
-    if kind in ("prefork", "prefork-recycling", "itk"):
-        parts.append(PREFORK if kind != "prefork-recycling"
-                     else PREFORK.replace("MaxConnectionsPerChild 0", "MaxConnectionsPerChild 1000"))
+    if kind in ("prefork", "prefork-recycling", "prefork-rotating", "itk"):
+        parts.append({"prefork-recycling": PREFORK.replace("MaxConnectionsPerChild 0", "MaxConnectionsPerChild 1000"),
+                      "prefork-rotating": prefork_rotating(rotating_children)}.get(kind, PREFORK))
         mpm = prefork + (f"\nLoadModule mpm_itk_module {MODULES_DIR}/mpm_itk.so" if kind == "itk" else "")
     else:
         mpm = f"LoadModule mpm_peruser_module {MODULE}"
@@ -174,7 +191,7 @@ def configure(kind):
     {"ServerEnvironment t000" if kind.startswith("peruser") else ""}
 </VirtualHost>""")
     for n, user in enumerate(users()):
-        who = {"itk": f"AssignUserID {user} {user}", "prefork": "", "prefork-recycling": ""}.get(
+        who = {"itk": f"AssignUserID {user} {user}", "prefork": "", "prefork-recycling": "", "prefork-rotating": ""}.get(
             kind, f"ServerEnvironment t{n:03d}")
         parts.append(f"""<VirtualHost 127.0.0.1:{port}>
     ServerName t{n:03d}.bench
@@ -228,6 +245,16 @@ def fetch(apache, host, path):
         return data, (time.monotonic() - started) * 1000
 
 
+def rotation(apache):
+    """How many of a prefork server's children have answered requests, of how many, and the
+    median count: mod_status's table, whose third column is a slot's requests on this
+    connection / by this child / in this slot."""
+    page = fetch(apache, "status.bench", "/server-status")[0].decode(errors="replace")
+    counts = [int(m.group(1)) for m in
+              re.finditer(r"<tr><td><b>\d+-\d+</b></td><td>[\d-]+</td><td>\d+/(\d+)/\d+</td>", page)]
+    return sum(1 for n in counts if n > 0), len(counts), statistics.median(counts) if counts else 0
+
+
 def fetch_ms(apache, path):
     samples = [fetch(apache, "status.bench", path) for _ in range(10)]
     return statistics.median(ms for _, ms in samples), len(samples[-1][0])
@@ -271,6 +298,8 @@ def main():
                           f"non-2xx {r[2]}  socket errors {r[3]}  server CPU {cpu_us:6.1f} us/req  (from {began} UTC)", flush=True)
         for kind in KINDS:
             mem[kind]["load"] = memory(servers[kind])
+        if "prefork-rotating" in servers:
+            other["rotation"] = rotation(servers["prefork-rotating"])
         for kind in KINDS:
             if kind.startswith("peruser"):
                 other[(kind, "status")] = fetch_ms(servers[kind], "/server-status")
@@ -297,12 +326,12 @@ def main():
         return statistics.median(r[index] for r in results[(scenario, kind)])
 
     names = {"prefork": "prefork", "prefork-recycling": "prefork (MaxConnectionsPerChild 1000)", "itk": "mpm-itk",
-             "peruser": "peruser (defaults)",
+             "prefork-rotating": "prefork (a child per tenant, rotating)", "peruser": "peruser (defaults)",
              "peruser-shared": "peruser (defaults, ProcessorImage shared)",
              "peruser-package": "peruser (package peruser.conf)",
              "peruser-before": f"peruser before ({os.environ.get('BENCH_BEFORE_NAME', 'earlier build')}, defaults)"}
-    # The kinds shown as a ratio to prefork: peruser's, and prefork itself recycling.
-    compared = [k for k in KINDS if k.startswith("peruser") or k == "prefork-recycling"]
+    # The kinds shown as a ratio to prefork: peruser's, and prefork itself recycling or rotating.
+    compared = [k for k in KINDS if k.startswith("peruser") or k in ("prefork-recycling", "prefork-rotating")]
     lines = [MARK_BEGIN, "## Hundreds of tenants (`bench/many_tenants.py`)", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs ({cpu_model()}); "
              f"{TENANTS} tenants (a system user, an environment and two names each), 1 KiB static file, "
@@ -339,6 +368,10 @@ def main():
         lines += ["", f"First visit to each of the {TENANTS - 3} measured tenants, 8 clients at a time, before the "
                   "rounds (the rounds measure tenants already asked once): " + ", ".join(
                       f"{names[k]} {other[(k, 'touch')][0]:.1f} s" for k in KINDS if (k, "touch") in other) + "."]
+    if "rotation" in other:
+        took, children, each = other["rotation"]
+        lines += ["", f"{names['prefork-rotating']}: {took} of its {children} children took connections, "
+                  f"a median of {each:.0f} requests each over all the rounds."]
     if any(k[1] == "ttfb" for k in other):
         lines += ["", "First byte from a tenant never asked for (no worker; median of 3 tenants): " + ", ".join(
             f"{names[k]} {other[(k, 'ttfb')]:.1f} ms" for k in KINDS) + "."]
