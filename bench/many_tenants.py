@@ -337,7 +337,9 @@ def main():
              f"{TENANTS} tenants (a system user, an environment and two names each), 1 KiB static file, "
              f"`wrk -t{bench.THREADS} -c{bench.CONNECTIONS} -d{DURATION}s` on 127.0.0.1, {REPEATS} interleaved rounds, "
              "medians. prefork and itk: Debian's mpm_prefork.conf (prefork recycling: with MaxConnectionsPerChild "
-             "1000, as peruser's defaults recycle). peruser (defaults): no limit written, so "
+             "1000, as peruser's defaults recycle; prefork, a child per tenant: one idle child per tenant, so that "
+             "each close request runs in a child that last ran about as many connections ago). "
+             "peruser (defaults): no limit written, so "
              "isolated process images; shared: the same with ProcessorImage shared. "
              "peruser (package): debian/peruser.conf's values. Every peruser server: MaxClientShare 99 (wrk is "
              "one address).", "",
