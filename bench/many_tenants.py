@@ -2,7 +2,7 @@
 """Benchmark: hundreds of tenants on one box (issue 15).
 
 TENANTS tenants (default 300), each with its own system user, one environment and two names
-(tNNN.bench, www.tNNN.bench), against six servers running side by side:
+(tNNN.bench, www.tNNN.bench), against seven servers running side by side:
 
 - prefork: Debian's mpm_prefork.conf (StartServers 5, MinSpareServers 5, MaxSpareServers 10,
   MaxRequestWorkers 150, MaxConnectionsPerChild 0), no isolation: the anchor;
@@ -13,10 +13,10 @@ TENANTS tenants (default 300), each with its own system user, one environment an
   TENANTS). Its children wait in accept(), and the kernel gives each new connection to the one
   that has waited longest, so on `Connection: close` each request runs in a process that last
   ran about TENANTS connections ago, as a tenant's worker does under a random tenant per
-  request, with no routing, no isolation and every page shared with its siblings: the floor
-  of any design with a process per tenant on this machine. (Kept-alive connections stay with
-  the child that accepted them, so its keep-alive rows are prefork's.) The table says how many
-  of its children took connections;
+  request, with no routing, no isolation and every page shared with its siblings: on close,
+  the floor of any design with a process per tenant on this machine. (Kept-alive connections
+  stay with the child that accepted them, so its keep-alive rows are prefork's.) The table
+  says how many of its children took connections;
 - itk: the same limits as prefork with AssignUserID per vhost (a fork per connection);
 - peruser, defaults: nothing but the tenants written (ServerLimit sized by the module), so
   ProcessorImage isolated: a process image per environment in use;
