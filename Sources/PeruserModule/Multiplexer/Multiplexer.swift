@@ -1211,10 +1211,18 @@ struct Multiplexer {
     /// `always`: counted even when MaxClientShare sets no limit (for the order of the wait).
     private mutating func clientHolds(_ client: ClientAddress, environment: Int, always: Bool = false) -> Int {
         guard !client.isNone, always || clientLimit(environment) < Int.max, let table = sharedTable else { return 0 }
-        let queued = table.queued(environment)  // before the workers' pages (ClientShare.holds)
-        let serving = table.workersServing(client, environment: environment, roster: currentRoster(table))
-        return ClientShare.holds(serving: serving, reserved: availabilityBoard?.reserved(client, environment) ?? 0,
-                                 queued: queued)
+        let counts = shareCounts(client, environment: environment, table: table)
+        return ClientShare.holds(serving: counts.serving,
+                                 reserved: availabilityBoard?.reserved(client, environment) ?? 0, queued: counts.queued)
+    }
+
+    /// `client`'s workers in `environment` and the connections in its channel, the channel read
+    /// first: a connection a worker takes meanwhile is then in one count or the other
+    /// (ClientShare.holds).
+    private mutating func shareCounts(_ client: ClientAddress, environment: Int,
+                                      table: ChildTable) -> (serving: Int, queued: Int) {
+        let queued = table.queued(environment)
+        return (table.workersServing(client, environment: environment, roster: currentRoster(table)), queued)
     }
 
     /// No longer in flight: a worker of its environment shows its ticket (among the last
@@ -1260,16 +1268,16 @@ struct Multiplexer {
         let handedOffSoFar = handedOffCount.map { peruser_atomic_add_fetch_u64($0, 1) } ?? 0
         if !connection.reserved && !connection.client.isNone && clientLimit(environment) < Int.max,
            let board = availabilityBoard, let table = sharedTable {
-            // Others' connections in the channel (this one is counted already), read before the
-            // workers' pages (ClientShare.holds).
-            let queued = max(0, table.queued(environment) - 1)
-            let serving = table.workersServing(connection.client, environment: environment, roster: currentRoster(table))
+            let counts = shareCounts(connection.client, environment: environment, table: table)
+            let queued = max(0, counts.queued - 1)  // others' connections: this one is counted already
             let limit = clientLimit(environment)
             // Refused: perhaps only for this multiplexer's hand-offs that were taken meanwhile.
-            var reserved = board.reserve(connection.client, environment, serving: serving, queued: queued, limit: limit)
+            var reserved = board.reserve(connection.client, environment, serving: counts.serving, queued: queued,
+                                         limit: limit)
             if !reserved {
                 pruneInFlight(now: monotonicMilliseconds(), force: true)
-                reserved = board.reserve(connection.client, environment, serving: serving, queued: queued, limit: limit)
+                reserved = board.reserve(connection.client, environment, serving: counts.serving, queued: queued,
+                                         limit: limit)
             }
             guard reserved else {
                 // Another multiplexer gave this client the last of its share meanwhile: wait.
