@@ -17,6 +17,7 @@ import pytest
 
 from conftest import cgi_root, make_site, processor, site_vhost
 from harness import Apache, free_port, paused_after, read_until_close, serving, stat_fields
+from test_process_management import wait_until
 
 
 @pytest.fixture
@@ -48,27 +49,22 @@ def get_a(port):
         return read_until_close(sock).split(b"\r\n", 1)[0].decode()
 
 
-def wait_for_state(pid, stopped, seconds=5.0):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if (stat_fields(pid)[0] == "T") == stopped:
-            return True
-        time.sleep(0.02)
-    return False
+def stopped(pid):
+    return stat_fields(pid)[0] == "T"
 
 
 def test_a_connection_a_worker_took_holds_no_share_while_its_multiplexer_is_late(shared):
     a, b = sorted(pid for pid, uid, _ in shared.children() if uid == 33)
     os.kill(b, signal.SIGSTOP)
     try:
-        assert wait_for_state(b, stopped=True)
+        assert wait_until(lambda: stopped(b), timeout=5)
         # Held for 8 s right after it hands the first connection to env-a: its reservation
         # stays while a worker serves that connection and comes free again.
         with paused_after([a], "sendmsg", 8_000_000):
             started = time.monotonic()
             assert get_a(shared.port) == "HTTP/1.1 200 OK"
             os.kill(b, signal.SIGCONT)
-            assert wait_for_state(b, stopped=False)
+            assert wait_until(lambda: not stopped(b), timeout=5)
             time.sleep(0.3)
             # Only b takes it. The client holds no worker and has nothing in the channel: it
             # is served at once. Counted with a's reservation, it waited all of
