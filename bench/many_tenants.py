@@ -158,7 +158,7 @@ def configure(kind, rotating_children=TENANTS):
              f"<Directory {apache.root}>\n    Require all granted\n</Directory>",
              '<FilesMatch "\\.php$">\n    SetHandler application/x-httpd-php\n</FilesMatch>']
     prefork = f"LoadModule mpm_prefork_module {MODULES_DIR}/mod_mpm_prefork.so"
-    if kind in ("prefork", "prefork-recycling", "prefork-rotating", "itk"):
+    if kind.startswith("prefork") or kind == "itk":
         parts.append({"prefork-recycling": PREFORK.replace("MaxConnectionsPerChild 0", "MaxConnectionsPerChild 1000"),
                       "prefork-rotating": prefork_rotating(rotating_children)}.get(kind, PREFORK))
         mpm = prefork + (f"\nLoadModule mpm_itk_module {MODULES_DIR}/mpm_itk.so" if kind == "itk" else "")
@@ -191,8 +191,8 @@ def configure(kind, rotating_children=TENANTS):
     {"ServerEnvironment t000" if kind.startswith("peruser") else ""}
 </VirtualHost>""")
     for n, user in enumerate(users()):
-        who = {"itk": f"AssignUserID {user} {user}", "prefork": "", "prefork-recycling": "", "prefork-rotating": ""}.get(
-            kind, f"ServerEnvironment t{n:03d}")
+        who = (f"AssignUserID {user} {user}" if kind == "itk" else "" if kind.startswith("prefork")
+               else f"ServerEnvironment t{n:03d}")
         parts.append(f"""<VirtualHost 127.0.0.1:{port}>
     ServerName t{n:03d}.bench
     ServerAlias www.t{n:03d}.bench
@@ -209,6 +209,13 @@ def run_wrk(apache, random_tenant, close):
         # The last three tenants are never asked for: the first-byte measure uses them.
         return wrk(apache.port, "/1k.html", close, RANDOM_LUA.format(tenants=TENANTS - 3))
     return wrk(apache.port, "/1k.html", close, None, host="t001.bench")
+
+
+def measured_wrk(apache, random_tenant, close):
+    """run_wrk's (req/s, p99 ms, non-2xx, socket errors) and the server's CPU µs per request."""
+    before = session_cpu(apache)
+    r = run_wrk(apache, random_tenant, close)
+    return r + ((session_cpu(apache) - before) * 1e6 / max(r[0] * bench.DURATION, 1),)
 
 
 def first_touch(apache):
@@ -288,11 +295,9 @@ def main():
         for scenario, random_tenant, close in scenarios:
             for round_ in range(REPEATS):
                 for kind in KINDS:
-                    before = session_cpu(servers[kind])
                     began = time.strftime("%H:%M:%S", time.gmtime())
-                    r = run_wrk(servers[kind], random_tenant, close)
-                    cpu_us = (session_cpu(servers[kind]) - before) * 1e6 / max(r[0] * bench.DURATION, 1)
-                    r = r + (cpu_us,)
+                    r = measured_wrk(servers[kind], random_tenant, close)
+                    cpu_us = r[4]
                     results[(scenario, kind)].append(r)
                     print(f"{scenario:36} {kind:16} round {round_ + 1}: {r[0]:9.0f} req/s  p99 {r[1]:8.2f} ms  "
                           f"non-2xx {r[2]}  socket errors {r[3]}  server CPU {cpu_us:6.1f} us/req  (from {began} UTC)", flush=True)

@@ -30,7 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import many_tenants as mt  # noqa: E402
 import bench  # noqa: E402
-from bench import install, session_cpu  # noqa: E402
+from bench import install  # noqa: E402
 
 SIZES = [int(n) for n in os.environ.get("SIZES", "40,100,300").split(",") if n]
 
@@ -54,9 +54,7 @@ def main():
             mt.first_touch(apache)
         for round_ in range(mt.REPEATS):
             for name, apache in servers.items():
-                before = session_cpu(apache)
-                rps, _, non2xx, socket_errors = mt.run_wrk(apache, True, True)
-                cpu_us = (session_cpu(apache) - before) * 1e6 / max(rps * bench.DURATION, 1)
+                rps, _, non2xx, socket_errors, cpu_us = mt.measured_wrk(apache, True, True)
                 results[name].append((rps, cpu_us))
                 print(f"{name:32} round {round_ + 1}: {rps:8.0f} req/s  server CPU {cpu_us:6.1f} us/req  "
                       f"errors {non2xx + socket_errors}", flush=True)
